@@ -1,0 +1,470 @@
+//! Client tokens (DESIGN section 5): JWT verification, channel grants and token extraction.
+//!
+//! A token names its user in `sub`, the channels it may read in `channels` (exact names or
+//! prefixes ending in `*`), and must carry `exp`. Keys are HMAC secrets or RSA / EC / Ed25519
+//! public keys (PEM or JWKS); several may be loaded at once for rotation, selected by `kid` when
+//! the token names one, otherwise by the algorithm family. A key is never used for an algorithm
+//! of another family, which rules out HS/RS confusion.
+
+use std::fmt;
+use std::path::Path;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::Deserialize;
+
+use crate::names::{Name, NameError, validate_name};
+
+/// Seconds of clock skew tolerated on `exp` and `nbf`.
+const LEEWAY_SECS: u64 = 5;
+/// Longest token accepted; anything longer is rejected before parsing.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Most channel patterns one token may grant.
+const MAX_PATTERNS: usize = 256;
+
+/// A channel pattern from a token: an exact name, or a prefix (`booking:*`, or `*` for all).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChannelPattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl ChannelPattern {
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        match s.strip_suffix('*') {
+            Some("") => Ok(ChannelPattern::Prefix(String::new())),
+            Some(prefix) => {
+                // A prefix is a name cut anywhere, so it may end in '.'.
+                let check = prefix.strip_suffix('.').unwrap_or(prefix);
+                validate_name(check)?;
+                Ok(ChannelPattern::Prefix(prefix.to_owned()))
+            }
+            None => {
+                validate_name(s)?;
+                Ok(ChannelPattern::Exact(s.to_owned()))
+            }
+        }
+    }
+
+    pub fn matches(&self, channel: &str) -> bool {
+        match self {
+            ChannelPattern::Exact(name) => name == channel,
+            ChannelPattern::Prefix(prefix) => channel.len() > prefix.len() && channel.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+/// What a verified token allows.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub user: Name,
+    pub channels: Vec<ChannelPattern>,
+    /// Unix seconds; `None` only in dev mode.
+    pub expires_at: Option<u64>,
+}
+
+impl Grant {
+    /// Dev mode: any user, every channel, no expiry.
+    pub fn anything(user: Name) -> Self {
+        Grant { user, channels: vec![ChannelPattern::Prefix(String::new())], expires_at: None }
+    }
+
+    pub fn allows_channel(&self, channel: &str) -> bool {
+        self.channels.iter().any(|p| p.matches(channel))
+    }
+}
+
+/// Why a token was refused. Every variant maps to 401; the message is safe to show the client
+/// (it never echoes the token).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token: send Authorization: Bearer <jwt>, ?token=<jwt> or the herald_token cookie")]
+    Missing,
+    #[error("token is longer than {MAX_TOKEN_LEN} bytes")]
+    TooLong,
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token uses algorithm {0}, for which no key is configured")]
+    NoKeyForAlgorithm(String),
+    #[error("token names key id {0:?}, which is not configured")]
+    UnknownKeyId(String),
+    #[error("token issuer is not accepted")]
+    BadIssuer,
+    #[error("token audience is not accepted")]
+    BadAudience,
+    #[error("token claim {0} is missing")]
+    MissingClaim(&'static str),
+    #[error("token claim {claim} is invalid: {reason}")]
+    BadClaim { claim: &'static str, reason: String },
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    exp: Option<u64>,
+    #[serde(default)]
+    channels: Vec<String>,
+}
+
+struct VerifyKey {
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+/// Verifies client tokens against the configured keys. Built once at start-up.
+pub struct Verifier {
+    keys: Vec<VerifyKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier").field("keys", &self.keys.len()).finish()
+    }
+}
+
+/// Problems loading key material, reported at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+impl Verifier {
+    pub fn new(issuer: Option<String>, audience: Option<String>) -> Self {
+        Verifier { keys: Vec::new(), issuer, audience }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Adds an HMAC secret (HS256/384/512).
+    pub fn add_secret(&mut self, secret: &[u8], kid: Option<String>) {
+        self.keys.push(VerifyKey { kid, key: DecodingKey::from_secret(secret) });
+    }
+
+    /// Adds a raw secret file: its bytes, less one trailing newline.
+    pub fn add_secret_file(&mut self, path: &Path) -> Result<(), KeyError> {
+        let mut bytes = read(path)?;
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        if bytes.len() < 16 {
+            return Err(KeyError::Invalid {
+                path: path.display().to_string(),
+                reason: format!("secret is {} bytes; use at least 16 (32 recommended)", bytes.len()),
+            });
+        }
+        self.add_secret(&bytes, None);
+        Ok(())
+    }
+
+    /// Adds a PEM public key (RSA, EC P-256/P-384 or Ed25519). Its `kid` is the file's stem,
+    /// so `keys/2026-11.pem` matches tokens with `"kid":"2026-11"`; tokens without a kid try
+    /// every key of their algorithm's family.
+    pub fn add_pem_file(&mut self, path: &Path) -> Result<(), KeyError> {
+        let pem = read(path)?;
+        let key = DecodingKey::from_rsa_pem(&pem)
+            .or_else(|_| DecodingKey::from_ec_pem(&pem))
+            .or_else(|_| DecodingKey::from_ed_pem(&pem))
+            .map_err(|_| KeyError::Invalid {
+                path: path.display().to_string(),
+                reason: "not a PEM public key (RSA, EC or Ed25519)".into(),
+            })?;
+        let kid = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        self.keys.push(VerifyKey { kid, key });
+        Ok(())
+    }
+
+    /// Adds every key of a JWKS document (RSA, EC, OKP/Ed25519 and oct keys).
+    pub fn add_jwks_file(&mut self, path: &Path) -> Result<usize, KeyError> {
+        let invalid = |reason: String| KeyError::Invalid { path: path.display().to_string(), reason };
+        let text = read(path)?;
+        let set: JwkSet = serde_json::from_slice(&text).map_err(|e| invalid(format!("not a JWKS document: {e}")))?;
+        let mut added = 0;
+        for jwk in &set.keys {
+            if let AlgorithmParameters::EllipticCurve(p) = &jwk.algorithm
+                && !matches!(p.curve, EllipticCurve::P256 | EllipticCurve::P384)
+            {
+                return Err(invalid(format!("unsupported curve {:?}", p.curve)));
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(format!("key {:?}: {e}", jwk.common.key_id)))?;
+            self.keys.push(VerifyKey { kid: jwk.common.key_id.clone(), key });
+            added += 1;
+        }
+        if added == 0 {
+            return Err(invalid("the key set is empty".into()));
+        }
+        Ok(added)
+    }
+
+    /// Verifies `token` and returns what it grants.
+    pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::TooLong);
+        }
+        let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let family = header.alg.family();
+        let candidates: Vec<&VerifyKey> = match &header.kid {
+            Some(kid) => {
+                let by_kid: Vec<_> = self.keys.iter().filter(|k| k.kid.as_deref() == Some(kid)).collect();
+                if by_kid.is_empty() {
+                    // Unnamed keys (a raw secret file) still serve tokens that carry a kid.
+                    let unnamed: Vec<_> =
+                        self.keys.iter().filter(|k| k.kid.is_none() && k.key.family() == family).collect();
+                    if unnamed.is_empty() {
+                        return Err(AuthError::UnknownKeyId(truncate(kid, 64)));
+                    }
+                    unnamed
+                } else {
+                    by_kid.into_iter().filter(|k| k.key.family() == family).collect()
+                }
+            }
+            None => self.keys.iter().filter(|k| k.key.family() == family).collect(),
+        };
+        if candidates.is_empty() {
+            return Err(AuthError::NoKeyForAlgorithm(format!("{:?}", header.alg)));
+        }
+
+        let validation = self.validation(header.alg);
+        let mut last = AuthError::BadSignature;
+        for key in candidates {
+            match decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => return grant_from(data.claims),
+                Err(e) => {
+                    last = classify(e.kind());
+                    if last != AuthError::BadSignature {
+                        // The signature was fine; the claims are not. Other keys won't help.
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.leeway = LEEWAY_SECS;
+        v.set_required_spec_claims(&["exp", "sub"]);
+        v.validate_nbf = true;
+        match &self.audience {
+            Some(aud) => v.set_audience(&[aud]),
+            None => v.validate_aud = false,
+        }
+        if let Some(iss) = &self.issuer {
+            v.set_issuer(&[iss]);
+        }
+        v
+    }
+}
+
+fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
+    let sub = claims.sub.ok_or(AuthError::MissingClaim("sub"))?;
+    let exp = claims.exp.ok_or(AuthError::MissingClaim("exp"))?;
+    let user = Name::parse(&sub).map_err(|e| AuthError::BadClaim { claim: "sub", reason: format!("user name {e}") })?;
+    if claims.channels.len() > MAX_PATTERNS {
+        return Err(AuthError::BadClaim { claim: "channels", reason: format!("more than {MAX_PATTERNS} patterns") });
+    }
+    let channels = claims
+        .channels
+        .iter()
+        .map(|p| {
+            ChannelPattern::parse(p).map_err(|e| AuthError::BadClaim {
+                claim: "channels",
+                reason: format!("pattern {:?} {e}", truncate(p, 64)),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Grant { user, channels, expires_at: Some(exp) })
+}
+
+fn classify(kind: &jsonwebtoken::errors::ErrorKind) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::ExpiredSignature => AuthError::Expired,
+        K::ImmatureSignature => AuthError::NotYetValid,
+        K::InvalidSignature => AuthError::BadSignature,
+        K::InvalidIssuer => AuthError::BadIssuer,
+        K::InvalidAudience => AuthError::BadAudience,
+        K::MissingRequiredClaim(c) if c == "exp" => AuthError::MissingClaim("exp"),
+        K::MissingRequiredClaim(c) if c == "sub" => AuthError::MissingClaim("sub"),
+        K::MissingRequiredClaim(c) if c == "aud" => AuthError::BadAudience,
+        K::MissingRequiredClaim(c) if c == "iss" => AuthError::BadIssuer,
+        K::Json(_) | K::Utf8(_) | K::Base64(_) | K::InvalidToken => AuthError::Malformed,
+        _ => AuthError::BadSignature,
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
+    std::fs::read(path).map_err(|source| KeyError::Io { path: path.display().to_string(), source })
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// Where a request may carry its token, in order of preference.
+pub struct TokenSources<'a> {
+    pub authorization: Option<&'a str>,
+    pub query: Option<&'a str>,
+    pub cookie: Option<&'a str>,
+}
+
+/// Picks the token: `Authorization: Bearer`, else `?token=`, else the `herald_token` cookie.
+pub fn pick_token<'a>(sources: &TokenSources<'a>) -> Option<&'a str> {
+    if let Some(h) = sources.authorization {
+        let h = h.trim();
+        if h.len() > 7 && h[..7].eq_ignore_ascii_case("bearer ") {
+            let t = h[7..].trim();
+            if !t.is_empty() {
+                return Some(t);
+            }
+        }
+    }
+    sources.query.filter(|t| !t.is_empty()).or(sources.cookie.filter(|t| !t.is_empty()))
+}
+
+/// Replaces the values of credential-bearing query parameters with `REDACTED`, so URLs can be
+/// logged. Works on the raw query string; unknown parameters are kept verbatim.
+pub fn redact_query(query: &str) -> String {
+    const SECRET_PARAMS: &[&str] = &["token", "key", "access_token", "jwt"];
+    query
+        .split('&')
+        .map(|pair| {
+            let name = pair.split('=').next().unwrap_or("");
+            if SECRET_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(name)) && pair.contains('=') {
+                format!("{name}=REDACTED")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    fn hs(alg: Algorithm, claims: serde_json::Value) -> String {
+        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    fn verifier() -> Verifier {
+        let mut v = Verifier::new(None, None);
+        v.add_secret(SECRET, None);
+        v
+    }
+
+    #[test]
+    fn patterns() {
+        let p = ChannelPattern::parse("booking:*").unwrap();
+        assert!(p.matches("booking:42"));
+        assert!(!p.matches("booking:"));
+        assert!(!p.matches("bookings:1"));
+        let all = ChannelPattern::parse("*").unwrap();
+        assert!(all.matches("anything"));
+        let org = ChannelPattern::parse("org.42.*").unwrap();
+        assert!(org.matches("org.42.dash"));
+        assert!(!org.matches("org.420"));
+        let exact = ChannelPattern::parse("agent:7").unwrap();
+        assert!(exact.matches("agent:7") && !exact.matches("agent:70"));
+        assert!(ChannelPattern::parse("a*b").is_err());
+        assert!(ChannelPattern::parse("a b*").is_err());
+        assert!(ChannelPattern::parse("**").is_err());
+    }
+
+    #[test]
+    fn hmac_families_and_claims() {
+        let v = verifier();
+        for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+            let t = hs(alg, json!({"sub":"u1","exp":now()+60,"channels":["booking:*"]}));
+            let g = v.verify(&t).unwrap();
+            assert_eq!(g.user.as_str(), "u1");
+            assert!(g.allows_channel("booking:42"));
+            assert!(!g.allows_channel("agent:7"));
+        }
+    }
+
+    #[test]
+    fn rejections() {
+        let v = verifier();
+        let cases: Vec<(String, AuthError)> = vec![
+            (hs(Algorithm::HS256, json!({"sub":"u1","exp":now()-600})), AuthError::Expired),
+            (hs(Algorithm::HS256, json!({"sub":"u1"})), AuthError::MissingClaim("exp")),
+            (hs(Algorithm::HS256, json!({"exp":now()+60})), AuthError::MissingClaim("sub")),
+            (hs(Algorithm::HS256, json!({"sub":"a b","exp":now()+60})), AuthError::BadClaim { claim: "sub", reason: "user name contains ' ' at position 1; allowed are ASCII letters, digits and _ - : @ = + ~ with . between segments".into() }),
+            ("not.a.jwt".into(), AuthError::Malformed),
+            ("".into(), AuthError::Malformed),
+            ("a".repeat(MAX_TOKEN_LEN + 1), AuthError::TooLong),
+        ];
+        for (token, want) in cases {
+            assert_eq!(v.verify(&token).unwrap_err(), want);
+        }
+        let other = encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"sub":"u1","exp":now()+60}),
+            &EncodingKey::from_secret(b"another-secret-another-secret!!"),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&other).unwrap_err(), AuthError::BadSignature);
+        let bad_pattern = hs(Algorithm::HS256, json!({"sub":"u1","exp":now()+60,"channels":["a>*"]}));
+        assert!(matches!(v.verify(&bad_pattern).unwrap_err(), AuthError::BadClaim { claim: "channels", .. }));
+    }
+
+    #[test]
+    fn issuer_and_audience() {
+        let mut v = Verifier::new(Some("https://auth.example".into()), Some("herald".into()));
+        v.add_secret(SECRET, None);
+        let ok = hs(Algorithm::HS256, json!({"sub":"u1","exp":now()+60,"iss":"https://auth.example","aud":"herald"}));
+        assert!(v.verify(&ok).is_ok());
+        let bad_iss = hs(Algorithm::HS256, json!({"sub":"u1","exp":now()+60,"iss":"evil","aud":"herald"}));
+        assert_eq!(v.verify(&bad_iss).unwrap_err(), AuthError::BadIssuer);
+        let bad_aud = hs(Algorithm::HS256, json!({"sub":"u1","exp":now()+60,"iss":"https://auth.example","aud":"x"}));
+        assert_eq!(v.verify(&bad_aud).unwrap_err(), AuthError::BadAudience);
+    }
+
+    #[test]
+    fn token_sources_in_order() {
+        let all = TokenSources { authorization: Some("Bearer h"), query: Some("q"), cookie: Some("c") };
+        assert_eq!(pick_token(&all), Some("h"));
+        let lower = TokenSources { authorization: Some("bearer  h2 "), query: None, cookie: None };
+        assert_eq!(pick_token(&lower), Some("h2"));
+        let basic = TokenSources { authorization: Some("Basic abc"), query: Some("q"), cookie: Some("c") };
+        assert_eq!(pick_token(&basic), Some("q"));
+        let cookie = TokenSources { authorization: None, query: Some(""), cookie: Some("c") };
+        assert_eq!(pick_token(&cookie), Some("c"));
+        let none = TokenSources { authorization: None, query: None, cookie: None };
+        assert_eq!(pick_token(&none), None);
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_query("channels=a,b&token=eyJabc.def&x=1"), "channels=a,b&token=REDACTED&x=1");
+        assert_eq!(redact_query("TOKEN=abc"), "TOKEN=REDACTED");
+        assert_eq!(redact_query("key=s3cret&tokens=1"), "key=REDACTED&tokens=1");
+        assert_eq!(redact_query(""), "");
+    }
+}

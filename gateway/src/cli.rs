@@ -1,0 +1,135 @@
+//! `herald-gateway publish`: one event from a shell, through NATS or a gateway's HTTP API.
+//! The request is validated exactly as `POST /v1/publish` validates it.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::value::RawValue;
+
+use crate::broker::Broker;
+use crate::broker::nats::{NatsBroker, NatsOptions};
+use crate::http::publish::validate;
+
+/// Give up on a publish that has not completed after this long.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// Event type (the SSE `event:` name).
+    #[arg(long = "type", default_value = "message")]
+    pub event_type: String,
+    /// Deliver to this user; repeatable.
+    #[arg(long = "user")]
+    pub users: Vec<String>,
+    /// Deliver to this channel; repeatable.
+    #[arg(long = "channel")]
+    pub channels: Vec<String>,
+    /// Deliver to every connected client.
+    #[arg(long)]
+    pub broadcast: bool,
+    /// The JSON payload; `-` reads it from standard input.
+    #[arg(long)]
+    pub data: String,
+    /// Deliver live only: not stored, no id, not resumable.
+    #[arg(long)]
+    pub ephemeral: bool,
+    /// Publish through the HTTP API of the gateway at this base URL (http://host:port).
+    #[arg(long, env = "HERALD_URL")]
+    pub url: Option<String>,
+    /// Publisher key for the HTTP API.
+    #[arg(long, env = "HERALD_PUBLISH_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// File holding the publisher key (first line).
+    #[arg(long, env = "HERALD_PUBLISH_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Publish straight to NATS at this URL (used when --url is not given).
+    #[arg(long, env = "HERALD_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// NATS credentials file (.creds).
+    #[arg(long, env = "HERALD_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// Prefix of every NATS subject.
+    #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = "herald")]
+    pub subject_prefix: String,
+}
+
+/// Runs the command; returns the process exit code.
+pub fn publish(args: PublishArgs) -> i32 {
+    match run(args) {
+        Ok(out) => {
+            println!("{out}");
+            0
+        }
+        Err(e) => {
+            eprintln!("herald-gateway publish: {e}");
+            1
+        }
+    }
+}
+
+fn run(args: PublishArgs) -> Result<String, String> {
+    let data = if args.data == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map_err(|e| format!("reading standard input: {e}"))?;
+        s
+    } else {
+        args.data.clone()
+    };
+    let data: Box<RawValue> = serde_json::from_str(data.trim()).map_err(|e| format!("--data is not JSON: {e}"))?;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "type": args.event_type,
+        "data": data,
+        "users": args.users,
+        "channels": args.channels,
+        "broadcast": args.broadcast,
+        "durable": !args.ephemeral,
+    }))
+    .map_err(|e| e.to_string())?;
+    // The gateway enforces its own payload limit; here only the NATS maximum applies.
+    let valid = validate(&body, 1024 * 1024).map_err(|e| e.message)?;
+
+    if let Some(url) = &args.url {
+        let key = match (&args.key, &args.key_file) {
+            (Some(k), _) => Some(k.trim().to_owned()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        let endpoint = format!("{}/v1/publish", url.trim_end_matches('/'));
+        return actix_web::rt::System::new().block_on(async move {
+            let mut req = awc::Client::builder().timeout(PUBLISH_TIMEOUT).finish().post(&endpoint).content_type("application/json");
+            if let Some(key) = key {
+                req = req.bearer_auth(key);
+            }
+            let mut res = req.send_body(body).await.map_err(|e| format!("POST {endpoint}: {e}"))?;
+            let text = res.body().await.map_err(|e| format!("reading the response: {e}"))?;
+            let text = String::from_utf8_lossy(&text).into_owned();
+            if res.status().is_success() { Ok(text) } else { Err(format!("{}: {text}", res.status())) }
+        });
+    }
+
+    let Some(nats_url) = args.nats_url.filter(|u| !u.trim().is_empty()) else {
+        return Err("say where to publish: --url <gateway> (HTTP) or --nats-url <nats://…> (NATS)".into());
+    };
+    let opts = NatsOptions { url: nats_url, credentials: args.nats_creds, prefix: args.subject_prefix, name: "herald-gateway publish".into() };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        tokio::time::timeout(PUBLISH_TIMEOUT, async move {
+            let broker = NatsBroker::connect(&opts).await.map_err(|e| e.to_string())?;
+            let ids = broker.publish(valid.targets, valid.event).await.map_err(|e| e.to_string())?;
+            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            Ok(serde_json::json!({ "ids": ids }).to_string())
+        })
+        .await
+        .map_err(|_| format!("NATS did not accept the event within {}s", PUBLISH_TIMEOUT.as_secs()))?
+    })
+}

@@ -1,0 +1,351 @@
+//! Command-line flags (each with a `HERALD_` environment twin) and the validated configuration.
+//!
+//! Everything is checked before a port is bound, and every problem is reported at once.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::auth::Verifier;
+use crate::broker::nats::NatsOptions;
+use crate::names::validate_name;
+use crate::publish_keys::PublishKeys;
+
+#[derive(Parser, Debug)]
+#[command(name = "herald-gateway", version, about = "Herald: real-time push over Server-Sent Events, backed by NATS")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a production gateway (requires NATS and client-token keys).
+    Serve(ServeArgs),
+    /// Run a self-contained development gateway: in-process broker, no auth, demo page.
+    Dev(DevArgs),
+    /// Publish one event from a shell, through NATS or a gateway's HTTP API.
+    Publish(crate::cli::PublishArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "HERALD_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// NATS credentials file (.creds).
+    #[arg(long, env = "HERALD_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// File holding the raw HS256/384/512 secret for client tokens (a trailing newline is ignored).
+    #[arg(long, env = "HERALD_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// PEM public key for client tokens (RSA, EC or Ed25519); repeatable. Its file stem is its `kid`.
+    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY_FILE", value_delimiter = ',')]
+    pub jwt_public_key_file: Vec<PathBuf>,
+    /// JWKS file with public keys for client tokens.
+    #[arg(long, env = "HERALD_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss` claim of client tokens.
+    #[arg(long, env = "HERALD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim of client tokens.
+    #[arg(long, env = "HERALD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Publisher keys for POST /v1/publish: one `name:secret` per line. Without it, HTTP
+    /// publishing is off (publish through NATS).
+    #[arg(long, env = "HERALD_PUBLISH_KEYS_FILE")]
+    pub publish_keys_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Address to listen on. Dev mode has no auth: keep it on loopback.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    /// Seconds between heartbeat comments on idle streams.
+    #[arg(long, env = "HERALD_HEARTBEAT_SECS", default_value_t = 15)]
+    pub heartbeat_secs: u64,
+    /// Most concurrent SSE connections on this gateway.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Most concurrent SSE connections per user (0 = unlimited).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER", default_value_t = 0)]
+    pub max_connections_per_user: usize,
+    /// Most channels on one connection; more is a 400.
+    #[arg(long, env = "HERALD_MAX_CHANNELS", default_value_t = 32)]
+    pub max_channels: usize,
+    /// Origins allowed by CORS, comma-separated (e.g. https://app.example.com).
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Reconnection delay (ms) suggested to clients in the `retry:` field.
+    #[arg(long, env = "HERALD_RETRY_MS", default_value_t = 3000)]
+    pub retry_ms: u64,
+    /// Largest event payload accepted by the publish API, in bytes.
+    #[arg(long, env = "HERALD_MAX_PAYLOAD_BYTES", default_value_t = 64 * 1024)]
+    pub max_payload_bytes: usize,
+    /// Unsent bytes a client may fall behind by before it is disconnected as slow.
+    #[arg(long, env = "HERALD_CLIENT_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub client_queue_bytes: usize,
+    /// Prefix of every NATS subject.
+    #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = "herald")]
+    pub subject_prefix: String,
+    /// HTTP worker threads (0 = one per CPU).
+    #[arg(long, env = "HERALD_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How clients authenticate.
+pub enum ClientAuth {
+    /// `dev` mode: the user comes from `?user=`.
+    Open,
+    Jwt(Arc<Verifier>),
+}
+
+/// How publishers authenticate on `POST /v1/publish`.
+pub enum PublishAuth {
+    /// `dev` mode: no key needed.
+    Open,
+    Keys(PublishKeys),
+    /// No keys configured: HTTP publishing is refused.
+    Disabled,
+}
+
+/// Tuning shared by both modes, validated.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub heartbeat: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_channels: usize,
+    pub allowed_origins: Vec<String>,
+    pub retry_ms: u64,
+    pub max_payload_bytes: usize,
+    pub client_queue_bytes: usize,
+    pub subject_prefix: String,
+    pub workers: usize,
+    pub log_format: LogFormat,
+}
+
+/// The validated configuration of a gateway.
+pub struct Config {
+    pub dev: bool,
+    pub listen: SocketAddr,
+    /// `None` in dev mode (in-process broker).
+    pub nats: Option<NatsOptions>,
+    pub client_auth: ClientAuth,
+    pub publish_auth: PublishAuth,
+    pub settings: Settings,
+}
+
+impl Config {
+    /// Validates `serve` flags. Returns every problem found.
+    pub fn serve(args: ServeArgs) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let listen = parse_listen(&args.listen, &mut errors);
+        let settings = Settings::from_args(args.common, &mut errors);
+
+        let nats = match args.nats_url.as_deref().map(str::trim) {
+            Some(url) if !url.is_empty() => Some(NatsOptions {
+                url: url.to_owned(),
+                credentials: args.nats_creds.clone(),
+                prefix: settings.subject_prefix.clone(),
+                name: format!("herald-gateway {}", hostname()),
+            }),
+            _ => {
+                errors.push("no NATS URL: set --nats-url or HERALD_NATS_URL (or run `herald-gateway dev`)".into());
+                None
+            }
+        };
+
+        let mut verifier = Verifier::new(args.jwt_issuer.clone(), args.jwt_audience.clone());
+        if let Some(path) = &args.jwt_secret_file
+            && let Err(e) = verifier.add_secret_file(path)
+        {
+            errors.push(format!("--jwt-secret-file {e}"));
+        }
+        for path in &args.jwt_public_key_file {
+            if let Err(e) = verifier.add_pem_file(path) {
+                errors.push(format!("--jwt-public-key-file {e}"));
+            }
+        }
+        if let Some(path) = &args.jwks_file
+            && let Err(e) = verifier.add_jwks_file(path)
+        {
+            errors.push(format!("--jwks-file {e}"));
+        }
+        let no_key_flags = args.jwt_secret_file.is_none() && args.jwt_public_key_file.is_empty() && args.jwks_file.is_none();
+        if no_key_flags {
+            errors.push(
+                "no client-token key: set --jwt-secret-file, --jwt-public-key-file or --jwks-file \
+                 (HERALD_JWT_SECRET_FILE, HERALD_JWT_PUBLIC_KEY_FILE, HERALD_JWKS_FILE)"
+                    .into(),
+            );
+        }
+
+        let publish_auth = match &args.publish_keys_file {
+            Some(path) => match PublishKeys::load(path) {
+                Ok(keys) => PublishAuth::Keys(keys),
+                Err(errs) => {
+                    errors.extend(errs.into_iter().map(|e| format!("--publish-keys-file {e}")));
+                    PublishAuth::Disabled
+                }
+            },
+            None => PublishAuth::Disabled,
+        };
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Config {
+            dev: false,
+            listen: listen.expect("checked above"),
+            nats,
+            client_auth: ClientAuth::Jwt(Arc::new(verifier)),
+            publish_auth,
+            settings,
+        })
+    }
+
+    /// Validates `dev` flags.
+    pub fn dev(args: DevArgs) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let listen = parse_listen(&args.listen, &mut errors);
+        let mut settings = Settings::from_args(args.common, &mut errors);
+        if settings.allowed_origins.is_empty() {
+            settings.allowed_origins.push("*".into());
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Config {
+            dev: true,
+            listen: listen.expect("checked above"),
+            nats: None,
+            client_auth: ClientAuth::Open,
+            publish_auth: PublishAuth::Open,
+            settings,
+        })
+    }
+}
+
+impl Settings {
+    fn from_args(a: CommonArgs, errors: &mut Vec<String>) -> Settings {
+        if a.heartbeat_secs == 0 || a.heartbeat_secs > 3600 {
+            errors.push(format!("--heartbeat-secs must be 1..=3600, got {}", a.heartbeat_secs));
+        }
+        if a.max_connections == 0 {
+            errors.push("--max-connections must be at least 1".into());
+        }
+        if a.max_channels == 0 || a.max_channels > 1024 {
+            errors.push(format!("--max-channels must be 1..=1024, got {}", a.max_channels));
+        }
+        if a.retry_ms == 0 || a.retry_ms > 600_000 {
+            errors.push(format!("--retry-ms must be 1..=600000, got {}", a.retry_ms));
+        }
+        if a.max_payload_bytes == 0 || a.max_payload_bytes > 1024 * 1024 {
+            errors.push(format!("--max-payload-bytes must be 1..=1048576 (NATS' default limit), got {}", a.max_payload_bytes));
+        }
+        if a.client_queue_bytes < 4096 {
+            errors.push(format!("--client-queue-bytes must be at least 4096, got {}", a.client_queue_bytes));
+        }
+        if let Err(e) = validate_name(&a.subject_prefix) {
+            errors.push(format!("--subject-prefix {e}"));
+        }
+        let mut origins = Vec::new();
+        for o in a.allowed_origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+            if o == "*" || url::Url::parse(o).is_ok_and(|u| u.has_host() && u.path() == "/" && !o.ends_with('/')) {
+                origins.push(o.to_owned());
+            } else {
+                errors.push(format!("--allowed-origins: {o:?} is not an origin like https://app.example.com"));
+            }
+        }
+        Settings {
+            heartbeat: Duration::from_secs(a.heartbeat_secs),
+            max_connections: a.max_connections,
+            max_connections_per_user: a.max_connections_per_user,
+            max_channels: a.max_channels,
+            allowed_origins: origins,
+            retry_ms: a.retry_ms,
+            max_payload_bytes: a.max_payload_bytes,
+            client_queue_bytes: a.client_queue_bytes,
+            subject_prefix: a.subject_prefix,
+            workers: a.workers,
+            log_format: a.log_format,
+        }
+    }
+}
+
+fn parse_listen(s: &str, errors: &mut Vec<String>) -> Option<SocketAddr> {
+    match s.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => Some(addr),
+        _ => {
+            errors.push(format!("--listen {s:?} is not an address like 0.0.0.0:8080"));
+            None
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<Config, Vec<String>> {
+        let mut argv = vec!["herald-gateway", "serve"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).expect("flags parse");
+        match cli.command {
+            Command::Serve(a) => Config::serve(a),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn serve_refuses_without_nats_or_keys_and_names_both() {
+        // Flags win over any HERALD_* variables of the environment running the tests.
+        let errs = serve(&["--nats-url", "", "--heartbeat-secs", "0", "--max-channels", "0"]).err().unwrap();
+        let all = errs.join("\n");
+        assert!(all.contains("no NATS URL"), "{all}");
+        assert!(all.contains("no client-token key"), "{all}");
+        assert!(all.contains("--heartbeat-secs"), "{all}");
+        assert!(all.contains("--max-channels"), "{all}");
+    }
+
+    #[test]
+    fn bad_origins_and_listen_are_reported() {
+        let errs = serve(&["--listen", "nowhere", "--allowed-origins", "https://ok.example,ftp//bad"]).err().unwrap();
+        let all = errs.join("\n");
+        assert!(all.contains("--listen \"nowhere\""), "{all}");
+        assert!(all.contains("ftp//bad"), "{all}");
+        assert!(!all.contains("ok.example"), "{all}");
+    }
+}

@@ -1,0 +1,123 @@
+//! Events, their targets and the NATS subjects they travel on (DESIGN section 2).
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::names::Name;
+
+/// Who an event is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    User(Name),
+    Channel(Name),
+    Broadcast,
+}
+
+/// Which family of subjects: stored by the stream, or delivered live to gateways.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubjectKind {
+    /// `<prefix>.events.…`: captured by the stream, republished to `live` with a sequence.
+    Events,
+    /// `<prefix>.live.…`: what gateways subscribe to.
+    Live,
+}
+
+impl Target {
+    /// The envelope's `target` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::User(_) => "user",
+            Target::Channel(_) => "channel",
+            Target::Broadcast => "broadcast",
+        }
+    }
+
+    /// The channel name for the envelope's `channel` field (`null` for user and broadcast).
+    pub fn channel(&self) -> Option<&Name> {
+        match self {
+            Target::Channel(name) => Some(name),
+            _ => None,
+        }
+    }
+
+    /// The NATS subject for this target.
+    pub fn subject(&self, prefix: &str, kind: SubjectKind) -> String {
+        let family = match kind {
+            SubjectKind::Events => "events",
+            SubjectKind::Live => "live",
+        };
+        match self {
+            Target::User(u) => format!("{prefix}.{family}.user.{u}"),
+            Target::Channel(c) => format!("{prefix}.{family}.channel.{c}"),
+            Target::Broadcast => format!("{prefix}.{family}.broadcast"),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::User(u) => write!(f, "user {u}"),
+            Target::Channel(c) => write!(f, "channel {c}"),
+            Target::Broadcast => f.write_str("broadcast"),
+        }
+    }
+}
+
+/// A resumable event id: `<epoch>-<seq>`. The epoch names one incarnation of the history
+/// (a JetStream stream, or a dev-mode process); sequences are only comparable within it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventId {
+    pub epoch: Arc<str>,
+    pub seq: u64,
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+/// One event as a broker delivers it to the hub. The payload is the publisher's JSON, not yet
+/// validated when it comes straight from NATS.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub event_type: String,
+    pub payload: Bytes,
+    /// Resumable id of durable events; `None` for ephemeral ones.
+    pub id: Option<EventId>,
+    /// The sending user, for events published by clients.
+    pub from: Option<String>,
+}
+
+/// One event as a publisher hands it to a broker: validated, ready to send.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub event_type: String,
+    /// Valid JSON.
+    pub payload: Bytes,
+    pub durable: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects() {
+        let u = Target::User(Name::parse("u1").unwrap());
+        let c = Target::Channel(Name::parse("org.42.dash").unwrap());
+        assert_eq!(u.subject("herald", SubjectKind::Live), "herald.live.user.u1");
+        assert_eq!(u.subject("herald", SubjectKind::Events), "herald.events.user.u1");
+        assert_eq!(c.subject("x", SubjectKind::Live), "x.live.channel.org.42.dash");
+        assert_eq!(Target::Broadcast.subject("herald", SubjectKind::Live), "herald.live.broadcast");
+    }
+
+    #[test]
+    fn event_id_display() {
+        let id = EventId { epoch: Arc::from("k3x9"), seq: 42 };
+        assert_eq!(id.to_string(), "k3x9-42");
+    }
+}

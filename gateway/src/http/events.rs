@@ -1,0 +1,209 @@
+//! `GET /events`: authenticate, authorize channels, admit, join the hub, then stream.
+//!
+//! Every refusal happens before the first byte of the stream, as a JSON error (401 / 403 / 400)
+//! that EventSource will not retry. Capacity refusals are the exception: they answer 200 with a
+//! jittered `retry:` and close, so the browser comes back later, possibly to another pod.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use actix::Actor;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use rand::Rng;
+use serde::Serialize;
+
+use super::{ApiError, AppState};
+use crate::auth::{Grant, TokenSources, pick_token};
+use crate::config::ClientAuth;
+use crate::event::Target;
+use crate::limits::Refusal;
+use crate::names::Name;
+use crate::outbox::{Outbox, OutboxBody};
+use crate::session::{BodyGone, Session};
+use crate::sse;
+
+/// The parsed query of `/events`.
+#[derive(Default, Debug)]
+pub struct EventsQuery {
+    pub channels: Vec<String>,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub last_event_id: Option<String>,
+}
+
+/// Parses the query string; `channels` may be comma-separated and/or repeated.
+pub fn parse_query(query: &str) -> EventsQuery {
+    let mut q = EventsQuery::default();
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "channels" | "channel" => {
+                q.channels.extend(value.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned))
+            }
+            "token" => q.token = Some(value.into_owned()),
+            "user" => q.user = Some(value.into_owned()),
+            "lastEventId" => q.last_event_id = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    q
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Connected<'a> {
+    connection_id: &'a str,
+    user: &'a str,
+    channels: Vec<&'a str>,
+    resumed: bool,
+}
+
+pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let query = parse_query(req.query_string());
+    let grant = authenticate(&req, &query, &state)?;
+    let channels = authorize_channels(&query.channels, &grant, state.settings.max_channels)?;
+
+    let permit = match state.admission.admit(&grant.user) {
+        Ok(permit) => permit,
+        Err(Refusal::Capacity) => return Ok(come_back_later(state.settings.retry_ms)),
+        Err(Refusal::PerUser(max)) => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                format!("user already has {max} open streams; close one (one stream per tab carries every channel)"),
+            ));
+        }
+    };
+
+    let mut targets = Vec::with_capacity(channels.len() + 2);
+    targets.push(Target::User(grant.user.clone()));
+    targets.extend(channels.iter().cloned().map(Target::Channel));
+    targets.push(Target::Broadcast);
+
+    let n = state.next_connection.fetch_add(1, Ordering::Relaxed);
+    let connection_id = format!("{}-{n}", state.instance);
+    let outbox = Outbox::new(state.settings.client_queue_bytes);
+    // Queued first, so it precedes any event; sent only once the membership is live.
+    let connected = Connected {
+        connection_id: &connection_id,
+        user: grant.user.as_str(),
+        channels: channels.iter().map(Name::as_str).collect(),
+        resumed: false,
+    };
+    let _ = outbox.push(sse::connected_frame(state.settings.retry_ms, &connected));
+
+    let membership = state.hub.join(&targets, &outbox).await.map_err(|e| {
+        tracing::warn!(error = %e, "could not subscribe a new stream");
+        ApiError::unavailable(format!("cannot subscribe right now: {e}"))
+    })?;
+
+    tracing::debug!(connection = %connection_id, user = %grant.user, channels = channels.len(), "connection opened");
+    let session = Session {
+        id: connection_id,
+        user: grant.user,
+        outbox: outbox.clone(),
+        membership,
+        permit,
+        heartbeat: state.settings.heartbeat,
+        expires_at: grant.expires_at,
+        opened: Instant::now(),
+    }
+    .start();
+    let body = OutboxBody::new(outbox, move || session.do_send(BodyGone));
+    Ok(stream_response().body(body))
+}
+
+fn authenticate(req: &HttpRequest, query: &EventsQuery, state: &AppState) -> Result<Grant, ApiError> {
+    match &state.client_auth {
+        ClientAuth::Open => {
+            let user = query.user.as_deref().unwrap_or("anonymous");
+            let user = Name::parse(user).map_err(|e| ApiError::bad_request("invalid_user", format!("user name {e}")))?;
+            Ok(Grant::anything(user))
+        }
+        ClientAuth::Jwt(verifier) => {
+            let cookie = req.cookie("herald_token");
+            let sources = TokenSources {
+                authorization: req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+                query: query.token.as_deref(),
+                cookie: cookie.as_ref().map(|c| c.value()),
+            };
+            let token = pick_token(&sources).ok_or_else(|| ApiError::unauthorized(crate::auth::AuthError::Missing.to_string()))?;
+            verifier.verify(token).map_err(|e| ApiError::unauthorized(e.to_string()))
+        }
+    }
+}
+
+/// Validates, de-duplicates and authorizes the requested channels.
+pub fn authorize_channels(requested: &[String], grant: &Grant, max: usize) -> Result<Vec<Name>, ApiError> {
+    let mut names: Vec<Name> = Vec::with_capacity(requested.len());
+    for raw in requested {
+        let name = Name::parse(raw).map_err(|e| {
+            let shown: String = raw.chars().take(64).collect();
+            ApiError::bad_request("invalid_channel", format!("channel {shown:?} {e}"))
+        })?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+        if names.len() > max {
+            return Err(ApiError::bad_request("too_many_channels", format!("at most {max} channels per connection")));
+        }
+    }
+    if let Some(denied) = names.iter().find(|n| !grant.allows_channel(n.as_str())) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "channel_not_allowed",
+            format!("the token does not allow channel {:?}", denied.as_str()),
+        ));
+    }
+    Ok(names)
+}
+
+/// The headers every stream carries.
+fn stream_response() -> actix_web::HttpResponseBuilder {
+    let mut res = HttpResponse::Ok();
+    res.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")))
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform")))
+        .insert_header(("X-Accel-Buffering", HeaderValue::from_static("no")));
+    res
+}
+
+/// 200 with a jittered `retry:` and an immediate end: EventSource reconnects after the delay,
+/// spread out so that a full or draining pod is not hit by a synchronized stampede.
+pub fn come_back_later(retry_ms: u64) -> HttpResponse {
+    let ms = rand::rng().random_range(retry_ms..=retry_ms.saturating_mul(3));
+    stream_response().body(sse::retry_frame(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::ChannelPattern;
+
+    #[test]
+    fn query_parsing() {
+        let q = parse_query("channels=booking%3A42,agent:7&channels=x&token=abc&lastEventId=e-5&other=1");
+        assert_eq!(q.channels, vec!["booking:42", "agent:7", "x"]);
+        assert_eq!(q.token.as_deref(), Some("abc"));
+        assert_eq!(q.last_event_id.as_deref(), Some("e-5"));
+        assert!(parse_query("").channels.is_empty());
+        assert!(parse_query("channels=,,").channels.is_empty());
+        // Malformed percent-encoding is kept verbatim and then fails name validation.
+        assert_eq!(parse_query("channels=%zz").channels, vec!["%zz"]);
+    }
+
+    #[test]
+    fn channel_authorization() {
+        let grant = Grant {
+            user: Name::parse("u1").unwrap(),
+            channels: vec![ChannelPattern::parse("booking:*").unwrap()],
+            expires_at: None,
+        };
+        let ok = authorize_channels(&["booking:42".into(), "booking:42".into()], &grant, 2).unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(authorize_channels(&["agent:7".into()], &grant, 2).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(authorize_channels(&["a..b".into()], &grant, 2).unwrap_err().code, "invalid_channel");
+        let many: Vec<String> = (0..3).map(|i| format!("booking:{i}")).collect();
+        assert_eq!(authorize_channels(&many, &grant, 2).unwrap_err().code, "too_many_channels");
+    }
+}

@@ -1,0 +1,94 @@
+//! HTTP routes: the SSE stream, the publish API, health and stats, and the dev page.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError, web};
+use serde::Serialize;
+
+use crate::broker::Broker;
+use crate::config::{ClientAuth, PublishAuth, Settings};
+use crate::hub::Hub;
+use crate::limits::Admission;
+
+pub mod dev;
+pub mod events;
+pub mod health;
+pub mod publish;
+
+/// Shared by every worker.
+pub struct AppState {
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    pub admission: Arc<Admission>,
+    pub client_auth: ClientAuth,
+    pub publish_auth: PublishAuth,
+    pub settings: Settings,
+    /// Random per-process prefix of connection ids.
+    pub instance: String,
+    pub next_connection: AtomicU64,
+}
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig, dev: bool) {
+    cfg.route("/events", web::get().to(events::events))
+        .route("/v1/publish", web::post().to(publish::publish))
+        .route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/stats", web::get().to(health::stats));
+    if dev {
+        cfg.route("/", web::get().to(dev::index));
+    }
+}
+
+/// A client-facing error: status plus `{"error":"<code>","message":"<text>"}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        res.json(ErrorBody { error: self.code, message: &self.message })
+    }
+}

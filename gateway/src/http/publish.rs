@@ -1,0 +1,184 @@
+//! `POST /v1/publish`: validate, then hand to the broker (DESIGN section 4).
+//!
+//! Body: `{"type":"booking_update","data":{…},"users":["u1"],"channels":["booking:42"],
+//! "broadcast":false,"durable":true}` → `200 {"ids":[…]}`. Every field is checked; nothing is
+//! published unless the whole request is valid.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{ApiError, AppState};
+use crate::auth::{TokenSources, pick_token};
+use crate::config::PublishAuth;
+use crate::event::{Outgoing, Target};
+use crate::names::{DEFAULT_EVENT_TYPE, Name, validate_event_type};
+
+/// Most targets in one publish request.
+pub const MAX_TARGETS: usize = 1000;
+/// Room for everything in a request besides the payload (type, target lists).
+const ENVELOPE_ALLOWANCE: usize = 160 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody<'a> {
+    #[serde(rename = "type", default)]
+    pub event_type: Option<String>,
+    #[serde(borrow)]
+    pub data: Option<&'a RawValue>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub channels: Vec<String>,
+    #[serde(default)]
+    pub broadcast: bool,
+    #[serde(default)]
+    pub durable: Option<bool>,
+}
+
+/// A publish request that passed validation.
+#[derive(Debug)]
+pub struct ValidPublish {
+    pub targets: Vec<Target>,
+    pub event: Outgoing,
+}
+
+/// Parses and validates a request body. Pure, so it can be table-tested and fuzzed.
+pub fn validate(body: &[u8], max_payload: usize) -> Result<ValidPublish, ApiError> {
+    let parsed: PublishBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body is not a valid publish request: {e}")))?;
+    let data = parsed.data.ok_or_else(|| ApiError::bad_request("missing_data", "field \"data\" is required (any JSON value)"))?;
+    if data.get().len() > max_payload {
+        return Err(payload_too_large(max_payload));
+    }
+    let event_type = parsed.event_type.unwrap_or_else(|| DEFAULT_EVENT_TYPE.to_owned());
+    validate_event_type(&event_type).map_err(|e| ApiError::bad_request("invalid_type", format!("type {e}")))?;
+
+    let count = parsed.users.len() + parsed.channels.len() + usize::from(parsed.broadcast);
+    if count == 0 {
+        return Err(ApiError::bad_request("no_targets", "name at least one target: \"users\", \"channels\" or \"broadcast\": true"));
+    }
+    if count > MAX_TARGETS {
+        return Err(ApiError::bad_request("too_many_targets", format!("at most {MAX_TARGETS} targets per request")));
+    }
+    let mut targets = Vec::with_capacity(count);
+    for u in &parsed.users {
+        let name = Name::parse(u).map_err(|e| ApiError::bad_request("invalid_user", format!("user {:?} {e}", shown(u))))?;
+        targets.push(Target::User(name));
+    }
+    for c in &parsed.channels {
+        let name = Name::parse(c).map_err(|e| ApiError::bad_request("invalid_channel", format!("channel {:?} {e}", shown(c))))?;
+        targets.push(Target::Channel(name));
+    }
+    if parsed.broadcast {
+        targets.push(Target::Broadcast);
+    }
+    Ok(ValidPublish {
+        targets,
+        event: Outgoing {
+            event_type,
+            payload: Bytes::copy_from_slice(data.get().as_bytes()),
+            durable: parsed.durable.unwrap_or(true),
+        },
+    })
+}
+
+fn shown(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn payload_too_large(max: usize) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the event payload is limited to {max} bytes"))
+}
+
+pub async fn publish(req: HttpRequest, mut payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    match &state.publish_auth {
+        PublishAuth::Open => {}
+        PublishAuth::Disabled => {
+            return Err(ApiError::unauthorized("HTTP publishing is disabled on this gateway (no --publish-keys-file); publish through NATS"));
+        }
+        PublishAuth::Keys(keys) => {
+            let sources = TokenSources {
+                authorization: req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+                query: None,
+                cookie: None,
+            };
+            let key = pick_token(&sources).ok_or_else(|| ApiError::unauthorized("send a publisher key as Authorization: Bearer <key>"))?;
+            let name = keys.check(key).ok_or_else(|| ApiError::unauthorized("unknown publisher key"))?;
+            tracing::debug!(publisher = name, "publish request");
+        }
+    }
+
+    let max_payload = state.settings.max_payload_bytes;
+    let limit = max_payload + ENVELOPE_ALLOWANCE;
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(payload_too_large(max_payload));
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(payload_too_large(max_payload));
+        }
+        body.extend_from_slice(&chunk);
+    }
+
+    let valid = validate(&body, max_payload)?;
+    let ids = state.broker.publish(valid.targets, valid.event).await.map_err(|e| {
+        tracing::warn!(error = %e, "publish failed");
+        ApiError::unavailable(e.to_string())
+    })?;
+    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "ids": ids })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> (u16, &'static str) {
+        let e = validate(body.as_bytes(), 64).unwrap_err();
+        (e.status.as_u16(), e.code)
+    }
+
+    #[test]
+    fn valid_requests() {
+        let v = validate(br#"{"type":"booking_update","data":{"a":[1,2]},"users":["u1"],"channels":["booking:42"],"broadcast":true}"#, 64).unwrap();
+        assert_eq!(v.targets.len(), 3);
+        assert_eq!(v.targets[2], Target::Broadcast);
+        assert_eq!(v.event.event_type, "booking_update");
+        assert_eq!(&v.event.payload[..], br#"{"a":[1,2]}"#);
+        assert!(v.event.durable);
+        let v = validate(br#"{"data":null,"broadcast":true,"durable":false}"#, 64).unwrap();
+        assert_eq!(v.event.event_type, "message");
+        assert!(!v.event.durable);
+    }
+
+    #[test]
+    fn invalid_requests() {
+        let cases = [
+            ("", (400, "invalid_json")),
+            ("[]", (400, "invalid_json")),
+            (r#"{"data":1,"users":["u1"],"extra":1}"#, (400, "invalid_json")),
+            (r#"{"users":["u1"]}"#, (400, "missing_data")),
+            (r#"{"data":1}"#, (400, "no_targets")),
+            (r#"{"data":1,"users":["a b"]}"#, (400, "invalid_user")),
+            (r#"{"data":1,"channels":["x.>"]}"#, (400, "invalid_channel")),
+            (r#"{"data":1,"broadcast":true,"type":"connected"}"#, (400, "invalid_type")),
+            (r#"{"data":1,"broadcast":true,"type":"a\nb"}"#, (400, "invalid_type")),
+            (r#"{"data":1,"broadcast":"yes"}"#, (400, "invalid_json")),
+            (r#"{"data":"0123456789012345678901234567890123456789012345678901234567890123","broadcast":true}"#, (413, "payload_too_large")),
+        ];
+        for (body, want) in cases {
+            assert_eq!(err(body), want, "body {body}");
+        }
+        let many = format!(r#"{{"data":1,"users":[{}]}}"#, vec!["\"u\""; MAX_TARGETS + 1].join(","));
+        assert_eq!(validate(many.as_bytes(), 64).unwrap_err().code, "too_many_targets");
+    }
+}

@@ -1,0 +1,31 @@
+//! Herald gateway: pushes events from NATS to browsers over Server-Sent Events.
+//!
+//! How an event travels through a gateway pod:
+//!
+//! 1. A publisher emits an event on a NATS subject (`herald.live.user.u1`, …), directly or
+//!    through `POST /v1/publish` ([`http::publish`] → [`broker::Broker::publish`]).
+//! 2. The [`hub::Hub`] holds exactly one broker subscription per subject for the whole pod,
+//!    refcounted by the sessions that want it. When a message arrives it renders the SSE frame
+//!    once ([`sse`]) and hands the same bytes to every member's [`outbox::Outbox`] without
+//!    waiting on anyone.
+//! 3. Each SSE connection is one [`session::Session`] actor. It owns the connection's lifecycle
+//!    (hub membership, heartbeats, token expiry) while its outbox feeds the HTTP response body.
+//!
+//! Everything that parses untrusted input is a pure function with table tests: [`names`],
+//! [`auth`], [`publish_keys`], [`sse`].
+
+pub mod auth;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod http;
+pub mod hub;
+pub mod limits;
+pub mod names;
+pub mod outbox;
+pub mod publish_keys;
+pub mod server;
+pub mod session;
+pub mod sse;
+pub mod telemetry;

@@ -1,0 +1,33 @@
+use clap::Parser;
+use herald_gateway::config::{Cli, Command, Config};
+use herald_gateway::{cli, server, telemetry};
+
+fn main() {
+    let cli = Cli::parse();
+    let (config, log_format) = match cli.command {
+        Command::Publish(args) => std::process::exit(cli::publish(args)),
+        Command::Serve(args) => {
+            let format = args.common.log_format;
+            (Config::serve(args), format)
+        }
+        Command::Dev(args) => {
+            let format = args.common.log_format;
+            (Config::dev(args), format)
+        }
+    };
+    telemetry::init(log_format);
+    let config = match config {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("herald-gateway: refusing to start:");
+            for e in errors {
+                eprintln!("  - {e}");
+            }
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = server::run(config) {
+        tracing::error!("gateway stopped: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,136 @@
+//! Start-up and wiring: limits, the hub runtime, the broker, the hub, the HTTP server.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use actix_cors::Cors;
+use actix_web::dev::Service;
+use actix_web::{App, HttpServer, web};
+
+use crate::auth::redact_query;
+use crate::broker::{Broker, MemoryBroker, NatsBroker};
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::hub::Hub;
+use crate::limits::Admission;
+
+/// Runs a gateway until it is stopped.
+pub fn run(config: Config) -> std::io::Result<()> {
+    raise_open_files_limit(config.settings.max_connections);
+
+    // The hub runtime: one thread that owns the broker connection and the dispatcher (the
+    // ordering argument in hub.rs depends on it being single-threaded).
+    let hub_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("herald-hub")
+        .build()?;
+    let handle = hub_runtime.handle().clone();
+    std::thread::Builder::new()
+        .name("herald-hub".into())
+        .spawn(move || hub_runtime.block_on(std::future::pending::<()>()))?;
+
+    let broker: Arc<dyn Broker> = match &config.nats {
+        Some(opts) => {
+            let opts = opts.clone();
+            let connecting = handle.spawn(async move { NatsBroker::connect(&opts).await });
+            let broker = handle.block_on(connecting)
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?;
+            Arc::new(broker)
+        }
+        None => MemoryBroker::start(&handle),
+    };
+    let hub = Hub::start(broker.clone(), &handle);
+
+    let settings = config.settings.clone();
+    let state = web::Data::new(AppState {
+        hub,
+        broker,
+        admission: Admission::new(settings.max_connections, settings.max_connections_per_user),
+        client_auth: config.client_auth,
+        publish_auth: config.publish_auth,
+        settings: settings.clone(),
+        instance: format!("{:08x}", rand::random::<u32>()),
+        next_connection: AtomicU64::new(0),
+    });
+    let dev = config.dev;
+    let listen = config.listen;
+
+    actix_web::rt::System::new().block_on(async move {
+        let origins = settings.allowed_origins.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(cors(&origins))
+                .wrap_fn(|req, srv| {
+                    let method = req.method().clone();
+                    let path = req.path().to_owned();
+                    let query = redact_query(req.query_string());
+                    let fut = srv.call(req);
+                    async move {
+                        let res = fut.await?;
+                        tracing::debug!(%method, %path, %query, status = res.status().as_u16(), "request");
+                        Ok(res)
+                    }
+                })
+                .configure(|cfg| http::routes(cfg, dev))
+        })
+        .backlog(4096)
+        .max_connections(settings.max_connections.max(1024))
+        .shutdown_timeout(1);
+        if settings.workers > 0 {
+            server = server.workers(settings.workers);
+        }
+        let server = server.bind(listen)?;
+        for addr in server.addrs() {
+            tracing::info!("listening on http://{addr}");
+        }
+        if dev {
+            warn_dev_mode(&server.addrs());
+        }
+        server.run().await
+    })
+}
+
+fn cors(origins: &[String]) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "POST", "OPTIONS"])
+        .allowed_headers(["authorization", "content-type", "last-event-id", "cache-control"])
+        .supports_credentials()
+        .max_age(3600);
+    for origin in origins {
+        cors = if origin == "*" { cors.allow_any_origin() } else { cors.allowed_origin(origin) };
+    }
+    cors
+}
+
+fn warn_dev_mode(addrs: &[std::net::SocketAddr]) {
+    let url = addrs.first().map(|a| format!("http://{a}/")).unwrap_or_default();
+    tracing::warn!("DEVELOPMENT MODE: no authentication, in-process broker, events kept in memory only.");
+    tracing::warn!("Do not expose this gateway. Use `herald-gateway serve` in production.");
+    tracing::info!("demo page: {url}  stream: curl -N '{url}events?user=alice'");
+}
+
+/// Raises the soft open-files limit to the hard limit: each SSE connection holds a socket.
+fn raise_open_files_limit(wanted: usize) {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        if (lim.rlim_cur as usize) < wanted + 64 {
+            tracing::warn!(
+                open_files = lim.rlim_cur,
+                max_connections = wanted,
+                "the open-files limit is below --max-connections; connections beyond it will fail"
+            );
+        }
+    }
+}

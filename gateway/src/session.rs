@@ -1,0 +1,78 @@
+//! One actor per SSE connection. It owns the connection's lifecycle; events themselves flow
+//! from the hub straight into its outbox and never pass through the actor's mailbox.
+//!
+//! Lifecycle: created by the `/events` handler after the hub membership is live (so the
+//! `connected` frame, already queued, is only sent once events can arrive) → heartbeats every
+//! interval (a failed write of one reveals a dead client) → stops when the response body is
+//! dropped, the token expires, or the gateway drains → on stop, the membership and the
+//! connection permit are dropped, which leaves the hub topics and frees the slot.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
+use bytes::Bytes;
+
+use crate::hub::Membership;
+use crate::limits::Permit;
+use crate::names::Name;
+use crate::outbox::{CloseReason, Outbox};
+use crate::sse;
+
+/// Sent by the response body when actix drops it: the client is gone or the stream ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BodyGone;
+
+/// Everything a session needs, assembled by the `/events` handler.
+pub struct Session {
+    pub id: String,
+    pub user: Name,
+    pub outbox: Arc<Outbox>,
+    pub membership: Membership,
+    pub permit: Permit,
+    pub heartbeat: Duration,
+    /// Unix seconds at which the token expires.
+    pub expires_at: Option<u64>,
+    pub opened: Instant,
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.heartbeat, |session, ctx| {
+            if session.outbox.push(Bytes::from_static(sse::HEARTBEAT)).is_err() {
+                ctx.stop();
+            }
+        });
+        if let Some(exp) = self.expires_at {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+            ctx.run_later(Duration::from_secs(exp.saturating_sub(now)), |session, _ctx| {
+                let frame = sse::control_frame("token_expired", &serde_json::json!({"reason": "token_expired"}));
+                // The body ends after this frame; its drop stops the actor.
+                session.outbox.close(CloseReason::TokenExpired, Some(frame));
+            });
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let reason = self.outbox.close_reason().unwrap_or(CloseReason::Client);
+        tracing::info!(
+            connection = %self.id,
+            user = %self.user,
+            reason = reason.as_str(),
+            duration_ms = self.opened.elapsed().as_millis() as u64,
+            "connection closed"
+        );
+        self.outbox.close(reason, None);
+    }
+}
+
+impl Handler<BodyGone> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: BodyGone, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,167 @@
+//! SSE frame rendering (DESIGN section 3). Pure functions: the hub calls [`event_frame`] once per
+//! event per pod and shares the resulting bytes with every session.
+//!
+//! Control frames (`connected`, `reset`, `token_expired`) never carry `id:`, because an id there
+//! would move the browser's resume cursor past events it has not seen.
+
+use std::io::Write;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+
+use crate::event::{EventId, Target};
+
+/// The comment sent every heartbeat interval; failed writes of it reveal dead clients.
+pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+
+/// Renders one event: `id:` (durable events only), `event:`, and the JSON envelope
+/// `{"channel":…,"target":…,"data":…}` (plus `"from"` for client events) as `data:` lines.
+///
+/// `payload` must be valid JSON. Line breaks inside it (pretty-printed JSON) become further
+/// `data:` lines, which the client joins back with `\n`.
+pub fn event_frame(
+    id: Option<&EventId>,
+    event_type: &str,
+    target: &Target,
+    from: Option<&str>,
+    payload: &[u8],
+) -> Bytes {
+    let mut envelope = Vec::with_capacity(payload.len() + 64);
+    envelope.extend_from_slice(b"{\"channel\":");
+    match target.channel() {
+        Some(name) => json_string(&mut envelope, name.as_str()),
+        None => envelope.extend_from_slice(b"null"),
+    }
+    envelope.extend_from_slice(b",\"target\":\"");
+    envelope.extend_from_slice(target.kind().as_bytes());
+    envelope.push(b'"');
+    if let Some(from) = from {
+        envelope.extend_from_slice(b",\"from\":");
+        json_string(&mut envelope, from);
+    }
+    envelope.extend_from_slice(b",\"data\":");
+    envelope.extend_from_slice(payload);
+    envelope.push(b'}');
+
+    let mut out = BytesMut::with_capacity(envelope.len() + event_type.len() + 48);
+    if let Some(id) = id {
+        // Writing into BytesMut cannot fail.
+        let _ = write!((&mut out).writer(), "id: {id}\n");
+    }
+    out.put_slice(b"event: ");
+    out.put_slice(event_type.as_bytes());
+    out.put_u8(b'\n');
+    put_data_lines(&mut out, &envelope);
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// A control event (no `id:`): `event: <name>` with `data` serialised from `data`.
+pub fn control_frame(event: &str, data: &impl Serialize) -> Bytes {
+    let json = serde_json::to_vec(data).unwrap_or_else(|_| b"null".to_vec());
+    let mut out = BytesMut::with_capacity(json.len() + event.len() + 16);
+    out.put_slice(b"event: ");
+    out.put_slice(event.as_bytes());
+    out.put_u8(b'\n');
+    put_data_lines(&mut out, &json);
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// A bare reconnection hint: the browser waits `ms` before reconnecting.
+pub fn retry_frame(ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {ms}\n\n"))
+}
+
+/// The first frame of every stream: the reconnection delay, then `event: connected`.
+pub fn connected_frame(retry_ms: u64, info: &impl Serialize) -> Bytes {
+    let control = control_frame("connected", info);
+    let mut out = BytesMut::with_capacity(control.len() + 16);
+    let _ = write!((&mut out).writer(), "retry: {retry_ms}\n");
+    out.put_slice(&control);
+    out.freeze()
+}
+
+/// Writes `data` as `data:` lines, splitting at CRLF, CR and LF as the SSE parser does.
+fn put_data_lines(out: &mut BytesMut, data: &[u8]) {
+    out.put_slice(b"data: ");
+    let mut i = 0;
+    while i < data.len() {
+        match data[i] {
+            b'\r' => {
+                out.put_slice(b"\ndata: ");
+                if data.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' => out.put_slice(b"\ndata: "),
+            b => out.put_u8(b),
+        }
+        i += 1;
+    }
+    out.put_u8(b'\n');
+}
+
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Serialising a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::names::Name;
+
+    fn text(b: &Bytes) -> &str {
+        std::str::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn channel_event_with_id() {
+        let id = EventId { epoch: Arc::from("e1"), seq: 7 };
+        let target = Target::Channel(Name::parse("booking:42").unwrap());
+        let frame = event_frame(Some(&id), "booking_update", &target, None, br#"{"status":"confirmed"}"#);
+        assert_eq!(
+            text(&frame),
+            "id: e1-7\nevent: booking_update\ndata: {\"channel\":\"booking:42\",\"target\":\"channel\",\"data\":{\"status\":\"confirmed\"}}\n\n"
+        );
+    }
+
+    #[test]
+    fn user_and_broadcast_have_null_channel_and_no_id_when_ephemeral() {
+        let u = Target::User(Name::parse("u1").unwrap());
+        assert_eq!(
+            text(&event_frame(None, "message", &u, None, b"1")),
+            "event: message\ndata: {\"channel\":null,\"target\":\"user\",\"data\":1}\n\n"
+        );
+        assert_eq!(
+            text(&event_frame(None, "message", &Target::Broadcast, Some("ana"), b"\"hi\"")),
+            "event: message\ndata: {\"channel\":null,\"target\":\"broadcast\",\"from\":\"ana\",\"data\":\"hi\"}\n\n"
+        );
+    }
+
+    #[test]
+    fn newlines_become_data_lines() {
+        let u = Target::User(Name::parse("u1").unwrap());
+        let frame = event_frame(None, "t", &u, None, b"{\n\"a\":1,\r\n\"b\":2\r}");
+        assert_eq!(
+            text(&frame),
+            "event: t\ndata: {\"channel\":null,\"target\":\"user\",\"data\":{\ndata: \"a\":1,\ndata: \"b\":2\ndata: }}\n\n"
+        );
+        // Joining the data lines with \n gives JSON that parses.
+        let joined: Vec<&str> = text(&frame)
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        let v: serde_json::Value = serde_json::from_str(&joined.join("\n")).unwrap();
+        assert_eq!(v["data"]["b"], 2);
+    }
+
+    #[test]
+    fn connected_has_retry_and_no_id() {
+        let f = connected_frame(2500, &serde_json::json!({"user":"u1"}));
+        assert_eq!(text(&f), "retry: 2500\nevent: connected\ndata: {\"user\":\"u1\"}\n\n");
+    }
+}
