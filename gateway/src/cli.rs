@@ -106,7 +106,11 @@ fn run(args: PublishArgs) -> Result<String, String> {
         };
         let endpoint = format!("{}/v1/publish", url.trim_end_matches('/'));
         return actix_web::rt::System::new().block_on(async move {
-            let mut req = awc::Client::builder().timeout(PUBLISH_TIMEOUT).finish().post(&endpoint).content_type("application/json");
+            let mut req = awc::Client::builder()
+                .timeout(PUBLISH_TIMEOUT)
+                .finish()
+                .post(&endpoint)
+                .content_type("application/json");
             if let Some(key) = key {
                 req = req.bearer_auth(key);
             }
@@ -120,7 +124,12 @@ fn run(args: PublishArgs) -> Result<String, String> {
     let Some(nats_url) = args.nats_url.filter(|u| !u.trim().is_empty()) else {
         return Err("say where to publish: --url <gateway> (HTTP) or --nats-url <nats://…> (NATS)".into());
     };
-    let opts = NatsOptions { url: nats_url, credentials: args.nats_creds, prefix: args.subject_prefix, name: "herald-gateway publish".into() };
+    let opts = NatsOptions {
+        url: nats_url,
+        credentials: args.nats_creds,
+        prefix: args.subject_prefix,
+        name: "herald-gateway publish".into(),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         tokio::time::timeout(PUBLISH_TIMEOUT, async move {

@@ -196,7 +196,8 @@ impl Config {
         {
             errors.push(format!("--jwks-file {e}"));
         }
-        let no_key_flags = args.jwt_secret_file.is_none() && args.jwt_public_key_file.is_empty() && args.jwks_file.is_none();
+        let no_key_flags =
+            args.jwt_secret_file.is_none() && args.jwt_public_key_file.is_empty() && args.jwks_file.is_none();
         if no_key_flags {
             errors.push(
                 "no client-token key: set --jwt-secret-file, --jwt-public-key-file or --jwks-file \
@@ -266,7 +267,10 @@ impl Settings {
             errors.push(format!("--retry-ms must be 1..=600000, got {}", a.retry_ms));
         }
         if a.max_payload_bytes == 0 || a.max_payload_bytes > 1024 * 1024 {
-            errors.push(format!("--max-payload-bytes must be 1..=1048576 (NATS' default limit), got {}", a.max_payload_bytes));
+            errors.push(format!(
+                "--max-payload-bytes must be 1..=1048576 (NATS' default limit), got {}",
+                a.max_payload_bytes
+            ));
         }
         if a.client_queue_bytes < 4096 {
             errors.push(format!("--client-queue-bytes must be at least 4096, got {}", a.client_queue_bytes));

@@ -165,10 +165,11 @@ impl Hub {
             }
         }
         for mut state in pending {
-            let settled = tokio::time::timeout(SUBSCRIBE_TIMEOUT, state.wait_for(|s| !matches!(s, TopicState::Pending)))
-                .await
-                .map_err(|_| JoinError::Timeout)?
-                .map_err(|_| JoinError::Closed)?;
+            let settled =
+                tokio::time::timeout(SUBSCRIBE_TIMEOUT, state.wait_for(|s| !matches!(s, TopicState::Pending)))
+                    .await
+                    .map_err(|_| JoinError::Timeout)?
+                    .map_err(|_| JoinError::Closed)?;
             match &*settled {
                 TopicState::Live => {}
                 TopicState::Failed(e) => return Err(JoinError::Broker(BrokerError::Unavailable(e.clone()))),

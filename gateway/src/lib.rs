@@ -24,6 +24,7 @@ pub mod hub;
 pub mod limits;
 pub mod names;
 pub mod outbox;
+pub mod peer;
 pub mod publish_keys;
 pub mod server;
 pub mod session;

@@ -27,7 +27,9 @@ pub enum NameError {
     Empty,
     #[error("is {0} characters long (at most {1} allowed)")]
     TooLong(usize, usize),
-    #[error("contains {0:?} at position {1}; allowed are ASCII letters, digits and _ - : @ = + ~ with . between segments")]
+    #[error(
+        "contains {0:?} at position {1}; allowed are ASCII letters, digits and _ - : @ = + ~ with . between segments"
+    )]
     InvalidChar(char, usize),
     #[error("has an empty segment (a leading, trailing or doubled '.')")]
     EmptySegment,

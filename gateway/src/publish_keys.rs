@@ -62,7 +62,8 @@ impl PublishKeys {
 
     pub fn load(path: &Path) -> Result<Self, Vec<String>> {
         let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-        let keys = Self::parse(&text).map_err(|errs| errs.into_iter().map(|e| format!("{}: {e}", path.display())).collect::<Vec<_>>())?;
+        let keys = Self::parse(&text)
+            .map_err(|errs| errs.into_iter().map(|e| format!("{}: {e}", path.display())).collect::<Vec<_>>())?;
         if keys.is_empty() {
             return Err(vec![format!("{}: no keys defined", path.display())]);
         }
@@ -92,7 +93,8 @@ mod tests {
 
     #[test]
     fn parse_and_check() {
-        let keys = PublishKeys::parse("# backends\nbilling: s3cret-billing-key-1\n\n bookings:another-long-secret \n").unwrap();
+        let keys = PublishKeys::parse("# backends\nbilling: s3cret-billing-key-1\n\n bookings:another-long-secret \n")
+            .unwrap();
         assert_eq!(keys.check("s3cret-billing-key-1"), Some("billing"));
         assert_eq!(keys.check("another-long-secret"), Some("bookings"));
         assert_eq!(keys.check("another-long-secreT"), None);
@@ -101,7 +103,9 @@ mod tests {
 
     #[test]
     fn errors_name_lines_not_secrets() {
-        let errs = PublishKeys::parse("nocolon\nx:short\nbad name:0123456789abcdef\nok:0123456789abcdef\nok:0123456789abcdeg").unwrap_err();
+        let errs =
+            PublishKeys::parse("nocolon\nx:short\nbad name:0123456789abcdef\nok:0123456789abcdef\nok:0123456789abcdeg")
+                .unwrap_err();
         assert_eq!(
             errs,
             vec![

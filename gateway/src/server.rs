@@ -20,10 +20,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
 
     // The hub runtime: one thread that owns the broker connection and the dispatcher (the
     // ordering argument in hub.rs depends on it being single-threaded).
-    let hub_runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("herald-hub")
-        .build()?;
+    let hub_runtime = tokio::runtime::Builder::new_current_thread().enable_all().thread_name("herald-hub").build()?;
     let handle = hub_runtime.handle().clone();
     std::thread::Builder::new()
         .name("herald-hub".into())
@@ -33,9 +30,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
         Some(opts) => {
             let opts = opts.clone();
             let connecting = handle.spawn(async move { NatsBroker::connect(&opts).await });
-            let broker = handle.block_on(connecting)
-                .map_err(std::io::Error::other)?
-                .map_err(std::io::Error::other)?;
+            let broker = handle.block_on(connecting).map_err(std::io::Error::other)?.map_err(std::io::Error::other)?;
             Arc::new(broker)
         }
         None => MemoryBroker::start(&handle),
@@ -58,6 +53,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
 
     actix_web::rt::System::new().block_on(async move {
         let origins = settings.allowed_origins.clone();
+        let heartbeat = settings.heartbeat;
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -75,6 +71,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
                 })
                 .configure(|cfg| http::routes(cfg, dev))
         })
+        .on_connect(move |conn, ext| crate::peer::on_connect(conn, ext, heartbeat))
         .backlog(4096)
         .max_connections(settings.max_connections.max(1024))
         .shutdown_timeout(1);

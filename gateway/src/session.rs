@@ -17,6 +17,7 @@ use crate::hub::Membership;
 use crate::limits::Permit;
 use crate::names::Name;
 use crate::outbox::{CloseReason, Outbox};
+use crate::peer::PeerSocket;
 use crate::sse;
 
 /// Sent by the response body when actix drops it: the client is gone or the stream ended.
@@ -35,6 +36,8 @@ pub struct Session {
     /// Unix seconds at which the token expires.
     pub expires_at: Option<u64>,
     pub opened: Instant,
+    /// The client's socket, probed on each heartbeat.
+    pub peer: Option<PeerSocket>,
 }
 
 impl Actor for Session {
@@ -42,6 +45,13 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.heartbeat, |session, ctx| {
+            if session.outbox.close_reason().is_some() {
+                return ctx.stop();
+            }
+            if session.peer.is_some_and(|p| p.closed_by_peer()) {
+                session.outbox.close(CloseReason::Client, None);
+                return ctx.stop();
+            }
             if session.outbox.push(Bytes::from_static(sse::HEARTBEAT)).is_err() {
                 ctx.stop();
             }

@@ -46,7 +46,7 @@ pub fn event_frame(
     let mut out = BytesMut::with_capacity(envelope.len() + event_type.len() + 48);
     if let Some(id) = id {
         // Writing into BytesMut cannot fail.
-        let _ = write!((&mut out).writer(), "id: {id}\n");
+        let _ = writeln!((&mut out).writer(), "id: {id}");
     }
     out.put_slice(b"event: ");
     out.put_slice(event_type.as_bytes());
@@ -77,7 +77,7 @@ pub fn retry_frame(ms: u64) -> Bytes {
 pub fn connected_frame(retry_ms: u64, info: &impl Serialize) -> Bytes {
     let control = control_frame("connected", info);
     let mut out = BytesMut::with_capacity(control.len() + 16);
-    let _ = write!((&mut out).writer(), "retry: {retry_ms}\n");
+    let _ = writeln!((&mut out).writer(), "retry: {retry_ms}");
     out.put_slice(&control);
     out.freeze()
 }
@@ -151,10 +151,7 @@ mod tests {
             "event: t\ndata: {\"channel\":null,\"target\":\"user\",\"data\":{\ndata: \"a\":1,\ndata: \"b\":2\ndata: }}\n\n"
         );
         // Joining the data lines with \n gives JSON that parses.
-        let joined: Vec<&str> = text(&frame)
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .collect();
+        let joined: Vec<&str> = text(&frame).lines().filter_map(|l| l.strip_prefix("data: ")).collect();
         let v: serde_json::Value = serde_json::from_str(&joined.join("\n")).unwrap();
         assert_eq!(v["data"]["b"], 2);
     }

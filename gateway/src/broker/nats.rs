@@ -66,10 +66,7 @@ impl NatsBroker {
             .map(|u| u.trim().parse())
             .collect::<Result<_, _>>()
             .map_err(|e| BrokerError::Rejected(format!("invalid NATS URL: {e}")))?;
-        let client = options
-            .connect(urls)
-            .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let client = options.connect(urls).await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let nonce: u64 = rand::random();
         Ok(NatsBroker {
             client,
@@ -119,10 +116,7 @@ impl Broker for NatsBroker {
         let subject = target.subject(&self.prefix, SubjectKind::Live);
         let sync = self.sync_subject.clone();
         async move {
-            let sub = client
-                .subscribe(subject)
-                .await
-                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            let sub = client.subscribe(subject).await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
             Self::round_trip(&client, sync).await?;
             Ok(Box::pin(sub.map(delivery_from)) as EventStream)
         }
@@ -136,7 +130,11 @@ impl Broker for NatsBroker {
             let headers = event_headers(&event.event_type);
             for target in &targets {
                 client
-                    .publish_with_headers(target.subject(&prefix, SubjectKind::Live), headers.clone(), event.payload.clone())
+                    .publish_with_headers(
+                        target.subject(&prefix, SubjectKind::Live),
+                        headers.clone(),
+                        event.payload.clone(),
+                    )
                     .await
                     .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
             }

@@ -21,6 +21,7 @@ use crate::event::Target;
 use crate::limits::Refusal;
 use crate::names::Name;
 use crate::outbox::{Outbox, OutboxBody};
+use crate::peer::PeerSocket;
 use crate::session::{BodyGone, Session};
 use crate::sse;
 
@@ -38,9 +39,7 @@ pub fn parse_query(query: &str) -> EventsQuery {
     let mut q = EventsQuery::default();
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match &*key {
-            "channels" | "channel" => {
-                q.channels.extend(value.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned))
-            }
+            "channels" | "channel" => q.channels.extend(value.split(',').filter(|c| !c.is_empty()).map(str::to_owned)),
             "token" => q.token = Some(value.into_owned()),
             "user" => q.user = Some(value.into_owned()),
             "lastEventId" => q.last_event_id = Some(value.into_owned()),
@@ -108,6 +107,7 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
         heartbeat: state.settings.heartbeat,
         expires_at: grant.expires_at,
         opened: Instant::now(),
+        peer: req.conn_data::<PeerSocket>().copied(),
     }
     .start();
     let body = OutboxBody::new(outbox, move || session.do_send(BodyGone));
@@ -118,7 +118,8 @@ fn authenticate(req: &HttpRequest, query: &EventsQuery, state: &AppState) -> Res
     match &state.client_auth {
         ClientAuth::Open => {
             let user = query.user.as_deref().unwrap_or("anonymous");
-            let user = Name::parse(user).map_err(|e| ApiError::bad_request("invalid_user", format!("user name {e}")))?;
+            let user =
+                Name::parse(user).map_err(|e| ApiError::bad_request("invalid_user", format!("user name {e}")))?;
             Ok(Grant::anything(user))
         }
         ClientAuth::Jwt(verifier) => {
@@ -128,7 +129,8 @@ fn authenticate(req: &HttpRequest, query: &EventsQuery, state: &AppState) -> Res
                 query: query.token.as_deref(),
                 cookie: cookie.as_ref().map(|c| c.value()),
             };
-            let token = pick_token(&sources).ok_or_else(|| ApiError::unauthorized(crate::auth::AuthError::Missing.to_string()))?;
+            let token = pick_token(&sources)
+                .ok_or_else(|| ApiError::unauthorized(crate::auth::AuthError::Missing.to_string()))?;
             verifier.verify(token).map_err(|e| ApiError::unauthorized(e.to_string()))
         }
     }

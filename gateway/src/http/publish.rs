@@ -28,7 +28,8 @@ const ENVELOPE_ALLOWANCE: usize = 160 * 1024;
 pub struct PublishBody<'a> {
     #[serde(rename = "type", default)]
     pub event_type: Option<String>,
-    #[serde(borrow)]
+    /// Any JSON value, `null` included (hence not a plain `Option`, which would swallow it).
+    #[serde(borrow, default, deserialize_with = "present")]
     pub data: Option<&'a RawValue>,
     #[serde(default)]
     pub users: Vec<String>,
@@ -40,6 +41,10 @@ pub struct PublishBody<'a> {
     pub durable: Option<bool>,
 }
 
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue as Deserialize>::deserialize(d).map(Some)
+}
+
 /// A publish request that passed validation.
 #[derive(Debug)]
 pub struct ValidPublish {
@@ -49,9 +54,16 @@ pub struct ValidPublish {
 
 /// Parses and validates a request body. Pure, so it can be table-tested and fuzzed.
 pub fn validate(body: &[u8], max_payload: usize) -> Result<ValidPublish, ApiError> {
-    let parsed: PublishBody = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body is not a valid publish request: {e}")))?;
-    let data = parsed.data.ok_or_else(|| ApiError::bad_request("missing_data", "field \"data\" is required (any JSON value)"))?;
+    // serde would also accept a struct written as an array; the API takes objects only.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::bad_request("invalid_json", "request body must be a JSON object"));
+    }
+    let parsed: PublishBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("request body is not a valid publish request: {e}"))
+    })?;
+    let data = parsed
+        .data
+        .ok_or_else(|| ApiError::bad_request("missing_data", "field \"data\" is required (any JSON value)"))?;
     if data.get().len() > max_payload {
         return Err(payload_too_large(max_payload));
     }
@@ -60,18 +72,23 @@ pub fn validate(body: &[u8], max_payload: usize) -> Result<ValidPublish, ApiErro
 
     let count = parsed.users.len() + parsed.channels.len() + usize::from(parsed.broadcast);
     if count == 0 {
-        return Err(ApiError::bad_request("no_targets", "name at least one target: \"users\", \"channels\" or \"broadcast\": true"));
+        return Err(ApiError::bad_request(
+            "no_targets",
+            "name at least one target: \"users\", \"channels\" or \"broadcast\": true",
+        ));
     }
     if count > MAX_TARGETS {
         return Err(ApiError::bad_request("too_many_targets", format!("at most {MAX_TARGETS} targets per request")));
     }
     let mut targets = Vec::with_capacity(count);
     for u in &parsed.users {
-        let name = Name::parse(u).map_err(|e| ApiError::bad_request("invalid_user", format!("user {:?} {e}", shown(u))))?;
+        let name =
+            Name::parse(u).map_err(|e| ApiError::bad_request("invalid_user", format!("user {:?} {e}", shown(u))))?;
         targets.push(Target::User(name));
     }
     for c in &parsed.channels {
-        let name = Name::parse(c).map_err(|e| ApiError::bad_request("invalid_channel", format!("channel {:?} {e}", shown(c))))?;
+        let name = Name::parse(c)
+            .map_err(|e| ApiError::bad_request("invalid_channel", format!("channel {:?} {e}", shown(c))))?;
         targets.push(Target::Channel(name));
     }
     if parsed.broadcast {
@@ -92,14 +109,24 @@ fn shown(s: &str) -> String {
 }
 
 fn payload_too_large(max: usize) -> ApiError {
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the event payload is limited to {max} bytes"))
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the event payload is limited to {max} bytes"),
+    )
 }
 
-pub async fn publish(req: HttpRequest, mut payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn publish(
+    req: HttpRequest,
+    mut payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     match &state.publish_auth {
         PublishAuth::Open => {}
         PublishAuth::Disabled => {
-            return Err(ApiError::unauthorized("HTTP publishing is disabled on this gateway (no --publish-keys-file); publish through NATS"));
+            return Err(ApiError::unauthorized(
+                "HTTP publishing is disabled on this gateway (no --publish-keys-file); publish through NATS",
+            ));
         }
         PublishAuth::Keys(keys) => {
             let sources = TokenSources {
@@ -107,7 +134,8 @@ pub async fn publish(req: HttpRequest, mut payload: web::Payload, state: web::Da
                 query: None,
                 cookie: None,
             };
-            let key = pick_token(&sources).ok_or_else(|| ApiError::unauthorized("send a publisher key as Authorization: Bearer <key>"))?;
+            let key = pick_token(&sources)
+                .ok_or_else(|| ApiError::unauthorized("send a publisher key as Authorization: Bearer <key>"))?;
             let name = keys.check(key).ok_or_else(|| ApiError::unauthorized("unknown publisher key"))?;
             tracing::debug!(publisher = name, "publish request");
         }
@@ -122,7 +150,8 @@ pub async fn publish(req: HttpRequest, mut payload: web::Payload, state: web::Da
     }
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the body: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(payload_too_large(max_payload));
         }
@@ -173,7 +202,10 @@ mod tests {
             (r#"{"data":1,"broadcast":true,"type":"connected"}"#, (400, "invalid_type")),
             (r#"{"data":1,"broadcast":true,"type":"a\nb"}"#, (400, "invalid_type")),
             (r#"{"data":1,"broadcast":"yes"}"#, (400, "invalid_json")),
-            (r#"{"data":"0123456789012345678901234567890123456789012345678901234567890123","broadcast":true}"#, (413, "payload_too_large")),
+            (
+                r#"{"data":"0123456789012345678901234567890123456789012345678901234567890123","broadcast":true}"#,
+                (413, "payload_too_large"),
+            ),
         ];
         for (body, want) in cases {
             assert_eq!(err(body), want, "body {body}");

@@ -1,0 +1,58 @@
+//! `herald-gateway dev`: no NATS, no auth, the page at `/`.
+
+mod support;
+
+use serde_json::json;
+use support::{Gateway, Sse, http};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_streams_without_nats_or_tokens() {
+    // No NATS anywhere: the in-process broker carries the events.
+    let gw = Gateway::dev(&[]);
+    gw.ready().await;
+    assert!(gw.log_text().contains("DEVELOPMENT MODE"), "dev mode says so loudly");
+
+    let mut alice = Sse::open(gw.addr, "/events?user=alice&channels=booking:42", &[]).await.unwrap();
+    let connected = alice.next().await;
+    assert_eq!(connected.json()["user"], "alice");
+
+    let res = http(
+        gw.addr,
+        "POST",
+        "/v1/publish",
+        &[("Content-Type", "application/json")],
+        Some(json!({"type":"notification","data":{"text":"hi"},"users":["alice"]}).to_string().as_bytes()),
+    )
+    .await;
+    assert_eq!(res.status, 200, "publishing needs no key in dev mode");
+    let ids = res.json()["ids"].as_array().unwrap().clone();
+    assert_eq!(ids.len(), 1);
+
+    let ev = alice.next_event().await;
+    assert_eq!(ev.event, "notification");
+    assert_eq!(ev.json(), json!({"channel":null,"target":"user","data":{"text":"hi"}}));
+    assert_eq!(ev.id.as_deref(), ids[0].as_str(), "dev mode gives durable events ids");
+
+    let page = http(gw.addr, "GET", "/", &[], None).await;
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains("EventSource"));
+}
+
+#[test]
+fn dev_mode_binds_loopback_by_default_and_serve_refuses_without_config() {
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_herald-gateway")).args(["dev", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1:8080"));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald-gateway"))
+        .arg("serve")
+        .env_remove("HERALD_NATS_URL")
+        .env_remove("HERALD_JWT_SECRET_FILE")
+        .env_remove("HERALD_JWT_PUBLIC_KEY_FILE")
+        .env_remove("HERALD_JWKS_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no NATS URL") && err.contains("no client-token key"), "{err}");
+}

@@ -1,0 +1,147 @@
+//! Refusals before streaming: the right status and a JSON body, no panic, and no effect on the
+//! connections already streaming.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{Gateway, Nats, PUBLISH_KEY, Sse, http, token};
+
+async fn refused(gw: &Gateway, target: &str, headers: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    match Sse::open(gw.addr, target, headers).await {
+        Ok(_) => panic!("{target} was accepted"),
+        Err(res) => {
+            assert_eq!(res.header("content-type"), Some("application/json"), "{target}");
+            (res.status, res.json())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_leave_others_alone() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &["--max-channels", "3"]);
+    gw.ready().await;
+
+    // A healthy stream that must survive everything below.
+    let mut bystander = Sse::with_token(gw.addr, &token("ok", &["booking:*"], 600), &["booking:1"]).await;
+    assert_eq!(bystander.next().await.event, "connected");
+
+    let expired = token("u1", &["booking:*"], -600);
+    let forged = {
+        let claims = json!({"sub":"u1","exp":jsonwebtoken::get_current_timestamp()+600,"channels":["*"]});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"wrong-secret-wrong-secret-wrong!"),
+        )
+        .unwrap()
+    };
+    let good = token("u1", &["booking:*"], 600);
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    let (status, body) = refused(&gw, "/events", &[]).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("unauthorized")));
+    assert!(body["message"].as_str().unwrap().contains("no token"));
+
+    let (status, body) = refused(&gw, "/events", &[("Authorization", &bearer(&expired))]).await;
+    assert_eq!(status, 401);
+    assert!(body["message"].as_str().unwrap().contains("expired"), "{body}");
+
+    let (status, body) = refused(&gw, "/events", &[("Authorization", &bearer(&forged))]).await;
+    assert_eq!(status, 401);
+    assert!(body["message"].as_str().unwrap().contains("signature"), "{body}");
+
+    let (status, _) = refused(&gw, "/events?token=garbage.not.jwt", &[]).await;
+    assert_eq!(status, 401);
+    let (status, _) = refused(&gw, "/events", &[("Authorization", "Bearer ")]).await;
+    assert_eq!(status, 401);
+    let huge = "x".repeat(9000);
+    let (status, _) = refused(&gw, "/events", &[("Authorization", &bearer(&huge))]).await;
+    assert_eq!(status, 401);
+
+    let (status, body) = refused(&gw, "/events?channels=agent:7", &[("Authorization", &bearer(&good))]).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("channel_not_allowed")));
+
+    for bad in ["booking:..", "booking:a%20b", "booking:*", "booking:%3E", "booking:%0A", "%E2%9C%93", "a..b"] {
+        let (status, body) =
+            refused(&gw, &format!("/events?channels={bad}"), &[("Authorization", &bearer(&good))]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_channel")), "{bad}");
+    }
+    let (status, body) =
+        refused(&gw, "/events?channels=booking:1,booking:2,booking:3,booking:4", &[("Authorization", &bearer(&good))])
+            .await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("too_many_channels")));
+
+    // Publishing: key checks, validation, size limit.
+    let body = json!({"data":1,"broadcast":true}).to_string();
+    let ct = ("Content-Type", "application/json");
+    let res = http(gw.addr, "POST", "/v1/publish", &[ct], Some(body.as_bytes())).await;
+    assert_eq!((res.status, res.json()["error"].as_str()), (401, Some("unauthorized")));
+    let res = http(
+        gw.addr,
+        "POST",
+        "/v1/publish",
+        &[ct, ("Authorization", "Bearer not-the-key-not-the-key")],
+        Some(body.as_bytes()),
+    )
+    .await;
+    assert_eq!(res.status, 401);
+    // A client token is not a publisher key.
+    let res =
+        http(gw.addr, "POST", "/v1/publish", &[ct, ("Authorization", &bearer(&good))], Some(body.as_bytes())).await;
+    assert_eq!(res.status, 401);
+
+    let key = bearer(PUBLISH_KEY);
+    let big = json!({"data":"x".repeat(70 * 1024),"broadcast":true}).to_string();
+    let res = http(gw.addr, "POST", "/v1/publish", &[ct, ("Authorization", &key)], Some(big.as_bytes())).await;
+    assert_eq!((res.status, res.json()["error"].as_str()), (413, Some("payload_too_large")));
+    let huge = vec![b'['; 4 * 1024 * 1024];
+    let res = http(gw.addr, "POST", "/v1/publish", &[ct, ("Authorization", &key)], Some(&huge)).await;
+    assert_eq!(res.status, 413);
+    for (bad, code) in [
+        ("{", "invalid_json"),
+        (r#"{"data":1}"#, "no_targets"),
+        (r#"{"data":1,"users":["a b"]}"#, "invalid_user"),
+        (r#"{"data":1,"channels":["*"]}"#, "invalid_channel"),
+        (r#"{"data":1,"broadcast":true,"type":"connected"}"#, "invalid_type"),
+        (r#"{"broadcast":true}"#, "missing_data"),
+    ] {
+        let res = http(gw.addr, "POST", "/v1/publish", &[ct, ("Authorization", &key)], Some(bad.as_bytes())).await;
+        assert_eq!((res.status, res.json()["error"].as_str()), (400, Some(code)), "{bad}");
+    }
+
+    // The bystander never noticed: it still streams and receives.
+    let res = gw.publish(json!({"type":"still_here","data":1,"channels":["booking:1"]})).await;
+    assert_eq!(res.status, 200);
+    let ev = bystander.next_event().await;
+    assert_eq!(ev.event, "still_here");
+    let stats = gw.stats().await;
+    assert_eq!(stats["connections"], 1, "{stats}");
+
+    let log = gw.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(!log.contains(&good) && !log.contains(&expired) && !log.contains(PUBLISH_KEY), "a secret reached the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_in_urls_are_redacted_from_logs() {
+    let nats = Nats::start();
+    // Debug level logs every request line, query included.
+    let gw = Gateway::serve_logging(&nats, &["--heartbeat-secs", "1"], "debug");
+    gw.ready().await;
+    let t = token("u9", &[], 600);
+    let mut s = Sse::open(gw.addr, &format!("/events?token={t}"), &[]).await.unwrap();
+    assert_eq!(s.next().await.event, "connected");
+    let res = http(gw.addr, "GET", &format!("/events?channels=nope:1&token={t}"), &[], None).await;
+    assert_eq!(res.status, 403);
+    drop(s);
+    support::eventually("connection closed", Duration::from_secs(20), || async {
+        gw.stats().await["connections"] == 0
+    })
+    .await;
+    let log = gw.log_text();
+    assert!(log.contains("token=REDACTED"), "request lines are logged at debug: {log}");
+    assert!(!log.contains(&t), "the token reached the log");
+}
