@@ -56,6 +56,25 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Reads a target back from its subject (`<prefix>.<family>.user.u1`, …). `None` for
+    /// subjects of other families or with invalid names.
+    pub fn from_subject(prefix: &str, kind: SubjectKind, subject: &str) -> Option<Target> {
+        let family = match kind {
+            SubjectKind::Events => "events",
+            SubjectKind::Live => "live",
+        };
+        let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?.strip_prefix(family)?.strip_prefix('.')?;
+        if rest == "broadcast" {
+            return Some(Target::Broadcast);
+        }
+        if let Some(user) = rest.strip_prefix("user.") {
+            return Name::parse(user).ok().map(Target::User);
+        }
+        rest.strip_prefix("channel.").and_then(|c| Name::parse(c).ok()).map(Target::Channel)
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -72,6 +91,21 @@ impl fmt::Display for Target {
 pub struct EventId {
     pub epoch: Arc<str>,
     pub seq: u64,
+}
+
+impl EventId {
+    /// Parses `<epoch>-<seq>` as browsers send it back in `Last-Event-ID`. The epoch is 1–32
+    /// ASCII letters or digits; the sequence a positive decimal number.
+    pub fn parse(s: &str) -> Option<EventId> {
+        let (epoch, seq) = s.trim().rsplit_once('-')?;
+        if epoch.is_empty() || epoch.len() > 32 || !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        if seq.is_empty() || seq.len() > 20 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(EventId { epoch: Arc::from(epoch), seq: seq.parse().ok()? })
+    }
 }
 
 impl fmt::Display for EventId {
@@ -113,6 +147,41 @@ mod tests {
         assert_eq!(u.subject("herald", SubjectKind::Events), "herald.events.user.u1");
         assert_eq!(c.subject("x", SubjectKind::Live), "x.live.channel.org.42.dash");
         assert_eq!(Target::Broadcast.subject("herald", SubjectKind::Live), "herald.live.broadcast");
+    }
+
+    #[test]
+    fn event_id_parse() {
+        let id = EventId::parse("k3x9-42").unwrap();
+        assert_eq!((&*id.epoch, id.seq), ("k3x9", 42));
+        assert_eq!(EventId::parse(" k3x9-42 \r").unwrap().seq, 42);
+        for bad in [
+            "",
+            "-",
+            "42",
+            "k3x9-",
+            "-42",
+            "k3x9-4a",
+            "k3x9--42",
+            "k 3-1",
+            "é-1",
+            "k-99999999999999999999999",
+            "k3x9-+42",
+        ] {
+            assert_eq!(EventId::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn targets_from_subjects() {
+        let u = Target::User(Name::parse("u1").unwrap());
+        let c = Target::Channel(Name::parse("org.42.dash").unwrap());
+        for (t, kind) in [(&u, SubjectKind::Events), (&c, SubjectKind::Live), (&Target::Broadcast, SubjectKind::Events)]
+        {
+            assert_eq!(Target::from_subject("herald", kind, &t.subject("herald", kind)).as_ref(), Some(t));
+        }
+        assert_eq!(Target::from_subject("herald", SubjectKind::Live, "herald.events.user.u1"), None);
+        assert_eq!(Target::from_subject("herald", SubjectKind::Live, "herald.live.user.a..b"), None);
+        assert_eq!(Target::from_subject("herald", SubjectKind::Live, "heraldx.live.broadcast"), None);
     }
 
     #[test]

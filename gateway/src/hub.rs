@@ -362,10 +362,11 @@ fn fan_out(topic: &Topic, delivery: &Delivery, counters: &HubCounters) {
         delivery.from.as_deref(),
         &delivery.payload,
     );
+    let seq = delivery.id.as_ref().map(|id| id.seq);
     let members = topic.members.read();
     let mut sent = 0;
     for (_, outbox) in members.iter() {
-        match outbox.push(frame.clone()) {
+        match outbox.push(frame.clone(), seq) {
             Ok(()) => sent += 1,
             Err(Rejected::Full) => {
                 counters.slow_closes.fetch_add(1, Ordering::Relaxed);

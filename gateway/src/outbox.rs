@@ -58,6 +58,9 @@ pub enum Rejected {
 struct State {
     frames: VecDeque<Bytes>,
     bytes: usize,
+    /// While `Some`, events from the hub wait here with their sequence, until the stream's
+    /// opening frames (and a resume's replay) are queued: see [`Outbox::release`].
+    held: Option<Vec<(Option<u64>, Bytes)>>,
     /// Set once; frames already queued are still written unless the reason is `Slow`.
     closed: Option<CloseReason>,
     waker: Option<Waker>,
@@ -70,25 +73,36 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// A queue holding at most `limit` bytes of unsent frames.
+    /// A queue holding at most `limit` bytes of unsent frames. It starts out holding events
+    /// back until [`Outbox::release`] queues the stream's opening frames ahead of them.
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Outbox {
-            state: Mutex::new(State { frames: VecDeque::new(), bytes: 0, closed: None, waker: None }),
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                bytes: 0,
+                held: Some(Vec::new()),
+                closed: None,
+                waker: None,
+            }),
             limit,
         })
     }
 
-    /// Queues a frame without blocking. A frame that would overflow the queue closes the outbox
-    /// as `slow` and drops what was queued: the client resumes from its last id.
-    pub fn push(&self, frame: Bytes) -> Result<(), Rejected> {
+    /// Queues a frame without blocking; `seq` is the event's sequence for durable events. A
+    /// frame that would overflow the queue closes the outbox as `slow` and drops what was
+    /// queued: the client resumes from its last id.
+    pub fn push(&self, frame: Bytes, seq: Option<u64>) -> Result<(), Rejected> {
         let waker = {
             let mut s = self.state.lock();
             if s.closed.is_some() {
                 return Err(Rejected::Closed);
             }
-            if s.bytes + frame.len() > self.limit && !s.frames.is_empty() {
+            if s.bytes + frame.len() > self.limit
+                && (!s.frames.is_empty() || s.held.as_ref().is_some_and(|h| !h.is_empty()))
+            {
                 s.closed = Some(CloseReason::Slow);
                 s.frames.clear();
+                s.held = None;
                 s.bytes = 0;
                 let w = s.waker.take();
                 drop(s);
@@ -98,6 +112,10 @@ impl Outbox {
                 return Err(Rejected::Full);
             }
             s.bytes += frame.len();
+            if let Some(held) = &mut s.held {
+                held.push((seq, frame));
+                return Ok(());
+            }
             s.frames.push_back(frame);
             s.waker.take()
         };
@@ -105,6 +123,33 @@ impl Outbox {
             w.wake();
         }
         Ok(())
+    }
+
+    /// Ends holding: queues `opening` (the `connected` frame, a `reset`, a resume's replay),
+    /// then the held events, skipping durable ones at or below `replayed_up_to` (the replay
+    /// already carried them). From here on, events are queued as they come.
+    pub fn release(&self, opening: impl IntoIterator<Item = Bytes>, replayed_up_to: Option<u64>) {
+        let waker = {
+            let mut s = self.state.lock();
+            let Some(held) = s.held.take() else { return };
+            if s.closed.is_some() {
+                return;
+            }
+            for frame in opening {
+                s.bytes += frame.len();
+                s.frames.push_back(frame);
+            }
+            for (seq, frame) in held {
+                match (seq, replayed_up_to) {
+                    (Some(seq), Some(upto)) if seq <= upto => s.bytes -= frame.len(),
+                    _ => s.frames.push_back(frame),
+                }
+            }
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Ends the stream after `last` (if any) and whatever is queued. Returns false if it was
@@ -119,6 +164,7 @@ impl Outbox {
                 s.bytes += frame.len();
                 s.frames.push_back(frame);
             }
+            s.held = None;
             s.closed = Some(reason);
             s.waker.take()
         };
@@ -211,6 +257,12 @@ mod tests {
     use super::*;
     use futures_util::task::noop_waker;
 
+    fn open(limit: usize) -> Arc<Outbox> {
+        let ob = Outbox::new(limit);
+        ob.release([], None);
+        ob
+    }
+
     fn poll(ob: &Outbox) -> Poll<Option<Bytes>> {
         let waker = noop_waker();
         ob.poll_chunk(&mut Context::from_waker(&waker))
@@ -218,10 +270,10 @@ mod tests {
 
     #[test]
     fn coalesces_queued_frames() {
-        let ob = Outbox::new(1024);
+        let ob = open(1024);
         assert_eq!(poll(&ob), Poll::Pending);
-        ob.push(Bytes::from_static(b"a\n\n")).unwrap();
-        ob.push(Bytes::from_static(b"b\n\n")).unwrap();
+        ob.push(Bytes::from_static(b"a\n\n"), None).unwrap();
+        ob.push(Bytes::from_static(b"b\n\n"), None).unwrap();
         assert_eq!(ob.queued_bytes(), 6);
         assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"a\n\nb\n\n"))));
         assert_eq!(ob.queued_bytes(), 0);
@@ -230,25 +282,25 @@ mod tests {
 
     #[test]
     fn overflow_closes_as_slow_and_drops_the_queue() {
-        let ob = Outbox::new(10);
-        ob.push(Bytes::from_static(b"12345678")).unwrap();
-        assert_eq!(ob.push(Bytes::from_static(b"abc")), Err(Rejected::Full));
+        let ob = open(10);
+        ob.push(Bytes::from_static(b"12345678"), None).unwrap();
+        assert_eq!(ob.push(Bytes::from_static(b"abc"), None), Err(Rejected::Full));
         assert_eq!(ob.close_reason(), Some(CloseReason::Slow));
-        assert_eq!(ob.push(Bytes::from_static(b"x")), Err(Rejected::Closed));
+        assert_eq!(ob.push(Bytes::from_static(b"x"), None), Err(Rejected::Closed));
         assert_eq!(poll(&ob), Poll::Ready(None));
     }
 
     #[test]
     fn a_single_frame_larger_than_the_limit_still_fits_an_empty_queue() {
-        let ob = Outbox::new(4);
-        ob.push(Bytes::from_static(b"0123456789")).unwrap();
+        let ob = open(4);
+        ob.push(Bytes::from_static(b"0123456789"), None).unwrap();
         assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"0123456789"))));
     }
 
     #[test]
     fn close_flushes_the_last_frame_then_ends() {
-        let ob = Outbox::new(1024);
-        ob.push(Bytes::from_static(b"e1")).unwrap();
+        let ob = open(1024);
+        ob.push(Bytes::from_static(b"e1"), None).unwrap();
         assert!(ob.close(CloseReason::TokenExpired, Some(Bytes::from_static(b"bye"))));
         assert!(!ob.close(CloseReason::Drain, None));
         assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"e1bye"))));
@@ -256,10 +308,24 @@ mod tests {
     }
 
     #[test]
+    fn holds_events_until_released_and_drops_what_the_replay_covered() {
+        let ob = Outbox::new(1024);
+        ob.push(Bytes::from_static(b"[5]"), Some(5)).unwrap();
+        ob.push(Bytes::from_static(b"[e]"), None).unwrap();
+        ob.push(Bytes::from_static(b"[7]"), Some(7)).unwrap();
+        assert_eq!(poll(&ob), Poll::Pending, "nothing is sent while holding");
+        ob.release([Bytes::from_static(b"[c]"), Bytes::from_static(b"[r5]"), Bytes::from_static(b"[r6]")], Some(6));
+        assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[c][r5][r6][e][7]"))));
+        assert_eq!(ob.queued_bytes(), 0);
+        ob.push(Bytes::from_static(b"[8]"), Some(8)).unwrap();
+        assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[8]"))));
+    }
+
+    #[test]
     fn chunks_are_bounded() {
-        let ob = Outbox::new(1 << 20);
+        let ob = open(1 << 20);
         for _ in 0..3 {
-            ob.push(Bytes::from(vec![b'x'; MAX_CHUNK / 2])).unwrap();
+            ob.push(Bytes::from(vec![b'x'; MAX_CHUNK / 2]), None).unwrap();
         }
         let Poll::Ready(Some(first)) = poll(&ob) else { panic!() };
         assert_eq!(first.len(), MAX_CHUNK);

@@ -52,7 +52,7 @@ impl Actor for Session {
                 session.outbox.close(CloseReason::Client, None);
                 return ctx.stop();
             }
-            if session.outbox.push(Bytes::from_static(sse::HEARTBEAT)).is_err() {
+            if session.outbox.push(Bytes::from_static(sse::HEARTBEAT), None).is_err() {
                 ctx.stop();
             }
         });

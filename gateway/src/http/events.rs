@@ -82,20 +82,20 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
 
     let n = state.next_connection.fetch_add(1, Ordering::Relaxed);
     let connection_id = format!("{}-{n}", state.instance);
+    // Events are held in the outbox until the membership is live and `connected` is queued
+    // ahead of them.
     let outbox = Outbox::new(state.settings.client_queue_bytes);
-    // Queued first, so it precedes any event; sent only once the membership is live.
+    let membership = state.hub.join(&targets, &outbox).await.map_err(|e| {
+        tracing::warn!(error = %e, "could not subscribe a new stream");
+        ApiError::unavailable(format!("cannot subscribe right now: {e}"))
+    })?;
     let connected = Connected {
         connection_id: &connection_id,
         user: grant.user.as_str(),
         channels: channels.iter().map(Name::as_str).collect(),
         resumed: false,
     };
-    let _ = outbox.push(sse::connected_frame(state.settings.retry_ms, &connected));
-
-    let membership = state.hub.join(&targets, &outbox).await.map_err(|e| {
-        tracing::warn!(error = %e, "could not subscribe a new stream");
-        ApiError::unavailable(format!("cannot subscribe right now: {e}"))
-    })?;
+    outbox.release([sse::connected_frame(state.settings.retry_ms, &connected)], None);
 
     tracing::debug!(connection = %connection_id, user = %grant.user, channels = channels.len(), "connection opened");
     let session = Session {

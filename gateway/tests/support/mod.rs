@@ -66,8 +66,12 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Nats {
+        Self::start_on(free_port())
+    }
+
+    /// A server on `port` (e.g. one a gateway was already pointed at).
+    pub fn start_on(port: u16) -> Nats {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let monitor_port = free_port();
         let child = Command::new(nats_server_bin())
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor_port.to_string(), "-js", "-sd"])
@@ -85,6 +89,12 @@ impl Nats {
             std::thread::sleep(Duration::from_millis(20));
         }
         nats
+    }
+
+    /// Describes a server on `port` without starting one: for pointing a gateway at nothing.
+    pub fn on_port_unstarted(port: u16) -> Nats {
+        let child = Command::new("true").spawn().unwrap();
+        Nats { child, port, monitor_port: 0, _dir: tempfile::tempdir().unwrap() }
     }
 
     pub fn url(&self) -> String {
