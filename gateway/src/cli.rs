@@ -9,7 +9,7 @@ use clap::Args;
 use serde_json::value::RawValue;
 
 use crate::broker::Broker;
-use crate::broker::nats::{NatsBroker, NatsOptions};
+use crate::broker::nats::{History, NatsBroker, NatsOptions};
 use crate::http::publish::validate;
 
 /// Give up on a publish that has not completed after this long.
@@ -129,6 +129,7 @@ fn run(args: PublishArgs) -> Result<String, String> {
         credentials: args.nats_creds,
         prefix: args.subject_prefix,
         name: "herald-gateway publish".into(),
+        history: if args.ephemeral { History::Off } else { History::Existing },
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::Verifier;
-use crate::broker::nats::NatsOptions;
+use crate::broker::nats::{History, NatsOptions, StreamOptions};
 use crate::names::validate_name;
 use crate::publish_keys::PublishKeys;
 
@@ -57,6 +57,13 @@ pub struct ServeArgs {
     /// Required `aud` claim of client tokens.
     #[arg(long, env = "HERALD_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// Keep a resumable history in the JetStream stream HERALD (`off`: live only, for a NATS
+    /// without JetStream; no ids, no resume).
+    #[arg(long, env = "HERALD_HISTORY", value_enum, default_value_t = Toggle::On)]
+    pub history: Toggle,
+    /// Replicas of the HERALD stream (1, or 3 on a NATS cluster).
+    #[arg(long, env = "HERALD_HISTORY_REPLICAS", default_value_t = 1)]
+    pub history_replicas: usize,
     /// Publisher keys for POST /v1/publish: one `name:secret` per line. Without it, HTTP
     /// publishing is off (publish through NATS).
     #[arg(long, env = "HERALD_PUBLISH_KEYS_FILE")]
@@ -103,12 +110,30 @@ pub struct CommonArgs {
     /// Prefix of every NATS subject.
     #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = "herald")]
     pub subject_prefix: String,
+    /// How long events stay resumable: seconds, or a duration such as 90s, 15m, 24h, 7d.
+    #[arg(long, env = "HERALD_HISTORY_MAX_AGE", default_value = "24h")]
+    pub history_max_age: String,
+    /// Events kept per user, channel or broadcast for resuming.
+    #[arg(long, env = "HERALD_HISTORY_MAX_PER_SUBJECT", default_value_t = 1000)]
+    pub history_max_per_subject: u64,
+    /// Most events replayed to one resuming client; beyond it the client gets `reset`.
+    #[arg(long, env = "HERALD_MAX_REPLAY", default_value_t = 10_000)]
+    pub max_replay: usize,
+    /// Seconds over which a draining gateway spreads the closing of its streams.
+    #[arg(long, env = "HERALD_DRAIN_SECS", default_value_t = 10)]
+    pub drain_secs: u64,
     /// HTTP worker threads (0 = one per CPU).
     #[arg(long, env = "HERALD_WORKERS", default_value_t = 0)]
     pub workers: usize,
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -145,8 +170,18 @@ pub struct Settings {
     pub max_payload_bytes: usize,
     pub client_queue_bytes: usize,
     pub subject_prefix: String,
+    pub history: HistoryLimits,
+    pub max_replay: usize,
+    pub drain: Duration,
     pub workers: usize,
     pub log_format: LogFormat,
+}
+
+/// How much history is kept for resuming.
+#[derive(Clone, Copy, Debug)]
+pub struct HistoryLimits {
+    pub max_age: Duration,
+    pub max_per_subject: u64,
 }
 
 /// The validated configuration of a gateway.
@@ -173,6 +208,12 @@ impl Config {
                 credentials: args.nats_creds.clone(),
                 prefix: settings.subject_prefix.clone(),
                 name: format!("herald-gateway {}", hostname()),
+                history: match args.history {
+                    Toggle::On => {
+                        History::Ensure(StreamOptions { limits: settings.history, replicas: args.history_replicas })
+                    }
+                    Toggle::Off => History::Off,
+                },
             }),
             _ => {
                 errors.push("no NATS URL: set --nats-url or HERALD_NATS_URL (or run `herald-gateway dev`)".into());
@@ -204,6 +245,10 @@ impl Config {
                  (HERALD_JWT_SECRET_FILE, HERALD_JWT_PUBLIC_KEY_FILE, HERALD_JWKS_FILE)"
                     .into(),
             );
+        }
+
+        if !(1..=5).contains(&args.history_replicas) {
+            errors.push(format!("--history-replicas must be 1..=5, got {}", args.history_replicas));
         }
 
         let publish_auth = match &args.publish_keys_file {
@@ -275,6 +320,25 @@ impl Settings {
         if a.client_queue_bytes < 4096 {
             errors.push(format!("--client-queue-bytes must be at least 4096, got {}", a.client_queue_bytes));
         }
+        let max_age = match parse_duration(&a.history_max_age) {
+            Some(d) if d >= Duration::from_secs(1) => d,
+            _ => {
+                errors.push(format!(
+                    "--history-max-age {:?} is not a duration of at least 1s (seconds, or like 90s, 15m, 24h, 7d)",
+                    a.history_max_age
+                ));
+                Duration::from_secs(1)
+            }
+        };
+        if a.history_max_per_subject == 0 {
+            errors.push("--history-max-per-subject must be at least 1".into());
+        }
+        if a.max_replay == 0 {
+            errors.push("--max-replay must be at least 1".into());
+        }
+        if a.drain_secs > 3600 {
+            errors.push(format!("--drain-secs must be at most 3600, got {}", a.drain_secs));
+        }
         if let Err(e) = validate_name(&a.subject_prefix) {
             errors.push(format!("--subject-prefix {e}"));
         }
@@ -296,10 +360,29 @@ impl Settings {
             max_payload_bytes: a.max_payload_bytes,
             client_queue_bytes: a.client_queue_bytes,
             subject_prefix: a.subject_prefix,
+            history: HistoryLimits { max_age, max_per_subject: a.history_max_per_subject },
+            max_replay: a.max_replay,
+            drain: Duration::from_secs(a.drain_secs),
             workers: a.workers,
             log_format: a.log_format,
         }
     }
+}
+
+/// Parses `90`, `90s`, `15m`, `24h` or `7d`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
 }
 
 fn parse_listen(s: &str, errors: &mut Vec<String>) -> Option<SocketAddr> {
@@ -342,6 +425,17 @@ mod tests {
         assert!(all.contains("no client-token key"), "{all}");
         assert!(all.contains("--heartbeat-secs"), "{all}");
         assert!(all.contains("--max-channels"), "{all}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
+        for bad in ["", "m", "1.5h", "-1", "10 m", "1w", "99999999999999999999d"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

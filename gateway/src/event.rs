@@ -126,6 +126,20 @@ pub struct Delivery {
     pub from: Option<String>,
 }
 
+impl Delivery {
+    /// Why this event can't be sent to browsers, if it can't. Events from raw NATS publishers
+    /// are checked once per pod before any client sees them.
+    pub fn problem(&self) -> Option<&'static str> {
+        if crate::names::validate_event_type(&self.event_type).is_err() {
+            return Some("invalid or reserved Herald-Type");
+        }
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&self.payload).is_err() {
+            return Some("payload is not JSON");
+        }
+        None
+    }
+}
+
 /// One event as a publisher hands it to a broker: validated, ready to send.
 #[derive(Clone, Debug)]
 pub struct Outgoing {

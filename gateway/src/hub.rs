@@ -11,6 +11,10 @@
 //! is queued in one go, sorts that batch by sequence, then fans it out. Each batch therefore
 //! follows the previous one, and within a batch the sort restores the order.
 //!
+//! After a broker outage the hub refills the gap: it holds back live events, replays from the
+//! stream everything after the last durable event it dispatched, fans that out, then releases
+//! the held events that the replay did not already cover. Sessions stay open throughout.
+//!
 //! Fan-out renders each event to its SSE frame once and pushes the same bytes into each member's
 //! [`Outbox`] without waiting (a full outbox closes that session alone).
 
@@ -26,13 +30,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::task::AtomicWaker;
 use parking_lot::{Mutex, RwLock};
-use serde::de::IgnoredAny;
 use slab::Slab;
 use tokio::sync::{mpsc, watch};
 
-use crate::broker::{Broker, BrokerError, EventStream};
-use crate::event::{Delivery, Target};
-use crate::names::validate_event_type;
+use crate::broker::{Broker, BrokerError, EventStream, Replay};
+use crate::event::{Delivery, EventId, Target};
 use crate::outbox::{CloseReason, Outbox, Rejected};
 use crate::sse;
 
@@ -62,7 +64,16 @@ enum Command {
     Open(Arc<Topic>),
     Attach(Arc<Topic>, Result<EventStream, BrokerError>),
     Close(Arc<Topic>),
+    /// The newest event id of the history when the hub started.
+    Position(Option<EventId>),
+    /// The broker reconnected: events may have been missed.
+    Reconnected,
+    /// The replay that refills the gap.
+    CaughtUp(Result<Replay, BrokerError>),
 }
+
+/// Most events replayed to refill one outage; beyond it, sessions are closed to resume alone.
+const CATCH_UP_MAX: usize = 100_000;
 
 /// Counters the hub keeps for `/stats` and metrics.
 #[derive(Default)]
@@ -120,8 +131,37 @@ impl Hub {
             ready: Arc::new(ReadyQueue::default()),
             batch: Vec::new(),
             counters: counters.clone(),
+            by_target: HashMap::new(),
+            watermark: None,
+            catching_up: false,
+            held: Vec::new(),
         };
+        let position = dispatcher.broker.last_id();
+        let reconnects = dispatcher.broker.reconnects();
+        let broker = dispatcher.broker.clone();
         runtime.spawn(dispatcher);
+        let commands = tx.clone();
+        runtime.spawn(async move {
+            let mut position = position;
+            loop {
+                match position.await {
+                    Ok(id) => {
+                        let _ = commands.send(Command::Position(id));
+                        break;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "history position not readable yet"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                position = broker.last_id();
+            }
+            let Some(mut reconnects) = reconnects else { return };
+            reconnects.borrow_and_update();
+            while reconnects.changed().await.is_ok() {
+                if commands.send(Command::Reconnected).is_err() {
+                    return;
+                }
+            }
+        });
         Arc::new(Hub { topics: Mutex::new(HashMap::new()), commands: tx, counters })
     }
 
@@ -236,6 +276,13 @@ struct Dispatcher {
     ready: Arc<ReadyQueue>,
     batch: Vec<(usize, Delivery)>,
     counters: Arc<HubCounters>,
+    /// The slot of each subscribed target, to route replayed events.
+    by_target: HashMap<Target, usize>,
+    /// The newest durable event dispatched (or in the history at start).
+    watermark: Option<EventId>,
+    /// While refilling a gap, live events wait in `held`.
+    catching_up: bool,
+    held: Vec<(usize, Delivery)>,
 }
 
 impl Dispatcher {
@@ -263,6 +310,7 @@ impl Dispatcher {
                         });
                         waker.wake_by_ref(); // poll it once to register the waker
                         topic.slot.store(entry.key(), Ordering::Relaxed);
+                        self.by_target.insert(topic.target.clone(), entry.key());
                         entry.insert(Slot { topic: topic.clone(), stream, waker });
                         topic.state.send_replace(TopicState::Live);
                     }
@@ -276,8 +324,76 @@ impl Dispatcher {
                 let key = topic.slot.swap(NO_SLOT, Ordering::Relaxed);
                 if self.slots.get(key).is_some_and(|s| Arc::ptr_eq(&s.topic, &topic)) {
                     self.slots.remove(key);
+                    if self.by_target.get(&topic.target) == Some(&key) {
+                        self.by_target.remove(&topic.target);
+                    }
                 }
             }
+            Command::Position(id) => {
+                if self.watermark.is_none() {
+                    self.watermark = id;
+                }
+            }
+            Command::Reconnected => {
+                let Some(after) = self.watermark.clone() else { return };
+                if self.catching_up {
+                    return;
+                }
+                tracing::info!(after = %after, "reconnected to the broker; refilling the gap from the history");
+                self.catching_up = true;
+                let replay = self.broker.replay(None, after, CATCH_UP_MAX);
+                let tx = self.commands_tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(Command::CaughtUp(replay.await));
+                });
+            }
+            Command::CaughtUp(result) => {
+                self.catching_up = false;
+                match result {
+                    Ok(Replay::Events(events)) => {
+                        tracing::info!(events = events.len(), "gap refilled");
+                        for (target, delivery) in events {
+                            if let Some(&index) = self.by_target.get(&target) {
+                                self.dispatch(index, delivery, false);
+                            }
+                        }
+                    }
+                    other => {
+                        // The gap can't be refilled: every stream reconnects and resumes alone.
+                        match other {
+                            Ok(Replay::Reset(reason)) => {
+                                tracing::warn!(reason = reason.as_str(), "cannot refill the gap")
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot refill the gap"),
+                            Ok(Replay::Events(_)) => {}
+                        }
+                        for (_, slot) in self.slots.iter() {
+                            for (_, outbox) in slot.topic.members.read().iter() {
+                                outbox.close(CloseReason::Error, Some(sse::retry_frame(1000)));
+                            }
+                        }
+                    }
+                }
+                for (index, delivery) in std::mem::take(&mut self.held) {
+                    self.dispatch(index, delivery, true);
+                }
+            }
+        }
+    }
+
+    /// Fans out one event and moves the watermark. With `dedupe` (events held during a refill),
+    /// durable events at or below the watermark were already sent by the replay and are skipped.
+    /// Outside a refill, sequences only grow, unless the stream was recreated: then the
+    /// watermark simply follows.
+    fn dispatch(&mut self, index: usize, delivery: Delivery, dedupe: bool) {
+        if let Some(id) = &delivery.id {
+            match &self.watermark {
+                Some(w) if dedupe && w.epoch == id.epoch && id.seq <= w.seq => return,
+                _ => self.watermark = Some(id.clone()),
+            }
+        }
+        if let Some(slot) = self.slots.get(index) {
+            fan_out(&slot.topic, &delivery, &self.counters);
         }
     }
 
@@ -317,10 +433,13 @@ impl Dispatcher {
     fn dispatch_batch(&mut self) {
         // Stable: ephemeral events (no id) keep their queue order, ahead of durable ones.
         self.batch.sort_by_key(|(_, d)| d.id.as_ref().map(|id| id.seq));
-        for (index, delivery) in self.batch.drain(..) {
-            if let Some(slot) = self.slots.get(index) {
-                fan_out(&slot.topic, &delivery, &self.counters);
-            }
+        if self.catching_up {
+            self.held.append(&mut self.batch);
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        for (index, delivery) in batch {
+            self.dispatch(index, delivery, false);
         }
     }
 }
@@ -350,7 +469,7 @@ impl Future for Dispatcher {
 /// Renders `delivery` once and queues the frame on every member of `topic`.
 fn fan_out(topic: &Topic, delivery: &Delivery, counters: &HubCounters) {
     counters.events.fetch_add(1, Ordering::Relaxed);
-    if let Some(reason) = invalid(delivery) {
+    if let Some(reason) = delivery.problem() {
         counters.dropped_invalid.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(target = %topic.target, reason, "dropped an event that is not valid for SSE");
         return;
@@ -375,15 +494,4 @@ fn fan_out(topic: &Topic, delivery: &Delivery, counters: &HubCounters) {
         }
     }
     counters.frames.fetch_add(sent, Ordering::Relaxed);
-}
-
-/// Events from raw NATS publishers are checked once per pod before any client sees them.
-fn invalid(delivery: &Delivery) -> Option<&'static str> {
-    if validate_event_type(&delivery.event_type).is_err() {
-        return Some("invalid or reserved Herald-Type");
-    }
-    if serde_json::from_slice::<IgnoredAny>(&delivery.payload).is_err() {
-        return Some("payload is not JSON");
-    }
-    None
 }

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod event;
 pub mod http;
 pub mod hub;

@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
+use slab::Slab;
 
 use crate::names::Name;
+use crate::outbox::Outbox;
 
 /// Pod-wide connection accounting, shared by every worker.
 pub struct Admission {
@@ -16,6 +18,8 @@ pub struct Admission {
     connections: AtomicUsize,
     per_user: Mutex<HashMap<Name, usize>>,
     draining: AtomicBool,
+    /// The outbox of every open stream, for draining.
+    streams: Mutex<Slab<Arc<Outbox>>>,
 }
 
 /// Why a connection was not admitted.
@@ -31,6 +35,7 @@ pub enum Refusal {
 pub struct Permit {
     admission: Arc<Admission>,
     user: Option<Name>,
+    stream: Option<usize>,
 }
 
 impl Admission {
@@ -41,6 +46,7 @@ impl Admission {
             connections: AtomicUsize::new(0),
             per_user: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            streams: Mutex::new(Slab::new()),
         })
     }
 
@@ -72,7 +78,7 @@ impl Admission {
             return Err(Refusal::Capacity);
         }
         if self.max_per_user == 0 {
-            return Ok(Permit { admission: self.clone(), user: None });
+            return Ok(Permit { admission: self.clone(), user: None, stream: None });
         }
         let mut per_user = self.per_user.lock();
         let count = per_user.entry(user.clone()).or_insert(0);
@@ -82,12 +88,27 @@ impl Admission {
             return Err(Refusal::PerUser(self.max_per_user));
         }
         *count += 1;
-        Ok(Permit { admission: self.clone(), user: Some(user.clone()) })
+        Ok(Permit { admission: self.clone(), user: Some(user.clone()), stream: None })
+    }
+
+    /// Every open stream's outbox, to close them one by one while draining.
+    pub fn open_streams(&self) -> Vec<Arc<Outbox>> {
+        self.streams.lock().iter().map(|(_, o)| o.clone()).collect()
+    }
+}
+
+impl Permit {
+    /// Registers the stream this permit admitted, so a drain can close it.
+    pub fn attach(&mut self, outbox: Arc<Outbox>) {
+        self.stream = Some(self.admission.streams.lock().insert(outbox));
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        if let Some(key) = self.stream {
+            self.admission.streams.lock().try_remove(key);
+        }
         if let Some(user) = &self.user {
             let mut per_user = self.admission.per_user.lock();
             if let Some(count) = per_user.get_mut(user) {

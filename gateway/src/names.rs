@@ -13,8 +13,9 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_TYPE_LEN: usize = 64;
 /// Event type used when a publisher names none.
 pub const DEFAULT_EVENT_TYPE: &str = "message";
-/// Event names the gateway itself emits; publishers may not use them.
-pub const RESERVED_EVENT_TYPES: &[&str] = &["connected", "reset", "token_expired", "presence"];
+/// Event names the gateway itself emits, and `error`, which EventSource uses for its own error
+/// events; publishers may not use them.
+pub const RESERVED_EVENT_TYPES: &[&str] = &["connected", "reset", "token_expired", "presence", "error"];
 
 /// A validated user or channel name. Cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

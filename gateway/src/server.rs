@@ -33,15 +33,16 @@ pub fn run(config: Config) -> std::io::Result<()> {
             let broker = handle.block_on(connecting).map_err(std::io::Error::other)?.map_err(std::io::Error::other)?;
             Arc::new(broker)
         }
-        None => MemoryBroker::start(&handle),
+        None => MemoryBroker::start(&handle, config.settings.history),
     };
     let hub = Hub::start(broker.clone(), &handle);
 
     let settings = config.settings.clone();
+    let admission = Admission::new(settings.max_connections, settings.max_connections_per_user);
     let state = web::Data::new(AppState {
         hub,
         broker,
-        admission: Admission::new(settings.max_connections, settings.max_connections_per_user),
+        admission: admission.clone(),
         client_auth: config.client_auth,
         publish_auth: config.publish_auth,
         settings: settings.clone(),
@@ -74,7 +75,8 @@ pub fn run(config: Config) -> std::io::Result<()> {
         .on_connect(move |conn, ext| crate::peer::on_connect(conn, ext, heartbeat))
         .backlog(4096)
         .max_connections(settings.max_connections.max(1024))
-        .shutdown_timeout(1);
+        .shutdown_timeout(1)
+        .disable_signals();
         if settings.workers > 0 {
             server = server.workers(settings.workers);
         }
@@ -85,7 +87,9 @@ pub fn run(config: Config) -> std::io::Result<()> {
         if dev {
             warn_dev_mode(&server.addrs());
         }
-        server.run().await
+        let server = server.run();
+        actix_web::rt::spawn(crate::drain::on_signal(admission, settings.drain, settings.retry_ms, server.handle()));
+        server.await
     })
 }
 

@@ -26,6 +26,17 @@ fn sh_blocks(markdown: &str) -> Vec<String> {
     blocks
 }
 
+/// Structural equality where the string `"…"` in `expected` stands for any string.
+fn matches(expected: &serde_json::Value, got: &serde_json::Value) -> bool {
+    use serde_json::Value::*;
+    match (expected, got) {
+        (String(e), String(_)) if e == "…" => true,
+        (Array(e), Array(g)) => e.len() == g.len() && e.iter().zip(g).all(|(e, g)| matches(e, g)),
+        (Object(e), Object(g)) => e.len() == g.len() && e.iter().all(|(k, v)| g.get(k).is_some_and(|g| matches(v, g))),
+        _ => expected == got,
+    }
+}
+
 fn shell(block: &str, env: &[(&str, String)]) -> Command {
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_herald-gateway")).parent().unwrap().to_owned();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
@@ -68,7 +79,7 @@ async fn protocol_examples_work() {
             let expected: serde_json::Value = serde_json::from_str(&format!("{{{expected}")).unwrap();
             let got: serde_json::Value =
                 serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("{block}\nprinted {stdout}"));
-            assert_eq!(got, expected, "example:\n{block}");
+            assert!(matches(&expected, &got), "example:\n{block}\nprinted {got}");
         }
     }
 

@@ -1,15 +1,16 @@
 //! The in-process broker of `dev` mode: the same semantics as NATS + JetStream (sequence ids
-//! from one counter, durable and ephemeral events), with nothing to install.
+//! from one counter, bounded per-subject history, resume, ephemeral events), nothing to install.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream_shim::ReceiverStream;
 
-use super::{Broker, BrokerError, EventStream};
+use super::{Broker, BrokerError, EventStream, Replay, ResetReason};
+use crate::config::HistoryLimits;
 use crate::event::{Delivery, EventId, Outgoing, Target};
 
 /// Events a subscriber may fall behind by before it misses some (as NATS' slow consumer).
@@ -18,6 +19,8 @@ const SUBSCRIBER_CAPACITY: usize = 64 * 1024;
 enum Command {
     Subscribe { target: Target, reply: oneshot::Sender<EventStream> },
     Publish { targets: Vec<Target>, event: Outgoing, reply: oneshot::Sender<Vec<EventId>> },
+    Replay { targets: Option<Vec<Target>>, after: EventId, max: usize, reply: oneshot::Sender<Replay> },
+    LastId { reply: oneshot::Sender<Option<EventId>> },
 }
 
 /// Handle to the in-process broker; its state lives in one task on the hub runtime.
@@ -25,77 +28,162 @@ pub struct MemoryBroker {
     commands: mpsc::UnboundedSender<Command>,
 }
 
-impl MemoryBroker {
-    /// Starts the broker task on `runtime` (the hub's runtime: see the ordering contract).
-    pub fn start(runtime: &tokio::runtime::Handle) -> Arc<Self> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let epoch = Arc::<str>::from(format!("{:x}", rand::random::<u32>()));
-        runtime.spawn(run(rx, epoch));
-        Arc::new(MemoryBroker { commands: tx })
+/// The retained events of one subject.
+#[derive(Default)]
+struct History {
+    events: VecDeque<(Instant, Delivery)>,
+    /// Highest sequence dropped by the limits: a resume from below it has a gap.
+    dropped_up_to: u64,
+}
+
+impl History {
+    fn trim(&mut self, limits: &HistoryLimits, now: Instant) {
+        while let Some((at, d)) = self.events.front() {
+            let too_many = self.events.len() as u64 > limits.max_per_subject;
+            if !too_many && now.duration_since(*at) < limits.max_age {
+                break;
+            }
+            self.dropped_up_to = d.id.as_ref().map_or(self.dropped_up_to, |id| id.seq);
+            self.events.pop_front();
+        }
     }
 }
 
-async fn run(mut commands: mpsc::UnboundedReceiver<Command>, epoch: Arc<str>) {
-    let mut subscribers: HashMap<Target, Vec<mpsc::Sender<Delivery>>> = HashMap::new();
-    let mut seq: u64 = 0;
+struct State {
+    epoch: Arc<str>,
+    limits: HistoryLimits,
+    seq: u64,
+    subscribers: HashMap<Target, Vec<mpsc::Sender<Delivery>>>,
+    history: HashMap<Target, History>,
+}
+
+impl MemoryBroker {
+    /// Starts the broker task on `runtime` (the hub's runtime: see the ordering contract).
+    pub fn start(runtime: &tokio::runtime::Handle, limits: HistoryLimits) -> Arc<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = State {
+            epoch: Arc::from(format!("{:x}", rand::random::<u32>())),
+            limits,
+            seq: 0,
+            subscribers: HashMap::new(),
+            history: HashMap::new(),
+        };
+        runtime.spawn(run(rx, state));
+        Arc::new(MemoryBroker { commands: tx })
+    }
+
+    fn call<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> BoxFuture<'static, Result<T, BrokerError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.commands.send(make(reply));
+        async move {
+            sent.map_err(|_| stopped())?;
+            rx.await.map_err(|_| stopped())
+        }
+        .boxed()
+    }
+}
+
+async fn run(mut commands: mpsc::UnboundedReceiver<Command>, mut state: State) {
     while let Some(cmd) = commands.recv().await {
         match cmd {
             Command::Subscribe { target, reply } => {
                 let (tx, rx) = mpsc::channel(SUBSCRIBER_CAPACITY);
-                subscribers.entry(target).or_default().push(tx);
+                state.subscribers.entry(target).or_default().push(tx);
                 let _ = reply.send(Box::pin(ReceiverStream(rx)));
             }
             Command::Publish { targets, event, reply } => {
-                let mut ids = Vec::new();
-                for target in targets {
-                    let id = event.durable.then(|| {
-                        seq += 1;
-                        EventId { epoch: epoch.clone(), seq }
-                    });
-                    if let Some(id) = &id {
-                        ids.push(id.clone());
-                    }
-                    if let Some(subs) = subscribers.get_mut(&target) {
-                        let delivery = Delivery {
-                            event_type: event.event_type.clone(),
-                            payload: event.payload.clone(),
-                            id,
-                            from: None,
-                        };
-                        subs.retain(|s| !s.is_closed());
-                        for s in subs.iter() {
-                            let _ = s.try_send(delivery.clone());
-                        }
-                        if subs.is_empty() {
-                            subscribers.remove(&target);
-                        }
-                    }
-                }
-                let _ = reply.send(ids);
+                let _ = reply.send(state.publish(targets, event));
+            }
+            Command::Replay { targets, after, max, reply } => {
+                let targets = targets.unwrap_or_else(|| state.history.keys().cloned().collect());
+                let _ = reply.send(state.replay(&targets, &after, max));
+            }
+            Command::LastId { reply } => {
+                let _ = reply.send(Some(EventId { epoch: state.epoch.clone(), seq: state.seq }));
             }
         }
+    }
+}
+
+impl State {
+    fn publish(&mut self, targets: Vec<Target>, event: Outgoing) -> Vec<EventId> {
+        let now = Instant::now();
+        let mut ids = Vec::new();
+        for target in targets {
+            let id = event.durable.then(|| {
+                self.seq += 1;
+                EventId { epoch: self.epoch.clone(), seq: self.seq }
+            });
+            let delivery =
+                Delivery { event_type: event.event_type.clone(), payload: event.payload.clone(), id, from: None };
+            if let Some(id) = &delivery.id {
+                ids.push(id.clone());
+                let history = self.history.entry(target.clone()).or_default();
+                history.events.push_back((now, delivery.clone()));
+                history.trim(&self.limits, now);
+            }
+            if let Some(subs) = self.subscribers.get_mut(&target) {
+                subs.retain(|s| !s.is_closed());
+                for s in subs.iter() {
+                    let _ = s.try_send(delivery.clone());
+                }
+                if subs.is_empty() {
+                    self.subscribers.remove(&target);
+                }
+            }
+        }
+        ids
+    }
+
+    fn replay(&mut self, targets: &[Target], after: &EventId, max: usize) -> Replay {
+        if after.epoch != self.epoch {
+            return Replay::Reset(ResetReason::EpochChanged);
+        }
+        let now = Instant::now();
+        let mut events = Vec::new();
+        for target in targets {
+            let Some(history) = self.history.get_mut(target) else { continue };
+            history.trim(&self.limits, now);
+            if history.dropped_up_to > after.seq {
+                return Replay::Reset(ResetReason::HistoryExpired);
+            }
+            for (_, d) in &history.events {
+                if d.id.as_ref().is_some_and(|id| id.seq > after.seq) {
+                    events.push((target.clone(), d.clone()));
+                }
+            }
+            if events.len() > max {
+                return Replay::Reset(ResetReason::TooMany);
+            }
+        }
+        events.sort_by_key(|(_, d)| d.id.as_ref().map(|id| id.seq));
+        Replay::Events(events)
     }
 }
 
 impl Broker for MemoryBroker {
     fn subscribe(&self, target: Target) -> BoxFuture<'static, Result<EventStream, BrokerError>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.commands.send(Command::Subscribe { target, reply });
-        async move {
-            sent.map_err(|_| stopped())?;
-            rx.await.map_err(|_| stopped())
-        }
-        .boxed()
+        self.call(|reply| Command::Subscribe { target, reply })
     }
 
     fn publish(&self, targets: Vec<Target>, event: Outgoing) -> BoxFuture<'static, Result<Vec<EventId>, BrokerError>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.commands.send(Command::Publish { targets, event, reply });
-        async move {
-            sent.map_err(|_| stopped())?;
-            rx.await.map_err(|_| stopped())
-        }
-        .boxed()
+        self.call(|reply| Command::Publish { targets, event, reply })
+    }
+
+    fn replay(
+        &self,
+        targets: Option<Vec<Target>>,
+        after: EventId,
+        max: usize,
+    ) -> BoxFuture<'static, Result<Replay, BrokerError>> {
+        self.call(|reply| Command::Replay { targets, after, max, reply })
+    }
+
+    fn last_id(&self) -> BoxFuture<'static, Result<Option<EventId>, BrokerError>> {
+        self.call(|reply| Command::LastId { reply })
     }
 
     fn is_connected(&self) -> bool {
@@ -108,18 +196,11 @@ fn stopped() -> BrokerError {
 }
 
 /// A `Stream` over an mpsc receiver, without pulling in tokio-stream for one adapter.
-mod tokio_stream_shim {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
+struct ReceiverStream<T>(mpsc::Receiver<T>);
 
-    use tokio::sync::mpsc;
-
-    pub struct ReceiverStream<T>(pub mpsc::Receiver<T>);
-
-    impl<T> futures_util::Stream for ReceiverStream<T> {
-        type Item = T;
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-            self.0.poll_recv(cx)
-        }
+impl<T> futures_util::Stream for ReceiverStream<T> {
+    type Item = T;
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
     }
 }

@@ -12,6 +12,7 @@ use std::pin::Pin;
 
 use futures_util::Stream;
 use futures_util::future::BoxFuture;
+use tokio::sync::watch;
 
 use crate::event::{Delivery, EventId, Outgoing, Target};
 
@@ -35,6 +36,35 @@ pub enum BrokerError {
     Rejected(String),
 }
 
+/// What a resuming client gets.
+pub enum Replay {
+    /// Every retained event of its subjects after its id, in sequence order.
+    Events(Vec<(Target, Delivery)>),
+    /// The history cannot cover the gap: the client must refetch its state.
+    Reset(ResetReason),
+}
+
+/// Why a resume could not be served from history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetReason {
+    /// Events after the client's id were already dropped by the retention limits.
+    HistoryExpired,
+    /// The id belongs to another history (a recreated stream, another dev process).
+    EpochChanged,
+    /// More events than `--max-replay` were missed.
+    TooMany,
+}
+
+impl ResetReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::HistoryExpired => "history_expired",
+            ResetReason::EpochChanged => "epoch_changed",
+            ResetReason::TooMany => "too_many",
+        }
+    }
+}
+
 /// A source and sink of events.
 pub trait Broker: Send + Sync + 'static {
     /// Subscribes to `target`'s live subject. Resolves once the subscription is in place at the
@@ -45,6 +75,25 @@ pub trait Broker: Send + Sync + 'static {
     /// Publishes one event to each target, returning one id per target (in order) for durable
     /// events, or an empty list for ephemeral ones.
     fn publish(&self, targets: Vec<Target>, event: Outgoing) -> BoxFuture<'static, Result<Vec<EventId>, BrokerError>>;
+
+    /// The retained events published after `after`, at most `max` of them: those of `targets`,
+    /// or of every subject when `targets` is `None` (to refill a gap after a broker outage).
+    fn replay(
+        &self,
+        targets: Option<Vec<Target>>,
+        after: EventId,
+        max: usize,
+    ) -> BoxFuture<'static, Result<Replay, BrokerError>>;
+
+    /// The id of the newest event in the history now (sequence 0 when it is empty; `None`
+    /// without history).
+    fn last_id(&self) -> BoxFuture<'static, Result<Option<EventId>, BrokerError>>;
+
+    /// A counter that moves each time the broker has reconnected after losing its connection
+    /// (events published meanwhile were not delivered live).
+    fn reconnects(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 
     /// Whether the broker is reachable now (drives `/readyz`).
     fn is_connected(&self) -> bool;

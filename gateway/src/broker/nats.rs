@@ -1,4 +1,10 @@
-//! The NATS broker: live events on core NATS subjects (DESIGN section 2).
+//! The NATS broker (DESIGN section 2).
+//!
+//! Durable events are published to `herald.events.…`, stored by the stream `HERALD`, and
+//! republished by the server to `herald.live.…` with a `Nats-Sequence` header: that sequence,
+//! with the stream's epoch, is the event id. Ephemeral events go straight to `herald.live.…`.
+//! A resuming client is replayed from the stream with an ordered consumer filtered on its
+//! subjects. With `--history off` there is no stream: everything is live.
 //!
 //! Headers: `Herald-Type` names the event (default `message`); `Herald-Published-At` is stamped on
 //! publish for end-to-end latency; `Herald-From` carries the sender of client events.
@@ -7,18 +13,36 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
 use async_nats::{Client, HeaderMap, Message, RequestErrorKind};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
+use parking_lot::RwLock;
+use tokio::sync::watch;
 
-use super::{Broker, BrokerError, EventStream};
+use super::{Broker, BrokerError, EventStream, Replay, ResetReason};
+use crate::config::HistoryLimits;
 use crate::event::{Delivery, EventId, Outgoing, SubjectKind, Target};
 use crate::names::DEFAULT_EVENT_TYPE;
+
+/// Longest wait for the next message of a replay.
+const REPLAY_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub const HEADER_TYPE: &str = "Herald-Type";
 pub const HEADER_PUBLISHED_AT: &str = "Herald-Published-At";
 pub const HEADER_FROM: &str = "Herald-From";
+const HEADER_SEQUENCE: &str = "Nats-Sequence";
+
+/// The stream holding every durable event.
+pub const STREAM: &str = "HERALD";
+
+/// How the stream is configured.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamOptions {
+    pub limits: HistoryLimits,
+    pub replicas: usize,
+}
 
 /// How to reach NATS.
 #[derive(Clone, Debug)]
@@ -31,6 +55,19 @@ pub struct NatsOptions {
     pub prefix: String,
     /// Connection name shown in the server's monitoring.
     pub name: String,
+    /// What to do about the stream.
+    pub history: History,
+}
+
+/// How a connection uses the stream `HERALD`.
+#[derive(Clone, Copy, Debug)]
+pub enum History {
+    /// Live only (`--history off`): no stream, no ids.
+    Off,
+    /// Publish durably to the stream as it is (the `publish` command).
+    Existing,
+    /// Create the stream, or update its configuration, at connect (gateways).
+    Ensure(StreamOptions),
 }
 
 /// A NATS-backed broker. Cheap to share; the connection lives on the hub runtime.
@@ -38,12 +75,22 @@ pub struct NatsBroker {
     client: Client,
     prefix: Arc<str>,
     sync_subject: String,
+    /// JetStream, when history is on.
+    jetstream: Option<jetstream::Context>,
+    /// The stream's epoch (from its creation time), refreshed whenever its info is read.
+    epoch: Arc<RwLock<Arc<str>>>,
+    /// Counts connections made; moves on every reconnect.
+    connects: watch::Receiver<u64>,
+    /// Set once the stream exists with our configuration (always, without history).
+    stream_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl NatsBroker {
     /// Connects (retrying in the background until the server is reachable). Must be called on
     /// the hub runtime: async-nats spawns its connection task on the current runtime.
     pub async fn connect(opts: &NatsOptions) -> Result<Self, BrokerError> {
+        let (connects_tx, connects) = watch::channel(0u64);
+        let connects_tx = Arc::new(connects_tx);
         let mut options = async_nats::ConnectOptions::new()
             .name(&opts.name)
             .retry_on_initial_connect()
@@ -51,8 +98,21 @@ impl NatsBroker {
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)))
             .subscription_capacity(256 * 1024)
-            .event_callback(|event| async move {
-                tracing::debug!(%event, "nats connection event");
+            .event_callback(move |event| {
+                let connects = connects_tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            connects.send_modify(|n| *n += 1);
+                            tracing::info!("connected to NATS");
+                        }
+                        async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                        async_nats::Event::SlowConsumer(sid) => {
+                            tracing::warn!(sid, "NATS subscription fell behind; messages were dropped")
+                        }
+                        other => tracing::debug!(event = %other, "nats connection event"),
+                    }
+                }
             });
         if let Some(path) = &opts.credentials {
             options = options
@@ -68,11 +128,45 @@ impl NatsBroker {
             .map_err(|e| BrokerError::Rejected(format!("invalid NATS URL: {e}")))?;
         let client = options.connect(urls).await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let nonce: u64 = rand::random();
-        Ok(NatsBroker {
+        let broker = NatsBroker {
+            jetstream: (!matches!(opts.history, History::Off)).then(|| jetstream::new(client.clone())),
             client,
             prefix: Arc::from(opts.prefix.as_str()),
             sync_subject: format!("{}._sync.{nonce:x}", opts.prefix),
-        })
+            epoch: Arc::new(RwLock::new(Arc::from("0"))),
+            connects,
+            stream_ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        match (&broker.jetstream, opts.history) {
+            (Some(js), History::Ensure(stream)) => {
+                // The gateway starts (unready) while NATS is unreachable, and sets the stream up
+                // as soon as it can.
+                let (js, config, epoch, ready) = (
+                    js.clone(),
+                    stream_config(&opts.prefix, stream),
+                    broker.epoch.clone(),
+                    broker.stream_ready.clone(),
+                );
+                tokio::spawn(async move {
+                    loop {
+                        match js.create_or_update_stream(config.clone()).await {
+                            Ok(info) => {
+                                *epoch.write() = epoch_of(&info.created);
+                                ready.store(true, std::sync::atomic::Ordering::Release);
+                                tracing::info!(stream = STREAM, epoch = %epoch.read(), messages = info.state.messages, "history stream ready");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(stream = STREAM, error = %e, "cannot set up the history stream yet; retrying");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    }
+                });
+            }
+            _ => broker.stream_ready.store(true, std::sync::atomic::Ordering::Release),
+        }
+        Ok(broker)
     }
 
     pub fn client(&self) -> &Client {
@@ -90,13 +184,56 @@ impl NatsBroker {
     }
 }
 
-/// Turns a NATS message into a delivery. Unknown headers are ignored.
-pub fn delivery_from(msg: Message) -> Delivery {
-    let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+/// The stream `HERALD`: every `<prefix>.events.>` subject, republished to `<prefix>.live.>`.
+pub fn stream_config(prefix: &str, opts: StreamOptions) -> jetstream::stream::Config {
+    let max_age = opts.limits.max_age;
+    jetstream::stream::Config {
+        name: STREAM.into(),
+        description: Some("Herald events, kept for resuming clients".into()),
+        subjects: vec![format!("{prefix}.events.>")],
+        republish: Some(jetstream::stream::Republish {
+            source: format!("{prefix}.events.>"),
+            destination: format!("{prefix}.live.>"),
+            headers_only: false,
+        }),
+        max_age,
+        max_messages_per_subject: i64::try_from(opts.limits.max_per_subject).unwrap_or(i64::MAX),
+        duplicate_window: max_age.min(Duration::from_secs(120)),
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: opts.replicas,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// An epoch names one incarnation of the stream: its creation time, in base 36.
+fn epoch_of(created: &time::OffsetDateTime) -> Arc<str> {
+    let mut n = u128::try_from(created.unix_timestamp_nanos()).unwrap_or(0);
+    let mut digits = Vec::new();
+    loop {
+        digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    digits.reverse();
+    Arc::from(String::from_utf8(digits).unwrap_or_default())
+}
+
+fn header(msg_headers: Option<&HeaderMap>, name: &str) -> Option<String> {
+    msg_headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_owned())
+}
+
+/// Turns a live NATS message into a delivery; a `Nats-Sequence` header (set by the stream's
+/// republish) makes it durable, with id `<epoch>-<seq>`.
+pub fn delivery_from(msg: Message, epoch: &Arc<str>) -> Delivery {
+    let headers = msg.headers.as_ref();
+    let seq = header(headers, HEADER_SEQUENCE).and_then(|s| s.parse::<u64>().ok());
     Delivery {
-        event_type: header(HEADER_TYPE).unwrap_or_else(|| DEFAULT_EVENT_TYPE.to_owned()),
-        from: header(HEADER_FROM),
-        id: None,
+        event_type: header(headers, HEADER_TYPE).unwrap_or_else(|| DEFAULT_EVENT_TYPE.to_owned()),
+        from: header(headers, HEADER_FROM),
+        id: seq.map(|seq| EventId { epoch: epoch.clone(), seq }),
         payload: msg.payload,
     }
 }
@@ -115,10 +252,14 @@ impl Broker for NatsBroker {
         let client = self.client.clone();
         let subject = target.subject(&self.prefix, SubjectKind::Live);
         let sync = self.sync_subject.clone();
+        let epoch = self.epoch.clone();
         async move {
             let sub = client.subscribe(subject).await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
             Self::round_trip(&client, sync).await?;
-            Ok(Box::pin(sub.map(delivery_from)) as EventStream)
+            Ok(Box::pin(sub.map(move |msg| {
+                let current = epoch.read().clone();
+                delivery_from(msg, &current)
+            })) as EventStream)
         }
         .boxed()
     }
@@ -126,25 +267,151 @@ impl Broker for NatsBroker {
     fn publish(&self, targets: Vec<Target>, event: Outgoing) -> BoxFuture<'static, Result<Vec<EventId>, BrokerError>> {
         let client = self.client.clone();
         let prefix = self.prefix.clone();
+        let durable = event.durable.then(|| self.jetstream.clone()).flatten();
+        let epoch = self.epoch.clone();
         async move {
             let headers = event_headers(&event.event_type);
+            let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+            let Some(js) = durable else {
+                for target in &targets {
+                    let subject = target.subject(&prefix, SubjectKind::Live);
+                    client
+                        .publish_with_headers(subject, headers.clone(), event.payload.clone())
+                        .await
+                        .map_err(|e| unavailable(&e))?;
+                }
+                client.flush().await.map_err(|e| unavailable(&e))?;
+                return Ok(Vec::new());
+            };
+            // Send every target first, then wait for the acks: one round trip, not one per target.
+            let mut acks = Vec::with_capacity(targets.len());
             for target in &targets {
-                client
-                    .publish_with_headers(
-                        target.subject(&prefix, SubjectKind::Live),
-                        headers.clone(),
-                        event.payload.clone(),
-                    )
+                let subject = target.subject(&prefix, SubjectKind::Events);
+                let ack = js
+                    .publish_with_headers(subject, headers.clone(), event.payload.clone())
                     .await
-                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                    .map_err(|e| unavailable(&e))?;
+                acks.push(ack);
             }
-            client.flush().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-            Ok(Vec::new())
+            let mut ids = Vec::with_capacity(acks.len());
+            for ack in acks {
+                let ack = ack.await.map_err(|e| unavailable(&e))?;
+                ids.push(EventId { epoch: epoch.read().clone(), seq: ack.sequence });
+            }
+            Ok(ids)
         }
         .boxed()
     }
 
+    fn replay(
+        &self,
+        targets: Option<Vec<Target>>,
+        after: EventId,
+        max: usize,
+    ) -> BoxFuture<'static, Result<Replay, BrokerError>> {
+        let js = self.jetstream.clone();
+        let prefix = self.prefix.clone();
+        let epoch = self.epoch.clone();
+        let client = self.client.clone();
+        let sync = self.sync_subject.clone();
+        async move {
+            let Some(js) = js else {
+                // Live-only: there is no history to resume from.
+                return Ok(Replay::Reset(ResetReason::HistoryExpired));
+            };
+            let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+            if targets.is_none() {
+                // Refilling after a reconnect: make sure the resubscriptions are in place at the
+                // server first, so that nothing falls between the replay and live delivery.
+                Self::round_trip(&client, sync).await?;
+            }
+            let mut stream = js.get_stream(STREAM).await.map_err(|e| unavailable(&e))?;
+            let info = stream.info().await.map_err(|e| unavailable(&e))?.clone();
+            let current = epoch_of(&info.created);
+            *epoch.write() = current.clone();
+            if after.epoch != current {
+                return Ok(Replay::Reset(ResetReason::EpochChanged));
+            }
+            if after.seq >= info.state.last_sequence {
+                return Ok(Replay::Events(Vec::new()));
+            }
+            if after.seq + 1 < info.state.first_sequence {
+                return Ok(Replay::Reset(ResetReason::HistoryExpired));
+            }
+            let filters: Vec<String> = match &targets {
+                Some(targets) => targets.iter().map(|t| t.subject(&prefix, SubjectKind::Events)).collect(),
+                None => vec![format!("{prefix}.events.>")],
+            };
+            let consumer = stream
+                .create_consumer(pull::OrderedConfig {
+                    filter_subjects: filters,
+                    deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after.seq + 1 },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let pending = usize::try_from(consumer.cached_info().num_pending).unwrap_or(usize::MAX);
+            if pending > max {
+                return Ok(Replay::Reset(ResetReason::TooMany));
+            }
+            let mut events = Vec::with_capacity(pending);
+            let mut per_subject: std::collections::HashMap<String, u64> = Default::default();
+            if pending > 0 {
+                let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+                while events.len() < pending {
+                    let msg = tokio::time::timeout(REPLAY_STEP_TIMEOUT, messages.next())
+                        .await
+                        .map_err(|_| BrokerError::Unavailable("the stream stopped answering during a replay".into()))?
+                        .ok_or_else(|| BrokerError::Unavailable("the replay ended early".into()))?
+                        .map_err(|e| unavailable(&e))?;
+                    let seq = msg.info().map_err(|e| unavailable(&e))?.stream_sequence;
+                    let subject = msg.subject.to_string();
+                    *per_subject.entry(subject.clone()).or_default() += 1;
+                    let Some(target) = Target::from_subject(&prefix, SubjectKind::Events, &subject) else { continue };
+                    let headers = msg.headers.as_ref();
+                    events.push((
+                        target,
+                        Delivery {
+                            event_type: header(headers, HEADER_TYPE).unwrap_or_else(|| DEFAULT_EVENT_TYPE.to_owned()),
+                            from: header(headers, HEADER_FROM),
+                            id: Some(EventId { epoch: current.clone(), seq }),
+                            payload: msg.payload.clone(),
+                        },
+                    ));
+                }
+            }
+            // A subject holding as many events as the per-subject limit may have lost older
+            // ones inside the gap: the client can't be sure it has everything.
+            let cap = u64::try_from(info.config.max_messages_per_subject).unwrap_or(u64::MAX);
+            if targets.is_some() && per_subject.values().any(|&n| n >= cap) {
+                return Ok(Replay::Reset(ResetReason::HistoryExpired));
+            }
+            Ok(Replay::Events(events))
+        }
+        .boxed()
+    }
+
+    fn last_id(&self) -> BoxFuture<'static, Result<Option<EventId>, BrokerError>> {
+        let js = self.jetstream.clone();
+        let epoch = self.epoch.clone();
+        async move {
+            let Some(js) = js else { return Ok(None) };
+            let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+            let mut stream = js.get_stream(STREAM).await.map_err(|e| unavailable(&e))?;
+            let info = stream.info().await.map_err(|e| unavailable(&e))?;
+            let current = epoch_of(&info.created);
+            *epoch.write() = current.clone();
+            Ok(Some(EventId { epoch: current, seq: info.state.last_sequence }))
+        }
+        .boxed()
+    }
+
+    fn reconnects(&self) -> Option<watch::Receiver<u64>> {
+        self.jetstream.as_ref().map(|_| self.connects.clone())
+    }
+
     fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+            && self.stream_ready.load(std::sync::atomic::Ordering::Acquire)
     }
 }

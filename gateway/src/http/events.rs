@@ -17,7 +17,10 @@ use serde::Serialize;
 use super::{ApiError, AppState};
 use crate::auth::{Grant, TokenSources, pick_token};
 use crate::config::ClientAuth;
-use crate::event::Target;
+use bytes::Bytes;
+
+use crate::broker::{BrokerError, Replay, ResetReason};
+use crate::event::{EventId, Target};
 use crate::limits::Refusal;
 use crate::names::Name;
 use crate::outbox::{Outbox, OutboxBody};
@@ -63,7 +66,7 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
     let grant = authenticate(&req, &query, &state)?;
     let channels = authorize_channels(&query.channels, &grant, state.settings.max_channels)?;
 
-    let permit = match state.admission.admit(&grant.user) {
+    let mut permit = match state.admission.admit(&grant.user) {
         Ok(permit) => permit,
         Err(Refusal::Capacity) => return Ok(come_back_later(state.settings.retry_ms)),
         Err(Refusal::PerUser(max)) => {
@@ -89,13 +92,43 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
         tracing::warn!(error = %e, "could not subscribe a new stream");
         ApiError::unavailable(format!("cannot subscribe right now: {e}"))
     })?;
+    let resume_from = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(query.last_event_id.as_deref())
+        .filter(|id| !id.trim().is_empty());
+    let resume = match resume_from {
+        None => Resume::Fresh,
+        Some(raw) => match resume(&state, &targets, raw).await {
+            Ok(resume) => resume,
+            Err(e) => {
+                // Can't read the history now: come back later rather than skip events.
+                tracing::warn!(error = %e, "replay failed");
+                return Ok(come_back_later(state.settings.retry_ms));
+            }
+        },
+    };
     let connected = Connected {
         connection_id: &connection_id,
         user: grant.user.as_str(),
         channels: channels.iter().map(Name::as_str).collect(),
-        resumed: false,
+        resumed: matches!(resume, Resume::Replayed { .. }),
     };
-    outbox.release([sse::connected_frame(state.settings.retry_ms, &connected)], None);
+    let mut opening = vec![sse::connected_frame(state.settings.retry_ms, &connected)];
+    let replayed_up_to = match resume {
+        Resume::Fresh => None,
+        Resume::Reset(reason) => {
+            opening.push(sse::control_frame("reset", &serde_json::json!({ "reason": reason.as_str() })));
+            None
+        }
+        Resume::Replayed { frames, up_to } => {
+            opening.extend(frames);
+            Some(up_to)
+        }
+    };
+    outbox.release(opening, replayed_up_to);
+    permit.attach(outbox.clone());
 
     tracing::debug!(connection = %connection_id, user = %grant.user, channels = channels.len(), "connection opened");
     let session = Session {
@@ -112,6 +145,46 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
     .start();
     let body = OutboxBody::new(outbox, move || session.do_send(BodyGone));
     Ok(stream_response().body(body))
+}
+
+/// How a stream starts.
+enum Resume {
+    /// No `Last-Event-ID`: live events only.
+    Fresh,
+    /// The history can't cover the gap: a `reset`, then live events.
+    Reset(ResetReason),
+    /// Every missed event, rendered, up to sequence `up_to`; live events continue after it.
+    Replayed { frames: Vec<Bytes>, up_to: u64 },
+}
+
+/// Fetches what a client missed since `raw` (its `Last-Event-ID`) on `targets`.
+async fn resume(state: &AppState, targets: &[Target], raw: &str) -> Result<Resume, BrokerError> {
+    let Some(after) = EventId::parse(raw) else {
+        // Not an id this service issued: the client's state comes from somewhere else.
+        return Ok(Resume::Reset(ResetReason::EpochChanged));
+    };
+    let replay = state.broker.replay(Some(targets.to_vec()), after.clone(), state.settings.max_replay).await?;
+    Ok(match replay {
+        Replay::Reset(reason) => Resume::Reset(reason),
+        Replay::Events(events) => {
+            let mut up_to = after.seq;
+            let mut frames = Vec::with_capacity(events.len());
+            for (target, delivery) in &events {
+                let Some(id) = &delivery.id else { continue };
+                up_to = up_to.max(id.seq);
+                if delivery.problem().is_none() {
+                    frames.push(sse::event_frame(
+                        Some(id),
+                        &delivery.event_type,
+                        target,
+                        delivery.from.as_deref(),
+                        &delivery.payload,
+                    ));
+                }
+            }
+            Resume::Replayed { frames, up_to }
+        }
+    })
 }
 
 fn authenticate(req: &HttpRequest, query: &EventsQuery, state: &AppState) -> Result<Grant, ApiError> {
@@ -173,8 +246,12 @@ fn stream_response() -> actix_web::HttpResponseBuilder {
 /// 200 with a jittered `retry:` and an immediate end: EventSource reconnects after the delay,
 /// spread out so that a full or draining pod is not hit by a synchronized stampede.
 pub fn come_back_later(retry_ms: u64) -> HttpResponse {
-    let ms = rand::rng().random_range(retry_ms..=retry_ms.saturating_mul(3));
-    stream_response().body(sse::retry_frame(ms))
+    stream_response().body(sse::retry_frame(jittered(retry_ms)))
+}
+
+/// A reconnection delay between one and three times `retry_ms`.
+pub fn jittered(retry_ms: u64) -> u64 {
+    rand::rng().random_range(retry_ms..=retry_ms.saturating_mul(3))
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ pub struct Nats {
     child: Child,
     pub port: u16,
     pub monitor_port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nats {
@@ -73,14 +73,18 @@ impl Nats {
     pub fn start_on(port: u16) -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let monitor_port = free_port();
+        let child = Self::spawn(port, monitor_port, dir.path());
+        Nats { child, port, monitor_port, dir }
+    }
+
+    fn spawn(port: u16, monitor_port: u16, dir: &Path) -> Child {
         let child = Command::new(nats_server_bin())
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor_port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn nats-server");
-        let nats = Nats { child, port, monitor_port, _dir: dir };
         let end = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", monitor_port)).is_err()
             || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
@@ -88,13 +92,36 @@ impl Nats {
             assert!(Instant::now() < end, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        nats
+        child
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL if it lingers), keeping its JetStream directory.
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same ports and JetStream directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(self.port, self.monitor_port, self.dir.path());
     }
 
     /// Describes a server on `port` without starting one: for pointing a gateway at nothing.
     pub fn on_port_unstarted(port: u16) -> Nats {
         let child = Command::new("true").spawn().unwrap();
-        Nats { child, port, monitor_port: 0, _dir: tempfile::tempdir().unwrap() }
+        Nats { child, port, monitor_port: 0, dir: tempfile::tempdir().unwrap() }
     }
 
     pub fn url(&self) -> String {
@@ -136,6 +163,11 @@ impl Gateway {
 
     /// `serve` with a given `RUST_LOG` filter.
     pub fn serve_logging(nats: &Nats, extra: &[&str], rust_log: &str) -> Gateway {
+        Self::serve_url(&nats.url(), extra, rust_log)
+    }
+
+    /// `serve` against the NATS at `url`.
+    pub fn serve_url(url: &str, extra: &[&str], rust_log: &str) -> Gateway {
         let files = tempfile::tempdir().unwrap();
         let secret = files.path().join("jwt.secret");
         std::fs::write(&secret, [SECRET, b"\n"].concat()).unwrap();
@@ -144,7 +176,7 @@ impl Gateway {
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--nats-url".into(),
-            nats.url(),
+            url.to_owned(),
             "--jwt-secret-file".into(),
             secret.display().to_string(),
             "--publish-keys-file".into(),
@@ -220,6 +252,28 @@ impl Gateway {
 
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for the process to exit, up to `wait`; returns its exit code.
+    pub fn wait_exit(&mut self, wait: Duration) -> Option<i32> {
+        let end = Instant::now() + wait;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn kill(&mut self) {
@@ -449,6 +503,16 @@ impl Sse {
         Ok(sse)
     }
 
+    /// Opens a stream for a token, resuming after `last_id`.
+    pub async fn resume(addr: SocketAddr, token: &str, channels: &[&str], last_id: &str) -> Sse {
+        let target = format!("/events?channels={}", channels.join(","));
+        let auth = format!("Bearer {token}");
+        match Sse::open(addr, &target, &[("Authorization", &auth), ("Last-Event-ID", last_id)]).await {
+            Ok(s) => s,
+            Err(r) => panic!("stream refused: {} {}", r.status, String::from_utf8_lossy(&r.body)),
+        }
+    }
+
     /// Opens a stream for a token (as `Authorization: Bearer`).
     pub async fn with_token(addr: SocketAddr, token: &str, channels: &[&str]) -> Sse {
         let target = format!("/events?channels={}", channels.join(","));
@@ -580,5 +644,168 @@ impl Sse {
         let sock = socket2::SockRef::from(&std);
         let _ = sock.set_linger(Some(Duration::ZERO));
         drop(std);
+    }
+}
+
+/// The sequence of an `<epoch>-<seq>` id.
+pub fn seq_of(id: &str) -> u64 {
+    id.rsplit_once('-').and_then(|(_, s)| s.parse().ok()).unwrap_or_else(|| panic!("not an event id: {id}"))
+}
+
+/// What a [`Follower`] has seen.
+#[derive(Default, Debug)]
+pub struct Seen {
+    /// Sequences of the durable events received, in arrival order.
+    pub seqs: Vec<u64>,
+    pub connects: usize,
+    /// When each stream that had been connected ended.
+    pub ends: Vec<Instant>,
+    pub resets: Vec<String>,
+    pub last_id: Option<String>,
+}
+
+/// A client that follows its stream like the browser client does: on any end or error it
+/// reconnects (to the next gateway when one is unreachable) with `Last-Event-ID`.
+pub struct Follower {
+    pub seen: Arc<Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Follower {
+    pub fn start(gateways: Vec<SocketAddr>, token: String, channels: Vec<String>) -> Follower {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let state = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut at = 0usize;
+            loop {
+                let addr = gateways[at % gateways.len()];
+                let last = state.lock().unwrap().last_id.clone();
+                let target = format!("/events?channels={}", channels.join(","));
+                let auth = format!("Bearer {token}");
+                let mut headers = vec![("Authorization", auth.as_str())];
+                if let Some(last) = &last {
+                    headers.push(("Last-Event-ID", last.as_str()));
+                }
+                let opened = match TcpStream::connect(addr).await {
+                    Ok(probe) => {
+                        drop(probe);
+                        Sse::open(addr, &target, &headers).await.ok()
+                    }
+                    Err(_) => None,
+                };
+                let Some(mut sse) = opened else {
+                    at += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let mut was_connected = false;
+                while let Some(ev) = sse.next_within(Duration::from_secs(3600)).await {
+                    was_connected |= ev.event == "connected";
+                    let mut s = state.lock().unwrap();
+                    match ev.event.as_str() {
+                        "connected" => s.connects += 1,
+                        "reset" => s.resets.push(ev.json()["reason"].as_str().unwrap_or("").to_owned()),
+                        _ => {
+                            if let Some(id) = &ev.id {
+                                s.seqs.push(seq_of(id));
+                                s.last_id = Some(id.clone());
+                            }
+                        }
+                    }
+                }
+                if was_connected {
+                    state.lock().unwrap().ends.push(Instant::now());
+                }
+                // The stream ended: come back after a short, jittered pause, through the "load
+                // balancer" (the next gateway), as a draining or dead pod takes no new streams.
+                at += 1;
+                tokio::time::sleep(Duration::from_millis(20 + rand_below(80))).await;
+            }
+        });
+        Follower { seen, task }
+    }
+
+    pub fn seqs(&self) -> Vec<u64> {
+        self.seen.lock().unwrap().seqs.clone()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn rand_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now()) % n
+}
+
+/// Missing and duplicated sequences of `got` against `expected`.
+pub fn diff(expected: &[u64], got: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    let have: std::collections::HashSet<u64> = got.iter().copied().collect();
+    let missing = expected.iter().copied().filter(|s| !have.contains(s)).collect();
+    let mut counts = std::collections::HashMap::new();
+    for s in got {
+        *counts.entry(*s).or_insert(0) += 1;
+    }
+    let mut dups: Vec<u64> = counts.into_iter().filter(|(_, n)| *n > 1).map(|(s, _)| s).collect();
+    dups.sort();
+    (missing, dups)
+}
+
+/// A TCP proxy on 127.0.0.1 that can cut every connection through it and refuse new ones,
+/// to take a gateway's link to NATS down while NATS itself stays up.
+pub struct Proxy {
+    pub port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target_port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let links = Arc::new(Mutex::new(Vec::new()));
+        let (up2, links2) = (up.clone(), links.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target_port)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                links2.lock().unwrap().push(link);
+            }
+        });
+        Proxy { port, up, links, accept }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
     }
 }

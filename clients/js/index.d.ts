@@ -1,0 +1,260 @@
+// Type declarations for herald-client (the sources are plain JavaScript in src/).
+
+/** "connecting" before the first `connected` frame, "open" while streaming, "reconnecting" after a
+ * loss (or while paused on a hidden page), "closed" after close() or a fatal refusal. */
+export type ConnectionState = 'connecting' | 'open' | 'reconnecting' | 'closed';
+
+export declare const CONNECTING: 'connecting';
+export declare const OPEN: 'open';
+export declare const RECONNECTING: 'reconnecting';
+export declare const CLOSED: 'closed';
+
+/** Event types the gateway reserves for its control frames. */
+export declare const CONTROL_EVENTS: readonly ['connected', 'reset', 'token_expired'];
+
+/** Who an event was addressed to. */
+export type Target = 'user' | 'channel' | 'broadcast';
+
+/** An application event: the gateway's envelope plus the SSE type and id. */
+export interface HeraldEvent<T = unknown> {
+  /** The publisher's event type (the SSE `event:` field), e.g. "booking_update"; "message" by default. */
+  type: string;
+  /** This event's own id (`<epoch>-<seq>`) for durable events; null for ephemeral ones. */
+  id: string | null;
+  /** The stream's last event id when this event was dispatched (the resume cursor). */
+  lastEventId: string;
+  /** The channel it was published to, or null for user and broadcast events. */
+  channel: string | null;
+  /** null only for a frame that is not a Herald envelope. */
+  target: Target | null;
+  /** The publisher's JSON payload. */
+  data: T;
+  /** For events sent by clients: the sending user, stamped by the gateway. */
+  from?: string;
+}
+
+/** The data of the `connected` frame. */
+export interface ConnectedInfo {
+  connectionId: string;
+  user: string;
+  channels: string[];
+  resumed: boolean;
+}
+
+export interface ConnectedEvent {
+  type: 'connected';
+  data: ConnectedInfo;
+}
+
+/** The gateway could not resume: the app should refetch its state. */
+export interface ResetEvent {
+  type: 'reset';
+  data: { reason: 'history_expired' | 'epoch_changed' | 'too_many' | (string & {}) };
+}
+
+/** The token reached its `exp`; the client gets a fresh one from getToken() and resumes. */
+export interface TokenExpiredEvent {
+  type: 'token_expired';
+  data: { reason: 'token_expired' | (string & {}) };
+}
+
+/** A refused connection or a failed getToken(). */
+export interface HeraldErrorEvent {
+  type: 'error';
+  /** The HTTP status (0 when no response was involved). */
+  status: number;
+  /** The gateway's error code ("unauthorized", "channel_not_allowed", …), or `http_<status>`,
+   * "token_unavailable", "bad_content_type", "invalid_url". */
+  error: string;
+  message: string;
+  /** The parsed JSON body of the refusal, when there was one. */
+  body?: unknown;
+  /** true: the client is now closed (400, 403, 401 without getToken, other 4xx). false: it retries. */
+  fatal: boolean;
+  cause?: unknown;
+}
+
+export interface ControlEventMap {
+  connected: ConnectedEvent;
+  reset: ResetEvent;
+  token_expired: TokenExpiredEvent;
+  error: HeraldErrorEvent;
+}
+
+export interface GetTokenContext {
+  /** true when the previous token was refused (401) or expired (token_expired). */
+  refresh: boolean;
+}
+
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(id: unknown): void;
+}
+
+/** The part of `document` the client uses for `pauseWhenHidden`. */
+export interface VisibilitySource {
+  readonly visibilityState: string;
+  addEventListener(type: 'visibilitychange', listener: () => void): void;
+  removeEventListener(type: 'visibilitychange', listener: () => void): void;
+}
+
+export interface ClientOptions {
+  /** The gateway base URL, possibly with a path prefix and query (e.g. `?token=…`); the client
+   * requests `<url>/events`. Relative URLs resolve against the page. */
+  url: string;
+  /** Returns the client token (a JWT) sent as `Authorization: Bearer`. Called before every
+   * connection attempt; `refresh` is true after a 401 or token_expired. Without it the client
+   * relies on the `herald_token` cookie or a `token` in `url`. */
+  getToken?: (context: GetTokenContext) => string | null | undefined | Promise<string | null | undefined>;
+  /** Channels always carried, besides those with subscribe() handlers. */
+  channels?: string[];
+  /** Close the connection while the page is hidden; reconnect (resuming) when it is visible. */
+  pauseWhenHidden?: boolean;
+  /** The fetch to use (default: the global fetch). */
+  fetch?: typeof fetch;
+  /** Called with every state change. */
+  onStateChange?: (state: ConnectionState, previous: ConnectionState) => void;
+  /** Send cookies cross-origin (`credentials: 'include'`). Default: true without getToken, else false. */
+  withCredentials?: boolean;
+  /** Resume from this id on the first connection (e.g. one saved before a page reload). */
+  lastEventId?: string;
+  /** Called with the text of each comment line (the gateway's `heartbeat`). */
+  onComment?: (text: string) => void;
+  /** Backoff base before the server has sent `retry:` (ms, default 1000). */
+  retryBaseMs?: number;
+  /** Backoff cap (ms, default 30000). A larger server `retry:` is still honoured. */
+  retryCapMs?: number;
+  /** Reconnect when nothing (not even a heartbeat) arrives for this long (ms, default 45000; 0 = off). */
+  idleTimeoutMs?: number;
+  /** Channel changes within this window share one reconnect (ms, default 50). */
+  debounceMs?: number;
+  /** Upper bound of the debounce when changes keep coming (ms, default 500). */
+  maxDebounceMs?: number;
+  /** Random source for jitter, in [0, 1) (default Math.random). */
+  random?: () => number;
+  /** Timers and time (default: the global ones). */
+  clock?: Clock;
+  /** Visibility source for pauseWhenHidden (default: the global document). */
+  document?: VisibilitySource;
+}
+
+export type Unsubscribe = () => void;
+
+export declare class HeraldClient {
+  constructor(options: ClientOptions);
+  /** The connection state. */
+  readonly state: ConnectionState;
+  /** The resume cursor: the id of the last event seen, or "". */
+  readonly lastEventId: string;
+  /** The channels the connection carries (or will), sorted. */
+  readonly channels: string[];
+  /** The last `connected` frame's data, or null. */
+  readonly connection: ConnectedInfo | null;
+  /** Whether the connection is paused because the page is hidden. */
+  readonly paused: boolean;
+
+  /** Every event of `channel`. The first handler of a channel (or removing the last) reconnects
+   * once, debounced, resuming from the last event id. Throws TypeError for an invalid name. */
+  subscribe<T = unknown>(channel: string, handler: (event: HeraldEvent<T>) => void): Unsubscribe;
+
+  /** Control events: "connected", "reset", "token_expired", "error". */
+  on<K extends keyof ControlEventMap>(type: K, handler: (event: ControlEventMap[K]) => void): Unsubscribe;
+  /** Every application event. */
+  on<T = unknown>(type: '*', handler: (event: HeraldEvent<T>) => void): Unsubscribe;
+  /** Application events of one type, whatever their target. */
+  on<T = unknown>(type: string, handler: (event: HeraldEvent<T>) => void): Unsubscribe;
+
+  /** Listens to state changes. */
+  onStateChange(listener: (state: ConnectionState, previous: ConnectionState) => void): Unsubscribe;
+
+  /** Reconnects now (resuming); also reopens after a fatal refusal. No-op after close(). */
+  reconnect(): void;
+
+  /** Closes the connection for good. */
+  close(): void;
+}
+
+export declare function createClient(options: ClientOptions): HeraldClient;
+
+/** 1–128 ASCII letters, digits and `_ - : @ = + ~`, `.` between non-empty segments. */
+export declare function isValidName(name: unknown): name is string;
+
+/** `<base>/events?channels=…` with the base's path prefix and other query parameters kept. */
+export declare function eventsUrl(base: string, channels: readonly string[]): string;
+
+// ---------------------------------------------------------------------------------------------
+// SSE parser
+
+export interface ParsedEvent {
+  /** The `event:` field, or "message". */
+  type: string;
+  /** The `data:` lines joined with "\n". */
+  data: string;
+  /** The stream's last event id at dispatch (persists across events). */
+  lastEventId: string;
+  /** Whether this event's block carried a valid `id:` field. */
+  hasId: boolean;
+}
+
+export interface ParserOptions {
+  onEvent?: (event: ParsedEvent) => void;
+  /** Comment lines, without the ':' and one leading space. */
+  onComment?: (text: string) => void;
+  /** Valid `retry:` values (ASCII digits only), in ms. */
+  onRetry?: (ms: number) => void;
+  /** The initial last event id. */
+  lastEventId?: string;
+}
+
+export interface Parser {
+  /** Parses the next piece of the body: bytes or already decoded text. */
+  feed(chunk: Uint8Array | ArrayBuffer | ArrayBufferView | string): void;
+  /** The body ended: discards an unfinished event; the parser can take a new body. */
+  end(): void;
+  readonly lastEventId: string;
+  readonly reconnectionTime: number | null;
+}
+
+/** A WHATWG-exact incremental `text/event-stream` parser. */
+export declare function createParser(options?: ParserOptions): Parser;
+
+// ---------------------------------------------------------------------------------------------
+// Backoff
+
+export declare const DEFAULT_BASE_MS: 1000;
+export declare const DEFAULT_CAP_MS: 30000;
+export declare const systemClock: Clock;
+
+/** `min(cap, base * 2^attempt)`; a base above the cap is honoured. */
+export declare function backoffCeiling(attempt: number, base?: number, cap?: number): number;
+
+/** A uniform random delay in [0, backoffCeiling(attempt, base, cap)], whole ms. */
+export declare function fullJitter(
+  attempt: number,
+  options?: { base?: number; cap?: number; random?: () => number },
+): number;
+
+export interface BackoffOptions {
+  base?: number;
+  cap?: number;
+  random?: () => number;
+  clock?: Pick<Clock, 'setTimeout' | 'clearTimeout'>;
+}
+
+export declare class Backoff {
+  constructor(options?: BackoffOptions);
+  base: number;
+  cap: number;
+  random: () => number;
+  clock: Pick<Clock, 'setTimeout' | 'clearTimeout'>;
+  /** Attempts since the last reset(). */
+  readonly attempt: number;
+  /** The window of the next delay. */
+  ceiling(serverBase?: number): number;
+  /** The next delay (ms) and one more attempt; `serverBase` replaces the default base. */
+  next(serverBase?: number): number;
+  reset(): void;
+  /** Resolves after `ms` on the clock; rejects with an AbortError when `signal` aborts. */
+  wait(ms: number, signal?: AbortSignal): Promise<void>;
+}

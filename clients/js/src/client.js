@@ -1,0 +1,708 @@
+// The Herald browser client: one streaming connection (fetch + ReadableStream + the SSE parser)
+// carrying the user's events, every subscribed channel, and broadcasts; reconnection with full
+// jitter; resume with Last-Event-ID; token refresh; connection state.
+//
+// Only relative imports: a browser can load this file directly as a module.
+
+import { createParser } from './parser.js';
+import { Backoff, systemClock } from './backoff.js';
+
+/** Connection states. */
+export const CONNECTING = 'connecting';
+export const OPEN = 'open';
+export const RECONNECTING = 'reconnecting';
+export const CLOSED = 'closed';
+
+/** Event types the gateway reserves for control frames. */
+export const CONTROL_EVENTS = Object.freeze(['connected', 'reset', 'token_expired']);
+
+const NAME = /^[A-Za-z0-9_\-:@=+~]+(?:\.[A-Za-z0-9_\-:@=+~]+)*$/;
+
+/**
+ * Whether `name` is a valid Herald user or channel name: 1–128 ASCII letters, digits and
+ * `_ - : @ = + ~`, with `.` separating non-empty segments.
+ */
+export function isValidName(name) {
+  return typeof name === 'string' && name.length >= 1 && name.length <= 128 && NAME.test(name);
+}
+
+/** Creates a client and schedules its connection (see `HeraldClient`). */
+export function createClient(options) {
+  return new HeraldClient(options);
+}
+
+export class HeraldClient {
+  // configuration
+  #base;
+  #getToken;
+  #fetch;
+  #clock;
+  #backoff;
+  #credentials;
+  #debounceMs;
+  #maxDebounceMs;
+  #idleMs;
+  #onComment;
+  #doc = null;
+  #onVisibility = null;
+
+  // subscriptions
+  #static = new Set();
+  #channels = new Map(); // channel -> Set<entry>
+  #handlers = new Map(); // event type (or '*') -> Set<entry>
+  #stateListeners = new Set();
+
+  // connection
+  #state = CONNECTING;
+  #gen = 0;
+  #abort = null;
+  #reader = null;
+  #active = false; // an attempt (token, fetch or stream) is under way
+  #activeKey = null; // the channel list that attempt asked for
+  #everOpen = false;
+  #lastEventId = '';
+  #serverRetry = null;
+  #refreshToken = false;
+  #connection = null;
+  #paused = false;
+  #closed = false; // close() was called
+  #stopped = false; // a fatal refusal closed the client
+
+  // timers
+  #retryTimer = null;
+  #debounceTimer = null;
+  #debounceStart = 0;
+  #idleTimer = null;
+  #lastActivity = 0;
+
+  /**
+   * @param {import('../index.js').ClientOptions} options
+   */
+  constructor(options = {}) {
+    if (!options || typeof options.url !== 'string' || options.url === '') {
+      throw new TypeError('herald: `url` (the gateway base URL) is required');
+    }
+    this.#base = options.url;
+    this.#getToken = typeof options.getToken === 'function' ? options.getToken : null;
+    const f = options.fetch;
+    this.#fetch = typeof f === 'function' ? f : (...args) => globalThis.fetch(...args);
+    this.#clock = options.clock ?? systemClock;
+    this.#backoff = new Backoff({
+      base: options.retryBaseMs,
+      cap: options.retryCapMs,
+      random: options.random ?? Math.random,
+      clock: this.#clock,
+    });
+    const withCredentials = options.withCredentials ?? !this.#getToken;
+    this.#credentials = withCredentials ? 'include' : 'same-origin';
+    this.#debounceMs = options.debounceMs ?? 50;
+    this.#maxDebounceMs = Math.max(this.#debounceMs, options.maxDebounceMs ?? 500);
+    this.#idleMs = options.idleTimeoutMs ?? 45000;
+    this.#onComment = typeof options.onComment === 'function' ? options.onComment : null;
+    if (options.lastEventId) this.#lastEventId = String(options.lastEventId);
+    if (typeof options.onStateChange === 'function') this.#stateListeners.add(options.onStateChange);
+
+    for (const ch of channelsInUrl(this.#base)) this.#addStatic(ch);
+    for (const ch of options.channels ?? []) this.#addStatic(ch);
+
+    if (options.pauseWhenHidden) {
+      const doc = options.document ?? globalThis.document;
+      if (doc && typeof doc.addEventListener === 'function') {
+        this.#doc = doc;
+        this.#onVisibility = () => this.#visibilityChanged();
+        doc.addEventListener('visibilitychange', this.#onVisibility);
+        this.#paused = doc.visibilityState === 'hidden';
+      }
+    }
+
+    // The first connection waits for the debounce window too, so the subscriptions made while an
+    // app mounts share one request.
+    this.#channelsChanged();
+  }
+
+  /** "connecting" | "open" | "reconnecting" | "closed" */
+  get state() {
+    return this.#state;
+  }
+
+  /** The id of the last event seen (the resume cursor), or "" before any. */
+  get lastEventId() {
+    return this.#lastEventId;
+  }
+
+  /** The channels the connection carries (or will carry), sorted. */
+  get channels() {
+    return this.#desiredChannels();
+  }
+
+  /** The data of the last `connected` frame: {connectionId, user, channels, resumed}, or null. */
+  get connection() {
+    return this.#connection;
+  }
+
+  /** Whether the connection is paused because the page is hidden (`pauseWhenHidden`). */
+  get paused() {
+    return this.#paused;
+  }
+
+  /**
+   * Receives every event of `channel` (of any type). Adding the first handler of a channel (or
+   * removing the last) changes the connection's channel set: the client reconnects once, after
+   * a short debounce, resuming from the last event id so nothing is missed.
+   *
+   * @returns {() => void} unsubscribe
+   */
+  subscribe(channel, handler) {
+    if (!isValidName(channel)) {
+      throw new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`);
+    }
+    if (typeof handler !== 'function') throw new TypeError('herald: handler must be a function');
+    let set = this.#channels.get(channel);
+    const added = !set;
+    if (!set) {
+      set = new Set();
+      this.#channels.set(channel, set);
+    }
+    const entry = { handler, active: true };
+    set.add(entry);
+    if (added && !this.#static.has(channel)) this.#channelsChanged();
+    return () => {
+      if (!entry.active) return;
+      entry.active = false;
+      const current = this.#channels.get(channel);
+      if (!current) return;
+      current.delete(entry);
+      if (current.size === 0) {
+        this.#channels.delete(channel);
+        if (!this.#static.has(channel)) this.#channelsChanged();
+      }
+    };
+  }
+
+  /**
+   * Listens for events of `type`: an application type ("booking_update", "message", …), "*"
+   * for every application event, or "connected", "reset", "token_expired", "error".
+   *
+   * @returns {() => void} unsubscribe
+   */
+  on(type, handler) {
+    if (typeof type !== 'string' || type === '') throw new TypeError('herald: event type required');
+    if (typeof handler !== 'function') throw new TypeError('herald: handler must be a function');
+    let set = this.#handlers.get(type);
+    if (!set) {
+      set = new Set();
+      this.#handlers.set(type, set);
+    }
+    const entry = { handler, active: true };
+    set.add(entry);
+    return () => {
+      if (!entry.active) return;
+      entry.active = false;
+      set.delete(entry);
+    };
+  }
+
+  /** Calls `listener(state, previous)` on every state change. @returns unsubscribe */
+  onStateChange(listener) {
+    if (typeof listener !== 'function') throw new TypeError('herald: listener must be a function');
+    const wrapper = (s, p) => listener(s, p);
+    this.#stateListeners.add(wrapper);
+    return () => {
+      this.#stateListeners.delete(wrapper);
+    };
+  }
+
+  /**
+   * Drops the current connection (if any) and connects again now, resuming from the last event
+   * id. Also reopens a client that a fatal refusal closed; does nothing after `close()`.
+   */
+  reconnect() {
+    if (this.#closed) return;
+    this.#stopped = false;
+    this.#clearTimer('retry');
+    this.#clearTimer('debounce');
+    if (this.#paused) {
+      this.#abortCurrent();
+      this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
+      return;
+    }
+    this.#connect();
+  }
+
+  /** Closes the connection for good. */
+  close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#clearTimer('retry');
+    this.#clearTimer('debounce');
+    this.#abortCurrent();
+    if (this.#doc && this.#onVisibility) {
+      this.#doc.removeEventListener('visibilitychange', this.#onVisibility);
+    }
+    this.#setState(CLOSED);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // channel set
+
+  #addStatic(channel) {
+    if (!isValidName(channel)) {
+      throw new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`);
+    }
+    this.#static.add(channel);
+  }
+
+  #desiredChannels() {
+    const all = new Set(this.#static);
+    for (const ch of this.#channels.keys()) all.add(ch);
+    return [...all].sort();
+  }
+
+  #channelsChanged() {
+    if (this.#closed || this.#stopped) return;
+    const now = this.#clock.now();
+    if (this.#debounceTimer === null) this.#debounceStart = now;
+    else this.#clearTimer('debounce');
+    const wait = Math.max(0, Math.min(this.#debounceMs, this.#debounceStart + this.#maxDebounceMs - now));
+    this.#debounceTimer = this.#clock.setTimeout(() => {
+      this.#debounceTimer = null;
+      this.#syncChannels();
+    }, wait);
+  }
+
+  #syncChannels() {
+    if (this.#closed || this.#stopped || this.#paused) return;
+    const key = this.#desiredChannels().join(',');
+    if (this.#active) {
+      if (key !== this.#activeKey) this.#connect();
+      return;
+    }
+    // Waiting out a backoff: the next attempt asks for the new set anyway.
+    if (this.#retryTimer !== null) return;
+    this.#connect();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // connection
+
+  async #connect() {
+    this.#clearTimer('retry');
+    this.#abortCurrent();
+    if (this.#closed || this.#stopped || this.#paused) return;
+    const gen = this.#gen;
+    const abort = new AbortController();
+    this.#abort = abort;
+    this.#active = true;
+    const channels = this.#desiredChannels();
+    this.#activeKey = channels.join(',');
+    this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
+
+    let token;
+    if (this.#getToken) {
+      try {
+        const refresh = this.#refreshToken;
+        token = await this.#getToken({ refresh });
+      } catch (err) {
+        if (gen !== this.#gen) return;
+        this.#emitError({ status: 0, error: 'token_unavailable', message: messageOf(err), fatal: false, cause: err });
+        this.#retryAfterFailure(null);
+        return;
+      }
+      if (gen !== this.#gen) return;
+      this.#refreshToken = false;
+    }
+
+    const headers = { Accept: 'text/event-stream' };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    if (this.#lastEventId) headers['Last-Event-ID'] = this.#lastEventId;
+
+    let url;
+    try {
+      url = eventsUrl(this.#base, channels);
+    } catch (err) {
+      this.#fatal({ status: 0, error: 'invalid_url', message: messageOf(err), cause: err });
+      return;
+    }
+
+    let response;
+    try {
+      response = await this.#fetch(url, {
+        method: 'GET',
+        headers,
+        credentials: this.#credentials,
+        signal: abort.signal,
+      });
+    } catch (err) {
+      if (gen !== this.#gen) return;
+      this.#retryAfterFailure(null);
+      return;
+    }
+    if (gen !== this.#gen) {
+      cancelBody(response);
+      return;
+    }
+
+    if (response.status !== 200) {
+      await this.#refused(gen, response);
+      return;
+    }
+    const type = (response.headers?.get?.('content-type') ?? '').toLowerCase();
+    if (!type.startsWith('text/event-stream')) {
+      cancelBody(response);
+      this.#fatal({
+        status: 200,
+        error: 'bad_content_type',
+        message: `expected text/event-stream, got ${type || 'no content type'}`,
+      });
+      return;
+    }
+    await this.#stream(gen, response);
+  }
+
+  async #stream(gen, response) {
+    const conn = { connected: false, tokenExpired: false, hint: null };
+    const parser = createParser({
+      lastEventId: this.#lastEventId,
+      onEvent: (ev) => this.#frame(gen, conn, ev),
+      onRetry: (ms) => {
+        if (gen !== this.#gen) return;
+        this.#serverRetry = ms;
+        // A retry: before `connected` belongs to the first frame (cleared when `connected` comes);
+        // one after it, or one with no `connected` at all, is the server asking to come back later.
+        conn.hint = ms;
+      },
+      onComment: (text) => {
+        if (gen !== this.#gen || !this.#onComment) return;
+        try {
+          this.#onComment(text);
+        } catch (err) {
+          reportError(err);
+        }
+      },
+    });
+
+    if (!response.body) {
+      this.#streamEnded(gen, conn);
+      return;
+    }
+    const reader = response.body.getReader();
+    this.#reader = reader;
+    this.#startIdle(gen);
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (gen !== this.#gen) return;
+        if (done) break;
+        this.#lastActivity = this.#clock.now();
+        parser.feed(value);
+        if (gen !== this.#gen) return;
+        this.#lastEventId = parser.lastEventId;
+      }
+    } catch (err) {
+      if (gen !== this.#gen) return;
+    }
+    parser.end();
+    this.#lastEventId = parser.lastEventId;
+    this.#streamEnded(gen, conn);
+  }
+
+  #frame(gen, conn, ev) {
+    if (gen !== this.#gen) return;
+    this.#lastEventId = ev.lastEventId;
+    switch (ev.type) {
+      case 'connected': {
+        conn.connected = true;
+        conn.hint = null;
+        const data = parseJson(ev.data);
+        this.#connection = data;
+        this.#backoff.reset();
+        this.#everOpen = true;
+        this.#setState(OPEN);
+        if (gen === this.#gen) this.#emit('connected', { type: 'connected', data });
+        return;
+      }
+      case 'token_expired':
+        conn.tokenExpired = true;
+        this.#emit('token_expired', { type: 'token_expired', data: parseJson(ev.data) });
+        return;
+      case 'reset':
+        this.#emit('reset', { type: 'reset', data: parseJson(ev.data) });
+        return;
+      default:
+        break;
+    }
+    const event = toEvent(ev);
+    if (event.channel != null) {
+      const set = this.#channels.get(event.channel);
+      if (set) callAll(set, event);
+      if (gen !== this.#gen) return;
+    }
+    this.#emit(event.type, event);
+    if (gen !== this.#gen) return;
+    this.#emit('*', event);
+  }
+
+  #streamEnded(gen, conn) {
+    if (gen !== this.#gen) return;
+    this.#finishAttempt();
+    if (conn.tokenExpired) {
+      this.#refreshToken = true;
+      this.#retryAfterFailure(null);
+      return;
+    }
+    // No `connected` (the capacity answer) or a late retry: (drain): wait at least what the
+    // server asked for. Otherwise the ordinary jittered backoff.
+    this.#retryAfterFailure(conn.hint);
+  }
+
+  async #refused(gen, response) {
+    const status = response.status;
+    let body = null;
+    try {
+      const text = await response.text();
+      body = text ? JSON.parse(text) : null;
+    } catch {
+      body = null;
+    }
+    if (gen !== this.#gen) return;
+    const info = {
+      status,
+      error: typeof body?.error === 'string' ? body.error : `http_${status}`,
+      message: typeof body?.message === 'string' ? body.message : response.statusText || `HTTP ${status}`,
+      body,
+    };
+    if (status === 401 && this.#getToken) {
+      this.#refreshToken = true;
+      this.#emitError({ ...info, fatal: false });
+      this.#retryAfterFailure(null);
+    } else if (status === 408 || status === 429 || status >= 500) {
+      this.#emitError({ ...info, fatal: false });
+      this.#retryAfterFailure(null);
+    } else {
+      this.#fatal(info);
+    }
+  }
+
+  #retryAfterFailure(floor) {
+    if (this.#closed || this.#stopped) return;
+    this.#finishAttempt();
+    let delay = this.#backoff.next(this.#serverRetry ?? undefined);
+    if (floor != null) delay = Math.max(delay, floor);
+    this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
+    if (this.#paused) return;
+    this.#clearTimer('retry');
+    this.#retryTimer = this.#clock.setTimeout(() => {
+      this.#retryTimer = null;
+      this.#connect();
+    }, delay);
+  }
+
+  #fatal(info) {
+    this.#stopped = true;
+    this.#clearTimer('retry');
+    this.#clearTimer('debounce');
+    this.#abortCurrent();
+    this.#setState(CLOSED);
+    this.#emitError({ ...info, fatal: true });
+  }
+
+  #finishAttempt() {
+    this.#active = false;
+    this.#activeKey = null;
+    this.#reader = null;
+    this.#abort = null;
+    this.#clearTimer('idle');
+  }
+
+  /** Ends the current attempt (if any) and invalidates its callbacks. */
+  #abortCurrent() {
+    this.#gen += 1;
+    const abort = this.#abort;
+    const reader = this.#reader;
+    this.#finishAttempt();
+    if (reader) reader.cancel().catch(() => {});
+    if (abort) abort.abort();
+  }
+
+  #startIdle(gen) {
+    this.#lastActivity = this.#clock.now();
+    if (!(this.#idleMs > 0)) return;
+    const check = (wait) => {
+      this.#idleTimer = this.#clock.setTimeout(() => {
+        this.#idleTimer = null;
+        if (gen !== this.#gen) return;
+        const idle = this.#clock.now() - this.#lastActivity;
+        if (idle < this.#idleMs) {
+          check(this.#idleMs - idle);
+          return;
+        }
+        // Nothing, not even a heartbeat, for too long: the connection is dead without knowing.
+        this.#abortCurrent();
+        this.#retryAfterFailure(null);
+      }, wait);
+    };
+    check(this.#idleMs);
+  }
+
+  #visibilityChanged() {
+    if (this.#closed || !this.#doc) return;
+    const hidden = this.#doc.visibilityState === 'hidden';
+    if (hidden && !this.#paused) {
+      this.#paused = true;
+      this.#clearTimer('retry');
+      this.#clearTimer('debounce');
+      this.#abortCurrent();
+      if (!this.#stopped) this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
+    } else if (!hidden && this.#paused) {
+      this.#paused = false;
+      if (!this.#stopped) this.#connect();
+    }
+  }
+
+  #clearTimer(which) {
+    let id = null;
+    switch (which) {
+      case 'retry':
+        id = this.#retryTimer;
+        this.#retryTimer = null;
+        break;
+      case 'debounce':
+        id = this.#debounceTimer;
+        this.#debounceTimer = null;
+        break;
+      default:
+        id = this.#idleTimer;
+        this.#idleTimer = null;
+        break;
+    }
+    if (id !== null && id !== undefined) this.#clock.clearTimeout(id);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // events and state
+
+  #setState(next) {
+    const prev = this.#state;
+    if (prev === next) return;
+    this.#state = next;
+    for (const listener of [...this.#stateListeners]) {
+      try {
+        listener(next, prev);
+      } catch (err) {
+        reportError(err);
+      }
+    }
+  }
+
+  #emit(type, event) {
+    const set = this.#handlers.get(type);
+    if (set) callAll(set, event);
+  }
+
+  #emitError(info) {
+    this.#emit('error', { type: 'error', ...info });
+  }
+}
+
+// -----------------------------------------------------------------------------------------------
+// helpers
+
+function callAll(set, event) {
+  for (const entry of [...set]) {
+    if (!entry.active) continue;
+    try {
+      entry.handler(event);
+    } catch (err) {
+      reportError(err);
+    }
+  }
+}
+
+function reportError(err) {
+  if (typeof globalThis.reportError === 'function') globalThis.reportError(err);
+  else if (typeof console !== 'undefined') console.error(err);
+}
+
+function parseJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+/** An application event: the gateway's envelope plus `type` and `id`. */
+function toEvent(ev) {
+  const id = ev.hasId ? ev.lastEventId : null;
+  let envelope;
+  try {
+    envelope = JSON.parse(ev.data);
+  } catch {
+    envelope = undefined;
+  }
+  if (envelope !== null && typeof envelope === 'object' && !Array.isArray(envelope) && 'target' in envelope) {
+    const event = {
+      type: ev.type,
+      id,
+      lastEventId: ev.lastEventId,
+      channel: envelope.channel ?? null,
+      target: envelope.target,
+      data: envelope.data,
+    };
+    if (envelope.from !== undefined) event.from = envelope.from;
+    return event;
+  }
+  // Not an envelope (another server, or a hand-written frame): pass the data through.
+  return {
+    type: ev.type,
+    id,
+    lastEventId: ev.lastEventId,
+    channel: null,
+    target: null,
+    data: envelope === undefined ? ev.data : envelope,
+  };
+}
+
+function baseUrl(url) {
+  const loc = globalThis.location?.href;
+  return loc ? new URL(url, loc) : new URL(url);
+}
+
+function channelsInUrl(url) {
+  let u;
+  try {
+    u = baseUrl(url);
+  } catch {
+    return [];
+  }
+  const out = [];
+  for (const key of ['channels', 'channel']) {
+    for (const value of u.searchParams.getAll(key)) {
+      for (const ch of value.split(',')) if (ch !== '') out.push(ch);
+    }
+  }
+  return out;
+}
+
+/** `<base>/events?…&channels=a,b`: keeps the base's path prefix and other query parameters. */
+export function eventsUrl(base, channels) {
+  const u = baseUrl(base);
+  u.hash = '';
+  u.pathname = `${u.pathname.replace(/\/+$/, '')}/events`;
+  u.searchParams.delete('channels');
+  u.searchParams.delete('channel');
+  if (channels.length > 0) u.searchParams.set('channels', channels.join(','));
+  return u.toString();
+}
+
+function cancelBody(response) {
+  try {
+    response?.body?.cancel?.().catch?.(() => {});
+  } catch {
+    // already locked or gone
+  }
+}
+
+function messageOf(err) {
+  return err && typeof err.message === 'string' ? err.message : String(err);
+}

@@ -1,0 +1,171 @@
+//! Resuming from `Last-Event-ID` / `?lastEventId=`: exactly the missed events, in order, then
+//! live ones; `reset` when the history can't cover the gap.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{Gateway, Nats, Sse, eventually, seq_of, token};
+
+/// Publishes one durable event through the gateway and returns its ids.
+async fn publish(gw: &Gateway, body: serde_json::Value) -> Vec<String> {
+    let res = gw.publish(body).await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    res.json()["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_client_gets_exactly_what_it_missed_then_live_events() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &[]);
+    gw.ready().await;
+    let t = token("r1", &["room:*"], 600);
+
+    for via_query in [false, true] {
+        let mut s = Sse::with_token(gw.addr, &t, &["room:1"]).await;
+        assert_eq!(s.next().await.json()["resumed"], false);
+        let mut last = String::new();
+        for i in 0..5 {
+            publish(&gw, json!({"type":"n","data":i,"users":["r1"]})).await;
+            let ev = s.next_event().await;
+            assert_eq!(ev.json()["data"], i);
+            last = ev.id.clone().expect("durable events carry ids");
+        }
+        drop(s);
+
+        // 20 events while away: to the user, the channel, broadcast, and one to someone else.
+        let mut missed = Vec::new();
+        for i in 0..20 {
+            let body = match i % 3 {
+                0 => json!({"type":"n","data":100 + i,"users":["r1", "other"]}),
+                1 => json!({"type":"n","data":100 + i,"channels":["room:1", "room:2"]}),
+                _ => json!({"type":"n","data":100 + i,"broadcast":true}),
+            };
+            let ids = publish(&gw, body).await;
+            missed.push(ids[0].clone());
+        }
+        let mut back = if via_query {
+            let target = format!("/events?channels=room:1&lastEventId={last}");
+            Sse::open(gw.addr, &target, &[("Authorization", &format!("Bearer {t}"))]).await.unwrap()
+        } else {
+            Sse::resume(gw.addr, &t, &["room:1"], &last).await
+        };
+        let connected = back.next().await;
+        assert_eq!(connected.event, "connected");
+        assert_eq!(connected.json()["resumed"], true);
+        let mut got = Vec::new();
+        for _ in 0..20 {
+            let ev = back.next().await;
+            assert_ne!(ev.event, "reset");
+            got.push(ev.id.clone().unwrap());
+        }
+        assert_eq!(got, missed, "exactly the missed events, in order (via query: {via_query})");
+        assert!(back.next_within(Duration::from_millis(300)).await.is_none(), "nothing more, no duplicates");
+        let live = publish(&gw, json!({"type":"n","data":"live","users":["r1"]})).await;
+        let ev = back.next_event().await;
+        assert_eq!(ev.id.as_ref(), Some(&live[0]));
+        assert!(seq_of(&live[0]) > seq_of(missed.last().unwrap()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_missed_events_and_foreign_ids_reset() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &["--max-replay", "5"]);
+    gw.ready().await;
+    let t = token("r2", &[], 600);
+    let first = publish(&gw, json!({"data":0,"users":["r2"]})).await;
+    for i in 0..6 {
+        publish(&gw, json!({"data":i,"users":["r2"]})).await;
+    }
+    let mut s = Sse::resume(gw.addr, &t, &[], &first[0]).await;
+    assert_eq!(s.next().await.json()["resumed"], false);
+    let reset = s.next().await;
+    assert_eq!((reset.event.as_str(), reset.id.as_deref()), ("reset", None));
+    assert_eq!(reset.json()["reason"], "too_many");
+    let live = publish(&gw, json!({"data":"live","users":["r2"]})).await;
+    assert_eq!(s.next().await.id.as_ref(), Some(&live[0]), "live events follow the reset");
+
+    let mut odd = Sse::resume(gw.addr, &t, &[], "not-an-id").await;
+    odd.next().await;
+    assert_eq!(odd.next().await.json()["reason"], "epoch_changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_history_resets_with_history_expired() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &["--history-max-age", "1s"]);
+    gw.ready().await;
+    let t = token("r3", &[], 600);
+    let seen = publish(&gw, json!({"data":1,"users":["r3"]})).await;
+    publish(&gw, json!({"data":2,"users":["r3"]})).await;
+    // Once the missed event has aged out of the stream, resuming can't cover the gap.
+    eventually("the missed event expired", Duration::from_secs(15), || async {
+        let mut s = Sse::resume(gw.addr, &t, &[], &seen[0]).await;
+        s.next().await;
+        s.next_within(Duration::from_millis(500))
+            .await
+            .is_some_and(|ev| ev.event == "reset" && ev.json()["reason"] == "history_expired")
+    })
+    .await;
+    let mut s = Sse::resume(gw.addr, &t, &[], &seen[0]).await;
+    s.next().await;
+    assert_eq!(s.next().await.event, "reset");
+    let live = publish(&gw, json!({"data":3,"users":["r3"]})).await;
+    assert_eq!(s.next().await.id.as_ref(), Some(&live[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_stream_resets_with_epoch_changed() {
+    let nats = Nats::start();
+    let mut gw = Gateway::serve(&nats, &[]);
+    gw.ready().await;
+    let t = token("r4", &[], 600);
+    let old = publish(&gw, json!({"data":1,"users":["r4"]})).await;
+    gw.kill();
+
+    let js = async_nats::jetstream::new(nats.client().await);
+    js.delete_stream("HERALD").await.unwrap();
+    let gw = Gateway::serve(&nats, &[]);
+    gw.ready().await;
+    publish(&gw, json!({"data":2,"users":["r4"]})).await;
+
+    let mut s = Sse::resume(gw.addr, &t, &[], &old[0]).await;
+    assert_eq!(s.next().await.json()["resumed"], false);
+    let reset = s.next().await;
+    assert_eq!((reset.event.as_str(), reset.json()["reason"].as_str()), ("reset", Some("epoch_changed")));
+    let live = publish(&gw, json!({"data":3,"users":["r4"]})).await;
+    assert_eq!(s.next().await.id.as_ref(), Some(&live[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_resumes_with_the_same_semantics() {
+    let gw = Gateway::dev(&["--history-max-per-subject", "3"]);
+    gw.ready().await;
+    let post = |body: serde_json::Value| async move {
+        let res = support::http(
+            gw.addr,
+            "POST",
+            "/v1/publish",
+            &[("Content-Type", "application/json")],
+            Some(body.to_string().as_bytes()),
+        )
+        .await;
+        res.json()["ids"][0].as_str().unwrap().to_owned()
+    };
+    let first = post(json!({"data":0,"users":["d1"]})).await;
+    let second = post(json!({"data":1,"users":["d1"]})).await;
+    let third = post(json!({"data":2,"channels":["c"]})).await;
+    let mut s = Sse::open(gw.addr, &format!("/events?user=d1&channels=c&lastEventId={first}"), &[]).await.unwrap();
+    assert_eq!(s.next().await.json()["resumed"], true);
+    assert_eq!(s.next().await.id, Some(second));
+    assert_eq!(s.next().await.id, Some(third));
+    // Three more for d1 push the first ones out of its bounded history.
+    for i in 0..3 {
+        post(json!({"data":10 + i,"users":["d1"]})).await;
+    }
+    let mut s = Sse::open(gw.addr, &format!("/events?user=d1&lastEventId={first}"), &[]).await.unwrap();
+    s.next().await;
+    assert_eq!(s.next().await.json()["reason"], "history_expired");
+}
