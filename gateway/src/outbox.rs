@@ -13,6 +13,8 @@ use actix_web::body::{BodySize, MessageBody};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
+use crate::peer::PeerSocket;
+
 /// Largest chunk the body hands to the socket at once.
 const MAX_CHUNK: usize = 64 * 1024;
 
@@ -64,6 +66,8 @@ struct State {
     /// Set once; frames already queued are still written unless the reason is `Slow`.
     closed: Option<CloseReason>,
     waker: Option<Waker>,
+    /// The client's socket, while the response body is alive (see [`PeerSocket`]).
+    peer: Option<PeerSocket>,
 }
 
 /// The per-session queue. Shared by the hub (producer) and the response body (consumer).
@@ -83,6 +87,7 @@ impl Outbox {
                 held: Some(Vec::new()),
                 closed: None,
                 waker: None,
+                peer: None,
             }),
             limit,
         })
@@ -104,6 +109,11 @@ impl Outbox {
                 s.frames.clear();
                 s.held = None;
                 s.bytes = 0;
+                // A client that stopped reading also stalls actix's own writes, which would keep
+                // the connection open forever: cut it at the socket.
+                if let Some(peer) = s.peer.take() {
+                    peer.shutdown();
+                }
                 let w = s.waker.take();
                 drop(s);
                 if let Some(w) = w {
@@ -172,6 +182,16 @@ impl Outbox {
             w.wake();
         }
         true
+    }
+
+    /// Records the client's socket, for liveness probes and for cutting off a slow client.
+    pub fn set_peer(&self, peer: Option<PeerSocket>) {
+        self.state.lock().peer = peer;
+    }
+
+    /// True when the client has closed its side of the connection.
+    pub fn peer_closed(&self) -> bool {
+        self.state.lock().peer.is_some_and(|p| p.closed_by_peer())
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
@@ -245,6 +265,8 @@ impl MessageBody for OutboxBody {
 
 impl Drop for OutboxBody {
     fn drop(&mut self) {
+        // Forget the socket before actix closes it: its descriptor may be reused from now on.
+        self.outbox.state.lock().peer = None;
         self.outbox.close(CloseReason::Client, None);
         if let Some(f) = self.on_drop.take() {
             f();

@@ -14,9 +14,9 @@ use actix_web::dev::Extensions;
 
 /// The raw descriptor of the connection a request arrived on.
 ///
-/// Only ever used for a non-destructive `recv(MSG_PEEK)` while the session's body is alive. The
-/// session checks that its outbox is still open first; should the descriptor have been closed
-/// and reused in between, a peek at a stranger's socket reads nothing and changes nothing.
+/// Only used through the session's [`Outbox`](crate::outbox::Outbox), which forgets it, under
+/// its lock, when actix drops the response body. actix drops the body before the socket, so
+/// while the outbox still holds the descriptor it is this connection's and no one else's.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerSocket(RawFd);
 
@@ -32,6 +32,15 @@ pub fn on_connect(conn: &dyn Any, ext: &mut Extensions, heartbeat: Duration) {
 }
 
 impl PeerSocket {
+    /// Shuts the connection down in both directions: a blocked write fails at once, so actix
+    /// drops the connection even when the client has stopped reading.
+    pub fn shutdown(&self) {
+        // SAFETY: shutdown(2) on a descriptor we know to be this connection's (see above).
+        unsafe {
+            libc::shutdown(self.0, libc::SHUT_RDWR);
+        }
+    }
+
     /// True when the peer has closed its side (or the socket has failed).
     pub fn closed_by_peer(&self) -> bool {
         let mut byte = 0u8;

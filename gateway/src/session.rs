@@ -17,7 +17,6 @@ use crate::hub::Membership;
 use crate::limits::Permit;
 use crate::names::Name;
 use crate::outbox::{CloseReason, Outbox};
-use crate::peer::PeerSocket;
 use crate::sse;
 
 /// Sent by the response body when actix drops it: the client is gone or the stream ended.
@@ -36,8 +35,6 @@ pub struct Session {
     /// Unix seconds at which the token expires.
     pub expires_at: Option<u64>,
     pub opened: Instant,
-    /// The client's socket, probed on each heartbeat.
-    pub peer: Option<PeerSocket>,
 }
 
 impl Actor for Session {
@@ -48,7 +45,7 @@ impl Actor for Session {
             if session.outbox.close_reason().is_some() {
                 return ctx.stop();
             }
-            if session.peer.is_some_and(|p| p.closed_by_peer()) {
+            if session.outbox.peer_closed() {
                 session.outbox.close(CloseReason::Client, None);
                 return ctx.stop();
             }

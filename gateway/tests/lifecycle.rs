@@ -59,3 +59,20 @@ async fn a_thousand_connect_disconnect_cycles_leave_nothing_behind() {
     .await;
     assert!(!gw.log_text().contains("panicked"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_ends_the_stream_with_token_expired() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &[]);
+    gw.ready().await;
+    let mut s = Sse::with_token(gw.addr, &token("brief", &[], 2), &[]).await;
+    assert_eq!(s.next().await.event, "connected");
+    let opened = Instant::now();
+    let events = s.read_to_end(Duration::from_secs(10)).await;
+    assert!(s.ended, "the server ended the stream");
+    let last = events.last().expect("a final event");
+    assert_eq!((last.event.as_str(), last.id.as_deref()), ("token_expired", None));
+    assert!(opened.elapsed() >= Duration::from_secs(1), "not before the token's exp");
+    eventually("the session is gone", Duration::from_secs(5), || async { gw.stats().await["connections"] == 0 }).await;
+    assert!(gw.log_text().contains("reason=\"token_expired\""));
+}

@@ -88,6 +88,7 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
     // Events are held in the outbox until the membership is live and `connected` is queued
     // ahead of them.
     let outbox = Outbox::new(state.settings.client_queue_bytes);
+    outbox.set_peer(req.conn_data::<PeerSocket>().copied());
     let membership = state.hub.join(&targets, &outbox).await.map_err(|e| {
         tracing::warn!(error = %e, "could not subscribe a new stream");
         ApiError::unavailable(format!("cannot subscribe right now: {e}"))
@@ -140,7 +141,6 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
         heartbeat: state.settings.heartbeat,
         expires_at: grant.expires_at,
         opened: Instant::now(),
-        peer: req.conn_data::<PeerSocket>().copied(),
     }
     .start();
     let body = OutboxBody::new(outbox, move || session.do_send(BodyGone));

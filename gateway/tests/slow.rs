@@ -1,0 +1,145 @@
+//! A client that stops reading is cut off once its queue is full; nobody else notices.
+
+mod support;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::{Gateway, Nats, Sse, eventually, token};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const READERS: usize = 200;
+const RATE: u64 = 2000;
+const QUEUE: usize = 256 * 1024;
+
+fn p99(samples: &mut [u64]) -> u64 {
+    samples.sort_unstable();
+    samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+}
+
+/// Publishes `RATE` events/s for `secs`, each to one reader's user, and a copy with a 4 KiB pad
+/// to the `firehose` channel (8 MB/s: it overflows a stalled socket's kernel buffers quickly).
+async fn publish(client: &async_nats::Client, origin: Instant, secs: u64) {
+    let pad = "x".repeat(4 * 1024);
+    let start = Instant::now();
+    let total = RATE * secs;
+    for n in 0..total {
+        tokio::time::sleep_until((start + Duration::from_micros(1_000_000 / RATE * n)).into()).await;
+        let t = origin.elapsed().as_micros();
+        client
+            .publish(format!("herald.live.user.s{}", n % READERS as u64), Bytes::from(format!("{{\"t\":{t}}}")))
+            .await
+            .unwrap();
+        client
+            .publish("herald.live.channel.firehose", Bytes::from(format!("{{\"t\":{t},\"pad\":\"{pad}\"}}")))
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+}
+
+/// Opens a firehose stream on a raw socket with a small receive window (as on a slow mobile
+/// link; on loopback the kernel would otherwise buffer tens of megabytes) and reads until the
+/// stream is open.
+async fn firehose_client(addr: std::net::SocketAddr, user: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut tcp = socket.connect(addr).await.unwrap();
+    let t = token(user, &["firehose"], 3600);
+    let req = format!("GET /events?channels=firehose HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !String::from_utf8_lossy(&head).contains("event: connected") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "stream closed: {}", String::from_utf8_lossy(&head));
+        head.extend_from_slice(&buf[..n]);
+    }
+    tcp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_is_disconnected_without_slowing_the_others() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &["--client-queue-bytes", &QUEUE.to_string()]);
+    gw.ready().await;
+    let origin = Instant::now();
+    let phase = Arc::new(AtomicU8::new(0));
+    let samples: Arc<Mutex<[Vec<u64>; 2]>> = Arc::new(Mutex::new([Vec::new(), Vec::new()]));
+
+    let mut readers = Vec::new();
+    for i in 0..READERS {
+        let mut s = Sse::with_token(gw.addr, &token(&format!("s{i}"), &[], 3600), &[]).await;
+        assert_eq!(s.next().await.event, "connected");
+        let (phase, samples) = (phase.clone(), samples.clone());
+        readers.push(tokio::spawn(async move {
+            while let Some(ev) = s.next_within(Duration::from_secs(60)).await {
+                let sent = ev.json()["data"]["t"].as_u64().unwrap();
+                let latency = origin.elapsed().as_micros() as u64 - sent;
+                let p = phase.load(Ordering::Relaxed) as usize;
+                samples.lock().unwrap()[p.min(1)].push(latency);
+            }
+        }));
+    }
+    let publisher = nats.client().await;
+
+    // Baseline: the same load, with a firehose subscriber that keeps up.
+    let mut reader = firehose_client(gw.addr, "reader").await;
+    let drain = tokio::spawn(async move {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = reader.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    publish(&publisher, origin, 3).await;
+    drain.abort();
+    tokio::time::sleep(Duration::from_millis(200)).await; // let the last deliveries land
+    let rss_before = gw.rss();
+
+    // The same load with one client that subscribes to the firehose and never reads.
+    phase.store(1, Ordering::Relaxed);
+    let stalled = firehose_client(gw.addr, "stalled").await;
+    eventually("the stalled client is counted", Duration::from_secs(5), || async {
+        gw.stats().await["connections"] == READERS + 1
+    })
+    .await;
+    let mut peak_rss = rss_before;
+    let load = publish(&publisher, origin, 4);
+    tokio::pin!(load);
+    loop {
+        tokio::select! {
+            _ = &mut load => break,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => peak_rss = peak_rss.max(gw.rss()),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the stalled client was disconnected as slow", Duration::from_secs(10), || async {
+        gw.stats().await["connections"] == READERS
+    })
+    .await;
+    assert!(gw.log_text().contains("reason=\"slow\""), "the close is logged with reason slow");
+    drop(stalled);
+
+    let [mut base, mut with_stalled] = std::mem::take(&mut *samples.lock().unwrap());
+    let expected = (RATE * 3) as usize;
+    assert_eq!(base.len(), expected, "every baseline event delivered");
+    assert_eq!(with_stalled.len(), (RATE * 4) as usize, "every event delivered to the readers during the stall");
+    let (p99_base, p99_stalled) = (p99(&mut base), p99(&mut with_stalled));
+    let growth = peak_rss.saturating_sub(rss_before);
+    eprintln!(
+        "p99 without the stalled client {:.2} ms, with it {:.2} ms; RSS growth {:.1} MiB",
+        p99_base as f64 / 1000.0,
+        p99_stalled as f64 / 1000.0,
+        growth as f64 / (1 << 20) as f64
+    );
+    assert!(growth < 64 << 20, "RSS grew by {growth} bytes");
+    // Within 2x; a 2 ms floor keeps scheduler noise on a sub-millisecond baseline from failing it.
+    assert!(p99_stalled <= (2 * p99_base).max(p99_base + 2000), "p99 {p99_stalled} µs vs baseline {p99_base} µs");
+    for r in readers {
+        r.abort();
+    }
+}
