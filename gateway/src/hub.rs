@@ -361,7 +361,7 @@ impl Dispatcher {
                     other => {
                         // The gap can't be refilled: every stream reconnects and resumes alone.
                         match other {
-                            Ok(Replay::Reset(reason)) => {
+                            Ok(Replay::Reset(reason, _)) => {
                                 tracing::warn!(reason = reason.as_str(), "cannot refill the gap")
                             }
                             Err(e) => tracing::warn!(error = %e, "cannot refill the gap"),

@@ -1,8 +1,11 @@
 //! SSE frame rendering (DESIGN section 3). Pure functions: the hub calls [`event_frame`] once per
 //! event per pod and shares the resulting bytes with every session.
 //!
-//! Control frames (`connected`, `reset`, `token_expired`) never carry `id:`, because an id there
-//! would move the browser's resume cursor past events it has not seen.
+//! Control frames (`connected`, `token_expired`) never carry `id:`, because an id there would
+//! move the browser's resume cursor past events it has not seen. `reset` is the exception: it
+//! tells the client to refetch its state, so its cursor moves to the head of the history (the
+//! refetched state includes everything up to there); without it, every later reconnect would
+//! send the same stale id and be reset again.
 
 use std::io::Write;
 
@@ -66,6 +69,20 @@ pub fn control_frame(event: &str, data: &impl Serialize) -> Bytes {
     put_data_lines(&mut out, &json);
     out.put_u8(b'\n');
     out.freeze()
+}
+
+/// `event: reset` with `{"reason":…}`, carrying the history's head as its id when known.
+pub fn reset_frame(reason: &str, head: Option<&EventId>) -> Bytes {
+    let control = control_frame("reset", &serde_json::json!({ "reason": reason }));
+    match head {
+        None => control,
+        Some(id) => {
+            let mut out = BytesMut::with_capacity(control.len() + 32);
+            let _ = writeln!((&mut out).writer(), "id: {id}");
+            out.put_slice(&control);
+            out.freeze()
+        }
+    }
 }
 
 /// A bare reconnection hint: the browser waits `ms` before reconnecting.

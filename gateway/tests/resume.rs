@@ -76,16 +76,25 @@ async fn too_many_missed_events_and_foreign_ids_reset() {
     gw.ready().await;
     let t = token("r2", &[], 600);
     let first = publish(&gw, json!({"data":0,"users":["r2"]})).await;
+    let mut newest = first.clone();
     for i in 0..6 {
-        publish(&gw, json!({"data":i,"users":["r2"]})).await;
+        newest = publish(&gw, json!({"data":i,"users":["r2"]})).await;
     }
     let mut s = Sse::resume(gw.addr, &t, &[], &first[0]).await;
     assert_eq!(s.next().await.json()["resumed"], false);
     let reset = s.next().await;
-    assert_eq!((reset.event.as_str(), reset.id.as_deref()), ("reset", None));
+    assert_eq!(reset.event, "reset");
     assert_eq!(reset.json()["reason"], "too_many");
+    // The reset moves the cursor to the head of the history: the app refetches from there.
+    assert_eq!(reset.id.as_ref(), Some(&newest[0]));
     let live = publish(&gw, json!({"data":"live","users":["r2"]})).await;
     assert_eq!(s.next().await.id.as_ref(), Some(&live[0]), "live events follow the reset");
+    drop(s);
+
+    // Reconnecting from the reset's id resumes normally: no second reset.
+    let mut again = Sse::resume(gw.addr, &t, &[], &newest[0]).await;
+    assert_eq!(again.next().await.json()["resumed"], true);
+    assert_eq!(again.next().await.id.as_ref(), Some(&live[0]));
 
     let mut odd = Sse::resume(gw.addr, &t, &[], "not-an-id").await;
     odd.next().await;

@@ -139,8 +139,9 @@ impl State {
     }
 
     fn replay(&mut self, targets: &[Target], after: &EventId, max: usize) -> Replay {
+        let head = Some(EventId { epoch: self.epoch.clone(), seq: self.seq });
         if after.epoch != self.epoch {
-            return Replay::Reset(ResetReason::EpochChanged);
+            return Replay::Reset(ResetReason::EpochChanged, head);
         }
         let now = Instant::now();
         let mut events = Vec::new();
@@ -148,7 +149,7 @@ impl State {
             let Some(history) = self.history.get_mut(target) else { continue };
             history.trim(&self.limits, now);
             if history.dropped_up_to > after.seq {
-                return Replay::Reset(ResetReason::HistoryExpired);
+                return Replay::Reset(ResetReason::HistoryExpired, head);
             }
             for (_, d) in &history.events {
                 if d.id.as_ref().is_some_and(|id| id.seq > after.seq) {
@@ -156,7 +157,7 @@ impl State {
                 }
             }
             if events.len() > max {
-                return Replay::Reset(ResetReason::TooMany);
+                return Replay::Reset(ResetReason::TooMany, head);
             }
         }
         events.sort_by_key(|(_, d)| d.id.as_ref().map(|id| id.seq));

@@ -40,8 +40,9 @@ pub enum BrokerError {
 pub enum Replay {
     /// Every retained event of its subjects after its id, in sequence order.
     Events(Vec<(Target, Delivery)>),
-    /// The history cannot cover the gap: the client must refetch its state.
-    Reset(ResetReason),
+    /// The history cannot cover the gap: the client must refetch its state. Carries the id of
+    /// the newest event in the history, where the client's cursor moves (none without history).
+    Reset(ResetReason, Option<EventId>),
 }
 
 /// Why a resume could not be served from history.

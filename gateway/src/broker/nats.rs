@@ -317,7 +317,7 @@ impl Broker for NatsBroker {
         async move {
             let Some(js) = js else {
                 // Live-only: there is no history to resume from.
-                return Ok(Replay::Reset(ResetReason::HistoryExpired));
+                return Ok(Replay::Reset(ResetReason::HistoryExpired, None));
             };
             let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
             if targets.is_none() {
@@ -329,14 +329,15 @@ impl Broker for NatsBroker {
             let info = stream.info().await.map_err(|e| unavailable(&e))?.clone();
             let current = epoch_of(&info.created);
             *epoch.write() = current.clone();
+            let head = Some(EventId { epoch: current.clone(), seq: info.state.last_sequence });
             if after.epoch != current {
-                return Ok(Replay::Reset(ResetReason::EpochChanged));
+                return Ok(Replay::Reset(ResetReason::EpochChanged, head));
             }
             if after.seq >= info.state.last_sequence {
                 return Ok(Replay::Events(Vec::new()));
             }
             if after.seq + 1 < info.state.first_sequence {
-                return Ok(Replay::Reset(ResetReason::HistoryExpired));
+                return Ok(Replay::Reset(ResetReason::HistoryExpired, head));
             }
             let filters: Vec<String> = match &targets {
                 Some(targets) => targets.iter().map(|t| t.subject(&prefix, SubjectKind::Events)).collect(),
@@ -352,7 +353,7 @@ impl Broker for NatsBroker {
                 .map_err(|e| unavailable(&e))?;
             let pending = usize::try_from(consumer.cached_info().num_pending).unwrap_or(usize::MAX);
             if pending > max {
-                return Ok(Replay::Reset(ResetReason::TooMany));
+                return Ok(Replay::Reset(ResetReason::TooMany, head));
             }
             let mut events = Vec::with_capacity(pending);
             let mut per_subject: std::collections::HashMap<String, u64> = Default::default();
@@ -384,7 +385,7 @@ impl Broker for NatsBroker {
             // ones inside the gap: the client can't be sure it has everything.
             let cap = u64::try_from(info.config.max_messages_per_subject).unwrap_or(u64::MAX);
             if targets.is_some() && per_subject.values().any(|&n| n >= cap) {
-                return Ok(Replay::Reset(ResetReason::HistoryExpired));
+                return Ok(Replay::Reset(ResetReason::HistoryExpired, head));
             }
             Ok(Replay::Events(events))
         }

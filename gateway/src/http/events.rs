@@ -119,8 +119,8 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
     let mut opening = vec![sse::connected_frame(state.settings.retry_ms, &connected)];
     let replayed_up_to = match resume {
         Resume::Fresh => None,
-        Resume::Reset(reason) => {
-            opening.push(sse::control_frame("reset", &serde_json::json!({ "reason": reason.as_str() })));
+        Resume::Reset(reason, head) => {
+            opening.push(sse::reset_frame(reason.as_str(), head.as_ref()));
             None
         }
         Resume::Replayed { frames, up_to } => {
@@ -151,8 +151,8 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
 enum Resume {
     /// No `Last-Event-ID`: live events only.
     Fresh,
-    /// The history can't cover the gap: a `reset`, then live events.
-    Reset(ResetReason),
+    /// The history can't cover the gap: a `reset` (moving the cursor to `head`), then live events.
+    Reset(ResetReason, Option<EventId>),
     /// Every missed event, rendered, up to sequence `up_to`; live events continue after it.
     Replayed { frames: Vec<Bytes>, up_to: u64 },
 }
@@ -161,11 +161,11 @@ enum Resume {
 async fn resume(state: &AppState, targets: &[Target], raw: &str) -> Result<Resume, BrokerError> {
     let Some(after) = EventId::parse(raw) else {
         // Not an id this service issued: the client's state comes from somewhere else.
-        return Ok(Resume::Reset(ResetReason::EpochChanged));
+        return Ok(Resume::Reset(ResetReason::EpochChanged, None));
     };
     let replay = state.broker.replay(Some(targets.to_vec()), after.clone(), state.settings.max_replay).await?;
     Ok(match replay {
-        Replay::Reset(reason) => Resume::Reset(reason),
+        Replay::Reset(reason, head) => Resume::Reset(reason, head),
         Replay::Events(events) => {
             let mut up_to = after.seq;
             let mut frames = Vec::with_capacity(events.len());
