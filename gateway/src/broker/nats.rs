@@ -164,7 +164,17 @@ impl NatsBroker {
                     }
                 });
             }
-            _ => broker.stream_ready.store(true, std::sync::atomic::Ordering::Release),
+            (Some(js), _) => {
+                // Publishing to the stream as it is: its epoch names the ids we hand out.
+                let mut stream = js
+                    .get_stream(STREAM)
+                    .await
+                    .map_err(|e| BrokerError::Unavailable(format!("the stream {STREAM}: {e}")))?;
+                let info = stream.info().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                *broker.epoch.write() = epoch_of(&info.created);
+                broker.stream_ready.store(true, std::sync::atomic::Ordering::Release);
+            }
+            (None, _) => broker.stream_ready.store(true, std::sync::atomic::Ordering::Release),
         }
         Ok(broker)
     }

@@ -73,18 +73,24 @@ impl Nats {
     pub fn start_on(port: u16) -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let monitor_port = free_port();
-        let child = Self::spawn(port, monitor_port, dir.path());
+        let child = Self::spawn(port, monitor_port, Some(dir.path()));
         Nats { child, port, monitor_port, dir }
     }
 
-    fn spawn(port: u16, monitor_port: u16, dir: &Path) -> Child {
-        let child = Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor_port.to_string(), "-js", "-sd"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
+    /// A server without JetStream.
+    pub fn start_without_jetstream() -> Nats {
+        let (port, monitor_port) = (free_port(), free_port());
+        let child = Self::spawn(port, monitor_port, None);
+        Nats { child, port, monitor_port, dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn spawn(port: u16, monitor_port: u16, jetstream_dir: Option<&Path>) -> Child {
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor_port.to_string()]);
+        if let Some(dir) = jetstream_dir {
+            cmd.args(["-js", "-sd"]).arg(dir);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn nats-server");
         let end = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", monitor_port)).is_err()
             || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
@@ -115,7 +121,7 @@ impl Nats {
     /// Starts the server again on the same ports and JetStream directory.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Self::spawn(self.port, self.monitor_port, self.dir.path());
+        self.child = Self::spawn(self.port, self.monitor_port, Some(self.dir.path()));
     }
 
     /// Describes a server on `port` without starting one: for pointing a gateway at nothing.

@@ -1,0 +1,86 @@
+//! Live-only mode, publishing from a shell, and the second signal.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Gateway, Nats, Sse, eventually, http, token};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_off_runs_live_only_against_a_nats_without_jetstream() {
+    let nats = Nats::start_without_jetstream();
+    let gw = Gateway::serve(&nats, &["--history", "off"]);
+    gw.ready().await;
+    let t = token("l1", &[], 600);
+    let mut s = Sse::with_token(gw.addr, &t, &[]).await;
+    s.next().await;
+    let res = gw.publish(json!({"type":"n","data":1,"users":["l1"]})).await;
+    assert_eq!((res.status, res.json()), (200, json!({"ids":[]})), "no history, no ids");
+    let ev = s.next_event().await;
+    assert_eq!((ev.event.as_str(), ev.id.as_deref()), ("n", None));
+
+    // Without history nothing can be resumed: reset (with no id to move to), then live.
+    let mut r = Sse::resume(gw.addr, &t, &[], "abc-5").await;
+    r.next().await;
+    let reset = r.next().await;
+    assert_eq!((reset.event.as_str(), reset.id.as_deref()), ("reset", None));
+    assert_eq!(reset.json()["reason"], "history_expired");
+    gw.publish(json!({"type":"n","data":2,"users":["l1"]})).await;
+    assert_eq!(r.next().await.json()["data"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_command_publishes_durably_through_nats_and_http() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &[]);
+    gw.ready().await;
+    let mut s = Sse::with_token(gw.addr, &token("cli", &["jobs:*"], 600), &["jobs:1"]).await;
+    s.next().await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald-gateway"))
+            .arg("publish")
+            .args(args)
+            .env_remove("HERALD_URL")
+            .env_remove("HERALD_NATS_URL")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let via_nats =
+        run(&["--nats-url", &nats.url(), "--type", "progress", "--channel", "jobs:1", "--data", "{\"pct\":50}"]);
+    let ev = s.next_event().await;
+    assert_eq!(ev.event, "progress");
+    assert_eq!(ev.id.as_deref(), via_nats["ids"][0].as_str(), "durable through JetStream, with its id");
+
+    let url = format!("http://{}", gw.addr);
+    let key = support::PUBLISH_KEY;
+    let via_http =
+        run(&["--url", &url, "--key", key, "--type", "progress", "--user", "cli", "--data", "{\"pct\":100}"]);
+    assert_eq!(s.next_event().await.id.as_deref(), via_http["ids"][0].as_str());
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_herald-gateway"))
+        .args(["publish", "--nats-url", &nats.url(), "--channel", "a..b", "--data", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("empty segment"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once() {
+    let nats = Nats::start();
+    let mut gw = Gateway::serve(&nats, &["--drain-secs", "60"]);
+    gw.ready().await;
+    let _s = Sse::with_token(gw.addr, &token("d", &[], 600), &[]).await;
+    gw.signal(libc::SIGTERM);
+    eventually("readiness fails at once", Duration::from_secs(2), || async {
+        http(gw.addr, "GET", "/readyz", &[], None).await.status == 503
+    })
+    .await;
+    let second = Instant::now();
+    gw.signal(libc::SIGTERM);
+    assert!(gw.wait_exit(Duration::from_secs(5)).is_some(), "exited after the second signal");
+    assert!(second.elapsed() < Duration::from_secs(3));
+}
