@@ -35,7 +35,13 @@ async fn dev_mode_streams_without_nats_or_tokens() {
 
     let page = http(gw.addr, "GET", "/", &[], None).await;
     assert_eq!(page.status, 200);
-    assert!(String::from_utf8_lossy(&page.body).contains("EventSource"));
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    let client = http(gw.addr, "GET", "/client/herald.js", &[], None).await;
+    assert_eq!(client.status, 200);
+    assert_eq!(client.header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert!(String::from_utf8_lossy(&client.body).contains("createClient"));
+    assert_eq!(http(gw.addr, "GET", "/client/client.js", &[], None).await.status, 200);
+    assert_eq!(http(gw.addr, "GET", "/client/nope.js", &[], None).await.status, 404);
 }
 
 #[test]

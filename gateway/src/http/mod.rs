@@ -39,7 +39,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, dev: bool) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/stats", web::get().to(health::stats));
     if dev {
-        cfg.route("/", web::get().to(dev::index));
+        cfg.route("/", web::get().to(dev::index)).route("/client/{name}", web::get().to(dev::client_module));
     }
 }
 
