@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::names::{Name, NameError, validate_name};
 
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
-const LEEWAY_SECS: u64 = 5;
+pub const LEEWAY_SECS: u64 = 5;
 /// Longest token accepted; anything longer is rejected before parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Most channel patterns one token may grant.

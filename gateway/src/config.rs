@@ -29,6 +29,8 @@ pub enum Command {
     Dev(DevArgs),
     /// Publish one event from a shell, through NATS or a gateway's HTTP API.
     Publish(crate::cli::PublishArgs),
+    /// Check a running gateway end to end: open a stream, publish, receive.
+    Selftest(crate::selftest::SelftestArgs),
 }
 
 #[derive(Args, Debug)]

@@ -27,6 +27,7 @@ pub mod names;
 pub mod outbox;
 pub mod peer;
 pub mod publish_keys;
+pub mod selftest;
 pub mod server;
 pub mod session;
 pub mod sse;

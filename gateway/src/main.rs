@@ -1,11 +1,12 @@
 use clap::Parser;
 use herald_gateway::config::{Cli, Command, Config};
-use herald_gateway::{cli, server, telemetry};
+use herald_gateway::{cli, selftest, server, telemetry};
 
 fn main() {
     let cli = Cli::parse();
     let (config, log_format) = match cli.command {
         Command::Publish(args) => std::process::exit(cli::publish(args)),
+        Command::Selftest(args) => std::process::exit(selftest::run(args)),
         Command::Serve(args) => {
             let format = args.common.log_format;
             (Config::serve(args), format)

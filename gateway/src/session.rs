@@ -55,7 +55,10 @@ impl Actor for Session {
         });
         if let Some(exp) = self.expires_at {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-            ctx.run_later(Duration::from_secs(exp.saturating_sub(now)), |session, _ctx| {
+            // The same clock-skew allowance as the check at connect: a token accepted within
+            // it must not end its stream at once.
+            let end = exp + crate::auth::LEEWAY_SECS;
+            ctx.run_later(Duration::from_secs(end.saturating_sub(now)), |session, _ctx| {
                 let frame = sse::control_frame("token_expired", &serde_json::json!({"reason": "token_expired"}));
                 // The body ends after this frame; its drop stops the actor.
                 session.outbox.close(CloseReason::TokenExpired, Some(frame));

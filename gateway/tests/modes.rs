@@ -84,3 +84,29 @@ async fn a_second_sigterm_exits_at_once() {
     assert!(gw.wait_exit(Duration::from_secs(5)).is_some(), "exited after the second signal");
     assert!(second.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selftest_round_trips_against_a_running_gateway() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &[]);
+    gw.ready().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), support::SECRET).unwrap();
+    std::fs::write(dir.path().join("key"), format!("{}\n", support::PUBLISH_KEY)).unwrap();
+    let run = |key_file: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_herald-gateway"))
+            .args(["selftest", "--url", &format!("http://{}", gw.addr), "--timeout-secs", "10"])
+            .arg("--jwt-secret-file")
+            .arg(dir.path().join("secret"))
+            .arg("--publish-key-file")
+            .arg(dir.path().join(key_file))
+            .output()
+            .unwrap()
+    };
+    let ok = run("key");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    std::fs::write(dir.path().join("wrong"), "not-the-key-not-the-key").unwrap();
+    let bad = run("wrong");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("publish refused"));
+}

@@ -15,7 +15,11 @@ test('package.json: ESM, exports, optional React peer, no runtime dependencies',
   assert.deepEqual(pkg.peerDependencies, { react: '>=18' });
   assert.deepEqual(pkg.peerDependenciesMeta, { react: { optional: true } });
   assert.equal(pkg.dependencies, undefined);
-  assert.equal(pkg.scripts.test, 'node --test test/');
+  assert.equal(pkg.scripts.test, 'node --test test/*.test.js');
+  // Test-only dependencies, pinned exactly (package-lock.json holds the rest).
+  for (const [name, version] of Object.entries(pkg.devDependencies ?? {})) {
+    assert.match(version, /^\d+\.\d+\.\d+$/, `devDependency ${name} is pinned`);
+  }
 });
 
 test('the package resolves by its own name and exports what index.d.ts declares', async () => {

@@ -25,6 +25,8 @@ pub async fn client_module(name: web::Path<String>) -> HttpResponse {
             .content_type("text/javascript; charset=utf-8")
             .insert_header(("Cache-Control", "no-cache"))
             .body(*source),
-        None => HttpResponse::NotFound().json(serde_json::json!({"error":"not_found","message":"no such client module"})),
+        None => {
+            HttpResponse::NotFound().json(serde_json::json!({"error":"not_found","message":"no such client module"}))
+        }
     }
 }

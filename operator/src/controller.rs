@@ -1,0 +1,212 @@
+//! The reconcile loop: for each `RealtimeGateway`, apply the owned objects, read the gateways'
+//! connection counts, decide the replica count (in [`crate::scaling`]), and report.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::{Condition, RealtimeGateway, RealtimeGatewayStatus};
+use crate::metrics::Metrics;
+use crate::resources::{self, MANAGER};
+use crate::scaling::{self, Decision, Limit, Policy, Recommendation};
+use crate::{Error, Result, stats};
+
+/// Everything a reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// How often each resource is re-evaluated (connection counts change without API events).
+    pub interval: Duration,
+    /// Recent recommendations per resource (`namespace/name`), for the stabilization windows.
+    history: Mutex<HashMap<String, Vec<(Instant, u32)>>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, interval: Duration) -> Arc<Context> {
+        let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: None });
+        Arc::new(Context { client, metrics, recorder, interval, history: Mutex::new(HashMap::new()) })
+    }
+
+    /// The recommendations of `key` as ages, dropping those older than `keep`.
+    fn recent(&self, key: &str, keep: Duration) -> Vec<Recommendation> {
+        let mut all = self.history.lock().unwrap();
+        let entries = all.entry(key.to_owned()).or_default();
+        entries.retain(|(at, _)| at.elapsed() <= keep);
+        entries
+            .iter()
+            .map(|(at, desired)| Recommendation { age_secs: at.elapsed().as_secs(), desired: *desired })
+            .collect()
+    }
+
+    fn remember(&self, key: &str, recommendation: u32) {
+        self.history.lock().unwrap().entry(key.to_owned()).or_default().push((Instant::now(), recommendation));
+    }
+}
+
+/// Runs the controller until the process ends.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    let (rtgws, deployments) = match &namespace {
+        Some(ns) => (
+            Api::<RealtimeGateway>::namespaced(ctx.client.clone(), ns),
+            Api::<Deployment>::namespaced(ctx.client.clone(), ns),
+        ),
+        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+    };
+    let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    Controller::new(rtgws, watcher::Config::default())
+        .owns(deployments, owned)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile round failed");
+            }
+        })
+        .await;
+}
+
+/// One reconcile of one resource.
+pub async fn reconcile(rtgw: Arc<RealtimeGateway>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let name = rtgw.name_any();
+    let ns = rtgw.namespace().ok_or_else(|| Error::Invalid("RealtimeGateway must be namespaced".into()))?;
+    let key = format!("{ns}/{name}");
+    ctx.metrics.reconciles.with_label_values(&[&key]).inc();
+    let result = reconcile_inner(&rtgw, &ctx, &ns, &key).await;
+    ctx.metrics.duration.with_label_values(&[&key]).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(rtgw: &RealtimeGateway, ctx: &Context, ns: &str, key: &str) -> Result<Action> {
+    let spec = &rtgw.spec;
+    if spec.replicas.max < spec.replicas.min {
+        return Err(Error::Invalid(format!(
+            "replicas.max {} is below replicas.min {}",
+            spec.replicas.max, spec.replicas.min
+        )));
+    }
+    if spec.max_connections_per_pod < spec.target_connections_per_pod {
+        return Err(Error::Invalid("maxConnectionsPerPod must be at least targetConnectionsPerPod".into()));
+    }
+    let name = rtgw.name_any();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let policy = Policy::from_spec(spec);
+
+    let existing = deployments.get_opt(&name).await?;
+    let current = existing.as_ref().and_then(|d| d.spec.replicas).map_or(policy.min, |r| r.max(0) as u32);
+    let ready_replicas = existing.as_ref().and_then(|d| d.status.as_ref()?.ready_replicas).unwrap_or(0).max(0) as u32;
+
+    let pod_list = pods.list(&ListParams::default().labels(&resources::selector(rtgw))).await?;
+    let addresses: Vec<String> = pod_list.items.iter().filter_map(stats::ready_address).collect();
+    let counts: Vec<Option<u64>> = futures_util::future::join_all(addresses.iter().map(|a| stats::fetch(a)))
+        .await
+        .into_iter()
+        .map(|s| s.map(|s| s.connections))
+        .collect();
+
+    let keep =
+        Duration::from_secs(u64::from(policy.up.stabilization_seconds.max(policy.down.stabilization_seconds)) + 60);
+    let history = ctx.recent(key, keep);
+    let decision = scaling::decide(&policy, current, &counts, &history);
+    ctx.remember(key, decision.recommendation);
+
+    let apply = PatchParams::apply(MANAGER).force();
+    deployments.patch(&name, &apply, &Patch::Apply(resources::deployment(rtgw, decision.desired))).await?;
+    Api::<Service>::namespaced(ctx.client.clone(), ns)
+        .patch(&name, &apply, &Patch::Apply(resources::service(rtgw)))
+        .await?;
+    Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), ns)
+        .patch(&name, &apply, &Patch::Apply(resources::pdb(rtgw)))
+        .await?;
+
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let previous = rtgw.status.clone().unwrap_or_default();
+    let mut last_scale_time = previous.last_scale_time.clone();
+    if existing.is_some() && decision.desired != current {
+        last_scale_time = Some(now.clone());
+        let direction = if decision.desired > current { "up" } else { "down" };
+        ctx.metrics.scale_events.with_label_values(&[key, direction]).inc();
+        tracing::info!(resource = key, from = current, to = decision.desired, reason = %decision.reason, "scaling");
+        let event = Event {
+            type_: EventType::Normal,
+            reason: if direction == "up" { "ScaledUp".into() } else { "ScaledDown".into() },
+            note: Some(format!("{current} → {} replicas: {}", decision.desired, decision.reason)),
+            action: "Scale".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &rtgw.object_ref(&())).await {
+            tracing::warn!(error = %e, "could not record the scaling event");
+        }
+    }
+    ctx.metrics.desired.with_label_values(&[key]).set(i64::from(decision.desired));
+    ctx.metrics.connections.with_label_values(&[key]).set(decision.connections as i64);
+
+    let status = RealtimeGatewayStatus {
+        replicas: current,
+        ready_replicas,
+        desired_replicas: decision.desired,
+        connections: decision.connections,
+        last_scale_time,
+        observed_generation: rtgw.metadata.generation,
+        conditions: conditions(&previous.conditions, &decision, counts.len(), &now),
+    };
+    let rtgws: Api<RealtimeGateway> = Api::namespaced(ctx.client.clone(), ns);
+    rtgws.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+    Ok(Action::requeue(ctx.interval))
+}
+
+/// HPA-style conditions: AbleToScale, ScalingActive, ScalingLimited. A condition's transition
+/// time only moves when its status changes.
+fn conditions(previous: &[Condition], d: &Decision, pods_reporting: usize, now: &str) -> Vec<Condition> {
+    let limited = match d.limit {
+        Some(Limit::TooFewReplicas) => ("True", "TooFewReplicas"),
+        Some(Limit::TooManyReplicas) => ("True", "TooManyReplicas"),
+        Some(Limit::ScaleUpLimit) => ("True", "ScaleUpLimit"),
+        Some(Limit::ScaleDownLimit) => ("True", "ScaleDownLimit"),
+        None => ("False", "DesiredWithinRange"),
+    };
+    let active = if pods_reporting > 0 { ("True", "ValidMetricFound") } else { ("False", "NoReadyPods") };
+    [("AbleToScale", ("True", "SucceededRescale")), ("ScalingActive", active), ("ScalingLimited", limited)]
+        .into_iter()
+        .map(|(type_, (status, reason))| {
+            let since = previous
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
+            Condition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: reason.into(),
+                message: d.reason.clone(),
+                last_transition_time: since,
+            }
+        })
+        .collect()
+}
+
+/// On failure: count it, and retry with a backoff that grows with consecutive failures.
+pub fn error_policy(rtgw: Arc<RealtimeGateway>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", rtgw.namespace().unwrap_or_default(), rtgw.name_any());
+    ctx.metrics.failures.with_label_values(&[&key, error.label()]).inc();
+    tracing::warn!(resource = key, error = %error, "reconcile failed");
+    let failures = ctx.metrics.failures.with_label_values(&[&key, error.label()]).get();
+    Action::requeue(backoff(failures))
+}
+
+/// 5 s, 10 s, 20 s, … capped at 5 minutes.
+pub fn backoff(failures: u64) -> Duration {
+    Duration::from_secs((5u64 << failures.saturating_sub(1).min(6)).min(300))
+}

@@ -1,0 +1,165 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use herald_operator::crd::RealtimeGateway;
+use herald_operator::lease::LeaderLease;
+use herald_operator::metrics::Metrics;
+use herald_operator::scaling::{self, Policy};
+use herald_operator::{controller, crd};
+
+#[derive(Parser)]
+#[command(name = "herald-operator", version, about = "Runs and scales Herald gateways from their connection counts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator in a cluster.
+    Run(RunArgs),
+    /// Print the RealtimeGateway CRD as YAML.
+    Crdgen,
+    /// Show what the operator would decide, without a cluster.
+    Plan(PlanArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "HERALD_OPERATOR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Seconds between evaluations of each resource.
+    #[arg(long, env = "HERALD_OPERATOR_INTERVAL_SECS", default_value_t = 15)]
+    interval_secs: u64,
+    /// Address of /metrics and /healthz.
+    #[arg(long, env = "HERALD_OPERATOR_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    metrics_listen: String,
+    /// Name of the leader lease.
+    #[arg(long, env = "HERALD_OPERATOR_LEASE_NAME", default_value = "herald-operator")]
+    lease_name: String,
+    /// Namespace of the leader lease (usually the operator's own).
+    #[arg(long, env = "HERALD_OPERATOR_LEASE_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the lease (the pod name).
+    #[arg(long, env = "POD_NAME", default_value = "herald-operator")]
+    identity: String,
+}
+
+#[derive(clap::Args)]
+struct PlanArgs {
+    /// A RealtimeGateway manifest (YAML).
+    #[arg(long)]
+    resource: std::path::PathBuf,
+    /// Replicas running now.
+    #[arg(long)]
+    current: u32,
+    /// One connection count per ready pod, `?` for a pod whose count is missing: `900,1200,?`.
+    #[arg(long, default_value = "")]
+    connections: String,
+    /// Earlier recommendations: `s:d,…` (s seconds ago the desired count was d).
+    #[arg(long, default_value = "")]
+    history: String,
+    /// Print JSON: {"desired":N,"reason":…}.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Crdgen => {
+            print!("{}", crd::crd_yaml());
+            0
+        }
+        Command::Plan(args) => plan(args),
+        Command::Run(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()),
+                )
+                .init();
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            match runtime.block_on(run(args)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    1
+                }
+            }
+        }
+    };
+    std::process::exit(code);
+}
+
+fn plan(args: PlanArgs) -> i32 {
+    let result = (|| -> Result<scaling::Decision, String> {
+        let text = std::fs::read_to_string(&args.resource).map_err(|e| format!("{}: {e}", args.resource.display()))?;
+        let rtgw: RealtimeGateway =
+            serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", args.resource.display()))?;
+        let connections = scaling::parse_connections(&args.connections)?;
+        let history = scaling::parse_history(&args.history)?;
+        Ok(scaling::decide(&Policy::from_spec(&rtgw.spec), args.current, &connections, &history))
+    })();
+    match result {
+        Ok(d) if args.json => {
+            println!("{}", serde_json::json!({ "desired": d.desired, "reason": d.reason }));
+            0
+        }
+        Ok(d) => {
+            println!("desired: {}\nreason: {}", d.desired, d.reason);
+            0
+        }
+        Err(e) => {
+            eprintln!("herald-operator plan: {e}");
+            2
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let listener = tokio::net::TcpListener::bind(&args.metrics_listen).await?;
+    tokio::spawn(herald_operator::metrics::serve(listener, metrics.clone()));
+
+    let lease = LeaderLease::new(
+        kube::Api::namespaced(client.clone(), &args.lease_namespace),
+        &args.lease_name,
+        &args.identity,
+        Duration::from_secs(15),
+    );
+    let renew = lease.duration / 3;
+    while !lease.try_acquire().await.unwrap_or(false) {
+        tokio::time::sleep(renew).await;
+    }
+    metrics.leader.set(1);
+    tracing::info!(identity = args.identity, "leading");
+    tokio::spawn(async move {
+        let mut failing_since = None;
+        loop {
+            tokio::time::sleep(renew).await;
+            match lease.try_acquire().await {
+                Ok(true) => failing_since = None,
+                Ok(false) => {
+                    tracing::error!("lost the leader lease; exiting so only one replica acts");
+                    std::process::exit(1);
+                }
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    tracing::warn!(error = %e, "could not renew the leader lease");
+                    if since.elapsed() >= lease.duration {
+                        tracing::error!("leader lease expired; exiting so only one replica acts");
+                        std::process::exit(1);
+                    }
+                }
+            }
+        }
+    });
+
+    let ctx = controller::Context::new(client, metrics, Duration::from_secs(args.interval_secs.max(1)));
+    controller::run(ctx, args.namespace).await;
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! The objects the operator owns for each `RealtimeGateway`: a Deployment of gateways, a Service
+//! in front of them, and a PodDisruptionBudget. Pure builders; the controller applies them with
+//! server-side apply.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{RealtimeGateway, SecretKeyRef};
+
+/// The gateway container's HTTP port.
+pub const HTTP_PORT: i32 = 8080;
+/// Seconds added to `drainSeconds` for the pods' termination grace period.
+pub const GRACE_MARGIN_SECS: u32 = 15;
+/// Field manager of everything the operator applies.
+pub const MANAGER: &str = "herald-operator";
+
+/// Labels selecting one resource's gateway pods.
+pub fn selector_labels(rtgw: &RealtimeGateway) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "herald-gateway".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), rtgw.name_any()),
+    ])
+}
+
+/// The label selector string for listing the pods.
+pub fn selector(rtgw: &RealtimeGateway) -> String {
+    selector_labels(rtgw).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+fn labels(rtgw: &RealtimeGateway) -> BTreeMap<String, String> {
+    let mut l = selector_labels(rtgw);
+    l.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
+    l.insert("app.kubernetes.io/component".into(), "gateway".into());
+    l
+}
+
+fn meta(rtgw: &RealtimeGateway) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(rtgw.name_any()),
+        namespace: rtgw.namespace(),
+        labels: Some(labels(rtgw)),
+        owner_references: owner(rtgw).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+fn owner(rtgw: &RealtimeGateway) -> Option<OwnerReference> {
+    rtgw.controller_owner_ref(&())
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+}
+
+/// Mounts `secret` as a file and returns the file's path.
+fn mount(volumes: &mut Vec<Volume>, mounts: &mut Vec<VolumeMount>, name: &str, secret: &SecretKeyRef) -> String {
+    let dir = format!("/etc/herald/{name}");
+    volumes.push(Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource { secret_name: Some(secret.name.clone()), ..Default::default() }),
+        ..Default::default()
+    });
+    mounts.push(VolumeMount {
+        name: name.into(),
+        mount_path: dir.clone(),
+        read_only: Some(true),
+        ..Default::default()
+    });
+    format!("{dir}/{}", secret.key)
+}
+
+/// The gateway Deployment, running `replicas` pods.
+pub fn deployment(rtgw: &RealtimeGateway, replicas: u32) -> Deployment {
+    let spec = &rtgw.spec;
+    let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
+    let mut envs = vec![
+        env("HERALD_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
+        env("HERALD_NATS_URL", spec.nats.url.clone()),
+        env("HERALD_MAX_CONNECTIONS", spec.max_connections_per_pod.to_string()),
+        env("HERALD_DRAIN_SECS", spec.drain_seconds.to_string()),
+    ];
+    if let Some(creds) = &spec.nats.credentials_secret {
+        envs.push(env("HERALD_NATS_CREDS", mount(&mut volumes, &mut mounts, "nats-creds", creds)));
+    }
+    if let Some(secret) = &spec.auth.jwt_secret {
+        envs.push(env("HERALD_JWT_SECRET_FILE", mount(&mut volumes, &mut mounts, "jwt-secret", secret)));
+    }
+    if let Some(jwks) = &spec.auth.jwks {
+        envs.push(env("HERALD_JWKS_FILE", mount(&mut volumes, &mut mounts, "jwks", jwks)));
+    }
+    if let Some(keys) = &spec.auth.publish_keys {
+        envs.push(env("HERALD_PUBLISH_KEYS_FILE", mount(&mut volumes, &mut mounts, "publish-keys", keys)));
+    }
+    let g = &spec.gateway;
+    let optional = [
+        ("HERALD_HEARTBEAT_SECS", g.heartbeat_secs.map(|v| v.to_string())),
+        ("HERALD_MAX_CHANNELS", g.max_channels.map(|v| v.to_string())),
+        ("HERALD_MAX_CONNECTIONS_PER_USER", g.max_connections_per_user.map(|v| v.to_string())),
+        ("HERALD_ALLOWED_ORIGINS", (!g.allowed_origins.is_empty()).then(|| g.allowed_origins.join(","))),
+        ("HERALD_HISTORY_MAX_AGE", g.history_max_age.clone()),
+        ("HERALD_HISTORY_MAX_PER_SUBJECT", g.history_max_per_subject.map(|v| v.to_string())),
+        ("HERALD_HISTORY_REPLICAS", g.history_replicas.map(|v| v.to_string())),
+        ("HERALD_CLIENT_QUEUE_BYTES", g.client_queue_bytes.map(|v| v.to_string())),
+        ("HERALD_LOG_FORMAT", g.log_format.clone()),
+    ];
+    envs.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| env(k, v))));
+
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Default::default()
+    };
+    let container = Container {
+        name: "gateway".into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: spec.image_pull_policy.clone(),
+        args: Some(vec!["serve".into()]),
+        env: Some(envs),
+        ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..Default::default() }]),
+        readiness_probe: Some(probe("/readyz", 2)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        resources: spec.resources.clone(),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: meta(rtgw),
+        spec: DeploymentSpec {
+            replicas: Some(replicas as i32),
+            selector: LabelSelector { match_labels: Some(selector_labels(rtgw)), ..Default::default() },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                // One pod at a time: each drained pod's clients reconnect elsewhere before the next.
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels(rtgw)), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: (!volumes.is_empty()).then_some(volumes),
+                    termination_grace_period_seconds: Some(i64::from(spec.drain_seconds + GRACE_MARGIN_SECS)),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The Service in front of the gateways.
+pub fn service(rtgw: &RealtimeGateway) -> Service {
+    Service {
+        metadata: meta(rtgw),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(rtgw)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(IntOrString::String("http".into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// At most one gateway disrupted at a time: its clients must land elsewhere first.
+pub fn pdb(rtgw: &RealtimeGateway) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(rtgw),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector { match_labels: Some(selector_labels(rtgw)), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
