@@ -225,7 +225,8 @@ mod tests {
     fn table() {
         let p = policy();
         // (name, current, per-pod connections, history, desired, limit)
-        let cases: Vec<(&str, u32, Vec<Option<u64>>, Vec<Recommendation>, u32, Option<Limit>)> = vec![
+        type Case = (&'static str, u32, Vec<Option<u64>>, Vec<Recommendation>, u32, Option<Limit>);
+        let cases: Vec<Case> = vec![
             ("steady", 3, vec![Some(900), Some(1000), Some(1000)], vec![], 3, None),
             ("scale up from load", 2, vec![Some(1500), Some(1400)], vec![], 3, None),
             ("bounded up-step", 2, vec![Some(4000), Some(4000)], vec![], 5, Some(Limit::ScaleUpLimit)),
