@@ -1,0 +1,232 @@
+//! Simulated end to end: three real `herald-gateway` processes on 127.0.0.1 with a real NATS; a
+//! mocked API server lists them as ready pods; real SSE clients come and go; the reconcile loop
+//! scales the Deployment up as connections pass the target and back down after the window,
+//! as seen in the PATCH bodies it sends.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herald_operator::controller::{self, Context};
+use herald_operator::crd::RealtimeGateway;
+use herald_operator::metrics::Metrics;
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECRET: &[u8] = b"e2e-secret-0123456789abcdef01234";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_nats(dir: &std::path::Path) -> (Proc, u16) {
+    let bin = std::env::var("HERALD_TEST_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join(".venv/bin/nats-server"));
+    let port = free_port();
+    let child = Command::new(&bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (run ./scripts/test to install it)", bin.display()));
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Proc(child), port)
+}
+
+fn start_gateway(nats_port: u16, secret: &std::path::Path) -> (Proc, u16) {
+    let bin = std::env::var("HERALD_GATEWAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target/debug/herald-gateway"));
+    let mut child = Command::new(&bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--heartbeat-secs", "1", "--nats-url"])
+        .arg(format!("nats://127.0.0.1:{nats_port}"))
+        .arg("--jwt-secret-file")
+        .arg(secret)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (build it with cargo build -p herald-gateway)", bin.display()));
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on http://127.0.0.1:").nth(1) {
+                let _ = tx.send(addr.trim().parse::<u16>().unwrap());
+            }
+        }
+    });
+    let port = rx.recv_timeout(Duration::from_secs(20)).expect("gateway started");
+    (Proc(child), port)
+}
+
+fn token(user: &str) -> String {
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let claims = json!({"sub": user, "exp": exp, "channels": []});
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(SECRET))
+        .unwrap()
+}
+
+/// Opens an SSE stream on `port` and reads until `connected`.
+async fn open_stream(port: u16, user: &str) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let req = format!("GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", token(user));
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("event: connected") {
+        let mut buf = [0u8; 2048];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "stream refused: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+/// The mocked API server: three ready pods (the gateways), a Deployment whose replicas follow
+/// the operator's PATCHes, and a record of every replica count it applied.
+fn mock_api(ports: Vec<u16>, applied: Arc<Mutex<Vec<(Instant, u64)>>>) -> kube::Client {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        let mut replicas: Option<u64> = None;
+        while let Some((req, send)) = handle.next_request().await {
+            let (method, uri) = (req.method().to_string(), req.uri().path().to_owned());
+            let body = req.into_body().collect_bytes().await.unwrap();
+            let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
+            let (status, reply) = match (method.as_str(), uri.as_str()) {
+                ("GET", "/apis/apps/v1/namespaces/default/deployments/demo") => match replicas {
+                    Some(r) => (
+                        StatusCode::OK,
+                        json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"demo","namespace":"default"},"spec":{"replicas":r,"selector":{},"template":{}}}),
+                    ),
+                    None => (
+                        StatusCode::NOT_FOUND,
+                        json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}),
+                    ),
+                },
+                ("GET", "/api/v1/namespaces/default/pods") => {
+                    let items: Vec<Value> = ports.iter().enumerate().map(|(i, port)| json!({
+                        "metadata": {"name": format!("demo-{i}"), "namespace": "default"},
+                        "spec": {"containers": [{"name": "gateway", "ports": [{"name": "http", "containerPort": port}]}]},
+                        "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
+                    })).collect();
+                    (StatusCode::OK, json!({"apiVersion":"v1","kind":"PodList","metadata":{},"items":items}))
+                }
+                ("PATCH", "/apis/apps/v1/namespaces/default/deployments/demo") => {
+                    let r = body["spec"]["replicas"].as_u64().unwrap();
+                    applied.lock().unwrap().push((Instant::now(), r));
+                    replicas = Some(r);
+                    (StatusCode::OK, body)
+                }
+                ("PATCH", p) if p.ends_with("/status") => {
+                    let mut object = serde_json::to_value(rtgw()).unwrap();
+                    object["status"] = body["status"].clone();
+                    (StatusCode::OK, object)
+                }
+                ("POST", _) => (StatusCode::CREATED, body),
+                _ => (StatusCode::OK, body),
+            };
+            send.send_response(
+                Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap(),
+            );
+        }
+    });
+    kube::Client::new(service, "default")
+}
+
+fn rtgw() -> RealtimeGateway {
+    serde_json::from_value(json!({
+        "apiVersion": "herald.dev/v1alpha1", "kind": "RealtimeGateway",
+        "metadata": {"name": "demo", "namespace": "default", "uid": "0c6f0f3e-0000-4000-8000-000000000001"},
+        "spec": {
+            "image": "herald:test", "replicas": {"min": 1, "max": 3},
+            "targetConnectionsPerPod": 10, "maxConnectionsPerPod": 20,
+            "scaleUp": {"stabilizationSeconds": 0, "maxStep": 2},
+            "scaleDown": {"stabilizationSeconds": 3, "maxStep": 1},
+            "nats": {"url": "nats://unused"}, "auth": {}
+        }
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_scales_real_gateways_up_and_down_with_their_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let (_nats, nats_port) = start_nats(dir.path());
+    let gateways: Vec<(Proc, u16)> = (0..3).map(|_| start_gateway(nats_port, &secret)).collect();
+    let ports: Vec<u16> = gateways.iter().map(|g| g.1).collect();
+
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let client = mock_api(ports.clone(), applied.clone());
+    let ctx = Context::new(client, Arc::new(Metrics::default()), Duration::from_millis(200));
+    let object = Arc::new(rtgw());
+    let reconcile_until = |what: &'static str, deadline: Duration, cond: Box<dyn Fn(&[(Instant, u64)]) -> bool>| {
+        let (ctx, object, applied) = (ctx.clone(), object.clone(), applied.clone());
+        async move {
+            let end = Instant::now() + deadline;
+            loop {
+                controller::reconcile(object.clone(), ctx.clone()).await.unwrap();
+                if cond(&applied.lock().unwrap()) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < end,
+                    "timed out waiting for: {what}; applied {:?}",
+                    applied.lock().unwrap().iter().map(|a| a.1).collect::<Vec<_>>()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    reconcile_until(
+        "the fleet starts at min",
+        Duration::from_secs(10),
+        Box::new(|a| a.last().is_some_and(|l| l.1 == 1)),
+    )
+    .await;
+
+    // 25 streams spread over the three gateways: 25 / 10 per pod → 3 pods.
+    let mut streams = Vec::new();
+    for i in 0..25 {
+        streams.push(open_stream(ports[i % 3], &format!("user{i}")).await);
+    }
+    reconcile_until("scaled up to 3", Duration::from_secs(10), Box::new(|a| a.last().is_some_and(|l| l.1 == 3))).await;
+
+    // Everyone leaves: back to 1, one step at a time, each only after the 3 s window.
+    drop(streams);
+    let left = Instant::now();
+    reconcile_until("scaled down to 1", Duration::from_secs(30), Box::new(|a| a.last().is_some_and(|l| l.1 == 1)))
+        .await;
+
+    let history: Vec<(Instant, u64)> = applied.lock().unwrap().clone();
+    let values: Vec<u64> = history.iter().map(|a| a.1).collect();
+    let mut changes: Vec<u64> = values.clone();
+    changes.dedup();
+    assert_eq!(changes, vec![1, 3, 2, 1], "up in one bounded step, down one pod at a time: {values:?}");
+    let first_down = history.iter().find(|a| a.1 == 2).unwrap().0;
+    assert!(first_down.duration_since(left) >= Duration::from_secs(3), "not before the 3 s window");
+}
