@@ -183,7 +183,8 @@ async fn the_operator_scales_real_gateways_up_and_down_with_their_connections() 
     let client = mock_api(ports.clone(), applied.clone());
     let ctx = Context::new(client, Arc::new(Metrics::default()), Duration::from_millis(200));
     let object = Arc::new(rtgw());
-    let reconcile_until = |what: &'static str, deadline: Duration, cond: Box<dyn Fn(&[(Instant, u64)]) -> bool>| {
+    type Until = Box<dyn Fn(&[(Instant, u64)]) -> bool>;
+    let reconcile_until = |what: &'static str, deadline: Duration, cond: Until| {
         let (ctx, object, applied) = (ctx.clone(), object.clone(), applied.clone());
         async move {
             let end = Instant::now() + deadline;
