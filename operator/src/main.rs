@@ -39,12 +39,13 @@ struct RunArgs {
     /// Name of the leader lease.
     #[arg(long, env = "HERALD_OPERATOR_LEASE_NAME", default_value = "herald-operator")]
     lease_name: String,
-    /// Namespace of the leader lease (usually the operator's own).
-    #[arg(long, env = "HERALD_OPERATOR_LEASE_NAMESPACE", default_value = "default")]
-    lease_namespace: String,
-    /// This replica's identity in the lease (the pod name).
-    #[arg(long, env = "POD_NAME", default_value = "herald-operator")]
-    identity: String,
+    /// Namespace of the leader lease (default: the operator's own namespace).
+    #[arg(long, env = "HERALD_OPERATOR_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's identity in the lease: must differ between replicas (default: the pod
+    /// name, from POD_NAME or HOSTNAME).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -125,10 +126,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.metrics_listen).await?;
     tokio::spawn(herald_operator::metrics::serve(listener, metrics.clone()));
 
+    let identity = args
+        .identity
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("no lease identity: set POD_NAME (or --identity) to the pod's name"))?;
+    let lease_namespace = args.lease_namespace.unwrap_or_else(|| {
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| client.default_namespace().to_owned())
+    });
     let lease = LeaderLease::new(
-        kube::Api::namespaced(client.clone(), &args.lease_namespace),
+        kube::Api::namespaced(client.clone(), &lease_namespace),
         &args.lease_name,
-        &args.identity,
+        &identity,
         Duration::from_secs(15),
     );
     let renew = lease.duration / 3;
@@ -136,22 +147,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::time::sleep(renew).await;
     }
     metrics.leader.set(1);
-    tracing::info!(identity = args.identity, "leading");
+    tracing::info!(identity, "leading");
     tokio::spawn(async move {
-        let mut failing_since = None;
+        let mut renewed = std::time::Instant::now();
         loop {
             tokio::time::sleep(renew).await;
             match lease.try_acquire().await {
-                Ok(true) => failing_since = None,
+                Ok(true) => renewed = std::time::Instant::now(),
                 Ok(false) => {
                     tracing::error!("lost the leader lease; exiting so only one replica acts");
                     std::process::exit(1);
                 }
                 Err(e) => {
-                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
                     tracing::warn!(error = %e, "could not renew the leader lease");
-                    if since.elapsed() >= lease.duration {
-                        tracing::error!("leader lease expired; exiting so only one replica acts");
+                    // Step down well before another replica may take over (after `duration`).
+                    if renewed.elapsed() >= lease.duration * 2 / 3 {
+                        tracing::error!("cannot renew the leader lease; exiting so only one replica acts");
                         std::process::exit(1);
                     }
                 }

@@ -1,0 +1,35 @@
+//! The `herald-operator plan` examples of docs/operations.md print what the docs say.
+
+use std::process::Command;
+
+#[test]
+fn the_documented_plan_examples_hold() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let doc = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let mut examples = 0;
+    let mut lines = doc.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(args) = line.strip_prefix("herald-operator plan ") else { continue };
+        let expected = lines.next().and_then(|l| l.strip_prefix("# desired: ")).expect("an expected `# desired:` line");
+        let out = Command::new(env!("CARGO_BIN_EXE_herald-operator"))
+            .current_dir(&root)
+            .arg("plan")
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.starts_with(&format!("desired: {expected}\nreason: ")), "{line}\nprinted {stdout}");
+        let json = Command::new(env!("CARGO_BIN_EXE_herald-operator"))
+            .current_dir(&root)
+            .arg("plan")
+            .args(args.split_whitespace())
+            .arg("--json")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        assert_eq!(v["desired"].to_string(), expected);
+        examples += 1;
+    }
+    assert_eq!(examples, 3, "three documented examples");
+}
