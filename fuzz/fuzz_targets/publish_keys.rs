@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(keys.is_empty(), entries.is_empty());
     for (_, secret) in &entries {
         let found = keys.check(secret).unwrap_or_else(|| panic!("a loaded secret does not authenticate"));
-        assert!(entries.iter().any(|(n, s)| n == found && s == secret), "secret authenticates as key {found:?}");
+        assert!(entries.iter().any(|(n, s)| *n == found && s == secret), "secret authenticates as key {found:?}");
     }
     assert_eq!(keys.check(""), None);
     for (_, secret) in &entries {

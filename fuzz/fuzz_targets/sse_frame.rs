@@ -32,13 +32,8 @@ fuzz_target!(|data: &[u8]| {
         Target::Broadcast,
     ];
     let target = &targets[delivery.payload.len() % targets.len()];
-    let frame = event_frame(
-        delivery.id.as_ref(),
-        &delivery.event_type,
-        target,
-        delivery.from.as_deref(),
-        &delivery.payload,
-    );
+    let frame =
+        event_frame(delivery.id.as_ref(), &delivery.event_type, target, delivery.from.as_deref(), &delivery.payload);
     check_frame(
         &frame,
         &Expected {

@@ -43,8 +43,12 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(grant) = &first {
                 check_grant(grant);
             }
-            let again = verifier.verify(token);
-            assert_eq!(first.as_ref().err(), again.as_ref().err(), "verify is not deterministic");
+            // The same token gets the same answer every time (several tries: a random order
+            // shows up as a difference in at least one of them with high probability).
+            for _ in 0..3 {
+                let again = verifier.verify(token);
+                assert_eq!(first.as_ref().err(), again.as_ref().err(), "verify is not deterministic");
+            }
         }
     }
 });

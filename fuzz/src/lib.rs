@@ -60,21 +60,24 @@ pub fn sign(header: &[u8], payload: &[u8]) -> String {
     let alg = serde_json::from_slice::<serde_json::Value>(header)
         .ok()
         .and_then(|h| h.get("alg").and_then(|a| a.as_str()).map(str::to_owned));
+    let input = signing_input.as_bytes();
     let signature = match alg.as_deref() {
-        Some("HS384") => mac::<sha2::Sha384>(signing_input.as_bytes()),
-        Some("HS512") => mac::<sha2::Sha512>(signing_input.as_bytes()),
-        _ => mac::<sha2::Sha256>(signing_input.as_bytes()),
-    };
+        Some("HS384") => Hmac::<sha2::Sha384>::new_from_slice(SECRET).map(|m| m.chain_update(input).finalize_vec()),
+        Some("HS512") => Hmac::<sha2::Sha512>::new_from_slice(SECRET).map(|m| m.chain_update(input).finalize_vec()),
+        _ => Hmac::<sha2::Sha256>::new_from_slice(SECRET).map(|m| m.chain_update(input).finalize_vec()),
+    }
+    .expect("HMAC takes keys of any length");
     format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
 
-fn mac<D>(input: &[u8]) -> Vec<u8>
-where
-    Hmac<D>: Mac + hmac::digest::KeyInit,
-{
-    let mut m = <Hmac<D> as hmac::digest::KeyInit>::new_from_slice(SECRET).expect("HMAC takes any key length");
-    m.update(input);
-    m.finalize().into_bytes().to_vec()
+trait FinalizeVec {
+    fn finalize_vec(self) -> Vec<u8>;
+}
+
+impl<M: Mac> FinalizeVec for M {
+    fn finalize_vec(self) -> Vec<u8> {
+        self.finalize().into_bytes().to_vec()
+    }
 }
 
 /// Unix seconds now.
