@@ -166,12 +166,7 @@ impl NatsBroker {
             }
             (Some(js), _) => {
                 // Publishing to the stream as it is: its epoch names the ids we hand out.
-                let mut stream = js
-                    .get_stream(STREAM)
-                    .await
-                    .map_err(|e| BrokerError::Unavailable(format!("the stream {STREAM}: {e}")))?;
-                let info = stream.info().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-                *broker.epoch.write() = epoch_of(&info.created);
+                stream_info(js, &broker.epoch).await?;
                 broker.stream_ready.store(true, std::sync::atomic::Ordering::Release);
             }
             (None, _) => broker.stream_ready.store(true, std::sync::atomic::Ordering::Release),
@@ -214,6 +209,20 @@ pub fn stream_config(prefix: &str, opts: StreamOptions) -> jetstream::stream::Co
         allow_direct: true,
         ..Default::default()
     }
+}
+
+/// Reads the stream's current info, and refreshes the cached epoch from it (the stream may have
+/// been recreated since we last looked).
+async fn stream_info(
+    js: &jetstream::Context,
+    epoch: &RwLock<Arc<str>>,
+) -> Result<(jetstream::stream::Stream, jetstream::stream::Info, Arc<str>), BrokerError> {
+    let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(format!("the stream {STREAM}: {e}"));
+    let mut stream = js.get_stream(STREAM).await.map_err(|e| unavailable(&e))?;
+    let info = stream.info().await.map_err(|e| unavailable(&e))?.clone();
+    let current = epoch_of(&info.created);
+    *epoch.write() = current.clone();
+    Ok((stream, info, current))
 }
 
 /// An epoch names one incarnation of the stream: its creation time, in base 36.
@@ -335,10 +344,7 @@ impl Broker for NatsBroker {
                 // server first, so that nothing falls between the replay and live delivery.
                 Self::round_trip(&client, sync).await?;
             }
-            let mut stream = js.get_stream(STREAM).await.map_err(|e| unavailable(&e))?;
-            let info = stream.info().await.map_err(|e| unavailable(&e))?.clone();
-            let current = epoch_of(&info.created);
-            *epoch.write() = current.clone();
+            let (stream, info, current) = stream_info(&js, &epoch).await?;
             let head = Some(EventId { epoch: current.clone(), seq: info.state.last_sequence });
             if after.epoch != current {
                 return Ok(Replay::Reset(ResetReason::EpochChanged, head));
@@ -407,11 +413,7 @@ impl Broker for NatsBroker {
         let epoch = self.epoch.clone();
         async move {
             let Some(js) = js else { return Ok(None) };
-            let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
-            let mut stream = js.get_stream(STREAM).await.map_err(|e| unavailable(&e))?;
-            let info = stream.info().await.map_err(|e| unavailable(&e))?;
-            let current = epoch_of(&info.created);
-            *epoch.write() = current.clone();
+            let (_, info, current) = stream_info(&js, &epoch).await?;
             Ok(Some(EventId { epoch: current, seq: info.state.last_sequence }))
         }
         .boxed()
