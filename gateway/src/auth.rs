@@ -328,7 +328,8 @@ pub struct TokenSources<'a> {
 pub fn pick_token<'a>(sources: &TokenSources<'a>) -> Option<&'a str> {
     if let Some(h) = sources.authorization {
         let h = h.trim();
-        if h.len() > 7 && h[..7].eq_ignore_ascii_case("bearer ") {
+        // `get`, not slicing: the 7th byte may fall inside a multi-byte character.
+        if h.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer ")) {
             let t = h[7..].trim();
             if !t.is_empty() {
                 return Some(t);
@@ -346,7 +347,9 @@ pub fn redact_query(query: &str) -> String {
         .split('&')
         .map(|pair| {
             let name = pair.split('=').next().unwrap_or("");
-            if SECRET_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(name)) && pair.contains('=') {
+            // Compare the name as the gateway will decode it: `%74oken=` is a token too.
+            let decoded = url::form_urlencoded::parse(name.as_bytes()).next().map(|(k, _)| k).unwrap_or_default();
+            if SECRET_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(&decoded)) && pair.contains('=') {
                 format!("{name}=REDACTED")
             } else {
                 pair.to_owned()
@@ -458,6 +461,9 @@ mod tests {
         assert_eq!(pick_token(&cookie), Some("c"));
         let none = TokenSources { authorization: None, query: None, cookie: None };
         assert_eq!(pick_token(&none), None);
+        // Found by fuzzing: a multi-byte character across the scheme's end must not panic.
+        let odd = TokenSources { authorization: Some("Bearer\u{e9}"), query: Some("q"), cookie: None };
+        assert_eq!(pick_token(&odd), Some("q"));
     }
 
     #[test]
@@ -465,6 +471,9 @@ mod tests {
         assert_eq!(redact_query("channels=a,b&token=eyJabc.def&x=1"), "channels=a,b&token=REDACTED&x=1");
         assert_eq!(redact_query("TOKEN=abc"), "TOKEN=REDACTED");
         assert_eq!(redact_query("key=s3cret&tokens=1"), "key=REDACTED&tokens=1");
+        // Found by fuzzing: a percent-encoded name is still a credential parameter.
+        assert_eq!(redact_query("%74oken=secret&to%6Ben=s2"), "%74oken=REDACTED&to%6Ben=REDACTED");
+        assert_eq!(redact_query("t+oken=x"), "t+oken=x");
         assert_eq!(redact_query(""), "");
     }
 }
