@@ -109,6 +109,10 @@ struct Claims {
     sub: Option<String>,
     exp: Option<u64>,
     #[serde(default)]
+    iss: Option<serde_json::Value>,
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+    #[serde(default)]
     channels: Vec<String>,
 }
 
@@ -243,7 +247,7 @@ impl Verifier {
         let mut last = AuthError::BadSignature;
         for key in candidates {
             match decode::<Claims>(token, &key.key, &validation) {
-                Ok(data) => return grant_from(data.claims),
+                Ok(data) => return grant_from(data.claims, self.issuer.is_some(), self.audience.is_some()),
                 Err(e) => {
                     last = classify(e.kind());
                     if last != AuthError::BadSignature {
@@ -259,7 +263,10 @@ impl Verifier {
     fn validation(&self, alg: Algorithm) -> Validation {
         let mut v = Validation::new(alg);
         v.leeway = LEEWAY_SECS;
-        v.set_required_spec_claims(&["exp", "sub"]);
+        // Presence of `sub`, `exp`, `iss` and `aud` is checked in `grant_from`, in a fixed order:
+        // the library keeps required claims in a hash set, so which missing one it reported
+        // varied between runs (found by fuzzing).
+        v.set_required_spec_claims::<&str>(&[]);
         v.validate_nbf = true;
         match &self.audience {
             Some(aud) => v.set_audience(&[aud]),
@@ -272,9 +279,15 @@ impl Verifier {
     }
 }
 
-fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
+fn grant_from(claims: Claims, issuer_required: bool, audience_required: bool) -> Result<Grant, AuthError> {
     let sub = claims.sub.ok_or(AuthError::MissingClaim("sub"))?;
     let exp = claims.exp.ok_or(AuthError::MissingClaim("exp"))?;
+    if issuer_required && claims.iss.is_none() {
+        return Err(AuthError::BadIssuer);
+    }
+    if audience_required && claims.aud.is_none() {
+        return Err(AuthError::BadAudience);
+    }
     let user = Name::parse(&sub).map_err(|e| AuthError::BadClaim { claim: "sub", reason: format!("user name {e}") })?;
     if claims.channels.len() > MAX_PATTERNS {
         return Err(AuthError::BadClaim { claim: "channels", reason: format!("more than {MAX_PATTERNS} patterns") });
@@ -447,6 +460,15 @@ mod tests {
         assert_eq!(v.verify(&bad_iss).unwrap_err(), AuthError::BadIssuer);
         let bad_aud = hs(Algorithm::HS256, json!({"sub":"u1","exp":now()+60,"iss":"https://auth.example","aud":"x"}));
         assert_eq!(v.verify(&bad_aud).unwrap_err(), AuthError::BadAudience);
+        let no_iss = hs(Algorithm::HS256, json!({"sub":"u1","exp":now()+60,"aud":"herald"}));
+        assert_eq!(v.verify(&no_iss).unwrap_err(), AuthError::BadIssuer);
+        let no_aud = hs(Algorithm::HS256, json!({"sub":"u1","exp":now()+60,"iss":"https://auth.example"}));
+        assert_eq!(v.verify(&no_aud).unwrap_err(), AuthError::BadAudience);
+        // Found by fuzzing: with both sub and exp missing, the same error every time.
+        let neither = hs(Algorithm::HS256, json!({"iss":"https://auth.example","aud":"herald"}));
+        for _ in 0..20 {
+            assert_eq!(v.verify(&neither).unwrap_err(), AuthError::MissingClaim("sub"));
+        }
     }
 
     #[test]
