@@ -317,8 +317,13 @@ fn classify(kind: &jsonwebtoken::errors::ErrorKind) -> AuthError {
         K::MissingRequiredClaim(c) if c == "sub" => AuthError::MissingClaim("sub"),
         K::MissingRequiredClaim(c) if c == "aud" => AuthError::BadAudience,
         K::MissingRequiredClaim(c) if c == "iss" => AuthError::BadIssuer,
-        K::Json(_) | K::Utf8(_) | K::Base64(_) | K::InvalidToken => AuthError::Malformed,
-        _ => AuthError::BadSignature,
+        // Key or signature problems: another key may still verify the token.
+        K::InvalidEcdsaKey | K::InvalidEddsaKey | K::InvalidRsaKey(_) | K::InvalidKeyFormat | K::Provider(_) => {
+            AuthError::BadSignature
+        }
+        // Everything else concerns the token itself, e.g. a claim of the wrong type (`"nbf":"x"`,
+        // a fuzzing find once reported as a bad signature).
+        _ => AuthError::Malformed,
     }
 }
 
@@ -446,6 +451,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v.verify(&other).unwrap_err(), AuthError::BadSignature);
+        let bad_nbf = hs(Algorithm::HS256, json!({"sub":"u1","exp":now()+60,"nbf":"x"}));
+        assert_eq!(v.verify(&bad_nbf).unwrap_err(), AuthError::Malformed);
         let bad_pattern = hs(Algorithm::HS256, json!({"sub":"u1","exp":now()+60,"channels":["a>*"]}));
         assert!(matches!(v.verify(&bad_pattern).unwrap_err(), AuthError::BadClaim { claim: "channels", .. }));
     }
