@@ -108,12 +108,23 @@ pub enum AuthError {
 struct Claims {
     sub: Option<String>,
     exp: Option<u64>,
+    /// `iss` and `aud` are read only to require them when configured; jsonwebtoken checks their
+    /// values, but skips one that is not a string or an array of strings, so such a value must
+    /// fail here rather than count as present.
     #[serde(default)]
-    iss: Option<serde_json::Value>,
+    iss: Option<OneOrMany>,
     #[serde(default)]
-    aud: Option<serde_json::Value>,
+    aud: Option<OneOrMany>,
     #[serde(default)]
     channels: Vec<String>,
+}
+
+/// A string or an array of strings (the value itself is checked by jsonwebtoken).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(#[allow(dead_code)] String),
+    Many(#[allow(dead_code)] Vec<String>),
 }
 
 struct VerifyKey {
@@ -504,5 +515,24 @@ mod tests {
         assert_eq!(redact_query("%74oken=secret&to%6Ben=s2"), "%74oken=REDACTED&to%6Ben=REDACTED");
         assert_eq!(redact_query("t+oken=x"), "t+oken=x");
         assert_eq!(redact_query(""), "");
+    }
+
+    #[test]
+    fn issuer_and_audience_of_the_wrong_type_are_refused() {
+        // Found by fuzz target `claims`: jsonwebtoken skips checking an `iss` / `aud` that is not a
+        // string or an array of strings, and any JSON value counted as present.
+        let mut v = Verifier::new(Some("https://auth.example".into()), Some("herald".into()));
+        v.add_secret(SECRET, None);
+        for claims in [
+            json!({"sub":"u1","exp":now()+60,"iss":5,"aud":"herald"}),
+            json!({"sub":"u1","exp":now()+60,"iss":["https://auth.example", 5],"aud":"herald"}),
+            json!({"sub":"u1","exp":now()+60,"iss":"https://auth.example","aud":{"a":1}}),
+            json!({"sub":"u1","exp":now()+60,"iss":"https://auth.example","aud":true}),
+        ] {
+            assert!(v.verify(&hs(Algorithm::HS256, claims.clone())).is_err(), "{claims}");
+        }
+        let array =
+            hs(Algorithm::HS256, json!({"sub":"u1","exp":now()+60,"iss":"https://auth.example","aud":["x","herald"]}));
+        assert!(v.verify(&array).is_ok());
     }
 }
