@@ -41,16 +41,22 @@ export function createParser(options = {}) {
   let blockHasId;
   let reconnectionTime;
 
-  function reset() {
+  // The per-body state: a new body starts with a fresh decoder and an empty event, and keeps
+  // the last event id (`resumeId`) as the id buffer.
+  function startBody(resumeId) {
     decoder = new TextDecoder('utf-8', { ignoreBOM: true });
     bomChecked = false;
     pendingCR = false;
     line = '';
     data = '';
     eventType = '';
-    idBuffer = initialId;
-    lastEventId = initialId;
+    idBuffer = resumeId;
     blockHasId = false;
+  }
+
+  function reset() {
+    startBody(initialId);
+    lastEventId = initialId;
     reconnectionTime = null;
   }
   reset();
@@ -165,14 +171,7 @@ export function createParser(options = {}) {
      */
     end() {
       decoder.decode();
-      decoder = new TextDecoder('utf-8', { ignoreBOM: true });
-      bomChecked = false;
-      pendingCR = false;
-      line = '';
-      data = '';
-      eventType = '';
-      idBuffer = lastEventId;
-      blockHasId = false;
+      startBody(lastEventId);
     },
     /** The stream's last event ID: set at each dispatch (blank line) from the `id:` buffer. */
     get lastEventId() {
