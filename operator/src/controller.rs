@@ -31,12 +31,22 @@ pub struct Context {
     pub interval: Duration,
     /// Recent recommendations per resource (`namespace/name`), for the stabilization windows.
     history: Mutex<HashMap<String, Vec<(Instant, u32)>>>,
+    /// Failures in a row per resource, for the backoff; a successful reconcile resets it.
+    failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, interval: Duration) -> Arc<Context> {
-        let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: None });
-        Arc::new(Context { client, metrics, recorder, interval, history: Mutex::new(HashMap::new()) })
+    /// `instance` names this operator replica in the Events it records (its pod name).
+    pub fn new(client: Client, metrics: Arc<Metrics>, interval: Duration, instance: Option<String>) -> Arc<Context> {
+        let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance });
+        Arc::new(Context {
+            client,
+            metrics,
+            recorder,
+            interval,
+            history: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The recommendations of `key` as ages, dropping those older than `keep`.
@@ -84,22 +94,55 @@ pub async fn reconcile(rtgw: Arc<RealtimeGateway>, ctx: Arc<Context>) -> Result<
     let ns = rtgw.namespace().ok_or_else(|| Error::Invalid("RealtimeGateway must be namespaced".into()))?;
     let key = format!("{ns}/{name}");
     ctx.metrics.reconciles.with_label_values(&[&key]).inc();
-    let result = reconcile_inner(&rtgw, &ctx, &ns, &key).await;
+    let result = match crate::crd::validate(&rtgw.spec) {
+        Ok(()) => reconcile_inner(&rtgw, &ctx, &ns, &key).await,
+        Err(problems) => report_invalid(&rtgw, &ctx, &ns, problems.join("; ")).await,
+    };
     ctx.metrics.duration.with_label_values(&[&key]).observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.failures.lock().unwrap().remove(&key);
+    }
     result
+}
+
+/// A spec the gateways can't run with: nothing is applied (the running fleet, if any, stays as it
+/// is); the status says why in `AbleToScale=False` / `InvalidSpec`, and a Warning Event too.
+async fn report_invalid(rtgw: &RealtimeGateway, ctx: &Context, ns: &str, message: String) -> Result<Action> {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let previous = rtgw.status.clone().unwrap_or_default();
+    let condition = |type_: &str| {
+        let since = previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == "False" && c.reason == "InvalidSpec")
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.into(),
+            status: "False".into(),
+            reason: "InvalidSpec".into(),
+            message: message.clone(),
+            last_transition_time: since,
+        }
+    };
+    let conditions = vec![condition("AbleToScale"), condition("ScalingActive")];
+    let rtgws: Api<RealtimeGateway> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({ "status": { "observedGeneration": rtgw.metadata.generation, "conditions": conditions } });
+    rtgws.patch_status(&rtgw.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "InvalidSpec".into(),
+        note: Some(message.clone()),
+        action: "Validate".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &rtgw.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not record the InvalidSpec event");
+    }
+    Err(Error::Invalid(message))
 }
 
 async fn reconcile_inner(rtgw: &RealtimeGateway, ctx: &Context, ns: &str, key: &str) -> Result<Action> {
     let spec = &rtgw.spec;
-    if spec.replicas.max < spec.replicas.min {
-        return Err(Error::Invalid(format!(
-            "replicas.max {} is below replicas.min {}",
-            spec.replicas.max, spec.replicas.min
-        )));
-    }
-    if spec.max_connections_per_pod < spec.target_connections_per_pod {
-        return Err(Error::Invalid("maxConnectionsPerPod must be at least targetConnectionsPerPod".into()));
-    }
     let name = rtgw.name_any();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
@@ -197,16 +240,22 @@ fn conditions(previous: &[Condition], d: &Decision, pods_reporting: usize, now: 
         .collect()
 }
 
-/// On failure: count it, and retry with a backoff that grows with consecutive failures.
+/// On failure: count it, and retry with a backoff that grows with the failures in a row (a
+/// successful reconcile starts it over).
 pub fn error_policy(rtgw: Arc<RealtimeGateway>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = format!("{}/{}", rtgw.namespace().unwrap_or_default(), rtgw.name_any());
     ctx.metrics.failures.with_label_values(&[&key, error.label()]).inc();
     tracing::warn!(resource = key, error = %error, "reconcile failed");
-    let failures = ctx.metrics.failures.with_label_values(&[&key, error.label()]).get();
-    Action::requeue(backoff(failures))
+    let in_a_row = {
+        let mut failures = ctx.failures.lock().unwrap();
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    Action::requeue(backoff(in_a_row))
 }
 
 /// 5 s, 10 s, 20 s, … capped at 5 minutes.
-pub fn backoff(failures: u64) -> Duration {
-    Duration::from_secs((5u64 << failures.saturating_sub(1).min(6)).min(300))
+pub fn backoff(failures_in_a_row: u32) -> Duration {
+    Duration::from_secs((5u64 << failures_in_a_row.saturating_sub(1).min(6)).min(300))
 }

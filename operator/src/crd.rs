@@ -4,12 +4,16 @@
 //! crdgen`); a test fails when it is stale.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+// Rules across fields are CEL rules (`x-kubernetes-validations`) that the API server enforces on
+// every write; `validate` checks the same rules in the operator, for objects stored before the
+// CRD carried them.
+
 /// A fleet of Herald gateways, scaled on their connection counts.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "herald.dev",
     version = "v1alpha1",
@@ -22,6 +26,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Connections","type":"integer","jsonPath":".status.connections"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new(MAX_AT_LEAST_TARGET.0).message(MAX_AT_LEAST_TARGET.1))]
 #[serde(rename_all = "camelCase")]
 pub struct RealtimeGatewaySpec {
     /// Container image of the gateway (runs `herald-gateway serve`).
@@ -61,7 +66,8 @@ pub struct RealtimeGatewaySpec {
     pub gateway: GatewaySettings,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new(MAX_AT_LEAST_MIN.0).message(MAX_AT_LEAST_MIN.1))]
 pub struct ReplicaBounds {
     #[schemars(range(min = 1))]
     pub min: u32,
@@ -105,7 +111,8 @@ pub struct NatsSpec {
     pub credentials_secret: Option<SecretKeyRef>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new(A_TOKEN_KEY.0).message(A_TOKEN_KEY.1))]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
     /// Secret key with the HS256 secret for client tokens.
@@ -131,27 +138,88 @@ pub struct SecretKeyRef {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySettings {
+    /// Seconds between heartbeat comments on idle streams (`--heartbeat-secs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
     pub heartbeat_secs: Option<u32>,
+    /// Channels one stream may join (`--max-channels`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
     pub max_channels: Option<u32>,
+    /// Streams one user may hold on one pod (`--max-connections-per-user`; 0 = unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections_per_user: Option<u32>,
     /// Origins allowed by CORS.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
-    /// How long events stay resumable (`--history-max-age`), e.g. `24h`.
+    /// How long events stay resumable (`--history-max-age`): seconds, or like `90s`, `15m`,
+    /// `24h`, `7d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+[smhd]?$"))]
     pub history_max_age: Option<String>,
+    /// Events kept per subject (`--history-max-per-subject`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub history_max_per_subject: Option<u32>,
+    /// Replicas of the JetStream stream (`--history-replicas`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 5))]
     pub history_replicas: Option<u32>,
+    /// Bytes queued per stream before a slow client is disconnected (`--client-queue-bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 4096))]
     pub client_queue_bytes: Option<u64>,
-    /// `text` or `json`.
+    /// Log lines as `text` or `json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_format: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// The gateways' `--log-format`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// Cross-field rules: (CEL rule, message). In the CRD as `x-kubernetes-validations`, and checked
+/// by [`validate`].
+pub const MAX_AT_LEAST_MIN: (&str, &str) = ("self.max >= self.min", "replicas.max must be at least replicas.min");
+pub const MAX_AT_LEAST_TARGET: (&str, &str) = (
+    "self.maxConnectionsPerPod >= self.targetConnectionsPerPod",
+    "maxConnectionsPerPod must be at least targetConnectionsPerPod",
+);
+pub const A_TOKEN_KEY: (&str, &str) = (
+    "has(self.jwtSecret) || has(self.jwks)",
+    "auth needs jwtSecret or jwks: gateways refuse to run without a client-token key",
+);
+
+/// Checks what the schema and its CEL rules say, for objects the API server did not check (stored
+/// before the CRD had the rule). Returns every problem, not just the first.
+pub fn validate(spec: &RealtimeGatewaySpec) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    let mut check = |ok: bool, message: &str| {
+        if !ok {
+            problems.push(message.to_owned());
+        }
+    };
+    check(spec.replicas.min >= 1, "replicas.min must be at least 1");
+    check(spec.replicas.max >= spec.replicas.min, MAX_AT_LEAST_MIN.1);
+    check(spec.target_connections_per_pod >= 1, "targetConnectionsPerPod must be at least 1");
+    check(spec.max_connections_per_pod >= spec.target_connections_per_pod, MAX_AT_LEAST_TARGET.1);
+    check(spec.auth.jwt_secret.is_some() || spec.auth.jwks.is_some(), A_TOKEN_KEY.1);
+    check(spec.scale_up.max_step >= 1 && spec.scale_down.max_step >= 1, "scaleUp/scaleDown.maxStep must be at least 1");
+    check(spec.drain_seconds <= 3600, "drainSeconds must be at most 3600");
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
 }
 
 /// What the operator observed and decided.

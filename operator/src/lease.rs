@@ -1,8 +1,9 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so two operator replicas never both act.
 //!
 //! The holder renews every third of the lease duration; anyone may take a lease whose renew time
-//! is older than its duration. Writes use the lease's resourceVersion, so two candidates can't
-//! both win a takeover.
+//! is older than its duration, or that nobody holds. Writes use the lease's resourceVersion, so
+//! two candidates can't both win a takeover. A replica that stops gives the lease up, so a
+//! standby takes over at once rather than after the lease runs out.
 
 use std::time::Duration;
 
@@ -67,6 +68,27 @@ impl LeaderLease {
                     Err(e) => Err(e),
                 }
             }
+        }
+    }
+
+    /// Gives the lease up if this replica holds it (clears the holder and the renew time).
+    pub async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.acquire_time = None;
+        spec.renew_time = None;
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            // Someone else wrote it meanwhile: it is no longer ours to give up.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            other => other.map(drop),
         }
     }
 }

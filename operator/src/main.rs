@@ -102,6 +102,8 @@ fn plan(args: PlanArgs) -> i32 {
             serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", args.resource.display()))?;
         let connections = scaling::parse_connections(&args.connections)?;
         let history = scaling::parse_history(&args.history)?;
+        crd::validate(&rtgw.spec)
+            .map_err(|problems| format!("{}: {}", args.resource.display(), problems.join("; ")))?;
         Ok(scaling::decide(&Policy::from_spec(&rtgw.spec), args.current, &connections, &history))
     })();
     match result {
@@ -136,41 +138,56 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| client.default_namespace().to_owned())
     });
-    let lease = LeaderLease::new(
+    let lease = Arc::new(LeaderLease::new(
         kube::Api::namespaced(client.clone(), &lease_namespace),
         &args.lease_name,
         &identity,
         Duration::from_secs(15),
-    );
+    ));
     let renew = lease.duration / 3;
     while !lease.try_acquire().await.unwrap_or(false) {
         tokio::time::sleep(renew).await;
     }
     metrics.leader.set(1);
     tracing::info!(identity, "leading");
-    tokio::spawn(async move {
-        let mut renewed = std::time::Instant::now();
-        loop {
-            tokio::time::sleep(renew).await;
-            match lease.try_acquire().await {
-                Ok(true) => renewed = std::time::Instant::now(),
-                Ok(false) => {
-                    tracing::error!("lost the leader lease; exiting so only one replica acts");
-                    std::process::exit(1);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not renew the leader lease");
-                    // Step down well before another replica may take over (after `duration`).
-                    if renewed.elapsed() >= lease.duration * 2 / 3 {
-                        tracing::error!("cannot renew the leader lease; exiting so only one replica acts");
+    let renewer = tokio::spawn({
+        let lease = lease.clone();
+        async move {
+            let mut renewed = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(renew).await;
+                match lease.try_acquire().await {
+                    Ok(true) => renewed = std::time::Instant::now(),
+                    Ok(false) => {
+                        tracing::error!("lost the leader lease; exiting so only one replica acts");
                         std::process::exit(1);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not renew the leader lease");
+                        // Step down well before another replica may take over (after `duration`).
+                        if renewed.elapsed() >= lease.duration * 2 / 3 {
+                            tracing::error!("cannot renew the leader lease; exiting so only one replica acts");
+                            std::process::exit(1);
+                        }
                     }
                 }
             }
         }
     });
 
-    let ctx = controller::Context::new(client, metrics, Duration::from_secs(args.interval_secs.max(1)));
+    let ctx = controller::Context::new(
+        client,
+        metrics.clone(),
+        Duration::from_secs(args.interval_secs.max(1)),
+        Some(identity),
+    );
+    // Runs until SIGTERM or Ctrl-C; then hand the lease over at once.
     controller::run(ctx, args.namespace).await;
+    renewer.abort();
+    metrics.leader.set(0);
+    if let Err(e) = lease.release().await {
+        tracing::warn!(error = %e, "could not give up the leader lease; a standby takes over when it runs out");
+    }
+    tracing::info!("stopped");
     Ok(())
 }

@@ -79,7 +79,15 @@ impl Metrics {
 /// Serves `/metrics` and `/healthz` until the process ends.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, typically: back off instead of spinning.
+                tracing::warn!(error = %e, "metrics listener cannot accept");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];

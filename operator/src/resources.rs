@@ -110,7 +110,7 @@ pub fn deployment(rtgw: &RealtimeGateway, replicas: u32) -> Deployment {
         ("HERALD_HISTORY_MAX_PER_SUBJECT", g.history_max_per_subject.map(|v| v.to_string())),
         ("HERALD_HISTORY_REPLICAS", g.history_replicas.map(|v| v.to_string())),
         ("HERALD_CLIENT_QUEUE_BYTES", g.client_queue_bytes.map(|v| v.to_string())),
-        ("HERALD_LOG_FORMAT", g.log_format.clone()),
+        ("HERALD_LOG_FORMAT", g.log_format.map(|f| f.as_str().to_owned())),
     ];
     envs.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| env(k, v))));
 

@@ -129,7 +129,10 @@ async fn serve_writes(handle: &mut Handle) -> (Value, bool, Value) {
 fn context() -> (Arc<Context>, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
-    (Context::new(client, Arc::new(Metrics::default()), Duration::from_secs(15)), handle)
+    (
+        Context::new(client, Arc::new(Metrics::default()), Duration::from_secs(15), Some("herald-operator-0".into())),
+        handle,
+    )
 }
 
 #[tokio::test]
@@ -226,4 +229,70 @@ async fn an_api_error_requeues_with_backoff_and_counts_a_failure() {
         metrics.contains("herald_operator_reconcile_errors_total{error=\"kube\",resource=\"default/demo\"} 2"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_in_status_and_an_event_and_nothing_is_applied() {
+    let (ctx, mut handle) = context();
+    let mut bad = rtgw(None);
+    bad.spec.replicas.max = 1; // below min 2
+    bad.spec.max_connections_per_pod = 50; // below the target 100
+    let run = tokio::spawn(controller::reconcile(Arc::new(bad), ctx.clone()));
+
+    let (method, uri, body, send) = next(&mut handle).await;
+    assert_eq!(method, "PATCH", "the first write is the status, not an apply: {uri}");
+    assert!(uri.starts_with("/apis/herald.dev/v1alpha1/namespaces/default/realtimegateways/demo/status"), "{uri}");
+    let conditions = body["status"]["conditions"].as_array().unwrap();
+    let able = conditions.iter().find(|c| c["type"] == "AbleToScale").unwrap();
+    assert_eq!((able["status"].as_str(), able["reason"].as_str()), (Some("False"), Some("InvalidSpec")));
+    let message = able["message"].as_str().unwrap();
+    assert!(message.contains("replicas.max must be at least replicas.min"), "{message}");
+    assert!(message.contains("maxConnectionsPerPod must be at least targetConnectionsPerPod"), "{message}");
+    assert_eq!(body["status"]["observedGeneration"], 3);
+    send.send_response(respond(
+        StatusCode::OK,
+        &json!({"apiVersion":"herald.dev/v1alpha1","kind":"RealtimeGateway",
+        "metadata":{"name":"demo","namespace":"default"},"spec": serde_json::to_value(&rtgw(None).spec).unwrap()}),
+    ));
+
+    let (method, uri, event, send) = next(&mut handle).await;
+    assert_eq!((method.as_str(), uri.starts_with("/apis/events.k8s.io/v1/namespaces/default/events")), ("POST", true));
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
+    assert_eq!(event["reportingInstance"], "herald-operator-0");
+    send.send_response(respond(StatusCode::CREATED, &event));
+
+    let error = run.await.unwrap().unwrap_err();
+    assert_eq!(error.label(), "invalid");
+    let more = tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await;
+    assert!(!matches!(more, Ok(Some(_))), "nothing is applied for an invalid spec");
+}
+
+#[tokio::test]
+async fn the_backoff_starts_over_after_a_successful_reconcile() {
+    let (ctx, mut handle) = context();
+    let object = Arc::new(rtgw(None));
+    let error = herald_operator::Error::Invalid("test".into());
+    assert_eq!(controller::error_policy(object.clone(), &error, ctx.clone()), Action::requeue(Duration::from_secs(5)));
+    assert_eq!(controller::error_policy(object.clone(), &error, ctx.clone()), Action::requeue(Duration::from_secs(10)));
+    assert_eq!(controller::error_policy(object.clone(), &error, ctx.clone()), Action::requeue(Duration::from_secs(20)));
+
+    let run = tokio::spawn(controller::reconcile(object.clone(), ctx.clone()));
+    let (_, _, _, send) = next(&mut handle).await;
+    send.send_response(respond(StatusCode::OK, &deployment(2)));
+    let (_, _, _, send) = next(&mut handle).await;
+    send.send_response(respond(StatusCode::OK, &pods(&[])));
+    serve_writes(&mut handle).await;
+    run.await.unwrap().unwrap();
+
+    assert_eq!(
+        controller::error_policy(object, &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(5)),
+        "a failure after a success waits the shortest time again"
+    );
+}
+
+#[test]
+fn backoff_doubles_up_to_five_minutes() {
+    let waits: Vec<u64> = (1..=9).map(|n| controller::backoff(n).as_secs()).collect();
+    assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
 }

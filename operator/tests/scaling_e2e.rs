@@ -164,7 +164,7 @@ fn rtgw() -> RealtimeGateway {
             "targetConnectionsPerPod": 10, "maxConnectionsPerPod": 20,
             "scaleUp": {"stabilizationSeconds": 0, "maxStep": 2},
             "scaleDown": {"stabilizationSeconds": 3, "maxStep": 1},
-            "nats": {"url": "nats://unused"}, "auth": {}
+            "nats": {"url": "nats://unused"}, "auth": {"jwtSecret": {"name": "herald", "key": "jwt"}}
         }
     }))
     .unwrap()
@@ -181,7 +181,7 @@ async fn the_operator_scales_real_gateways_up_and_down_with_their_connections() 
 
     let applied = Arc::new(Mutex::new(Vec::new()));
     let client = mock_api(ports.clone(), applied.clone());
-    let ctx = Context::new(client, Arc::new(Metrics::default()), Duration::from_millis(200));
+    let ctx = Context::new(client, Arc::new(Metrics::default()), Duration::from_millis(200), None);
     let object = Arc::new(rtgw());
     type Until = Box<dyn Fn(&[(Instant, u64)]) -> bool>;
     let reconcile_until = |what: &'static str, deadline: Duration, cond: Until| {

@@ -1,0 +1,69 @@
+//! The operator's own HTTP endpoint: `/metrics` in Prometheus text format and `/healthz`.
+
+use std::sync::Arc;
+
+use herald_operator::metrics::{self, Metrics};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: operator\r\n\r\n").as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+/// The samples of a text exposition: `name{labels}` → value. Panics on a line that is neither a
+/// comment nor a sample, or on a sample whose family has no `# TYPE`.
+fn samples(text: &str) -> Vec<(String, f64)> {
+    let mut typed = Vec::new();
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            typed.push(parts.next().unwrap().to_owned());
+            assert!(matches!(parts.next(), Some("counter" | "gauge" | "histogram")), "{line}");
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line}"));
+        let name = series.split('{').next().unwrap();
+        let family = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        assert!(typed.iter().any(|t| t == name || t == family), "no # TYPE for {name}");
+        out.push((series.to_owned(), value.parse().unwrap_or_else(|_| panic!("bad value in {line}"))));
+    }
+    out
+}
+
+#[tokio::test]
+async fn metrics_and_health_are_served() {
+    let metrics = Arc::new(Metrics::default());
+    metrics.leader.set(1);
+    metrics.reconciles.with_label_values(&["default/demo"]).inc_by(3);
+    metrics.failures.with_label_values(&["default/demo", "kube"]).inc();
+    metrics.duration.with_label_values(&["default/demo"]).observe(0.02);
+    metrics.desired.with_label_values(&["default/demo"]).set(4);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(metrics::serve(listener, metrics.clone()));
+
+    let (head, body) = get(addr, "/metrics").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    let samples = samples(&body);
+    let value = |series: &str| samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v);
+    assert_eq!(value("herald_operator_leader"), Some(1.0));
+    assert_eq!(value("herald_operator_reconciles_total{resource=\"default/demo\"}"), Some(3.0));
+    assert_eq!(value("herald_operator_reconcile_errors_total{error=\"kube\",resource=\"default/demo\"}"), Some(1.0));
+    assert_eq!(value("herald_operator_reconcile_duration_seconds_count{resource=\"default/demo\"}"), Some(1.0));
+    assert_eq!(value("herald_operator_desired_replicas{resource=\"default/demo\"}"), Some(4.0));
+
+    let (head, body) = get(addr, "/healthz").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "{\"status\":\"ok\"}");
+    let (head, _) = get(addr, "/nope").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}
