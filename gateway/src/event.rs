@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::names::Name;
+use crate::trace::TraceContext;
 
 /// Who an event is for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -124,6 +125,8 @@ pub struct Delivery {
     pub id: Option<EventId>,
     /// The sending user, for events published by clients.
     pub from: Option<String>,
+    /// The publisher's trace context (`traceparent` header), read only while traces are on.
+    pub trace: Option<Box<TraceContext>>,
 }
 
 impl Delivery {
@@ -147,6 +150,8 @@ pub struct Outgoing {
     /// Valid JSON.
     pub payload: Bytes,
     pub durable: bool,
+    /// The trace context to send with the event (the `publish` span's), while traces are on.
+    pub trace: Option<TraceContext>,
 }
 
 #[cfg(test)]

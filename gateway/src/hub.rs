@@ -37,6 +37,7 @@ use crate::broker::{Broker, BrokerError, EventStream, Replay};
 use crate::event::{Delivery, EventId, Target};
 use crate::outbox::{CloseReason, Outbox, Rejected};
 use crate::sse;
+use crate::trace;
 
 /// How long a join waits for a new subject's subscription before giving up.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -466,13 +467,26 @@ impl Future for Dispatcher {
     }
 }
 
-/// Renders `delivery` once and queues the frame on every member of `topic`.
+/// Renders `delivery` once and queues the frame on every member of `topic`. While traces are
+/// on, records it as one `deliver` span (per event and pod, never per session).
 fn fan_out(topic: &Topic, delivery: &Delivery, counters: &HubCounters) {
+    if trace::on() {
+        let span = trace::deliver_span(delivery.trace.as_deref(), &topic.target, delivery.id.as_ref());
+        let _entered = span.enter();
+        let (sent, slow) = fan_out_frames(topic, delivery, counters);
+        trace::record_delivery(&span, sent, slow, delivery.problem());
+    } else {
+        fan_out_frames(topic, delivery, counters);
+    }
+}
+
+/// Returns how many sessions got the frame, and how many were cut off as too slow for it.
+fn fan_out_frames(topic: &Topic, delivery: &Delivery, counters: &HubCounters) -> (u64, u64) {
     counters.events.fetch_add(1, Ordering::Relaxed);
     if let Some(reason) = delivery.problem() {
         counters.dropped_invalid.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(target = %topic.target, reason, "dropped an event that is not valid for SSE");
-        return;
+        return (0, 0);
     }
     let frame: Bytes = sse::event_frame(
         delivery.id.as_ref(),
@@ -484,14 +498,17 @@ fn fan_out(topic: &Topic, delivery: &Delivery, counters: &HubCounters) {
     let seq = delivery.id.as_ref().map(|id| id.seq);
     let members = topic.members.read();
     let mut sent = 0;
+    let mut slow = 0;
     for (_, outbox) in members.iter() {
         match outbox.push(frame.clone(), seq) {
             Ok(()) => sent += 1,
-            Err(Rejected::Full) => {
-                counters.slow_closes.fetch_add(1, Ordering::Relaxed);
-            }
+            Err(Rejected::Full) => slow += 1,
             Err(Rejected::Closed) => {}
         }
     }
     counters.frames.fetch_add(sent, Ordering::Relaxed);
+    if slow > 0 {
+        counters.slow_closes.fetch_add(slow, Ordering::Relaxed);
+    }
+    (sent, slow)
 }

@@ -32,3 +32,4 @@ pub mod server;
 pub mod session;
 pub mod sse;
 pub mod telemetry;
+pub mod trace;

@@ -16,7 +16,7 @@ fn main() {
             (Config::dev(args), format)
         }
     };
-    telemetry::init(log_format);
+    let telemetry = telemetry::init(log_format);
     let config = match config {
         Ok(config) => config,
         Err(errors) => {
@@ -24,11 +24,17 @@ fn main() {
             for e in errors {
                 eprintln!("  - {e}");
             }
+            telemetry.shutdown();
             std::process::exit(2);
         }
     };
-    if let Err(e) = server::run(config) {
+    let result = server::run(config);
+    if let Err(e) = &result {
         tracing::error!("gateway stopped: {e}");
+    }
+    // After the drain: the spans of the last connections and publishes go out before exit.
+    telemetry.shutdown();
+    if result.is_err() {
         std::process::exit(1);
     }
 }

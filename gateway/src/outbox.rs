@@ -68,6 +68,18 @@ struct State {
     waker: Option<Waker>,
     /// The client's socket, while the response body is alive (see [`PeerSocket`]).
     peer: Option<PeerSocket>,
+    totals: Totals,
+}
+
+/// What a stream carried, for the line logged when it closes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Events queued for the client (live and replayed; a `slow` close drops the unsent ones).
+    pub events: u64,
+    /// Frames handed to the socket: events, heartbeats and control frames.
+    pub frames: u64,
+    /// Bytes handed to the socket.
+    pub bytes: u64,
 }
 
 /// The per-session queue. Shared by the hub (producer) and the response body (consumer).
@@ -88,15 +100,25 @@ impl Outbox {
                 closed: None,
                 waker: None,
                 peer: None,
+                totals: Totals::default(),
             }),
             limit,
         })
     }
 
-    /// Queues a frame without blocking; `seq` is the event's sequence for durable events. A
-    /// frame that would overflow the queue closes the outbox as `slow` and drops what was
-    /// queued: the client resumes from its last id.
+    /// Queues an event's frame without blocking; `seq` is the event's sequence for durable
+    /// events. A frame that would overflow the queue closes the outbox as `slow` and drops what
+    /// was queued: the client resumes from its last id.
     pub fn push(&self, frame: Bytes, seq: Option<u64>) -> Result<(), Rejected> {
+        self.enqueue(frame, seq, true)
+    }
+
+    /// Queues a heartbeat (or any frame that is not an event), like [`Outbox::push`].
+    pub fn push_control(&self, frame: Bytes) -> Result<(), Rejected> {
+        self.enqueue(frame, None, false)
+    }
+
+    fn enqueue(&self, frame: Bytes, seq: Option<u64>, event: bool) -> Result<(), Rejected> {
         let waker = {
             let mut s = self.state.lock();
             if s.closed.is_some() {
@@ -122,6 +144,7 @@ impl Outbox {
                 return Err(Rejected::Full);
             }
             s.bytes += frame.len();
+            s.totals.events += u64::from(event);
             if let Some(held) = &mut s.held {
                 held.push((seq, frame));
                 return Ok(());
@@ -151,7 +174,10 @@ impl Outbox {
             }
             for (seq, frame) in held {
                 match (seq, replayed_up_to) {
-                    (Some(seq), Some(upto)) if seq <= upto => s.bytes -= frame.len(),
+                    (Some(seq), Some(upto)) if seq <= upto => {
+                        s.bytes -= frame.len();
+                        s.totals.events -= 1;
+                    }
                     _ => s.frames.push_back(frame),
                 }
             }
@@ -198,6 +224,16 @@ impl Outbox {
         self.state.lock().closed
     }
 
+    /// Counts `n` replayed events, queued by [`Outbox::release`] among the opening frames.
+    pub fn count_replayed(&self, n: usize) {
+        self.state.lock().totals.events += n as u64;
+    }
+
+    /// What the stream carried so far.
+    pub fn totals(&self) -> Totals {
+        self.state.lock().totals
+    }
+
     /// Bytes queued and not yet handed to the socket.
     pub fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
@@ -219,6 +255,8 @@ impl Outbox {
             1 => {
                 let f = s.frames.pop_front().unwrap_or_default();
                 s.bytes -= f.len();
+                s.totals.frames += 1;
+                s.totals.bytes += f.len() as u64;
                 Poll::Ready(Some(f))
             }
             _ => {
@@ -231,7 +269,9 @@ impl Outbox {
                     let len = f.len();
                     s.frames.pop_front();
                     s.bytes -= len;
+                    s.totals.frames += 1;
                 }
+                s.totals.bytes += chunk.len() as u64;
                 Poll::Ready(Some(chunk.freeze()))
             }
         }
@@ -341,6 +381,22 @@ mod tests {
         assert_eq!(ob.queued_bytes(), 0);
         ob.push(Bytes::from_static(b"[8]"), Some(8)).unwrap();
         assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[8]"))));
+    }
+
+    #[test]
+    fn totals_count_events_queued_and_what_reached_the_socket() {
+        let ob = Outbox::new(1024);
+        ob.push(Bytes::from_static(b"[5]"), Some(5)).unwrap();
+        ob.push(Bytes::from_static(b"[6]"), Some(6)).unwrap();
+        ob.count_replayed(2);
+        ob.release([Bytes::from_static(b"[c]"), Bytes::from_static(b"[r4]"), Bytes::from_static(b"[r5]")], Some(5));
+        ob.push_control(Bytes::from_static(b": hb")).unwrap();
+        // [5] was already replayed: three events (two replayed, [6]), five frames written.
+        assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[c][r4][r5][6]: hb"))));
+        assert_eq!(ob.totals(), Totals { events: 3, frames: 5, bytes: 18 });
+        ob.push(Bytes::from_static(b"[7]"), Some(7)).unwrap();
+        assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[7]"))));
+        assert_eq!(ob.totals(), Totals { events: 4, frames: 6, bytes: 21 });
     }
 
     #[test]

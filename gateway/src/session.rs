@@ -6,6 +6,9 @@
 //! interval (a failed write of one reveals a dead client) → stops when the response body is
 //! dropped, the token expires, or the gateway drains → on stop, the membership and the
 //! connection permit are dropped, which leaves the hub topics and frees the slot.
+//!
+//! Each close logs exactly one `connection closed` line: reason, duration, events, frames and
+//! bytes. While traces are on, the session also holds its `connection` span, which ends then.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,6 +21,7 @@ use crate::limits::Permit;
 use crate::names::Name;
 use crate::outbox::{CloseReason, Outbox};
 use crate::sse;
+use crate::trace;
 
 /// Sent by the response body when actix drops it: the client is gone or the stream ended.
 #[derive(Message)]
@@ -35,6 +39,8 @@ pub struct Session {
     /// Unix seconds at which the token expires.
     pub expires_at: Option<u64>,
     pub opened: Instant,
+    /// The `connection` span, while traces are on.
+    pub span: Option<tracing::Span>,
 }
 
 impl Actor for Session {
@@ -49,7 +55,7 @@ impl Actor for Session {
                 session.outbox.close(CloseReason::Client, None);
                 return ctx.stop();
             }
-            if session.outbox.push(Bytes::from_static(sse::HEARTBEAT), None).is_err() {
+            if session.outbox.push_control(Bytes::from_static(sse::HEARTBEAT)).is_err() {
                 ctx.stop();
             }
         });
@@ -68,13 +74,23 @@ impl Actor for Session {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let reason = self.outbox.close_reason().unwrap_or(CloseReason::Client);
+        let duration_ms = self.opened.elapsed().as_millis() as u64;
+        let totals = self.outbox.totals();
+        // Written inside the span, so that a JSON line names the connection's trace.
+        let _entered = self.span.as_ref().map(|span| span.enter());
         tracing::info!(
             connection = %self.id,
             user = %self.user,
             reason = reason.as_str(),
-            duration_ms = self.opened.elapsed().as_millis() as u64,
+            duration_ms,
+            events = totals.events,
+            frames = totals.frames,
+            bytes = totals.bytes,
             "connection closed"
         );
+        if let Some(span) = &self.span {
+            trace::record_close(span, reason.as_str(), duration_ms, totals);
+        }
         self.outbox.close(reason, None);
     }
 }

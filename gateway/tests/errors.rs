@@ -136,6 +136,10 @@ async fn tokens_in_urls_are_redacted_from_logs() {
     assert_eq!(s.next().await.event, "connected");
     let res = http(gw.addr, "GET", &format!("/events?channels=nope:1&token={t}"), &[], None).await;
     assert_eq!(res.status, 403);
+    // A publish, with its key, while the stream is open: one event for the close line to count.
+    let res = gw.publish(serde_json::json!({"data":{"n":1},"users":["u9"]})).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(s.next_event().await.event, "message");
     drop(s);
     support::eventually("connection closed", Duration::from_secs(20), || async {
         gw.stats().await["connections"] == 0
@@ -144,4 +148,13 @@ async fn tokens_in_urls_are_redacted_from_logs() {
     let log = gw.log_text();
     assert!(log.contains("token=REDACTED"), "request lines are logged at debug: {log}");
     assert!(!log.contains(&t), "the token reached the log");
+    assert!(!log.contains(PUBLISH_KEY), "the publisher key reached the log");
+
+    // Exactly one line for the one stream that closed, with what it carried and why it ended.
+    let closes: Vec<&str> = log.lines().filter(|l| l.contains("connection closed")).collect();
+    assert_eq!(closes.len(), 1, "{log}");
+    let close = closes[0];
+    for field in ["reason=\"client\"", "user=u9", "events=1", "duration_ms=", "frames=", "bytes="] {
+        assert!(close.contains(field), "{field} missing from the close line: {close}");
+    }
 }

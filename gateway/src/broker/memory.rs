@@ -117,8 +117,13 @@ impl State {
                 self.seq += 1;
                 EventId { epoch: self.epoch.clone(), seq: self.seq }
             });
-            let delivery =
-                Delivery { event_type: event.event_type.clone(), payload: event.payload.clone(), id, from: None };
+            let delivery = Delivery {
+                event_type: event.event_type.clone(),
+                payload: event.payload.clone(),
+                id,
+                from: None,
+                trace: event.trace.clone().map(Box::new),
+            };
             if let Some(id) = &delivery.id {
                 ids.push(id.clone());
                 let history = self.history.entry(target.clone()).or_default();

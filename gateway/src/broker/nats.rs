@@ -7,7 +7,9 @@
 //! subjects. With `--history off` there is no stream: everything is live.
 //!
 //! Headers: `Herald-Type` names the event (default `message`); `Herald-Published-At` is stamped on
-//! publish for end-to-end latency; `Herald-From` carries the sender of client events.
+//! publish for end-to-end latency; `Herald-From` carries the sender of client events;
+//! `traceparent`/`tracestate` carry the W3C trace context (written and read only while traces
+//! are on, see `trace.rs`). JetStream stores them with the event, so replays carry them too.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use super::{Broker, BrokerError, EventStream, Replay, ResetReason};
 use crate::config::HistoryLimits;
 use crate::event::{Delivery, EventId, Outgoing, SubjectKind, Target};
 use crate::names::DEFAULT_EVENT_TYPE;
+use crate::trace::{self, TraceContext};
 
 /// Longest wait for the next message of a replay.
 const REPLAY_STEP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -244,6 +247,24 @@ fn header(msg_headers: Option<&HeaderMap>, name: &str) -> Option<String> {
     msg_headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_owned())
 }
 
+/// The trace context in a message's headers, while traces are on. NATS headers are
+/// case-sensitive: `traceparent` as W3C writes it, or `Traceparent` as Go's HTTP-style carriers do.
+fn trace_from(headers: Option<&HeaderMap>) -> Option<Box<TraceContext>> {
+    if !trace::on() {
+        return None;
+    }
+    let headers = headers?;
+    let get = |name: &str| {
+        let value = headers.get(name).or_else(|| {
+            let mut title = name.to_owned();
+            title[..1].make_ascii_uppercase();
+            headers.get(title.as_str())
+        });
+        value.map(|v| v.as_str())
+    };
+    TraceContext::from_headers(get).map(Box::new)
+}
+
 /// Turns a live NATS message into a delivery; a `Nats-Sequence` header (set by the stream's
 /// republish) makes it durable, with id `<epoch>-<seq>`.
 pub fn delivery_from(msg: Message, epoch: &Arc<str>) -> Delivery {
@@ -253,16 +274,23 @@ pub fn delivery_from(msg: Message, epoch: &Arc<str>) -> Delivery {
         event_type: header(headers, HEADER_TYPE).unwrap_or_else(|| DEFAULT_EVENT_TYPE.to_owned()),
         from: header(headers, HEADER_FROM),
         id: seq.map(|seq| EventId { epoch: epoch.clone(), seq }),
+        trace: trace_from(headers),
         payload: msg.payload,
     }
 }
 
-/// Headers for an event published by Herald.
-pub fn event_headers(event_type: &str) -> HeaderMap {
+/// Headers for an event published by Herald, with its trace context when it has one.
+pub fn event_headers(event_type: &str, trace: Option<&TraceContext>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_TYPE, event_type);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     headers.insert(HEADER_PUBLISHED_AT, now.as_nanos().to_string().as_str());
+    if let Some(trace) = trace {
+        headers.insert(trace::TRACEPARENT, trace.traceparent.as_str());
+        if let Some(state) = &trace.tracestate {
+            headers.insert(trace::TRACESTATE, state.as_str());
+        }
+    }
     headers
 }
 
@@ -289,7 +317,7 @@ impl Broker for NatsBroker {
         let durable = event.durable.then(|| self.jetstream.clone()).flatten();
         let epoch = self.epoch.clone();
         async move {
-            let headers = event_headers(&event.event_type);
+            let headers = event_headers(&event.event_type, event.trace.as_ref());
             let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
             let Some(js) = durable else {
                 for target in &targets {
@@ -392,6 +420,7 @@ impl Broker for NatsBroker {
                             event_type: header(headers, HEADER_TYPE).unwrap_or_else(|| DEFAULT_EVENT_TYPE.to_owned()),
                             from: header(headers, HEADER_FROM),
                             id: Some(EventId { epoch: current.clone(), seq }),
+                            trace: trace_from(headers),
                             payload: msg.payload.clone(),
                         },
                     ));

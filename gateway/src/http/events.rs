@@ -23,10 +23,13 @@ use crate::broker::{BrokerError, Replay, ResetReason};
 use crate::event::{EventId, Target};
 use crate::limits::Refusal;
 use crate::names::Name;
-use crate::outbox::{Outbox, OutboxBody};
+use crate::outbox::{CloseReason, Outbox, OutboxBody};
 use crate::peer::PeerSocket;
 use crate::session::{BodyGone, Session};
 use crate::sse;
+use crate::trace::{self, TraceContext};
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The parsed query of `/events`.
 #[derive(Default, Debug)]
@@ -62,13 +65,33 @@ struct Connected<'a> {
 }
 
 pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !trace::on() {
+        return open(&req, &state, None).await;
+    }
+    let parent = TraceContext::from_headers(|name| req.headers().get(name).and_then(|v| v.to_str().ok()));
+    let span = trace::connection_span(parent.as_ref());
+    let result = open(&req, &state, Some(span.clone())).instrument(span.clone()).await;
+    match &result {
+        Ok(res) => trace::record_status(&span, res.status().as_u16(), None),
+        Err(e) => trace::record_status(&span, e.status.as_u16(), Some(e.code)),
+    }
+    result
+}
+
+/// Opens a stream; `span` (while traces are on) follows the connection until it closes.
+async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result<HttpResponse, ApiError> {
     let query = parse_query(req.query_string());
-    let grant = authenticate(&req, &query, &state)?;
+    let grant = authenticate(req, &query, state)?;
     let channels = authorize_channels(&query.channels, &grant, state.settings.max_channels)?;
 
     let mut permit = match state.admission.admit(&grant.user) {
         Ok(permit) => permit,
-        Err(Refusal::Capacity) => return Ok(come_back_later(state.settings.retry_ms)),
+        Err(Refusal::Capacity) => {
+            if let Some(span) = &span {
+                span.set_attribute("herald.close_reason", CloseReason::Overload.as_str());
+            }
+            return Ok(come_back_later(state.settings.retry_ms));
+        }
         Err(Refusal::PerUser(max)) => {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -101,7 +124,7 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
         .filter(|id| !id.trim().is_empty());
     let resume = match resume_from {
         None => Resume::Fresh,
-        Some(raw) => match resume(&state, &targets, raw).await {
+        Some(raw) => match resume(state, &targets, raw).await {
             Ok(resume) => resume,
             Err(e) => {
                 // Can't read the history now: come back later rather than skip events.
@@ -124,6 +147,7 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
             None
         }
         Resume::Replayed { frames, up_to } => {
+            outbox.count_replayed(frames.len());
             opening.extend(frames);
             Some(up_to)
         }
@@ -141,6 +165,7 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
         heartbeat: state.settings.heartbeat,
         expires_at: grant.expires_at,
         opened: Instant::now(),
+        span,
     }
     .start();
     let body = OutboxBody::new(outbox, move || session.do_send(BodyGone));
@@ -157,8 +182,26 @@ enum Resume {
     Replayed { frames: Vec<Bytes>, up_to: u64 },
 }
 
-/// Fetches what a client missed since `raw` (its `Last-Event-ID`) on `targets`.
+/// Fetches what a client missed since `raw` (its `Last-Event-ID`) on `targets`; while traces
+/// are on, as a `resume` span.
 async fn resume(state: &AppState, targets: &[Target], raw: &str) -> Result<Resume, BrokerError> {
+    if !trace::on() {
+        return replay(state, targets, raw, None).await;
+    }
+    let span = trace::resume_span();
+    let result = replay(state, targets, raw, Some(&span)).instrument(span.clone()).await;
+    match &result {
+        Ok(Resume::Reset(reason, _)) => trace::record_resume(&span, reason.as_str(), 0, std::iter::empty()),
+        Ok(_) => {} // recorded by `replay`, which still has the events' trace contexts
+        Err(e) => {
+            span.set_attribute("herald.resume.result", "error");
+            span.set_status(opentelemetry::trace::Status::error(e.to_string()));
+        }
+    }
+    result
+}
+
+async fn replay(state: &AppState, targets: &[Target], raw: &str, span: Option<&Span>) -> Result<Resume, BrokerError> {
     let Some(after) = EventId::parse(raw) else {
         // Not an id this service issued: the client's state comes from somewhere else.
         return Ok(Resume::Reset(ResetReason::EpochChanged, None));
@@ -167,6 +210,10 @@ async fn resume(state: &AppState, targets: &[Target], raw: &str) -> Result<Resum
     Ok(match replay {
         Replay::Reset(reason, head) => Resume::Reset(reason, head),
         Replay::Events(events) => {
+            if let Some(span) = span {
+                let traces = events.iter().filter_map(|(_, d)| d.trace.as_deref());
+                trace::record_resume(span, "replayed", events.len(), traces);
+            }
             let mut up_to = after.seq;
             let mut frames = Vec::with_capacity(events.len());
             for (target, delivery) in &events {

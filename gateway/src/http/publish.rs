@@ -3,6 +3,9 @@
 //! Body: `{"type":"booking_update","data":{…},"users":["u1"],"channels":["booking:42"],
 //! "broadcast":false,"durable":true}` → `200 {"ids":[…]}`. Every field is checked; nothing is
 //! published unless the whole request is valid.
+//!
+//! While traces are on, the request is a `publish` span (a child of the publisher's
+//! `traceparent`, through the JetStream acknowledgement) whose context the event carries.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
@@ -11,12 +14,14 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tracing::{Instrument, Span};
 
 use super::{ApiError, AppState};
 use crate::auth::{TokenSources, pick_token};
 use crate::config::PublishAuth;
 use crate::event::{Outgoing, Target};
 use crate::names::{DEFAULT_EVENT_TYPE, Name, validate_event_type};
+use crate::trace::{self, TraceContext};
 
 /// Most targets in one publish request.
 pub const MAX_TARGETS: usize = 1000;
@@ -100,6 +105,7 @@ pub fn validate(body: &[u8], max_payload: usize) -> Result<ValidPublish, ApiErro
             event_type,
             payload: Bytes::copy_from_slice(data.get().as_bytes()),
             durable: parsed.durable.unwrap_or(true),
+            trace: None,
         },
     })
 }
@@ -118,8 +124,27 @@ fn payload_too_large(max: usize) -> ApiError {
 
 pub async fn publish(
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if !trace::on() {
+        return handle(&req, payload, &state, None).await;
+    }
+    let parent = TraceContext::from_headers(|name| req.headers().get(name).and_then(|v| v.to_str().ok()));
+    let span = trace::publish_span(parent.as_ref());
+    let result = handle(&req, payload, &state, Some(&span)).instrument(span.clone()).await;
+    match &result {
+        Ok(res) => trace::record_status(&span, res.status().as_u16(), None),
+        Err(e) => trace::record_status(&span, e.status.as_u16(), Some(e.code)),
+    }
+    result
+}
+
+async fn handle(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    state: &AppState,
+    span: Option<&Span>,
 ) -> Result<HttpResponse, ApiError> {
     match &state.publish_auth {
         PublishAuth::Open => {}
@@ -158,7 +183,12 @@ pub async fn publish(
         body.extend_from_slice(&chunk);
     }
 
-    let valid = validate(&body, max_payload)?;
+    let mut valid = validate(&body, max_payload)?;
+    if let Some(span) = span {
+        trace::record_publish(span, &valid.targets, valid.event.durable);
+        // The event carries this span's context: each gateway's `deliver` span is its child.
+        valid.event.trace = TraceContext::of(span);
+    }
     let ids = state.broker.publish(valid.targets, valid.event).await.map_err(|e| {
         tracing::warn!(error = %e, "publish failed");
         ApiError::unavailable(e.to_string())

@@ -174,6 +174,11 @@ impl Gateway {
 
     /// `serve` against the NATS at `url`.
     pub fn serve_url(url: &str, extra: &[&str], rust_log: &str) -> Gateway {
+        Self::serve_env(url, extra, rust_log, &[])
+    }
+
+    /// `serve` against the NATS at `url`, with extra environment variables (`OTEL_*`, …).
+    pub fn serve_env(url: &str, extra: &[&str], rust_log: &str, env: &[(&str, &str)]) -> Gateway {
         let files = tempfile::tempdir().unwrap();
         let secret = files.path().join("jwt.secret");
         std::fs::write(&secret, [SECRET, b"\n"].concat()).unwrap();
@@ -189,22 +194,26 @@ impl Gateway {
             keys.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(&args, files, rust_log)
+        Self::spawn(&args, files, rust_log, env)
     }
 
     /// `herald-gateway dev`.
     pub fn dev(extra: &[&str]) -> Gateway {
         let mut args: Vec<String> = vec!["dev".into()];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(&args, tempfile::tempdir().unwrap(), "info")
+        Self::spawn(&args, tempfile::tempdir().unwrap(), "info", &[])
     }
 
-    fn spawn(args: &[String], files: tempfile::TempDir, rust_log: &str) -> Gateway {
+    fn spawn(args: &[String], files: tempfile::TempDir, rust_log: &str, env: &[(&str, &str)]) -> Gateway {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald-gateway"))
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", rust_log)
             .env_remove("HERALD_LISTEN")
+            // Traces only where a test asks for them, whatever the developer's shell exports.
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -216,6 +225,8 @@ impl Gateway {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on http://").nth(1) {
+                    // Text or JSON lines: the address ends at a quote or a space.
+                    let addr = addr.split(['"', ' ']).next().unwrap_or_default();
                     let _ = tx.send(addr.trim().to_owned());
                 }
                 sink.lock().unwrap().push(line);
@@ -262,6 +273,15 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The names of the process's threads.
+    pub fn threads(&self) -> Vec<String> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect()
     }
 
     /// Resident memory of the process, in bytes.
