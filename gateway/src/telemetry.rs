@@ -74,6 +74,8 @@ pub fn init(format: LogFormat) -> Telemetry {
         return Telemetry { provider: None };
     };
 
+    // Checked before the subscriber exists: what it finds is logged once it does.
+    let protocol = PROTOCOL_VARS.iter().find_map(|v| std::env::var(v).ok()).filter(|p| p != "http/protobuf");
     let (provider, problem) = match exporter(&endpoint) {
         Ok(provider) => (Some(provider), None),
         Err(problem) => (None, Some(problem)),
@@ -102,6 +104,9 @@ pub fn init(format: LogFormat) -> Telemetry {
     if tracing_subscriber::registry().with(otel).with(logs).try_init().is_ok() {
         let _ = DISPATCH.set(tracing::dispatcher::get_default(|d| d.downgrade()));
     }
+    if let Some(protocol) = protocol {
+        tracing::warn!(protocol, "OTEL_EXPORTER_OTLP_PROTOCOL is not supported; exporting http/protobuf");
+    }
     match problem {
         None => {
             trace::enable();
@@ -119,11 +124,6 @@ fn exporter(endpoint: &str) -> Result<SdkTracerProvider, String> {
             "the OTLP endpoint {endpoint:?} is not an http:// URL; this gateway exports OTLP/HTTP without TLS, \
              to a collector next to it"
         ));
-    }
-    if let Some(protocol) = PROTOCOL_VARS.iter().find_map(|v| std::env::var(v).ok())
-        && protocol != "http/protobuf"
-    {
-        tracing::warn!(protocol, "OTEL_EXPORTER_OTLP_PROTOCOL is not supported; exporting http/protobuf");
     }
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()

@@ -229,11 +229,10 @@ async fn one_publish_is_one_trace_through_nats_to_every_delivering_gateway() {
     );
     pod_a.ready().await;
     pod_b.ready().await;
-    assert!(
-        pod_b.threads().iter().any(|t| t.starts_with("OpenTelemetry")),
-        "the exporter's thread runs: {:?}",
-        pod_b.threads()
-    );
+    eventually("the exporter's thread runs", Duration::from_secs(10), || async {
+        pod_b.threads().iter().any(|t| t.starts_with("OpenTelemetry"))
+    })
+    .await;
 
     let user_token = token("u1", &[], 600);
     let mut on_b = Sse::with_token(pod_b.addr, &user_token, &[]).await;
