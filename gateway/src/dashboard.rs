@@ -79,6 +79,8 @@ pub struct FleetTotals {
     pub deliveries_per_sec: f64,
     pub slow_closes: u64,
     pub p99_seconds: Option<f64>,
+    /// Deliveries per latency bucket, summed over the pods.
+    pub latency_buckets: Vec<u64>,
     /// Pods connected to NATS, out of `pods`.
     pub nats_connected: usize,
     pub draining: usize,
@@ -91,6 +93,8 @@ pub struct FleetView {
     /// The pod serving this dashboard.
     pub this_pod: String,
     pub interval_ms: u64,
+    /// Upper bounds (seconds) of the latency buckets; the last bucket is above them all.
+    pub latency_bounds: &'static [f64],
     pub fleet: FleetTotals,
     pub pods: Vec<PodView>,
 }
@@ -168,7 +172,14 @@ impl Fleet {
             }
         }
         fleet.p99_seconds = metrics::quantile(0.99, &buckets);
-        FleetView { this_pod: self.this_pod().to_owned(), interval_ms: INTERVAL.as_millis() as u64, fleet, pods: views }
+        fleet.latency_buckets = buckets;
+        FleetView {
+            this_pod: self.this_pod().to_owned(),
+            interval_ms: INTERVAL.as_millis() as u64,
+            latency_bounds: metrics::LATENCY_BUCKETS,
+            fleet,
+            pods: views,
+        }
     }
 
     /// Renders the view and hands it to every open dashboard.
