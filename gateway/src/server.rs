@@ -99,7 +99,8 @@ pub fn run(config: Config) -> std::io::Result<()> {
         }
         let port = server.addrs().first().map_or(0, |a| a.port());
         fleet.set_this_pod(settings.pod_name.clone().unwrap_or_else(|| format!("{}:{port}", hostname())));
-        handle.spawn(dashboard::run(reporting));
+        // On this thread, not the hub's: the hub thread is kept for the dispatcher.
+        actix_web::rt::spawn(dashboard::run(reporting));
         if dev {
             warn_dev_mode(&server.addrs());
         }
