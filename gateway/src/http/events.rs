@@ -142,6 +142,7 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
     permit.attach(outbox.clone());
 
     tracing::debug!(connection = %connection_id, user = %grant.user, channels = channels.len(), "connection opened");
+    state.metrics.opened();
     let session = Session {
         id: connection_id,
         user: grant.user,
@@ -154,7 +155,6 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
         metrics: state.metrics.clone(),
     }
     .start();
-    state.metrics.opened();
     let body = OutboxBody::new(outbox, move || session.do_send(BodyGone));
     Ok(stream_response().body(body))
 }
