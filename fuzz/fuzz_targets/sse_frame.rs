@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
         id: parts.get(3).and_then(|i| EventId::parse(&text(i))),
         from: parts.get(2).map(|f| text(f)),
         trace: None,
+        published_at: None,
     };
     let json_ok = serde_json::from_slice::<serde::de::IgnoredAny>(&delivery.payload).is_ok();
     if delivery.problem().is_some() {

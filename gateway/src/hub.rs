@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broker::{Broker, BrokerError, EventStream, Replay};
 use crate::event::{Delivery, EventId, Target};
+use crate::metrics::Metrics;
 use crate::outbox::{CloseReason, Outbox, Rejected};
 use crate::sse;
 use crate::trace;
@@ -76,20 +77,10 @@ enum Command {
 /// Most events replayed to refill one outage; beyond it, sessions are closed to resume alone.
 const CATCH_UP_MAX: usize = 100_000;
 
-/// Counters the hub keeps for `/stats` and metrics.
-#[derive(Default)]
-pub struct HubCounters {
-    pub events: AtomicU64,
-    pub frames: AtomicU64,
-    pub dropped_invalid: AtomicU64,
-    pub slow_closes: AtomicU64,
-}
-
 /// The per-pod hub. Shared by all HTTP workers.
 pub struct Hub {
     topics: Mutex<HashMap<Target, Arc<Topic>>>,
     commands: mpsc::UnboundedSender<Command>,
-    pub counters: Arc<HubCounters>,
 }
 
 /// Why a session could not join.
@@ -121,9 +112,8 @@ impl Drop for Membership {
 impl Hub {
     /// Creates the hub and starts its dispatcher on `runtime` (single-threaded; the broker's
     /// streams must be fed from it).
-    pub fn start(broker: Arc<dyn Broker>, runtime: &tokio::runtime::Handle) -> Arc<Self> {
+    pub fn start(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, runtime: &tokio::runtime::Handle) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let counters = Arc::new(HubCounters::default());
         let dispatcher = Dispatcher {
             broker,
             commands: rx,
@@ -131,7 +121,7 @@ impl Hub {
             slots: Slab::new(),
             ready: Arc::new(ReadyQueue::default()),
             batch: Vec::new(),
-            counters: counters.clone(),
+            metrics,
             by_target: HashMap::new(),
             watermark: None,
             catching_up: false,
@@ -163,7 +153,7 @@ impl Hub {
                 }
             }
         });
-        Arc::new(Hub { topics: Mutex::new(HashMap::new()), commands: tx, counters })
+        Arc::new(Hub { topics: Mutex::new(HashMap::new()), commands: tx })
     }
 
     /// Subjects this pod is subscribed to.
@@ -276,7 +266,7 @@ struct Dispatcher {
     slots: Slab<Slot>,
     ready: Arc<ReadyQueue>,
     batch: Vec<(usize, Delivery)>,
-    counters: Arc<HubCounters>,
+    metrics: Arc<Metrics>,
     /// The slot of each subscribed target, to route replayed events.
     by_target: HashMap<Target, usize>,
     /// The newest durable event dispatched (or in the history at start).
@@ -394,7 +384,7 @@ impl Dispatcher {
             }
         }
         if let Some(slot) = self.slots.get(index) {
-            fan_out(&slot.topic, &delivery, &self.counters);
+            fan_out(&slot.topic, &delivery, &self.metrics);
         }
     }
 
@@ -467,24 +457,26 @@ impl Future for Dispatcher {
     }
 }
 
-/// Renders `delivery` once and queues the frame on every member of `topic`. While traces are
-/// on, records it as one `deliver` span (per event and pod, never per session).
-fn fan_out(topic: &Topic, delivery: &Delivery, counters: &HubCounters) {
+/// Renders `delivery` once and queues the frame on every member of `topic`. What reaches the
+/// sockets is counted by the outboxes; a push that overflows a queue closes that stream as
+/// `slow`, counted when its session ends. While traces are on, records it as one `deliver` span
+/// (per event and pod, never per session).
+fn fan_out(topic: &Topic, delivery: &Delivery, metrics: &Metrics) {
     if trace::on() {
         let span = trace::deliver_span(delivery.trace.as_deref(), &topic.target, delivery.id.as_ref());
         let _entered = span.enter();
-        let (sent, slow) = fan_out_frames(topic, delivery, counters);
+        let (sent, slow) = fan_out_frames(topic, delivery, metrics);
         trace::record_delivery(&span, sent, slow, delivery.problem());
     } else {
-        fan_out_frames(topic, delivery, counters);
+        fan_out_frames(topic, delivery, metrics);
     }
 }
 
 /// Returns how many sessions got the frame, and how many were cut off as too slow for it.
-fn fan_out_frames(topic: &Topic, delivery: &Delivery, counters: &HubCounters) -> (u64, u64) {
-    counters.events.fetch_add(1, Ordering::Relaxed);
+fn fan_out_frames(topic: &Topic, delivery: &Delivery, metrics: &Metrics) -> (u64, u64) {
+    metrics.received(&topic.target);
     if let Some(reason) = delivery.problem() {
-        counters.dropped_invalid.fetch_add(1, Ordering::Relaxed);
+        metrics.invalid();
         tracing::warn!(target = %topic.target, reason, "dropped an event that is not valid for SSE");
         return (0, 0);
     }
@@ -500,15 +492,13 @@ fn fan_out_frames(topic: &Topic, delivery: &Delivery, counters: &HubCounters) ->
     let mut sent = 0;
     let mut slow = 0;
     for (_, outbox) in members.iter() {
-        match outbox.push(frame.clone(), seq) {
+        match outbox.push_event(frame.clone(), seq, delivery.published_at) {
             Ok(()) => sent += 1,
+            // The outbox closed itself as slow.
             Err(Rejected::Full) => slow += 1,
+            // The stream is ending anyway.
             Err(Rejected::Closed) => {}
         }
-    }
-    counters.frames.fetch_add(sent, Ordering::Relaxed);
-    if slow > 0 {
-        counters.slow_closes.fetch_add(slow, Ordering::Relaxed);
     }
     (sent, slow)
 }

@@ -18,6 +18,7 @@ use bytes::Bytes;
 
 use crate::hub::Membership;
 use crate::limits::Permit;
+use crate::metrics::Metrics;
 use crate::names::Name;
 use crate::outbox::{CloseReason, Outbox};
 use crate::sse;
@@ -41,6 +42,7 @@ pub struct Session {
     pub opened: Instant,
     /// The `connection` span, while traces are on.
     pub span: Option<tracing::Span>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Actor for Session {
@@ -55,7 +57,7 @@ impl Actor for Session {
                 session.outbox.close(CloseReason::Client, None);
                 return ctx.stop();
             }
-            if session.outbox.push_control(Bytes::from_static(sse::HEARTBEAT)).is_err() {
+            if session.outbox.push(Bytes::from_static(sse::HEARTBEAT)).is_err() {
                 ctx.stop();
             }
         });
@@ -74,6 +76,7 @@ impl Actor for Session {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let reason = self.outbox.close_reason().unwrap_or(CloseReason::Client);
+        self.metrics.closed(reason);
         let duration_ms = self.opened.elapsed().as_millis() as u64;
         let totals = self.outbox.totals();
         // Written inside the span, so that a JSON line names the connection's trace.

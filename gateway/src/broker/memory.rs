@@ -111,6 +111,8 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, mut state: State) {
 impl State {
     fn publish(&mut self, targets: Vec<Target>, event: Outgoing) -> Vec<EventId> {
         let now = Instant::now();
+        // As the NATS broker stamps Herald-Published-At, for the delivery latency.
+        let published_at = crate::metrics::unix_nanos();
         let mut ids = Vec::new();
         for target in targets {
             let id = event.durable.then(|| {
@@ -123,6 +125,7 @@ impl State {
                 id,
                 from: None,
                 trace: event.trace.clone().map(Box::new),
+                published_at: Some(published_at),
             };
             if let Some(id) = &delivery.id {
                 ids.push(id.clone());

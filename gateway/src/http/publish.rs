@@ -7,6 +7,8 @@
 //! While traces are on, the request is a `publish` span (a child of the publisher's
 //! `traceparent`, through the JetStream acknowledgement) whose context the event carries.
 
+use std::time::Instant;
+
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -122,21 +124,30 @@ fn payload_too_large(max: usize) -> ApiError {
     )
 }
 
+/// The route: [`handle`], counted by status and timed (`herald_publish_*`).
 pub async fn publish(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    if !trace::on() {
-        return handle(&req, payload, &state, None).await;
-    }
-    let parent = TraceContext::from_headers(|name| req.headers().get(name).and_then(|v| v.to_str().ok()));
-    let span = trace::publish_span(parent.as_ref());
-    let result = handle(&req, payload, &state, Some(&span)).instrument(span.clone()).await;
-    match &result {
-        Ok(res) => trace::record_status(&span, res.status().as_u16(), None),
-        Err(e) => trace::record_status(&span, e.status.as_u16(), Some(e.code)),
-    }
+    let started = Instant::now();
+    let result = if trace::on() {
+        let parent = TraceContext::from_headers(|name| req.headers().get(name).and_then(|v| v.to_str().ok()));
+        let span = trace::publish_span(parent.as_ref());
+        let result = handle(&req, payload, &state, Some(&span)).instrument(span.clone()).await;
+        match &result {
+            Ok(res) => trace::record_status(&span, res.status().as_u16(), None),
+            Err(e) => trace::record_status(&span, e.status.as_u16(), Some(e.code)),
+        }
+        result
+    } else {
+        handle(&req, payload, &state, None).await
+    };
+    let status = match &result {
+        Ok(res) => res.status(),
+        Err(e) => e.status,
+    };
+    state.metrics.published(status.as_u16(), started.elapsed());
     result
 }
 
