@@ -154,6 +154,10 @@ pub struct RunArgs {
     /// Seconds to wait after publishing for the last deliveries.
     #[arg(long, env = "HERALD_LOADTEST_GRACE", default_value_t = 5)]
     pub grace: u64,
+    /// `churn`: seconds to wait for the gateways' connection gauges to return to 0 (a gateway
+    /// notices a closed stream at its next write, at the latest its next heartbeat).
+    #[arg(long, env = "HERALD_LOADTEST_GAUGE_WAIT", default_value_t = 30)]
+    pub gauge_wait: u64,
     /// Reconnect (to the next target, with the last event id) whenever a stream ends.
     #[arg(long, env = "HERALD_LOADTEST_RECONNECT")]
     pub reconnect: bool,

@@ -210,7 +210,9 @@ pub fn finish(args: &RunArgs, result: Result<Value, String>) -> i32 {
             if let Some(o) = printed.as_object_mut() {
                 o.remove("timeline");
             }
-            println!("{}", serde_json::to_string_pretty(&printed).expect("JSON"));
+            use std::io::Write as _;
+            // A closed stdout (`| head`) is not worth a panic.
+            let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&printed).expect("JSON"));
             if let Some(path) = &args.json
                 && let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&summary).expect("JSON"))
             {
@@ -393,7 +395,8 @@ pub async fn coordinate(
 
     // Churn: the gateways' gauges must come back to 0.
     let churn = if scenario == Scenario::Churn && args.sse_url_template.is_none() {
-        Some(wait_gauges_zero(&args.target, Duration::from_secs(args.grace + 10)).await)
+        // A gateway notices a closed stream when a write fails: within one heartbeat interval.
+        Some(wait_gauges_zero(&args.target, Duration::from_secs(args.gauge_wait)).await)
     } else {
         None
     };
