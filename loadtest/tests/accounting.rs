@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -181,4 +182,81 @@ fn bad_flags_are_reported_together_without_running() {
     assert!(stderr.contains("--rate"), "{stderr}");
     assert!(stderr.contains("--allow-remote"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Chromium: `HERALD_CHROMIUM_BIN`, else Debian's (`scripts/test-browser` installs it).
+fn chromium() -> std::path::PathBuf {
+    let bin = std::env::var("HERALD_CHROMIUM_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(std::path::Path::new(&bin).exists(), "{bin} is missing: run ./scripts/test-browser to install chromium");
+    bin.into()
+}
+
+fn headless(profile: &std::path::Path) -> Vec<String> {
+    [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--allow-file-access-from-files",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("--user-data-dir={}", profile.display())])
+    .collect()
+}
+
+#[test]
+fn the_html_report_draws_its_charts_in_a_browser() {
+    let base = start_server();
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("report.html");
+    let json = dir.path().join("report.json");
+    support::loadtest_ok(
+        &[
+            "fanout", "--target", &base, "--sse-url-template", "{target}/sub/{channel}",
+            "--publish-url-template", "{target}/pub/{channel}", "--connections", "5", "--rate", "50",
+            "--duration", "3", "--grace", "1", "--html", &html.display().to_string(), "--json",
+            &json.display().to_string(),
+        ],
+        Duration::from_secs(60),
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(!page.contains("<script src") && !page.contains("<link"), "self-contained");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(summary["timeline"].as_array().unwrap().len() >= 2, "one sample a second: {summary:#}");
+
+    let url = format!("file://{}", html.display());
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(chromium())
+        .args(headless(profile.path()))
+        .args(["--virtual-time-budget=5000", "--dump-dom", &url])
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // The script ran and drew one SVG path per series: p50/p90/p99/max, deliveries, connections.
+    let drawn: usize = dom
+        .split("data-drawn=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the report's script did not run: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(drawn >= 6, "only {drawn} series drawn");
+    let paths = dom.matches("<path d=\"M").count();
+    assert!(paths >= 6, "{paths} SVG paths with data in the DOM");
+    assert!(dom.contains("data-name=\"p99\""), "the p99 line is drawn");
+    assert!(dom.contains("delivered / expected"), "the summary table is filled in");
+
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("loadtest-report.png");
+    let _ = std::fs::remove_file(&shot);
+    let profile = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(chromium())
+        .args(headless(profile.path()))
+        .args(["--virtual-time-budget=5000", "--window-size=1100,1500", &format!("--screenshot={}", shot.display()), &url])
+        .output()
+        .expect("run chromium");
+    assert!(shot.exists(), "no screenshot: {}", String::from_utf8_lossy(&status.stderr));
 }
