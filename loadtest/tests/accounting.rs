@@ -96,8 +96,8 @@ async fn serve(mut sock: TcpStream, subs: Subscribers, held: Held) {
         let frame = format!("id: {seq}\r\nevent: update\r\ndata: {head}\r\ndata: {tail}\r\n\r\n").into_bytes();
         let mut frames = Vec::new();
         match seq % 10 {
-            3 => {}                                          // dropped
-            5 => frames.extend([frame.clone(), frame]),      // sent twice
+            3 => {}                                                         // dropped
+            5 => frames.extend([frame.clone(), frame]),                     // sent twice
             7 => drop(held.lock().unwrap().insert(channel.clone(), frame)), // sent after the next one
             8 => {
                 frames.push(frame);
@@ -126,9 +126,21 @@ fn drops_duplicates_and_reorderings_are_counted_exactly() {
     let base = start_server();
     let s = support::loadtest_ok(
         &[
-            "fanout", "--target", &base, "--sse-url-template", "{target}/sub/{channel}",
-            "--publish-url-template", "{target}/pub/{channel}", "--connections", "5", "--rate", "50",
-            "--duration", "2", "--grace", "1",
+            "fanout",
+            "--target",
+            &base,
+            "--sse-url-template",
+            "{target}/sub/{channel}",
+            "--publish-url-template",
+            "{target}/pub/{channel}",
+            "--connections",
+            "5",
+            "--rate",
+            "50",
+            "--duration",
+            "2",
+            "--grace",
+            "1",
         ],
         Duration::from_secs(60),
     );
@@ -158,9 +170,21 @@ fn targeted_generic_runs_spread_publishes_round_robin() {
     let base = start_server();
     let s = support::loadtest_ok(
         &[
-            "targeted", "--target", &base, "--sse-url-template", "{target}/sub/{channel}",
-            "--publish-url-template", "{target}/pub/{channel}", "--connections", "4", "--rate", "100",
-            "--duration", "2", "--grace", "1",
+            "targeted",
+            "--target",
+            &base,
+            "--sse-url-template",
+            "{target}/sub/{channel}",
+            "--publish-url-template",
+            "{target}/pub/{channel}",
+            "--connections",
+            "4",
+            "--rate",
+            "100",
+            "--duration",
+            "2",
+            "--grace",
+            "1",
         ],
         Duration::from_secs(60),
     );
@@ -217,9 +241,24 @@ fn the_html_report_draws_its_charts_in_a_browser() {
     let json = dir.path().join("report.json");
     support::loadtest_ok(
         &[
-            "fanout", "--target", &base, "--sse-url-template", "{target}/sub/{channel}",
-            "--publish-url-template", "{target}/pub/{channel}", "--connections", "5", "--rate", "50",
-            "--duration", "3", "--grace", "1", "--html", &html.display().to_string(), "--json",
+            "fanout",
+            "--target",
+            &base,
+            "--sse-url-template",
+            "{target}/sub/{channel}",
+            "--publish-url-template",
+            "{target}/pub/{channel}",
+            "--connections",
+            "5",
+            "--rate",
+            "50",
+            "--duration",
+            "3",
+            "--grace",
+            "1",
+            "--html",
+            &html.display().to_string(),
+            "--json",
             &json.display().to_string(),
         ],
         Duration::from_secs(60),
@@ -255,7 +294,12 @@ fn the_html_report_draws_its_charts_in_a_browser() {
     let profile = tempfile::tempdir().unwrap();
     let status = std::process::Command::new(chromium())
         .args(headless(profile.path()))
-        .args(["--virtual-time-budget=5000", "--window-size=1100,1500", &format!("--screenshot={}", shot.display()), &url])
+        .args([
+            "--virtual-time-budget=5000",
+            "--window-size=1100,1500",
+            &format!("--screenshot={}", shot.display()),
+            &url,
+        ])
         .output()
         .expect("run chromium");
     assert!(shot.exists(), "no screenshot: {}", String::from_utf8_lossy(&status.stderr));

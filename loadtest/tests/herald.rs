@@ -26,8 +26,19 @@ fn fanout_through_core_nats_misses_nothing() {
     let gw = Gateway::serve(&nats, &secrets);
     let s = loadtest_ok(
         &[
-            "fanout", "--target", &gw.url(), "--nats-url", &nats.url(), "--jwt-secret-file", &secrets.secret(),
-            "--connections", "40", "--rate", "20", "--duration", "2",
+            "fanout",
+            "--target",
+            &gw.url(),
+            "--nats-url",
+            &nats.url(),
+            "--jwt-secret-file",
+            &secrets.secret(),
+            "--connections",
+            "40",
+            "--rate",
+            "20",
+            "--duration",
+            "2",
         ],
         LIMIT,
     );
@@ -47,8 +58,18 @@ fn targeted_through_http_and_jetstream_misses_nothing() {
     let secrets = Secrets::new();
     let gw = Gateway::serve(&nats, &secrets);
     let base = [
-        "--target", &gw.url(), "--jwt-secret-file", &secrets.secret(), "--publish-keys-file", &secrets.keys(),
-        "--connections", "30", "--rate", "60", "--duration", "2",
+        "--target",
+        &gw.url(),
+        "--jwt-secret-file",
+        &secrets.secret(),
+        "--publish-keys-file",
+        &secrets.keys(),
+        "--connections",
+        "30",
+        "--rate",
+        "60",
+        "--duration",
+        "2",
     ];
     let mut http: Vec<&str> = vec!["targeted", "--publish", "http"];
     http.extend(base);
@@ -72,8 +93,21 @@ fn child_processes_share_the_connections_and_merge_their_histograms() {
     let gw = Gateway::serve(&nats, &secrets);
     let s = loadtest_ok(
         &[
-            "fanout", "--target", &gw.url(), "--nats-url", &nats.url(), "--jwt-secret-file", &secrets.secret(),
-            "--connections", "31", "--rate", "10", "--duration", "2", "--processes", "3",
+            "fanout",
+            "--target",
+            &gw.url(),
+            "--nats-url",
+            &nats.url(),
+            "--jwt-secret-file",
+            &secrets.secret(),
+            "--connections",
+            "31",
+            "--rate",
+            "10",
+            "--duration",
+            "2",
+            "--processes",
+            "3",
         ],
         LIMIT,
     );
@@ -90,8 +124,17 @@ fn churn_brings_the_gateway_gauge_back_to_zero_and_connect_measures_memory() {
     let gw = Gateway::serve(&nats, &secrets);
     let s = loadtest_ok(
         &[
-            "churn", "--target", &gw.url(), "--jwt-secret-file", &secrets.secret(), "--connections", "50",
-            "--cycles", "3", "--duration", "1",
+            "churn",
+            "--target",
+            &gw.url(),
+            "--jwt-secret-file",
+            &secrets.secret(),
+            "--connections",
+            "50",
+            "--cycles",
+            "3",
+            "--duration",
+            "1",
         ],
         LIMIT,
     );
@@ -102,8 +145,17 @@ fn churn_brings_the_gateway_gauge_back_to_zero_and_connect_measures_memory() {
 
     let s = loadtest_ok(
         &[
-            "connect", "--target", &gw.url(), "--jwt-secret-file", &secrets.secret(), "--connections", "200",
-            "--duration", "1", "--gateway-pid", &gw.pid().to_string(),
+            "connect",
+            "--target",
+            &gw.url(),
+            "--jwt-secret-file",
+            &secrets.secret(),
+            "--connections",
+            "200",
+            "--duration",
+            "1",
+            "--gateway-pid",
+            &gw.pid().to_string(),
         ],
         LIMIT,
     );
@@ -123,8 +175,19 @@ fn resume_after_a_killed_gateway_loses_and_repeats_nothing() {
     let json = dir.path().join("resume.json");
     let s = loadtest_ok(
         &[
-            "resume", "--nats-url", &nats.url(), "--gateway-bin", &gateway.display().to_string(),
-            "--connections", "40", "--rate", "100", "--duration", "3", "--json", &json.display().to_string(),
+            "resume",
+            "--nats-url",
+            &nats.url(),
+            "--gateway-bin",
+            &gateway.display().to_string(),
+            "--connections",
+            "40",
+            "--rate",
+            "100",
+            "--duration",
+            "3",
+            "--json",
+            &json.display().to_string(),
         ],
         LIMIT,
     );

@@ -31,7 +31,9 @@ pub fn nats_server_bin() -> PathBuf {
     if local.exists() {
         return local;
     }
-    panic!("nats-server not found: run ./scripts/test (it installs the pinned server into .venv), or set HERALD_TEST_NATS_SERVER");
+    panic!(
+        "nats-server not found: run ./scripts/test (it installs the pinned server into .venv), or set HERALD_TEST_NATS_SERVER"
+    );
 }
 
 /// The gateway binary next to the harness: the one `cargo test --workspace` (or `cargo build`)
