@@ -199,3 +199,47 @@ fn resume_after_a_killed_gateway_loses_and_repeats_nothing() {
     let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     assert!(!file["timeline"].as_array().unwrap().is_empty(), "the file has the per-second timeline");
 }
+
+/// Worker processes killed when the test ends, however it ends.
+struct Workers(Vec<std::process::Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn a_coordinator_drives_workers_over_nats_and_merges_them() {
+    let nats = Nats::start();
+    let secrets = Secrets::new();
+    let gw = Gateway::serve(&nats, &secrets);
+    let workers = Workers(
+        (0..2)
+            .map(|_| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_herald-loadtest"))
+                    .args(["worker", "--nats-url", &nats.url(), "--once", "--idle-exit", "120"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    let s = loadtest_ok(
+        &[
+            "run", "fanout", "--workers", "2", "--worker-wait", "30", "--target", &gw.url(), "--nats-url",
+            &nats.url(), "--jwt-secret-file", &secrets.secret(), "--connections", "25", "--rate", "10",
+            "--duration", "2",
+        ],
+        LIMIT,
+    );
+    assert_complete(&s);
+    assert_eq!(s["client"]["processes"], 2, "{s:#}");
+    assert_eq!(s["connect"]["connected"], 25, "{s:#}");
+    assert_eq!(s["expected"], 25 * 20, "{s:#}");
+    drop(workers);
+}
