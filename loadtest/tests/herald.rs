@@ -231,9 +231,24 @@ fn a_coordinator_drives_workers_over_nats_and_merges_them() {
     );
     let s = loadtest_ok(
         &[
-            "run", "fanout", "--workers", "2", "--worker-wait", "30", "--target", &gw.url(), "--nats-url",
-            &nats.url(), "--jwt-secret-file", &secrets.secret(), "--connections", "25", "--rate", "10",
-            "--duration", "2",
+            "run",
+            "fanout",
+            "--workers",
+            "2",
+            "--worker-wait",
+            "30",
+            "--target",
+            &gw.url(),
+            "--nats-url",
+            &nats.url(),
+            "--jwt-secret-file",
+            &secrets.secret(),
+            "--connections",
+            "25",
+            "--rate",
+            "10",
+            "--duration",
+            "2",
         ],
         LIMIT,
     );
