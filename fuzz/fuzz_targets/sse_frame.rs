@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
         payload: Bytes::copy_from_slice(parts[0]),
         id: parts.get(3).and_then(|i| EventId::parse(&text(i))),
         from: parts.get(2).map(|f| text(f)),
+        published_at: None,
     };
     let json_ok = serde_json::from_slice::<serde::de::IgnoredAny>(&delivery.payload).is_ok();
     if delivery.problem().is_some() {

@@ -130,6 +130,9 @@ pub struct CommonArgs {
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// This gateway's name on the operations dashboard (default: `<hostname>:<port>`).
+    #[arg(long, env = "HERALD_POD_NAME")]
+    pub pod_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -177,6 +180,7 @@ pub struct Settings {
     pub drain: Duration,
     pub workers: usize,
     pub log_format: LogFormat,
+    pub pod_name: Option<String>,
 }
 
 /// How much history is kept for resuming.
@@ -341,6 +345,12 @@ impl Settings {
         if a.drain_secs > 3600 {
             errors.push(format!("--drain-secs must be at most 3600, got {}", a.drain_secs));
         }
+        let pod_name = a.pod_name.as_deref().map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned);
+        if let Some(pod) = &pod_name
+            && (pod.len() > 253 || pod.chars().any(|c| c.is_control() || c.is_whitespace()))
+        {
+            errors.push(format!("--pod-name must be 1..=253 characters without spaces, got {pod:?}"));
+        }
         if let Err(e) = validate_name(&a.subject_prefix) {
             errors.push(format!("--subject-prefix {e}"));
         }
@@ -367,6 +377,7 @@ impl Settings {
             drain: Duration::from_secs(a.drain_secs),
             workers: a.workers,
             log_format: a.log_format,
+            pod_name,
         }
     }
 }
@@ -397,7 +408,7 @@ fn parse_listen(s: &str, errors: &mut Vec<String>) -> Option<SocketAddr> {
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))

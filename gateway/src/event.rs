@@ -124,6 +124,9 @@ pub struct Delivery {
     pub id: Option<EventId>,
     /// The sending user, for events published by clients.
     pub from: Option<String>,
+    /// When the publisher published it (Unix nanoseconds), from `Herald-Published-At`: the
+    /// start of the delivery latency measured at the socket.
+    pub published_at: Option<u64>,
 }
 
 impl Delivery {
@@ -138,6 +141,17 @@ impl Delivery {
         }
         None
     }
+}
+
+/// Reads a `Herald-Published-At` value: Unix nanoseconds, or RFC 3339. `None` when it is
+/// neither (the event is still delivered, just not timed).
+pub fn parse_published_at(value: &str) -> Option<u64> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.parse().ok();
+    }
+    let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(at.unix_timestamp_nanos()).ok()
 }
 
 /// One event as a publisher hands it to a broker: validated, ready to send.
@@ -196,6 +210,16 @@ mod tests {
         assert_eq!(Target::from_subject("herald", SubjectKind::Live, "herald.events.user.u1"), None);
         assert_eq!(Target::from_subject("herald", SubjectKind::Live, "herald.live.user.a..b"), None);
         assert_eq!(Target::from_subject("herald", SubjectKind::Live, "heraldx.live.broadcast"), None);
+    }
+
+    #[test]
+    fn published_at_values() {
+        assert_eq!(parse_published_at("1700000000123456789"), Some(1_700_000_000_123_456_789));
+        assert_eq!(parse_published_at("2023-11-14T22:13:20.5Z"), Some(1_700_000_000_500_000_000));
+        assert_eq!(parse_published_at("2023-11-14T23:13:20+01:00"), Some(1_700_000_000_000_000_000));
+        for bad in ["", "yesterday", "-5", "1e9", "99999999999999999999999", "1969-12-31T23:59:59Z"] {
+            assert_eq!(parse_published_at(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -35,7 +35,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broker::{Broker, BrokerError, EventStream, Replay};
 use crate::event::{Delivery, EventId, Target};
-use crate::outbox::{CloseReason, Outbox, Rejected};
+use crate::metrics::Metrics;
+use crate::outbox::{CloseReason, Outbox};
 use crate::sse;
 
 /// How long a join waits for a new subject's subscription before giving up.
@@ -75,20 +76,10 @@ enum Command {
 /// Most events replayed to refill one outage; beyond it, sessions are closed to resume alone.
 const CATCH_UP_MAX: usize = 100_000;
 
-/// Counters the hub keeps for `/stats` and metrics.
-#[derive(Default)]
-pub struct HubCounters {
-    pub events: AtomicU64,
-    pub frames: AtomicU64,
-    pub dropped_invalid: AtomicU64,
-    pub slow_closes: AtomicU64,
-}
-
 /// The per-pod hub. Shared by all HTTP workers.
 pub struct Hub {
     topics: Mutex<HashMap<Target, Arc<Topic>>>,
     commands: mpsc::UnboundedSender<Command>,
-    pub counters: Arc<HubCounters>,
 }
 
 /// Why a session could not join.
@@ -120,9 +111,8 @@ impl Drop for Membership {
 impl Hub {
     /// Creates the hub and starts its dispatcher on `runtime` (single-threaded; the broker's
     /// streams must be fed from it).
-    pub fn start(broker: Arc<dyn Broker>, runtime: &tokio::runtime::Handle) -> Arc<Self> {
+    pub fn start(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, runtime: &tokio::runtime::Handle) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let counters = Arc::new(HubCounters::default());
         let dispatcher = Dispatcher {
             broker,
             commands: rx,
@@ -130,7 +120,7 @@ impl Hub {
             slots: Slab::new(),
             ready: Arc::new(ReadyQueue::default()),
             batch: Vec::new(),
-            counters: counters.clone(),
+            metrics,
             by_target: HashMap::new(),
             watermark: None,
             catching_up: false,
@@ -162,7 +152,7 @@ impl Hub {
                 }
             }
         });
-        Arc::new(Hub { topics: Mutex::new(HashMap::new()), commands: tx, counters })
+        Arc::new(Hub { topics: Mutex::new(HashMap::new()), commands: tx })
     }
 
     /// Subjects this pod is subscribed to.
@@ -275,7 +265,7 @@ struct Dispatcher {
     slots: Slab<Slot>,
     ready: Arc<ReadyQueue>,
     batch: Vec<(usize, Delivery)>,
-    counters: Arc<HubCounters>,
+    metrics: Arc<Metrics>,
     /// The slot of each subscribed target, to route replayed events.
     by_target: HashMap<Target, usize>,
     /// The newest durable event dispatched (or in the history at start).
@@ -393,7 +383,7 @@ impl Dispatcher {
             }
         }
         if let Some(slot) = self.slots.get(index) {
-            fan_out(&slot.topic, &delivery, &self.counters);
+            fan_out(&slot.topic, &delivery, &self.metrics);
         }
     }
 
@@ -466,11 +456,13 @@ impl Future for Dispatcher {
     }
 }
 
-/// Renders `delivery` once and queues the frame on every member of `topic`.
-fn fan_out(topic: &Topic, delivery: &Delivery, counters: &HubCounters) {
-    counters.events.fetch_add(1, Ordering::Relaxed);
+/// Renders `delivery` once and queues the frame on every member of `topic`. What reaches the
+/// sockets is counted by the outboxes; a push that overflows a queue closes that stream as
+/// `slow`, counted when its session ends.
+fn fan_out(topic: &Topic, delivery: &Delivery, metrics: &Metrics) {
+    metrics.received(&topic.target);
     if let Some(reason) = delivery.problem() {
-        counters.dropped_invalid.fetch_add(1, Ordering::Relaxed);
+        metrics.invalid();
         tracing::warn!(target = %topic.target, reason, "dropped an event that is not valid for SSE");
         return;
     }
@@ -483,15 +475,8 @@ fn fan_out(topic: &Topic, delivery: &Delivery, counters: &HubCounters) {
     );
     let seq = delivery.id.as_ref().map(|id| id.seq);
     let members = topic.members.read();
-    let mut sent = 0;
     for (_, outbox) in members.iter() {
-        match outbox.push(frame.clone(), seq) {
-            Ok(()) => sent += 1,
-            Err(Rejected::Full) => {
-                counters.slow_closes.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(Rejected::Closed) => {}
-        }
+        // Full: the outbox closed itself as slow. Closed: the stream is ending anyway.
+        let _ = outbox.push_event(frame.clone(), seq, delivery.published_at);
     }
-    counters.frames.fetch_add(sent, Ordering::Relaxed);
 }

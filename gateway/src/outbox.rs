@@ -3,6 +3,9 @@
 //! The hub pushes shared frames ([`Bytes`] clones, no copies) without ever waiting: a push either
 //! fits under the byte limit or closes the outbox as `slow`. The body hands everything queued to
 //! the socket as one chunk, so a burst of events costs one write, not one per event.
+//!
+//! The body is also where frames reach the socket, so it counts what was sent and, for live
+//! events stamped at publish, their delivery latency: per chunk, with atomics only (metrics.rs).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -13,6 +16,7 @@ use actix_web::body::{BodySize, MessageBody};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
+use crate::metrics::{Metrics, unix_nanos};
 use crate::peer::PeerSocket;
 
 /// Largest chunk the body hands to the socket at once.
@@ -48,6 +52,32 @@ impl CloseReason {
     }
 }
 
+/// What a queued frame is, for the metrics counted when it reaches the socket: a control frame
+/// (0), a live event without a publish stamp (1), or a live event stamped at that many Unix
+/// nanoseconds. One word per frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tag(u64);
+
+impl Tag {
+    const CONTROL: Tag = Tag(0);
+    const EVENT: Tag = Tag(1);
+
+    fn event(published_at: Option<u64>) -> Tag {
+        match published_at {
+            Some(at) if at > 1 => Tag(at),
+            _ => Tag::EVENT,
+        }
+    }
+
+    fn is_event(self) -> bool {
+        self.0 != 0
+    }
+
+    fn published_at(self) -> Option<u64> {
+        (self.0 > 1).then_some(self.0)
+    }
+}
+
 /// Result of a push that did not queue the frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rejected {
@@ -58,11 +88,11 @@ pub enum Rejected {
 }
 
 struct State {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<(Bytes, Tag)>,
     bytes: usize,
     /// While `Some`, events from the hub wait here with their sequence, until the stream's
     /// opening frames (and a resume's replay) are queued: see [`Outbox::release`].
-    held: Option<Vec<(Option<u64>, Bytes)>>,
+    held: Option<Vec<(Option<u64>, Bytes, Tag)>>,
     /// Set once; frames already queued are still written unless the reason is `Slow`.
     closed: Option<CloseReason>,
     waker: Option<Waker>,
@@ -74,12 +104,13 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     limit: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Outbox {
     /// A queue holding at most `limit` bytes of unsent frames. It starts out holding events
     /// back until [`Outbox::release`] queues the stream's opening frames ahead of them.
-    pub fn new(limit: usize) -> Arc<Self> {
+    pub fn new(limit: usize, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Outbox {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
@@ -90,13 +121,24 @@ impl Outbox {
                 peer: None,
             }),
             limit,
+            metrics,
         })
     }
 
-    /// Queues a frame without blocking; `seq` is the event's sequence for durable events. A
-    /// frame that would overflow the queue closes the outbox as `slow` and drops what was
-    /// queued: the client resumes from its last id.
-    pub fn push(&self, frame: Bytes, seq: Option<u64>) -> Result<(), Rejected> {
+    /// Queues a control frame (a heartbeat) without blocking, as [`Outbox::push_event`] does.
+    pub fn push(&self, frame: Bytes) -> Result<(), Rejected> {
+        self.enqueue(frame, None, Tag::CONTROL)
+    }
+
+    /// Queues a live event's frame without blocking; `seq` is the event's sequence for durable
+    /// events, `published_at` its publish stamp (Unix nanoseconds) when it has one. A frame that
+    /// would overflow the queue closes the outbox as `slow` and drops what was queued: the
+    /// client resumes from its last id.
+    pub fn push_event(&self, frame: Bytes, seq: Option<u64>, published_at: Option<u64>) -> Result<(), Rejected> {
+        self.enqueue(frame, seq, Tag::event(published_at))
+    }
+
+    fn enqueue(&self, frame: Bytes, seq: Option<u64>, tag: Tag) -> Result<(), Rejected> {
         let waker = {
             let mut s = self.state.lock();
             if s.closed.is_some() {
@@ -123,10 +165,10 @@ impl Outbox {
             }
             s.bytes += frame.len();
             if let Some(held) = &mut s.held {
-                held.push((seq, frame));
+                held.push((seq, frame, tag));
                 return Ok(());
             }
-            s.frames.push_back(frame);
+            s.frames.push_back((frame, tag));
             s.waker.take()
         };
         if let Some(w) = waker {
@@ -147,12 +189,12 @@ impl Outbox {
             }
             for frame in opening {
                 s.bytes += frame.len();
-                s.frames.push_back(frame);
+                s.frames.push_back((frame, Tag::CONTROL));
             }
-            for (seq, frame) in held {
+            for (seq, frame, tag) in held {
                 match (seq, replayed_up_to) {
                     (Some(seq), Some(upto)) if seq <= upto => s.bytes -= frame.len(),
-                    _ => s.frames.push_back(frame),
+                    _ => s.frames.push_back((frame, tag)),
                 }
             }
             s.waker.take()
@@ -172,7 +214,7 @@ impl Outbox {
             }
             if let Some(frame) = last {
                 s.bytes += frame.len();
-                s.frames.push_back(frame);
+                s.frames.push_back((frame, Tag::CONTROL));
             }
             s.held = None;
             s.closed = Some(reason);
@@ -205,7 +247,21 @@ impl Outbox {
 
     fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let mut s = self.state.lock();
-        match s.frames.len() {
+        // Metrics of the chunk: live events in it, and a clock read only when one is stamped.
+        let mut events = 0u64;
+        let mut now = 0u64;
+        let mut count = |tag: Tag| {
+            if tag.is_event() {
+                events += 1;
+                if let Some(at) = tag.published_at() {
+                    if now == 0 {
+                        now = unix_nanos();
+                    }
+                    self.metrics.delivered(at, now);
+                }
+            }
+        };
+        let chunk = match s.frames.len() {
             0 => {
                 if s.closed.is_some() {
                     return Poll::Ready(None);
@@ -214,27 +270,32 @@ impl Outbox {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => s.waker = Some(cx.waker().clone()),
                 }
-                Poll::Pending
+                return Poll::Pending;
             }
             1 => {
-                let f = s.frames.pop_front().unwrap_or_default();
+                let (f, tag) = s.frames.pop_front().unwrap_or((Bytes::new(), Tag::CONTROL));
                 s.bytes -= f.len();
-                Poll::Ready(Some(f))
+                count(tag);
+                f
             }
             _ => {
                 let mut chunk = BytesMut::with_capacity(s.bytes.min(MAX_CHUNK));
-                while let Some(f) = s.frames.front() {
+                while let Some((f, tag)) = s.frames.front() {
                     if !chunk.is_empty() && chunk.len() + f.len() > MAX_CHUNK {
                         break;
                     }
                     chunk.extend_from_slice(f);
-                    let len = f.len();
+                    let (len, tag) = (f.len(), *tag);
                     s.frames.pop_front();
                     s.bytes -= len;
+                    count(tag);
                 }
-                Poll::Ready(Some(chunk.freeze()))
+                chunk.freeze()
             }
-        }
+        };
+        drop(s);
+        self.metrics.sent(events, chunk.len() as u64);
+        Poll::Ready(Some(chunk))
     }
 }
 
@@ -280,7 +341,7 @@ mod tests {
     use futures_util::task::noop_waker;
 
     fn open(limit: usize) -> Arc<Outbox> {
-        let ob = Outbox::new(limit);
+        let ob = Outbox::new(limit, Arc::new(Metrics::new()));
         ob.release([], None);
         ob
     }
@@ -294,8 +355,8 @@ mod tests {
     fn coalesces_queued_frames() {
         let ob = open(1024);
         assert_eq!(poll(&ob), Poll::Pending);
-        ob.push(Bytes::from_static(b"a\n\n"), None).unwrap();
-        ob.push(Bytes::from_static(b"b\n\n"), None).unwrap();
+        ob.push_event(Bytes::from_static(b"a\n\n"), None, None).unwrap();
+        ob.push_event(Bytes::from_static(b"b\n\n"), None, None).unwrap();
         assert_eq!(ob.queued_bytes(), 6);
         assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"a\n\nb\n\n"))));
         assert_eq!(ob.queued_bytes(), 0);
@@ -305,24 +366,24 @@ mod tests {
     #[test]
     fn overflow_closes_as_slow_and_drops_the_queue() {
         let ob = open(10);
-        ob.push(Bytes::from_static(b"12345678"), None).unwrap();
-        assert_eq!(ob.push(Bytes::from_static(b"abc"), None), Err(Rejected::Full));
+        ob.push_event(Bytes::from_static(b"12345678"), None, None).unwrap();
+        assert_eq!(ob.push_event(Bytes::from_static(b"abc"), None, None), Err(Rejected::Full));
         assert_eq!(ob.close_reason(), Some(CloseReason::Slow));
-        assert_eq!(ob.push(Bytes::from_static(b"x"), None), Err(Rejected::Closed));
+        assert_eq!(ob.push_event(Bytes::from_static(b"x"), None, None), Err(Rejected::Closed));
         assert_eq!(poll(&ob), Poll::Ready(None));
     }
 
     #[test]
     fn a_single_frame_larger_than_the_limit_still_fits_an_empty_queue() {
         let ob = open(4);
-        ob.push(Bytes::from_static(b"0123456789"), None).unwrap();
+        ob.push_event(Bytes::from_static(b"0123456789"), None, None).unwrap();
         assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"0123456789"))));
     }
 
     #[test]
     fn close_flushes_the_last_frame_then_ends() {
         let ob = open(1024);
-        ob.push(Bytes::from_static(b"e1"), None).unwrap();
+        ob.push_event(Bytes::from_static(b"e1"), None, None).unwrap();
         assert!(ob.close(CloseReason::TokenExpired, Some(Bytes::from_static(b"bye"))));
         assert!(!ob.close(CloseReason::Drain, None));
         assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"e1bye"))));
@@ -331,23 +392,40 @@ mod tests {
 
     #[test]
     fn holds_events_until_released_and_drops_what_the_replay_covered() {
-        let ob = Outbox::new(1024);
-        ob.push(Bytes::from_static(b"[5]"), Some(5)).unwrap();
-        ob.push(Bytes::from_static(b"[e]"), None).unwrap();
-        ob.push(Bytes::from_static(b"[7]"), Some(7)).unwrap();
+        let ob = Outbox::new(1024, Arc::new(Metrics::new()));
+        ob.push_event(Bytes::from_static(b"[5]"), Some(5), None).unwrap();
+        ob.push_event(Bytes::from_static(b"[e]"), None, None).unwrap();
+        ob.push_event(Bytes::from_static(b"[7]"), Some(7), None).unwrap();
         assert_eq!(poll(&ob), Poll::Pending, "nothing is sent while holding");
         ob.release([Bytes::from_static(b"[c]"), Bytes::from_static(b"[r5]"), Bytes::from_static(b"[r6]")], Some(6));
         assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[c][r5][r6][e][7]"))));
         assert_eq!(ob.queued_bytes(), 0);
-        ob.push(Bytes::from_static(b"[8]"), Some(8)).unwrap();
+        ob.push_event(Bytes::from_static(b"[8]"), Some(8), None).unwrap();
         assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[8]"))));
+    }
+
+    #[test]
+    fn sending_counts_events_bytes_and_latency() {
+        let metrics = Arc::new(Metrics::new());
+        let ob = Outbox::new(1024, metrics.clone());
+        ob.push_event(Bytes::from_static(b"[e]"), Some(1), Some(unix_nanos() - 1_500_000)).unwrap();
+        ob.release([Bytes::from_static(b"[c]")], None);
+        ob.push(Bytes::from_static(b": h\n\n")).unwrap();
+        ob.push_event(Bytes::from_static(b"[u]"), None, None).unwrap();
+        assert!(matches!(poll(&ob), Poll::Ready(Some(_))));
+        let text = metrics.render(&Default::default());
+        assert!(text.contains("herald_frames_sent_total 2\n"), "{text}");
+        assert!(text.contains("herald_bytes_sent_total 14\n"), "{text}");
+        assert!(text.contains("herald_delivery_latency_seconds_count 1\n"), "{text}");
+        assert!(text.contains("herald_delivery_latency_seconds_bucket{le=\"0.001\"} 0\n"), "{text}");
+        assert!(text.contains("herald_delivery_latency_seconds_bucket{le=\"0.0025\"} 1\n"), "{text}");
     }
 
     #[test]
     fn chunks_are_bounded() {
         let ob = open(1 << 20);
         for _ in 0..3 {
-            ob.push(Bytes::from(vec![b'x'; MAX_CHUNK / 2]), None).unwrap();
+            ob.push_event(Bytes::from(vec![b'x'; MAX_CHUNK / 2]), None, None).unwrap();
         }
         let Poll::Ready(Some(first)) = poll(&ob) else { panic!() };
         assert_eq!(first.len(), MAX_CHUNK);

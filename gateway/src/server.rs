@@ -9,10 +9,12 @@ use actix_web::{App, HttpServer, web};
 
 use crate::auth::redact_query;
 use crate::broker::{Broker, MemoryBroker, NatsBroker};
-use crate::config::Config;
+use crate::config::{Config, hostname};
+use crate::dashboard::{self, Fleet};
 use crate::http::{self, AppState};
 use crate::hub::Hub;
 use crate::limits::Admission;
+use crate::metrics::Metrics;
 
 /// Runs a gateway until it is stopped.
 pub fn run(config: Config) -> std::io::Result<()> {
@@ -35,7 +37,9 @@ pub fn run(config: Config) -> std::io::Result<()> {
         }
         None => MemoryBroker::start(&handle, config.settings.history),
     };
-    let hub = Hub::start(broker.clone(), &handle);
+    let metrics = Arc::new(Metrics::new());
+    let hub = Hub::start(broker.clone(), metrics.clone(), &handle);
+    let fleet = Fleet::new();
 
     let settings = config.settings.clone();
     let admission = Admission::new(settings.max_connections, settings.max_connections_per_user);
@@ -48,7 +52,16 @@ pub fn run(config: Config) -> std::io::Result<()> {
         settings: settings.clone(),
         instance: format!("{:08x}", rand::random::<u32>()),
         next_connection: AtomicU64::new(0),
+        metrics: metrics.clone(),
+        fleet: fleet.clone(),
     });
+    let reporting = dashboard::Sources {
+        fleet: fleet.clone(),
+        broker: state.broker.clone(),
+        hub: state.hub.clone(),
+        admission: admission.clone(),
+        metrics,
+    };
     let dev = config.dev;
     let listen = config.listen;
 
@@ -84,6 +97,10 @@ pub fn run(config: Config) -> std::io::Result<()> {
         for addr in server.addrs() {
             tracing::info!("listening on http://{addr}");
         }
+        let port = server.addrs().first().map_or(0, |a| a.port());
+        fleet.set_this_pod(settings.pod_name.clone().unwrap_or_else(|| format!("{}:{port}", hostname())));
+        // On this thread, not the hub's: the hub thread is kept for the dispatcher.
+        actix_web::rt::spawn(dashboard::run(reporting));
         if dev {
             warn_dev_mode(&server.addrs());
         }

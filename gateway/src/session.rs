@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 use crate::hub::Membership;
 use crate::limits::Permit;
+use crate::metrics::Metrics;
 use crate::names::Name;
 use crate::outbox::{CloseReason, Outbox};
 use crate::sse;
@@ -35,6 +36,7 @@ pub struct Session {
     /// Unix seconds at which the token expires.
     pub expires_at: Option<u64>,
     pub opened: Instant,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Actor for Session {
@@ -49,7 +51,7 @@ impl Actor for Session {
                 session.outbox.close(CloseReason::Client, None);
                 return ctx.stop();
             }
-            if session.outbox.push(Bytes::from_static(sse::HEARTBEAT), None).is_err() {
+            if session.outbox.push(Bytes::from_static(sse::HEARTBEAT)).is_err() {
                 ctx.stop();
             }
         });
@@ -68,6 +70,7 @@ impl Actor for Session {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let reason = self.outbox.close_reason().unwrap_or(CloseReason::Client);
+        self.metrics.closed(reason);
         tracing::info!(
             connection = %self.id,
             user = %self.user,

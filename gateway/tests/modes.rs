@@ -73,7 +73,10 @@ async fn a_second_sigterm_exits_at_once() {
     let nats = Nats::start();
     let mut gw = Gateway::serve(&nats, &["--drain-secs", "60"]);
     gw.ready().await;
-    let _s = Sse::with_token(gw.addr, &token("d", &[], 600), &[]).await;
+    // Two streams: the drain closes the first at once and the second only after 30 s, so the
+    // gateway is still draining (not already done and gone) when the second signal comes.
+    let _s1 = Sse::with_token(gw.addr, &token("d", &[], 600), &[]).await;
+    let _s2 = Sse::with_token(gw.addr, &token("e", &[], 600), &[]).await;
     gw.signal(libc::SIGTERM);
     eventually("readiness fails at once", Duration::from_secs(2), || async {
         http(gw.addr, "GET", "/readyz", &[], None).await.status == 503

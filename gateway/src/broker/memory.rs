@@ -111,14 +111,21 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, mut state: State) {
 impl State {
     fn publish(&mut self, targets: Vec<Target>, event: Outgoing) -> Vec<EventId> {
         let now = Instant::now();
+        // As the NATS broker stamps Herald-Published-At, for the delivery latency.
+        let published_at = crate::metrics::unix_nanos();
         let mut ids = Vec::new();
         for target in targets {
             let id = event.durable.then(|| {
                 self.seq += 1;
                 EventId { epoch: self.epoch.clone(), seq: self.seq }
             });
-            let delivery =
-                Delivery { event_type: event.event_type.clone(), payload: event.payload.clone(), id, from: None };
+            let delivery = Delivery {
+                event_type: event.event_type.clone(),
+                payload: event.payload.clone(),
+                id,
+                from: None,
+                published_at: Some(published_at),
+            };
             if let Some(id) = &delivery.id {
                 ids.push(id.clone());
                 let history = self.history.entry(target.clone()).or_default();

@@ -10,6 +10,7 @@
 
 use std::pin::Pin;
 
+use bytes::Bytes;
 use futures_util::Stream;
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
@@ -24,6 +25,9 @@ pub use nats::NatsBroker;
 
 /// Live events of one subject.
 pub type EventStream = Pin<Box<dyn Stream<Item = Delivery> + Send>>;
+
+/// The raw stats reports of the fleet's gateways.
+pub type ReportStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
 
 /// Why a broker operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -98,4 +102,15 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the broker is reachable now (drives `/readyz`).
     fn is_connected(&self) -> bool;
+
+    /// Publishes this pod's stats report on `<prefix>.internal.stats.<pod>` for the fleet's
+    /// dashboards (`dashboard.rs`); best effort. Without a shared broker there is no fleet.
+    fn publish_stats(&self, _pod: &str, _report: Bytes) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+
+    /// Every pod's stats reports, this one's included; `None` without a shared broker (dev mode).
+    fn fleet_stats(&self) -> BoxFuture<'static, Result<Option<ReportStream>, BrokerError>> {
+        Box::pin(async { Ok(None) })
+    }
 }

@@ -21,9 +21,9 @@ use futures_util::{FutureExt, StreamExt};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use super::{Broker, BrokerError, EventStream, Replay, ResetReason};
+use super::{Broker, BrokerError, EventStream, Replay, ReportStream, ResetReason};
 use crate::config::HistoryLimits;
-use crate::event::{Delivery, EventId, Outgoing, SubjectKind, Target};
+use crate::event::{Delivery, EventId, Outgoing, SubjectKind, Target, parse_published_at};
 use crate::names::DEFAULT_EVENT_TYPE;
 
 /// Longest wait for the next message of a replay.
@@ -33,6 +33,10 @@ pub const HEADER_TYPE: &str = "Herald-Type";
 pub const HEADER_PUBLISHED_AT: &str = "Herald-Published-At";
 pub const HEADER_FROM: &str = "Herald-From";
 const HEADER_SEQUENCE: &str = "Nats-Sequence";
+
+/// Where each gateway publishes its stats for the fleet's dashboards, under the prefix:
+/// `herald.internal.stats.<pod>`.
+pub const STATS_SUBJECT: &str = "internal.stats";
 
 /// The stream holding every durable event.
 pub const STREAM: &str = "HERALD";
@@ -253,6 +257,7 @@ pub fn delivery_from(msg: Message, epoch: &Arc<str>) -> Delivery {
         event_type: header(headers, HEADER_TYPE).unwrap_or_else(|| DEFAULT_EVENT_TYPE.to_owned()),
         from: header(headers, HEADER_FROM),
         id: seq.map(|seq| EventId { epoch: epoch.clone(), seq }),
+        published_at: header(headers, HEADER_PUBLISHED_AT).as_deref().and_then(parse_published_at),
         payload: msg.payload,
     }
 }
@@ -392,6 +397,7 @@ impl Broker for NatsBroker {
                             event_type: header(headers, HEADER_TYPE).unwrap_or_else(|| DEFAULT_EVENT_TYPE.to_owned()),
                             from: header(headers, HEADER_FROM),
                             id: Some(EventId { epoch: current.clone(), seq }),
+                            published_at: header(headers, HEADER_PUBLISHED_AT).as_deref().and_then(parse_published_at),
                             payload: msg.payload.clone(),
                         },
                     ));
@@ -421,6 +427,27 @@ impl Broker for NatsBroker {
 
     fn reconnects(&self) -> Option<watch::Receiver<u64>> {
         self.jetstream.as_ref().map(|_| self.connects.clone())
+    }
+
+    fn publish_stats(&self, pod: &str, report: Bytes) -> BoxFuture<'static, ()> {
+        let client = self.client.clone();
+        let subject = format!("{}.{STATS_SUBJECT}.{}", self.prefix, crate::dashboard::subject_token(pod));
+        async move {
+            if let Err(e) = client.publish(subject, report).await {
+                tracing::debug!(error = %e, "cannot publish the stats report");
+            }
+        }
+        .boxed()
+    }
+
+    fn fleet_stats(&self) -> BoxFuture<'static, Result<Option<ReportStream>, BrokerError>> {
+        let client = self.client.clone();
+        let subject = format!("{}.{STATS_SUBJECT}.*", self.prefix);
+        async move {
+            let sub = client.subscribe(subject).await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            Ok(Some(Box::pin(sub.map(|msg| msg.payload)) as ReportStream))
+        }
+        .boxed()
     }
 
     fn is_connected(&self) -> bool {

@@ -22,8 +22,9 @@ use bytes::Bytes;
 use crate::broker::{BrokerError, Replay, ResetReason};
 use crate::event::{EventId, Target};
 use crate::limits::Refusal;
+use crate::metrics::ResumeResult;
 use crate::names::Name;
-use crate::outbox::{Outbox, OutboxBody};
+use crate::outbox::{CloseReason, Outbox, OutboxBody};
 use crate::peer::PeerSocket;
 use crate::session::{BodyGone, Session};
 use crate::sse;
@@ -68,7 +69,10 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
 
     let mut permit = match state.admission.admit(&grant.user) {
         Ok(permit) => permit,
-        Err(Refusal::Capacity) => return Ok(come_back_later(state.settings.retry_ms)),
+        Err(Refusal::Capacity) => {
+            let reason = if state.admission.draining() { CloseReason::Drain } else { CloseReason::Overload };
+            return Ok(refused_for_now(&state, reason));
+        }
         Err(Refusal::PerUser(max)) => {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -87,7 +91,7 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
     let connection_id = format!("{}-{n}", state.instance);
     // Events are held in the outbox until the membership is live and `connected` is queued
     // ahead of them.
-    let outbox = Outbox::new(state.settings.client_queue_bytes);
+    let outbox = Outbox::new(state.settings.client_queue_bytes, state.metrics.clone());
     outbox.set_peer(req.conn_data::<PeerSocket>().copied());
     let membership = state.hub.join(&targets, &outbox).await.map_err(|e| {
         tracing::warn!(error = %e, "could not subscribe a new stream");
@@ -106,10 +110,16 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
             Err(e) => {
                 // Can't read the history now: come back later rather than skip events.
                 tracing::warn!(error = %e, "replay failed");
-                return Ok(come_back_later(state.settings.retry_ms));
+                state.metrics.resumed(ResumeResult::Failed, 0);
+                return Ok(refused_for_now(&state, CloseReason::Error));
             }
         },
     };
+    match &resume {
+        Resume::Fresh => {}
+        Resume::Reset(reason, _) => state.metrics.resumed(ResumeResult::Reset(*reason), 0),
+        Resume::Replayed { frames, .. } => state.metrics.resumed(ResumeResult::Replayed, frames.len()),
+    }
     let connected = Connected {
         connection_id: &connection_id,
         user: grant.user.as_str(),
@@ -132,6 +142,7 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
     permit.attach(outbox.clone());
 
     tracing::debug!(connection = %connection_id, user = %grant.user, channels = channels.len(), "connection opened");
+    state.metrics.opened();
     let session = Session {
         id: connection_id,
         user: grant.user,
@@ -141,6 +152,7 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
         heartbeat: state.settings.heartbeat,
         expires_at: grant.expires_at,
         opened: Instant::now(),
+        metrics: state.metrics.clone(),
     }
     .start();
     let body = OutboxBody::new(outbox, move || session.do_send(BodyGone));
@@ -235,12 +247,19 @@ pub fn authorize_channels(requested: &[String], grant: &Grant, max: usize) -> Re
 }
 
 /// The headers every stream carries.
-fn stream_response() -> actix_web::HttpResponseBuilder {
+pub(crate) fn stream_response() -> actix_web::HttpResponseBuilder {
     let mut res = HttpResponse::Ok();
     res.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")))
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform")))
         .insert_header(("X-Accel-Buffering", HeaderValue::from_static("no")));
     res
+}
+
+/// [`come_back_later`], counted as a stream that opened and closed at once for `reason`.
+fn refused_for_now(state: &AppState, reason: CloseReason) -> HttpResponse {
+    state.metrics.opened();
+    state.metrics.closed(reason);
+    come_back_later(state.settings.retry_ms)
 }
 
 /// 200 with a jittered `retry:` and an immediate end: EventSource reconnects after the delay,

@@ -1,4 +1,5 @@
-//! HTTP routes: the SSE stream, the publish API, health and stats, and the dev page.
+//! HTTP routes: the SSE stream, the publish API, health, stats and metrics, the operations
+//! dashboard, and the dev page.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -10,12 +11,16 @@ use serde::Serialize;
 
 use crate::broker::Broker;
 use crate::config::{ClientAuth, PublishAuth, Settings};
+use crate::dashboard::Fleet;
 use crate::hub::Hub;
 use crate::limits::Admission;
+use crate::metrics::Metrics;
 
+pub mod dashboard;
 pub mod dev;
 pub mod events;
 pub mod health;
+pub mod metrics;
 pub mod publish;
 
 /// Shared by every worker.
@@ -29,6 +34,9 @@ pub struct AppState {
     /// Random per-process prefix of connection ids.
     pub instance: String,
     pub next_connection: AtomicU64,
+    pub metrics: Arc<Metrics>,
+    /// The fleet's stats, for `/dashboard`.
+    pub fleet: Arc<Fleet>,
 }
 
 /// Registers every route.
@@ -37,7 +45,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, dev: bool) {
         .route("/v1/publish", web::post().to(publish::publish))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
-        .route("/stats", web::get().to(health::stats));
+        .route("/stats", web::get().to(health::stats))
+        .route("/metrics", web::get().to(metrics::metrics))
+        .route("/dashboard", web::get().to(dashboard::page))
+        .route("/dashboard/stream", web::get().to(dashboard::stream));
     if dev {
         cfg.route("/", web::get().to(dev::index)).route("/client/{name}", web::get().to(dev::client_module));
     }

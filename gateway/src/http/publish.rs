@@ -4,6 +4,8 @@
 //! "broadcast":false,"durable":true}` → `200 {"ids":[…]}`. Every field is checked; nothing is
 //! published unless the whole request is valid.
 
+use std::time::Instant;
+
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -116,11 +118,23 @@ fn payload_too_large(max: usize) -> ApiError {
     )
 }
 
+/// The route: [`handle`], counted by status and timed (`herald_publish_*`).
 pub async fn publish(
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let result = handle(&req, payload, &state).await;
+    let status = match &result {
+        Ok(res) => res.status(),
+        Err(e) => e.status,
+    };
+    state.metrics.published(status.as_u16(), started.elapsed());
+    result
+}
+
+async fn handle(req: &HttpRequest, mut payload: web::Payload, state: &AppState) -> Result<HttpResponse, ApiError> {
     match &state.publish_auth {
         PublishAuth::Open => {}
         PublishAuth::Disabled => {
