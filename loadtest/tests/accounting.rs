@@ -208,10 +208,10 @@ fn bad_flags_are_reported_together_without_running() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// Chromium: `HERALD_CHROMIUM_BIN`, else Debian's (`scripts/test-browser` installs it).
+/// Chromium: `HERALD_CHROMIUM_BIN`, else Debian's (`scripts/ensure-chromium` installs it).
 fn chromium() -> std::path::PathBuf {
     let bin = std::env::var("HERALD_CHROMIUM_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(std::path::Path::new(&bin).exists(), "{bin} is missing: run ./scripts/test-browser to install chromium");
+    assert!(std::path::Path::new(&bin).exists(), "{bin} is missing: run ./scripts/ensure-chromium to install it");
     bin.into()
 }
 
