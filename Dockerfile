@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
-# The Herald image: both binaries, herald-gateway (the entrypoint) and herald-operator (the Helm
-# chart's operator Deployment sets `command: [herald-operator]`).
+# The Herald image: herald-gateway (the entrypoint), herald-operator (the Helm chart's operator
+# Deployment sets `command: [herald-operator]`) and herald-loadtest (the chart's optional
+# load-test Jobs set `command: [herald-loadtest]`).
 #
 #   docker build -t ghcr.io/herald-push/herald:0.1.0 .
 #
@@ -14,14 +15,14 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin herald-gateway --bin herald-operator \
+    cargo build --release --locked --bin herald-gateway --bin herald-operator --bin herald-loadtest \
  && mkdir -p /out \
- && cp target/release/herald-gateway target/release/herald-operator /out/
+ && cp target/release/herald-gateway target/release/herald-operator target/release/herald-loadtest /out/
 
 # ---- runtime -------------------------------------------------------------------------------
 # Debian 12 with glibc and libgcc, no shell, no package manager; user 65532 (nonroot).
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /out/herald-gateway /out/herald-operator /usr/local/bin/
+COPY --from=build /out/herald-gateway /out/herald-operator /out/herald-loadtest /usr/local/bin/
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 65532:65532
 EXPOSE 8080 9090

@@ -467,7 +467,7 @@ def test_dockerfile_builds_what_the_chart_runs():
 
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "--release --locked" in dockerfile
-    for binary in ("herald-gateway", "herald-operator"):
+    for binary in ("herald-gateway", "herald-operator", "herald-loadtest"):
         assert f"--bin {binary}" in dockerfile
     assert 'ENTRYPOINT ["herald-gateway"]' in dockerfile  # the gateway and test pods rely on it
     assert "\nUSER 65532:65532\n" in dockerfile

@@ -1,0 +1,721 @@
+//! The coordinator: splits a run into shares, drives them through the scenario's phases
+//! (connect, publish, kill, stop), merges their counters and histograms, and builds the summary.
+//!
+//! Shares are reached through [`Links`]: in-process (one share, the default), child processes of
+//! this executable (`--processes`, JSON lines over stdin/stdout), or workers over NATS
+//! (`run`/`worker`, see [`crate::dist`]). Every phase has a deadline, so a run always ends.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::cli::{By, RunArgs, via_name};
+use crate::gateways::LocalGateways;
+use crate::payload;
+use crate::proto::{Counters, FromShare, Hist, Job, Scenario, ShareReport, ToShare};
+use crate::publish::{self, HttpPublish, Plan, Publisher, Via};
+
+/// The coordinator's ends of its shares' channels.
+pub struct Links {
+    pub to: Vec<mpsc::UnboundedSender<ToShare>>,
+    pub from: mpsc::UnboundedReceiver<FromShare>,
+    /// Reported by the links themselves (child process exits, worker identities).
+    pub processes: usize,
+}
+
+impl Links {
+    fn send_all(&self, msg: impl Fn() -> ToShare) {
+        for t in &self.to {
+            let _ = t.send(msg());
+        }
+    }
+}
+
+/// Splits the run into `shares` jobs.
+pub fn jobs(args: &RunArgs, scenario: Scenario, targets: &[String], shares: usize, run_id: &str) -> Vec<Job> {
+    let n = args.connections;
+    let shares = shares.max(1) as u64;
+    let generic = args.sse_url_template.is_some();
+    let sse_template = match &args.sse_url_template {
+        Some(t) => t.clone(),
+        None if args.fanout(scenario) || args.by == By::Channel => "{target}/events?channels={channel}".into(),
+        None => "{target}/events".into(),
+    };
+    let mut first = 0;
+    (0..shares)
+        .map(|s| {
+            let count = n / shares + u64::from(s < n % shares);
+            let job = Job {
+                run_id: run_id.to_owned(),
+                scenario,
+                share: s as usize,
+                first,
+                count,
+                total: n,
+                targets: targets.iter().map(|t| t.trim_end_matches('/').to_owned()).collect(),
+                sse_template: sse_template.clone(),
+                herald: !generic,
+                jwt_secret_file: args.jwt_secret_file.clone(),
+                fanout: args.fanout(scenario),
+                channel: args.channel.clone(),
+                prefix: args.prefix.clone(),
+                connect_concurrency: args.connect_concurrency,
+                connect_rate: args.connect_rate / shares as f64,
+                connect_timeout_secs: args.connect_timeout,
+                reconnect: args.reconnect || scenario == Scenario::Resume,
+                start_on_first: scenario == Scenario::Resume,
+                cycles: args.cycles,
+                grace_secs: args.grace,
+            };
+            first += count;
+            job
+        })
+        .collect()
+}
+
+/// One share in this process.
+pub fn in_process(job: Job) -> Links {
+    let (to_tx, to_rx) = mpsc::unbounded_channel();
+    let (from_tx, from_rx) = mpsc::unbounded_channel();
+    tokio::task::spawn_local(crate::share::run(job, to_rx, from_tx));
+    Links { to: vec![to_tx], from: from_rx, processes: 1 }
+}
+
+/// One child process per job, running `herald-loadtest share`.
+pub fn child_processes(jobs: Vec<Job>) -> Result<Links, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let (from_tx, from_rx) = mpsc::unbounded_channel();
+    let mut to = Vec::new();
+    let processes = jobs.len();
+    for job in jobs {
+        let share = job.share;
+        let mut child = tokio::process::Command::new(&exe)
+            .arg("share")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start a share process: {e}"))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, mut rx) = mpsc::unbounded_channel::<ToShare>();
+        let first = serde_json::to_string(&job).expect("jobs serialize");
+        tokio::task::spawn_local(async move {
+            let _ = stdin.write_all(format!("{first}\n").as_bytes()).await;
+            while let Some(msg) = rx.recv().await {
+                let line = serde_json::to_string(&msg).expect("messages serialize");
+                if stdin.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            // The coordinator is done with this share: wait for it to exit (bounded).
+            let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+        });
+        let from = from_tx.clone();
+        tokio::task::spawn_local(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<FromShare>(&line) {
+                    Ok(msg) => {
+                        let _ = from.send(msg);
+                    }
+                    Err(e) => {
+                        let _ = from.send(FromShare::Failed { share, message: format!("bad report line: {e}") });
+                    }
+                }
+            }
+            let _ = from.send(FromShare::Failed { share, message: "share process exited".into() });
+        });
+        to.push(tx);
+    }
+    Ok(Links { to, from: from_rx, processes })
+}
+
+/// `herald-loadtest share`: one job from stdin, reports to stdout.
+pub async fn share_main() -> i32 {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let job: Job = match lines.next_line().await {
+        Ok(Some(l)) => match serde_json::from_str(&l) {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("herald-loadtest share: bad job: {e}");
+                return 2;
+            }
+        },
+        _ => return 2,
+    };
+    crate::sys::raise_nofile();
+    let (to_tx, to_rx) = mpsc::unbounded_channel();
+    let (from_tx, mut from_rx) = mpsc::unbounded_channel();
+    tokio::task::spawn_local(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if let Ok(msg) = serde_json::from_str::<ToShare>(&l) {
+                let _ = to_tx.send(msg);
+            }
+        }
+        // stdin closed: the coordinator is gone; dropping to_tx ends the share.
+    });
+    tokio::task::spawn_local(crate::share::run(job, to_rx, from_tx));
+    let mut out = tokio::io::stdout();
+    while let Some(msg) = from_rx.recv().await {
+        let done = matches!(msg, FromShare::Done { .. } | FromShare::Failed { .. });
+        let line = serde_json::to_string(&msg).expect("messages serialize");
+        if out.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+            return 1;
+        }
+        let _ = out.flush().await;
+        if done {
+            return 0;
+        }
+    }
+    0
+}
+
+/// Runs a scenario from the command line: checks flags, runs, prints and writes the reports.
+pub async fn command(scenario: Scenario, args: RunArgs) -> i32 {
+    let problems = args.problems(scenario);
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("herald-loadtest: {p}");
+        }
+        return 2;
+    }
+    let nofile = crate::sys::raise_nofile();
+    let per_process = args.connections.div_ceil(args.processes as u64);
+    if nofile > 0 && per_process + 64 > nofile {
+        eprintln!(
+            "herald-loadtest: {per_process} connections per process exceed the open-file limit {nofile}; use --processes {}",
+            args.connections.div_ceil(nofile.saturating_sub(64).max(1))
+        );
+        return 2;
+    }
+    let result = run_local(scenario, &args).await;
+    finish(&args, result)
+}
+
+/// Prints the summary and writes the files; the exit code.
+pub fn finish(args: &RunArgs, result: Result<Value, String>) -> i32 {
+    match result {
+        Ok(summary) => {
+            let mut printed = summary.clone();
+            if let Some(o) = printed.as_object_mut() {
+                o.remove("timeline");
+            }
+            use std::io::Write as _;
+            // A closed stdout (`| head`) is not worth a panic.
+            let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&printed).expect("JSON"));
+            if let Some(path) = &args.json
+                && let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&summary).expect("JSON"))
+            {
+                eprintln!("herald-loadtest: cannot write {}: {e}", path.display());
+                return 1;
+            }
+            if let Some(path) = &args.html
+                && let Err(e) = std::fs::write(path, crate::report::html(&summary))
+            {
+                eprintln!("herald-loadtest: cannot write {}: {e}", path.display());
+                return 1;
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("herald-loadtest: {e}");
+            1
+        }
+    }
+}
+
+async fn run_local(scenario: Scenario, args: &RunArgs) -> Result<Value, String> {
+    let mut args = args.clone();
+    let mut gateways = None;
+    if scenario == Scenario::Resume {
+        let g = LocalGateways::start(&args).await?;
+        args.target = g.urls();
+        args.jwt_secret_file = Some(g.secret_file.clone());
+        if args.publish_keys_file.is_none() {
+            args.publish_keys_file = Some(g.keys_file.clone());
+        }
+        gateways = Some(g);
+    }
+    let run_id = format!("{:x}", payload::now_ns());
+    let jobs = jobs(&args, scenario, &args.target, args.processes, &run_id);
+    let links = if args.processes <= 1 {
+        in_process(jobs.into_iter().next().expect("one job"))
+    } else {
+        child_processes(jobs)?
+    };
+    coordinate(scenario, &args, links, gateways).await
+}
+
+/// Gateway memory, when a local gateway process is known.
+fn gateway_pid(args: &RunArgs, gateways: &Option<LocalGateways>) -> Option<u32> {
+    if let Some(g) = gateways {
+        return g.pids().first().copied();
+    }
+    if args.gateway_pid.is_some() {
+        return args.gateway_pid;
+    }
+    let t = crate::http::Target::parse(args.target.first()?).ok()?;
+    crate::sys::pid_listening_on(t.port)
+}
+
+struct Second {
+    connections: u64,
+    deliveries: u64,
+    latency: Hist,
+    rss: Option<u64>,
+}
+
+/// Drives the shares through the scenario and merges what they report.
+pub async fn coordinate(
+    scenario: Scenario,
+    args: &RunArgs,
+    mut links: Links,
+    mut gateways: Option<LocalGateways>,
+) -> Result<Value, String> {
+    let shares = links.to.len();
+    let progress = !args.quiet && std::io::stderr().is_terminal();
+    let gw_pid = gateway_pid(args, &gateways);
+    let rss_before = gw_pid.and_then(crate::sys::rss_bytes);
+    let started_ms = payload::now_ns() / 1_000_000;
+    let cpu0 = crate::sys::cpu_time();
+    let wall0 = Instant::now();
+    let mut timeline: BTreeMap<u64, Second> = BTreeMap::new();
+    let mut reports: Vec<Option<ShareReport>> = (0..shares).map(|_| None).collect();
+    let mut ready = 0usize;
+    let mut failures = Vec::new();
+    let mut state = Collect { timeline: &mut timeline, started_ms, gw_pid, progress, live_latency: Hist::default() };
+
+    // Phase 1: every share has attempted every connection.
+    let connect_deadline = Instant::now()
+        + Duration::from_secs(args.connect_timeout + 120)
+        + Duration::from_secs_f64(if args.connect_rate > 0.0 {
+            args.connections as f64 * args.cycles.max(1) as f64 / args.connect_rate
+        } else {
+            0.0
+        });
+    while ready < shares {
+        let msg = tokio::time::timeout_at(connect_deadline.into(), links.from.recv())
+            .await
+            .map_err(|_| "timed out waiting for the connections to open".to_string())?
+            .ok_or("every share went away")?;
+        match msg {
+            FromShare::Ready { .. } => ready += 1,
+            FromShare::Failed { share, message } => return Err(format!("share {share}: {message}")),
+            other => state.absorb(other, &mut reports),
+        }
+    }
+    let connected_ms = payload::now_ns() / 1_000_000;
+    let rss_connected = gw_pid.and_then(crate::sys::rss_bytes);
+
+    // Phase 2: publish (or hold).
+    let mut published = publish::Published::default();
+    let mut kill_info = None;
+    let hold = Duration::from_secs(args.duration);
+    if scenario.delivers() {
+        let via = args.via(scenario);
+        let plan = Plan {
+            fanout: args.fanout(scenario),
+            total: args.connections,
+            channel: args.channel.clone(),
+            prefix: args.prefix.clone(),
+            by_user: args.by == By::User,
+        };
+        let counters = publish::Counters { sent: Rc::new(Cell::new(0)), errors: Rc::new(Cell::new(0)) };
+        let publisher = make_publisher(args, via, &plan, &counters).await?;
+        let sent = counters.sent.clone();
+        let run = publisher.run(&plan, args.rate, hold, &counters);
+        tokio::pin!(run);
+        let kill_at = (scenario == Scenario::Resume)
+            .then(|| Instant::now() + Duration::from_secs_f64(args.kill_after.unwrap_or(args.duration as f64 / 2.0)));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                p = &mut run => { published = p; break; }
+                Some(msg) = links.from.recv() => {
+                    if let FromShare::Failed { share, message } = &msg {
+                        failures.push(format!("share {share}: {message}"));
+                    }
+                    state.absorb(msg, &mut reports);
+                }
+                _ = tokio::time::sleep_until(kill_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)).into()), if kill_at.is_some() && kill_info.is_none() => {
+                    let g = gateways.as_mut().expect("resume has gateways");
+                    g.kill_first();
+                    let at = payload::now_ns();
+                    let p = sent.get();
+                    kill_info = Some((p, at));
+                    links.send_all(|| ToShare::Killed { published: p, unix_ns: at });
+                }
+                _ = tick.tick() => state.print_progress(),
+            }
+        }
+    } else if scenario == Scenario::Connect {
+        let end = Instant::now() + hold;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        while Instant::now() < end {
+            tokio::select! {
+                Some(msg) = links.from.recv() => state.absorb(msg, &mut reports),
+                _ = tokio::time::sleep_until(end.into()) => {}
+                _ = tick.tick() => state.print_progress(),
+            }
+        }
+    }
+    let rss_end = gw_pid.and_then(crate::sys::rss_bytes);
+
+    // Phase 3: stop; every share reports.
+    let p = published.published;
+    links.send_all(|| ToShare::Stop { published: p });
+    let stop_deadline = Instant::now() + Duration::from_secs(args.grace + 60);
+    while reports.iter().any(Option::is_none) {
+        match tokio::time::timeout_at(stop_deadline.into(), links.from.recv()).await {
+            Ok(Some(FromShare::Failed { share, message })) => {
+                if reports[share].is_none() {
+                    failures.push(format!("share {share}: {message}"));
+                    return Err(failures.join("; "));
+                }
+            }
+            Ok(Some(msg)) => state.absorb(msg, &mut reports),
+            Ok(None) => return Err("every share went away".into()),
+            Err(_) => return Err("timed out waiting for the shares' reports".into()),
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    let reports: Vec<ShareReport> = reports.into_iter().map(|r| r.expect("all reported")).collect();
+
+    // Churn: the gateways' gauges must come back to 0.
+    let churn = if scenario == Scenario::Churn && args.sse_url_template.is_none() {
+        // A gateway notices a closed stream when a write fails: within one heartbeat interval.
+        Some(wait_gauges_zero(&args.target, Duration::from_secs(args.gauge_wait)).await)
+    } else {
+        None
+    };
+    if let Some(g) = gateways.as_mut() {
+        g.stop_all();
+    }
+    let cpu_self = (crate::sys::cpu_time() - cpu0).as_secs_f64();
+    let wall = wall0.elapsed().as_secs_f64();
+    Ok(summary(SummaryIn {
+        scenario,
+        args,
+        links_processes: links.processes,
+        reports: &reports,
+        published: &published,
+        timeline: &timeline,
+        started_ms,
+        connected_ms,
+        rss: (gw_pid, rss_before, rss_connected, rss_end),
+        churn,
+        kill_info,
+        cpu_self,
+        wall,
+    }))
+}
+
+struct Collect<'a> {
+    timeline: &'a mut BTreeMap<u64, Second>,
+    started_ms: u64,
+    gw_pid: Option<u32>,
+    progress: bool,
+    live_latency: Hist,
+}
+
+impl Collect<'_> {
+    fn absorb(&mut self, msg: FromShare, reports: &mut [Option<ShareReport>]) {
+        match msg {
+            FromShare::Sample { unix_ms, connections, deliveries, latency, .. } => {
+                let sec = unix_ms.saturating_sub(self.started_ms) / 1000;
+                let rss = self.gw_pid.and_then(crate::sys::rss_bytes);
+                let s = self.timeline.entry(sec).or_insert_with(|| Second {
+                    connections: 0,
+                    deliveries: 0,
+                    latency: Hist::default(),
+                    rss,
+                });
+                s.connections += connections;
+                s.deliveries += deliveries;
+                s.latency.merge(&latency);
+                self.live_latency.merge(&latency);
+            }
+            FromShare::Done { share, report } => {
+                if let Some(slot) = reports.get_mut(share) {
+                    *slot = Some(*report);
+                }
+            }
+            FromShare::Ready { .. } | FromShare::Failed { .. } => {}
+        }
+    }
+
+    fn print_progress(&self) {
+        if !self.progress {
+            return;
+        }
+        // The last complete second.
+        let Some((sec, s)) = self.timeline.iter().rev().nth(1).or_else(|| self.timeline.iter().next_back()) else {
+            return;
+        };
+        let p99 = if self.live_latency.0.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.1} ms", self.live_latency.0.value_at_quantile(0.99) as f64 / 1000.0)
+        };
+        eprint!(
+            "\r\x1b[2K[{sec:>5}s] connections {:>7}  deliveries/s {:>9}  p99 so far {p99}",
+            s.connections, s.deliveries
+        );
+    }
+}
+
+async fn make_publisher(
+    args: &RunArgs,
+    via: Via,
+    plan: &Plan,
+    counters: &publish::Counters,
+) -> Result<Publisher, String> {
+    match via {
+        Via::Nats | Via::Jetstream => {
+            Publisher::nats(args.nats_url.as_deref().unwrap_or_default(), &args.subject_prefix, via == Via::Jetstream)
+                .await
+        }
+        Via::Http => {
+            let key = match &args.publish_keys_file {
+                Some(path) => Some(first_key(path)?),
+                None => None,
+            };
+            let headers = args
+                .publish_header
+                .iter()
+                .filter_map(|h| h.split_once(':'))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect();
+            let cfg = HttpPublish {
+                herald: args.sse_url_template.is_none(),
+                targets: args.target.iter().map(|t| t.trim_end_matches('/').to_owned()).collect(),
+                key,
+                durable: args.durable,
+                url_template: args.publish_url_template.clone().unwrap_or_default(),
+                body_template: args.publish_body_template.clone(),
+                method: args.publish_method.clone(),
+                headers,
+                lanes: args.publish_concurrency,
+            };
+            Ok(Publisher::http(cfg, plan.clone(), counters))
+        }
+    }
+}
+
+/// The secret of the first `name:secret` line of a publisher keys file.
+fn first_key(path: &PathBuf) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the publish keys file {}: {e}", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .find_map(|l| l.split_once(':').map(|(_, s)| s.trim().to_owned()))
+        .ok_or_else(|| format!("{} holds no `name:secret` line", path.display()))
+}
+
+async fn wait_gauges_zero(targets: &[String], wait: Duration) -> Value {
+    let start = Instant::now();
+    let mut last = Vec::new();
+    loop {
+        last.clear();
+        for t in targets {
+            let n = match crate::http::get(&format!("{}/stats", t.trim_end_matches('/')), Duration::from_secs(5)).await
+            {
+                Ok((200, body)) => serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["connections"].as_u64()),
+                _ => None,
+            };
+            last.push(n);
+        }
+        let zero = last.iter().all(|n| *n == Some(0));
+        if zero || start.elapsed() > wait {
+            return json!({
+                "gauge_returned_to_zero": zero,
+                "gauge_after": last,
+                "zero_after_ms": zero.then(|| start.elapsed().as_millis() as u64),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct SummaryIn<'a> {
+    scenario: Scenario,
+    args: &'a RunArgs,
+    links_processes: usize,
+    reports: &'a [ShareReport],
+    published: &'a publish::Published,
+    timeline: &'a BTreeMap<u64, Second>,
+    started_ms: u64,
+    connected_ms: u64,
+    /// (pid, before, after connecting, at the end)
+    rss: (Option<u32>, Option<u64>, Option<u64>, Option<u64>),
+    churn: Option<Value>,
+    kill_info: Option<(u64, u64)>,
+    cpu_self: f64,
+    wall: f64,
+}
+
+/// A client process at or above this share of one core was the bottleneck, not the server.
+const SATURATED: f64 = 0.9;
+
+fn summary(s: SummaryIn<'_>) -> Value {
+    let args = s.args;
+    let mut c = Counters::default();
+    let mut latency = Hist::default();
+    let mut connect_latency = Hist::default();
+    let mut catch_up = Hist::default();
+    let (mut cpu_shares, mut max_ratio) = (0.0f64, 0.0f64);
+    let (mut connect_start, mut connect_end) = (u64::MAX, 0u64);
+    for r in s.reports {
+        c.add(&r.counters);
+        latency.merge(&r.latency);
+        connect_latency.merge(&r.connect_latency);
+        catch_up.merge(&r.catch_up);
+        cpu_shares += r.cpu_seconds;
+        if r.wall_seconds > 0.0 {
+            max_ratio = max_ratio.max(r.cpu_seconds / r.wall_seconds);
+        }
+        if r.connect_start_ms > 0 {
+            connect_start = connect_start.min(r.connect_start_ms);
+        }
+        connect_end = connect_end.max(r.connect_end_ms);
+    }
+    let in_process = s.links_processes <= 1 && args.processes <= 1 && s.reports.len() == 1;
+    // In-process, the share's CPU is the process's CPU: count it once.
+    let cpu_total = if in_process { s.cpu_self } else { s.cpu_self + cpu_shares };
+    let coordinator_ratio = if s.wall > 0.0 { s.cpu_self / s.wall } else { 0.0 };
+    max_ratio = max_ratio.max(coordinator_ratio);
+    let connect_secs =
+        if connect_end > connect_start { (connect_end - connect_start) as f64 / 1000.0 } else { f64::NAN };
+    let publish_secs = args.duration as f64;
+    let (pid, before, connected, end) = s.rss;
+    let per_conn = match (before, connected) {
+        (Some(b), Some(a)) if c.connected > 0 => Some((a as f64 - b as f64) / c.connected as f64),
+        _ => None,
+    };
+    let timeline: Vec<Value> = s
+        .timeline
+        .iter()
+        .map(|(sec, x)| {
+            let h = &x.latency.0;
+            let q = |p: f64| if h.is_empty() { Value::Null } else { json!(h.value_at_quantile(p) as f64 / 1000.0) };
+            json!({
+                "t": sec,
+                "connections": x.connections,
+                "deliveries": x.deliveries,
+                "p50_ms": q(0.5), "p90_ms": q(0.9), "p99_ms": q(0.99),
+                "max_ms": if h.is_empty() { Value::Null } else { json!(h.max() as f64 / 1000.0) },
+                "gateway_rss_bytes": x.rss,
+            })
+        })
+        .collect();
+    let mut out = json!({
+        "scenario": s.scenario.name(),
+        "mode": if args.sse_url_template.is_some() { "generic" } else { "herald" },
+        "targets": args.target,
+        "connections": args.connections,
+        "rate": args.rate,
+        "duration_secs": args.duration,
+        "started_unix_ms": s.started_ms,
+        "delivered": c.delivered,
+        "expected": c.expected,
+        "missing": c.missing,
+        "duplicates": c.duplicates,
+        "out_of_order": c.out_of_order,
+        "received": c.received,
+        "deliveries_per_sec": if s.scenario.delivers() { json!((c.received as f64 / publish_secs).round()) } else { Value::Null },
+        "latency_ms": latency.summary_ms(),
+        "connect": {
+            "attempts": c.connect_attempts,
+            "connected": c.connected,
+            "failed": c.connect_failed,
+            "seconds": if connect_secs.is_finite() { json!(connect_secs) } else { Value::Null },
+            "rate_per_sec": if connect_secs.is_finite() && connect_secs > 0.0 { json!((c.connected as f64 / connect_secs).round()) } else { Value::Null },
+            "latency_ms": connect_latency.summary_ms(),
+            "all_connected_after_ms": s.connected_ms.saturating_sub(s.started_ms),
+        },
+        "disconnects": c.disconnects,
+        "reconnects": c.reconnects,
+        "resets": c.resets,
+        "client": {
+            "processes": s.reports.len(),
+            "cpu_seconds": (cpu_total * 1000.0).round() / 1000.0,
+            "wall_seconds": (s.wall * 1000.0).round() / 1000.0,
+            "max_process_cpu_ratio": (max_ratio * 1000.0).round() / 1000.0,
+        },
+        "client_saturated": max_ratio >= SATURATED,
+        "gateway": {
+            "pid": pid,
+            "rss_before_bytes": before,
+            "rss_connected_bytes": connected,
+            "rss_end_bytes": end,
+            "rss_per_connection_bytes": per_conn.map(|v| v.round()),
+        },
+        "timeline": timeline,
+    });
+    let o = out.as_object_mut().expect("object");
+    if s.scenario.delivers() {
+        o.insert(
+            "publish".into(),
+            json!({
+                "via": via_name(args.via(s.scenario)),
+                "published": s.published.published,
+                "errors": s.published.errors,
+                "behind_max_ms": (s.published.behind_max_ms * 10.0).round() / 10.0,
+            }),
+        );
+    }
+    if let Some(ch) = s.churn {
+        o.insert("churn".into(), json!({"cycles": args.cycles, "gateway": ch}));
+    }
+    if let Some((p, at)) = s.kill_info {
+        o.insert(
+            "resume".into(),
+            json!({
+                "killed_after_publishes": p,
+                "killed_unix_ms": at / 1_000_000,
+                "caught_up": c.caught_up,
+                "not_caught_up": c.not_caught_up,
+                "catch_up_ms": catch_up.summary_ms(),
+            }),
+        );
+    }
+    if s.scenario == Scenario::Soak {
+        let rss: Vec<u64> = s.timeline.values().filter_map(|x| x.rss).collect();
+        let minute_p99 = |first: bool| {
+            let secs: Vec<&Second> = if first {
+                s.timeline.values().take(60).collect()
+            } else {
+                s.timeline.values().rev().take(60).collect()
+            };
+            let mut h = Hist::default();
+            for x in secs {
+                h.merge(&x.latency);
+            }
+            if h.0.is_empty() { Value::Null } else { json!(h.0.value_at_quantile(0.99) as f64 / 1000.0) }
+        };
+        o.insert(
+            "soak".into(),
+            json!({
+                "rss_first_bytes": rss.first(),
+                "rss_last_bytes": rss.last(),
+                "rss_max_bytes": rss.iter().max(),
+                "p99_first_minute_ms": minute_p99(true),
+                "p99_last_minute_ms": minute_p99(false),
+            }),
+        );
+    }
+    out
+}

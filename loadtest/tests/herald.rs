@@ -1,0 +1,260 @@
+//! The harness against real gateways and a real nats-server: every delivery scenario must find
+//! what a healthy Herald delivers (nothing missing, nothing twice), through each publish path.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Gateway, Nats, Secrets, loadtest_ok};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+fn assert_complete(s: &serde_json::Value) {
+    assert!(s["expected"].as_u64().unwrap() > 0, "{s:#}");
+    assert_eq!(s["delivered"], s["expected"], "{s:#}");
+    assert_eq!(s["missing"], 0, "{s:#}");
+    assert_eq!(s["duplicates"], 0, "{s:#}");
+    assert_eq!(s["out_of_order"], 0, "{s:#}");
+    assert_eq!(s["latency_ms"]["count"], s["delivered"], "every first delivery has a latency: {s:#}");
+    assert!(s["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{s:#}");
+}
+
+#[test]
+fn fanout_through_core_nats_misses_nothing() {
+    let nats = Nats::start();
+    let secrets = Secrets::new();
+    let gw = Gateway::serve(&nats, &secrets);
+    let s = loadtest_ok(
+        &[
+            "fanout",
+            "--target",
+            &gw.url(),
+            "--nats-url",
+            &nats.url(),
+            "--jwt-secret-file",
+            &secrets.secret(),
+            "--connections",
+            "40",
+            "--rate",
+            "20",
+            "--duration",
+            "2",
+        ],
+        LIMIT,
+    );
+    assert_complete(&s);
+    assert_eq!(s["expected"], 40 * 40, "40 publishes reach 40 clients");
+    assert_eq!(s["publish"]["via"], "nats");
+    assert_eq!(s["connect"]["connected"], 40);
+    assert_eq!(s["gateway"]["pid"], gw.pid(), "found by the target's port");
+    assert!(s["gateway"]["rss_per_connection_bytes"].is_number(), "{s:#}");
+    assert!(s["client"]["cpu_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(s["client_saturated"], false);
+}
+
+#[test]
+fn targeted_through_http_and_jetstream_misses_nothing() {
+    let nats = Nats::start();
+    let secrets = Secrets::new();
+    let gw = Gateway::serve(&nats, &secrets);
+    let base = [
+        "--target",
+        &gw.url(),
+        "--jwt-secret-file",
+        &secrets.secret(),
+        "--publish-keys-file",
+        &secrets.keys(),
+        "--connections",
+        "30",
+        "--rate",
+        "60",
+        "--duration",
+        "2",
+    ];
+    let mut http: Vec<&str> = vec!["targeted", "--publish", "http"];
+    http.extend(base);
+    let s = loadtest_ok(&http, LIMIT);
+    assert_complete(&s);
+    assert_eq!(s["expected"], 120, "each publish reaches one client");
+    assert_eq!(s["publish"]["errors"], 0);
+
+    let nats_url = nats.url();
+    let mut js: Vec<&str> = vec!["targeted", "--publish", "jetstream", "--nats-url", &nats_url, "--by", "user"];
+    js.extend(base);
+    let s = loadtest_ok(&js, LIMIT);
+    assert_complete(&s);
+    assert_eq!(s["publish"]["via"], "jetstream");
+}
+
+#[test]
+fn child_processes_share_the_connections_and_merge_their_histograms() {
+    let nats = Nats::start();
+    let secrets = Secrets::new();
+    let gw = Gateway::serve(&nats, &secrets);
+    let s = loadtest_ok(
+        &[
+            "fanout",
+            "--target",
+            &gw.url(),
+            "--nats-url",
+            &nats.url(),
+            "--jwt-secret-file",
+            &secrets.secret(),
+            "--connections",
+            "31",
+            "--rate",
+            "10",
+            "--duration",
+            "2",
+            "--processes",
+            "3",
+        ],
+        LIMIT,
+    );
+    assert_complete(&s);
+    assert_eq!(s["client"]["processes"], 3);
+    assert_eq!(s["connect"]["connected"], 31);
+    assert_eq!(s["expected"], 31 * 20);
+}
+
+#[test]
+fn churn_brings_the_gateway_gauge_back_to_zero_and_connect_measures_memory() {
+    let nats = Nats::start();
+    let secrets = Secrets::new();
+    let gw = Gateway::serve(&nats, &secrets);
+    let s = loadtest_ok(
+        &[
+            "churn",
+            "--target",
+            &gw.url(),
+            "--jwt-secret-file",
+            &secrets.secret(),
+            "--connections",
+            "50",
+            "--cycles",
+            "3",
+            "--duration",
+            "1",
+        ],
+        LIMIT,
+    );
+    assert_eq!(s["connect"]["connected"], 150, "{s:#}");
+    assert_eq!(s["connect"]["failed"], 0, "{s:#}");
+    assert_eq!(s["churn"]["gateway"]["gauge_returned_to_zero"], true, "{s:#}");
+    assert_eq!(gw.connections(), 0);
+
+    let s = loadtest_ok(
+        &[
+            "connect",
+            "--target",
+            &gw.url(),
+            "--jwt-secret-file",
+            &secrets.secret(),
+            "--connections",
+            "200",
+            "--duration",
+            "1",
+            "--gateway-pid",
+            &gw.pid().to_string(),
+        ],
+        LIMIT,
+    );
+    assert_eq!(s["connect"]["connected"], 200, "{s:#}");
+    assert!(s["connect"]["rate_per_sec"].as_f64().unwrap() > 0.0, "{s:#}");
+    assert!(s["connect"]["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{s:#}");
+    assert!(s["gateway"]["rss_per_connection_bytes"].as_f64().unwrap() > 0.0, "{s:#}");
+    let peak = s["timeline"].as_array().map(|t| t.len()).unwrap_or(0);
+    assert_eq!(peak, 0, "the printed summary leaves the timeline to the files");
+}
+
+#[test]
+fn resume_after_a_killed_gateway_loses_and_repeats_nothing() {
+    let nats = Nats::start();
+    let gateway = support::gateway_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("resume.json");
+    let s = loadtest_ok(
+        &[
+            "resume",
+            "--nats-url",
+            &nats.url(),
+            "--gateway-bin",
+            &gateway.display().to_string(),
+            "--connections",
+            "40",
+            "--rate",
+            "100",
+            "--duration",
+            "3",
+            "--json",
+            &json.display().to_string(),
+        ],
+        LIMIT,
+    );
+    assert_complete(&s);
+    assert_eq!(s["resume"]["caught_up"], 40, "{s:#}");
+    assert_eq!(s["resume"]["not_caught_up"], 0, "{s:#}");
+    assert!(s["reconnects"].as_u64().unwrap() >= 40, "every client lost its gateway: {s:#}");
+    assert!(s["resume"]["catch_up_ms"]["max"].as_f64().unwrap() < 5000.0, "{s:#}");
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    assert!(!file["timeline"].as_array().unwrap().is_empty(), "the file has the per-second timeline");
+}
+
+/// Worker processes killed when the test ends, however it ends.
+struct Workers(Vec<std::process::Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn a_coordinator_drives_workers_over_nats_and_merges_them() {
+    let nats = Nats::start();
+    let secrets = Secrets::new();
+    let gw = Gateway::serve(&nats, &secrets);
+    let workers = Workers(
+        (0..2)
+            .map(|_| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_herald-loadtest"))
+                    .args(["worker", "--nats-url", &nats.url(), "--once", "--idle-exit", "120"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    let s = loadtest_ok(
+        &[
+            "run",
+            "fanout",
+            "--workers",
+            "2",
+            "--worker-wait",
+            "30",
+            "--target",
+            &gw.url(),
+            "--nats-url",
+            &nats.url(),
+            "--jwt-secret-file",
+            &secrets.secret(),
+            "--connections",
+            "25",
+            "--rate",
+            "10",
+            "--duration",
+            "2",
+        ],
+        LIMIT,
+    );
+    assert_complete(&s);
+    assert_eq!(s["client"]["processes"], 2, "{s:#}");
+    assert_eq!(s["connect"]["connected"], 25, "{s:#}");
+    assert_eq!(s["expected"], 25 * 20, "{s:#}");
+    drop(workers);
+}
