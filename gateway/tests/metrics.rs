@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prometheus_parse::{LineInfo, Scrape, Value};
 use support::{Gateway, Nats, Sse, eventually, http, token};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One parsed scrape.
 struct Metrics(Scrape);
@@ -120,25 +119,6 @@ async fn connect(addr: SocketAddr, user: &str, channels: &[&str]) -> Sse {
     s
 }
 
-/// A firehose subscriber on a raw socket with a small receive window that never reads past
-/// its `connected` frame (as slow.rs does).
-async fn stalled_client(addr: SocketAddr) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    let mut tcp = socket.connect(addr).await.unwrap();
-    let t = token("stalled", &["firehose"], 3600);
-    let req = format!("GET /events?channels=firehose HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !String::from_utf8_lossy(&head).contains("event: connected") {
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "stream closed: {}", String::from_utf8_lossy(&head));
-        head.extend_from_slice(&buf[..n]);
-    }
-    tcp
-}
-
 const PAD: usize = 4 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +202,7 @@ async fn metrics_count_a_scripted_workload() {
     // A stalled client on a firehose channel, next to a reader that keeps up: the stalled one
     // is cut off as slow, and only what reached its socket counts as sent.
     let mut reader = connect(gw.addr, "reader", &["firehose"]).await;
-    let stalled = stalled_client(gw.addr).await;
+    let stalled = support::firehose_client(gw.addr, "stalled").await;
     let before = scrape(gw.addr).await;
     let publisher = nats.client().await;
     let payload = Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(PAD)));

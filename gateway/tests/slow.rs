@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use support::{Gateway, Nats, Sse, eventually, token};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 const READERS: usize = 200;
 const RATE: u64 = 2000;
@@ -40,26 +40,6 @@ async fn publish(client: &async_nats::Client, origin: Instant, secs: u64) {
     client.flush().await.unwrap();
 }
 
-/// Opens a firehose stream on a raw socket with a small receive window (as on a slow mobile
-/// link; on loopback the kernel would otherwise buffer tens of megabytes) and reads until the
-/// stream is open.
-async fn firehose_client(addr: std::net::SocketAddr, user: &str) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    let mut tcp = socket.connect(addr).await.unwrap();
-    let t = token(user, &["firehose"], 3600);
-    let req = format!("GET /events?channels=firehose HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !String::from_utf8_lossy(&head).contains("event: connected") {
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "stream closed: {}", String::from_utf8_lossy(&head));
-        head.extend_from_slice(&buf[..n]);
-    }
-    tcp
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_is_disconnected_without_slowing_the_others() {
     let nats = Nats::start();
@@ -86,7 +66,7 @@ async fn a_stalled_client_is_disconnected_without_slowing_the_others() {
     let publisher = nats.client().await;
 
     // Baseline: the same load, with a firehose subscriber that keeps up.
-    let mut reader = firehose_client(gw.addr, "reader").await;
+    let mut reader = support::firehose_client(gw.addr, "reader").await;
     let drain = tokio::spawn(async move {
         let mut buf = vec![0u8; 1 << 16];
         while let Ok(n) = reader.read(&mut buf).await {
@@ -102,7 +82,7 @@ async fn a_stalled_client_is_disconnected_without_slowing_the_others() {
 
     // The same load with one client that subscribes to the firehose and never reads.
     phase.store(1, Ordering::Relaxed);
-    let stalled = firehose_client(gw.addr, "stalled").await;
+    let stalled = support::firehose_client(gw.addr, "stalled").await;
     eventually("the stalled client is counted", Duration::from_secs(5), || async {
         gw.stats().await["connections"] == READERS + 1
     })

@@ -850,3 +850,23 @@ impl Drop for Proxy {
         self.accept.abort();
     }
 }
+
+/// Opens a firehose stream on a raw socket with a small receive window (as on a slow mobile
+/// link; on loopback the kernel would otherwise buffer tens of megabytes) and reads until the
+/// stream is open.
+pub async fn firehose_client(addr: SocketAddr, user: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut tcp = socket.connect(addr).await.unwrap();
+    let t = token(user, &["firehose"], 3600);
+    let req = format!("GET /events?channels=firehose HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !String::from_utf8_lossy(&head).contains("event: connected") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "stream closed: {}", String::from_utf8_lossy(&head));
+        head.extend_from_slice(&buf[..n]);
+    }
+    tcp
+}
