@@ -9,7 +9,9 @@
 //! arrival order (the broker contract). The [`Dispatcher`] runs on that same thread, so whenever
 //! it runs, what is queued is exactly a prefix of the arrival order. It drains *everything* that
 //! is queued in one go, sorts that batch by sequence, then fans it out. Each batch therefore
-//! follows the previous one, and within a batch the sort restores the order.
+//! follows the previous one, and within a batch the sort restores the order. "Everything" is
+//! literal: the dispatcher runs outside tokio's cooperative budget, which would otherwise report
+//! a queue as empty once a turn's budget is spent while other queues were drained further.
 //!
 //! After a broker outage the hub refills the gap: it holds back live events, replays from the
 //! stream everything after the last durable event it dispatched, fans that out, then releases
@@ -130,7 +132,10 @@ impl Hub {
         let position = dispatcher.broker.last_id();
         let reconnects = dispatcher.broker.reconnects();
         let broker = dispatcher.broker.clone();
-        runtime.spawn(dispatcher);
+        // Unconstrained: tokio's cooperative budget would otherwise make a subscription's queue
+        // look empty part-way through a drain, and the next batch would then carry an event
+        // older than ones already sent (see the top of this file).
+        runtime.spawn(tokio::task::unconstrained(dispatcher));
         let commands = tx.clone();
         runtime.spawn(async move {
             let mut position = position;
