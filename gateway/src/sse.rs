@@ -29,33 +29,30 @@ pub fn event_frame(
     from: Option<&str>,
     payload: &[u8],
 ) -> Bytes {
-    let mut envelope = Vec::with_capacity(payload.len() + 64);
-    envelope.extend_from_slice(b"{\"channel\":");
-    match target.channel() {
-        Some(name) => json_string(&mut envelope, name.as_str()),
-        None => envelope.extend_from_slice(b"null"),
-    }
-    envelope.extend_from_slice(b",\"target\":\"");
-    envelope.extend_from_slice(target.kind().as_bytes());
-    envelope.push(b'"');
-    if let Some(from) = from {
-        envelope.extend_from_slice(b",\"from\":");
-        json_string(&mut envelope, from);
-    }
-    envelope.extend_from_slice(b",\"data\":");
-    envelope.extend_from_slice(payload);
-    envelope.push(b'}');
-
-    let mut out = BytesMut::with_capacity(envelope.len() + event_type.len() + 48);
+    // Rendered straight into the frame: one allocation per event. Only the payload can hold
+    // line breaks (JSON strings escape theirs), so only it is split into `data:` lines.
+    let mut out = BytesMut::with_capacity(payload.len() + event_type.len() + 128);
     if let Some(id) = id {
         // Writing into BytesMut cannot fail.
         let _ = writeln!((&mut out).writer(), "id: {id}");
     }
     out.put_slice(b"event: ");
     out.put_slice(event_type.as_bytes());
-    out.put_u8(b'\n');
-    put_data_lines(&mut out, &envelope);
-    out.put_u8(b'\n');
+    out.put_slice(b"\ndata: {\"channel\":");
+    match target.channel() {
+        Some(name) => json_string(&mut out, name.as_str()),
+        None => out.put_slice(b"null"),
+    }
+    out.put_slice(b",\"target\":\"");
+    out.put_slice(target.kind().as_bytes());
+    out.put_u8(b'"');
+    if let Some(from) = from {
+        out.put_slice(b",\"from\":");
+        json_string(&mut out, from);
+    }
+    out.put_slice(b",\"data\":");
+    put_split_lines(&mut out, payload);
+    out.put_slice(b"}\n\n");
     out.freeze()
 }
 
@@ -99,29 +96,28 @@ pub fn connected_frame(retry_ms: u64, info: &impl Serialize) -> Bytes {
     out.freeze()
 }
 
-/// Writes `data` as `data:` lines, splitting at CRLF, CR and LF as the SSE parser does.
+/// Writes `data` as `data:` lines.
 fn put_data_lines(out: &mut BytesMut, data: &[u8]) {
     out.put_slice(b"data: ");
-    let mut i = 0;
-    while i < data.len() {
-        match data[i] {
-            b'\r' => {
-                out.put_slice(b"\ndata: ");
-                if data.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-            }
-            b'\n' => out.put_slice(b"\ndata: "),
-            b => out.put_u8(b),
-        }
-        i += 1;
-    }
+    put_split_lines(out, data);
     out.put_u8(b'\n');
 }
 
-fn json_string(out: &mut Vec<u8>, s: &str) {
-    // Serialising a str into a Vec cannot fail.
-    let _ = serde_json::to_writer(out, s);
+/// Copies `data`, starting a new `data:` line at each CRLF, CR and LF, as the SSE parser splits.
+fn put_split_lines(out: &mut BytesMut, data: &[u8]) {
+    let mut rest = data;
+    while let Some(i) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+        out.put_slice(&rest[..i]);
+        out.put_slice(b"\ndata: ");
+        let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+        rest = &rest[i + skip..];
+    }
+    out.put_slice(rest);
+}
+
+fn json_string(out: &mut BytesMut, s: &str) {
+    // Serialising a str into a BytesMut cannot fail.
+    let _ = serde_json::to_writer(out.writer(), s);
 }
 
 #[cfg(test)]

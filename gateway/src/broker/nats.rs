@@ -32,6 +32,10 @@ use crate::trace::{self, TraceContext};
 /// Longest wait for the next message of a replay.
 const REPLAY_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a replay waits for its next message before checking whether the history it still
+/// expects has aged out meanwhile.
+const VANISHED_CHECK: Duration = Duration::from_millis(250);
+
 pub const HEADER_TYPE: &str = "Herald-Type";
 pub const HEADER_PUBLISHED_AT: &str = "Herald-Published-At";
 pub const HEADER_FROM: &str = "Herald-From";
@@ -225,8 +229,9 @@ async fn stream_info(
     epoch: &RwLock<Arc<str>>,
 ) -> Result<(jetstream::stream::Stream, jetstream::stream::Info, Arc<str>), BrokerError> {
     let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(format!("the stream {STREAM}: {e}"));
-    let mut stream = js.get_stream(STREAM).await.map_err(|e| unavailable(&e))?;
-    let info = stream.info().await.map_err(|e| unavailable(&e))?.clone();
+    // Fetching the stream reads its info: one request.
+    let stream = js.get_stream(STREAM).await.map_err(|e| unavailable(&e))?;
+    let info = stream.cached_info().clone();
     let current = epoch_of(&info.created);
     *epoch.write() = current.clone();
     Ok((stream, info, current))
@@ -408,13 +413,38 @@ impl Broker for NatsBroker {
             let mut per_subject: std::collections::HashMap<String, u64> = Default::default();
             if pending > 0 {
                 let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+                // What the consumer still had after the last message read; 0 with fewer than
+                // `pending` read means the rest vanished (aged out or evicted) mid-replay.
+                let mut left = None;
+                let mut last_read = 0;
+                let mut quiet_since = tokio::time::Instant::now();
                 while events.len() < pending {
-                    let msg = tokio::time::timeout(REPLAY_STEP_TIMEOUT, messages.next())
-                        .await
-                        .map_err(|_| BrokerError::Unavailable("the stream stopped answering during a replay".into()))?
-                        .ok_or_else(|| BrokerError::Unavailable("the replay ended early".into()))?
-                        .map_err(|e| unavailable(&e))?;
-                    let seq = msg.info().map_err(|e| unavailable(&e))?.stream_sequence;
+                    if left == Some(0) {
+                        return Ok(Replay::Reset(ResetReason::HistoryExpired, head));
+                    }
+                    let msg = match tokio::time::timeout(VANISHED_CHECK, messages.next()).await {
+                        Ok(msg) => msg
+                            .ok_or_else(|| BrokerError::Unavailable("the replay ended early".into()))?
+                            .map_err(|e| unavailable(&e))?,
+                        Err(_) => {
+                            // Nothing comes: the messages still owed may have aged out.
+                            let (_, now, _) = stream_info(&js, &epoch).await?;
+                            if after.seq + 1 < now.state.first_sequence {
+                                return Ok(Replay::Reset(ResetReason::HistoryExpired, head));
+                            }
+                            if quiet_since.elapsed() > REPLAY_STEP_TIMEOUT {
+                                return Err(BrokerError::Unavailable(
+                                    "the stream stopped answering during a replay".into(),
+                                ));
+                            }
+                            continue;
+                        }
+                    };
+                    quiet_since = tokio::time::Instant::now();
+                    let meta = msg.info().map_err(|e| unavailable(&e))?;
+                    let seq = meta.stream_sequence;
+                    left = Some(meta.pending);
+                    last_read = seq;
                     let subject = msg.subject.to_string();
                     *per_subject.entry(subject.clone()).or_default() += 1;
                     let Some(target) = Target::from_subject(&prefix, SubjectKind::Events, &subject) else { continue };
@@ -430,6 +460,17 @@ impl Broker for NatsBroker {
                             payload: msg.payload.clone(),
                         },
                     ));
+                }
+                // A message of the gap that aged out before the consumer reached it is skipped
+                // without a trace, and a newer one then takes its place in the count. Only
+                // possible when the last message read is newer than the head seen before the
+                // consumer was made; then, if the history no longer reaches back to the
+                // client's id, it may have missed one.
+                if last_read > info.state.last_sequence {
+                    let (_, now, _) = stream_info(&js, &epoch).await?;
+                    if after.seq + 1 < now.state.first_sequence {
+                        return Ok(Replay::Reset(ResetReason::HistoryExpired, head));
+                    }
                 }
             }
             // A subject holding as many events as the per-subject limit may have lost older
