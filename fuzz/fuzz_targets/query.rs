@@ -28,7 +28,8 @@ fuzz_target!(|data: &[u8]| {
 
     check_redaction(&query);
 
-    let grant = Grant { user: Name::parse("u1").unwrap(), channels: patterns, expires_at: None };
+    let grant =
+        Grant { user: Name::parse("u1").unwrap(), channels: patterns, publish: Vec::new(), presence: None, expires_at: None };
     for max in [q.channels.len(), 2] {
         check_authorization(&q.channels, &grant, max);
     }

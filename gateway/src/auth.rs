@@ -1,7 +1,9 @@
 //! Client tokens (DESIGN section 5): JWT verification, channel grants and token extraction.
 //!
 //! A token names its user in `sub`, the channels it may read in `channels` (exact names or
-//! prefixes ending in `*`), and must carry `exp`. Keys are HMAC secrets or RSA / EC / Ed25519
+//! prefixes ending in `*`), and must carry `exp`. Optionally, `publish` lists the channels the
+//! user may send client events to (same patterns), and `presence` is a small JSON object shown
+//! to the other members of presence-enabled channels. Keys are HMAC secrets or RSA / EC / Ed25519
 //! public keys (PEM or JWKS); several may be loaded at once for rotation, selected by `kid` when
 //! the token names one, otherwise by the algorithm family. A key is never used for an algorithm
 //! of another family, which rules out HS/RS confusion.
@@ -12,6 +14,7 @@ use std::path::Path;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::names::{Name, NameError, validate_name};
 
@@ -21,6 +24,8 @@ pub const LEEWAY_SECS: u64 = 5;
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Most channel patterns one token may grant.
 const MAX_PATTERNS: usize = 256;
+/// Largest `presence` object a token may carry, serialized.
+pub const MAX_PRESENCE_BYTES: usize = 1024;
 
 /// A channel pattern from a token: an exact name, or a prefix (`booking:*`, or `*` for all).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +64,10 @@ impl ChannelPattern {
 pub struct Grant {
     pub user: Name,
     pub channels: Vec<ChannelPattern>,
+    /// Channels the user may send client events to.
+    pub publish: Vec<ChannelPattern>,
+    /// What others see of the user on presence-enabled channels: a JSON object.
+    pub presence: Option<Box<RawValue>>,
     /// Unix seconds; `None` only in dev mode.
     pub expires_at: Option<u64>,
 }
@@ -66,11 +75,21 @@ pub struct Grant {
 impl Grant {
     /// Dev mode: any user, every channel, no expiry.
     pub fn anything(user: Name) -> Self {
-        Grant { user, channels: vec![ChannelPattern::Prefix(String::new())], expires_at: None }
+        Grant {
+            user,
+            channels: vec![ChannelPattern::Prefix(String::new())],
+            publish: vec![ChannelPattern::Prefix(String::new())],
+            presence: None,
+            expires_at: None,
+        }
     }
 
     pub fn allows_channel(&self, channel: &str) -> bool {
         self.channels.iter().any(|p| p.matches(channel))
+    }
+
+    pub fn allows_publish(&self, channel: &str) -> bool {
+        self.publish.iter().any(|p| p.matches(channel))
     }
 }
 
@@ -117,6 +136,10 @@ struct Claims {
     aud: Option<OneOrMany>,
     #[serde(default)]
     channels: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+    #[serde(default)]
+    presence: Option<Box<RawValue>>,
 }
 
 /// A string or an array of strings (the value itself is checked by jsonwebtoken).
@@ -300,20 +323,37 @@ fn grant_from(claims: Claims, issuer_required: bool, audience_required: bool) ->
         return Err(AuthError::BadAudience);
     }
     let user = Name::parse(&sub).map_err(|e| AuthError::BadClaim { claim: "sub", reason: format!("user name {e}") })?;
-    if claims.channels.len() > MAX_PATTERNS {
-        return Err(AuthError::BadClaim { claim: "channels", reason: format!("more than {MAX_PATTERNS} patterns") });
+    let channels = patterns("channels", &claims.channels)?;
+    let publish = patterns("publish", &claims.publish)?;
+    let presence = match claims.presence {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => {
+            if !raw.get().starts_with('{') {
+                return Err(AuthError::BadClaim { claim: "presence", reason: "must be a JSON object".into() });
+            }
+            if raw.get().len() > MAX_PRESENCE_BYTES {
+                return Err(AuthError::BadClaim {
+                    claim: "presence",
+                    reason: format!("longer than {MAX_PRESENCE_BYTES} bytes"),
+                });
+            }
+            Some(raw)
+        }
+    };
+    Ok(Grant { user, channels, publish, presence, expires_at: Some(exp) })
+}
+
+fn patterns(claim: &'static str, raw: &[String]) -> Result<Vec<ChannelPattern>, AuthError> {
+    if raw.len() > MAX_PATTERNS {
+        return Err(AuthError::BadClaim { claim, reason: format!("more than {MAX_PATTERNS} patterns") });
     }
-    let channels = claims
-        .channels
-        .iter()
+    raw.iter()
         .map(|p| {
-            ChannelPattern::parse(p).map_err(|e| AuthError::BadClaim {
-                claim: "channels",
-                reason: format!("pattern {:?} {e}", truncate(p, 64)),
-            })
+            ChannelPattern::parse(p)
+                .map_err(|e| AuthError::BadClaim { claim, reason: format!("pattern {:?} {e}", truncate(p, 64)) })
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Grant { user, channels, expires_at: Some(exp) })
+        .collect()
 }
 
 fn classify(kind: &jsonwebtoken::errors::ErrorKind) -> AuthError {

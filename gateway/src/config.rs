@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::auth::Verifier;
+use crate::auth::{ChannelPattern, Verifier};
 use crate::broker::nats::{History, NatsOptions, StreamOptions};
 use crate::names::validate_name;
 use crate::publish_keys::PublishKeys;
@@ -24,9 +24,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a production gateway (requires NATS and client-token keys).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a self-contained development gateway: in-process broker, no auth, demo page.
-    Dev(DevArgs),
+    Dev(Box<DevArgs>),
     /// Publish one event from a shell, through NATS or a gateway's HTTP API.
     Publish(crate::cli::PublishArgs),
     /// Check a running gateway end to end: open a stream, publish, receive.
@@ -133,6 +133,23 @@ pub struct CommonArgs {
     /// This gateway's name on the operations dashboard (default: `<hostname>:<port>`).
     #[arg(long, env = "HERALD_POD_NAME")]
     pub pod_name: Option<String>,
+    /// Channels with presence (who is connected, join/leave frames), as patterns such as
+    /// `booking:*,doc:*`; `*` is every channel. Off by default (dev mode: every channel).
+    #[arg(long, env = "HERALD_PRESENCE_CHANNELS", value_delimiter = ',')]
+    pub presence_channels: Vec<String>,
+    /// Seconds after which the members of a gateway that vanished (killed, cut off) are dropped
+    /// from presence. Each gateway rewrites its entries every third of it.
+    #[arg(long, env = "HERALD_PRESENCE_TTL_SECS", default_value_t = 30)]
+    pub presence_ttl_secs: u64,
+    /// Largest body of POST /v1/client-events, in bytes.
+    #[arg(long, env = "HERALD_CLIENT_EVENT_MAX_BYTES", default_value_t = 2048)]
+    pub client_event_max_bytes: usize,
+    /// Client events each user may send per second on this gateway (sustained).
+    #[arg(long, env = "HERALD_CLIENT_EVENT_RATE", default_value_t = 20)]
+    pub client_event_rate: u32,
+    /// Client events a user may send in a burst above the sustained rate.
+    #[arg(long, env = "HERALD_CLIENT_EVENT_BURST", default_value_t = 40)]
+    pub client_event_burst: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -181,6 +198,11 @@ pub struct Settings {
     pub workers: usize,
     pub log_format: LogFormat,
     pub pod_name: Option<String>,
+    pub presence_channels: Vec<ChannelPattern>,
+    pub presence_ttl: Duration,
+    pub client_event_max_bytes: usize,
+    pub client_event_rate: u32,
+    pub client_event_burst: u32,
 }
 
 /// How much history is kept for resuming.
@@ -203,7 +225,7 @@ pub struct Config {
 
 impl Config {
     /// Validates `serve` flags. Returns every problem found.
-    pub fn serve(args: ServeArgs) -> Result<Config, Vec<String>> {
+    pub fn serve(args: Box<ServeArgs>) -> Result<Config, Vec<String>> {
         let mut errors = Vec::new();
         let listen = parse_listen(&args.listen, &mut errors);
         let settings = Settings::from_args(args.common, &mut errors);
@@ -253,6 +275,12 @@ impl Config {
             );
         }
 
+        if args.history == Toggle::Off && !settings.presence_channels.is_empty() {
+            errors.push(
+                "--presence-channels needs JetStream (presence lives in a key-value bucket): not with --history off"
+                    .into(),
+            );
+        }
         if !(1..=5).contains(&args.history_replicas) {
             errors.push(format!("--history-replicas must be 1..=5, got {}", args.history_replicas));
         }
@@ -282,12 +310,15 @@ impl Config {
     }
 
     /// Validates `dev` flags.
-    pub fn dev(args: DevArgs) -> Result<Config, Vec<String>> {
+    pub fn dev(args: Box<DevArgs>) -> Result<Config, Vec<String>> {
         let mut errors = Vec::new();
         let listen = parse_listen(&args.listen, &mut errors);
         let mut settings = Settings::from_args(args.common, &mut errors);
         if settings.allowed_origins.is_empty() {
             settings.allowed_origins.push("*".into());
+        }
+        if settings.presence_channels.is_empty() {
+            settings.presence_channels.push(ChannelPattern::Prefix(String::new()));
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -354,6 +385,25 @@ impl Settings {
         if let Err(e) = validate_name(&a.subject_prefix) {
             errors.push(format!("--subject-prefix {e}"));
         }
+        let mut presence_channels = Vec::new();
+        for p in a.presence_channels.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+            match ChannelPattern::parse(p) {
+                Ok(pattern) => presence_channels.push(pattern),
+                Err(e) => errors.push(format!("--presence-channels: pattern {p:?} {e}")),
+            }
+        }
+        if !(3..=3600).contains(&a.presence_ttl_secs) {
+            errors.push(format!("--presence-ttl-secs must be 3..=3600, got {}", a.presence_ttl_secs));
+        }
+        if !(64..=64 * 1024).contains(&a.client_event_max_bytes) {
+            errors.push(format!("--client-event-max-bytes must be 64..=65536, got {}", a.client_event_max_bytes));
+        }
+        if a.client_event_rate == 0 || a.client_event_rate > 10_000 {
+            errors.push(format!("--client-event-rate must be 1..=10000, got {}", a.client_event_rate));
+        }
+        if a.client_event_burst == 0 || a.client_event_burst > 100_000 {
+            errors.push(format!("--client-event-burst must be 1..=100000, got {}", a.client_event_burst));
+        }
         let mut origins = Vec::new();
         for o in a.allowed_origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
             if o == "*" || url::Url::parse(o).is_ok_and(|u| u.has_host() && u.path() == "/" && !o.ends_with('/')) {
@@ -378,6 +428,11 @@ impl Settings {
             workers: a.workers,
             log_format: a.log_format,
             pod_name,
+            presence_channels,
+            presence_ttl: Duration::from_secs(a.presence_ttl_secs),
+            client_event_max_bytes: a.client_event_max_bytes,
+            client_event_rate: a.client_event_rate,
+            client_event_burst: a.client_event_burst,
         }
     }
 }

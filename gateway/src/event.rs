@@ -166,6 +166,8 @@ pub struct Outgoing {
     pub durable: bool,
     /// The trace context to send with the event (the `publish` span's), while traces are on.
     pub trace: Option<TraceContext>,
+    /// The sending user of a client event, stamped by the gateway (envelope field `from`).
+    pub from: Option<String>,
 }
 
 #[cfg(test)]

@@ -215,6 +215,18 @@ impl Hub {
         Ok(membership)
     }
 
+    /// Queues `frame`, an ephemeral frame made on this pod (presence changes), on every stream
+    /// of this pod that carries `target`.
+    pub fn deliver_local(&self, target: &Target, frame: Bytes) {
+        let topic = self.topics.lock().get(target).cloned();
+        if let Some(topic) = topic {
+            for (_, outbox) in topic.members.read().iter() {
+                // A full queue closes that stream alone, as for any event.
+                let _ = outbox.push_event(frame.clone(), None, None);
+            }
+        }
+    }
+
     fn leave(&self, topic: &Arc<Topic>, key: usize) {
         let mut topics = self.topics.lock();
         let mut members = topic.members.write();

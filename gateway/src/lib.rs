@@ -10,6 +10,9 @@
 //!    waiting on anyone.
 //! 3. Each SSE connection is one [`session::Session`] actor. It owns the connection's lifecycle
 //!    (hub membership, heartbeats, token expiry) while its outbox feeds the HTTP response body.
+//! 4. On presence-enabled channels, [`presence::Presence`] counts the pod's connections per
+//!    user, shares them with the fleet through a key-value bucket, and sends `presence` frames;
+//!    browsers send small ephemeral events through [`http::client_events`].
 //!
 //! Everything that parses untrusted input is a pure function with table tests: [`names`],
 //! [`auth`], [`publish_keys`], [`sse`].
@@ -28,7 +31,9 @@ pub mod metrics;
 pub mod names;
 pub mod outbox;
 pub mod peer;
+pub mod presence;
 pub mod publish_keys;
+pub mod rate;
 pub mod selftest;
 pub mod server;
 pub mod session;

@@ -27,6 +27,8 @@ const PUBLISH_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 
 /// The statuses `POST /v1/publish` answers with, pre-created at 0.
 const PUBLISH_STATUSES: &[&str] = &["200", "400", "401", "413", "503"];
+/// Statuses of `POST /v1/client-events`, present from the start so that rates work at once.
+const CLIENT_EVENT_STATUSES: &[&str] = &["202", "400", "401", "403", "413", "429", "503"];
 
 /// Every close reason, in the order of [`close_index`].
 const CLOSE_REASONS: [CloseReason; 6] = [
@@ -129,6 +131,9 @@ pub struct Metrics {
     replayed: IntCounter,
     publish_requests: IntCounterVec,
     publish_duration: Histogram,
+    presence_writes: IntCounter,
+    presence_changes: IntCounter,
+    client_events: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -218,6 +223,19 @@ impl Metrics {
             "Time to answer POST /v1/publish, through the JetStream acknowledgement",
             PUBLISH_BUCKETS,
         );
+        let presence_writes = counter(
+            "herald_presence_writes_total",
+            "Presence entries this gateway wrote to the store (one per channel per flush, batched)",
+        );
+        let presence_changes = counter(
+            "herald_presence_changes_total",
+            "Presence join and leave frames this gateway sent out, counted once per channel (not per stream)",
+        );
+        let client_events =
+            labelled("herald_client_events_total", "POST /v1/client-events requests, by HTTP status", "status");
+        for status in CLIENT_EVENT_STATUSES {
+            client_events.with_label_values(&[status]);
+        }
 
         Metrics {
             registry,
@@ -239,7 +257,26 @@ impl Metrics {
             replayed,
             publish_requests,
             publish_duration,
+            presence_writes,
+            presence_changes,
+            client_events,
         }
+    }
+
+    /// `n` presence entries written in one batch.
+    pub fn presence_written(&self, n: usize) {
+        self.presence_writes.inc_by(n as u64);
+    }
+
+    /// One join or leave sent to a channel's streams on this gateway.
+    pub fn presence_change(&self) {
+        self.presence_changes.inc();
+    }
+
+    /// A client event request answered with `status`.
+    pub fn client_event(&self, status: u16) {
+        let status = status.to_string();
+        self.client_events.with_label_values(&[status.as_str()]).inc();
     }
 
     pub fn opened(&self) {

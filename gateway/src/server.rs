@@ -8,6 +8,7 @@ use actix_web::dev::Service;
 use actix_web::{App, HttpServer, web};
 
 use crate::auth::redact_query;
+use crate::broker::nats::History;
 use crate::broker::{Broker, MemoryBroker, NatsBroker};
 use crate::config::{Config, hostname};
 use crate::dashboard::{self, Fleet};
@@ -15,6 +16,8 @@ use crate::http::{self, AppState};
 use crate::hub::Hub;
 use crate::limits::Admission;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::presence::store::{MemoryPresence, NatsPresence, PresenceStore};
 
 /// Runs a gateway until it is stopped.
 pub fn run(config: Config) -> std::io::Result<()> {
@@ -28,20 +31,40 @@ pub fn run(config: Config) -> std::io::Result<()> {
         .name("herald-hub".into())
         .spawn(move || hub_runtime.block_on(std::future::pending::<()>()))?;
 
-    let broker: Arc<dyn Broker> = match &config.nats {
+    let settings = config.settings.clone();
+    let (broker, presence_store): (Arc<dyn Broker>, Arc<dyn PresenceStore>) = match &config.nats {
         Some(opts) => {
+            let replicas = match opts.history {
+                History::Ensure(stream) => stream.replicas,
+                _ => 1,
+            };
             let opts = opts.clone();
             let connecting = handle.spawn(async move { NatsBroker::connect(&opts).await });
             let broker = handle.block_on(connecting).map_err(std::io::Error::other)?.map_err(std::io::Error::other)?;
-            Arc::new(broker)
+            let store: Arc<dyn PresenceStore> = match broker.jetstream() {
+                Some(js) => Arc::new(NatsPresence::new(js.clone(), settings.presence_ttl, replicas)),
+                // Live-only: configuration refuses presence there, so nothing is ever written.
+                None => MemoryPresence::new(),
+            };
+            (Arc::new(broker), store)
         }
-        None => MemoryBroker::start(&handle, config.settings.history),
+        None => (MemoryBroker::start(&handle, settings.history), MemoryPresence::new()),
     };
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::start(broker.clone(), metrics.clone(), &handle);
     let fleet = Fleet::new();
+    let instance = format!("{:08x}", rand::random::<u32>());
+    let presence = Presence::start(
+        settings.presence_channels.clone(),
+        // Unique per process: a restarted pod starts over, and its old entries expire.
+        format!("{}-{instance}", settings.pod_name.as_deref().unwrap_or_else(|| hostname_static())),
+        settings.presence_ttl,
+        presence_store,
+        hub.clone(),
+        metrics.clone(),
+        &handle,
+    );
 
-    let settings = config.settings.clone();
     let admission = Admission::new(settings.max_connections, settings.max_connections_per_user);
     let state = web::Data::new(AppState {
         hub,
@@ -50,7 +73,9 @@ pub fn run(config: Config) -> std::io::Result<()> {
         client_auth: config.client_auth,
         publish_auth: config.publish_auth,
         settings: settings.clone(),
-        instance: format!("{:08x}", rand::random::<u32>()),
+        instance,
+        presence: presence.clone(),
+        client_events: crate::rate::RateLimiter::new(settings.client_event_rate, settings.client_event_burst),
         next_connection: AtomicU64::new(0),
         metrics: metrics.clone(),
         fleet: fleet.clone(),
@@ -107,7 +132,15 @@ pub fn run(config: Config) -> std::io::Result<()> {
         let server = server.run();
         actix_web::rt::spawn(crate::drain::on_signal(admission, settings.drain, settings.retry_ms, server.handle()));
         server.await
-    })
+    })?;
+    // Streams are closed: take this pod's members out of presence now rather than after the TTL.
+    handle.block_on(presence.clear(std::time::Duration::from_secs(2)));
+    Ok(())
+}
+
+fn hostname_static() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(hostname)
 }
 
 fn cors(origins: &[String]) -> Cors {

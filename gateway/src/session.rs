@@ -21,6 +21,7 @@ use crate::limits::Permit;
 use crate::metrics::Metrics;
 use crate::names::Name;
 use crate::outbox::{CloseReason, Outbox};
+use crate::presence::PresenceGuard;
 use crate::sse;
 use crate::trace;
 
@@ -35,6 +36,8 @@ pub struct Session {
     pub user: Name,
     pub outbox: Arc<Outbox>,
     pub membership: Membership,
+    /// Its presence on presence-enabled channels; dropped (leaving them) with the session.
+    pub presence: Option<PresenceGuard>,
     pub permit: Permit,
     pub heartbeat: Duration,
     /// Unix seconds at which the token expires.
@@ -44,6 +47,9 @@ pub struct Session {
     pub span: Option<tracing::Span>,
     pub metrics: Arc<Metrics>,
 }
+
+/// How often a stream with presence checks whether its client has gone.
+const PRESENCE_PROBE: Duration = Duration::from_secs(1);
 
 impl Actor for Session {
     type Context = Context<Self>;
@@ -61,6 +67,16 @@ impl Actor for Session {
                 ctx.stop();
             }
         });
+        if self.presence.is_some() {
+            // Others see this user leave when the stream ends: look for a closed tab more often
+            // than once per heartbeat (one non-blocking peek per second).
+            ctx.run_interval(PRESENCE_PROBE, |session, ctx| {
+                if session.outbox.peer_closed() {
+                    session.outbox.close(CloseReason::Client, None);
+                    ctx.stop();
+                }
+            });
+        }
         if let Some(exp) = self.expires_at {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
             // The same clock-skew allowance as the check at connect: a token accepted within

@@ -123,7 +123,7 @@ impl State {
                 event_type: event.event_type.clone(),
                 payload: event.payload.clone(),
                 id,
-                from: None,
+                from: event.from.clone(),
                 trace: event.trace.clone().map(Box::new),
                 published_at: Some(published_at),
             };

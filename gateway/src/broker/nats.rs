@@ -185,6 +185,11 @@ impl NatsBroker {
         Ok(broker)
     }
 
+    /// JetStream, unless the gateway runs live-only.
+    pub fn jetstream(&self) -> Option<&jetstream::Context> {
+        self.jetstream.as_ref()
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -327,7 +332,10 @@ impl Broker for NatsBroker {
         let durable = event.durable.then(|| self.jetstream.clone()).flatten();
         let epoch = self.epoch.clone();
         async move {
-            let headers = event_headers(&event.event_type, event.trace.as_ref());
+            let mut headers = event_headers(&event.event_type, event.trace.as_ref());
+            if let Some(from) = &event.from {
+                headers.insert(HEADER_FROM, from.as_str());
+            }
             let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
             let Some(js) = durable else {
                 for target in &targets {

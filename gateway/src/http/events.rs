@@ -15,9 +15,10 @@ use rand::Rng;
 use serde::Serialize;
 
 use super::{ApiError, AppState};
-use crate::auth::{Grant, TokenSources, pick_token};
+use crate::auth::{Grant, MAX_PRESENCE_BYTES, TokenSources, pick_token};
 use crate::config::ClientAuth;
 use bytes::Bytes;
+use serde_json::value::RawValue;
 
 use crate::broker::{BrokerError, Replay, ResetReason};
 use crate::event::{EventId, Target};
@@ -39,6 +40,8 @@ pub struct EventsQuery {
     pub token: Option<String>,
     pub user: Option<String>,
     pub last_event_id: Option<String>,
+    /// Dev mode: the user's presence object (a token's `presence` claim in production).
+    pub presence: Option<String>,
 }
 
 /// Parses the query string; `channels` may be comma-separated and/or repeated.
@@ -50,6 +53,7 @@ pub fn parse_query(query: &str) -> EventsQuery {
             "token" => q.token = Some(value.into_owned()),
             "user" => q.user = Some(value.into_owned()),
             "lastEventId" => q.last_event_id = Some(value.into_owned()),
+            "presence" => q.presence = Some(value.into_owned()),
             _ => {}
         }
     }
@@ -162,6 +166,8 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
     };
     outbox.release(opening, replayed_up_to);
     permit.attach(outbox.clone());
+    // After the release: the connection's own join reaches it too.
+    let presence = state.presence.join(&grant.user, &channels, grant.presence.as_deref());
 
     tracing::debug!(connection = %connection_id, user = %grant.user, channels = channels.len(), "connection opened");
     state.metrics.opened();
@@ -170,6 +176,7 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
         user: grant.user,
         outbox: outbox.clone(),
         membership,
+        presence,
         permit,
         heartbeat: state.settings.heartbeat,
         expires_at: grant.expires_at,
@@ -244,13 +251,27 @@ async fn replay(state: &AppState, targets: &[Target], raw: &str, span: Option<&S
     })
 }
 
-fn authenticate(req: &HttpRequest, query: &EventsQuery, state: &AppState) -> Result<Grant, ApiError> {
+pub(crate) fn authenticate(req: &HttpRequest, query: &EventsQuery, state: &AppState) -> Result<Grant, ApiError> {
     match &state.client_auth {
         ClientAuth::Open => {
             let user = query.user.as_deref().unwrap_or("anonymous");
             let user =
                 Name::parse(user).map_err(|e| ApiError::bad_request("invalid_user", format!("user name {e}")))?;
-            Ok(Grant::anything(user))
+            let mut grant = Grant::anything(user);
+            if let Some(raw) = &query.presence {
+                let invalid = || {
+                    ApiError::bad_request(
+                        "invalid_presence",
+                        format!("presence must be a JSON object of at most {MAX_PRESENCE_BYTES} bytes"),
+                    )
+                };
+                let value: Box<RawValue> = serde_json::from_str(raw).map_err(|_| invalid())?;
+                if !value.get().starts_with('{') || value.get().len() > MAX_PRESENCE_BYTES {
+                    return Err(invalid());
+                }
+                grant.presence = Some(value);
+            }
+            Ok(grant)
         }
         ClientAuth::Jwt(verifier) => {
             let cookie = req.cookie("herald_token");
@@ -340,6 +361,8 @@ mod tests {
         let grant = Grant {
             user: Name::parse("u1").unwrap(),
             channels: vec![ChannelPattern::parse("booking:*").unwrap()],
+            publish: Vec::new(),
+            presence: None,
             expires_at: None,
         };
         let ok = authorize_channels(&["booking:42".into(), "booking:42".into()], &grant, 2).unwrap();

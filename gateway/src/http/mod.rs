@@ -15,12 +15,16 @@ use crate::dashboard::Fleet;
 use crate::hub::Hub;
 use crate::limits::Admission;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::rate::RateLimiter;
 
+pub mod client_events;
 pub mod dashboard;
 pub mod dev;
 pub mod events;
 pub mod health;
 pub mod metrics;
+pub mod presence;
 pub mod publish;
 
 /// Shared by every worker.
@@ -37,12 +41,17 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The fleet's stats, for `/dashboard`.
     pub fleet: Arc<Fleet>,
+    pub presence: Arc<Presence>,
+    /// Per-user budget of client events.
+    pub client_events: RateLimiter,
 }
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig, dev: bool) {
     cfg.route("/events", web::get().to(events::events))
         .route("/v1/publish", web::post().to(publish::publish))
+        .route("/v1/client-events", web::post().to(client_events::client_events))
+        .route("/v1/presence/{channel}", web::get().to(presence::presence))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/stats", web::get().to(health::stats))

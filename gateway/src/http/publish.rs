@@ -108,6 +108,7 @@ pub fn validate(body: &[u8], max_payload: usize) -> Result<ValidPublish, ApiErro
             payload: Bytes::copy_from_slice(data.get().as_bytes()),
             durable: parsed.durable.unwrap_or(true),
             trace: None,
+            from: None,
         },
     })
 }

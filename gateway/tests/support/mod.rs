@@ -337,6 +337,15 @@ pub fn token(user: &str, channels: &[&str], exp_in_secs: i64) -> String {
         .unwrap()
 }
 
+/// A signed HS256 client token with these claims (`exp` is added when missing).
+pub fn token_with(mut claims: serde_json::Value) -> String {
+    if claims.get("exp").is_none() {
+        claims["exp"] = serde_json::json!(jsonwebtoken::get_current_timestamp() + 600);
+    }
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(SECRET))
+        .unwrap()
+}
+
 /// A complete HTTP response.
 #[derive(Debug)]
 pub struct Response {

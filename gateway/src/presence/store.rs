@@ -1,0 +1,273 @@
+//! Where each pod keeps its part of the fleet's presence: one entry per (channel, pod), the
+//! JSON of that pod's users on that channel.
+//!
+//! With NATS it is the JetStream key-value bucket `HERALD_PRESENCE` (memory storage, one value
+//! per key, entries expire after the presence TTL unless rewritten); in `dev` mode, a map.
+//! Keys are `<channel>.<pod>`, each part escaped to the key alphabet (see [`key_part`]).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, Stream, StreamExt};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::broker::BrokerError;
+use crate::names::Name;
+
+/// The bucket's name (its stream is `KV_HERALD_PRESENCE`).
+pub const BUCKET: &str = "HERALD_PRESENCE";
+
+/// One pod's entry changed: its new value, or `None` once it is deleted.
+pub type Update = (String, Option<Bytes>);
+
+/// The changes after a snapshot, in order.
+pub type Updates = Pin<Box<dyn Stream<Item = Update> + Send>>;
+
+/// Every pod's entry for a channel: (pod, value, age).
+pub type Snapshot = Vec<(String, Bytes, Duration)>;
+
+/// A shared store of presence entries.
+pub trait PresenceStore: Send + Sync + 'static {
+    /// Writes this pod's entries: a value per channel, or `None` to delete it.
+    fn write(&self, pod: &str, batch: Vec<(Name, Option<Bytes>)>) -> BoxFuture<'static, Result<(), BrokerError>>;
+
+    /// Every pod's current entry for `channel`, then each change after it.
+    fn watch(&self, channel: &Name) -> BoxFuture<'static, Result<(Snapshot, Updates), BrokerError>>;
+}
+
+/// Escapes a name or pod id to the key alphabet (`A-Z a-z 0-9 _ -`, then `=XX` for any other
+/// byte, `.` and `=` included), so that it is exactly one token of the key.
+pub fn key_part(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+/// Reverses [`key_part`]; `None` for anything it could not have produced.
+pub fn unkey_part(key: &str) -> Option<String> {
+    let bytes = key.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' {
+            let hex = key.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The bucket in JetStream, created (or updated) on first use: NATS may be down at start.
+pub struct NatsPresence {
+    js: jetstream::Context,
+    config: jetstream::stream::Config,
+    ready: Arc<tokio::sync::OnceCell<()>>,
+}
+
+const KV_OPERATION: &str = "KV-Operation";
+/// Longest a snapshot read waits for its next entry before taking what it has.
+const SNAPSHOT_STEP: Duration = Duration::from_millis(500);
+
+impl NatsPresence {
+    /// Entries expire `ttl` after their last write.
+    pub fn new(js: jetstream::Context, ttl: Duration, replicas: usize) -> Self {
+        let config = jetstream::stream::Config {
+            name: format!("KV_{BUCKET}"),
+            description: Some("Herald presence: each gateway's members of each presence-enabled channel".into()),
+            subjects: vec![format!("$KV.{BUCKET}.>")],
+            max_messages_per_subject: 1,
+            max_age: ttl,
+            storage: jetstream::stream::StorageType::Memory,
+            num_replicas: replicas,
+            discard: jetstream::stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            ..Default::default()
+        };
+        NatsPresence { js, config, ready: Arc::new(tokio::sync::OnceCell::new()) }
+    }
+
+    fn ensure(&self) -> impl std::future::Future<Output = Result<(), BrokerError>> + Send + 'static {
+        let (js, config, ready) = (self.js.clone(), self.config.clone(), self.ready.clone());
+        async move {
+            ready
+                .get_or_try_init(|| async {
+                    js.create_or_update_stream(config)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| BrokerError::Unavailable(format!("the presence bucket {BUCKET}: {e}")))
+                })
+                .await
+                .map(|_| ())
+        }
+    }
+}
+
+impl PresenceStore for NatsPresence {
+    fn write(&self, pod: &str, batch: Vec<(Name, Option<Bytes>)>) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let js = self.js.clone();
+        let pod = key_part(pod);
+        let ready = self.ensure();
+        async move {
+            ready.await?;
+            let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+            // Every write first, then every acknowledgement: one round trip for the batch.
+            let mut acks = Vec::with_capacity(batch.len());
+            for (channel, value) in batch {
+                let subject = format!("$KV.{BUCKET}.{}.{pod}", key_part(channel.as_str()));
+                let ack = match value {
+                    Some(value) => js.publish(subject, value).await,
+                    None => {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert(KV_OPERATION, "DEL");
+                        js.publish_with_headers(subject, headers, Bytes::new()).await
+                    }
+                };
+                acks.push(ack.map_err(|e| unavailable(&e))?);
+            }
+            for ack in acks {
+                ack.await.map_err(|e| unavailable(&e))?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn watch(&self, channel: &Name) -> BoxFuture<'static, Result<(Snapshot, Updates), BrokerError>> {
+        let js = self.js.clone();
+        let prefix = format!("$KV.{BUCKET}.{}.", key_part(channel.as_str()));
+        let ready = self.ensure();
+        async move {
+            ready.await?;
+            let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+            let stream = js.get_stream(format!("KV_{BUCKET}")).await.map_err(|e| unavailable(&e))?;
+            let consumer = stream
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: format!("{prefix}*"),
+                    deliver_policy: DeliverPolicy::LastPerSubject,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let mut expected = consumer.cached_info().num_pending;
+            let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+            let mut snapshot = Vec::new();
+            // The entries there now; one that expires meanwhile is simply not waited for.
+            while expected > 0 {
+                let Ok(Some(msg)) = tokio::time::timeout(SNAPSHOT_STEP, messages.next()).await else { break };
+                let msg = msg.map_err(|e| unavailable(&e))?;
+                let Ok(info) = msg.info() else { break };
+                expected = info.pending;
+                let age = SystemTime::from(info.published).elapsed().unwrap_or_default();
+                if let Some((pod, Some(value))) = update_of(&prefix, &msg) {
+                    snapshot.push((pod, value, age));
+                }
+            }
+            let updates = messages.filter_map(move |msg| {
+                let update = msg.ok().and_then(|msg| update_of(&prefix, &msg));
+                async move { update }
+            });
+            Ok((snapshot, Box::pin(updates) as Updates))
+        }
+        .boxed()
+    }
+}
+
+fn update_of(prefix: &str, msg: &jetstream::Message) -> Option<Update> {
+    let pod = unkey_part(msg.subject.as_str().strip_prefix(prefix)?)?;
+    let deleted =
+        msg.headers.as_ref().and_then(|h| h.get(KV_OPERATION)).is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+    Some((pod, (!deleted).then(|| msg.payload.clone())))
+}
+
+/// `dev` mode: one process, one map.
+#[derive(Default)]
+pub struct MemoryPresence {
+    inner: Mutex<MemoryInner>,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    entries: HashMap<Name, HashMap<String, Bytes>>,
+    watchers: HashMap<Name, Vec<mpsc::UnboundedSender<Update>>>,
+}
+
+impl MemoryPresence {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+}
+
+impl PresenceStore for MemoryPresence {
+    fn write(&self, pod: &str, batch: Vec<(Name, Option<Bytes>)>) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let mut inner = self.inner.lock();
+        for (channel, value) in batch {
+            let entries = inner.entries.entry(channel.clone()).or_default();
+            match &value {
+                Some(v) => {
+                    entries.insert(pod.to_owned(), v.clone());
+                }
+                None => {
+                    entries.remove(pod);
+                }
+            }
+            if entries.is_empty() {
+                inner.entries.remove(&channel);
+            }
+            if let Some(watchers) = inner.watchers.get_mut(&channel) {
+                watchers.retain(|w| w.send((pod.to_owned(), value.clone())).is_ok());
+                if watchers.is_empty() {
+                    inner.watchers.remove(&channel);
+                }
+            }
+        }
+        async { Ok(()) }.boxed()
+    }
+
+    fn watch(&self, channel: &Name) -> BoxFuture<'static, Result<(Snapshot, Updates), BrokerError>> {
+        let mut inner = self.inner.lock();
+        let snapshot = inner
+            .entries
+            .get(channel)
+            .map(|e| e.iter().map(|(pod, v)| (pod.clone(), v.clone(), Duration::ZERO)).collect())
+            .unwrap_or_default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        inner.watchers.entry(channel.clone()).or_default().push(tx);
+        let updates = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        async move { Ok((snapshot, Box::pin(updates) as Updates)) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_parts_are_one_token_of_the_key_alphabet_and_reversible() {
+        for raw in ["doc:1", "org.42.dashboard", "a=b", "ana@example.com", "x+y~z", "pod-7f3a", "Ünï"] {
+            let k = key_part(raw);
+            assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-=".contains(&b)), "{k}");
+            assert_eq!(unkey_part(&k).as_deref(), Some(raw));
+        }
+        assert_eq!(key_part("doc:1"), "doc=3A1");
+        assert_eq!(unkey_part("=Z1"), None);
+        assert_eq!(unkey_part("abc="), None);
+    }
+}
