@@ -74,6 +74,59 @@ export interface HeraldErrorEvent {
   cause?: unknown;
 }
 
+/** The data of a `presence` event: someone's first connection to the channel opened (`join`),
+ * or their last one closed (`leave`), across every gateway. */
+export interface PresenceChange {
+  action: 'join' | 'leave';
+  user: string;
+}
+
+/** One user on a channel, as `presence()` reports it. */
+export interface PresenceMember<P = unknown> {
+  user: string;
+  /** Their open connections carrying the channel, across every gateway. */
+  connections: number;
+  /** The `presence` claim of their token (dev mode: `?presence=` on /events), or null. */
+  presence: P | null;
+}
+
+/** The answer of `presence()`. */
+export interface PresenceSnapshot<P = unknown> {
+  channel: string;
+  /** Sorted by user. */
+  members: PresenceMember<P>[];
+}
+
+/** Options of `publish()` and `presence()`. */
+export interface RequestOptions {
+  /** Aborts the request (the promise rejects with an AbortError). */
+  signal?: AbortSignal;
+}
+
+/** A refused or failed `publish()` or `presence()`. */
+export declare class HeraldRequestError extends Error {
+  constructor(info: {
+    status: number;
+    error: string;
+    message: string;
+    body?: unknown;
+    retryAfter?: number | null;
+    cause?: unknown;
+  });
+  name: 'HeraldRequestError';
+  /** The HTTP status (0 when no response came). */
+  status: number;
+  /** The gateway's error code ("rate_limited", "publish_not_allowed", "too_large",
+   * "presence_off", …), or `http_<status>`, "network_error", "token_unavailable",
+   * "invalid_url", "bad_response". */
+  error: string;
+  /** The parsed JSON body of the refusal, or null. */
+  body: unknown;
+  /** Seconds to wait before sending again: set on a 429 (null when the gateway named no
+   * Retry-After, or the browser could not read it) and on any answer with a Retry-After. */
+  retryAfter?: number | null;
+}
+
 export interface ControlEventMap {
   connected: ConnectedEvent;
   reset: ResetEvent;
@@ -160,10 +213,23 @@ export declare class HeraldClient {
 
   /** Control events: "connected", "reset", "token_expired", "error". */
   on<K extends keyof ControlEventMap>(type: K, handler: (event: ControlEventMap[K]) => void): Unsubscribe;
-  /** Every application event. */
+  /** Presence changes of every subscribed channel with presence. */
+  on(type: 'presence', handler: (event: HeraldEvent<PresenceChange>) => void): Unsubscribe;
+  /** Every application event (and `presence` events). */
   on<T = unknown>(type: '*', handler: (event: HeraldEvent<T>) => void): Unsubscribe;
   /** Application events of one type, whatever their target. */
   on<T = unknown>(type: string, handler: (event: HeraldEvent<T>) => void): Unsubscribe;
+
+  /** Sends a client event to `channel` (POST <url>/v1/client-events, the stream's credentials);
+   * everyone on the channel, this connection included, receives it with `from` set to the sender.
+   * Resolves when the gateway accepted it (202). Rejects with a HeraldRequestError (429 with
+   * `retryAfter`, 403 publish_not_allowed, 413 too_large, …), or a TypeError for an invalid
+   * channel or type (see isValidEventType) or data that is not JSON. */
+  publish(channel: string, type: string, data?: unknown, options?: RequestOptions): Promise<void>;
+
+  /** Who is on `channel` now (GET <url>/v1/presence/<channel>). Changes arrive as `presence`
+   * events of the channel. Rejects with a HeraldRequestError (404 presence_off, 403, …). */
+  presence<P = unknown>(channel: string, options?: RequestOptions): Promise<PresenceSnapshot<P>>;
 
   /** Listens to state changes. */
   onStateChange(listener: (state: ConnectionState, previous: ConnectionState) => void): Unsubscribe;
@@ -179,6 +245,10 @@ export declare function createClient(options: ClientOptions): HeraldClient;
 
 /** 1–128 ASCII letters, digits and `_ - : @ = + ~`, `.` between non-empty segments. */
 export declare function isValidName(name: unknown): name is string;
+
+/** 1–64 ASCII letters, digits and `_ - : .`; not `connected`, `reset`, `token_expired`,
+ * `presence` or `error`. */
+export declare function isValidEventType(type: unknown): type is string;
 
 /** `<base>/events?channels=…` with the base's path prefix and other query parameters kept. */
 export declare function eventsUrl(base: string, channels: readonly string[]): string;

@@ -1,6 +1,6 @@
 // Type declarations for herald-client/react.
 import type { Context, ReactElement, ReactNode } from 'react';
-import type { ClientOptions, ConnectionState, HeraldClient, HeraldEvent } from './index.js';
+import type { ClientOptions, ConnectionState, HeraldClient, HeraldEvent, PresenceMember } from './index.js';
 
 export interface RealtimeContextValue {
   /** null until the provider has created its client (options mode, before the first effect). */
@@ -55,6 +55,21 @@ export interface EventStreamResult<T = unknown> extends ChannelHookResult {
 
 export declare function useEventStream<T = unknown>(options?: EventStreamOptions<T>): EventStreamResult<T>;
 
+export interface PresenceOptions {
+  /** A failed fetch of the list (HeraldRequestError: 404 presence_off, 403, …). */
+  onError?: (error: Error) => void;
+}
+
+/** Who is on `channel`, sorted by user: empty until the first answer (and outside a provider or
+ * with no channel). Subscribes to the channel (this user is on it too). Fetches the list, applies
+ * `join` (as `{ user, connections: 1, presence: null }`) and `leave` events at once, and refetches
+ * 250 ms after them and after every reconnection for exact counts and presence objects. The
+ * array is a new one only when the list changes. */
+export declare function usePresence<P = unknown>(
+  channel: string | null | undefined,
+  options?: PresenceOptions,
+): readonly PresenceMember<P>[];
+
 /** The provider's connection state ("closed" outside a provider). */
 export declare function useConnectionState(): ConnectionState;
 
@@ -69,4 +84,5 @@ export declare function createReactBindings(react: unknown): {
   useConnectionState: typeof useConnectionState;
   useRealtimeChannel: typeof useRealtimeChannel;
   useEventStream: typeof useEventStream;
+  usePresence: typeof usePresence;
 };

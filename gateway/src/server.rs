@@ -147,6 +147,7 @@ fn cors(origins: &[String]) -> Cors {
     let mut cors = Cors::default()
         .allowed_methods(["GET", "POST", "OPTIONS"])
         .allowed_headers(["authorization", "content-type", "last-event-id", "cache-control"])
+        .expose_headers(["retry-after"])
         .supports_credentials()
         .max_age(3600);
     for origin in origins {

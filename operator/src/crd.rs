@@ -172,6 +172,25 @@ pub struct GatewaySettings {
     /// Log lines as `text` or `json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    /// Channel patterns with presence (`--presence-channels`), e.g. `doc:*`; none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub presence_channels: Vec<String>,
+    /// Seconds after which a vanished pod's users leave presence (`--presence-ttl-secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3, max = 3600))]
+    pub presence_ttl_secs: Option<u32>,
+    /// Largest client event request body, in bytes (`--client-event-max-bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 64, max = 65536))]
+    pub client_event_max_bytes: Option<u32>,
+    /// Client events per user per second on one pod (`--client-event-rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub client_event_rate: Option<u32>,
+    /// Client events a user may send in a burst (`--client-event-burst`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub client_event_burst: Option<u32>,
 }
 
 /// The gateways' `--log-format`.

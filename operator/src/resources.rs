@@ -111,6 +111,11 @@ pub fn deployment(rtgw: &RealtimeGateway, replicas: u32) -> Deployment {
         ("HERALD_HISTORY_REPLICAS", g.history_replicas.map(|v| v.to_string())),
         ("HERALD_CLIENT_QUEUE_BYTES", g.client_queue_bytes.map(|v| v.to_string())),
         ("HERALD_LOG_FORMAT", g.log_format.map(|f| f.as_str().to_owned())),
+        ("HERALD_PRESENCE_CHANNELS", (!g.presence_channels.is_empty()).then(|| g.presence_channels.join(","))),
+        ("HERALD_PRESENCE_TTL_SECS", g.presence_ttl_secs.map(|v| v.to_string())),
+        ("HERALD_CLIENT_EVENT_MAX_BYTES", g.client_event_max_bytes.map(|v| v.to_string())),
+        ("HERALD_CLIENT_EVENT_RATE", g.client_event_rate.map(|v| v.to_string())),
+        ("HERALD_CLIENT_EVENT_BURST", g.client_event_burst.map(|v| v.to_string())),
     ];
     envs.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| env(k, v))));
 

@@ -9,3 +9,54 @@ fn the_checked_in_crd_is_up_to_date() {
         "charts/herald/crds/realtimegateways.yaml is stale: run `cargo run -p herald-operator -- crdgen > charts/herald/crds/realtimegateways.yaml`"
     );
 }
+
+/// Every gateway setting of the resource reaches the gateways as an environment variable that
+/// the gateway actually reads (a misspelt name would be ignored silently).
+#[test]
+fn every_gateway_setting_becomes_a_variable_the_gateway_reads() {
+    let yaml = r#"
+apiVersion: herald.dev/v1alpha1
+kind: RealtimeGateway
+metadata: {name: rt, namespace: ns, uid: "1"}
+spec:
+  image: herald:1
+  replicas: {min: 1, max: 3}
+  targetConnectionsPerPod: 1000
+  maxConnectionsPerPod: 1500
+  nats: {url: "nats://nats:4222"}
+  auth: {jwtSecret: {name: s, key: k}}
+  gateway:
+    heartbeatSecs: 20
+    maxChannels: 16
+    maxConnectionsPerUser: 5
+    allowedOrigins: ["https://app.example.com"]
+    historyMaxAge: 1h
+    historyMaxPerSubject: 100
+    historyReplicas: 3
+    clientQueueBytes: 65536
+    logFormat: json
+    presenceChannels: ["doc:*", "room:*"]
+    presenceTtlSecs: 20
+    clientEventMaxBytes: 1024
+    clientEventRate: 10
+    clientEventBurst: 30
+"#;
+    let rtgw: herald_operator::crd::RealtimeGateway = serde_yaml::from_str(yaml).unwrap();
+    let deployment = herald_operator::resources::deployment(&rtgw, 2);
+    let container = &deployment.spec.template.spec.unwrap().containers[0];
+    let env: std::collections::BTreeMap<String, String> =
+        container.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect();
+    let config =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/src/config.rs"))
+            .unwrap();
+    for name in env.keys() {
+        assert!(config.contains(&format!("env = \"{name}\"")), "the gateway has no flag reading {name}");
+    }
+    assert_eq!(env["HERALD_PRESENCE_CHANNELS"], "doc:*,room:*");
+    assert_eq!(env["HERALD_PRESENCE_TTL_SECS"], "20");
+    assert_eq!(env["HERALD_CLIENT_EVENT_BURST"], "30");
+    assert_eq!(env["HERALD_LOG_FORMAT"], "json");
+    // One variable per setting in the spec above, plus the ones every pod gets.
+    let settings = 14;
+    assert!(env.len() >= settings + 4, "{env:?}");
+}

@@ -16,7 +16,11 @@ export const CLOSED = 'closed';
 /** Event types the gateway reserves for control frames. */
 export const CONTROL_EVENTS = Object.freeze(['connected', 'reset', 'token_expired']);
 
+/** Event types no client event may use: the gateway's own frames, and `error`. */
+const RESERVED_TYPES = new Set([...CONTROL_EVENTS, 'presence', 'error']);
+
 const NAME = /^[A-Za-z0-9_\-:@=+~]+(?:\.[A-Za-z0-9_\-:@=+~]+)*$/;
+const TYPE = /^[A-Za-z0-9_\-:.]{1,64}$/;
 
 /**
  * Whether `name` is a valid Herald user or channel name: 1–128 ASCII letters, digits and
@@ -24,6 +28,29 @@ const NAME = /^[A-Za-z0-9_\-:@=+~]+(?:\.[A-Za-z0-9_\-:@=+~]+)*$/;
  */
 export function isValidName(name) {
   return typeof name === 'string' && name.length >= 1 && name.length <= 128 && NAME.test(name);
+}
+
+/**
+ * Whether `type` can name a client event: 1–64 ASCII letters, digits and `_ - : .`, and none of
+ * the types the gateway reserves (`connected`, `reset`, `token_expired`, `presence`, `error`).
+ */
+export function isValidEventType(type) {
+  return typeof type === 'string' && TYPE.test(type) && !RESERVED_TYPES.has(type);
+}
+
+/**
+ * A refused or failed request of `publish()` or `presence()`: `status` is the HTTP status (0 when
+ * no response came), `error` the gateway's error code, `retryAfter` the seconds a 429 asks to wait.
+ */
+export class HeraldRequestError extends Error {
+  constructor({ status, error, message, body = null, retryAfter, cause }) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.name = 'HeraldRequestError';
+    this.status = status;
+    this.error = error;
+    this.body = body;
+    if (retryAfter !== undefined) this.retryAfter = retryAfter;
+  }
 }
 
 /** Creates a client and schedules its connection (see `HeraldClient`). */
@@ -202,6 +229,65 @@ export class HeraldClient {
     };
   }
 
+  /**
+   * Sends a client event to everyone on `channel` (POST `<url>/v1/client-events`, with the same
+   * credentials as the stream). The gateway stamps it with the sender as `from`; it is live only
+   * (no id, never replayed), and comes back on this client's own connection too.
+   *
+   * Resolves once the gateway has accepted it (202). Rejects with a `HeraldRequestError`
+   * (`status`, `error`, and for a 429 `retryAfter` in seconds), or a `TypeError` for an invalid
+   * channel, type or data.
+   *
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<void>}
+   */
+  async publish(channel, type, data = null, { signal } = {}) {
+    if (!isValidName(channel)) {
+      throw new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`);
+    }
+    if (!isValidEventType(type)) {
+      throw new TypeError(`herald: invalid client event type ${JSON.stringify(type)}`);
+    }
+    let body;
+    try {
+      body = JSON.stringify({ channel, type, data });
+    } catch (err) {
+      throw new TypeError(`herald: event data is not JSON: ${messageOf(err)}`);
+    }
+    const response = await this.#request('POST', 'v1/client-events', { body, signal });
+    if (!response.ok) throw await requestError(response);
+    await response.text().catch(() => {});
+  }
+
+  /**
+   * Who is on `channel` now (GET `<url>/v1/presence/<channel>`): resolves to
+   * `{ channel, members: [{ user, connections, presence }] }`, members sorted by user. Rejects
+   * with a `HeraldRequestError` (404 `presence_off` when the channel has no presence).
+   *
+   * Changes arrive on the stream as `presence` events of the channel (to its `subscribe()`
+   * handlers, `on('presence')` and `on('*')`), with `data: { action: 'join' | 'leave', user }`.
+   *
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  async presence(channel, { signal } = {}) {
+    if (!isValidName(channel)) {
+      throw new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`);
+    }
+    const response = await this.#request('GET', `v1/presence/${encodeURIComponent(channel)}`, { signal });
+    if (!response.ok) throw await requestError(response);
+    try {
+      return JSON.parse(await response.text());
+    } catch (err) {
+      if (err?.name === 'AbortError') throw err;
+      throw new HeraldRequestError({
+        status: response.status,
+        error: 'bad_response',
+        message: `presence: the answer is not JSON: ${messageOf(err)}`,
+        cause: err,
+      });
+    }
+  }
+
   /** Calls `listener(state, previous)` on every state change. @returns unsubscribe */
   onStateChange(listener) {
     if (typeof listener !== 'function') throw new TypeError('herald: listener must be a function');
@@ -240,6 +326,48 @@ export class HeraldClient {
       this.#doc.removeEventListener('visibilitychange', this.#onVisibility);
     }
     this.#setState(CLOSED);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // requests besides the stream
+
+  /**
+   * One API request with the stream's credentials: the token from getToken (asked again with
+   * `refresh: true` after a 401, once), else cookies; the query of `url` (a `token`, dev mode's
+   * `user`) is kept.
+   */
+  async #request(method, path, { body, signal } = {}) {
+    let url;
+    try {
+      url = apiUrl(this.#base, path);
+    } catch (err) {
+      throw new HeraldRequestError({ status: 0, error: 'invalid_url', message: messageOf(err), cause: err });
+    }
+    for (let refresh = false; ; refresh = true) {
+      const headers = { Accept: 'application/json' };
+      if (body !== undefined) headers['Content-Type'] = 'application/json';
+      if (this.#getToken) {
+        let token;
+        try {
+          token = await this.#getToken({ refresh });
+        } catch (err) {
+          throw new HeraldRequestError({ status: 0, error: 'token_unavailable', message: messageOf(err), cause: err });
+        }
+        if (token) headers.Authorization = `Bearer ${token}`;
+      }
+      let response;
+      try {
+        response = await this.#fetch(url, { method, headers, body, credentials: this.#credentials, signal });
+      } catch (err) {
+        if (err?.name === 'AbortError') throw err;
+        throw new HeraldRequestError({ status: 0, error: 'network_error', message: messageOf(err), cause: err });
+      }
+      if (response.status === 401 && this.#getToken && !refresh) {
+        cancelBody(response);
+        continue;
+      }
+      return response;
+    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -684,15 +812,52 @@ function channelsInUrl(url) {
   return out;
 }
 
-/** `<base>/events?…&channels=a,b`: keeps the base's path prefix and other query parameters. */
-export function eventsUrl(base, channels) {
+/** `<base>/<path>`: keeps the base's path prefix and query parameters, except the channels. */
+function apiUrl(base, path) {
   const u = baseUrl(base);
   u.hash = '';
-  u.pathname = `${u.pathname.replace(/\/+$/, '')}/events`;
+  u.pathname = `${u.pathname.replace(/\/+$/, '')}/${path}`;
   u.searchParams.delete('channels');
   u.searchParams.delete('channel');
+  return u;
+}
+
+/** `<base>/events?…&channels=a,b`: keeps the base's path prefix and other query parameters. */
+export function eventsUrl(base, channels) {
+  const u = apiUrl(base, 'events');
   if (channels.length > 0) u.searchParams.set('channels', channels.join(','));
   return u.toString();
+}
+
+/** The error for a refused API request, from its status, JSON body and Retry-After. */
+async function requestError(response) {
+  const status = response.status;
+  let body = null;
+  try {
+    const text = await response.text();
+    body = text ? JSON.parse(text) : null;
+  } catch {
+    body = null;
+  }
+  const info = {
+    status,
+    error: typeof body?.error === 'string' ? body.error : `http_${status}`,
+    message: typeof body?.message === 'string' ? body.message : response.statusText || `HTTP ${status}`,
+    body,
+  };
+  const retryAfter = retryAfterSeconds(response.headers?.get?.('retry-after'));
+  if (retryAfter !== null || status === 429) info.retryAfter = retryAfter;
+  return new HeraldRequestError(info);
+}
+
+/** A Retry-After value in seconds (delay-seconds or an HTTP date), or null. */
+function retryAfterSeconds(value) {
+  if (typeof value !== 'string' || value.trim() === '') return null;
+  const v = value.trim();
+  if (/^\d+$/.test(v)) return Number(v);
+  const at = Date.parse(v);
+  if (Number.isNaN(at)) return null;
+  return Math.max(0, Math.ceil((at - Date.now()) / 1000));
 }
 
 function cancelBody(response) {

@@ -1,8 +1,13 @@
 // React bindings, written against an injected React so they need no build step and no bare import
 // (src/react.js passes the real one). The shapes follow the original hooks: RealtimeProvider,
-// useRealtimeChannel, useEventStream; plus useConnectionState and useRealtimeClient.
+// useRealtimeChannel, useEventStream; plus useConnectionState, useRealtimeClient and usePresence.
 
 import { createClient } from './client.js';
+
+/** How long after a presence change (or a reconnection) usePresence refetches the list. */
+const PRESENCE_REFETCH_MS = 250;
+
+const NO_MEMBERS = Object.freeze([]);
 
 /**
  * Builds the bindings for a given React (>= 18: uses useSyncExternalStore).
@@ -136,6 +141,92 @@ export function createReactBindings(React) {
     return { isConnected: state === 'open', state, lastEvent };
   }
 
+  /**
+   * Who is on `channel`: `[{ user, connections, presence }]`, sorted by user (empty until the
+   * first answer, and outside a provider). Subscribes to the channel, so this user is on it too.
+   * Fetches the list, applies `join` and `leave` events at once, and refetches shortly after them
+   * (and after every reconnection, which may have missed some) for exact counts and presence
+   * objects. `onError` receives a failed fetch (e.g. 404 `presence_off`).
+   */
+  function usePresence(channel, { onError } = {}) {
+    const ctx = useContext(RealtimeContext);
+    const client = ctx?.client ?? null;
+    const onErrorRef = useLatest(onError);
+    const [current, setCurrent] = useState(null);
+
+    useEffect(() => {
+      if (!client || !channel) return undefined;
+      let live = true;
+      let members = NO_MEMBERS;
+      let changes = 0; // presence events applied so far
+      let inFlight = null; // the latest fetch: { controller }
+      let timer = null;
+
+      const show = (next) => {
+        // An unchanged list keeps its array (and spares a render).
+        if (members !== NO_MEMBERS && JSON.stringify(next) === JSON.stringify(members)) return;
+        members = next;
+        setCurrent({ client, channel, members: next });
+      };
+
+      const refetch = () => {
+        inFlight?.controller?.abort();
+        const request = { controller: typeof AbortController === 'function' ? new AbortController() : null };
+        inFlight = request;
+        const seen = changes;
+        client.presence(channel, { signal: request.controller?.signal }).then(
+          (answer) => {
+            if (!live || inFlight !== request) return;
+            inFlight = null;
+            // An event came in meanwhile: this answer may predate it, and a refetch follows it.
+            if (changes !== seen) return;
+            show(Array.isArray(answer?.members) ? answer.members : NO_MEMBERS);
+          },
+          (err) => {
+            if (!live || inFlight !== request) return;
+            inFlight = null;
+            onErrorRef.current?.(err);
+          },
+        );
+      };
+
+      const refetchSoon = () => {
+        if (timer !== null) clearTimeout(timer);
+        timer = setTimeout(() => {
+          timer = null;
+          if (live) refetch();
+        }, PRESENCE_REFETCH_MS);
+      };
+
+      const offEvents = client.subscribe(channel, (event) => {
+        if (event.type !== 'presence') return;
+        const user = event.data?.user;
+        if (typeof user !== 'string') return;
+        changes += 1;
+        const present = members.some((m) => m.user === user);
+        if (event.data.action === 'join' && !present) {
+          show([...members, { user, connections: 1, presence: null }].sort(byUser));
+        } else if (event.data.action === 'leave' && present) {
+          show(members.filter((m) => m.user !== user));
+        }
+        refetchSoon();
+      });
+      const offConnected = client.on('connected', refetchSoon);
+      refetch();
+
+      return () => {
+        live = false;
+        offEvents();
+        offConnected();
+        if (timer !== null) clearTimeout(timer);
+        inFlight?.controller?.abort();
+        inFlight = null;
+      };
+    }, [client, channel]);
+
+    return current && current.client === client && current.channel === channel ? current.members : NO_MEMBERS;
+  }
+
   return {
     RealtimeContext,
     RealtimeProvider,
@@ -143,5 +234,10 @@ export function createReactBindings(React) {
     useConnectionState,
     useRealtimeChannel,
     useEventStream,
+    usePresence,
   };
+}
+
+function byUser(a, b) {
+  return a.user < b.user ? -1 : a.user > b.user ? 1 : 0;
 }

@@ -10,4 +10,5 @@ export const useRealtimeClient = bindings.useRealtimeClient;
 export const useConnectionState = bindings.useConnectionState;
 export const useRealtimeChannel = bindings.useRealtimeChannel;
 export const useEventStream = bindings.useEventStream;
+export const usePresence = bindings.usePresence;
 export { createReactBindings };
