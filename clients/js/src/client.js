@@ -585,13 +585,7 @@ export class HeraldClient {
 
   async #refused(gen, response) {
     const status = response.status;
-    let body = null;
-    try {
-      const text = await response.text();
-      body = text ? JSON.parse(text) : null;
-    } catch {
-      body = null;
-    }
+    const body = await jsonBody(response);
     if (gen !== this.#gen) return;
     const info = {
       status,
@@ -829,16 +823,20 @@ export function eventsUrl(base, channels) {
   return u.toString();
 }
 
+/** A response's body as JSON, or null when it is empty, unreadable or not JSON. */
+async function jsonBody(response) {
+  try {
+    const text = await response.text();
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
+}
+
 /** The error for a refused API request, from its status, JSON body and Retry-After. */
 async function requestError(response) {
   const status = response.status;
-  let body = null;
-  try {
-    const text = await response.text();
-    body = text ? JSON.parse(text) : null;
-  } catch {
-    body = null;
-  }
+  const body = await jsonBody(response);
   const info = {
     status,
     error: typeof body?.error === 'string' ? body.error : `http_${status}`,

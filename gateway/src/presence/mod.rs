@@ -256,10 +256,7 @@ impl Presence {
                 dirty
                     .into_iter()
                     .map(|channel| {
-                        let value = inner.local.get(&channel).map(|users| {
-                            let entry = Entry { users: users.clone() };
-                            Bytes::from(serde_json::to_vec(&entry).unwrap_or_default())
-                        });
+                        let value = inner.local.get(&channel).map(render);
                         (channel, value)
                     })
                     .collect()
@@ -382,6 +379,22 @@ impl Presence {
     }
 }
 
+/// Largest entry written with presence objects; past it, an entry carries counts only.
+const MAX_ENTRY_BYTES: usize = 256 * 1024;
+
+/// A pod's entry for a channel, as stored. Thousands of users with large presence objects would
+/// outgrow a NATS message: past [`MAX_ENTRY_BYTES`] the objects are left out (members and
+/// counts stay exact).
+fn render(users: &BTreeMap<String, Member>) -> Bytes {
+    let full = serde_json::to_vec(&Entry { users: users.clone() }).unwrap_or_default();
+    if full.len() <= MAX_ENTRY_BYTES {
+        return Bytes::from(full);
+    }
+    let counts =
+        users.iter().map(|(user, m)| (user.clone(), Member { connections: m.connections, presence: None })).collect();
+    Bytes::from(serde_json::to_vec(&Entry { users: counts }).unwrap_or_default())
+}
+
 /// Sums the pods' entries per user; users sorted by name.
 fn aggregate<'a>(entries: impl Iterator<Item = &'a Entry>) -> Vec<MemberView> {
     let mut users: BTreeMap<&str, MemberView> = BTreeMap::new();
@@ -415,6 +428,25 @@ mod tests {
         let members = aggregate([&a, &b].into_iter());
         let got: Vec<(&str, u32)> = members.iter().map(|m| (m.user.as_str(), m.connections)).collect();
         assert_eq!(got, [("ana", 3), ("ben", 1), ("cy", 1)]);
+    }
+
+    #[test]
+    fn a_large_entry_keeps_its_members_and_drops_their_presence_objects() {
+        let big = format!("{{\"bio\":\"{}\"}}", "x".repeat(1000));
+        let users: BTreeMap<String, Member> = (0..400)
+            .map(|i| {
+                let presence = Some(RawValue::from_string(big.clone()).unwrap());
+                (format!("u{i}"), Member { connections: 2, presence })
+            })
+            .collect();
+        let bytes = render(&users);
+        assert!(bytes.len() <= MAX_ENTRY_BYTES);
+        let entry: Entry = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(entry.users.len(), 400);
+        assert!(entry.users.values().all(|m| m.connections == 2 && m.presence.is_none()));
+        let small: BTreeMap<String, Member> = users.into_iter().take(10).collect();
+        let entry: Entry = serde_json::from_slice(&render(&small)).unwrap();
+        assert!(entry.users.values().all(|m| m.presence.is_some()), "small entries keep them");
     }
 
     #[test]
