@@ -139,6 +139,11 @@ impl Delivery {
         if crate::names::validate_event_type(&self.event_type).is_err() {
             return Some("invalid or reserved Herald-Type");
         }
+        // JSON text is UTF-8, and an SSE stream is decoded as UTF-8: a parser skipping over a
+        // string does not check its bytes, so check them first.
+        if std::str::from_utf8(&self.payload).is_err() {
+            return Some("payload is not UTF-8");
+        }
         if serde_json::from_slice::<serde::de::IgnoredAny>(&self.payload).is_err() {
             return Some("payload is not JSON");
         }
@@ -173,6 +178,22 @@ pub struct Outgoing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_payload_must_be_utf8_json() {
+        let delivery = |payload: &'static [u8]| Delivery {
+            event_type: "message".into(),
+            payload: Bytes::from_static(payload),
+            id: None,
+            from: None,
+            trace: None,
+            published_at: None,
+        };
+        assert_eq!(delivery(br#"{"a":"b\u00e9"}"#).problem(), None);
+        assert_eq!(delivery("\"é\"".as_bytes()).problem(), None);
+        assert_eq!(delivery(b"\"\xff\"").problem(), Some("payload is not UTF-8"));
+        assert_eq!(delivery(b"{").problem(), Some("payload is not JSON"));
+    }
 
     #[test]
     fn subjects() {

@@ -191,7 +191,7 @@ impl Metrics {
         let received = ["user", "channel", "broadcast"].map(|t| received_vec.with_label_values(&[t]));
         let invalid = counter(
             "herald_events_invalid_total",
-            "Events received from NATS and dropped: reserved or malformed Herald-Type, or a payload that is not JSON",
+            "Events received from NATS and dropped: reserved or malformed Herald-Type, or a payload that is not UTF-8 JSON",
         );
         let frames_sent = counter(
             "herald_frames_sent_total",
