@@ -326,22 +326,24 @@ fn grant_from(claims: Claims, issuer_required: bool, audience_required: bool) ->
     let channels = patterns("channels", &claims.channels)?;
     let publish = patterns("publish", &claims.publish)?;
     let presence = match claims.presence {
-        None => None,
-        Some(raw) if raw.get() == "null" => None,
-        Some(raw) => {
-            if !raw.get().starts_with('{') {
-                return Err(AuthError::BadClaim { claim: "presence", reason: "must be a JSON object".into() });
-            }
-            if raw.get().len() > MAX_PRESENCE_BYTES {
-                return Err(AuthError::BadClaim {
-                    claim: "presence",
-                    reason: format!("longer than {MAX_PRESENCE_BYTES} bytes"),
-                });
-            }
-            Some(raw)
+        Some(raw) if raw.get() != "null" => {
+            Some(presence_object(raw).map_err(|reason| AuthError::BadClaim { claim: "presence", reason })?)
         }
+        _ => None,
     };
     Ok(Grant { user, channels, publish, presence, expires_at: Some(exp) })
+}
+
+/// Checks a presence object (a token's claim, or dev mode's `?presence=`): a JSON object of at
+/// most [`MAX_PRESENCE_BYTES`].
+pub fn presence_object(raw: Box<RawValue>) -> Result<Box<RawValue>, String> {
+    if !raw.get().starts_with('{') {
+        return Err("must be a JSON object".into());
+    }
+    if raw.get().len() > MAX_PRESENCE_BYTES {
+        return Err(format!("longer than {MAX_PRESENCE_BYTES} bytes"));
+    }
+    Ok(raw)
 }
 
 fn patterns(claim: &'static str, raw: &[String]) -> Result<Vec<ChannelPattern>, AuthError> {

@@ -11,13 +11,12 @@ use std::time::Instant;
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::events::{authenticate, parse_query};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, read_body};
 use crate::event::{Outgoing, Target};
 use crate::names::{Name, validate_event_type};
 
@@ -26,12 +25,8 @@ struct Body<'a> {
     channel: String,
     #[serde(rename = "type")]
     event_type: String,
-    #[serde(borrow, default, deserialize_with = "present")]
+    #[serde(borrow, default, deserialize_with = "super::publish::present")]
     data: Option<&'a RawValue>,
-}
-
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue as Deserialize>::deserialize(d).map(Some)
 }
 
 /// A request that passed validation.
@@ -79,32 +74,19 @@ pub async fn client_events(
     result
 }
 
-async fn handle(req: &HttpRequest, mut payload: web::Payload, state: &AppState) -> Result<HttpResponse, ApiError> {
+async fn handle(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<HttpResponse, ApiError> {
     let query = parse_query(req.query_string());
     let grant = authenticate(req, &query, state)?;
 
     let limit = state.settings.client_event_max_bytes;
-    let too_large = || {
+    let body = read_body(req, payload, limit, || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!("a client event is limited to {limit} bytes of request body"),
         )
-    };
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        && len > limit
-    {
-        return Err(too_large());
-    }
-    let mut body = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
+    })
+    .await?;
     let event = validate(&body)?;
     if !grant.allows_publish(event.channel.as_str()) {
         return Err(ApiError::new(

@@ -15,7 +15,7 @@ use rand::Rng;
 use serde::Serialize;
 
 use super::{ApiError, AppState};
-use crate::auth::{Grant, MAX_PRESENCE_BYTES, TokenSources, pick_token};
+use crate::auth::{Grant, MAX_PRESENCE_BYTES, TokenSources, pick_token, presence_object};
 use crate::config::ClientAuth;
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -266,9 +266,7 @@ pub(crate) fn authenticate(req: &HttpRequest, query: &EventsQuery, state: &AppSt
                     )
                 };
                 let value: Box<RawValue> = serde_json::from_str(raw).map_err(|_| invalid())?;
-                if !value.get().starts_with('{') || value.get().len() > MAX_PRESENCE_BYTES {
-                    return Err(invalid());
-                }
+                let value = presence_object(value).map_err(|_| invalid())?;
                 grant.presence = Some(value);
             }
             Ok(grant)

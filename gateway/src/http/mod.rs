@@ -63,6 +63,32 @@ pub fn routes(cfg: &mut web::ServiceConfig, dev: bool) {
     }
 }
 
+/// Reads a request body of at most `limit` bytes; a longer one (by `Content-Length`, or as it
+/// arrives) is refused with `too_large()` before more of it is read.
+pub async fn read_body(
+    req: &actix_web::HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    too_large: impl Fn() -> ApiError,
+) -> Result<bytes::BytesMut, ApiError> {
+    use futures_util::StreamExt;
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// A client-facing error: status plus `{"error":"<code>","message":"<text>"}`.
 #[derive(Debug)]
 pub struct ApiError {

@@ -10,8 +10,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
 use super::events::{authenticate, parse_query};
+use super::publish::presented_key;
 use super::{ApiError, AppState};
-use crate::auth::{TokenSources, pick_token};
 use crate::config::PublishAuth;
 use crate::names::Name;
 use crate::presence::MemberView;
@@ -61,10 +61,5 @@ pub async fn presence(
 /// Whether the request carries a valid publisher key.
 fn publisher(req: &HttpRequest, state: &AppState) -> bool {
     let PublishAuth::Keys(keys) = &state.publish_auth else { return false };
-    let sources = TokenSources {
-        authorization: req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
-        query: None,
-        cookie: None,
-    };
-    pick_token(&sources).is_some_and(|key| keys.check(key).is_some())
+    presented_key(req).is_some_and(|key| keys.check(key).is_some())
 }

@@ -12,13 +12,12 @@ use std::time::Instant;
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::{Instrument, Span};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, read_body};
 use crate::auth::{TokenSources, pick_token};
 use crate::config::PublishAuth;
 use crate::event::{Outgoing, Target};
@@ -48,7 +47,8 @@ pub struct PublishBody<'a> {
     pub durable: Option<bool>,
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+/// Keeps a present `null` as `Some`, so that only a missing field is `None`.
+pub(crate) fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue as Deserialize>::deserialize(d).map(Some)
 }
 
@@ -113,6 +113,16 @@ pub fn validate(body: &[u8], max_payload: usize) -> Result<ValidPublish, ApiErro
     })
 }
 
+/// The publisher key a request presents: `Authorization: Bearer <key>` only.
+pub(crate) fn presented_key(req: &HttpRequest) -> Option<&str> {
+    let sources = TokenSources {
+        authorization: req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+        query: None,
+        cookie: None,
+    };
+    pick_token(&sources)
+}
+
 fn shown(s: &str) -> String {
     s.chars().take(64).collect()
 }
@@ -154,7 +164,7 @@ pub async fn publish(
 
 async fn handle(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     state: &AppState,
     span: Option<&Span>,
 ) -> Result<HttpResponse, ApiError> {
@@ -166,12 +176,7 @@ async fn handle(
             ));
         }
         PublishAuth::Keys(keys) => {
-            let sources = TokenSources {
-                authorization: req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
-                query: None,
-                cookie: None,
-            };
-            let key = pick_token(&sources)
+            let key = presented_key(req)
                 .ok_or_else(|| ApiError::unauthorized("send a publisher key as Authorization: Bearer <key>"))?;
             let name = keys.check(key).ok_or_else(|| ApiError::unauthorized("unknown publisher key"))?;
             tracing::debug!(publisher = name, "publish request");
@@ -179,21 +184,7 @@ async fn handle(
     }
 
     let max_payload = state.settings.max_payload_bytes;
-    let limit = max_payload + ENVELOPE_ALLOWANCE;
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        && len > limit
-    {
-        return Err(payload_too_large(max_payload));
-    }
-    let mut body = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(payload_too_large(max_payload));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = read_body(req, payload, max_payload + ENVELOPE_ALLOWANCE, || payload_too_large(max_payload)).await?;
 
     let mut valid = validate(&body, max_payload)?;
     if let Some(span) = span {
