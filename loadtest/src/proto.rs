@@ -136,6 +136,9 @@ pub struct ShareReport {
     /// Unix ms of the first connect attempt and of the last successful connect.
     pub connect_start_ms: u64,
     pub connect_end_ms: u64,
+    /// CPU seconds the process had used by the last successful connect (since the share began).
+    #[serde(default)]
+    pub connect_cpu_seconds: f64,
 }
 
 /// Counts that add up across shares.

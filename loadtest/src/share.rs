@@ -51,6 +51,9 @@ struct Shared {
     kill: Cell<Option<(u64, u64)>>,
     connect_start_ms: Cell<u64>,
     connect_end_ms: Cell<u64>,
+    /// The process's CPU time when the share began, and its use by the last successful connect.
+    cpu0: Duration,
+    connect_cpu: Cell<Duration>,
     buf: RefCell<Vec<u8>>,
     /// Events of the read being processed (kept to reuse the allocation).
     events: RefCell<Vec<Seen>>,
@@ -87,6 +90,8 @@ pub async fn run(job: Job, mut rx: mpsc::UnboundedReceiver<ToShare>, tx: mpsc::U
         kill: Cell::new(None),
         connect_start_ms: Cell::new(0),
         connect_end_ms: Cell::new(0),
+        cpu0,
+        connect_cpu: Cell::new(Duration::ZERO),
         buf: RefCell::new(vec![0; READ_BUF]),
         events: RefCell::default(),
         permits: Arc::new(Semaphore::new(job.connect_concurrency.max(1))),
@@ -232,6 +237,7 @@ fn finish(sh: &Shared, published: u64, cpu0: Duration, wall0: Instant) -> ShareR
         wall_seconds: wall0.elapsed().as_secs_f64(),
         connect_start_ms: sh.connect_start_ms.get(),
         connect_end_ms: sh.connect_end_ms.get(),
+        connect_cpu_seconds: sh.connect_cpu.get().as_secs_f64(),
     }
 }
 
@@ -287,6 +293,7 @@ impl Attempt {
             if ok {
                 c.connected += 1;
                 self.0.connect_end_ms.set(payload::now_ns() / 1_000_000);
+                self.0.connect_cpu.set(crate::sys::cpu_time().saturating_sub(self.0.cpu0));
             } else {
                 c.connect_failed += 1;
             }
@@ -403,7 +410,7 @@ async fn client(sh: Rc<Shared>, k: usize, at: Option<Instant>) {
 
 async fn open(sh: &Shared, i: u64, url: &str, last_id: &[u8]) -> Result<(TcpStream, BodyReader, Vec<u8>), OpenError> {
     let target = Target::parse(url).map_err(|_| OpenError::Io)?;
-    let mut stream = TcpStream::connect(&target.authority).await.map_err(|_| OpenError::Io)?;
+    let mut stream = crate::sys::connect(&target.authority, i).await.map_err(|_| OpenError::Io)?;
     let token = token_for(sh, i).map(|t| format!("Bearer {t}"));
     let last = String::from_utf8_lossy(last_id).into_owned();
     let mut headers: Vec<(&str, &str)> = vec![("Accept", "text/event-stream")];

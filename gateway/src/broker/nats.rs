@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::RwLock;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::{Broker, BrokerError, EventStream, Replay, ReportStream, ResetReason};
 use crate::config::HistoryLimits;
@@ -85,7 +85,8 @@ pub enum History {
 pub struct NatsBroker {
     client: Client,
     prefix: Arc<str>,
-    sync_subject: String,
+    /// Confirms that the server has processed what this connection sent (subscriptions).
+    confirmations: Arc<Confirmations>,
     /// JetStream, when history is on.
     jetstream: Option<jetstream::Context>,
     /// The stream's epoch (from its creation time), refreshed whenever its info is read.
@@ -141,9 +142,9 @@ impl NatsBroker {
         let nonce: u64 = rand::random();
         let broker = NatsBroker {
             jetstream: (!matches!(opts.history, History::Off)).then(|| jetstream::new(client.clone())),
+            confirmations: Arc::new(Confirmations::new(client.clone(), format!("{}._sync.{nonce:x}", opts.prefix))),
             client,
             prefix: Arc::from(opts.prefix.as_str()),
-            sync_subject: format!("{}._sync.{nonce:x}", opts.prefix),
             epoch: Arc::new(RwLock::new(Arc::from("0"))),
             connects,
             stream_ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -193,14 +194,67 @@ impl NatsBroker {
     pub fn client(&self) -> &Client {
         &self.client
     }
+}
 
-    /// A request nobody answers: when its "no responders" reply arrives, the server has
-    /// processed everything this connection sent before it, subscriptions included.
-    async fn round_trip(client: &Client, subject: String) -> Result<(), BrokerError> {
-        match client.request(subject, Bytes::new()).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
-            Err(e) => Err(BrokerError::Unavailable(format!("NATS did not answer: {e}"))),
+/// Confirms that the server has processed everything this connection sent before (its
+/// subscriptions above all), with a request nobody answers: its "no responders" reply comes back
+/// in order behind them.
+///
+/// One round trip answers for every caller that was waiting when it was sent, so a burst of
+/// connections subscribing to their users' subjects costs the server one request per round trip,
+/// not one per connection.
+struct Confirmations {
+    client: Client,
+    subject: String,
+    waiting: parking_lot::Mutex<Waiting>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    callers: Vec<oneshot::Sender<Result<(), BrokerError>>>,
+    /// A task is sending round trips until nobody waits.
+    running: bool,
+}
+
+impl Confirmations {
+    fn new(client: Client, subject: String) -> Self {
+        Confirmations { client, subject, waiting: Default::default() }
+    }
+
+    /// Resolves once the server has processed what this connection sent before the call.
+    async fn confirm(self: &Arc<Self>) -> Result<(), BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut waiting = self.waiting.lock();
+            waiting.callers.push(tx);
+            !std::mem::replace(&mut waiting.running, true)
+        };
+        if start {
+            let this = self.clone();
+            tokio::spawn(async move { this.run().await });
+        }
+        rx.await.unwrap_or_else(|_| Err(BrokerError::Unavailable("NATS connection closed".into())))
+    }
+
+    async fn run(&self) {
+        loop {
+            // Everyone in this batch was queued before the request below is sent.
+            let batch = {
+                let mut waiting = self.waiting.lock();
+                if waiting.callers.is_empty() {
+                    waiting.running = false;
+                    return;
+                }
+                std::mem::take(&mut waiting.callers)
+            };
+            let result = match self.client.request(self.subject.clone(), Bytes::new()).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
+                Err(e) => Err(BrokerError::Unavailable(format!("NATS did not answer: {e}"))),
+            };
+            for caller in batch {
+                let _ = caller.send(result.clone());
+            }
         }
     }
 }
@@ -313,11 +367,11 @@ impl Broker for NatsBroker {
     fn subscribe(&self, target: Target) -> BoxFuture<'static, Result<EventStream, BrokerError>> {
         let client = self.client.clone();
         let subject = target.subject(&self.prefix, SubjectKind::Live);
-        let sync = self.sync_subject.clone();
+        let confirmations = self.confirmations.clone();
         let epoch = self.epoch.clone();
         async move {
             let sub = client.subscribe(subject).await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-            Self::round_trip(&client, sync).await?;
+            confirmations.confirm().await?;
             Ok(Box::pin(sub.map(move |msg| {
                 let current = epoch.read().clone();
                 delivery_from(msg, &current)
@@ -377,8 +431,7 @@ impl Broker for NatsBroker {
         let js = self.jetstream.clone();
         let prefix = self.prefix.clone();
         let epoch = self.epoch.clone();
-        let client = self.client.clone();
-        let sync = self.sync_subject.clone();
+        let confirmations = self.confirmations.clone();
         async move {
             let Some(js) = js else {
                 // Live-only: there is no history to resume from.
@@ -388,7 +441,7 @@ impl Broker for NatsBroker {
             if targets.is_none() {
                 // Refilling after a reconnect: make sure the resubscriptions are in place at the
                 // server first, so that nothing falls between the replay and live delivery.
-                Self::round_trip(&client, sync).await?;
+                confirmations.confirm().await?;
             }
             let (stream, info, current) = stream_info(&js, &epoch).await?;
             let head = Some(EventId { epoch: current.clone(), seq: info.state.last_sequence });
