@@ -35,8 +35,14 @@ fn main() {
     if argv.first().map(String::as_str) == Some("--readers") {
         return readers(&argv[1], argv[2].parse().expect("count"), argv[3].parse().expect("cpu"));
     }
-    let mut args =
-        Args { connections: 10_000, messages: 20, interval: Duration::from_millis(200), frame_bytes: 160, writer_cpu: 0, reader_cpu: 1 };
+    let mut args = Args {
+        connections: 10_000,
+        messages: 20,
+        interval: Duration::from_millis(200),
+        frame_bytes: 160,
+        writer_cpu: 0,
+        reader_cpu: 1,
+    };
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().and_then(|v| v.parse::<usize>().ok()).unwrap_or_else(|| usage(flag));

@@ -139,7 +139,28 @@ pub struct ShareReport {
     /// CPU seconds the process had used by the last successful connect (since the share began).
     #[serde(default)]
     pub connect_cpu_seconds: f64,
+    /// The first few events that never arrived, to look into a loss.
+    #[serde(default)]
+    pub missing_examples: Vec<MissingEvent>,
 }
+
+/// One event a client never received.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MissingEvent {
+    /// The client's index in the run.
+    pub client: u64,
+    /// The sequence number of the event on the client's target.
+    pub seq: u64,
+    /// How many events were published to the client's target.
+    pub expected: u64,
+    /// Every event up to this sequence arrived.
+    pub contiguous: u64,
+    /// Resume: whether the client caught up with the events published before the kill.
+    pub caught_up: bool,
+}
+
+/// Most missing events a report lists.
+pub const MISSING_EXAMPLES: usize = 20;
 
 /// Counts that add up across shares.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -577,6 +577,7 @@ fn summary(s: SummaryIn<'_>) -> Value {
     let mut connect_latency = Hist::default();
     let mut catch_up = Hist::default();
     let (mut cpu_shares, mut max_ratio, mut connect_cpu) = (0.0f64, 0.0f64, 0.0f64);
+    let mut missing_examples = Vec::new();
     let (mut connect_start, mut connect_end) = (u64::MAX, 0u64);
     for r in s.reports {
         c.add(&r.counters);
@@ -585,6 +586,8 @@ fn summary(s: SummaryIn<'_>) -> Value {
         catch_up.merge(&r.catch_up);
         cpu_shares += r.cpu_seconds;
         connect_cpu += r.connect_cpu_seconds;
+        let room = crate::proto::MISSING_EXAMPLES.saturating_sub(missing_examples.len());
+        missing_examples.extend(r.missing_examples.iter().take(room).cloned());
         if r.wall_seconds > 0.0 {
             max_ratio = max_ratio.max(r.cpu_seconds / r.wall_seconds);
         }
@@ -640,6 +643,7 @@ fn summary(s: SummaryIn<'_>) -> Value {
         "delivered": c.delivered,
         "expected": c.expected,
         "missing": c.missing,
+        "missing_examples": missing_examples,
         "duplicates": c.duplicates,
         "out_of_order": c.out_of_order,
         "received": c.received,

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::http::{BodyReader, Target, parse_head, write_request};
 use crate::payload;
-use crate::proto::{Counters, FromShare, Hist, Job, Scenario, ShareReport, ToShare};
+use crate::proto::{Counters, FromShare, Hist, Job, MISSING_EXAMPLES, MissingEvent, Scenario, ShareReport, ToShare};
 use crate::sse;
 use crate::track::{Arrival, Tracker, expected_targeted};
 
@@ -208,10 +208,20 @@ async fn wait_complete(sh: &Rc<Shared>, published: u64) {
 
 fn finish(sh: &Shared, published: u64, cpu0: Duration, wall0: Instant) -> ShareReport {
     let mut counters = sh.counters.borrow().clone();
+    let mut missing_examples = Vec::new();
     if sh.job.scenario.delivers() {
         for (k, c) in sh.clients.borrow().iter().enumerate() {
             let expected = expected_of(sh, k, published);
             let missing = c.tracker.missing(expected);
+            for seq in c.tracker.missing_seqs(expected).take(MISSING_EXAMPLES - missing_examples.len()) {
+                missing_examples.push(MissingEvent {
+                    client: sh.job.first + k as u64,
+                    seq,
+                    expected,
+                    contiguous: c.tracker.contiguous,
+                    caught_up: c.caught_up,
+                });
+            }
             counters.expected += expected;
             counters.delivered += c.tracker.unique;
             counters.received += c.tracker.received;
@@ -238,6 +248,7 @@ fn finish(sh: &Shared, published: u64, cpu0: Duration, wall0: Instant) -> ShareR
         connect_start_ms: sh.connect_start_ms.get(),
         connect_end_ms: sh.connect_end_ms.get(),
         connect_cpu_seconds: sh.connect_cpu.get().as_secs_f64(),
+        missing_examples,
     }
 }
 

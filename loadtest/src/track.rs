@@ -66,10 +66,12 @@ impl Tracker {
 
     /// Sequences in `1..=expected` that never arrived.
     pub fn missing(&self, expected: u64) -> u64 {
-        if self.contiguous >= expected {
-            return 0;
-        }
-        (self.contiguous + 1..=expected).filter(|&s| !self.has(s)).count() as u64
+        self.missing_seqs(expected).count() as u64
+    }
+
+    /// The sequences in `1..=expected` that never arrived, in order.
+    pub fn missing_seqs(&self, expected: u64) -> impl Iterator<Item = u64> + '_ {
+        (self.contiguous + 1..=expected).filter(|&s| !self.has(s))
     }
 }
 
@@ -100,6 +102,7 @@ mod tests {
         assert_eq!(t.missing(8), 2, "5 and 7");
         assert_eq!(t.missing(10), 4);
         assert_eq!(t.missing(3), 0);
+        assert_eq!(t.missing_seqs(10).collect::<Vec<_>>(), [5, 7, 9, 10]);
         assert_eq!(t.record(0), Arrival::Invalid);
     }
 

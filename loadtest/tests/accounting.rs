@@ -153,6 +153,14 @@ fn drops_duplicates_and_reorderings_are_counted_exactly() {
     assert_eq!(s["duplicates"], 50, "{s:#}");
     assert_eq!(s["out_of_order"], 50, "{s:#}");
     assert_eq!(s["received"], 500, "{s:#}");
+    // The report names the first 20 lost events: client 0's sequences 3, 13, …, 93, then client 1's.
+    let examples = s["missing_examples"].as_array().expect("missing_examples");
+    assert_eq!(examples.len(), 20, "{s:#}");
+    assert_eq!(
+        (&examples[0]["client"], &examples[0]["seq"], &examples[0]["expected"]),
+        (&0.into(), &3.into(), &100.into())
+    );
+    assert_eq!((&examples[10]["client"], &examples[10]["seq"]), (&1.into(), &3.into()), "{s:#}");
 
     // Latency: the server holds everything back by 40 ms (the reordered ones one publish
     // interval longer), and duplicates are not measured twice.
