@@ -88,10 +88,13 @@ pub fn retry_frame(ms: u64) -> Bytes {
 }
 
 /// The first frame of every stream: the reconnection delay, then `event: connected`.
-pub fn connected_frame(retry_ms: u64, info: &impl Serialize) -> Bytes {
+pub fn connected_frame(retry_ms: u64, cursor: Option<&EventId>, info: &impl Serialize) -> Bytes {
     let control = control_frame("connected", info);
-    let mut out = BytesMut::with_capacity(control.len() + 16);
+    let mut out = BytesMut::with_capacity(control.len() + 48);
     let _ = writeln!((&mut out).writer(), "retry: {retry_ms}");
+    if let Some(id) = cursor {
+        let _ = writeln!((&mut out).writer(), "id: {id}");
+    }
     out.put_slice(&control);
     out.freeze()
 }
@@ -170,8 +173,11 @@ mod tests {
     }
 
     #[test]
-    fn connected_has_retry_and_no_id() {
-        let f = connected_frame(2500, &serde_json::json!({"user":"u1"}));
+    fn connected_has_retry_and_the_cursor_when_there_is_one() {
+        let f = connected_frame(2500, None, &serde_json::json!({"user":"u1"}));
         assert_eq!(text(&f), "retry: 2500\nevent: connected\ndata: {\"user\":\"u1\"}\n\n");
+        let id = EventId { epoch: "e1".into(), seq: 42 };
+        let f = connected_frame(2500, Some(&id), &serde_json::json!({"user":"u1"}));
+        assert_eq!(text(&f), "retry: 2500\nid: e1-42\nevent: connected\ndata: {\"user\":\"u1\"}\n\n");
     }
 }

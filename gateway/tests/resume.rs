@@ -69,6 +69,40 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed_then_live_events() {
     }
 }
 
+/// A stream that is lost before its first event (its gateway died) must not come back without an
+/// id: `connected` carries the history's head as the cursor, so what was published meanwhile is
+/// replayed, and what was published before the stream opened is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_lost_before_its_first_event_resumes_from_the_connected_cursor() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &[]);
+    gw.ready().await;
+    let t = token("q1", &[], 600);
+    let mut before = Vec::new();
+    for i in 0..3 {
+        before.extend(publish(&gw, json!({"type":"n","data":i,"users":["q1"]})).await);
+    }
+
+    let mut s = Sse::with_token(gw.addr, &t, &[]).await;
+    let connected = s.next().await;
+    assert_eq!((connected.event.as_str(), connected.json()["resumed"].as_bool()), ("connected", Some(false)));
+    let cursor = connected.id.clone().expect("a new stream's connected frame carries the resume cursor");
+    assert_eq!(cursor, before[2], "the cursor is the history's newest event when the stream opened");
+    drop(s);
+
+    let mut missed = Vec::new();
+    for i in 0..2 {
+        missed.extend(publish(&gw, json!({"type":"n","data":10 + i,"users":["q1"]})).await);
+    }
+    let mut back = Sse::resume(gw.addr, &t, &[], &cursor).await;
+    let connected = back.next().await;
+    assert_eq!(connected.json()["resumed"], true);
+    assert_eq!(connected.id, None, "a resumed stream keeps the client's own cursor");
+    let got = [back.next_event().await.id.unwrap(), back.next_event().await.id.unwrap()];
+    assert_eq!(got.as_slice(), missed.as_slice(), "what was published while away, and nothing from before");
+    assert!(back.next_within(Duration::from_millis(300)).await.is_none(), "nothing more");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_missed_events_and_foreign_ids_reset() {
     let nats = Nats::start();

@@ -87,6 +87,8 @@ pub struct NatsBroker {
     prefix: Arc<str>,
     /// Confirms that the server has processed what this connection sent (subscriptions).
     confirmations: Arc<Confirmations>,
+    /// The stream's newest sequence, one read for the callers of one moment.
+    head: Arc<SharedHead>,
     /// JetStream, when history is on.
     jetstream: Option<jetstream::Context>,
     /// The stream's epoch (from its creation time), refreshed whenever its info is read.
@@ -143,6 +145,7 @@ impl NatsBroker {
         let broker = NatsBroker {
             jetstream: (!matches!(opts.history, History::Off)).then(|| jetstream::new(client.clone())),
             confirmations: Arc::new(Confirmations::new(client.clone(), format!("{}._sync.{nonce:x}", opts.prefix))),
+            head: Arc::default(),
             client,
             prefix: Arc::from(opts.prefix.as_str()),
             epoch: Arc::new(RwLock::new(Arc::from("0"))),
@@ -256,6 +259,32 @@ impl Confirmations {
                 let _ = caller.send(result.clone());
             }
         }
+    }
+}
+
+/// The stream's newest event, read once for every caller waiting at the same moment (each new
+/// stream asks for it). A caller gets the result of a read sent after its call began, so the
+/// answer covers everything stored before the call: what a resume cursor needs.
+#[derive(Default)]
+struct SharedHead {
+    latest: tokio::sync::Mutex<Option<(tokio::time::Instant, EventId)>>,
+}
+
+impl SharedHead {
+    async fn read(&self, js: &jetstream::Context, epoch: &RwLock<Arc<str>>) -> Result<EventId, BrokerError> {
+        let called = tokio::time::Instant::now();
+        // Callers queue here while a read is out; the first of them sends the next one.
+        let mut latest = self.latest.lock().await;
+        if let Some((sent, head)) = &*latest
+            && *sent > called
+        {
+            return Ok(head.clone());
+        }
+        let sent = tokio::time::Instant::now();
+        let (_, info, current) = stream_info(js, epoch).await?;
+        let head = EventId { epoch: current, seq: info.state.last_sequence };
+        *latest = Some((sent, head.clone()));
+        Ok(head)
     }
 }
 
@@ -548,10 +577,10 @@ impl Broker for NatsBroker {
     fn last_id(&self) -> BoxFuture<'static, Result<Option<EventId>, BrokerError>> {
         let js = self.jetstream.clone();
         let epoch = self.epoch.clone();
+        let head = self.head.clone();
         async move {
             let Some(js) = js else { return Ok(None) };
-            let (_, info, current) = stream_info(&js, &epoch).await?;
-            Ok(Some(EventId { epoch: current, seq: info.state.last_sequence }))
+            head.read(&js, &epoch).await.map(Some)
         }
         .boxed()
     }

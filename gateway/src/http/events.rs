@@ -151,7 +151,11 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
         channels: channels.iter().map(Name::as_str).collect(),
         resumed: matches!(resume, Resume::Replayed { .. }),
     };
-    let mut opening = vec![sse::connected_frame(state.settings.retry_ms, &connected)];
+    let cursor = match resume {
+        Resume::Fresh => fresh_cursor(state).await,
+        _ => None, // the client's own id, or the reset's, or the replayed events' ids
+    };
+    let mut opening = vec![sse::connected_frame(state.settings.retry_ms, cursor.as_ref(), &connected)];
     let replayed_up_to = match resume {
         Resume::Fresh => None,
         Resume::Reset(reason, head) => {
@@ -216,6 +220,21 @@ async fn resume(state: &AppState, targets: &[Target], raw: &str) -> Result<Resum
         }
     }
     result
+}
+
+/// Where a new stream's resume cursor starts: the history's newest event, read after the
+/// stream's subscriptions are in place, so every later event reaches the stream live. A client
+/// that loses the stream before its first event resumes from there, instead of reconnecting
+/// without an id and missing what was published meanwhile. Without history (or while it cannot
+/// be read) there is no cursor, as before.
+async fn fresh_cursor(state: &AppState) -> Option<EventId> {
+    match state.broker.last_id().await {
+        Ok(head) => head,
+        Err(e) => {
+            tracing::debug!(error = %e, "no resume cursor for a new stream");
+            None
+        }
+    }
 }
 
 async fn replay(state: &AppState, targets: &[Target], raw: &str, span: Option<&Span>) -> Result<Resume, BrokerError> {
