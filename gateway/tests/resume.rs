@@ -69,6 +69,38 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed_then_live_events() {
     }
 }
 
+/// A resume reads a short gap event by event from the history and hands a long one (more than
+/// 64 events on one subject) to a consumer: both give exactly the missed events, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_and_long_gaps_are_replayed_whole() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &[]);
+    gw.ready().await;
+    let t = token("g1", &["g:*"], 600);
+    for gap in [3usize, 150] {
+        let mut s = Sse::with_token(gw.addr, &t, &["g:1"]).await;
+        let cursor = s.next().await.id.expect("cursor");
+        drop(s);
+        let mut missed = Vec::new();
+        for i in 0..gap {
+            let body = if i % 10 == 9 {
+                json!({"type":"n","data":i,"channels":["g:1"]})
+            } else {
+                json!({"type":"n","data":i,"users":["g1"]})
+            };
+            missed.extend(publish(&gw, body).await);
+        }
+        let mut back = Sse::resume(gw.addr, &t, &["g:1"], &cursor).await;
+        assert_eq!(back.next().await.json()["resumed"], true);
+        let mut got = Vec::new();
+        for _ in 0..gap {
+            got.push(back.next_event().await.id.unwrap());
+        }
+        assert_eq!(got, missed, "a gap of {gap}");
+        assert!(back.next_within(Duration::from_millis(300)).await.is_none(), "nothing more after a gap of {gap}");
+    }
+}
+
 /// A stream that is lost before its first event (its gateway died) must not come back without an
 /// id: `connected` carries the history's head as the cursor, so what was published meanwhile is
 /// replayed, and what was published before the stream opened is not.

@@ -87,8 +87,6 @@ pub struct NatsBroker {
     prefix: Arc<str>,
     /// Confirms that the server has processed what this connection sent (subscriptions).
     confirmations: Arc<Confirmations>,
-    /// The stream's newest sequence, one read for the callers of one moment.
-    head: Arc<SharedHead>,
     /// JetStream, when history is on.
     jetstream: Option<jetstream::Context>,
     /// The stream's epoch (from its creation time), refreshed whenever its info is read.
@@ -97,6 +95,10 @@ pub struct NatsBroker {
     connects: watch::Receiver<u64>,
     /// Set once the stream exists with our configuration (always, without history).
     stream_ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Events the stream keeps per subject (0 when this process does not configure it).
+    per_subject_cap: u64,
+    /// Reads shared by the new streams and resumes of one moment.
+    shared: Arc<Shared>,
 }
 
 impl NatsBroker {
@@ -145,12 +147,16 @@ impl NatsBroker {
         let broker = NatsBroker {
             jetstream: (!matches!(opts.history, History::Off)).then(|| jetstream::new(client.clone())),
             confirmations: Arc::new(Confirmations::new(client.clone(), format!("{}._sync.{nonce:x}", opts.prefix))),
-            head: Arc::default(),
             client,
             prefix: Arc::from(opts.prefix.as_str()),
             epoch: Arc::new(RwLock::new(Arc::from("0"))),
             connects,
             stream_ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            per_subject_cap: match opts.history {
+                History::Ensure(stream) => stream.limits.max_per_subject,
+                _ => 0,
+            },
+            shared: Arc::default(),
         };
         match (&broker.jetstream, opts.history) {
             (Some(js), History::Ensure(stream)) => {
@@ -262,32 +268,6 @@ impl Confirmations {
     }
 }
 
-/// The stream's newest event, read once for every caller waiting at the same moment (each new
-/// stream asks for it). A caller gets the result of a read sent after its call began, so the
-/// answer covers everything stored before the call: what a resume cursor needs.
-#[derive(Default)]
-struct SharedHead {
-    latest: tokio::sync::Mutex<Option<(tokio::time::Instant, EventId)>>,
-}
-
-impl SharedHead {
-    async fn read(&self, js: &jetstream::Context, epoch: &RwLock<Arc<str>>) -> Result<EventId, BrokerError> {
-        let called = tokio::time::Instant::now();
-        // Callers queue here while a read is out; the first of them sends the next one.
-        let mut latest = self.latest.lock().await;
-        if let Some((sent, head)) = &*latest
-            && *sent > called
-        {
-            return Ok(head.clone());
-        }
-        let sent = tokio::time::Instant::now();
-        let (_, info, current) = stream_info(js, epoch).await?;
-        let head = EventId { epoch: current, seq: info.state.last_sequence };
-        *latest = Some((sent, head.clone()));
-        Ok(head)
-    }
-}
-
 /// The stream `HERALD`: every `<prefix>.events.>` subject, republished to `<prefix>.live.>`.
 pub fn stream_config(prefix: &str, opts: StreamOptions) -> jetstream::stream::Config {
     let max_age = opts.limits.max_age;
@@ -338,6 +318,181 @@ fn epoch_of(created: &time::OffsetDateTime) -> Arc<str> {
     }
     digits.reverse();
     Arc::from(String::from_utf8(digits).unwrap_or_default())
+}
+
+/// The stream's first and last sequences and epoch, as one read saw them.
+#[derive(Clone)]
+struct Bounds {
+    first: u64,
+    last: u64,
+    epoch: Arc<str>,
+}
+
+impl Bounds {
+    async fn read(js: &jetstream::Context, epoch: &RwLock<Arc<str>>) -> Result<Bounds, BrokerError> {
+        let (_, info, current) = stream_info(js, epoch).await?;
+        Ok(Bounds { first: info.state.first_sequence, last: info.state.last_sequence, epoch: current })
+    }
+}
+
+/// One read of the server for every caller waiting at the same moment. Each new stream asks for
+/// the stream's newest sequence (its first cursor), each resume for the stream's bounds and the
+/// broadcast subject's newest event, and a gateway's death sends thousands of those at once. A
+/// caller gets the result of a read sent after its call began, so the answer covers everything
+/// stored before the call.
+struct SharedRead<T> {
+    latest: tokio::sync::Mutex<Option<(tokio::time::Instant, T)>>,
+}
+
+impl<T> Default for SharedRead<T> {
+    fn default() -> Self {
+        SharedRead { latest: tokio::sync::Mutex::new(None) }
+    }
+}
+
+impl<T: Clone> SharedRead<T> {
+    async fn read<F>(&self, read: F) -> Result<T, BrokerError>
+    where
+        F: Future<Output = Result<T, BrokerError>>,
+    {
+        let called = tokio::time::Instant::now();
+        // Callers queue here while a read is out; the first of them sends the next one.
+        let mut latest = self.latest.lock().await;
+        if let Some((sent, value)) = &*latest
+            && *sent > called
+        {
+            return Ok(value.clone());
+        }
+        let sent = tokio::time::Instant::now();
+        let value = read.await?;
+        *latest = Some((sent, value.clone()));
+        Ok(value)
+    }
+}
+
+/// What a walk shares with the other resumes of its moment.
+#[derive(Default)]
+struct Shared {
+    bounds: SharedRead<Bounds>,
+    /// The sequence of the newest broadcast event (`None`: there is none). Every stream carries
+    /// broadcast, and broadcasts are rare: one read tells most resumes there is nothing to walk.
+    broadcast_last: SharedRead<Option<u64>>,
+}
+
+/// Most events a direct-get walk reads on one subject before leaving the gap to a consumer.
+const WALK_MAX: usize = 64;
+
+enum Walked {
+    Done(Replay),
+    /// A long gap: one consumer reads it faster.
+    Fallback,
+}
+
+/// Replays `subjects` after `after` with direct gets, served outside the JetStream API queue.
+///
+/// The stream's bounds are read after the client's live subscriptions were in place (they are
+/// before any replay): every event up to that read's last sequence `L` is stored, and every
+/// later one reaches the client live. Each subject is walked from the client's id to `L`, one
+/// direct get per event (and one to find there is none left); the replay ends at `L`, where
+/// the held live events continue. The bounds are read again after the walks: if the history no
+/// longer reaches back to the client's id, an event of the gap may have aged out unread.
+async fn walk(
+    js: &jetstream::Context,
+    shared: &Shared,
+    subjects: &[(Target, String)],
+    after: &EventId,
+    max: usize,
+    epoch: &RwLock<Arc<str>>,
+) -> Result<Walked, BrokerError> {
+    use async_nats::jetstream::stream::DirectGetErrorKind;
+    let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(format!("replay: {e}"));
+    let bounds = shared.bounds.read(Bounds::read(js, epoch)).await?;
+    let head = Some(EventId { epoch: bounds.epoch.clone(), seq: bounds.last });
+    if after.epoch != bounds.epoch {
+        return Ok(Walked::Done(Replay::Reset(ResetReason::EpochChanged, head)));
+    }
+    if after.seq >= bounds.last {
+        return Ok(Walked::Done(Replay::Events(Vec::new())));
+    }
+    if after.seq + 1 < bounds.first {
+        return Ok(Walked::Done(Replay::Reset(ResetReason::HistoryExpired, head)));
+    }
+    let stream = js.get_stream_no_info(STREAM).await.map_err(|e| unavailable(&e))?;
+    let last = bounds.last;
+    let walks = subjects.iter().map(|(target, subject)| {
+        let stream = &stream;
+        async move {
+            // The subject's newest event first: the server finds it from its per-subject index,
+            // while "the next event after n" scans the messages after n until one matches. Most
+            // resuming clients missed nothing on most subjects, and then this is all it costs.
+            let newest = async {
+                match stream.direct_get_last_for_subject(subject.as_str()).await {
+                    Ok(msg) => Ok(Some(msg.sequence)),
+                    Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(unavailable(&e)),
+                }
+            };
+            let newest = if *target == Target::Broadcast {
+                // Every stream carries broadcast: one read for all the resumes of this moment.
+                shared.broadcast_last.read(newest).await?
+            } else {
+                newest.await?
+            };
+            let Some(newest) = newest.filter(|&seq| seq > after.seq) else {
+                return Ok(Some((target.clone(), Vec::new())));
+            };
+            // Walk up to the newest event when it was stored before the bounds were read (no
+            // read to find the end), else up to the bounds' last sequence.
+            let end = newest.min(last);
+            let mut found = Vec::new();
+            let mut next = after.seq + 1;
+            while next <= end {
+                match stream.direct_get_next_for_subject(subject.as_str(), Some(next)).await {
+                    Ok(msg) if msg.sequence <= end => {
+                        next = msg.sequence + 1;
+                        found.push(msg);
+                        if found.len() > WALK_MAX {
+                            return Ok(None);
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+                    Err(e) => return Err(unavailable(&e)),
+                }
+            }
+            Ok(Some((target.clone(), found)))
+        }
+    });
+    let mut events = Vec::new();
+    for walked in futures_util::future::join_all(walks).await {
+        let Some((target, found)) = walked? else { return Ok(Walked::Fallback) };
+        for msg in found {
+            let headers = Some(&msg.headers);
+            events.push((
+                target.clone(),
+                Delivery {
+                    event_type: header(headers, HEADER_TYPE).unwrap_or_else(|| DEFAULT_EVENT_TYPE.to_owned()),
+                    from: header(headers, HEADER_FROM),
+                    id: Some(EventId { epoch: bounds.epoch.clone(), seq: msg.sequence }),
+                    trace: trace_from(headers),
+                    published_at: header(headers, HEADER_PUBLISHED_AT).as_deref().and_then(parse_published_at),
+                    payload: msg.payload,
+                },
+            ));
+        }
+    }
+    if events.len() > max {
+        return Ok(Walked::Done(Replay::Reset(ResetReason::TooMany, head)));
+    }
+    let now = shared.bounds.read(Bounds::read(js, epoch)).await?;
+    if now.epoch != bounds.epoch {
+        return Ok(Walked::Done(Replay::Reset(ResetReason::EpochChanged, head)));
+    }
+    if after.seq + 1 < now.first {
+        return Ok(Walked::Done(Replay::Reset(ResetReason::HistoryExpired, head)));
+    }
+    events.sort_by_key(|(_, d)| d.id.as_ref().map_or(0, |id| id.seq));
+    Ok(Walked::Done(Replay::Events(events)))
 }
 
 fn header(msg_headers: Option<&HeaderMap>, name: &str) -> Option<String> {
@@ -461,6 +616,12 @@ impl Broker for NatsBroker {
         let prefix = self.prefix.clone();
         let epoch = self.epoch.clone();
         let confirmations = self.confirmations.clone();
+        let shared = self.shared.clone();
+        // The per-subject limit may drop an event of the gap while a walk runs, unseen by it.
+        // Only a subject holding that limit's worth of events after the client's id can lose
+        // one, and a walk gives such a subject to the consumer path (which checks for it) once
+        // it has read WALK_MAX of them: with a limit well above WALK_MAX, it always does.
+        let walkable = self.per_subject_cap >= 4 * WALK_MAX as u64;
         async move {
             let Some(js) = js else {
                 // Live-only: there is no history to resume from.
@@ -471,6 +632,18 @@ impl Broker for NatsBroker {
                 // Refilling after a reconnect: make sure the resubscriptions are in place at the
                 // server first, so that nothing falls between the replay and live delivery.
                 confirmations.confirm().await?;
+            }
+            if let Some(targets) = &targets
+                && walkable
+            {
+                // A client resuming: usually a few events on a few subjects, often thousands of
+                // clients at once (a gateway died). Walking each subject with direct gets costs
+                // no consumer; the stream-wide reads are shared by the resumes of one moment.
+                let subjects: Vec<(Target, String)> =
+                    targets.iter().map(|t| (t.clone(), t.subject(&prefix, SubjectKind::Events))).collect();
+                if let Walked::Done(replay) = walk(&js, &shared, &subjects, &after, max, &epoch).await? {
+                    return Ok(replay);
+                }
             }
             let (stream, info, current) = stream_info(&js, &epoch).await?;
             let head = Some(EventId { epoch: current.clone(), seq: info.state.last_sequence });
@@ -577,10 +750,11 @@ impl Broker for NatsBroker {
     fn last_id(&self) -> BoxFuture<'static, Result<Option<EventId>, BrokerError>> {
         let js = self.jetstream.clone();
         let epoch = self.epoch.clone();
-        let head = self.head.clone();
+        let shared = self.shared.clone();
         async move {
             let Some(js) = js else { return Ok(None) };
-            head.read(&js, &epoch).await.map(Some)
+            let bounds = shared.bounds.read(Bounds::read(&js, &epoch)).await?;
+            Ok(Some(EventId { epoch: bounds.epoch, seq: bounds.last }))
         }
         .boxed()
     }
