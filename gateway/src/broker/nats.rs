@@ -3,8 +3,9 @@
 //! Durable events are published to `herald.events.…`, stored by the stream `HERALD`, and
 //! republished by the server to `herald.live.…` with a `Nats-Sequence` header: that sequence,
 //! with the stream's epoch, is the event id. Ephemeral events go straight to `herald.live.…`.
-//! A resuming client is replayed from the stream with an ordered consumer filtered on its
-//! subjects. With `--history off` there is no stream: everything is live.
+//! A resuming client is replayed from the stream with direct gets per subject (`walk`), or, for
+//! a long gap, an ordered consumer filtered on its subjects. With `--history off` there is no
+//! stream: everything is live.
 //!
 //! Headers: `Herald-Type` names the event (default `message`); `Herald-Published-At` is stamped on
 //! publish for end-to-end latency; `Herald-From` carries the sender of client events;
@@ -392,10 +393,14 @@ enum Walked {
 ///
 /// The stream's bounds are read after the client's live subscriptions were in place (they are
 /// before any replay): every event up to that read's last sequence `L` is stored, and every
-/// later one reaches the client live. Each subject is walked from the client's id to `L`, one
-/// direct get per event (and one to find there is none left); the replay ends at `L`, where
-/// the held live events continue. The bounds are read again after the walks: if the history no
-/// longer reaches back to the client's id, an event of the gap may have aged out unread.
+/// later one reaches the client live. For each subject, its newest event `N` is read first (the
+/// server's per-subject index answers it): at or before the client's id, nothing was missed.
+/// Otherwise the subject is walked from the client's id to `min(N, L)`, one direct get per event
+/// (plus one to find there is none left when `N` is past `L`); the held live events continue
+/// from there. The bounds are read again after the walks: if the history no longer reaches back
+/// to the client's id, an event of the gap may have aged out unread. A subject with more than
+/// `WALK_MAX` events in the gap goes to the consumer path, which also notices the per-subject
+/// limit dropping some.
 async fn walk(
     js: &jetstream::Context,
     shared: &Shared,
