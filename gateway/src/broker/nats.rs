@@ -340,9 +340,10 @@ impl Bounds {
 /// the stream's newest sequence (its first cursor), each resume for the stream's bounds and the
 /// broadcast subject's newest event, and a gateway's death sends thousands of those at once. A
 /// caller gets the result of a read sent after its call began, so the answer covers everything
-/// stored before the call.
+/// stored before the call. A failed read fails everyone who waited for it, rather than each of
+/// them trying again in turn.
 struct SharedRead<T> {
-    latest: tokio::sync::Mutex<Option<(tokio::time::Instant, T)>>,
+    latest: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<T, BrokerError>)>>,
 }
 
 impl<T> Default for SharedRead<T> {
@@ -362,12 +363,12 @@ impl<T: Clone> SharedRead<T> {
         if let Some((sent, value)) = &*latest
             && *sent > called
         {
-            return Ok(value.clone());
+            return value.clone();
         }
         let sent = tokio::time::Instant::now();
-        let value = read.await?;
+        let value = read.await;
         *latest = Some((sent, value.clone()));
-        Ok(value)
+        value
     }
 }
 

@@ -5,7 +5,7 @@
 //! jittered `retry:` and close, so the browser comes back later, possibly to another pod.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::Actor;
 use actix_web::http::StatusCode;
@@ -225,17 +225,24 @@ async fn resume(state: &AppState, targets: &[Target], raw: &str) -> Result<Resum
 /// Where a new stream's resume cursor starts: the history's newest event, read after the
 /// stream's subscriptions are in place, so every later event reaches the stream live. A client
 /// that loses the stream before its first event resumes from there, instead of reconnecting
-/// without an id and missing what was published meanwhile. Without history (or while it cannot
-/// be read) there is no cursor, as before.
+/// without an id and missing what was published meanwhile. Without history, or when it cannot
+/// be read within `CURSOR_WAIT`, the stream opens without a cursor rather than wait longer.
 async fn fresh_cursor(state: &AppState) -> Option<EventId> {
-    match state.broker.last_id().await {
-        Ok(head) => head,
-        Err(e) => {
+    match tokio::time::timeout(CURSOR_WAIT, state.broker.last_id()).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, "no resume cursor for a new stream");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("no resume cursor for a new stream: the history did not answer in time");
             None
         }
     }
 }
+
+/// Longest a new stream waits for its first resume cursor.
+const CURSOR_WAIT: Duration = Duration::from_secs(2);
 
 async fn replay(state: &AppState, targets: &[Target], raw: &str, span: Option<&Span>) -> Result<Resume, BrokerError> {
     let Some(after) = EventId::parse(raw) else {
