@@ -198,5 +198,5 @@ async fn coordinate_workers(a: &CoordinateArgs, url: &str) -> Result<serde_json:
         to.push(tx);
     }
     client.flush().await.map_err(|e| format!("NATS: {e}"))?;
-    coordinate(a.scenario, &a.run, Links { to, from: from_rx, processes: ids.len() }, None).await
+    coordinate(a.scenario, &a.run, Links { to, from: from_rx, processes: ids.len(), local: false }, None).await
 }

@@ -29,6 +29,8 @@ pub struct Links {
     pub from: mpsc::UnboundedReceiver<FromShare>,
     /// Reported by the links themselves (child process exits, worker identities).
     pub processes: usize,
+    /// The shares run on this machine (in this process or its children), not on remote workers.
+    pub local: bool,
 }
 
 impl Links {
@@ -86,7 +88,7 @@ pub fn in_process(job: Job) -> Links {
     let (to_tx, to_rx) = mpsc::unbounded_channel();
     let (from_tx, from_rx) = mpsc::unbounded_channel();
     tokio::task::spawn_local(crate::share::run(job, to_rx, from_tx));
-    Links { to: vec![to_tx], from: from_rx, processes: 1 }
+    Links { to: vec![to_tx], from: from_rx, processes: 1, local: true }
 }
 
 /// One child process per job, running `herald-loadtest share`.
@@ -137,7 +139,7 @@ pub fn child_processes(jobs: Vec<Job>) -> Result<Links, String> {
         });
         to.push(tx);
     }
-    Ok(Links { to, from: from_rx, processes })
+    Ok(Links { to, from: from_rx, processes, local: true })
 }
 
 /// `herald-loadtest share`: one job from stdin, reports to stdout.
@@ -409,6 +411,7 @@ pub async fn coordinate(
         scenario,
         args,
         links_processes: links.processes,
+        links_local: links.local,
         reports: &reports,
         published: &published,
         timeline: &timeline,
@@ -554,6 +557,7 @@ struct SummaryIn<'a> {
     scenario: Scenario,
     args: &'a RunArgs,
     links_processes: usize,
+    links_local: bool,
     reports: &'a [ShareReport],
     published: &'a publish::Published,
     timeline: &'a BTreeMap<u64, Second>,
@@ -578,6 +582,7 @@ fn summary(s: SummaryIn<'_>) -> Value {
     let mut catch_up = Hist::default();
     let (mut cpu_shares, mut max_ratio, mut connect_cpu) = (0.0f64, 0.0f64, 0.0f64);
     let mut missing_examples = Vec::new();
+    let mut share_connect_ratio = 0.0f64;
     let (mut connect_start, mut connect_end) = (u64::MAX, 0u64);
     for r in s.reports {
         c.add(&r.counters);
@@ -586,6 +591,11 @@ fn summary(s: SummaryIn<'_>) -> Value {
         catch_up.merge(&r.catch_up);
         cpu_shares += r.cpu_seconds;
         connect_cpu += r.connect_cpu_seconds;
+        if r.connect_end_ms > r.connect_start_ms {
+            // One share is one single-threaded process: its own ratio is against one core.
+            let secs = (r.connect_end_ms - r.connect_start_ms) as f64 / 1000.0;
+            share_connect_ratio = share_connect_ratio.max(r.connect_cpu_seconds / secs);
+        }
         let room = crate::proto::MISSING_EXAMPLES.saturating_sub(missing_examples.len());
         missing_examples.extend(r.missing_examples.iter().take(room).cloned());
         if r.wall_seconds > 0.0 {
@@ -603,12 +613,13 @@ fn summary(s: SummaryIn<'_>) -> Value {
     max_ratio = max_ratio.max(coordinator_ratio);
     let connect_secs =
         if connect_end > connect_start { (connect_end - connect_start) as f64 / 1000.0 } else { f64::NAN };
-    // While connecting, the load generator's processes share the CPUs they may run on: a ratio
-    // near 1 means the generator, not the server, set the connect rate.
-    let connect_cpu_ratio = if connect_secs.is_finite() && connect_secs > 0.0 {
-        connect_cpu / (connect_secs * crate::sys::allowed_cpus() as f64)
+    // While connecting, local load-generator processes share the CPUs they may run on (remote
+    // workers have their own): a ratio near 1 means the generator, not the server, set the
+    // connect rate.
+    let connect_cpu_ratio = if s.links_local && connect_secs.is_finite() && connect_secs > 0.0 {
+        share_connect_ratio.max(connect_cpu / (connect_secs * crate::sys::allowed_cpus() as f64))
     } else {
-        0.0
+        share_connect_ratio
     };
     let publish_secs = args.duration as f64;
     let (pid, before, connected, end) = s.rss;
