@@ -473,18 +473,8 @@ async fn walk(
     for walked in futures_util::future::join_all(walks).await {
         let Some((target, found)) = walked? else { return Ok(Walked::Fallback) };
         for msg in found {
-            let headers = Some(&msg.headers);
-            events.push((
-                target.clone(),
-                Delivery {
-                    event_type: header(headers, HEADER_TYPE).unwrap_or_else(|| DEFAULT_EVENT_TYPE.to_owned()),
-                    from: header(headers, HEADER_FROM),
-                    id: Some(EventId { epoch: bounds.epoch.clone(), seq: msg.sequence }),
-                    trace: trace_from(headers),
-                    published_at: header(headers, HEADER_PUBLISHED_AT).as_deref().and_then(parse_published_at),
-                    payload: msg.payload,
-                },
-            ));
+            let id = EventId { epoch: bounds.epoch.clone(), seq: msg.sequence };
+            events.push((target.clone(), event_from(Some(&msg.headers), Some(id), msg.payload)));
         }
     }
     if events.len() > max {
@@ -528,13 +518,18 @@ fn trace_from(headers: Option<&HeaderMap>) -> Option<Box<TraceContext>> {
 pub fn delivery_from(msg: Message, epoch: &Arc<str>) -> Delivery {
     let headers = msg.headers.as_ref();
     let seq = header(headers, HEADER_SEQUENCE).and_then(|s| s.parse::<u64>().ok());
+    event_from(headers, seq.map(|seq| EventId { epoch: epoch.clone(), seq }), msg.payload)
+}
+
+/// A delivery from an event's headers and payload (live, replayed by a walk or by a consumer).
+fn event_from(headers: Option<&HeaderMap>, id: Option<EventId>, payload: Bytes) -> Delivery {
     Delivery {
         event_type: header(headers, HEADER_TYPE).unwrap_or_else(|| DEFAULT_EVENT_TYPE.to_owned()),
         from: header(headers, HEADER_FROM),
-        id: seq.map(|seq| EventId { epoch: epoch.clone(), seq }),
+        id,
         trace: trace_from(headers),
         published_at: header(headers, HEADER_PUBLISHED_AT).as_deref().and_then(parse_published_at),
-        payload: msg.payload,
+        payload,
     }
 }
 
@@ -717,18 +712,8 @@ impl Broker for NatsBroker {
                     let subject = msg.subject.to_string();
                     *per_subject.entry(subject.clone()).or_default() += 1;
                     let Some(target) = Target::from_subject(&prefix, SubjectKind::Events, &subject) else { continue };
-                    let headers = msg.headers.as_ref();
-                    events.push((
-                        target,
-                        Delivery {
-                            event_type: header(headers, HEADER_TYPE).unwrap_or_else(|| DEFAULT_EVENT_TYPE.to_owned()),
-                            from: header(headers, HEADER_FROM),
-                            id: Some(EventId { epoch: current.clone(), seq }),
-                            trace: trace_from(headers),
-                            published_at: header(headers, HEADER_PUBLISHED_AT).as_deref().and_then(parse_published_at),
-                            payload: msg.payload.clone(),
-                        },
-                    ));
+                    let id = EventId { epoch: current.clone(), seq };
+                    events.push((target, event_from(msg.headers.as_ref(), Some(id), msg.payload.clone())));
                 }
                 // A message of the gap that aged out before the consumer reached it is skipped
                 // without a trace, and a newer one then takes its place in the count. Only
