@@ -574,6 +574,11 @@ struct SummaryIn<'a> {
 /// A client process at or above this share of one core was the bottleneck, not the server.
 const SATURATED: f64 = 0.9;
 
+/// Seconds from `start_ms` to `end_ms`, when the span is not empty.
+fn span_secs(start_ms: u64, end_ms: u64) -> Option<f64> {
+    (end_ms > start_ms).then(|| (end_ms - start_ms) as f64 / 1000.0)
+}
+
 fn summary(s: SummaryIn<'_>) -> Value {
     let args = s.args;
     let mut c = Counters::default();
@@ -591,9 +596,8 @@ fn summary(s: SummaryIn<'_>) -> Value {
         catch_up.merge(&r.catch_up);
         cpu_shares += r.cpu_seconds;
         connect_cpu += r.connect_cpu_seconds;
-        if r.connect_end_ms > r.connect_start_ms {
+        if let Some(secs) = span_secs(r.connect_start_ms, r.connect_end_ms) {
             // One share is one single-threaded process: its own ratio is against one core.
-            let secs = (r.connect_end_ms - r.connect_start_ms) as f64 / 1000.0;
             share_connect_ratio = share_connect_ratio.max(r.connect_cpu_seconds / secs);
         }
         let room = crate::proto::MISSING_EXAMPLES.saturating_sub(missing_examples.len());
@@ -611,8 +615,7 @@ fn summary(s: SummaryIn<'_>) -> Value {
     let cpu_total = if in_process { s.cpu_self } else { s.cpu_self + cpu_shares };
     let coordinator_ratio = if s.wall > 0.0 { s.cpu_self / s.wall } else { 0.0 };
     max_ratio = max_ratio.max(coordinator_ratio);
-    let connect_secs =
-        if connect_end > connect_start { (connect_end - connect_start) as f64 / 1000.0 } else { f64::NAN };
+    let connect_secs = span_secs(connect_start, connect_end).unwrap_or(f64::NAN);
     // While connecting, local load-generator processes share the CPUs they may run on (remote
     // workers have their own): a ratio near 1 means the generator, not the server, set the
     // connect rate.
