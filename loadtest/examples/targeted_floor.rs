@@ -1,0 +1,206 @@
+//! The floor under targeted delivery when the broker shares the server's CPU: the least a
+//! gateway can do between NATS and its SSE sockets, with nothing else.
+//!
+//! It serves `GET /events?channels=NAME` (or `?user=NAME`) as an SSE stream (headers and a
+//! `connected` event, then events), holds one NATS connection with a single wildcard
+//! subscription to `<prefix>.live.>`, and writes each message of `<prefix>.live.channel.NAME`
+//! (or `.user.NAME`) to that subscriber's socket with one `write` of a chunked SSE frame. One
+//! thread, no authentication, no subscription per subscriber, no history, no queue, no
+//! backpressure (a write that would block drops the event and is counted). Point the load
+//! generator at it exactly as at a dev gateway:
+//!
+//! ```sh
+//! taskset -c 0 nats-server -a 127.0.0.1 -p 4222 &
+//! taskset -c 0 target/release/examples/targeted_floor --listen 127.0.0.1:18400 --nats 127.0.0.1:4222 &
+//! taskset -c 1 herald-loadtest targeted --target http://127.0.0.1:18400 \
+//!   --nats-url nats://127.0.0.1:4222 --connections 10000 --rate 32000 --duration 8
+//! ```
+//!
+//! `scripts/bench-vs-nchan` runs it beside Herald and Nchan when `BENCH_FLOOR=1`. Whatever rate
+//! it cannot carry under a p99 of 10 ms, no gateway that takes its events from a nats-server on
+//! the same CPU can.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::rc::Rc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+type Sockets = Rc<RefCell<HashMap<String, Rc<TcpStream>>>>;
+
+const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
+
+fn main() {
+    let mut listen = "127.0.0.1:18400".to_owned();
+    let mut nats = "127.0.0.1:4222".to_owned();
+    let mut prefix = "herald".to_owned();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().cloned().unwrap_or_else(|| usage(flag));
+        match flag.as_str() {
+            "--listen" => listen = value,
+            "--nats" => nats = value.trim_start_matches("nats://").to_owned(),
+            "--prefix" => prefix = value,
+            _ => usage(flag),
+        }
+    }
+    herald_loadtest::sys::raise_nofile();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let sockets: Sockets = Rc::default();
+        let listener = TcpListener::bind(&listen).await.expect("listen");
+        tokio::task::spawn_local(accept(listener, sockets.clone()));
+        let (sent, dropped) = forward(&nats, &prefix, sockets).await;
+        eprintln!("NATS connection closed: {sent} events written, {dropped} dropped");
+    });
+}
+
+async fn accept(listener: TcpListener, sockets: Sockets) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        tokio::task::spawn_local(serve(stream, sockets.clone()));
+    }
+}
+
+/// One subscriber: reads its request head, answers, and stays registered until it hangs up.
+async fn serve(mut stream: TcpStream, sockets: Sockets) {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(n) if n > 0 && head.len() + n <= 8192 => head.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    }
+    let Some(key) = key_of(&head) else {
+        let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+        return;
+    };
+    let mut hello = RESPONSE_HEAD.to_vec();
+    chunk(&mut hello, b"event: connected\ndata: {}\n\n");
+    if stream.write_all(&hello).await.is_err() {
+        return;
+    }
+    let stream = Rc::new(stream);
+    sockets.borrow_mut().insert(key.clone(), stream.clone());
+    // Until the client hangs up (anything it sends after the head is ignored).
+    loop {
+        if stream.readable().await.is_err() {
+            break;
+        }
+        match stream.try_read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    sockets.borrow_mut().remove(&key);
+}
+
+/// The subject suffix a request subscribes to: `channel.NAME` for `channels=NAME` in the request
+/// line's query, else `user.NAME` for `user=NAME`.
+fn key_of(head: &[u8]) -> Option<String> {
+    let line = head.split(|&b| b == b'\r').next()?;
+    let target = std::str::from_utf8(line).ok()?.split(' ').nth(1)?;
+    let query = target.split_once('?')?.1;
+    let param = |name: &str| query.split('&').find_map(|kv| kv.strip_prefix(name));
+    match param("channels=") {
+        Some(channel) => Some(format!("channel.{channel}")),
+        None => param("user=").map(|user| format!("user.{user}")),
+    }
+}
+
+/// Appends `event` as one chunk of a chunked body.
+fn chunk(out: &mut Vec<u8>, event: &[u8]) {
+    out.extend_from_slice(format!("{:x}\r\n", event.len()).as_bytes());
+    out.extend_from_slice(event);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Reads the NATS connection until it closes, writing each message to its subscriber's socket.
+/// Returns (events written, events dropped).
+async fn forward(addr: &str, prefix: &str, sockets: Sockets) -> (u64, u64) {
+    // The nats-server may have been started a moment ago: try for 10 s.
+    let mut attempts = 0;
+    let mut nats = loop {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => break stream,
+            Err(e) if attempts < 100 => {
+                attempts += 1;
+                if attempts == 1 {
+                    eprintln!("waiting for NATS at {addr}: {e}");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot connect to NATS at {addr}: {e}"),
+        }
+    };
+    let _ = nats.set_nodelay(true);
+    let hello = format!("CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {prefix}.live.> 1\r\nPING\r\n");
+    nats.write_all(hello.as_bytes()).await.expect("subscribe");
+    let key_at = format!("{prefix}.live.").len();
+    let (mut sent, mut dropped, mut seq) = (0u64, 0u64, 0u64);
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut frame = Vec::with_capacity(512);
+    let mut event = Vec::with_capacity(512);
+    let mut read = vec![0u8; 1 << 16];
+    loop {
+        let n = match nats.read(&mut read).await {
+            Ok(0) | Err(_) => return (sent, dropped),
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&read[..n]);
+        let mut at = 0;
+        while let Some(eol) = buf[at..].windows(2).position(|w| w == b"\r\n") {
+            let line = &buf[at..at + eol];
+            if let Some(rest) = line.strip_prefix(b"MSG ") {
+                // MSG <subject> <sid> [reply-to] <#bytes>
+                let fields: Vec<&[u8]> = rest.split(|&b| b == b' ').collect();
+                let len: usize =
+                    std::str::from_utf8(fields[fields.len() - 1]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let start = at + eol + 2;
+                if buf.len() < start + len + 2 {
+                    break; // the payload has not all arrived
+                }
+                let subject = fields[0];
+                let payload = &buf[start..start + len];
+                seq += 1;
+                let key = std::str::from_utf8(subject.get(key_at..).unwrap_or_default()).unwrap_or_default();
+                if let Some(stream) = sockets.borrow().get(key) {
+                    event.clear();
+                    event.extend_from_slice(format!("id: 0-{seq}\nevent: message\ndata: ").as_bytes());
+                    event.extend_from_slice(payload);
+                    event.extend_from_slice(b"\n\n");
+                    frame.clear();
+                    chunk(&mut frame, &event);
+                    match stream.try_write(&frame) {
+                        Ok(n) if n == frame.len() => sent += 1,
+                        _ => dropped += 1,
+                    }
+                }
+                at = start + len + 2;
+            } else {
+                if line == b"PING" {
+                    let _ = nats.write_all(b"PONG\r\n").await;
+                } else if line.starts_with(b"-ERR") {
+                    eprintln!("NATS: {}", String::from_utf8_lossy(line));
+                }
+                at += eol + 2;
+            }
+        }
+        buf.drain(..at);
+    }
+}
+
+fn usage(flag: &str) -> ! {
+    eprintln!(
+        "unknown or incomplete flag {flag}\nusage: targeted_floor [--listen ADDR] [--nats HOST:PORT] [--prefix P]"
+    );
+    std::process::exit(2)
+}
