@@ -4,7 +4,11 @@
 //!
 //! Publish `k` (from 0) goes to target `k % n` with sequence `k / n + 1` (targeted), or to the
 //! one channel with sequence `k + 1` (fanout); receivers derive what they should have seen from
-//! the total alone. Each payload carries its send time. HTTP publishes keep per-target order by
+//! the total alone. Each payload carries its send time: when the publisher issued it, on
+//! schedule. An HTTP publish that then waits for its lane's connection (the server answering
+//! the previous ones slowly) keeps that time, so the wait counts in the delivery's latency, as
+//! it does for a NATS publish buffered in the client: a server that slows its publishers down
+//! does not hide its queue in the load generator. HTTP publishes keep per-target order by
 //! always sending one target's publishes over the same connection.
 
 use std::cell::Cell;
@@ -52,9 +56,20 @@ impl Plan {
 }
 
 pub enum Publisher {
-    Nats { client: async_nats::Client, prefix: String },
-    Jetstream { js: async_nats::jetstream::Context, prefix: String, in_flight: Arc<Semaphore> },
-    Http { lanes: Vec<mpsc::UnboundedSender<u64>>, pending: Rc<Cell<u64>> },
+    Nats {
+        client: async_nats::Client,
+        prefix: String,
+    },
+    Jetstream {
+        js: async_nats::jetstream::Context,
+        prefix: String,
+        in_flight: Arc<Semaphore>,
+    },
+    /// Each lane takes (publish number, issue time in Unix ns).
+    Http {
+        lanes: Vec<mpsc::UnboundedSender<(u64, u64)>>,
+        pending: Rc<Cell<u64>>,
+    },
 }
 
 /// What a publishing run did.
@@ -179,7 +194,7 @@ impl Publisher {
             Publisher::Http { lanes, pending } => {
                 let (i, _, _) = plan.route(k);
                 pending.set(pending.get() + 1);
-                let _ = lanes[(i % lanes.len() as u64) as usize].send(k);
+                let _ = lanes[(i % lanes.len() as u64) as usize].send((k, payload::now_ns()));
             }
         }
     }
@@ -216,17 +231,17 @@ fn subject(prefix: &str, kind: &str, plan: &Plan, name: &str) -> String {
 async fn http_lane(
     cfg: Rc<HttpPublish>,
     plan: Plan,
-    mut rx: mpsc::UnboundedReceiver<u64>,
+    mut rx: mpsc::UnboundedReceiver<(u64, u64)>,
     errors: Rc<Cell<u64>>,
     pending: Rc<Cell<u64>>,
 ) {
     let mut conns: Vec<Option<Conn>> = (0..cfg.targets.len().max(1)).map(|_| None).collect();
     let mut payload_buf = Vec::with_capacity(64);
     let auth = cfg.key.as_ref().map(|k| format!("Bearer {k}"));
-    while let Some(k) = rx.recv().await {
+    while let Some((k, issued_ns)) = rx.recv().await {
         let (i, name, seq) = plan.route(k);
         let t = (i as usize) % cfg.targets.len().max(1);
-        payload::encode(&mut payload_buf, payload::now_ns(), seq, 0);
+        payload::encode(&mut payload_buf, issued_ns, seq, 0);
         let payload = std::str::from_utf8(&payload_buf).unwrap_or("{}");
         let (url, body) = if cfg.herald {
             let field = if !plan.fanout && plan.by_user { "users" } else { "channels" };

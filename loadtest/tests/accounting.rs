@@ -14,6 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 const DELAY: Duration = Duration::from_millis(40);
+/// How long a publish to `/slowpub/…` takes to be answered.
+const SLOW_PUBLISH: Duration = Duration::from_millis(150);
 
 /// Per channel, the frame held back to be sent after the next one.
 type Held = Arc<Mutex<HashMap<String, Vec<u8>>>>;
@@ -86,8 +88,12 @@ async fn serve(mut sock: TcpStream, subs: Subscribers, held: Held) {
             }
         }
         let body: Vec<u8> = buf.drain(..len).collect();
+        if path.starts_with("/slowpub/") {
+            // A server that can take only so many publishes per second.
+            tokio::time::sleep(SLOW_PUBLISH).await;
+        }
         let _ = sock.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n").await;
-        let channel = path.trim_start_matches("/pub/").to_owned();
+        let channel = path.trim_start_matches("/pub/").trim_start_matches("/slowpub/").to_owned();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let seq = v["s"].as_u64().unwrap();
         // CRLF endings, the payload split over two data lines, an id.
@@ -171,6 +177,41 @@ fn drops_duplicates_and_reorderings_are_counted_exactly() {
     assert!(lat["p90"].as_f64().unwrap() >= 40.0);
     assert!(lat["max"].as_f64().unwrap() < 1000.0, "{s:#}");
     assert_eq!(s["connect"]["connected"], 5, "a generic stream counts as connected on its 200");
+}
+
+#[test]
+fn publishes_waiting_for_a_slow_server_count_their_wait_in_the_latency() {
+    let base = start_server();
+    // 40 publishes issued over 2 s, one lane, a server that answers one every 150 ms: the last
+    // goes out 4 s after it was issued. Timed from when the lane sent it, every delivery would
+    // look 40 ms late (the server's hold), and the server's queue would hide in the generator.
+    let s = support::loadtest_ok(
+        &[
+            "fanout",
+            "--target",
+            &base,
+            "--sse-url-template",
+            "{target}/sub/{channel}",
+            "--publish-url-template",
+            "{target}/slowpub/{channel}",
+            "--publish-concurrency",
+            "1",
+            "--connections",
+            "2",
+            "--rate",
+            "20",
+            "--duration",
+            "2",
+            "--grace",
+            "1",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(s["publish"]["published"], 40, "{s:#}");
+    let lat = &s["latency_ms"];
+    let (p50, max) = (lat["p50"].as_f64().unwrap(), lat["max"].as_f64().unwrap());
+    assert!(p50 > 1000.0, "p50 {p50} ms should include the wait for the slow server: {s:#}");
+    assert!((3000.0..8000.0).contains(&max), "max {max} ms should be about 4 s: {s:#}");
 }
 
 #[test]
