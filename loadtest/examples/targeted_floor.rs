@@ -10,9 +10,10 @@
 //! generator at it exactly as at a dev gateway:
 //!
 //! ```sh
+//! cargo build --release -p herald-loadtest --bins --example targeted_floor
 //! taskset -c 0 nats-server -a 127.0.0.1 -p 4222 &
 //! taskset -c 0 target/release/examples/targeted_floor --listen 127.0.0.1:18400 --nats 127.0.0.1:4222 &
-//! taskset -c 1 herald-loadtest targeted --target http://127.0.0.1:18400 \
+//! taskset -c 1 target/release/herald-loadtest targeted --target http://127.0.0.1:18400 \
 //!   --nats-url nats://127.0.0.1:4222 --connections 10000 --rate 32000 --duration 8
 //! ```
 //!
