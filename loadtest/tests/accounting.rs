@@ -127,29 +127,20 @@ fn chunk(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Runs `scenario` in generic mode against a fresh server, subscribing at `/sub/{channel}` and
+/// publishing at `/<publish>/{channel}`, with `flags` for the rest; returns the summary.
+fn run_generic(scenario: &str, publish: &str, flags: &[&str]) -> serde_json::Value {
+    let base = start_server();
+    let publish = format!("{{target}}/{publish}/{{channel}}");
+    let mut args = vec![scenario, "--target", &base, "--sse-url-template", "{target}/sub/{channel}"];
+    args.extend(["--publish-url-template", &publish, "--grace", "1"]);
+    args.extend_from_slice(flags);
+    support::loadtest_ok(&args, Duration::from_secs(60))
+}
+
 #[test]
 fn drops_duplicates_and_reorderings_are_counted_exactly() {
-    let base = start_server();
-    let s = support::loadtest_ok(
-        &[
-            "fanout",
-            "--target",
-            &base,
-            "--sse-url-template",
-            "{target}/sub/{channel}",
-            "--publish-url-template",
-            "{target}/pub/{channel}",
-            "--connections",
-            "5",
-            "--rate",
-            "50",
-            "--duration",
-            "2",
-            "--grace",
-            "1",
-        ],
-        Duration::from_secs(60),
-    );
+    let s = run_generic("fanout", "pub", &["--connections", "5", "--rate", "50", "--duration", "2"]);
     assert_eq!(s["mode"], "generic");
     assert_eq!(s["publish"]["published"], 100, "{s:#}");
     // Per client: sequences ending in 3 never arrive, in 5 arrive twice, in 7 after the 8.
@@ -181,32 +172,11 @@ fn drops_duplicates_and_reorderings_are_counted_exactly() {
 
 #[test]
 fn publishes_waiting_for_a_slow_server_count_their_wait_in_the_latency() {
-    let base = start_server();
     // 40 publishes issued over 2 s, one lane, a server that answers one every 150 ms: the last
     // goes out 4 s after it was issued. Timed from when the lane sent it, every delivery would
     // look 40 ms late (the server's hold), and the server's queue would hide in the generator.
-    let s = support::loadtest_ok(
-        &[
-            "fanout",
-            "--target",
-            &base,
-            "--sse-url-template",
-            "{target}/sub/{channel}",
-            "--publish-url-template",
-            "{target}/slowpub/{channel}",
-            "--publish-concurrency",
-            "1",
-            "--connections",
-            "2",
-            "--rate",
-            "20",
-            "--duration",
-            "2",
-            "--grace",
-            "1",
-        ],
-        Duration::from_secs(60),
-    );
+    let flags = ["--publish-concurrency", "1", "--connections", "2", "--rate", "20", "--duration", "2"];
+    let s = run_generic("fanout", "slowpub", &flags);
     assert_eq!(s["publish"]["published"], 40, "{s:#}");
     let lat = &s["latency_ms"];
     let (p50, max) = (lat["p50"].as_f64().unwrap(), lat["max"].as_f64().unwrap());
@@ -216,27 +186,7 @@ fn publishes_waiting_for_a_slow_server_count_their_wait_in_the_latency() {
 
 #[test]
 fn targeted_generic_runs_spread_publishes_round_robin() {
-    let base = start_server();
-    let s = support::loadtest_ok(
-        &[
-            "targeted",
-            "--target",
-            &base,
-            "--sse-url-template",
-            "{target}/sub/{channel}",
-            "--publish-url-template",
-            "{target}/pub/{channel}",
-            "--connections",
-            "4",
-            "--rate",
-            "100",
-            "--duration",
-            "2",
-            "--grace",
-            "1",
-        ],
-        Duration::from_secs(60),
-    );
+    let s = run_generic("targeted", "pub", &["--connections", "4", "--rate", "100", "--duration", "2"]);
     // 200 publishes over 4 clients: 50 each, sequences 1..=50 per client.
     assert_eq!(s["expected"], 200, "{s:#}");
     assert_eq!(s["missing"], 4 * 5, "{s:#}");
@@ -284,34 +234,12 @@ fn headless(profile: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn the_html_report_draws_its_charts_in_a_browser() {
-    let base = start_server();
     let dir = tempfile::tempdir().unwrap();
     let html = dir.path().join("report.html");
     let json = dir.path().join("report.json");
-    support::loadtest_ok(
-        &[
-            "fanout",
-            "--target",
-            &base,
-            "--sse-url-template",
-            "{target}/sub/{channel}",
-            "--publish-url-template",
-            "{target}/pub/{channel}",
-            "--connections",
-            "5",
-            "--rate",
-            "50",
-            "--duration",
-            "3",
-            "--grace",
-            "1",
-            "--html",
-            &html.display().to_string(),
-            "--json",
-            &json.display().to_string(),
-        ],
-        Duration::from_secs(60),
-    );
+    let (html_arg, json_arg) = (html.display().to_string(), json.display().to_string());
+    let flags = ["--connections", "5", "--rate", "50", "--duration", "3", "--html", &html_arg, "--json", &json_arg];
+    run_generic("fanout", "pub", &flags);
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(!page.contains("<script src") && !page.contains("<link"), "self-contained");
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
