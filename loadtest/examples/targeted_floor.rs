@@ -6,8 +6,8 @@
 //! subscription to `<prefix>.live.>`, and writes each message of `<prefix>.live.channel.NAME`
 //! (or `.user.NAME`) to that subscriber's socket with one `write` of a chunked SSE frame. One
 //! thread, no authentication, no subscription per subscriber, no history, no queue, no
-//! backpressure (a write that would block drops the event and is counted). Point the load
-//! generator at it exactly as at a dev gateway:
+//! backpressure (a write that would block drops the event, which the load generator then
+//! reports missing). Point the load generator at it exactly as at a dev gateway:
 //!
 //! ```sh
 //! cargo build --release -p herald-loadtest --bins --example targeted_floor
