@@ -23,7 +23,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::rc::Rc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -119,7 +119,7 @@ fn key_of(head: &[u8]) -> Option<String> {
 
 /// Appends `event` as one chunk of a chunked body.
 fn chunk(out: &mut Vec<u8>, event: &[u8]) {
-    out.extend_from_slice(format!("{:x}\r\n", event.len()).as_bytes());
+    let _ = write!(out, "{:x}\r\n", event.len());
     out.extend_from_slice(event);
     out.extend_from_slice(b"\r\n");
 }
@@ -161,21 +161,21 @@ async fn forward(addr: &str, prefix: &str, sockets: Sockets) -> (u64, u64) {
         while let Some(eol) = buf[at..].windows(2).position(|w| w == b"\r\n") {
             let line = &buf[at..at + eol];
             if let Some(rest) = line.strip_prefix(b"MSG ") {
-                // MSG <subject> <sid> [reply-to] <#bytes>
-                let fields: Vec<&[u8]> = rest.split(|&b| b == b' ').collect();
+                // MSG <subject> <sid> [reply-to] <#bytes>: the first field and the last.
+                let mut fields = rest.split(|&b| b == b' ');
+                let subject = fields.next().unwrap_or_default();
                 let len: usize =
-                    std::str::from_utf8(fields[fields.len() - 1]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+                    fields.next_back().and_then(|f| std::str::from_utf8(f).ok()?.parse().ok()).unwrap_or(0);
                 let start = at + eol + 2;
                 if buf.len() < start + len + 2 {
                     break; // the payload has not all arrived
                 }
-                let subject = fields[0];
                 let payload = &buf[start..start + len];
                 seq += 1;
                 let key = std::str::from_utf8(subject.get(key_at..).unwrap_or_default()).unwrap_or_default();
                 if let Some(stream) = sockets.borrow().get(key) {
                     event.clear();
-                    event.extend_from_slice(format!("id: 0-{seq}\nevent: message\ndata: ").as_bytes());
+                    let _ = write!(event, "id: 0-{seq}\nevent: message\ndata: ");
                     event.extend_from_slice(payload);
                     event.extend_from_slice(b"\n\n");
                     frame.clear();
