@@ -164,10 +164,12 @@ impl Publisher {
     }
 
     async fn one(&self, plan: &Plan, k: u64, buf: &mut Vec<u8>, counters: &Counters) {
+        // The send time of every way of publishing: now, as the schedule issues it.
+        let issued_ns = payload::now_ns();
         match self {
             Publisher::Nats { client, prefix } => {
                 let (_, name, seq) = plan.route(k);
-                payload::encode(buf, payload::now_ns(), seq, 0);
+                payload::encode(buf, issued_ns, seq, 0);
                 let subject = subject(prefix, "live", plan, &name);
                 if client.publish(subject, bytes::Bytes::copy_from_slice(buf)).await.is_err() {
                     counters.errors.set(counters.errors.get() + 1);
@@ -175,7 +177,7 @@ impl Publisher {
             }
             Publisher::Jetstream { js, prefix, in_flight } => {
                 let (_, name, seq) = plan.route(k);
-                payload::encode(buf, payload::now_ns(), seq, 0);
+                payload::encode(buf, issued_ns, seq, 0);
                 let subject = subject(prefix, "events", plan, &name);
                 let permit = in_flight.clone().acquire_owned().await.ok();
                 match js.publish(subject, bytes::Bytes::copy_from_slice(buf)).await {
@@ -194,7 +196,7 @@ impl Publisher {
             Publisher::Http { lanes, pending } => {
                 let (i, _, _) = plan.route(k);
                 pending.set(pending.get() + 1);
-                let _ = lanes[(i % lanes.len() as u64) as usize].send((k, payload::now_ns()));
+                let _ = lanes[(i % lanes.len() as u64) as usize].send((k, issued_ns));
             }
         }
     }
