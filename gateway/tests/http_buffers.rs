@@ -31,18 +31,18 @@ async fn read_responses(stream: &mut TcpStream, count: usize) -> Vec<u16> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while statuses.len() < count {
         // Every complete response at the front of `raw`.
-        while let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&raw[..end]).to_string();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-                .map(|(_, v)| v.trim().parse().unwrap())
-                .unwrap_or_else(|| panic!("no content-length in {head}"));
-            if raw.len() < end + 4 + length {
+        while let Some((status, headers, rest)) = support::parse_head(&raw) {
+            let length: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.parse().unwrap())
+                .unwrap_or_else(|| panic!("no content-length in {headers:?}"));
+            if rest.len() < length {
                 break;
             }
-            statuses.push(head.split(' ').nth(1).unwrap().parse().unwrap());
-            raw.drain(..end + 4 + length);
+            let consumed = raw.len() - rest.len() + length;
+            statuses.push(status);
+            raw.drain(..consumed);
         }
         if statuses.len() == count {
             break;

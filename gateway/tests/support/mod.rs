@@ -407,9 +407,10 @@ pub async fn http(
     Response { status, headers, body }
 }
 
-type Headers = Vec<(String, String)>;
+pub type Headers = Vec<(String, String)>;
 
-fn parse_head(raw: &[u8]) -> Option<(u16, Headers, &[u8])> {
+/// An HTTP/1 response's status and headers, and the bytes after its head; None while incomplete.
+pub fn parse_head(raw: &[u8]) -> Option<(u16, Headers, &[u8])> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..end]).ok()?;
     let mut lines = head.split("\r\n");

@@ -665,11 +665,6 @@ where
                     while this.write_buf.len() < *this.h1_write_buffer_size {
                         match body.as_mut().poll_next(cx) {
                             Poll::Ready(Some(Ok(item))) => {
-                                if this.write_buf.capacity() == 0 {
-                                    // given back after the last flush: one allocation for
-                                    // the chunk, its size line and its CRLF
-                                    this.write_buf.reserve(LW_BUFFER_SIZE.max(item.len() + 32));
-                                }
                                 this.codec
                                     .encode(Message::Chunk(Some(item)), this.write_buf)?;
                             }
@@ -1225,18 +1220,8 @@ where
                 return Ok(false);
             }
 
-            // grow buffer if necessary: once reads have filled it, or when it holds
-            // LW_BUFFER_SIZE or more and has less than that left. A buffer with room is read into
-            // as it is: most requests are smaller than LW_BUFFER_SIZE. (A released buffer, with
-            // no capacity, is read through the stack instead.)
-            let remaining = this.read_buf.capacity() - this.read_buf.len();
-            if this.read_buf.capacity() > 0 && remaining == 0
-                || (remaining < LW_BUFFER_SIZE && this.read_buf.len() >= LW_BUFFER_SIZE)
-            {
-                this.read_buf.reserve(HW_BUFFER_SIZE - remaining);
-            }
-
             let read = if this.read_buf.capacity() == 0 {
+                // a buffer given back: read through the stack, allocate for what arrives
                 let mut probe = [mem::MaybeUninit::<u8>::uninit(); LW_BUFFER_SIZE];
                 let mut probe = ReadBuf::uninit(&mut probe);
                 io.as_mut().poll_read(cx, &mut probe).map_ok(|()| {
@@ -1248,6 +1233,16 @@ where
                     read.len()
                 })
             } else {
+                // grow buffer if necessary: once reads have filled it, or when it holds
+                // LW_BUFFER_SIZE or more and has less than that left. A buffer with room is
+                // read into as it is: most requests are smaller than LW_BUFFER_SIZE.
+                let remaining = this.read_buf.capacity() - this.read_buf.len();
+                if remaining == 0
+                    || (remaining < LW_BUFFER_SIZE && this.read_buf.len() >= LW_BUFFER_SIZE)
+                {
+                    this.read_buf.reserve(HW_BUFFER_SIZE - remaining);
+                }
+
                 tokio_util::io::poll_read_buf(io.as_mut(), cx, this.read_buf)
             };
 
