@@ -665,6 +665,11 @@ where
                     while this.write_buf.len() < *this.h1_write_buffer_size {
                         match body.as_mut().poll_next(cx) {
                             Poll::Ready(Some(Ok(item))) => {
+                                if this.write_buf.capacity() == 0 {
+                                    // given back after the last flush: one allocation for
+                                    // the chunk, its size line and its CRLF
+                                    this.write_buf.reserve(LW_BUFFER_SIZE.max(item.len() + 32));
+                                }
                                 this.codec
                                     .encode(Message::Chunk(Some(item)), this.write_buf)?;
                             }

@@ -463,12 +463,10 @@ impl TransferEncoding {
                     *eof = true;
                     buf.extend_from_slice(b"0\r\n\r\n");
                 } else {
-                    // the whole chunk at once: its size line (at most 16 hex digits and a
-                    // CRLF), the data and its CRLF; one allocation when `buf` is empty
-                    buf.reserve(16 + 2 + msg.len() + 2);
                     writeln!(helpers::MutWriter(buf), "{:X}\r", msg.len())
                         .map_err(io::Error::other)?;
 
+                    buf.reserve(msg.len() + 2);
                     buf.extend_from_slice(msg);
                     buf.extend_from_slice(b"\r\n");
                 }
