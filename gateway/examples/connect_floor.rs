@@ -4,9 +4,10 @@
 //! It answers `GET /events?user=NAME` (or `?channels=NAME`) with the gateway's response head and
 //! a `connected` event, then holds the stream open; each stream has an actor with a heartbeat
 //! timer, as a gateway session does. With `--nats URL` each stream first subscribes to its own
-//! subject and waits for the server to confirm it (a flush), as the gateway does before it
-//! answers. No authentication, no hub, no history cursor, no limits, no metrics. Point the load
-//! generator at it as at a dev gateway:
+//! subject and waits until the `SUB` is written to the server (async-nats's `flush` writes; it
+//! does not wait for the server). The gateway also waits for the server to confirm it, so this
+//! floor is lower than what the gateway must do. No authentication, no hub, no history cursor,
+//! no limits, no metrics. Point the load generator at it as at a dev gateway:
 //!
 //! ```sh
 //! cargo build --release -p herald-gateway --example connect_floor
