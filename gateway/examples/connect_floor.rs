@@ -44,9 +44,14 @@ impl Actor for Stream {
 
 async fn events(req: HttpRequest, nats: web::Data<Option<async_nats::Client>>) -> HttpResponse {
     let query = req.query_string();
-    let name = query.split('&').find_map(|kv| kv.strip_prefix("user=").or_else(|| kv.strip_prefix("channels=")));
-    let Some(name) = name.map(str::to_owned) else {
-        return HttpResponse::BadRequest().body("?user=NAME or ?channels=NAME");
+    // The user's own subject, as the gateway subscribes one per user (the load generator sends
+    // a shared channel too, which the gateway subscribes once for all).
+    let param = |key: &str| query.split('&').find_map(|kv| kv.strip_prefix(key)).map(str::to_owned);
+    let name = param("user=").or_else(|| param("channels="));
+    let valid =
+        |n: &str| !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+    let Some(name) = name.filter(|n| valid(n)) else {
+        return HttpResponse::BadRequest().body("?user=NAME or ?channels=NAME (letters, digits, _ and -)");
     };
     let subscription = match nats.get_ref() {
         Some(client) => {
@@ -66,6 +71,8 @@ async fn events(req: HttpRequest, nats: web::Data<Option<async_nats::Client>>) -
     ));
     let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(connected) })
         .chain(futures_util::stream::pending())
+        // The body holds the actor's address: when actix drops the body (the client left), the
+        // actor stops and its subscription ends, as a gateway session does.
         .map(move |item| {
             let _ = &actor;
             item
