@@ -23,8 +23,24 @@ use std::time::Duration;
 
 use actix::{Actor, AsyncContext, Context};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use bytes::Bytes;
+use clap::Parser;
 use futures_util::StreamExt;
+use herald_gateway::http::events::stream_response;
+use herald_gateway::sse::connected_frame;
+
+/// More than the 20,000 open files a process may hold here: the limit is the kernel's.
+const MAX_CONNECTIONS: usize = 25_000;
+
+/// The floor under opening a stream (see the top of this file).
+#[derive(Parser)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:18160")]
+    listen: String,
+    /// Subscribe each stream to its user's subject on this NATS server.
+    #[arg(long)]
+    nats: Option<String>,
+}
 
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
@@ -66,9 +82,8 @@ async fn events(req: HttpRequest, nats: web::Data<Option<async_nats::Client>>) -
         None => None,
     };
     let actor = Stream { _subscription: subscription }.start();
-    let connected = Bytes::from(format!(
-        "retry: 3000\nevent: connected\ndata: {{\"connectionId\":\"x\",\"user\":\"{name}\",\"channels\":[],\"resumed\":false}}\n\n"
-    ));
+    let info = serde_json::json!({"connectionId": "x", "user": name, "channels": [], "resumed": false});
+    let connected = connected_frame(3000, None, &info);
     let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(connected) })
         .chain(futures_util::stream::pending())
         // The body holds the actor's address: when actix drops the body (the client left), the
@@ -77,28 +92,14 @@ async fn events(req: HttpRequest, nats: web::Data<Option<async_nats::Client>>) -
             let _ = &actor;
             item
         });
-    HttpResponse::Ok()
-        .insert_header(("content-type", "text/event-stream"))
-        .insert_header(("cache-control", "no-cache"))
-        .streaming(body)
+    stream_response().streaming(body)
 }
 
 fn main() -> std::io::Result<()> {
-    let mut listen = "127.0.0.1:18160".to_owned();
-    let mut nats_url = None;
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = argv.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().cloned().unwrap_or_else(|| usage(flag));
-        match flag.as_str() {
-            "--listen" => listen = value,
-            "--nats" => nats_url = Some(value),
-            _ => usage(flag),
-        }
-    }
-    raise_nofile();
+    let args = Args::parse();
+    herald_gateway::server::raise_open_files_limit(MAX_CONNECTIONS);
     actix_web::rt::System::new().block_on(async move {
-        let nats = match nats_url {
+        let nats = match args.nats {
             Some(url) => Some(connect(&url).await?),
             None => None,
         };
@@ -106,9 +107,9 @@ fn main() -> std::io::Result<()> {
         HttpServer::new(move || App::new().app_data(nats.clone()).route("/events", web::get().to(events)))
             .workers(1)
             .backlog(4096)
-            .max_connections(25_000)
+            .max_connections(MAX_CONNECTIONS)
             .disable_signals()
-            .bind(&listen)?
+            .bind(&args.listen)?
             .run()
             .await
     })
@@ -124,21 +125,5 @@ async fn connect(url: &str) -> std::io::Result<async_nats::Client> {
             Err(_) => attempts += 1,
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn usage(flag: &str) -> ! {
-    eprintln!("connect_floor: unexpected {flag}\nusage: connect_floor [--listen ADDR] [--nats URL]");
-    std::process::exit(2)
-}
-
-fn raise_nofile() {
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }

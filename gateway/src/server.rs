@@ -164,7 +164,7 @@ fn warn_dev_mode(addrs: &[std::net::SocketAddr]) {
 }
 
 /// Raises the soft open-files limit to the hard limit: each SSE connection holds a socket.
-fn raise_open_files_limit(wanted: usize) {
+pub fn raise_open_files_limit(wanted: usize) {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
         let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

@@ -337,7 +337,7 @@ pub fn authorize_channels(requested: &[String], grant: &Grant, max: usize) -> Re
 }
 
 /// The headers every stream carries.
-pub(crate) fn stream_response() -> actix_web::HttpResponseBuilder {
+pub fn stream_response() -> actix_web::HttpResponseBuilder {
     let mut res = HttpResponse::Ok();
     res.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")))
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform")))
