@@ -34,6 +34,7 @@ pub mod peer;
 pub mod presence;
 pub mod publish_keys;
 pub mod rate;
+pub mod resume;
 pub mod selftest;
 pub mod server;
 pub mod session;

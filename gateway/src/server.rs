@@ -111,6 +111,10 @@ pub fn run(config: Config) -> std::io::Result<()> {
                 .configure(|cfg| http::routes(cfg, dev))
         })
         .on_connect(move |conn, ext| crate::peer::on_connect(conn, ext, heartbeat))
+        // A client that closes its side of the connection is gone: its stream ends at once and
+        // frees its slot, instead of at its next heartbeat (a browser reloading a page closes
+        // the old stream as it opens the new one). Nobody half-closes a request to Herald.
+        .h1_allow_half_closed(false)
         .backlog(4096)
         .max_connections(settings.max_connections.max(1024))
         .shutdown_timeout(1)

@@ -48,6 +48,18 @@ pub struct Session {
     pub metrics: Arc<Metrics>,
 }
 
+/// A token expiring further ahead than this (about 100 years) is treated as never expiring.
+const NEVER_SECS: u64 = 100 * 365 * 24 * 3600;
+
+/// How long until a stream whose token expires at `exp` (Unix seconds) must end, `now` being
+/// the time: with the same clock-skew allowance as the check at connect, so that a token
+/// accepted within it does not end its stream at once. `None`: not within the gateway's
+/// lifetime. Saturating throughout: `exp` is the token's to choose, up to `u64::MAX`.
+fn expiry_delay(exp: u64, now: u64) -> Option<Duration> {
+    let left = exp.saturating_add(crate::auth::LEEWAY_SECS).saturating_sub(now);
+    (left <= NEVER_SECS).then(|| Duration::from_secs(left))
+}
+
 /// How often a stream with presence checks whether its client has gone.
 const PRESENCE_PROBE: Duration = Duration::from_secs(1);
 
@@ -77,12 +89,9 @@ impl Actor for Session {
                 }
             });
         }
-        if let Some(exp) = self.expires_at {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-            // The same clock-skew allowance as the check at connect: a token accepted within
-            // it must not end its stream at once.
-            let end = exp + crate::auth::LEEWAY_SECS;
-            ctx.run_later(Duration::from_secs(end.saturating_sub(now)), |session, _ctx| {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        if let Some(left) = self.expires_at.and_then(|exp| expiry_delay(exp, now)) {
+            ctx.run_later(left, |session, _ctx| {
                 let frame = sse::control_frame("token_expired", &serde_json::json!({"reason": "token_expired"}));
                 // The body ends after this frame; its drop stops the actor.
                 session.outbox.close(CloseReason::TokenExpired, Some(frame));
@@ -119,5 +128,20 @@ impl Handler<BodyGone> for Session {
 
     fn handle(&mut self, _: BodyGone, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_delays() {
+        let leeway = crate::auth::LEEWAY_SECS;
+        assert_eq!(expiry_delay(1_000, 1_000), Some(Duration::from_secs(leeway)));
+        assert_eq!(expiry_delay(1_060, 1_000), Some(Duration::from_secs(60 + leeway)));
+        assert_eq!(expiry_delay(900, 1_000), Some(Duration::ZERO), "already past, leeway and all");
+        assert_eq!(expiry_delay(u64::MAX, 1_000), None, "the end of time never ends a stream");
+        assert_eq!(expiry_delay(u64::MAX - 1, 0), None);
     }
 }

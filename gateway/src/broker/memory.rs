@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Broker, BrokerError, EventStream, Replay, ResetReason};
 use crate::config::HistoryLimits;
 use crate::event::{Delivery, EventId, Outgoing, Target};
+use crate::resume::{self, Start};
 
 /// Events a subscriber may fall behind by before it misses some (as NATS' slow consumer).
 const SUBSCRIBER_CAPACITY: usize = 64 * 1024;
@@ -148,16 +149,21 @@ impl State {
 
     fn replay(&mut self, targets: &[Target], after: &EventId, max: usize) -> Replay {
         let head = Some(EventId { epoch: self.epoch.clone(), seq: self.seq });
-        if after.epoch != self.epoch {
-            return Replay::Reset(ResetReason::EpochChanged, head);
+        let whole = resume::Bounds { epoch: &self.epoch, first: 1, last: self.seq };
+        match resume::start(after, &whole) {
+            Start::Replay => {}
+            Start::UpToDate => return Replay::Events(Vec::new()),
+            Start::Reset(reason) => return Replay::Reset(reason, head),
         }
         let now = Instant::now();
         let mut events = Vec::new();
         for target in targets {
             let Some(history) = self.history.get_mut(target) else { continue };
             history.trim(&self.limits, now);
-            if history.dropped_up_to > after.seq {
-                return Replay::Reset(ResetReason::HistoryExpired, head);
+            // Each subject's history starts after the newest event its limits dropped.
+            let kept = resume::Bounds { first: history.dropped_up_to + 1, ..whole.clone() };
+            if let Start::Reset(reason) = resume::start(after, &kept) {
+                return Replay::Reset(reason, head);
             }
             for (_, d) in &history.events {
                 if d.id.as_ref().is_some_and(|id| id.seq > after.seq) {

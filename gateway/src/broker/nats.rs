@@ -28,6 +28,7 @@ use super::{Broker, BrokerError, EventStream, Replay, ReportStream, ResetReason}
 use crate::config::HistoryLimits;
 use crate::event::{Delivery, EventId, Outgoing, SubjectKind, Target, parse_published_at};
 use crate::names::DEFAULT_EVENT_TYPE;
+use crate::resume::{self, Start};
 use crate::trace::{self, TraceContext};
 
 /// Longest wait for the next message of a replay.
@@ -41,6 +42,8 @@ pub const HEADER_TYPE: &str = "Herald-Type";
 pub const HEADER_PUBLISHED_AT: &str = "Herald-Published-At";
 pub const HEADER_FROM: &str = "Herald-From";
 const HEADER_SEQUENCE: &str = "Nats-Sequence";
+const HEADER_STREAM: &str = "Nats-Stream";
+const HEADER_SUBJECT: &str = "Nats-Subject";
 
 /// Where each gateway publishes its stats for the fleet's dashboards, under the prefix:
 /// `herald.internal.stats.<pod>`.
@@ -330,6 +333,10 @@ struct Bounds {
 }
 
 impl Bounds {
+    fn view(&self) -> resume::Bounds<'_> {
+        resume::Bounds { epoch: &self.epoch, first: self.first, last: self.last }
+    }
+
     async fn read(js: &jetstream::Context, epoch: &RwLock<Arc<str>>) -> Result<Bounds, BrokerError> {
         let (_, info, current) = stream_info(js, epoch).await?;
         Ok(Bounds { first: info.state.first_sequence, last: info.state.last_sequence, epoch: current })
@@ -414,14 +421,10 @@ async fn walk(
     let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(format!("replay: {e}"));
     let bounds = shared.bounds.read(Bounds::read(js, epoch)).await?;
     let head = Some(EventId { epoch: bounds.epoch.clone(), seq: bounds.last });
-    if after.epoch != bounds.epoch {
-        return Ok(Walked::Done(Replay::Reset(ResetReason::EpochChanged, head)));
-    }
-    if after.seq >= bounds.last {
-        return Ok(Walked::Done(Replay::Events(Vec::new())));
-    }
-    if after.seq + 1 < bounds.first {
-        return Ok(Walked::Done(Replay::Reset(ResetReason::HistoryExpired, head)));
+    match resume::start(after, &bounds.view()) {
+        Start::Replay => {}
+        Start::UpToDate => return Ok(Walked::Done(Replay::Events(Vec::new()))),
+        Start::Reset(reason) => return Ok(Walked::Done(Replay::Reset(reason, head))),
     }
     let stream = js.get_stream_no_info(STREAM).await.map_err(|e| unavailable(&e))?;
     let last = bounds.last;
@@ -513,12 +516,40 @@ fn trace_from(headers: Option<&HeaderMap>) -> Option<Box<TraceContext>> {
     TraceContext::from_headers(get).map(Box::new)
 }
 
-/// Turns a live NATS message into a delivery; a `Nats-Sequence` header (set by the stream's
-/// republish) makes it durable, with id `<epoch>-<seq>`.
-pub fn delivery_from(msg: Message, epoch: &Arc<str>) -> Delivery {
+/// Turns a live NATS message into a delivery. Only the stream's republish makes it durable, with
+/// id `<epoch>-<seq>`: see [`republished_seq`].
+pub fn delivery_from(msg: Message, prefix: &str, epoch: &Arc<str>) -> Delivery {
     let headers = msg.headers.as_ref();
-    let seq = header(headers, HEADER_SEQUENCE).and_then(|s| s.parse::<u64>().ok());
+    let seq = headers.and_then(|h| republished_seq(h, prefix, &msg.subject));
     event_from(headers, seq.map(|seq| EventId { epoch: epoch.clone(), seq }), msg.payload)
+}
+
+/// The stream sequence of a message that the stream `HERALD` republished on the live subject
+/// `live`, or `None` when the message did not come that way.
+///
+/// The republish keeps the stored message's own headers and appends `Nats-Stream`,
+/// `Nats-Subject` and `Nats-Sequence` after them: the last value of each is the server's, while
+/// a value a publisher wrote comes before it (a durable publish) or is the only one (a publish
+/// straight to the live subject). A message counts as republished only when the last
+/// `Nats-Stream` names the stream and the last `Nats-Subject` is the stored subject behind
+/// `live`; then the last `Nats-Sequence` is its id.
+fn republished_seq(headers: &HeaderMap, prefix: &str, live: &str) -> Option<u64> {
+    let last = |name: &str| headers.get_last(name).map(|v| v.as_str());
+    if last(HEADER_STREAM)? != STREAM {
+        return None;
+    }
+    let rest = live.strip_prefix(prefix)?.strip_prefix(".live.")?;
+    let stored = last(HEADER_SUBJECT)?;
+    let stored_rest = stored.strip_prefix(prefix)?.strip_prefix(".events.")?;
+    if stored_rest != rest {
+        return None;
+    }
+    let seq = last(HEADER_SEQUENCE)?;
+    // Digits only: `u64::from_str` would also take a leading `+`.
+    if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    seq.parse().ok().filter(|&seq| seq > 0)
 }
 
 /// A delivery from an event's headers and payload (live, replayed by a walk or by a consumer).
@@ -554,12 +585,13 @@ impl Broker for NatsBroker {
         let subject = target.subject(&self.prefix, SubjectKind::Live);
         let confirmations = self.confirmations.clone();
         let epoch = self.epoch.clone();
+        let prefix = self.prefix.clone();
         async move {
             let sub = client.subscribe(subject).await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
             confirmations.confirm().await?;
             Ok(Box::pin(sub.map(move |msg| {
                 let current = epoch.read().clone();
-                delivery_from(msg, &current)
+                delivery_from(msg, &prefix, &current)
             })) as EventStream)
         }
         .boxed()
@@ -648,14 +680,12 @@ impl Broker for NatsBroker {
             }
             let (stream, info, current) = stream_info(&js, &epoch).await?;
             let head = Some(EventId { epoch: current.clone(), seq: info.state.last_sequence });
-            if after.epoch != current {
-                return Ok(Replay::Reset(ResetReason::EpochChanged, head));
-            }
-            if after.seq >= info.state.last_sequence {
-                return Ok(Replay::Events(Vec::new()));
-            }
-            if after.seq + 1 < info.state.first_sequence {
-                return Ok(Replay::Reset(ResetReason::HistoryExpired, head));
+            let bounds =
+                resume::Bounds { epoch: &current, first: info.state.first_sequence, last: info.state.last_sequence };
+            match resume::start(&after, &bounds) {
+                Start::Replay => {}
+                Start::UpToDate => return Ok(Replay::Events(Vec::new())),
+                Start::Reset(reason) => return Ok(Replay::Reset(reason, head)),
             }
             let filters: Vec<String> = match &targets {
                 Some(targets) => targets.iter().map(|t| t.subject(&prefix, SubjectKind::Events)).collect(),
@@ -778,5 +808,52 @@ impl Broker for NatsBroker {
     fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
             && self.stream_ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Headers as the stream's republish writes them after `own`, the stored message's own.
+    fn republished(own: &[(&str, &str)], subject: &str, seq: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in own {
+            headers.append(*name, *value);
+        }
+        headers.append(HEADER_STREAM, STREAM);
+        headers.append(HEADER_SUBJECT, subject);
+        headers.append(HEADER_SEQUENCE, seq);
+        headers.append("Nats-Last-Sequence", "0");
+        headers
+    }
+
+    #[test]
+    fn ids_come_only_from_the_republish() {
+        let live = "herald.live.user.u1";
+        let seq = |h: &HeaderMap| republished_seq(h, "herald", live);
+        assert_eq!(seq(&republished(&[], "herald.events.user.u1", "19")), Some(19));
+        // A durable publish that carried its own copies: the server's come last.
+        let own = [(HEADER_SEQUENCE, "3"), (HEADER_STREAM, STREAM), (HEADER_SUBJECT, "herald.events.user.u1")];
+        assert_eq!(seq(&republished(&own, "herald.events.user.u1", "19")), Some(19));
+
+        // A publish straight to the live subject, however it is dressed.
+        let mut core = HeaderMap::new();
+        core.insert(HEADER_SEQUENCE, "999999999");
+        assert_eq!(seq(&core), None, "no stream header");
+        core.insert(HEADER_STREAM, "OTHER");
+        core.insert(HEADER_SUBJECT, "herald.events.user.u1");
+        assert_eq!(seq(&core), None, "another stream");
+        // Republished, but for another subject than the one it arrived on.
+        assert_eq!(seq(&republished(&[], "herald.events.user.u2", "19")), None);
+        assert_eq!(seq(&republished(&[], "herald.events.user.u1.x", "19")), None);
+        assert_eq!(seq(&republished(&[], "other.events.user.u1", "19")), None);
+        for bad in ["", "+19", "-1", "0", "1e3", "99999999999999999999999"] {
+            assert_eq!(seq(&republished(&[], "herald.events.user.u1", bad)), None, "{bad:?}");
+        }
+        assert_eq!(
+            republished_seq(&republished(&[], "herald.events.user.u1", "7"), "herald", "herald.events.user.u1"),
+            None
+        );
     }
 }

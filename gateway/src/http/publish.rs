@@ -87,16 +87,22 @@ pub fn validate(body: &[u8], max_payload: usize) -> Result<ValidPublish, ApiErro
     if count > MAX_TARGETS {
         return Err(ApiError::bad_request("too_many_targets", format!("at most {MAX_TARGETS} targets per request")));
     }
+    // A target named twice is one target: one stored event, one id, one delivery.
     let mut targets = Vec::with_capacity(count);
+    let mut add = |target: Target| {
+        if !targets.contains(&target) {
+            targets.push(target);
+        }
+    };
     for u in &parsed.users {
         let name =
             Name::parse(u).map_err(|e| ApiError::bad_request("invalid_user", format!("user {:?} {e}", shown(u))))?;
-        targets.push(Target::User(name));
+        add(Target::User(name));
     }
     for c in &parsed.channels {
         let name = Name::parse(c)
             .map_err(|e| ApiError::bad_request("invalid_channel", format!("channel {:?} {e}", shown(c))))?;
-        targets.push(Target::Channel(name));
+        add(Target::Channel(name));
     }
     if parsed.broadcast {
         targets.push(Target::Broadcast);
@@ -217,6 +223,9 @@ mod tests {
         assert_eq!(v.event.event_type, "booking_update");
         assert_eq!(&v.event.payload[..], br#"{"a":[1,2]}"#);
         assert!(v.event.durable);
+        let v = validate(br#"{"data":1,"users":["u","v","u","u"],"channels":["c","u","c"]}"#, 64).unwrap();
+        let names: Vec<String> = v.targets.iter().map(Target::to_string).collect();
+        assert_eq!(names, ["user u", "user v", "channel c", "channel u"], "each distinct target once, in order");
         let v = validate(br#"{"data":null,"broadcast":true,"durable":false}"#, 64).unwrap();
         assert_eq!(v.event.event_type, "message");
         assert!(!v.event.durable);

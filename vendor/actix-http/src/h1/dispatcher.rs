@@ -1466,9 +1466,16 @@ where
                     // - The user requested to not allow half-closures
                     if inner_p.flags.contains(Flags::READ_DISCONNECT)
                         && (!inner_p.config.h1_allow_half_closed() || state_is_none)
+                        && !inner_p.flags.contains(Flags::SHUTDOWN)
                     {
                         trace!("read half closed; start shutdown");
                         inner_p.flags.insert(Flags::SHUTDOWN);
+                        // A response still streaming would otherwise go on until its body's
+                        // next chunk wakes the dispatcher, which for a stream that mostly waits
+                        // may be much later: shut down now, dropping the body.
+                        if !state_is_none {
+                            return self.poll(cx);
+                        }
                     }
 
                     // keep-alive and stream errors

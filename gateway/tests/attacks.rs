@@ -1,0 +1,176 @@
+//! Attacks on the delivery promise over real sockets and a real nats-server: forged ids, ids
+//! past the history's head, repeated targets, tokens that never expire, clients that close and
+//! come straight back. "Nothing more arrived" is shown by a marker event being the very next one.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use serde_json::json;
+use support::{Gateway, Nats, Sse, eventually, seq_of, token, token_with};
+
+/// Publishes through the gateway and returns the ids.
+async fn publish(gw: &Gateway, body: serde_json::Value) -> Vec<String> {
+    let res = gw.publish(body).await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    res.json()["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+}
+
+/// The epoch of an `<epoch>-<seq>` id.
+fn epoch_of(id: &str) -> &str {
+    id.rsplit_once('-').unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_targets_are_stored_and_delivered_once() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &[]);
+    gw.ready().await;
+    let mut s = Sse::with_token(gw.addr, &token("u", &["c"], 600), &["c"]).await;
+    assert_eq!(s.next().await.event, "connected");
+
+    let ids = publish(&gw, json!({"type":"t","data":"once","users":["u","u","u"],"channels":["c","c"]})).await;
+    assert_eq!(ids.len(), 2, "one id per distinct target: {ids:?}");
+    let marker = publish(&gw, json!({"type":"marker","data":"end","users":["u"]})).await;
+
+    let first = s.next_event().await;
+    let second = s.next_event().await;
+    let mut got = vec![first.id.clone().unwrap(), second.id.clone().unwrap()];
+    got.sort_by_key(|id| seq_of(id));
+    assert_eq!(got, ids, "each target's event once");
+    let next = s.next_event().await;
+    assert_eq!(next.event, "marker", "nothing between the two events and the marker: {next:?}");
+    assert_eq!(next.id, Some(marker[0].clone()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_expiring_at_the_end_of_time_keeps_its_stream() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &["--heartbeat-secs", "1"]);
+    gw.ready().await;
+    // The largest `exp` a JSON number can say: adding the clock-skew leeway must not wrap.
+    let t = token_with(json!({"sub": "forever", "exp": u64::MAX, "channels": []}));
+    let mut s = Sse::with_token(gw.addr, &t, &[]).await;
+    assert_eq!(s.next().await.event, "connected");
+    let ids = publish(&gw, json!({"type":"marker","data":1,"users":["forever"]})).await;
+    let ev = s.next().await;
+    assert_eq!(ev.event, "marker", "the stream stays open: {ev:?}");
+    assert_eq!(ev.id, Some(ids[0].clone()));
+    // Its session is alive: a heartbeat comes, and nothing panicked on the way.
+    assert!(s.wait_comments(1, Duration::from_secs(5)).await, "a heartbeat");
+    assert!(!gw.log_text().contains("panicked"), "{}", gw.log_text());
+}
+
+/// A publisher can write any header, including the ones the stream's republish sets. Ids come
+/// from what the stream wrote, never from the publisher's copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_come_only_from_the_stream() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &[]);
+    gw.ready().await;
+    let t = token("victim", &[], 600);
+    let mut s = Sse::with_token(gw.addr, &t, &[]).await;
+    let connected = s.next().await;
+    let epoch = epoch_of(connected.id.as_deref().expect("a first cursor")).to_owned();
+
+    let client = nats.client().await;
+    // A core publish straight to the live subject, dressed as a stored event.
+    let mut forged = HeaderMap::new();
+    forged.insert("Herald-Type", "forged");
+    forged.insert("Nats-Sequence", "999999999");
+    client.publish_with_headers("herald.live.user.victim", forged, Bytes::from_static(b"\"core\"")).await.unwrap();
+    client.flush().await.unwrap();
+    let ev = s.next_event().await;
+    assert_eq!(ev.event, "forged");
+    assert_eq!(ev.id, None, "an event that did not come through the stream has no id");
+
+    // A durable publish carrying its own sequence header: stored at the stream's next sequence.
+    let js = async_nats::jetstream::new(client.clone());
+    let mut own = HeaderMap::new();
+    own.insert("Herald-Type", "stored");
+    own.insert("Nats-Sequence", "3");
+    let ack = js
+        .publish_with_headers("herald.events.user.victim", own, Bytes::from_static(b"\"js\""))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(ack.sequence != 3, "the test needs a stream sequence other than the forged one");
+    let real = format!("{epoch}-{}", ack.sequence);
+    let ev = s.next_event().await;
+    assert_eq!(ev.event, "stored");
+    assert_eq!(ev.id.as_deref(), Some(real.as_str()), "live: the stream's own sequence");
+
+    // A replay of it carries the same id, and a resume from it repeats nothing.
+    let first = format!("{epoch}-{}", ack.sequence - 1);
+    drop(s);
+    let mut back = Sse::resume(gw.addr, &t, &[], &first).await;
+    assert_eq!(back.next().await.json()["resumed"], true);
+    let ev = back.next().await;
+    assert_eq!((ev.event.as_str(), ev.id.as_deref()), ("stored", Some(real.as_str())), "replayed");
+    drop(back);
+    let mut back = Sse::resume(gw.addr, &t, &[], &real).await;
+    assert_eq!(back.next().await.json()["resumed"], true);
+    let marker = publish(&gw, json!({"type":"marker","data":0,"users":["victim"]})).await;
+    let ev = back.next().await;
+    assert_eq!((ev.event.as_str(), ev.id.as_ref()), ("marker", Some(&marker[0])), "nothing repeated: {ev:?}");
+}
+
+/// An id past the history's head is not one this history issued: the client is told to
+/// refetch, and then gets live events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_past_the_head_is_answered_with_a_reset() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &[]);
+    gw.ready().await;
+    let t = token("ahead", &[], 600);
+    let mut s = Sse::with_token(gw.addr, &t, &[]).await;
+    let epoch = epoch_of(s.next().await.id.as_deref().unwrap()).to_owned();
+    let ids = publish(&gw, json!({"type":"n","data":1,"users":["ahead"]})).await;
+    assert_eq!(s.next_event().await.id, Some(ids[0].clone()));
+    drop(s);
+
+    // Far past the head, and just past it.
+    let mut head = seq_of(&ids[0]);
+    for far in [true, false] {
+        let ahead = if far { 999_999_999 } else { head + 1 };
+        let mut back = Sse::resume(gw.addr, &t, &[], &format!("{epoch}-{ahead}")).await;
+        let connected = back.next().await;
+        assert_eq!((connected.event.as_str(), connected.json()["resumed"].clone()), ("connected", json!(false)));
+        let reset = back.next().await;
+        assert_eq!(reset.event, "reset");
+        assert_eq!(reset.json()["reason"], "epoch_changed");
+        let marker = publish(&gw, json!({"type":"marker","data":ahead,"users":["ahead"]})).await;
+        let ev = back.next().await;
+        assert_eq!((ev.event.as_str(), ev.id.as_ref()), ("marker", Some(&marker[0])));
+        head = seq_of(&marker[0]);
+    }
+}
+
+/// A browser that reloads its page closes the old stream as it opens the new one. The closed
+/// stream's slot must be free at once, not at its next heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stream_frees_its_slot_at_once() {
+    let nats = Nats::start();
+    // Heartbeats far apart: a slot freed only then would fail this test.
+    let gw = Gateway::serve(&nats, &["--max-connections-per-user", "2", "--heartbeat-secs", "60"]);
+    gw.ready().await;
+    let t = token("reloader", &[], 600);
+    let mut previous: Option<Sse> = None;
+    for load in 0..10 {
+        let mut s = match Sse::open(gw.addr, "/events", &[("Authorization", &format!("Bearer {t}"))]).await {
+            Ok(s) => s,
+            Err(res) => panic!("page load {load}: {} {}", res.status, String::from_utf8_lossy(&res.body)),
+        };
+        assert_eq!(s.next().await.event, "connected", "page load {load}");
+        drop(previous.replace(s));
+        tokio::time::sleep(Duration::from_millis(500)).await; // the user's pace, not a wait
+    }
+    drop(previous);
+    let closed = Instant::now();
+    eventually("every stream released", Duration::from_secs(5), || async { gw.stats().await["connections"] == 0 })
+        .await;
+    assert!(closed.elapsed() <= Duration::from_secs(1), "released after {:?}", closed.elapsed());
+}
