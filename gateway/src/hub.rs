@@ -13,9 +13,19 @@
 //! literal: the dispatcher runs outside tokio's cooperative budget, which would otherwise report
 //! a queue as empty once a turn's budget is spent while other queues were drained further.
 //!
-//! After a broker outage the hub refills the gap: it holds back live events, replays from the
-//! stream everything after the last durable event it dispatched, fans that out, then releases
-//! the held events that the replay did not already cover. Sessions stay open throughout.
+//! After a gap in live delivery (a broker reconnect, or a subscription that fell behind and had
+//! messages dropped) the hub refills it: it holds back live events, replays from the stream
+//! everything after the last durable event it dispatched, fans that out, then releases the held
+//! events that the replay did not already cover. A gap that opens while a refill is out gets a
+//! refill of its own, from where the first one ended, before anything held is released.
+//! Sessions stay open throughout, and each stream's own cursor (`Outbox`) drops any durable
+//! event at or below what that stream already has: a stream that joined during a refill starts
+//! at the history's head and never receives the refill's older events.
+//!
+//! Bookkeeping: a subscription's slot and the index from its target to that slot change
+//! together (`Dispatcher::remove_slot`). A topic's holder count changes only under the
+//! `topics` lock, its members only outside it, so a long fan-out over one topic never stalls
+//! the joins and leaves of the others.
 //!
 //! Fan-out renders each event to its SSE frame once and pushes the same bytes into each member's
 //! [`Outbox`] without waiting (a full outbox closes that session alone).
@@ -57,6 +67,10 @@ enum TopicState {
 pub struct Topic {
     target: Target,
     members: RwLock<Slab<Arc<Outbox>>>,
+    /// How many memberships hold this topic. Changed only under the hub's `topics` lock, so
+    /// that the last one to leave and a new one joining agree on whether the topic lives; the
+    /// members themselves are added and removed outside it.
+    holders: AtomicUsize,
     state: watch::Sender<TopicState>,
     /// The dispatcher's slot for this topic's subscription (`NO_SLOT` until attached).
     slot: AtomicUsize,
@@ -70,8 +84,8 @@ enum Command {
     Close(Arc<Topic>),
     /// The newest event id of the history when the hub started.
     Position(Option<EventId>),
-    /// The broker reconnected: events may have been missed.
-    Reconnected,
+    /// Live delivery may have skipped events (a reconnect, a slow-consumer drop).
+    Gap,
     /// The replay that refills the gap.
     CaughtUp(Result<Replay, BrokerError>),
 }
@@ -126,11 +140,11 @@ impl Hub {
             metrics,
             by_target: HashMap::new(),
             watermark: None,
-            catching_up: false,
+            catch_up: CatchUp::Idle,
             held: Vec::new(),
         };
         let position = dispatcher.broker.last_id();
-        let reconnects = dispatcher.broker.reconnects();
+        let gaps = dispatcher.broker.gaps();
         let broker = dispatcher.broker.clone();
         // Unconstrained: tokio's cooperative budget would otherwise make a subscription's queue
         // look empty part-way through a drain, and the next batch would then carry an event
@@ -150,10 +164,10 @@ impl Hub {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 position = broker.last_id();
             }
-            let Some(mut reconnects) = reconnects else { return };
-            reconnects.borrow_and_update();
-            while reconnects.changed().await.is_ok() {
-                if commands.send(Command::Reconnected).is_err() {
+            let Some(mut gaps) = gaps else { return };
+            gaps.borrow_and_update();
+            while gaps.changed().await.is_ok() {
+                if commands.send(Command::Gap).is_err() {
                     return;
                 }
             }
@@ -170,35 +184,42 @@ impl Hub {
     /// yet, and resolves once every subscription is live at the broker.
     pub async fn join(self: &Arc<Self>, targets: &[Target], outbox: &Arc<Outbox>) -> Result<Membership, JoinError> {
         let mut membership = Membership { hub: self.clone(), entries: Vec::with_capacity(targets.len()) };
-        let mut pending = Vec::new();
-        {
+        let held: Vec<Arc<Topic>> = {
             let mut topics = self.topics.lock();
-            for target in targets {
-                let usable = topics
-                    .get(target)
-                    .filter(|t| matches!(*t.state.borrow(), TopicState::Pending | TopicState::Live))
-                    .cloned();
-                let topic = match usable {
-                    Some(topic) => topic,
-                    None => {
+            targets
+                .iter()
+                .map(|target| {
+                    let usable = topics
+                        .get(target)
+                        .filter(|t| matches!(*t.state.borrow(), TopicState::Pending | TopicState::Live))
+                        .cloned();
+                    let topic = usable.unwrap_or_else(|| {
                         // New, or a failed subscription that a fresh one replaces.
                         let topic = Arc::new(Topic {
                             target: target.clone(),
                             members: RwLock::new(Slab::new()),
+                            holders: AtomicUsize::new(0),
                             state: watch::Sender::new(TopicState::Pending),
                             slot: AtomicUsize::new(NO_SLOT),
                         });
                         topics.insert(target.clone(), topic.clone());
                         let _ = self.commands.send(Command::Open(topic.clone()));
                         topic
-                    }
-                };
-                let key = topic.members.write().insert(outbox.clone());
-                if !matches!(*topic.state.borrow(), TopicState::Live) {
-                    pending.push(topic.state.subscribe());
-                }
-                membership.entries.push((topic, key));
+                    });
+                    topic.holders.fetch_add(1, Ordering::Relaxed);
+                    topic
+                })
+                .collect()
+        };
+        // Outside the topics lock: a fan-out holding a topic's members must not stall every
+        // other join and leave of the pod.
+        let mut pending = Vec::new();
+        for topic in held {
+            let key = topic.members.write().insert(outbox.clone());
+            if !matches!(*topic.state.borrow(), TopicState::Live) {
+                pending.push(topic.state.subscribe());
             }
+            membership.entries.push((topic, key));
         }
         for mut state in pending {
             let settled =
@@ -228,16 +249,19 @@ impl Hub {
     }
 
     fn leave(&self, topic: &Arc<Topic>, key: usize) {
-        let mut topics = self.topics.lock();
-        let mut members = topic.members.write();
-        members.try_remove(key);
-        if members.is_empty() {
+        // The member first, outside the topics lock (it may wait for a fan-out to finish).
+        topic.members.write().try_remove(key);
+        {
+            let mut topics = self.topics.lock();
+            if topic.holders.fetch_sub(1, Ordering::Relaxed) != 1 {
+                return;
+            }
             if topics.get(&topic.target).is_some_and(|t| Arc::ptr_eq(t, topic)) {
                 topics.remove(&topic.target);
             }
-            topic.state.send_replace(TopicState::Closed);
-            let _ = self.commands.send(Command::Close(topic.clone()));
         }
+        topic.state.send_replace(TopicState::Closed);
+        let _ = self.commands.send(Command::Close(topic.clone()));
     }
 }
 
@@ -288,9 +312,20 @@ struct Dispatcher {
     by_target: HashMap<Target, usize>,
     /// The newest durable event dispatched (or in the history at start).
     watermark: Option<EventId>,
-    /// While refilling a gap, live events wait in `held`.
-    catching_up: bool,
-    held: Vec<(usize, Delivery)>,
+    /// Refilling a gap, while live events wait in `held`.
+    catch_up: CatchUp,
+    held: Vec<(Arc<Topic>, Delivery)>,
+}
+
+/// Whether the hub is refilling a gap in live delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CatchUp {
+    Idle,
+    /// A replay is out. `again`: another gap opened meanwhile (a second reconnect), which that
+    /// replay may not cover; another replay follows it before the held events are released.
+    Running {
+        again: bool,
+    },
 }
 
 impl Dispatcher {
@@ -329,12 +364,9 @@ impl Dispatcher {
                 }
             }
             Command::Close(topic) => {
-                let key = topic.slot.swap(NO_SLOT, Ordering::Relaxed);
+                let key = topic.slot.load(Ordering::Relaxed);
                 if self.slots.get(key).is_some_and(|s| Arc::ptr_eq(&s.topic, &topic)) {
-                    self.slots.remove(key);
-                    if self.by_target.get(&topic.target) == Some(&key) {
-                        self.by_target.remove(&topic.target);
-                    }
+                    self.remove_slot(key);
                 }
             }
             Command::Position(id) => {
@@ -342,27 +374,27 @@ impl Dispatcher {
                     self.watermark = id;
                 }
             }
-            Command::Reconnected => {
-                let Some(after) = self.watermark.clone() else { return };
-                if self.catching_up {
-                    return;
-                }
-                tracing::info!(after = %after, "reconnected to the broker; refilling the gap from the history");
-                self.catching_up = true;
-                let replay = self.broker.replay(None, after, CATCH_UP_MAX);
-                let tx = self.commands_tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(Command::CaughtUp(replay.await));
-                });
-            }
+            Command::Gap => match self.catch_up {
+                CatchUp::Idle => self.start_catch_up(),
+                CatchUp::Running { .. } => self.catch_up = CatchUp::Running { again: true },
+            },
             Command::CaughtUp(result) => {
-                self.catching_up = false;
+                let again = self.catch_up == CatchUp::Running { again: true };
+                self.catch_up = CatchUp::Idle;
                 match result {
                     Ok(Replay::Events(events)) => {
                         tracing::info!(events = events.len(), "gap refilled");
                         for (target, delivery) in events {
-                            if let Some(&index) = self.by_target.get(&target) {
-                                self.dispatch(index, delivery, false);
+                            if let Some(topic) = self.by_target.get(&target).and_then(|&i| self.topic_at(i)) {
+                                self.dispatch(&topic, delivery, true);
+                            }
+                        }
+                        if again {
+                            // Another gap opened while this one was refilled: refill from here
+                            // before releasing what was held, which may lie beyond it.
+                            self.start_catch_up();
+                            if self.catch_up != CatchUp::Idle {
+                                return;
                             }
                         }
                     }
@@ -382,27 +414,55 @@ impl Dispatcher {
                         }
                     }
                 }
-                for (index, delivery) in std::mem::take(&mut self.held) {
-                    self.dispatch(index, delivery, true);
+                for (topic, delivery) in std::mem::take(&mut self.held) {
+                    self.dispatch(&topic, delivery, true);
                 }
             }
         }
     }
 
-    /// Fans out one event and moves the watermark. With `dedupe` (events held during a refill),
-    /// durable events at or below the watermark were already sent by the replay and are skipped.
-    /// Outside a refill, sequences only grow, unless the stream was recreated: then the
-    /// watermark simply follows.
-    fn dispatch(&mut self, index: usize, delivery: Delivery, dedupe: bool) {
+    /// Starts refilling the gap after the watermark (nothing without one: the hub has not yet
+    /// read where the history stood when it started).
+    fn start_catch_up(&mut self) {
+        let Some(after) = self.watermark.clone() else { return };
+        tracing::info!(after = %after, "live delivery had a gap; refilling it from the history");
+        self.catch_up = CatchUp::Running { again: false };
+        let replay = self.broker.replay(None, after, CATCH_UP_MAX);
+        let tx = self.commands_tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Command::CaughtUp(replay.await));
+        });
+    }
+
+    /// Forgets the subscription in `index`, with the target index that routes to it: both change
+    /// together, so that a slot reused by another topic never receives this one's events.
+    fn remove_slot(&mut self, index: usize) -> Option<Slot> {
+        let slot = self.slots.try_remove(index)?;
+        slot.topic.slot.store(NO_SLOT, Ordering::Relaxed);
+        if self.by_target.get(&slot.topic.target) == Some(&index) {
+            self.by_target.remove(&slot.topic.target);
+        }
+        Some(slot)
+    }
+
+    /// Fans out one event and moves the watermark. With `dedupe` (a refill's events, and the
+    /// events held during it), durable events at or below the watermark were already sent and
+    /// are skipped. Outside a refill, sequences only grow, unless the stream was recreated:
+    /// then the watermark simply follows. Each stream's own cursor (`Outbox`) skips what it
+    /// already has besides.
+    fn dispatch(&mut self, topic: &Topic, delivery: Delivery, dedupe: bool) {
         if let Some(id) = &delivery.id {
             match &self.watermark {
                 Some(w) if dedupe && w.epoch == id.epoch && id.seq <= w.seq => return,
                 _ => self.watermark = Some(id.clone()),
             }
         }
-        if let Some(slot) = self.slots.get(index) {
-            fan_out(&slot.topic, &delivery, &self.metrics);
-        }
+        fan_out(topic, &delivery, &self.metrics);
+    }
+
+    /// The topic whose subscription is in `index`, if it still is.
+    fn topic_at(&self, index: usize) -> Option<Arc<Topic>> {
+        self.slots.get(index).map(|slot| slot.topic.clone())
     }
 
     /// Moves everything queued on ready subscriptions into `self.batch`.
@@ -422,8 +482,7 @@ impl Dispatcher {
                         Poll::Ready(Some(delivery)) => self.batch.push((index, delivery)),
                         Poll::Ready(None) => {
                             // The broker ended this subscription: its sessions must reconnect.
-                            let slot = self.slots.remove(index);
-                            slot.topic.slot.store(NO_SLOT, Ordering::Relaxed);
+                            let Some(slot) = self.remove_slot(index) else { break };
                             slot.topic.state.send_replace(TopicState::Failed("ended by the broker".into()));
                             tracing::warn!(target = %slot.topic.target, "subscription ended by the broker");
                             for (_, outbox) in slot.topic.members.read().iter() {
@@ -441,13 +500,15 @@ impl Dispatcher {
     fn dispatch_batch(&mut self) {
         // Stable: ephemeral events (no id) keep their queue order, ahead of durable ones.
         self.batch.sort_by_key(|(_, d)| d.id.as_ref().map(|id| id.seq));
-        if self.catching_up {
-            self.held.append(&mut self.batch);
+        let batch = std::mem::take(&mut self.batch);
+        // Held events keep their topic, not their slot: a slot freed meanwhile may be reused.
+        let topics: Vec<_> = batch.into_iter().filter_map(|(index, d)| Some((self.topic_at(index)?, d))).collect();
+        if self.catch_up != CatchUp::Idle {
+            self.held.extend(topics);
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
-        for (index, delivery) in batch {
-            self.dispatch(index, delivery, false);
+        for (topic, delivery) in topics {
+            self.dispatch(&topic, delivery, false);
         }
     }
 }
@@ -518,4 +579,247 @@ fn fan_out_frames(topic: &Topic, delivery: &Delivery, metrics: &Metrics) -> (u64
         }
     }
     (sent, slow)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The hub against a broker the test scripts: live events, ended subscriptions, gaps and
+    //! refills happen exactly when the test says, on one thread.
+
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    use futures_util::FutureExt;
+    use futures_util::future::BoxFuture;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::event::Outgoing;
+    use crate::names::Name;
+
+    type Reply = oneshot::Sender<Result<Replay, BrokerError>>;
+
+    /// A broker whose every move the test makes.
+    struct Scripted {
+        feeds: Mutex<HashMap<Target, mpsc::UnboundedSender<Delivery>>>,
+        replays: mpsc::UnboundedSender<(Option<EventId>, Reply)>,
+        gaps: watch::Receiver<u64>,
+        head: u64,
+    }
+
+    /// The test's side of it.
+    struct Script {
+        broker: Arc<Scripted>,
+        replays: mpsc::UnboundedReceiver<(Option<EventId>, Reply)>,
+        gaps: watch::Sender<u64>,
+    }
+
+    fn id(seq: u64) -> EventId {
+        EventId { epoch: Arc::from("e"), seq }
+    }
+
+    fn user(name: &str) -> Target {
+        Target::User(Name::parse(name).unwrap())
+    }
+
+    fn durable(seq: u64) -> Delivery {
+        Delivery {
+            event_type: "t".into(),
+            payload: Bytes::from_static(b"1"),
+            id: Some(id(seq)),
+            from: None,
+            trace: None,
+            published_at: None,
+        }
+    }
+
+    impl Script {
+        /// A broker whose history's head is `head` when the hub starts.
+        fn new(head: u64) -> Script {
+            let (replays_tx, replays) = mpsc::unbounded_channel();
+            let (gaps, gaps_rx) = watch::channel(0);
+            let broker = Arc::new(Scripted { feeds: Mutex::default(), replays: replays_tx, gaps: gaps_rx, head });
+            Script { broker, replays, gaps }
+        }
+
+        fn hub(&self) -> Arc<Hub> {
+            Hub::start(self.broker.clone(), Arc::new(Metrics::new()), &tokio::runtime::Handle::current())
+        }
+
+        /// Delivers durable event `seq` live on `target`'s subscription.
+        fn live(&self, target: &Target, seq: u64) {
+            self.broker.feeds.lock()[target].send(durable(seq)).unwrap();
+        }
+
+        /// Ends `target`'s subscription, as a broker may.
+        fn end(&self, target: &Target) {
+            self.broker.feeds.lock().remove(target);
+        }
+
+        /// Live delivery skipped something (a reconnect, a slow-consumer drop).
+        fn gap(&self) {
+            self.gaps.send_modify(|n| *n += 1);
+        }
+
+        /// The next refill the hub asks for: where from, and where to answer it.
+        async fn next_replay(&mut self) -> (u64, Reply) {
+            let (after, reply) = tokio::time::timeout(Duration::from_secs(5), self.replays.recv())
+                .await
+                .expect("the hub asks for a refill")
+                .unwrap();
+            (after.unwrap().seq, reply)
+        }
+
+        /// Answers a refill with `events`.
+        fn refill(reply: Reply, events: impl IntoIterator<Item = (Target, u64)>) {
+            let events = events.into_iter().map(|(t, seq)| (t, durable(seq))).collect();
+            assert!(reply.send(Ok(Replay::Events(events))).is_ok(), "the hub waits for its refill");
+        }
+    }
+
+    impl Broker for Scripted {
+        fn subscribe(&self, target: Target) -> BoxFuture<'static, Result<EventStream, BrokerError>> {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.feeds.lock().insert(target, tx);
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) });
+            async move { Ok(Box::pin(stream) as EventStream) }.boxed()
+        }
+
+        fn publish(&self, _: Vec<Target>, _: Outgoing) -> BoxFuture<'static, Result<Vec<EventId>, BrokerError>> {
+            async { Err(BrokerError::Rejected("scripted".into())) }.boxed()
+        }
+
+        fn replay(
+            &self,
+            _targets: Option<Vec<Target>>,
+            after: EventId,
+            _max: usize,
+        ) -> BoxFuture<'static, Result<Replay, BrokerError>> {
+            let (tx, rx) = oneshot::channel();
+            let _ = self.replays.send((Some(after), tx));
+            async move { rx.await.unwrap_or_else(|_| Err(BrokerError::Unavailable("dropped".into()))) }.boxed()
+        }
+
+        fn last_id(&self) -> BoxFuture<'static, Result<Option<EventId>, BrokerError>> {
+            let head = self.head;
+            async move { Ok(Some(id(head))) }.boxed()
+        }
+
+        fn gaps(&self) -> Option<watch::Receiver<u64>> {
+            Some(self.gaps.clone())
+        }
+
+        fn is_connected(&self) -> bool {
+            true
+        }
+    }
+
+    /// What one stream received: the ids of its durable events, in order.
+    struct Reader {
+        outbox: Arc<Outbox>,
+        seqs: Vec<u64>,
+    }
+
+    impl Reader {
+        /// A stream on `targets` whose client starts at `cursor`.
+        async fn join(hub: &Arc<Hub>, targets: &[Target], cursor: u64) -> (Reader, Membership) {
+            let outbox = Outbox::new(1 << 20, Arc::new(Metrics::new()));
+            let membership = hub.join(targets, &outbox).await.unwrap();
+            outbox.release([], Some(cursor));
+            (Reader { outbox, seqs: Vec::new() }, membership)
+        }
+
+        fn read(&mut self) -> &[u64] {
+            let waker = futures_util::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            while let Poll::Ready(Some(chunk)) = self.outbox.poll_chunk(&mut cx) {
+                let text = String::from_utf8(chunk.to_vec()).unwrap();
+                for line in text.lines() {
+                    if let Some(seq) = line.strip_prefix("id: e-") {
+                        self.seqs.push(seq.parse().unwrap());
+                    }
+                }
+            }
+            &self.seqs
+        }
+
+        /// Reads until `marker` arrives (the hub runs meanwhile); returns everything received.
+        async fn until(&mut self, marker: u64) -> Vec<u64> {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !self.read().contains(&marker) {
+                assert!(Instant::now() < deadline, "marker {marker} not received; got {:?}", self.seqs);
+                tokio::task::yield_now().await;
+            }
+            self.seqs.clone()
+        }
+    }
+
+    /// A hub with one stream on user `u` that has received event 11, when live delivery has a
+    /// gap: the refill it asks for (after 11) is out.
+    async fn a_gap_after_11(script: &mut Script) -> (Arc<Hub>, Target, Reader, Membership, Reply) {
+        let hub = script.hub();
+        let u = user("u");
+        let (mut a, membership) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
+        script.live(&u, 11);
+        assert_eq!(a.until(11).await, [11]);
+        script.gap();
+        let (after, reply) = script.next_replay().await;
+        assert_eq!(after, 11);
+        (hub, u, a, membership, reply)
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_joins_during_a_refill_gets_nothing_older_than_its_cursor() {
+        let mut script = Script::new(10);
+        let (hub, u, mut a, _a, reply) = a_gap_after_11(&mut script).await;
+        script.live(&u, 20); // held while the refill is out
+        // A new stream opens meanwhile; its first cursor is the history's head then.
+        let (mut b, _b) = Reader::join(&hub, std::slice::from_ref(&u), 19).await;
+        Script::refill(reply, (12..=19).map(|seq| (u.clone(), seq)));
+        script.live(&u, 21);
+
+        assert_eq!(a.until(21).await, (11..=21).collect::<Vec<_>>());
+        assert_eq!(b.until(21).await, [20, 21], "nothing at or below its cursor 19");
+    }
+
+    #[tokio::test]
+    async fn a_gap_that_opens_during_a_refill_is_refilled_too() {
+        let mut script = Script::new(10);
+        let (_hub, u, mut a, _a, first) = a_gap_after_11(&mut script).await;
+        // The link drops again while the first refill is out: 14..=19 are lost live, and the
+        // first refill, read before, ends at 13.
+        script.live(&u, 20);
+        script.gap();
+        script.live(&u, 21);
+        Script::refill(first, [(u.clone(), 12), (u.clone(), 13)]);
+        let (after, second) = script.next_replay().await;
+        assert_eq!(after, 13, "the second refill starts where the first ended");
+        Script::refill(second, (14..=21).map(|seq| (u.clone(), seq)));
+        script.live(&u, 22);
+
+        assert_eq!(a.until(22).await, (11..=22).collect::<Vec<_>>(), "every event once, in order");
+    }
+
+    #[tokio::test]
+    async fn a_refill_never_reaches_a_topic_through_a_reused_slot() {
+        let mut script = Script::new(10);
+        let hub = script.hub();
+        let (x, y) = (user("x"), user("y"));
+        let (gone, _gone) = Reader::join(&hub, std::slice::from_ref(&x), 10).await;
+        // The broker ends x's subscription: its streams are closed to resume elsewhere.
+        script.end(&x);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gone.outbox.close_reason().is_none() {
+            assert!(Instant::now() < deadline, "x's stream closed");
+            tokio::task::yield_now().await;
+        }
+        // y subscribes into the slot x left.
+        let (mut b, _b) = Reader::join(&hub, std::slice::from_ref(&y), 10).await;
+        script.gap();
+        let (after, reply) = script.next_replay().await;
+        assert_eq!(after, 10);
+        Script::refill(reply, [(x.clone(), 11), (y.clone(), 12)]);
+        script.live(&y, 13);
+        assert_eq!(b.until(13).await, [12, 13], "x's event never reaches y's stream");
+    }
 }

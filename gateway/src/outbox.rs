@@ -95,6 +95,10 @@ struct State {
     held: Option<Vec<(Option<u64>, Bytes, Tag)>>,
     /// Set once; frames already queued are still written unless the reason is `Slow`.
     closed: Option<CloseReason>,
+    /// The stream's durable cursor: the sequence of the last durable event queued, or where its
+    /// client starts (set by [`Outbox::release`]). A durable event at or below it is never
+    /// queued again, whatever path it comes by: a replay, a held event, a refill of the hub.
+    cursor: Option<u64>,
     waker: Option<Waker>,
     /// The client's socket, while the response body is alive (see [`PeerSocket`]).
     peer: Option<PeerSocket>,
@@ -129,6 +133,7 @@ impl Outbox {
                 bytes: 0,
                 held: Some(Vec::new()),
                 closed: None,
+                cursor: None,
                 waker: None,
                 peer: None,
                 totals: Totals::default(),
@@ -146,7 +151,8 @@ impl Outbox {
     /// Queues a live event's frame without blocking; `seq` is the event's sequence for durable
     /// events, `published_at` its publish stamp (Unix nanoseconds) when it has one. A frame that
     /// would overflow the queue closes the outbox as `slow` and drops what was queued: the
-    /// client resumes from its last id.
+    /// client resumes from its last id. A durable event at or below the stream's cursor is
+    /// skipped: the client has it already.
     pub fn push_event(&self, frame: Bytes, seq: Option<u64>, published_at: Option<u64>) -> Result<(), Rejected> {
         self.enqueue(frame, seq, Tag::event(published_at))
     }
@@ -156,6 +162,12 @@ impl Outbox {
             let mut s = self.state.lock();
             if s.closed.is_some() {
                 return Err(Rejected::Closed);
+            }
+            if s.held.is_none()
+                && let (Some(seq), Some(cursor)) = (seq, s.cursor)
+                && seq <= cursor
+            {
+                return Ok(());
             }
             if s.bytes + frame.len() > self.limit
                 && (!s.frames.is_empty() || s.held.as_ref().is_some_and(|h| !h.is_empty()))
@@ -183,6 +195,9 @@ impl Outbox {
                 return Ok(());
             }
             s.frames.push_back((frame, tag));
+            if seq.is_some() {
+                s.cursor = seq;
+            }
             s.waker.take()
         };
         if let Some(w) = waker {
@@ -192,9 +207,11 @@ impl Outbox {
     }
 
     /// Ends holding: queues `opening` (the `connected` frame, a `reset`, a resume's replay),
-    /// then the held events, skipping durable ones at or below `replayed_up_to` (the replay
-    /// already carried them). From here on, events are queued as they come.
-    pub fn release(&self, opening: impl IntoIterator<Item = Bytes>, replayed_up_to: Option<u64>) {
+    /// then the held events. `cursor` is the sequence the client holds once it has the opening
+    /// frames (its first cursor, a reset's, the last replayed event's, or its own id when it
+    /// missed nothing): held durable events at or below it are skipped, as is every later one.
+    /// From here on, events are queued as they come.
+    pub fn release(&self, opening: impl IntoIterator<Item = Bytes>, cursor: Option<u64>) {
         let waker = {
             let mut s = self.state.lock();
             let Some(held) = s.held.take() else { return };
@@ -205,13 +222,19 @@ impl Outbox {
                 s.bytes += frame.len();
                 s.frames.push_back((frame, Tag::CONTROL));
             }
+            s.cursor = cursor;
             for (seq, frame, tag) in held {
-                match (seq, replayed_up_to) {
-                    (Some(seq), Some(upto)) if seq <= upto => {
+                match (seq, s.cursor) {
+                    (Some(seq), Some(cursor)) if seq <= cursor => {
                         s.bytes -= frame.len();
                         s.totals.events -= 1;
                     }
-                    _ => s.frames.push_back((frame, tag)),
+                    _ => {
+                        if seq.is_some() {
+                            s.cursor = seq;
+                        }
+                        s.frames.push_back((frame, tag));
+                    }
                 }
             }
             s.waker.take()
@@ -272,7 +295,7 @@ impl Outbox {
         self.state.lock().bytes
     }
 
-    fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    pub(crate) fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let mut s = self.state.lock();
         // Metrics of the chunk: live events in it, and a clock read only when one is stamped.
         let mut events = 0u64;
@@ -432,6 +455,26 @@ mod tests {
         assert_eq!(ob.queued_bytes(), 0);
         ob.push_event(Bytes::from_static(b"[8]"), Some(8), None).unwrap();
         assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[8]"))));
+    }
+
+    #[test]
+    fn the_cursor_never_goes_backwards() {
+        let ob = Outbox::new(1024, Arc::new(Metrics::new()));
+        ob.push_event(Bytes::from_static(b"[9]"), Some(9), None).unwrap();
+        ob.push_event(Bytes::from_static(b"[11]"), Some(11), None).unwrap();
+        // The client starts at 10: 9 is behind it, 11 after it.
+        ob.release([Bytes::from_static(b"[c]")], Some(10));
+        // By any path, an event at or below the last one sent is not sent again; ephemeral
+        // events (no sequence) always are.
+        for (frame, seq) in [(&b"[10]"[..], Some(10)), (b"[11]", Some(11)), (b"[e]", None), (b"[12]", Some(12))] {
+            ob.push_event(Bytes::from_static(frame), seq, None).unwrap();
+        }
+        ob.push_event(Bytes::from_static(b"[12]"), Some(12), None).unwrap();
+        ob.push_event(Bytes::from_static(b"[3]"), Some(3), None).unwrap();
+        assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[c][11][e][12]"))));
+        assert_eq!(ob.totals().events, 3);
+        // A duplicate never counts against the queue limit either.
+        assert_eq!(ob.queued_bytes(), 0);
     }
 
     #[test]

@@ -94,9 +94,10 @@ pub trait Broker: Send + Sync + 'static {
     /// without history).
     fn last_id(&self) -> BoxFuture<'static, Result<Option<EventId>, BrokerError>>;
 
-    /// A counter that moves each time the broker has reconnected after losing its connection
-    /// (events published meanwhile were not delivered live).
-    fn reconnects(&self) -> Option<watch::Receiver<u64>> {
+    /// A counter that moves each time live delivery may have skipped events: the broker
+    /// reconnected after losing its connection, or dropped messages of a subscription that fell
+    /// behind. The hub refills each gap from the history.
+    fn gaps(&self) -> Option<watch::Receiver<u64>> {
         None
     }
 

@@ -95,8 +95,9 @@ pub struct NatsBroker {
     jetstream: Option<jetstream::Context>,
     /// The stream's epoch (from its creation time), refreshed whenever its info is read.
     epoch: Arc<RwLock<Arc<str>>>,
-    /// Counts connections made; moves on every reconnect.
-    connects: watch::Receiver<u64>,
+    /// Moves on every (re)connection and every slow-consumer drop: each may be a gap in live
+    /// delivery.
+    gaps: watch::Receiver<u64>,
     /// Set once the stream exists with our configuration (always, without history).
     stream_ready: Arc<std::sync::atomic::AtomicBool>,
     /// Events the stream keeps per subject (0 when this process does not configure it).
@@ -109,8 +110,8 @@ impl NatsBroker {
     /// Connects (retrying in the background until the server is reachable). Must be called on
     /// the hub runtime: async-nats spawns its connection task on the current runtime.
     pub async fn connect(opts: &NatsOptions) -> Result<Self, BrokerError> {
-        let (connects_tx, connects) = watch::channel(0u64);
-        let connects_tx = Arc::new(connects_tx);
+        let (gaps_tx, gaps) = watch::channel(0u64);
+        let gaps_tx = Arc::new(gaps_tx);
         let mut options = async_nats::ConnectOptions::new()
             .name(&opts.name)
             .retry_on_initial_connect()
@@ -119,16 +120,16 @@ impl NatsBroker {
             .request_timeout(Some(Duration::from_secs(5)))
             .subscription_capacity(256 * 1024)
             .event_callback(move |event| {
-                let connects = connects_tx.clone();
+                let gaps = gaps_tx.clone();
                 async move {
+                    if opens_gap(&event) {
+                        gaps.send_modify(|n| *n += 1);
+                    }
                     match event {
-                        async_nats::Event::Connected => {
-                            connects.send_modify(|n| *n += 1);
-                            tracing::info!("connected to NATS");
-                        }
+                        async_nats::Event::Connected => tracing::info!("connected to NATS"),
                         async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
                         async_nats::Event::SlowConsumer(sid) => {
-                            tracing::warn!(sid, "NATS subscription fell behind; messages were dropped")
+                            tracing::warn!(sid, "NATS subscription fell behind; refilling what it dropped")
                         }
                         other => tracing::debug!(event = %other, "nats connection event"),
                     }
@@ -154,7 +155,7 @@ impl NatsBroker {
             client,
             prefix: Arc::from(opts.prefix.as_str()),
             epoch: Arc::new(RwLock::new(Arc::from("0"))),
-            connects,
+            gaps,
             stream_ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             per_subject_cap: match opts.history {
                 History::Ensure(stream) => stream.limits.max_per_subject,
@@ -207,6 +208,14 @@ impl NatsBroker {
     pub fn client(&self) -> &Client {
         &self.client
     }
+}
+
+/// Whether a connection event may have skipped live events, which the hub then refills from
+/// the history: a (re)connection, after which what was published meanwhile reached none of our
+/// subscriptions (the hub ignores the first one), and a slow-consumer drop, which is a gap for
+/// every stream sharing that subscription.
+fn opens_gap(event: &async_nats::Event) -> bool {
+    matches!(event, async_nats::Event::Connected | async_nats::Event::SlowConsumer(_))
 }
 
 /// Confirms that the server has processed everything this connection sent before (its
@@ -780,8 +789,8 @@ impl Broker for NatsBroker {
         .boxed()
     }
 
-    fn reconnects(&self) -> Option<watch::Receiver<u64>> {
-        self.jetstream.as_ref().map(|_| self.connects.clone())
+    fn gaps(&self) -> Option<watch::Receiver<u64>> {
+        self.jetstream.as_ref().map(|_| self.gaps.clone())
     }
 
     fn publish_stats(&self, pod: &str, report: Bytes) -> BoxFuture<'static, ()> {
@@ -826,6 +835,15 @@ mod tests {
         headers.append(HEADER_SEQUENCE, seq);
         headers.append("Nats-Last-Sequence", "0");
         headers
+    }
+
+    #[test]
+    fn gaps_in_live_delivery() {
+        use async_nats::Event;
+        assert!(opens_gap(&Event::Connected));
+        assert!(opens_gap(&Event::SlowConsumer(7)), "dropped messages are refilled like a reconnect");
+        assert!(!opens_gap(&Event::Disconnected));
+        assert!(!opens_gap(&Event::LameDuckMode));
     }
 
     #[test]

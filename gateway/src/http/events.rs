@@ -156,11 +156,13 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
         _ => None, // the client's own id, or the reset's, or the replayed events' ids
     };
     let mut opening = vec![sse::connected_frame(state.settings.retry_ms, cursor.as_ref(), &connected)];
-    let replayed_up_to = match resume {
-        Resume::Fresh => None,
+    // Where the client's cursor stands after the opening frames: no durable event at or below
+    // it is sent on this stream, whichever way it comes.
+    let cursor = match resume {
+        Resume::Fresh => cursor.map(|id| id.seq),
         Resume::Reset(reason, head) => {
             opening.push(sse::reset_frame(reason.as_str(), head.as_ref()));
-            None
+            head.map(|id| id.seq)
         }
         Resume::Replayed { frames, up_to } => {
             outbox.count_replayed(frames.len());
@@ -168,7 +170,7 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
             Some(up_to)
         }
     };
-    outbox.release(opening, replayed_up_to);
+    outbox.release(opening, cursor);
     permit.attach(outbox.clone());
     // After the release: the connection's own join reaches it too.
     let presence = state.presence.join(&grant.user, &channels, grant.presence.as_deref());

@@ -713,6 +713,9 @@ pub struct Seen {
     pub ends: Vec<Instant>,
     pub resets: Vec<String>,
     pub last_id: Option<String>,
+    /// The cursor its first stream opened with (`connected`'s id): it is owed every event
+    /// after it.
+    pub first_cursor: Option<u64>,
 }
 
 /// A client that follows its stream like the browser client does: on any end or error it
@@ -754,14 +757,23 @@ impl Follower {
                     was_connected |= ev.event == "connected";
                     let mut s = state.lock().unwrap();
                     match ev.event.as_str() {
-                        "connected" => s.connects += 1,
+                        "connected" => {
+                            s.connects += 1;
+                            if s.connects == 1 {
+                                s.first_cursor = ev.id.as_deref().map(seq_of);
+                            }
+                        }
                         "reset" => s.resets.push(ev.json()["reason"].as_str().unwrap_or("").to_owned()),
                         _ => {
                             if let Some(id) = &ev.id {
                                 s.seqs.push(seq_of(id));
-                                s.last_id = Some(id.clone());
                             }
                         }
+                    }
+                    // As EventSource does: any id moves the cursor (a new stream's `connected`
+                    // carries its first one, a `reset` the history's head).
+                    if let Some(id) = &ev.id {
+                        s.last_id = Some(id.clone());
                     }
                 }
                 if was_connected {
