@@ -427,7 +427,7 @@ impl Dispatcher {
         let Some(after) = self.watermark.clone() else { return };
         tracing::info!(after = %after, "live delivery had a gap; refilling it from the history");
         self.catch_up = CatchUp::Running { again: false };
-        let replay = self.broker.replay(None, after, CATCH_UP_MAX);
+        let replay = self.broker.replay(after, CATCH_UP_MAX);
         let tx = self.commands_tx.clone();
         tokio::spawn(async move {
             let _ = tx.send(Command::CaughtUp(replay.await));
@@ -594,6 +594,7 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
+    use crate::broker::Resumption;
     use crate::event::Outgoing;
     use crate::names::Name;
 
@@ -689,12 +690,11 @@ mod tests {
             async { Err(BrokerError::Rejected("scripted".into())) }.boxed()
         }
 
-        fn replay(
-            &self,
-            _targets: Option<Vec<Target>>,
-            after: EventId,
-            _max: usize,
-        ) -> BoxFuture<'static, Result<Replay, BrokerError>> {
+        fn resume(&self, _: Vec<Target>, _: EventId, _: usize) -> BoxFuture<'static, Result<Resumption, BrokerError>> {
+            async { Err(BrokerError::Rejected("scripted".into())) }.boxed()
+        }
+
+        fn replay(&self, after: EventId, _max: usize) -> BoxFuture<'static, Result<Replay, BrokerError>> {
             let (tx, rx) = oneshot::channel();
             let _ = self.replays.send((Some(after), tx));
             async move { rx.await.unwrap_or_else(|_| Err(BrokerError::Unavailable("dropped".into()))) }.boxed()

@@ -99,7 +99,12 @@ struct State {
     /// client starts (set by [`Outbox::release`]). A durable event at or below it is never
     /// queued again, whatever path it comes by: a replay, a held event, a refill of the hub.
     cursor: Option<u64>,
+    /// The opening frames are queued ([`Outbox::open`]): control frames (heartbeats) go out
+    /// even while live events are still held behind a replay.
+    opened: bool,
     waker: Option<Waker>,
+    /// The replay waiting for room in the queue ([`Outbox::poll_room`]).
+    room_waker: Option<Waker>,
     /// The client's socket, while the response body is alive (see [`PeerSocket`]).
     peer: Option<PeerSocket>,
     totals: Totals,
@@ -134,7 +139,9 @@ impl Outbox {
                 held: Some(Vec::new()),
                 closed: None,
                 cursor: None,
+                opened: false,
                 waker: None,
+                room_waker: None,
                 peer: None,
                 totals: Totals::default(),
             }),
@@ -181,16 +188,17 @@ impl Outbox {
                 if let Some(peer) = s.peer.take() {
                     peer.shutdown();
                 }
-                let w = s.waker.take();
+                let wakers = [s.waker.take(), s.room_waker.take()];
                 drop(s);
-                if let Some(w) = w {
-                    w.wake();
-                }
+                wakers.into_iter().flatten().for_each(Waker::wake);
                 return Err(Rejected::Full);
             }
             s.bytes += frame.len();
             s.totals.events += u64::from(tag.is_event());
-            if let Some(held) = &mut s.held {
+            let control_goes_out = s.opened && tag == Tag::CONTROL;
+            if let Some(held) = &mut s.held
+                && !control_goes_out
+            {
                 held.push((seq, frame, tag));
                 return Ok(());
             }
@@ -206,8 +214,66 @@ impl Outbox {
         Ok(())
     }
 
-    /// Ends holding: queues `opening` (the `connected` frame, a `reset`, a resume's replay),
-    /// then the held events. `cursor` is the sequence the client holds once it has the opening
+    /// Queues the stream's opening frames (`connected`) while live events stay held behind a
+    /// replay that [`Outbox::push_replayed`] queues page by page; [`Outbox::release`] ends it.
+    pub fn open(&self, opening: impl IntoIterator<Item = Bytes>) {
+        let waker = {
+            let mut s = self.state.lock();
+            if s.closed.is_some() || s.opened {
+                return;
+            }
+            for frame in opening {
+                s.bytes += frame.len();
+                s.frames.push_back((frame, Tag::CONTROL));
+            }
+            s.opened = true;
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Queues one replayed event's frame ahead of the held live events. The replay asks for no
+    /// more than [`Outbox::poll_room`] gave it (and one event more when the queue was empty),
+    /// so this never closes the stream: live events overflowing the queue do.
+    pub fn push_replayed(&self, frame: Bytes) -> Result<(), Rejected> {
+        let waker = {
+            let mut s = self.state.lock();
+            if s.closed.is_some() {
+                return Err(Rejected::Closed);
+            }
+            s.bytes += frame.len();
+            s.totals.events += 1;
+            s.frames.push_back((frame, Tag::CONTROL));
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// How many bytes of replay the queue has room for now: ready once it holds less than half
+    /// its limit (the other half is for the live events arriving meanwhile), or nothing at all.
+    /// `None` once the stream is closed.
+    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<Option<usize>> {
+        let mut s = self.state.lock();
+        if s.closed.is_some() {
+            return Poll::Ready(None);
+        }
+        let share = self.limit / 2;
+        if s.bytes < share || s.frames.is_empty() {
+            return Poll::Ready(Some(share.saturating_sub(s.bytes)));
+        }
+        match &s.room_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => s.room_waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Ends holding: queues `opening` (the `connected` frame, a `reset`), then the held events. `cursor` is the sequence the client holds once it has the opening
     /// frames (its first cursor, a reset's, the last replayed event's, or its own id when it
     /// missed nothing): held durable events at or below it are skipped, as is every later one.
     /// From here on, events are queued as they come.
@@ -258,11 +324,9 @@ impl Outbox {
             }
             s.held = None;
             s.closed = Some(reason);
-            s.waker.take()
+            [s.waker.take(), s.room_waker.take()]
         };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        waker.into_iter().flatten().for_each(Waker::wake);
         true
     }
 
@@ -278,11 +342,6 @@ impl Outbox {
 
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.state.lock().closed
-    }
-
-    /// Counts `n` replayed events, queued by [`Outbox::release`] among the opening frames.
-    pub fn count_replayed(&self, n: usize) {
-        self.state.lock().totals.events += n as u64;
     }
 
     /// What the stream carried so far.
@@ -346,7 +405,11 @@ impl Outbox {
             }
         };
         s.totals.bytes += chunk.len() as u64;
+        let room = s.room_waker.take();
         drop(s);
+        if let Some(w) = room {
+            w.wake();
+        }
         self.metrics.sent(events, chunk.len() as u64);
         Poll::Ready(Some(chunk))
     }
@@ -478,12 +541,40 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_goes_out_page_by_page_ahead_of_held_live_events() {
+        let ob = Outbox::new(16, Arc::new(Metrics::new()));
+        ob.push_event(Bytes::from_static(b"[5]"), Some(5), None).unwrap();
+        ob.open([Bytes::from_static(b"[c]")]);
+        // A heartbeat goes out at once; the live event waits behind the replay.
+        ob.push(Bytes::from_static(b":h")).unwrap();
+        let room = |ob: &Outbox| ob.poll_room(&mut Context::from_waker(&noop_waker()));
+        // Half the limit (8) is the replay's, and 3 + 3 + 2 bytes are queued or held.
+        assert_eq!(room(&ob), Poll::Pending, "wait for the client to read");
+        assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[c]:h"))));
+        assert_eq!(room(&ob), Poll::Ready(Some(5)), "the held event's 3 bytes still count");
+        ob.push_replayed(Bytes::from_static(b"[r3]")).unwrap();
+        assert_eq!(room(&ob), Poll::Ready(Some(1)));
+        ob.push_replayed(Bytes::from_static(b"[r4]")).unwrap();
+        assert_eq!(room(&ob), Poll::Pending);
+        assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[r3][r4]"))));
+        ob.release([], Some(4));
+        assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[5]"))));
+        assert_eq!(ob.totals().events, 3);
+        ob.close(CloseReason::Client, None);
+        assert_eq!(room(&ob), Poll::Ready(None));
+        assert_eq!(ob.push_replayed(Bytes::from_static(b"[r6]")), Err(Rejected::Closed));
+    }
+
+    #[test]
     fn totals_count_events_queued_and_what_reached_the_socket() {
         let ob = Outbox::new(1024, Arc::new(Metrics::new()));
         ob.push_event(Bytes::from_static(b"[5]"), Some(5), None).unwrap();
         ob.push_event(Bytes::from_static(b"[6]"), Some(6), None).unwrap();
-        ob.count_replayed(2);
-        ob.release([Bytes::from_static(b"[c]"), Bytes::from_static(b"[r4]"), Bytes::from_static(b"[r5]")], Some(5));
+        ob.open([Bytes::from_static(b"[c]")]);
+        for frame in [&b"[r4]"[..], b"[r5]"] {
+            ob.push_replayed(Bytes::from_static(frame)).unwrap();
+        }
+        ob.release([], Some(5));
         ob.push(Bytes::from_static(b": hb")).unwrap();
         // [5] was already replayed: three events (two replayed, [6]), five frames written.
         assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[c][r4][r5][6]: hb"))));

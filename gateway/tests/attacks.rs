@@ -174,3 +174,90 @@ async fn a_closed_stream_frees_its_slot_at_once() {
         .await;
     assert!(closed.elapsed() <= Duration::from_secs(1), "released after {:?}", closed.elapsed());
 }
+
+/// A resume of a long gap never holds more of it than the stream's queue limit: clients that
+/// never read cost their queue limit each, not the whole gap, and clients that read get every
+/// missed event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_never_holds_more_than_the_queue_limit() {
+    const LIMIT: u64 = 1024 * 1024;
+    const EVENTS: usize = 500;
+    const STALLED: usize = 16;
+    const READERS: usize = 4;
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &["--client-queue-bytes", &LIMIT.to_string(), "--heartbeat-secs", "60"]);
+    gw.ready().await;
+    let t = token("hist", &[], 600);
+
+    // 500 events of about 60 KB: 30 MB of history for one user.
+    let pad = "x".repeat(60_000);
+    let mut ids = Vec::new();
+    for i in 0..EVENTS {
+        ids.extend(publish(&gw, json!({"type":"big","data":{"i":i,"pad":pad},"users":["hist"]})).await);
+    }
+    let before = format!("{}-{}", epoch_of(&ids[0]), seq_of(&ids[0]) - 1);
+    let baseline = gw.rss();
+
+    // Clients that resume from before the first event and never read: a tiny receive buffer,
+    // so that the kernel holds little of it either.
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&gw.addr.into()).unwrap();
+        let mut stream = std::net::TcpStream::from(socket);
+        let request = format!(
+            "GET /events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {t}\r\nLast-Event-ID: {before}\r\n\r\n",
+            gw.addr
+        );
+        std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+        stalled.push(stream);
+    }
+    // Clients that read it all.
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let mut s = Sse::resume(gw.addr, &t, &[], &before).await;
+        assert_eq!(s.next().await.json()["resumed"], true);
+        readers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..EVENTS {
+                got.push(s.next().await.id.unwrap());
+            }
+            (s, got)
+        }));
+    }
+
+    // Watch the gateway while the replays run: its memory, and its fullest queue.
+    let (mut peak_rss, mut peak_queue) = (baseline, 0u64);
+    while !readers.iter().all(|r| r.is_finished()) {
+        peak_rss = peak_rss.max(gw.rss());
+        let metrics = String::from_utf8(support::http(gw.addr, "GET", "/metrics", &[], None).await.body).unwrap();
+        let queue = metrics.lines().find_map(|l| l.strip_prefix("herald_session_queue_bytes ")).unwrap();
+        peak_queue = peak_queue.max(queue.trim().parse().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await; // a sampling interval, not a wait
+    }
+    let mut done = Vec::new();
+    for r in readers {
+        let (s, got) = r.await.unwrap();
+        assert_eq!(got, ids, "every missed event once, in order");
+        done.push(s);
+    }
+    // Nothing more after them: the next event is a marker.
+    let marker = publish(&gw, json!({"type":"marker","data":0,"users":["hist"]})).await;
+    for s in &mut done {
+        let ev = s.next().await;
+        assert_eq!((ev.event.as_str(), ev.id.as_ref()), ("marker", Some(&marker[0])));
+    }
+
+    eprintln!("fullest queue {peak_queue} B; gateway RSS grew by {} KB", (peak_rss - baseline) >> 10);
+    let one_event = 61_000;
+    assert!(peak_queue <= LIMIT + one_event, "a queue held {peak_queue} bytes against a limit of {LIMIT}");
+    let allowed = (STALLED + READERS) as u64 * LIMIT + 64 * 1024 * 1024;
+    assert!(
+        peak_rss - baseline <= allowed,
+        "gateway RSS grew by {} MB (allowed {} MB)",
+        (peak_rss - baseline) >> 20,
+        allowed >> 20
+    );
+    drop(stalled);
+}

@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Broker, BrokerError, EventStream, Replay, ResetReason};
+use super::{Broker, BrokerError, EventStream, Listed, Replay, ResetReason, Resumption};
 use crate::config::HistoryLimits;
 use crate::event::{Delivery, EventId, Outgoing, Target};
 use crate::resume::{self, Start};
@@ -20,7 +20,8 @@ const SUBSCRIBER_CAPACITY: usize = 64 * 1024;
 enum Command {
     Subscribe { target: Target, reply: oneshot::Sender<EventStream> },
     Publish { targets: Vec<Target>, event: Outgoing, reply: oneshot::Sender<Vec<EventId>> },
-    Replay { targets: Option<Vec<Target>>, after: EventId, max: usize, reply: oneshot::Sender<Replay> },
+    Replay { after: EventId, max: usize, reply: oneshot::Sender<Replay> },
+    Resume { targets: Vec<Target>, after: EventId, max: usize, reply: oneshot::Sender<Resumption> },
     LastId { reply: oneshot::Sender<Option<EventId>> },
 }
 
@@ -98,9 +99,18 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, mut state: State) {
             Command::Publish { targets, event, reply } => {
                 let _ = reply.send(state.publish(targets, event));
             }
-            Command::Replay { targets, after, max, reply } => {
-                let targets = targets.unwrap_or_else(|| state.history.keys().cloned().collect());
+            Command::Replay { after, max, reply } => {
+                let targets: Vec<Target> = state.history.keys().cloned().collect();
                 let _ = reply.send(state.replay(&targets, &after, max));
+            }
+            Command::Resume { targets, after, max, reply } => {
+                // The history is in memory already: the pages only hand it out.
+                let resumption = match state.replay(&targets, &after, max) {
+                    Replay::Reset(reason, head) => Resumption::Reset(reason, head),
+                    Replay::Events(events) if events.is_empty() => Resumption::UpToDate,
+                    Replay::Events(events) => Resumption::Replay(Box::new(Listed(events.into()))),
+                };
+                let _ = reply.send(resumption);
             }
             Command::LastId { reply } => {
                 let _ = reply.send(Some(EventId { epoch: state.epoch.clone(), seq: state.seq }));
@@ -188,13 +198,17 @@ impl Broker for MemoryBroker {
         self.call(|reply| Command::Publish { targets, event, reply })
     }
 
-    fn replay(
+    fn replay(&self, after: EventId, max: usize) -> BoxFuture<'static, Result<Replay, BrokerError>> {
+        self.call(|reply| Command::Replay { after, max, reply })
+    }
+
+    fn resume(
         &self,
-        targets: Option<Vec<Target>>,
+        targets: Vec<Target>,
         after: EventId,
         max: usize,
-    ) -> BoxFuture<'static, Result<Replay, BrokerError>> {
-        self.call(|reply| Command::Replay { targets, after, max, reply })
+    ) -> BoxFuture<'static, Result<Resumption, BrokerError>> {
+        self.call(|reply| Command::Resume { targets, after, max, reply })
     }
 
     fn last_id(&self) -> BoxFuture<'static, Result<Option<EventId>, BrokerError>> {

@@ -49,6 +49,54 @@ pub enum Replay {
     Reset(ResetReason, Option<EventId>),
 }
 
+/// Where a resuming client stands (see `resume.rs`), with what it is owed.
+pub enum Resumption {
+    /// It missed nothing on its subjects: live events continue after its id.
+    UpToDate,
+    /// The history cannot cover the gap: the client must refetch its state. Carries the id of
+    /// the newest event in the history, where the client's cursor moves (none without history).
+    Reset(ResetReason, Option<EventId>),
+    /// It missed events: read them page by page, as its stream drains.
+    Replay(Box<dyn Pages>),
+}
+
+/// A client's replay, read a page at a time, so that a stream holds no more of it than its
+/// client can take (the stream's queue limit, plus one event).
+pub trait Pages: Send {
+    /// The next missed events, in sequence order: as many as fit in `room` bytes of payload,
+    /// and at least one whatever its size.
+    fn next(&mut self, room: usize) -> BoxFuture<'_, Result<Page, BrokerError>>;
+}
+
+/// One read of a replay.
+pub enum Page {
+    Events(Vec<(Target, Delivery)>),
+    /// Every missed event was read.
+    End,
+    /// The history lost part of the gap while it was read (aged out, or evicted by the
+    /// per-subject limit): what was sent may have a hole, so the client must refetch.
+    Reset(ResetReason, Option<EventId>),
+}
+
+/// A replay whose events are all in memory already (dev mode's history).
+pub struct Listed(pub std::collections::VecDeque<(Target, Delivery)>);
+
+impl Pages for Listed {
+    fn next(&mut self, room: usize) -> BoxFuture<'_, Result<Page, BrokerError>> {
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        while let Some((_, delivery)) = self.0.front() {
+            if !page.is_empty() && bytes + delivery.payload.len() > room {
+                break;
+            }
+            bytes += delivery.payload.len();
+            page.extend(self.0.pop_front());
+        }
+        let page = if page.is_empty() { Page::End } else { Page::Events(page) };
+        Box::pin(async move { Ok(page) })
+    }
+}
+
 /// Why a resume could not be served from history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResetReason {
@@ -81,14 +129,20 @@ pub trait Broker: Send + Sync + 'static {
     /// events, or an empty list for ephemeral ones.
     fn publish(&self, targets: Vec<Target>, event: Outgoing) -> BoxFuture<'static, Result<Vec<EventId>, BrokerError>>;
 
-    /// The retained events published after `after`, at most `max` of them: those of `targets`,
-    /// or of every subject when `targets` is `None` (to refill a gap after a broker outage).
-    fn replay(
+    /// What a client that saw everything up to `after` on `targets` missed: nothing, a reset
+    /// (including `too_many` when more than `max` events were missed), or a replay read page by
+    /// page. Called after the client's live subscriptions are in place: the replay covers up to
+    /// where the history stood then, and live events cover what comes after.
+    fn resume(
         &self,
-        targets: Option<Vec<Target>>,
+        targets: Vec<Target>,
         after: EventId,
         max: usize,
-    ) -> BoxFuture<'static, Result<Replay, BrokerError>>;
+    ) -> BoxFuture<'static, Result<Resumption, BrokerError>>;
+
+    /// Every retained event published after `after`, on any subject, at most `max` of them:
+    /// what the hub refills a gap in live delivery with (a reconnect, a slow-consumer drop).
+    fn replay(&self, after: EventId, max: usize) -> BoxFuture<'static, Result<Replay, BrokerError>>;
 
     /// The id of the newest event in the history now (sequence 0 when it is empty; `None`
     /// without history).

@@ -3,9 +3,9 @@
 //! Durable events are published to `herald.events.…`, stored by the stream `HERALD`, and
 //! republished by the server to `herald.live.…` with a `Nats-Sequence` header: that sequence,
 //! with the stream's epoch, is the event id. Ephemeral events go straight to `herald.live.…`.
-//! A resuming client is replayed from the stream with direct gets per subject (`walk`), or, for
-//! a long gap, an ordered consumer filtered on its subjects. With `--history off` there is no
-//! stream: everything is live.
+//! A resuming client is replayed from the stream with direct gets per subject, a page at a time
+//! (`Walk`); the hub refills a gap in live delivery with an ordered consumer on every subject.
+//! With `--history off` there is no stream: everything is live.
 //!
 //! Headers: `Herald-Type` names the event (default `message`); `Herald-Published-At` is stamped on
 //! publish for end-to-end latency; `Herald-From` carries the sender of client events;
@@ -24,7 +24,7 @@ use futures_util::{FutureExt, StreamExt};
 use parking_lot::RwLock;
 use tokio::sync::{oneshot, watch};
 
-use super::{Broker, BrokerError, EventStream, Replay, ReportStream, ResetReason};
+use super::{Broker, BrokerError, EventStream, Page, Pages, Replay, ReportStream, ResetReason, Resumption};
 use crate::config::HistoryLimits;
 use crate::event::{Delivery, EventId, Outgoing, SubjectKind, Target, parse_published_at};
 use crate::names::DEFAULT_EVENT_TYPE;
@@ -397,110 +397,123 @@ struct Shared {
     broadcast_last: SharedRead<Option<u64>>,
 }
 
-/// Most events a direct-get walk reads on one subject before leaving the gap to a consumer.
-const WALK_MAX: usize = 64;
-
-enum Walked {
-    Done(Replay),
-    /// A long gap: one consumer reads it faster.
-    Fallback,
+/// A client's replay, walked with direct gets (served outside the JetStream API queue) and read
+/// a page at a time.
+///
+/// [`NatsBroker::resume`] reads the stream's bounds after the client's live subscriptions were in
+/// place: every event up to that read's last sequence `L` is stored, and every later one reaches
+/// the client live. For each subject, its newest event `N` is read first (the server's
+/// per-subject index answers it): at or before the client's id, nothing was missed there. The
+/// others are walked from the client's id to `min(N, L)`, one direct get per event: the walk
+/// keeps each subject's next event, and each page takes the oldest of them until the page is
+/// full. So a stream holds at most a page and one event per subject of its replay, never the
+/// whole gap. The held live events continue from `L`.
+///
+/// After the last page, the bounds are read again: if the history no longer reaches back to the
+/// client's id, an event of the gap may have aged out unread; and a subject that had as many
+/// events in the gap as the per-subject limit keeps may have lost older ones to it. Either way
+/// the client gets a `reset` after what it was sent.
+struct Walk {
+    stream: jetstream::stream::Stream<()>,
+    js: jetstream::Context,
+    shared: Arc<Shared>,
+    epoch: Arc<RwLock<Arc<str>>>,
+    after: EventId,
+    /// The history's head when the replay was decided: where a reset moves the cursor.
+    head: Option<EventId>,
+    subjects: Vec<Walking>,
+    /// Events the stream keeps per subject (0: unknown).
+    per_subject_cap: u64,
+    started: bool,
 }
 
-/// Replays `subjects` after `after` with direct gets, served outside the JetStream API queue.
-///
-/// The stream's bounds are read after the client's live subscriptions were in place (they are
-/// before any replay): every event up to that read's last sequence `L` is stored, and every
-/// later one reaches the client live. For each subject, its newest event `N` is read first (the
-/// server's per-subject index answers it): at or before the client's id, nothing was missed.
-/// Otherwise the subject is walked from the client's id to `min(N, L)`, one direct get per event
-/// (plus one to find there is none left when `N` is past `L`); the held live events continue
-/// from there. The bounds are read again after the walks: if the history no longer reaches back
-/// to the client's id, an event of the gap may have aged out unread. A subject with more than
-/// `WALK_MAX` events in the gap goes to the consumer path, which also notices the per-subject
-/// limit dropping some.
-async fn walk(
-    js: &jetstream::Context,
-    shared: &Shared,
-    subjects: &[(Target, String)],
-    after: &EventId,
-    max: usize,
-    epoch: &RwLock<Arc<str>>,
-) -> Result<Walked, BrokerError> {
-    use async_nats::jetstream::stream::DirectGetErrorKind;
-    let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(format!("replay: {e}"));
-    let bounds = shared.bounds.read(Bounds::read(js, epoch)).await?;
-    let head = Some(EventId { epoch: bounds.epoch.clone(), seq: bounds.last });
-    match resume::start(after, &bounds.view()) {
-        Start::Replay => {}
-        Start::UpToDate => return Ok(Walked::Done(Replay::Events(Vec::new()))),
-        Start::Reset(reason) => return Ok(Walked::Done(Replay::Reset(reason, head))),
+/// One subject of a walk.
+struct Walking {
+    target: Target,
+    subject: String,
+    /// The next sequence to ask for.
+    next: u64,
+    /// The last sequence the walk covers on this subject.
+    end: u64,
+    /// The subject's next event, read and not yet handed out; `None` once past `end`.
+    ahead: Option<async_nats::jetstream::message::StreamMessage>,
+    done: bool,
+    /// Events of the gap read on this subject.
+    read: u64,
+}
+
+impl Walking {
+    /// Reads the subject's next event of the gap into `ahead`, unless it has one or is done.
+    async fn fill(&mut self, stream: &jetstream::stream::Stream<()>) -> Result<(), BrokerError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        if self.done || self.ahead.is_some() {
+            return Ok(());
+        }
+        if self.next > self.end {
+            self.done = true;
+            return Ok(());
+        }
+        match stream.direct_get_next_for_subject(self.subject.as_str(), Some(self.next)).await {
+            Ok(msg) if msg.sequence <= self.end => {
+                self.next = msg.sequence + 1;
+                self.ahead = Some(msg);
+            }
+            Ok(_) => self.done = true,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => self.done = true,
+            Err(e) => return Err(BrokerError::Unavailable(format!("replay: {e}"))),
+        }
+        Ok(())
     }
-    let stream = js.get_stream_no_info(STREAM).await.map_err(|e| unavailable(&e))?;
-    let last = bounds.last;
-    let walks = subjects.iter().map(|(target, subject)| {
-        let stream = &stream;
+}
+
+impl Pages for Walk {
+    fn next(&mut self, room: usize) -> BoxFuture<'_, Result<Page, BrokerError>> {
         async move {
-            // The subject's newest event first: the server finds it from its per-subject index,
-            // while "the next event after n" scans the messages after n until one matches. Most
-            // resuming clients missed nothing on most subjects, and then this is all it costs.
-            let newest = async {
-                match stream.direct_get_last_for_subject(subject.as_str()).await {
-                    Ok(msg) => Ok(Some(msg.sequence)),
-                    Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(unavailable(&e)),
-                }
-            };
-            let newest = if *target == Target::Broadcast {
-                // Every stream carries broadcast: one read for all the resumes of this moment.
-                shared.broadcast_last.read(newest).await?
-            } else {
-                newest.await?
-            };
-            let Some(newest) = newest.filter(|&seq| seq > after.seq) else {
-                return Ok(Some((target.clone(), Vec::new())));
-            };
-            // Walk up to the newest event when it was stored before the bounds were read (no
-            // read to find the end), else up to the bounds' last sequence.
-            let end = newest.min(last);
-            let mut found = Vec::new();
-            let mut next = after.seq + 1;
-            while next <= end {
-                match stream.direct_get_next_for_subject(subject.as_str(), Some(next)).await {
-                    Ok(msg) if msg.sequence <= end => {
-                        next = msg.sequence + 1;
-                        found.push(msg);
-                        if found.len() > WALK_MAX {
-                            return Ok(None);
-                        }
-                    }
-                    Ok(_) => break,
-                    Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
-                    Err(e) => return Err(unavailable(&e)),
+            if !self.started {
+                // Every subject's first event at once: one round trip, not one per subject.
+                self.started = true;
+                let stream = &self.stream;
+                let fills = self.subjects.iter_mut().map(|w| w.fill(stream));
+                for filled in futures_util::future::join_all(fills).await {
+                    filled?;
                 }
             }
-            Ok(Some((target.clone(), found)))
+            let mut page = Vec::new();
+            let mut bytes = 0;
+            // Each time, the oldest event any subject has ahead.
+            while let Some(w) = self
+                .subjects
+                .iter_mut()
+                .filter(|w| w.ahead.is_some())
+                .min_by_key(|w| w.ahead.as_ref().map_or(u64::MAX, |m| m.sequence))
+            {
+                let size = w.ahead.as_ref().map_or(0, |m| m.payload.len());
+                if !page.is_empty() && bytes + size > room {
+                    break;
+                }
+                let Some(msg) = w.ahead.take() else { break };
+                bytes += size;
+                w.read += 1;
+                let id = EventId { epoch: self.after.epoch.clone(), seq: msg.sequence };
+                page.push((w.target.clone(), event_from(Some(&msg.headers), Some(id), msg.payload)));
+                w.fill(&self.stream).await?;
+            }
+            if !page.is_empty() {
+                return Ok(Page::Events(page));
+            }
+            // The gap is walked: did the history keep all of it meanwhile?
+            let now = self.shared.bounds.read(Bounds::read(&self.js, &self.epoch)).await?;
+            if *now.epoch != *self.after.epoch {
+                return Ok(Page::Reset(ResetReason::EpochChanged, self.head.clone()));
+            }
+            let capped = self.per_subject_cap > 0 && self.subjects.iter().any(|w| w.read >= self.per_subject_cap);
+            if self.after.seq + 1 < now.first || capped {
+                return Ok(Page::Reset(ResetReason::HistoryExpired, self.head.clone()));
+            }
+            Ok(Page::End)
         }
-    });
-    let mut events = Vec::new();
-    for walked in futures_util::future::join_all(walks).await {
-        let Some((target, found)) = walked? else { return Ok(Walked::Fallback) };
-        for msg in found {
-            let id = EventId { epoch: bounds.epoch.clone(), seq: msg.sequence };
-            events.push((target.clone(), event_from(Some(&msg.headers), Some(id), msg.payload)));
-        }
+        .boxed()
     }
-    if events.len() > max {
-        return Ok(Walked::Done(Replay::Reset(ResetReason::TooMany, head)));
-    }
-    let now = shared.bounds.read(Bounds::read(js, epoch)).await?;
-    if now.epoch != bounds.epoch {
-        return Ok(Walked::Done(Replay::Reset(ResetReason::EpochChanged, head)));
-    }
-    if after.seq + 1 < now.first {
-        return Ok(Walked::Done(Replay::Reset(ResetReason::HistoryExpired, head)));
-    }
-    events.sort_by_key(|(_, d)| d.id.as_ref().map_or(0, |id| id.seq));
-    Ok(Walked::Done(Replay::Events(events)))
 }
 
 fn header(msg_headers: Option<&HeaderMap>, name: &str) -> Option<String> {
@@ -526,7 +539,7 @@ fn trace_from(headers: Option<&HeaderMap>) -> Option<Box<TraceContext>> {
 }
 
 /// Turns a live NATS message into a delivery. Only the stream's republish makes it durable, with
-/// id `<epoch>-<seq>`: see [`republished_seq`].
+/// id `<epoch>-<seq>`: see `republished_seq`.
 pub fn delivery_from(msg: Message, prefix: &str, epoch: &Arc<str>) -> Delivery {
     let headers = msg.headers.as_ref();
     let seq = headers.and_then(|h| republished_seq(h, prefix, &msg.subject));
@@ -559,6 +572,24 @@ fn republished_seq(headers: &HeaderMap, prefix: &str, live: &str) -> Option<u64>
         return None;
     }
     seq.parse().ok().filter(|&seq| seq > 0)
+}
+
+/// How many events of `filters` the stream holds after sequence `after`: the pending count of
+/// an ordered consumer made for the purpose (ephemeral, it goes away by itself).
+async fn count_after<I>(
+    stream: &jetstream::stream::Stream<I>,
+    filters: Vec<String>,
+    after: u64,
+) -> Result<u64, BrokerError> {
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subjects: filters,
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BrokerError::Unavailable(format!("replay: {e}")))?;
+    Ok(consumer.cached_info().num_pending)
 }
 
 /// A delivery from an event's headers and payload (live, replayed by a walk or by a consumer).
@@ -648,45 +679,117 @@ impl Broker for NatsBroker {
         .boxed()
     }
 
-    fn replay(
+    fn resume(
         &self,
-        targets: Option<Vec<Target>>,
+        targets: Vec<Target>,
         after: EventId,
         max: usize,
-    ) -> BoxFuture<'static, Result<Replay, BrokerError>> {
+    ) -> BoxFuture<'static, Result<Resumption, BrokerError>> {
+        let js = self.jetstream.clone();
+        let prefix = self.prefix.clone();
+        let epoch = self.epoch.clone();
+        let shared = self.shared.clone();
+        let per_subject_cap = self.per_subject_cap;
+        async move {
+            let Some(js) = js else {
+                // Live-only: there is no history to resume from.
+                return Ok(Resumption::Reset(ResetReason::HistoryExpired, None));
+            };
+            // Usually a few events on a few subjects, often for thousands of clients at once (a
+            // gateway died): the stream-wide reads are shared by the resumes of one moment, and
+            // the walk costs no consumer.
+            let bounds = shared.bounds.read(Bounds::read(&js, &epoch)).await?;
+            let head = Some(EventId { epoch: bounds.epoch.clone(), seq: bounds.last });
+            match resume::start(&after, &bounds.view()) {
+                Start::Replay => {}
+                Start::UpToDate => return Ok(Resumption::UpToDate),
+                Start::Reset(reason) => return Ok(Resumption::Reset(reason, head)),
+            }
+            let stream = js.get_stream_no_info(STREAM).await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            // Each subject's newest event first: the server finds it from its per-subject index,
+            // while "the next event after n" scans the messages after n until one matches. Most
+            // resuming clients missed nothing on most subjects, and then this is all it costs.
+            let newest = targets.into_iter().map(|target| {
+                let (stream, shared) = (&stream, &shared);
+                let subject = target.subject(&prefix, SubjectKind::Events);
+                async move {
+                    let read = async {
+                        use async_nats::jetstream::stream::DirectGetErrorKind;
+                        match stream.direct_get_last_for_subject(subject.as_str()).await {
+                            Ok(msg) => Ok(Some(msg.sequence)),
+                            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                            Err(e) => Err(BrokerError::Unavailable(format!("replay: {e}"))),
+                        }
+                    };
+                    let newest = if target == Target::Broadcast {
+                        // Every stream carries broadcast: one read for all the resumes of this moment.
+                        shared.broadcast_last.read(read).await?
+                    } else {
+                        read.await?
+                    };
+                    Ok::<_, BrokerError>((target, subject, newest))
+                }
+            });
+            let mut subjects = Vec::new();
+            for found in futures_util::future::join_all(newest).await {
+                let (target, subject, newest) = found?;
+                if let Some(newest) = newest.filter(|&seq| seq > after.seq) {
+                    // Up to the newest event when it was stored before the bounds were read,
+                    // else up to the bounds' last sequence: live delivery has the rest.
+                    let end = newest.min(bounds.last);
+                    subjects.push(Walking {
+                        target,
+                        subject,
+                        next: after.seq + 1,
+                        end,
+                        ahead: None,
+                        done: false,
+                        read: 0,
+                    });
+                }
+            }
+            if subjects.is_empty() {
+                return Ok(Resumption::UpToDate);
+            }
+            // More than `max` missed? Only possible when both the stream's events since the id
+            // and what the walked subjects can hold exceed it; then one consumer counts them.
+            let held =
+                if per_subject_cap == 0 { u64::MAX } else { per_subject_cap.saturating_mul(subjects.len() as u64) };
+            if (bounds.last - after.seq).min(held) > max as u64 {
+                let filters = subjects.iter().map(|w| w.subject.clone()).collect();
+                if count_after(&stream, filters, after.seq).await? > max as u64 {
+                    return Ok(Resumption::Reset(ResetReason::TooMany, head));
+                }
+            }
+            Ok(Resumption::Replay(Box::new(Walk {
+                stream,
+                js,
+                shared,
+                epoch,
+                after,
+                head,
+                subjects,
+                per_subject_cap,
+                started: false,
+            })))
+        }
+        .boxed()
+    }
+
+    fn replay(&self, after: EventId, max: usize) -> BoxFuture<'static, Result<Replay, BrokerError>> {
         let js = self.jetstream.clone();
         let prefix = self.prefix.clone();
         let epoch = self.epoch.clone();
         let confirmations = self.confirmations.clone();
-        let shared = self.shared.clone();
-        // The per-subject limit may drop an event of the gap while a walk runs, unseen by it.
-        // Only a subject holding that limit's worth of events after the client's id can lose
-        // one, and a walk gives such a subject to the consumer path (which checks for it) once
-        // it has read WALK_MAX of them: with a limit well above WALK_MAX, it always does.
-        let walkable = self.per_subject_cap >= 4 * WALK_MAX as u64;
         async move {
             let Some(js) = js else {
                 // Live-only: there is no history to resume from.
                 return Ok(Replay::Reset(ResetReason::HistoryExpired, None));
             };
             let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
-            if targets.is_none() {
-                // Refilling after a reconnect: make sure the resubscriptions are in place at the
-                // server first, so that nothing falls between the replay and live delivery.
-                confirmations.confirm().await?;
-            }
-            if let Some(targets) = &targets
-                && walkable
-            {
-                // A client resuming: usually a few events on a few subjects, often thousands of
-                // clients at once (a gateway died). Walking each subject with direct gets costs
-                // no consumer; the stream-wide reads are shared by the resumes of one moment.
-                let subjects: Vec<(Target, String)> =
-                    targets.iter().map(|t| (t.clone(), t.subject(&prefix, SubjectKind::Events))).collect();
-                if let Walked::Done(replay) = walk(&js, &shared, &subjects, &after, max, &epoch).await? {
-                    return Ok(replay);
-                }
-            }
+            // Make sure the resubscriptions after a reconnect are in place at the server first,
+            // so that nothing falls between the replay and live delivery.
+            confirmations.confirm().await?;
             let (stream, info, current) = stream_info(&js, &epoch).await?;
             let head = Some(EventId { epoch: current.clone(), seq: info.state.last_sequence });
             let bounds =
@@ -696,10 +799,7 @@ impl Broker for NatsBroker {
                 Start::UpToDate => return Ok(Replay::Events(Vec::new())),
                 Start::Reset(reason) => return Ok(Replay::Reset(reason, head)),
             }
-            let filters: Vec<String> = match &targets {
-                Some(targets) => targets.iter().map(|t| t.subject(&prefix, SubjectKind::Events)).collect(),
-                None => vec![format!("{prefix}.events.>")],
-            };
+            let filters = vec![format!("{prefix}.events.>")];
             let consumer = stream
                 .create_consumer(pull::OrderedConfig {
                     filter_subjects: filters,
@@ -713,7 +813,6 @@ impl Broker for NatsBroker {
                 return Ok(Replay::Reset(ResetReason::TooMany, head));
             }
             let mut events = Vec::with_capacity(pending);
-            let mut per_subject: std::collections::HashMap<String, u64> = Default::default();
             if pending > 0 {
                 let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
                 // What the consumer still had after the last message read; 0 with fewer than
@@ -748,9 +847,9 @@ impl Broker for NatsBroker {
                     let seq = meta.stream_sequence;
                     left = Some(meta.pending);
                     last_read = seq;
-                    let subject = msg.subject.to_string();
-                    *per_subject.entry(subject.clone()).or_default() += 1;
-                    let Some(target) = Target::from_subject(&prefix, SubjectKind::Events, &subject) else { continue };
+                    let Some(target) = Target::from_subject(&prefix, SubjectKind::Events, &msg.subject) else {
+                        continue;
+                    };
                     let id = EventId { epoch: current.clone(), seq };
                     events.push((target, event_from(msg.headers.as_ref(), Some(id), msg.payload.clone())));
                 }
@@ -765,12 +864,6 @@ impl Broker for NatsBroker {
                         return Ok(Replay::Reset(ResetReason::HistoryExpired, head));
                     }
                 }
-            }
-            // A subject holding as many events as the per-subject limit may have lost older
-            // ones inside the gap: the client can't be sure it has everything.
-            let cap = u64::try_from(info.config.max_messages_per_subject).unwrap_or(u64::MAX);
-            if targets.is_some() && per_subject.values().any(|&n| n >= cap) {
-                return Ok(Replay::Reset(ResetReason::HistoryExpired, head));
             }
             Ok(Replay::Events(events))
         }

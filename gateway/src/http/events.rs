@@ -4,6 +4,7 @@
 //! that EventSource will not retry. Capacity refusals are the exception: they answer 200 with a
 //! jittered `retry:` and close, so the browser comes back later, possibly to another pod.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -17,13 +18,12 @@ use serde::Serialize;
 use super::{ApiError, AppState};
 use crate::auth::{Grant, MAX_PRESENCE_BYTES, TokenSources, pick_token, presence_object};
 use crate::config::ClientAuth;
-use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::broker::{BrokerError, Replay, ResetReason};
+use crate::broker::{BrokerError, Page, Pages, ResetReason, Resumption};
 use crate::event::{EventId, Target};
 use crate::limits::Refusal;
-use crate::metrics::ResumeResult;
+use crate::metrics::{Metrics, ResumeResult};
 use crate::names::Name;
 use crate::outbox::{CloseReason, Outbox, OutboxBody};
 use crate::peer::PeerSocket;
@@ -128,49 +128,75 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
         .and_then(|v| v.to_str().ok())
         .or(query.last_event_id.as_deref())
         .filter(|id| !id.trim().is_empty());
+    // While traces are on, a resume is a `resume` span inside the connection's, which ends when
+    // its replay has been queued.
+    let resume_span = (resume_from.is_some() && trace::on()).then(trace::resume_span);
     let resume = match resume_from {
         None => Resume::Fresh,
-        Some(raw) => match resume(state, &targets, raw).await {
-            Ok(resume) => resume,
-            Err(e) => {
-                // Can't read the history now: come back later rather than skip events.
-                tracing::warn!(error = %e, "replay failed");
-                state.metrics.resumed(ResumeResult::Failed, 0);
-                return Ok(refused_for_now(state, CloseReason::Error));
+        Some(raw) => {
+            let decided = match &resume_span {
+                Some(span) => start_resume(state, &targets, raw).instrument(span.clone()).await,
+                None => start_resume(state, &targets, raw).await,
+            };
+            match decided {
+                Ok(resume) => resume,
+                Err(e) => {
+                    // Can't read the history now: come back later rather than skip events.
+                    tracing::warn!(error = %e, "replay failed");
+                    if let Some(span) = &resume_span {
+                        span.set_attribute("herald.resume.result", "error");
+                        span.set_status(opentelemetry::trace::Status::error(e.to_string()));
+                    }
+                    state.metrics.resumed(ResumeResult::Failed, 0);
+                    return Ok(refused_for_now(state, CloseReason::Error));
+                }
             }
-        },
+        }
     };
-    match &resume {
-        Resume::Fresh => {}
-        Resume::Reset(reason, _) => state.metrics.resumed(ResumeResult::Reset(*reason), 0),
-        Resume::Replayed { frames, .. } => state.metrics.resumed(ResumeResult::Replayed, frames.len()),
-    }
     let connected = Connected {
         connection_id: &connection_id,
         user: grant.user.as_str(),
         channels: channels.iter().map(Name::as_str).collect(),
-        resumed: matches!(resume, Resume::Replayed { .. }),
+        resumed: matches!(resume, Resume::UpToDate(_) | Resume::Replay { .. }),
     };
-    let cursor = match resume {
+    let first_cursor = match resume {
         Resume::Fresh => fresh_cursor(state).await,
         _ => None, // the client's own id, or the reset's, or the replayed events' ids
     };
-    let mut opening = vec![sse::connected_frame(state.settings.retry_ms, cursor.as_ref(), &connected)];
+    let connected = sse::connected_frame(state.settings.retry_ms, first_cursor.as_ref(), &connected);
     // Where the client's cursor stands after the opening frames: no durable event at or below
     // it is sent on this stream, whichever way it comes.
-    let cursor = match resume {
-        Resume::Fresh => cursor.map(|id| id.seq),
+    match resume {
+        Resume::Fresh => outbox.release([connected], first_cursor.map(|id| id.seq)),
+        Resume::UpToDate(after) => {
+            state.metrics.resumed(ResumeResult::Replayed, 0);
+            if let Some(span) = &resume_span {
+                trace::record_resume(span, "replayed", 0, std::iter::empty());
+            }
+            outbox.release([connected], Some(after));
+        }
         Resume::Reset(reason, head) => {
-            opening.push(sse::reset_frame(reason.as_str(), head.as_ref()));
-            head.map(|id| id.seq)
+            state.metrics.resumed(ResumeResult::Reset(reason), 0);
+            if let Some(span) = &resume_span {
+                trace::record_resume(span, reason.as_str(), 0, std::iter::empty());
+            }
+            outbox.release([connected, sse::reset_frame(reason.as_str(), head.as_ref())], head.map(|id| id.seq));
         }
-        Resume::Replayed { frames, up_to } => {
-            outbox.count_replayed(frames.len());
-            opening.extend(frames);
-            Some(up_to)
+        Resume::Replay { pages, after } => {
+            // `connected` goes out now; the missed events follow as the client reads them, and
+            // the live events held meanwhile after them.
+            outbox.open([connected]);
+            let replay = Replaying {
+                outbox: outbox.clone(),
+                pages,
+                cursor: after,
+                metrics: state.metrics.clone(),
+                retry_ms: state.settings.retry_ms,
+                span: resume_span,
+            };
+            actix_web::rt::spawn(replay.run());
         }
-    };
-    outbox.release(opening, cursor);
+    }
     permit.attach(outbox.clone());
     // After the release: the connection's own join reaches it too.
     let presence = state.presence.join(&grant.user, &channels, grant.presence.as_deref());
@@ -199,29 +225,107 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
 enum Resume {
     /// No `Last-Event-ID`: live events only.
     Fresh,
+    /// The client missed nothing after its id (the sequence here).
+    UpToDate(u64),
     /// The history can't cover the gap: a `reset` (moving the cursor to `head`), then live events.
     Reset(ResetReason, Option<EventId>),
-    /// Every missed event, rendered, up to sequence `up_to`; live events continue after it.
-    Replayed { frames: Vec<Bytes>, up_to: u64 },
+    /// The client missed events after sequence `after`: replay them, then live events.
+    Replay { pages: Box<dyn Pages>, after: u64 },
 }
 
-/// Fetches what a client missed since `raw` (its `Last-Event-ID`) on `targets`; while traces
-/// are on, as a `resume` span.
-async fn resume(state: &AppState, targets: &[Target], raw: &str) -> Result<Resume, BrokerError> {
-    if !trace::on() {
-        return replay(state, targets, raw, None).await;
-    }
-    let span = trace::resume_span();
-    let result = replay(state, targets, raw, Some(&span)).instrument(span.clone()).await;
-    match &result {
-        Ok(Resume::Reset(reason, _)) => trace::record_resume(&span, reason.as_str(), 0, std::iter::empty()),
-        Ok(_) => {} // recorded by `replay`, which still has the events' trace contexts
-        Err(e) => {
-            span.set_attribute("herald.resume.result", "error");
-            span.set_status(opentelemetry::trace::Status::error(e.to_string()));
+/// Decides what a client resuming from `raw` (its `Last-Event-ID`) on `targets` is owed.
+async fn start_resume(state: &AppState, targets: &[Target], raw: &str) -> Result<Resume, BrokerError> {
+    let Some(after) = EventId::parse(raw) else {
+        // Not an id this service issued: the client's state comes from somewhere else.
+        return Ok(Resume::Reset(ResetReason::EpochChanged, None));
+    };
+    let seq = after.seq;
+    Ok(match state.broker.resume(targets.to_vec(), after, state.settings.max_replay).await? {
+        Resumption::UpToDate => Resume::UpToDate(seq),
+        Resumption::Reset(reason, head) => Resume::Reset(reason, head),
+        Resumption::Replay(pages) => Resume::Replay { pages, after: seq },
+    })
+}
+
+/// Most trace contexts of replayed events that a `resume` span links to.
+const RESUME_LINKS: usize = 32;
+
+/// A stream's replay in progress: it reads the missed events a page at a time, as much as the
+/// stream's queue has room for, so a client that reads slowly (or not at all) holds no more of
+/// it than its queue limit and one event; live events arriving meanwhile wait behind it, and a
+/// queue that overflows with them closes the stream as `slow`, as for any stream. It ends by
+/// releasing the held live events after the last replayed one, or with a `reset` when the
+/// history lost part of the gap meanwhile, or by closing the stream (with a `retry:`) when the
+/// history can't be read: the client then resumes from the last event it got.
+struct Replaying {
+    outbox: Arc<Outbox>,
+    pages: Box<dyn Pages>,
+    /// The last sequence replayed (at first, the client's own).
+    cursor: u64,
+    metrics: Arc<Metrics>,
+    retry_ms: u64,
+    span: Option<Span>,
+}
+
+impl Replaying {
+    async fn run(mut self) {
+        let mut sent = 0;
+        let mut links: Vec<TraceContext> = Vec::new();
+        let result = 'pages: loop {
+            let Some(room) = std::future::poll_fn(|cx| self.outbox.poll_room(cx)).await else {
+                break None; // the stream closed: its client resumes on its own
+            };
+            match self.pages.next(room).await {
+                Ok(Page::Events(events)) => {
+                    for (target, delivery) in events {
+                        let Some(id) = &delivery.id else { continue };
+                        self.cursor = self.cursor.max(id.seq);
+                        if delivery.problem().is_some() {
+                            continue; // never sent live either
+                        }
+                        if links.len() < RESUME_LINKS
+                            && let Some(trace) = &delivery.trace
+                        {
+                            links.push((**trace).clone());
+                        }
+                        let frame = sse::event_frame(
+                            Some(id),
+                            &delivery.event_type,
+                            &target,
+                            delivery.from.as_deref(),
+                            &delivery.payload,
+                        );
+                        if self.outbox.push_replayed(frame).is_err() {
+                            break 'pages None;
+                        }
+                        sent += 1;
+                    }
+                }
+                Ok(Page::End) => {
+                    self.outbox.release([], Some(self.cursor));
+                    break Some(ResumeResult::Replayed);
+                }
+                Ok(Page::Reset(reason, head)) => {
+                    let reset = sse::reset_frame(reason.as_str(), head.as_ref());
+                    self.outbox.release([reset], head.map(|id| id.seq));
+                    break Some(ResumeResult::Reset(reason));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "replay failed part-way; the client resumes later");
+                    self.outbox.close(CloseReason::Error, Some(sse::retry_frame(jittered(self.retry_ms))));
+                    break Some(ResumeResult::Failed);
+                }
+            }
+        };
+        let Some(result) = result else { return };
+        self.metrics.resumed(result, sent);
+        if let Some(span) = &self.span {
+            match result {
+                ResumeResult::Failed => span.set_attribute("herald.resume.result", "error"),
+                _ => trace::record_resume(span, result.as_str(), sent, links.iter()),
+            }
         }
     }
-    result
 }
 
 /// Where a new stream's resume cursor starts: the history's newest event, read after the
@@ -245,39 +349,6 @@ async fn fresh_cursor(state: &AppState) -> Option<EventId> {
 
 /// Longest a new stream waits for its first resume cursor.
 const CURSOR_WAIT: Duration = Duration::from_secs(2);
-
-async fn replay(state: &AppState, targets: &[Target], raw: &str, span: Option<&Span>) -> Result<Resume, BrokerError> {
-    let Some(after) = EventId::parse(raw) else {
-        // Not an id this service issued: the client's state comes from somewhere else.
-        return Ok(Resume::Reset(ResetReason::EpochChanged, None));
-    };
-    let replay = state.broker.replay(Some(targets.to_vec()), after.clone(), state.settings.max_replay).await?;
-    Ok(match replay {
-        Replay::Reset(reason, head) => Resume::Reset(reason, head),
-        Replay::Events(events) => {
-            if let Some(span) = span {
-                let traces = events.iter().filter_map(|(_, d)| d.trace.as_deref());
-                trace::record_resume(span, "replayed", events.len(), traces);
-            }
-            let mut up_to = after.seq;
-            let mut frames = Vec::with_capacity(events.len());
-            for (target, delivery) in &events {
-                let Some(id) = &delivery.id else { continue };
-                up_to = up_to.max(id.seq);
-                if delivery.problem().is_none() {
-                    frames.push(sse::event_frame(
-                        Some(id),
-                        &delivery.event_type,
-                        target,
-                        delivery.from.as_deref(),
-                        &delivery.payload,
-                    ));
-                }
-            }
-            Resume::Replayed { frames, up_to }
-        }
-    })
-}
 
 pub(crate) fn authenticate(req: &HttpRequest, query: &EventsQuery, state: &AppState) -> Result<Grant, ApiError> {
     match &state.client_auth {
