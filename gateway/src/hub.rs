@@ -13,10 +13,12 @@
 //! literal: the dispatcher runs outside tokio's cooperative budget, which would otherwise report
 //! a queue as empty once a turn's budget is spent while other queues were drained further.
 //!
-//! After a gap in live delivery (a broker reconnect, or a subscription that fell behind and had
-//! messages dropped) the hub refills it: it holds back live events, replays from the stream
-//! everything after the last durable event it dispatched, fans that out, then releases the held
-//! events that the replay did not already cover. A gap that opens while a refill is out gets a
+//! After a gap in live delivery the hub refills it: it holds back live events, replays from the
+//! stream everything after the last durable event it dispatched, fans that out, then releases
+//! the held events that the replay did not already cover. A gap is a broker reconnect, or a
+//! subscription that fell behind: a broker drops what arrives for a subscription whose queue is
+//! full (NATS's slow consumer), so a drain that finds a queue full dispatches what it drained up
+//! to that subscription's newest event, and holds what follows for the refill from there. A gap that opens while a refill is out gets a
 //! refill of its own, from where the first one ended, before anything held is released.
 //! Sessions stay open throughout, and each stream's own cursor (`Outbox`) drops any durable
 //! event at or below what that stream already has: a stream that joined during a refill starts
@@ -130,6 +132,7 @@ impl Hub {
     /// streams must be fed from it).
     pub fn start(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, runtime: &tokio::runtime::Handle) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let capacity = broker.subscription_capacity().max(1);
         let dispatcher = Dispatcher {
             broker,
             commands: rx,
@@ -141,6 +144,8 @@ impl Hub {
             by_target: HashMap::new(),
             watermark: None,
             catch_up: CatchUp::Idle,
+            capacity,
+            hole_after: None,
             held: Vec::new(),
         };
         let position = dispatcher.broker.last_id();
@@ -314,6 +319,11 @@ struct Dispatcher {
     watermark: Option<EventId>,
     /// Refilling a gap, while live events wait in `held`.
     catch_up: CatchUp,
+    /// Events one subscription queues before the broker drops newer ones (its slow consumer).
+    capacity: usize,
+    /// Set by a drain that found a subscription's queue full: the broker may have dropped what
+    /// came after this sequence on it.
+    hole_after: Option<u64>,
     held: Vec<(Arc<Topic>, Delivery)>,
 }
 
@@ -477,9 +487,23 @@ impl Dispatcher {
                 slot.waker.queued.store(false, Ordering::Release);
                 let waker = Waker::from(slot.waker.clone());
                 let mut cx = Context::from_waker(&waker);
+                let (mut drained, mut newest) = (0, None);
                 loop {
                     match slot.stream.poll_next_unpin(&mut cx) {
-                        Poll::Ready(Some(delivery)) => self.batch.push((index, delivery)),
+                        Poll::Ready(Some(delivery)) => {
+                            drained += 1;
+                            if let Some(id) = &delivery.id {
+                                newest = Some(id.seq);
+                            }
+                            self.batch.push((index, delivery));
+                            if drained == self.capacity {
+                                // Full: the broker dropped whatever came next on it, up to now
+                                // (everything queued arrived before; nothing can arrive while
+                                // this thread drains).
+                                let from = newest.or(self.watermark.as_ref().map(|w| w.seq)).unwrap_or(0);
+                                self.hole_after = Some(self.hole_after.map_or(from, |h| h.min(from)));
+                            }
+                        }
                         Poll::Ready(None) => {
                             // The broker ended this subscription: its sessions must reconnect.
                             let Some(slot) = self.remove_slot(index) else { break };
@@ -503,12 +527,39 @@ impl Dispatcher {
         let batch = std::mem::take(&mut self.batch);
         // Held events keep their topic, not their slot: a slot freed meanwhile may be reused.
         let topics: Vec<_> = batch.into_iter().filter_map(|(index, d)| Some((self.topic_at(index)?, d))).collect();
+        let hole = self.hole_after.take();
         if self.catch_up != CatchUp::Idle {
+            if hole.is_some() {
+                self.catch_up = CatchUp::Running { again: true };
+            }
             self.held.extend(topics);
             return;
         }
+        let Some(hole) = hole else {
+            for (topic, delivery) in topics {
+                self.dispatch(&topic, delivery, false);
+            }
+            return;
+        };
+        // A subscription overflowed and the broker dropped what followed sequence `hole` on it:
+        // what precedes the hole goes out now, what follows it waits for the refill from there.
+        tracing::warn!(after = hole, "a subscription fell behind and the broker dropped events; refilling them");
+        let mut beyond = Vec::new();
         for (topic, delivery) in topics {
-            self.dispatch(&topic, delivery, false);
+            if delivery.id.as_ref().is_some_and(|id| id.seq > hole) {
+                beyond.push((topic, delivery));
+            } else {
+                self.dispatch(&topic, delivery, false);
+            }
+        }
+        self.start_catch_up();
+        if self.catch_up == CatchUp::Idle {
+            // No position to refill from yet (the hub is just starting): nothing to wait for.
+            for (topic, delivery) in beyond {
+                self.dispatch(&topic, delivery, false);
+            }
+        } else {
+            self.held.extend(beyond);
         }
     }
 }
@@ -600,9 +651,12 @@ mod tests {
 
     type Reply = oneshot::Sender<Result<Replay, BrokerError>>;
 
+    /// Events a scripted subscription queues before it drops newer ones.
+    const CAPACITY: usize = 8;
+
     /// A broker whose every move the test makes.
     struct Scripted {
-        feeds: Mutex<HashMap<Target, mpsc::UnboundedSender<Delivery>>>,
+        feeds: Mutex<HashMap<Target, mpsc::Sender<Delivery>>>,
         replays: mpsc::UnboundedSender<(Option<EventId>, Reply)>,
         gaps: watch::Receiver<u64>,
         head: u64,
@@ -647,9 +701,13 @@ mod tests {
             Hub::start(self.broker.clone(), Arc::new(Metrics::new()), &tokio::runtime::Handle::current())
         }
 
-        /// Delivers durable event `seq` live on `target`'s subscription.
+        /// Delivers durable event `seq` live on `target`'s subscription; dropped, as a broker
+        /// does, when the subscription already queues `CAPACITY` events.
         fn live(&self, target: &Target, seq: u64) {
-            self.broker.feeds.lock()[target].send(durable(seq)).unwrap();
+            match self.broker.feeds.lock()[target].try_send(durable(seq)) {
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
         }
 
         /// Ends `target`'s subscription, as a broker may.
@@ -680,7 +738,7 @@ mod tests {
 
     impl Broker for Scripted {
         fn subscribe(&self, target: Target) -> BoxFuture<'static, Result<EventStream, BrokerError>> {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(CAPACITY);
             self.feeds.lock().insert(target, tx);
             let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) });
             async move { Ok(Box::pin(stream) as EventStream) }.boxed()
@@ -707,6 +765,10 @@ mod tests {
 
         fn gaps(&self) -> Option<watch::Receiver<u64>> {
             Some(self.gaps.clone())
+        }
+
+        fn subscription_capacity(&self) -> usize {
+            CAPACITY
         }
 
         fn is_connected(&self) -> bool {
@@ -798,6 +860,39 @@ mod tests {
         script.live(&u, 22);
 
         assert_eq!(a.until(22).await, (11..=22).collect::<Vec<_>>(), "every event once, in order");
+    }
+
+    #[tokio::test]
+    async fn events_a_full_subscription_dropped_are_refilled_in_order() {
+        let mut script = Script::new(10);
+        let hub = script.hub();
+        let (a, b) = (user("a"), user("b"));
+        let (mut s, _s) = Reader::join(&hub, &[a.clone(), b.clone()], 10).await;
+        // A burst before the hub runs again: a's queue fills with 11..=18 and the broker drops
+        // 19 and 20; b's 21 still arrives. 21 must not go out before 19 and 20.
+        for seq in 11..=20 {
+            script.live(&a, seq);
+        }
+        script.live(&b, 21);
+        let (after, reply) = script.next_replay().await;
+        assert_eq!(after, 18, "refilled from a's newest queued event");
+        Script::refill(reply, [(a.clone(), 19), (a.clone(), 20), (b.clone(), 21)]);
+        script.live(&b, 22);
+        assert_eq!(s.until(22).await, (11..=22).collect::<Vec<_>>(), "every event once, in order");
+    }
+
+    #[tokio::test]
+    async fn duplicated_and_reordered_live_events_reach_a_stream_once_in_order() {
+        let script = Script::new(10);
+        let hub = script.hub();
+        let (a, b) = (user("a"), user("b"));
+        let (mut s, _s) = Reader::join(&hub, &[a.clone(), b.clone()], 10).await;
+        // Within one burst: b's 12 before a's 11, and 11 twice.
+        script.live(&b, 12);
+        script.live(&a, 11);
+        script.live(&a, 11);
+        script.live(&a, 13);
+        assert_eq!(s.until(13).await, [11, 12, 13]);
     }
 
     #[tokio::test]

@@ -2,8 +2,15 @@
 //!
 //! A client comes back with the id of the last durable event it saw. Whether it missed nothing,
 //! must be replayed a range of the history, or must refetch its state (`reset`) depends only on
-//! that id and on what the history holds: its epoch and the first and last sequence it still
-//! has. The brokers only fetch; this module decides.
+//! that id and on what the history holds: its epoch, the first and last sequence it still has,
+//! and each subject's newest event. This module decides where the client stands ([`start`]),
+//! which part of each subject to read ([`walk_end`]), whether the gap must be counted against
+//! `--max-replay` first ([`may_exceed`]), and whether a finished replay still covered the gap
+//! ([`after_walk`]). The brokers only fetch.
+//!
+//! The merge of a replay with the live events held back while it runs is each stream's cursor
+//! (`Outbox`): a durable event at or below the last one a stream sent is never sent again, so
+//! whatever the replay carried is dropped from the held events, and nothing older follows.
 
 use crate::broker::ResetReason;
 use crate::event::EventId;
@@ -52,6 +59,41 @@ pub fn start(after: &EventId, bounds: &Bounds<'_>) -> Start {
     Start::Replay
 }
 
+/// The last sequence a replay reads on one subject whose newest event is `newest`, for a client
+/// at `after`, when the history's head was `last` as the client's subscriptions went live:
+/// `None` when it missed nothing there. Events past `last` reach the client live.
+pub fn walk_end(after: u64, newest: Option<u64>, last: u64) -> Option<u64> {
+    newest.filter(|&newest| newest > after).map(|newest| newest.min(last))
+}
+
+/// Whether a gap after `after` on `subjects` subjects could hold more than `max` events, when
+/// the history's head is `last` and it keeps at most `per_subject_cap` events per subject (0:
+/// unknown). Only then must they be counted before the replay starts.
+pub fn may_exceed(after: u64, last: u64, per_subject_cap: u64, subjects: usize, max: usize) -> bool {
+    let held = match per_subject_cap {
+        0 => u64::MAX,
+        cap => cap.saturating_mul(subjects as u64),
+    };
+    last.saturating_sub(after).min(held) > max as u64
+}
+
+/// Whether a replay that read every event of the gap, at most `most_on_a_subject` of them on
+/// one subject, still covers it, the history now being `now`: when it no longer reaches back to
+/// the client's id an event may have aged out unread, and a subject that had as many events in
+/// the gap as the history keeps per subject may have lost older ones to that limit.
+pub fn after_walk(
+    after: &EventId,
+    now: &Bounds<'_>,
+    most_on_a_subject: u64,
+    per_subject_cap: u64,
+) -> Option<ResetReason> {
+    if *after.epoch != *now.epoch {
+        return Some(ResetReason::EpochChanged);
+    }
+    let truncated = per_subject_cap > 0 && most_on_a_subject >= per_subject_cap;
+    (after.seq.saturating_add(1) < now.first || truncated).then_some(ResetReason::HistoryExpired)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -87,6 +129,54 @@ mod tests {
         ];
         for (after, bounds, want) in cases {
             assert_eq!(start(&after, &bounds), want, "{after} against {bounds:?}");
+        }
+    }
+
+    #[test]
+    fn walk_ends() {
+        // (client at, subject's newest, head when subscribed) -> last sequence to read
+        for (after, newest, last, want) in [
+            (10, None, 20, None),
+            (10, Some(5), 20, None),
+            (10, Some(10), 20, None),
+            (10, Some(15), 20, Some(15)),
+            (10, Some(25), 20, Some(20)),
+        ] {
+            assert_eq!(walk_end(after, newest, last), want, "{after} {newest:?} {last}");
+        }
+    }
+
+    #[test]
+    fn gaps_that_may_exceed_the_replay_limit() {
+        // (client at, head, per-subject cap, subjects, max) -> must count first
+        for (after, last, cap, subjects, max, want) in [
+            (0, 100, 1000, 3, 10_000, false),
+            (0, 20_000, 1000, 3, 10_000, false), // 3 subjects hold 3,000 at most
+            (0, 20_000, 1000, 11, 10_000, true),
+            (0, 20_000, 0, 1, 10_000, true), // the cap is unknown
+            (15_000, 20_000, 0, 1, 10_000, false),
+            (0, 6, 1000, 3, 5, true),
+            (0, 5, 1000, 3, 5, false),
+        ] {
+            assert_eq!(may_exceed(after, last, cap, subjects, max), want, "{after} {last} {cap} {subjects} {max}");
+        }
+    }
+
+    #[test]
+    fn after_a_walk() {
+        use ResetReason::*;
+        let now = |first, last| Bounds { epoch: "e1", first, last };
+        // (client's id, history now, most events read on one subject, cap) -> reset?
+        for (after, bounds, most, cap, want) in [
+            (id("e1", 10), now(1, 50), 5, 1000, None),
+            (id("e1", 10), now(11, 50), 5, 1000, None),
+            (id("e1", 10), now(12, 50), 5, 1000, Some(HistoryExpired)),
+            (id("e1", 10), now(1, 50), 1000, 1000, Some(HistoryExpired)),
+            (id("e1", 10), now(1, 50), 999, 1000, None),
+            (id("e1", 10), now(1, 50), 5000, 0, None),
+            (id("e2", 10), now(1, 50), 5, 1000, Some(EpochChanged)),
+        ] {
+            assert_eq!(after_walk(&after, &bounds, most, cap), want, "{after} {bounds:?} {most} {cap}");
         }
     }
 }

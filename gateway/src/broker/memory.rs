@@ -215,6 +215,10 @@ impl Broker for MemoryBroker {
         self.call(|reply| Command::LastId { reply })
     }
 
+    fn subscription_capacity(&self) -> usize {
+        SUBSCRIBER_CAPACITY
+    }
+
     fn is_connected(&self) -> bool {
         !self.commands.is_closed()
     }

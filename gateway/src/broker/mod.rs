@@ -148,12 +148,17 @@ pub trait Broker: Send + Sync + 'static {
     /// without history).
     fn last_id(&self) -> BoxFuture<'static, Result<Option<EventId>, BrokerError>>;
 
-    /// A counter that moves each time live delivery may have skipped events: the broker
-    /// reconnected after losing its connection, or dropped messages of a subscription that fell
-    /// behind. The hub refills each gap from the history.
+    /// A counter that moves each time the broker has reconnected after losing its connection:
+    /// events published meanwhile were not delivered live, and the hub refills the gap from
+    /// the history.
     fn gaps(&self) -> Option<watch::Receiver<u64>> {
         None
     }
+
+    /// How many undelivered events one subscription's stream queues before the broker drops
+    /// newer ones (NATS's slow consumer). The hub treats a queue found that full as a gap after
+    /// its newest event.
+    fn subscription_capacity(&self) -> usize;
 
     /// Whether the broker is reachable now (drives `/readyz`).
     fn is_connected(&self) -> bool;
@@ -167,5 +172,45 @@ pub trait Broker: Send + Sync + 'static {
     /// Every pod's stats reports, this one's included; `None` without a shared broker (dev mode).
     fn fleet_stats(&self) -> BoxFuture<'static, Result<Option<ReportStream>, BrokerError>> {
         Box::pin(async { Ok(None) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    fn event(seq: u64, size: usize) -> (Target, Delivery) {
+        let delivery = Delivery {
+            event_type: "t".into(),
+            payload: Bytes::from(vec![b'1'; size]),
+            id: Some(EventId { epoch: Arc::from("e"), seq }),
+            from: None,
+            trace: None,
+            published_at: None,
+        };
+        (Target::Broadcast, delivery)
+    }
+
+    fn seqs(page: Page) -> Vec<u64> {
+        match page {
+            Page::Events(events) => events.iter().map(|(_, d)| d.id.as_ref().unwrap().seq).collect(),
+            Page::End => Vec::new(),
+            Page::Reset(..) => panic!("a listed replay never resets"),
+        }
+    }
+
+    #[test]
+    fn listed_pages_fill_the_room_given_and_always_hold_one_event() {
+        let mut pages = Listed([event(1, 4), event(2, 4), event(3, 10), event(4, 1)].into());
+        let mut next = |room| seqs(pages.next(room).now_or_never().unwrap().unwrap());
+        assert_eq!(next(9), [1, 2]);
+        assert_eq!(next(0), [3], "one event even without room");
+        assert_eq!(next(100), [4]);
+        assert!(next(100).is_empty(), "then the end");
     }
 }

@@ -31,6 +31,9 @@ use crate::names::DEFAULT_EVENT_TYPE;
 use crate::resume::{self, Start};
 use crate::trace::{self, TraceContext};
 
+/// Messages one subscription queues before async-nats drops newer ones (a slow consumer).
+const SUBSCRIPTION_CAPACITY: usize = 256 * 1024;
+
 /// Longest wait for the next message of a replay.
 const REPLAY_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -95,8 +98,7 @@ pub struct NatsBroker {
     jetstream: Option<jetstream::Context>,
     /// The stream's epoch (from its creation time), refreshed whenever its info is read.
     epoch: Arc<RwLock<Arc<str>>>,
-    /// Moves on every (re)connection and every slow-consumer drop: each may be a gap in live
-    /// delivery.
+    /// Moves on every (re)connection: after a reconnect, a gap in live delivery.
     gaps: watch::Receiver<u64>,
     /// Set once the stream exists with our configuration (always, without history).
     stream_ready: Arc<std::sync::atomic::AtomicBool>,
@@ -118,18 +120,21 @@ impl NatsBroker {
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)))
-            .subscription_capacity(256 * 1024)
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .event_callback(move |event| {
                 let gaps = gaps_tx.clone();
                 async move {
-                    if opens_gap(&event) {
-                        gaps.send_modify(|n| *n += 1);
-                    }
                     match event {
-                        async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                        async_nats::Event::Connected => {
+                            // After a reconnect, what was published meanwhile reached none of
+                            // our subscriptions (the hub ignores the first connection).
+                            gaps.send_modify(|n| *n += 1);
+                            tracing::info!("connected to NATS");
+                        }
                         async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
                         async_nats::Event::SlowConsumer(sid) => {
-                            tracing::warn!(sid, "NATS subscription fell behind; refilling what it dropped")
+                            // The hub finds the full queue itself, and refills from there.
+                            tracing::warn!(sid, "NATS subscription fell behind and dropped messages")
                         }
                         other => tracing::debug!(event = %other, "nats connection event"),
                     }
@@ -208,14 +213,6 @@ impl NatsBroker {
     pub fn client(&self) -> &Client {
         &self.client
     }
-}
-
-/// Whether a connection event may have skipped live events, which the hub then refills from
-/// the history: a (re)connection, after which what was published meanwhile reached none of our
-/// subscriptions (the hub ignores the first one), and a slow-consumer drop, which is a gap for
-/// every stream sharing that subscription.
-fn opens_gap(event: &async_nats::Event) -> bool {
-    matches!(event, async_nats::Event::Connected | async_nats::Event::SlowConsumer(_))
 }
 
 /// Confirms that the server has processed everything this connection sent before (its
@@ -503,14 +500,11 @@ impl Pages for Walk {
             }
             // The gap is walked: did the history keep all of it meanwhile?
             let now = self.shared.bounds.read(Bounds::read(&self.js, &self.epoch)).await?;
-            if *now.epoch != *self.after.epoch {
-                return Ok(Page::Reset(ResetReason::EpochChanged, self.head.clone()));
-            }
-            let capped = self.per_subject_cap > 0 && self.subjects.iter().any(|w| w.read >= self.per_subject_cap);
-            if self.after.seq + 1 < now.first || capped {
-                return Ok(Page::Reset(ResetReason::HistoryExpired, self.head.clone()));
-            }
-            Ok(Page::End)
+            let most = self.subjects.iter().map(|w| w.read).max().unwrap_or(0);
+            Ok(match resume::after_walk(&self.after, &now.view(), most, self.per_subject_cap) {
+                Some(reason) => Page::Reset(reason, self.head.clone()),
+                None => Page::End,
+            })
         }
         .boxed()
     }
@@ -733,29 +727,16 @@ impl Broker for NatsBroker {
             let mut subjects = Vec::new();
             for found in futures_util::future::join_all(newest).await {
                 let (target, subject, newest) = found?;
-                if let Some(newest) = newest.filter(|&seq| seq > after.seq) {
-                    // Up to the newest event when it was stored before the bounds were read,
-                    // else up to the bounds' last sequence: live delivery has the rest.
-                    let end = newest.min(bounds.last);
-                    subjects.push(Walking {
-                        target,
-                        subject,
-                        next: after.seq + 1,
-                        end,
-                        ahead: None,
-                        done: false,
-                        read: 0,
-                    });
+                if let Some(end) = resume::walk_end(after.seq, newest, bounds.last) {
+                    let next = after.seq + 1;
+                    subjects.push(Walking { target, subject, next, end, ahead: None, done: false, read: 0 });
                 }
             }
             if subjects.is_empty() {
                 return Ok(Resumption::UpToDate);
             }
-            // More than `max` missed? Only possible when both the stream's events since the id
-            // and what the walked subjects can hold exceed it; then one consumer counts them.
-            let held =
-                if per_subject_cap == 0 { u64::MAX } else { per_subject_cap.saturating_mul(subjects.len() as u64) };
-            if (bounds.last - after.seq).min(held) > max as u64 {
+            // More than `max` missed? When it may be, one consumer counts them.
+            if resume::may_exceed(after.seq, bounds.last, per_subject_cap, subjects.len(), max) {
                 let filters = subjects.iter().map(|w| w.subject.clone()).collect();
                 if count_after(&stream, filters, after.seq).await? > max as u64 {
                     return Ok(Resumption::Reset(ResetReason::TooMany, head));
@@ -907,6 +888,10 @@ impl Broker for NatsBroker {
         .boxed()
     }
 
+    fn subscription_capacity(&self) -> usize {
+        SUBSCRIPTION_CAPACITY
+    }
+
     fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
             && self.stream_ready.load(std::sync::atomic::Ordering::Acquire)
@@ -928,15 +913,6 @@ mod tests {
         headers.append(HEADER_SEQUENCE, seq);
         headers.append("Nats-Last-Sequence", "0");
         headers
-    }
-
-    #[test]
-    fn gaps_in_live_delivery() {
-        use async_nats::Event;
-        assert!(opens_gap(&Event::Connected));
-        assert!(opens_gap(&Event::SlowConsumer(7)), "dropped messages are refilled like a reconnect");
-        assert!(!opens_gap(&Event::Disconnected));
-        assert!(!opens_gap(&Event::LameDuckMode));
     }
 
     #[test]
