@@ -259,5 +259,16 @@ async fn a_replay_never_holds_more_than_the_queue_limit() {
         (peak_rss - baseline) >> 20,
         allowed >> 20
     );
+
+    // Live events pile up behind the stalled replays: once a queue would pass its limit, that
+    // stream is cut as `slow` (its client resumes later), as any slow stream is.
+    for i in 0..12 {
+        publish(&gw, json!({"type":"big","data":{"live":i,"pad":pad},"users":["hist"]})).await;
+    }
+    eventually("every stalled stream cut as slow", Duration::from_secs(10), || async {
+        let metrics = String::from_utf8(support::http(gw.addr, "GET", "/metrics", &[], None).await.body).unwrap();
+        metrics.contains(&format!("herald_connections_closed_total{{reason=\"slow\"}} {STALLED}\n"))
+    })
+    .await;
     drop(stalled);
 }
