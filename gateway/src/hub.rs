@@ -15,8 +15,9 @@
 //!
 //! After a gap in live delivery the hub refills it: it holds back live events, replays from the
 //! stream everything after the last durable event it dispatched, fans that out, then releases
-//! the held events that the replay did not already cover. A gap is a broker reconnect, or a
-//! subscription that fell behind: a broker drops what arrives for a subscription whose queue is
+//! the held events that the replay did not already cover. A gap is a broker reconnect (the hub
+//! holds from the moment it hears the link dropped, and refills when it hears it is back or
+//! when the first event arrives, whichever comes first), or a subscription that fell behind: a broker drops what arrives for a subscription whose queue is
 //! full (NATS's slow consumer), so a drain that finds a queue full dispatches what it drained up
 //! to that subscription's newest event, and holds what follows for the refill from there. A gap that opens while a refill is out gets a
 //! refill of its own, from where the first one ended, before anything held is released.
@@ -86,7 +87,9 @@ enum Command {
     Close(Arc<Topic>),
     /// The newest event id of the history when the hub started.
     Position(Option<EventId>),
-    /// Live delivery may have skipped events (a reconnect, a slow-consumer drop).
+    /// The broker's connection went down: what is published now is not delivered live.
+    LinkDown,
+    /// The broker reconnected: refill what it missed.
     Gap,
     /// The replay that refills the gap.
     CaughtUp(Result<Replay, BrokerError>),
@@ -145,11 +148,12 @@ impl Hub {
             watermark: None,
             catch_up: CatchUp::Idle,
             capacity,
+            renaming: false,
             hole_after: None,
             held: Vec::new(),
         };
         let position = dispatcher.broker.last_id();
-        let gaps = dispatcher.broker.gaps();
+        let link = dispatcher.broker.link();
         let broker = dispatcher.broker.clone();
         // Unconstrained: tokio's cooperative budget would otherwise make a subscription's queue
         // look empty part-way through a drain, and the next batch would then carry an event
@@ -169,10 +173,20 @@ impl Hub {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 position = broker.last_id();
             }
-            let Some(mut gaps) = gaps else { return };
-            gaps.borrow_and_update();
-            while gaps.changed().await.is_ok() {
-                if commands.send(Command::Gap).is_err() {
+            let Some(mut link) = link else { return };
+            // The first connection is no gap: the position read covers what came before it.
+            let mut seen = *link.borrow_and_update();
+            while link.changed().await.is_ok() {
+                let now = *link.borrow_and_update();
+                let command = if !now.up {
+                    Command::LinkDown
+                } else if now.connections != seen.connections {
+                    Command::Gap
+                } else {
+                    continue;
+                };
+                seen = now;
+                if commands.send(command).is_err() {
                     return;
                 }
             }
@@ -321,6 +335,9 @@ struct Dispatcher {
     catch_up: CatchUp,
     /// Events one subscription queues before the broker drops newer ones (its slow consumer).
     capacity: usize,
+    /// The history started over while events still came under the old epoch: the next epoch
+    /// change is the new history's real name, not another new history.
+    renaming: bool,
     /// Set by a drain that found a subscription's queue full: the broker may have dropped what
     /// came after this sequence on it.
     hole_after: Option<u64>,
@@ -331,6 +348,10 @@ struct Dispatcher {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CatchUp {
     Idle,
+    /// The broker's link went down: live events that arrive from now on come after a gap, and
+    /// wait until it is refilled. The refill starts when the link is back, or at the first
+    /// event to arrive (proof that it is, should the word of it come late or not at all).
+    Holding,
     /// A replay is out. `again`: another gap opened meanwhile (a second reconnect), which that
     /// replay may not cover; another replay follows it before the held events are released.
     Running {
@@ -384,8 +405,13 @@ impl Dispatcher {
                     self.watermark = id;
                 }
             }
+            Command::LinkDown => match self.catch_up {
+                CatchUp::Idle => self.catch_up = CatchUp::Holding,
+                CatchUp::Holding => {}
+                CatchUp::Running { .. } => self.catch_up = CatchUp::Running { again: true },
+            },
             Command::Gap => match self.catch_up {
-                CatchUp::Idle => self.start_catch_up(),
+                CatchUp::Idle | CatchUp::Holding => self.start_catch_up(),
                 CatchUp::Running { .. } => self.catch_up = CatchUp::Running { again: true },
             },
             Command::CaughtUp(result) => {
@@ -417,11 +443,7 @@ impl Dispatcher {
                             Err(e) => tracing::warn!(error = %e, "cannot refill the gap"),
                             Ok(Replay::Events(_)) => {}
                         }
-                        for (_, slot) in self.slots.iter() {
-                            for (_, outbox) in slot.topic.members.read().iter() {
-                                outbox.close(CloseReason::Error, Some(sse::retry_frame(1000)));
-                            }
-                        }
+                        self.close_every_stream();
                     }
                 }
                 for (topic, delivery) in std::mem::take(&mut self.held) {
@@ -434,7 +456,14 @@ impl Dispatcher {
     /// Starts refilling the gap after the watermark (nothing without one: the hub has not yet
     /// read where the history stood when it started).
     fn start_catch_up(&mut self) {
-        let Some(after) = self.watermark.clone() else { return };
+        let Some(after) = self.watermark.clone() else {
+            // Nothing to refill from: send on what was held.
+            self.catch_up = CatchUp::Idle;
+            for (topic, delivery) in std::mem::take(&mut self.held) {
+                self.dispatch(&topic, delivery, false);
+            }
+            return;
+        };
         tracing::info!(after = %after, "live delivery had a gap; refilling it from the history");
         self.catch_up = CatchUp::Running { again: false };
         let replay = self.broker.replay(after, CATCH_UP_MAX);
@@ -462,12 +491,39 @@ impl Dispatcher {
     /// already has besides.
     fn dispatch(&mut self, topic: &Topic, delivery: Delivery, dedupe: bool) {
         if let Some(id) = &delivery.id {
-            match &self.watermark {
-                Some(w) if dedupe && w.epoch == id.epoch && id.seq <= w.seq => return,
-                _ => self.watermark = Some(id.clone()),
+            if let Some(w) = &self.watermark {
+                let renamed = w.epoch != id.epoch;
+                if renamed && self.renaming {
+                    // The new history's epoch, now that the gateway has read it: the same
+                    // history as the events since it started over, under its real name.
+                    self.renaming = false;
+                } else if renamed || (!dedupe && id.seq < w.seq) {
+                    // Another epoch, or a live sequence going back (the gateway names events
+                    // by the old epoch until it next reads the stream's): the history started
+                    // over, its stream recreated. Every stream's cursor belongs to the old
+                    // history, and the new one's events would be dropped as older than it:
+                    // each stream resumes on its own instead, and gets a `reset`.
+                    tracing::warn!(epoch = %id.epoch, seq = id.seq, watermark = %w, "the history started over; every stream resumes");
+                    self.renaming = !renamed;
+                    self.watermark = Some(id.clone());
+                    self.close_every_stream();
+                    return;
+                } else if dedupe && id.seq <= w.seq {
+                    return;
+                }
             }
+            self.watermark = Some(id.clone());
         }
         fan_out(topic, &delivery, &self.metrics);
+    }
+
+    /// Closes every stream of the pod with a `retry:`: each client resumes on its own.
+    fn close_every_stream(&self) {
+        for (_, slot) in self.slots.iter() {
+            for (_, outbox) in slot.topic.members.read().iter() {
+                outbox.close(CloseReason::Error, Some(sse::retry_frame(1000)));
+            }
+        }
     }
 
     /// The topic whose subscription is in `index`, if it still is.
@@ -528,12 +584,21 @@ impl Dispatcher {
         // Held events keep their topic, not their slot: a slot freed meanwhile may be reused.
         let topics: Vec<_> = batch.into_iter().filter_map(|(index, d)| Some((self.topic_at(index)?, d))).collect();
         let hole = self.hole_after.take();
-        if self.catch_up != CatchUp::Idle {
-            if hole.is_some() {
-                self.catch_up = CatchUp::Running { again: true };
+        match self.catch_up {
+            CatchUp::Idle => {}
+            CatchUp::Holding => {
+                // Events arrive: the link is back. Refill the gap before they go out.
+                self.held.extend(topics);
+                self.start_catch_up();
+                return;
             }
-            self.held.extend(topics);
-            return;
+            CatchUp::Running { .. } => {
+                if hole.is_some() {
+                    self.catch_up = CatchUp::Running { again: true };
+                }
+                self.held.extend(topics);
+                return;
+            }
         }
         let Some(hole) = hole else {
             for (topic, delivery) in topics {
@@ -552,15 +617,8 @@ impl Dispatcher {
                 self.dispatch(&topic, delivery, false);
             }
         }
+        self.held.extend(beyond);
         self.start_catch_up();
-        if self.catch_up == CatchUp::Idle {
-            // No position to refill from yet (the hub is just starting): nothing to wait for.
-            for (topic, delivery) in beyond {
-                self.dispatch(&topic, delivery, false);
-            }
-        } else {
-            self.held.extend(beyond);
-        }
     }
 }
 
@@ -645,7 +703,7 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
-    use crate::broker::Resumption;
+    use crate::broker::{Link, Resumption};
     use crate::event::Outgoing;
     use crate::names::Name;
 
@@ -658,7 +716,7 @@ mod tests {
     struct Scripted {
         feeds: Mutex<HashMap<Target, mpsc::Sender<Delivery>>>,
         replays: mpsc::UnboundedSender<(Option<EventId>, Reply)>,
-        gaps: watch::Receiver<u64>,
+        link: watch::Receiver<Link>,
         head: u64,
     }
 
@@ -666,7 +724,7 @@ mod tests {
     struct Script {
         broker: Arc<Scripted>,
         replays: mpsc::UnboundedReceiver<(Option<EventId>, Reply)>,
-        gaps: watch::Sender<u64>,
+        link: watch::Sender<Link>,
     }
 
     fn id(seq: u64) -> EventId {
@@ -678,10 +736,14 @@ mod tests {
     }
 
     fn durable(seq: u64) -> Delivery {
+        durable_in("e", seq)
+    }
+
+    fn durable_in(epoch: &str, seq: u64) -> Delivery {
         Delivery {
             event_type: "t".into(),
             payload: Bytes::from_static(b"1"),
-            id: Some(id(seq)),
+            id: Some(EventId { epoch: Arc::from(epoch), seq }),
             from: None,
             trace: None,
             published_at: None,
@@ -692,9 +754,9 @@ mod tests {
         /// A broker whose history's head is `head` when the hub starts.
         fn new(head: u64) -> Script {
             let (replays_tx, replays) = mpsc::unbounded_channel();
-            let (gaps, gaps_rx) = watch::channel(0);
-            let broker = Arc::new(Scripted { feeds: Mutex::default(), replays: replays_tx, gaps: gaps_rx, head });
-            Script { broker, replays, gaps }
+            let (link, link_rx) = watch::channel(Link { up: true, connections: 1 });
+            let broker = Arc::new(Scripted { feeds: Mutex::default(), replays: replays_tx, link: link_rx, head });
+            Script { broker, replays, link }
         }
 
         fn hub(&self) -> Arc<Hub> {
@@ -704,7 +766,11 @@ mod tests {
         /// Delivers durable event `seq` live on `target`'s subscription; dropped, as a broker
         /// does, when the subscription already queues `CAPACITY` events.
         fn live(&self, target: &Target, seq: u64) {
-            match self.broker.feeds.lock()[target].try_send(durable(seq)) {
+            self.send(target, durable(seq));
+        }
+
+        fn send(&self, target: &Target, delivery: Delivery) {
+            match self.broker.feeds.lock()[target].try_send(delivery) {
                 Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
                 Err(e) => panic!("{e}"),
             }
@@ -715,9 +781,17 @@ mod tests {
             self.broker.feeds.lock().remove(target);
         }
 
-        /// Live delivery skipped something (a reconnect, a slow-consumer drop).
+        /// The broker reconnected: live delivery skipped what was published meanwhile.
         fn gap(&self) {
-            self.gaps.send_modify(|n| *n += 1);
+            self.link.send_modify(|l| {
+                l.up = true;
+                l.connections += 1;
+            });
+        }
+
+        /// The broker's link went down.
+        fn down(&self) {
+            self.link.send_modify(|l| l.up = false);
         }
 
         /// The next refill the hub asks for: where from, and where to answer it.
@@ -763,8 +837,8 @@ mod tests {
             async move { Ok(Some(id(head))) }.boxed()
         }
 
-        fn gaps(&self) -> Option<watch::Receiver<u64>> {
-            Some(self.gaps.clone())
+        fn link(&self) -> Option<watch::Receiver<Link>> {
+            Some(self.link.clone())
         }
 
         fn subscription_capacity(&self) -> usize {
@@ -797,7 +871,7 @@ mod tests {
             while let Poll::Ready(Some(chunk)) = self.outbox.poll_chunk(&mut cx) {
                 let text = String::from_utf8(chunk.to_vec()).unwrap();
                 for line in text.lines() {
-                    if let Some(seq) = line.strip_prefix("id: e-") {
+                    if let Some((_, seq)) = line.strip_prefix("id: ").and_then(|id| id.rsplit_once('-')) {
                         self.seqs.push(seq.parse().unwrap());
                     }
                 }
@@ -893,6 +967,59 @@ mod tests {
         script.live(&a, 11);
         script.live(&a, 13);
         assert_eq!(s.until(13).await, [11, 12, 13]);
+    }
+
+    #[tokio::test]
+    async fn events_that_arrive_before_the_word_of_a_reconnect_wait_for_the_refill() {
+        let mut script = Script::new(10);
+        let hub = script.hub();
+        let u = user("u");
+        let (mut s, _s) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
+        script.live(&u, 11);
+        assert_eq!(s.until(11).await, [11]);
+        // The link drops; 12..=19 are published meanwhile. After the reconnect, 20 arrives
+        // before the hub hears of the reconnect: it must not go out ahead of 12..=19.
+        script.down();
+        script.live(&u, 20);
+        let (after, reply) = script.next_replay().await;
+        assert_eq!(after, 11);
+        Script::refill(reply, (12..=20).map(|seq| (u.clone(), seq)));
+        // The word of the reconnect comes late: a refill from where the hub is, of nothing.
+        script.gap();
+        let (after, reply) = script.next_replay().await;
+        assert_eq!(after, 20);
+        Script::refill(reply, []);
+        script.live(&u, 21);
+        assert_eq!(s.until(21).await, (11..=21).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_history_that_starts_over_sends_every_stream_to_resume() {
+        // The stream was recreated: its sequences start again from 1, named by the old epoch
+        // until the gateway reads the new one, or by the new one already.
+        for epoch in ["e", "e2"] {
+            let script = Script::new(10);
+            let hub = script.hub();
+            let u = user("u");
+            let (mut a, _a) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
+            script.live(&u, 11);
+            assert_eq!(a.until(11).await, [11]);
+            script.send(&u, durable_in(epoch, 1));
+            // Not dropped silently as older than the stream's cursor: the stream resumes.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while a.outbox.close_reason().is_none() {
+                assert!(Instant::now() < deadline, "the stream is sent to resume ({epoch})");
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(a.outbox.close_reason(), Some(CloseReason::Error));
+            // A stream that opens afterwards gets the new history's events, also once the
+            // gateway names them by the new epoch.
+            let (mut b, _b) = Reader::join(&hub, std::slice::from_ref(&u), 1).await;
+            script.send(&u, durable_in(epoch, 2));
+            script.send(&u, durable_in("e2", 3));
+            assert_eq!(b.until(3).await, [2, 3], "the new history's events reach a new stream ({epoch})");
+            assert_eq!(b.outbox.close_reason(), None);
+        }
     }
 
     #[tokio::test]

@@ -322,7 +322,9 @@ impl Outbox {
                 s.bytes += frame.len();
                 s.frames.push_back((frame, Tag::CONTROL));
             }
-            s.held = None;
+            // Held events will never be sent: they no longer wait in the queue.
+            let held: usize = s.held.take().iter().flatten().map(|(_, frame, _)| frame.len()).sum();
+            s.bytes -= held;
             s.closed = Some(reason);
             [s.waker.take(), s.room_waker.take()]
         };
@@ -504,6 +506,15 @@ mod tests {
         assert!(!ob.close(CloseReason::Drain, None));
         assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"e1bye"))));
         assert_eq!(poll(&ob), Poll::Ready(None));
+    }
+
+    #[test]
+    fn closing_while_holding_drops_the_held_bytes() {
+        let ob = Outbox::new(1024, Arc::new(Metrics::new()));
+        ob.push_event(Bytes::from_static(b"[5]"), Some(5), None).unwrap();
+        assert_eq!(ob.queued_bytes(), 3);
+        ob.close(CloseReason::Client, Some(Bytes::from_static(b"bye")));
+        assert_eq!(ob.queued_bytes(), 3, "only the last frame is still to be sent");
     }
 
     #[test]

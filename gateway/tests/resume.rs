@@ -218,6 +218,45 @@ async fn a_recreated_stream_resets_with_epoch_changed() {
     assert_eq!(s.next().await.id.as_ref(), Some(&live[0]));
 }
 
+/// The stream is deleted and recreated (by another gateway starting) under a running gateway,
+/// whose clients hold ids of the old history: they are sent to resume, and get `epoch_changed`,
+/// instead of having the new history's events dropped as older than their cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_recreated_under_a_running_gateway_sends_its_clients_to_resume() {
+    let nats = Nats::start();
+    let a = Gateway::serve(&nats, &[]);
+    a.ready().await;
+    let t = token("r5", &[], 600);
+    let mut s = Sse::with_token(a.addr, &t, &[]).await;
+    assert_eq!(s.next().await.event, "connected");
+    let mut last = String::new();
+    for i in 0..3 {
+        let ids = publish(&a, json!({"data":i,"users":["r5"]})).await;
+        assert_eq!(s.next_event().await.id, Some(ids[0].clone()));
+        last = ids[0].clone();
+    }
+
+    let js = async_nats::jetstream::new(nats.client().await);
+    js.delete_stream("HERALD").await.unwrap();
+    let b = Gateway::serve(&nats, &[]);
+    b.ready().await; // it created the stream anew
+    let new = publish(&b, json!({"data":"new","users":["r5"]})).await;
+    assert_ne!(new[0].rsplit_once('-').unwrap().0, last.rsplit_once('-').unwrap().0, "a new epoch");
+
+    // The old stream ends with a retry: instead of the event, under an id it does not have.
+    let rest = s.read_to_end(Duration::from_secs(10)).await;
+    assert!(s.ended, "the stream was closed for its client to resume");
+    assert!(rest.iter().all(|ev| ev.id.is_none()), "no event of the new history under the old epoch: {rest:?}");
+    let mut back = Sse::resume(a.addr, &t, &[], &last).await;
+    assert_eq!(back.next().await.json()["resumed"], false);
+    let reset = back.next().await;
+    assert_eq!((reset.event.as_str(), reset.json()["reason"].as_str()), ("reset", Some("epoch_changed")));
+    assert_eq!(reset.id, Some(new[0].clone()), "the cursor moves to the new history's head");
+    let marker = publish(&a, json!({"type":"marker","data":0,"users":["r5"]})).await;
+    let ev = back.next().await;
+    assert_eq!((ev.event.as_str(), ev.id.as_ref()), ("marker", Some(&marker[0])));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_resumes_with_the_same_semantics() {
     let gw = Gateway::dev(&["--history-max-per-subject", "3"]);

@@ -29,6 +29,15 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Delivery> + Send>>;
 /// The raw stats reports of the fleet's gateways.
 pub type ReportStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
 
+/// The broker's connection, as the hub watches it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    pub up: bool,
+    /// Connections made so far: a new one means a reconnect, even when the moment it was down
+    /// went unseen.
+    pub connections: u64,
+}
+
 /// Why a broker operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
@@ -63,9 +72,16 @@ pub enum Resumption {
 /// A client's replay, read a page at a time, so that a stream holds no more of it than its
 /// client can take (the stream's queue limit, plus one event).
 pub trait Pages: Send {
-    /// The next missed events, in sequence order: as many as fit in `room` bytes of payload,
-    /// and at least one whatever its size.
+    /// The next missed events, in sequence order: as many as fit in `room` bytes of SSE frames
+    /// (by [`frame_estimate`]), and at least one whatever its size.
     fn next(&mut self, room: usize) -> BoxFuture<'_, Result<Page, BrokerError>>;
+}
+
+/// About how many bytes an event's SSE frame takes: its payload, its type, its channel, and
+/// the `id:`, `event:` and envelope around them (`sse::event_frame`).
+pub fn frame_estimate(target: &Target, delivery: &Delivery) -> usize {
+    let channel = target.channel().map_or(0, |c| c.as_str().len());
+    delivery.payload.len() + delivery.event_type.len() + channel + 128
 }
 
 /// One read of a replay.
@@ -85,11 +101,12 @@ impl Pages for Listed {
     fn next(&mut self, room: usize) -> BoxFuture<'_, Result<Page, BrokerError>> {
         let mut page = Vec::new();
         let mut bytes = 0;
-        while let Some((_, delivery)) = self.0.front() {
-            if !page.is_empty() && bytes + delivery.payload.len() > room {
+        while let Some((target, delivery)) = self.0.front() {
+            let size = frame_estimate(target, delivery);
+            if !page.is_empty() && bytes + size > room {
                 break;
             }
-            bytes += delivery.payload.len();
+            bytes += size;
             page.extend(self.0.pop_front());
         }
         let page = if page.is_empty() { Page::End } else { Page::Events(page) };
@@ -148,10 +165,10 @@ pub trait Broker: Send + Sync + 'static {
     /// without history).
     fn last_id(&self) -> BoxFuture<'static, Result<Option<EventId>, BrokerError>>;
 
-    /// A counter that moves each time the broker has reconnected after losing its connection:
-    /// events published meanwhile were not delivered live, and the hub refills the gap from
-    /// the history.
-    fn gaps(&self) -> Option<watch::Receiver<u64>> {
+    /// The state of the broker's connection (`None` without history to refill from). Events
+    /// published while it is down are not delivered live: the hub holds what arrives after it
+    /// comes back and refills the gap from the history first.
+    fn link(&self) -> Option<watch::Receiver<Link>> {
         None
     }
 
@@ -208,7 +225,8 @@ mod tests {
     fn listed_pages_fill_the_room_given_and_always_hold_one_event() {
         let mut pages = Listed([event(1, 4), event(2, 4), event(3, 10), event(4, 1)].into());
         let mut next = |room| seqs(pages.next(room).now_or_never().unwrap().unwrap());
-        assert_eq!(next(9), [1, 2]);
+        let frame = |payload: usize| frame_estimate(&Target::Broadcast, &event(0, payload).1);
+        assert_eq!(next(frame(4) * 2 + frame(10) - 1), [1, 2]);
         assert_eq!(next(0), [3], "one event even without room");
         assert_eq!(next(100), [4]);
         assert!(next(100).is_empty(), "then the end");

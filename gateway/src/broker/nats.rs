@@ -24,7 +24,9 @@ use futures_util::{FutureExt, StreamExt};
 use parking_lot::RwLock;
 use tokio::sync::{oneshot, watch};
 
-use super::{Broker, BrokerError, EventStream, Page, Pages, Replay, ReportStream, ResetReason, Resumption};
+use super::{
+    Broker, BrokerError, EventStream, Link, Page, Pages, Replay, ReportStream, ResetReason, Resumption, frame_estimate,
+};
 use crate::config::HistoryLimits;
 use crate::event::{Delivery, EventId, Outgoing, SubjectKind, Target, parse_published_at};
 use crate::names::DEFAULT_EVENT_TYPE;
@@ -98,8 +100,8 @@ pub struct NatsBroker {
     jetstream: Option<jetstream::Context>,
     /// The stream's epoch (from its creation time), refreshed whenever its info is read.
     epoch: Arc<RwLock<Arc<str>>>,
-    /// Moves on every (re)connection: after a reconnect, a gap in live delivery.
-    gaps: watch::Receiver<u64>,
+    /// The connection's state, for the hub to refill what a reconnect missed.
+    link: watch::Receiver<Link>,
     /// Set once the stream exists with our configuration (always, without history).
     stream_ready: Arc<std::sync::atomic::AtomicBool>,
     /// Events the stream keeps per subject (0 when this process does not configure it).
@@ -112,8 +114,8 @@ impl NatsBroker {
     /// Connects (retrying in the background until the server is reachable). Must be called on
     /// the hub runtime: async-nats spawns its connection task on the current runtime.
     pub async fn connect(opts: &NatsOptions) -> Result<Self, BrokerError> {
-        let (gaps_tx, gaps) = watch::channel(0u64);
-        let gaps_tx = Arc::new(gaps_tx);
+        let (link_tx, link) = watch::channel(Link::default());
+        let link_tx = Arc::new(link_tx);
         let mut options = async_nats::ConnectOptions::new()
             .name(&opts.name)
             .retry_on_initial_connect()
@@ -122,16 +124,20 @@ impl NatsBroker {
             .request_timeout(Some(Duration::from_secs(5)))
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .event_callback(move |event| {
-                let gaps = gaps_tx.clone();
+                let link = link_tx.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected => {
-                            // After a reconnect, what was published meanwhile reached none of
-                            // our subscriptions (the hub ignores the first connection).
-                            gaps.send_modify(|n| *n += 1);
+                            link.send_modify(|l| {
+                                l.up = true;
+                                l.connections += 1;
+                            });
                             tracing::info!("connected to NATS");
                         }
-                        async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                        async_nats::Event::Disconnected => {
+                            link.send_modify(|l| l.up = false);
+                            tracing::warn!("disconnected from NATS; reconnecting")
+                        }
                         async_nats::Event::SlowConsumer(sid) => {
                             // The hub finds the full queue itself, and refills from there.
                             tracing::warn!(sid, "NATS subscription fell behind and dropped messages")
@@ -160,7 +166,7 @@ impl NatsBroker {
             client,
             prefix: Arc::from(opts.prefix.as_str()),
             epoch: Arc::new(RwLock::new(Arc::from("0"))),
-            gaps,
+            link,
             stream_ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             per_subject_cap: match opts.history {
                 History::Ensure(stream) => stream.limits.max_per_subject,
@@ -432,8 +438,8 @@ struct Walking {
     next: u64,
     /// The last sequence the walk covers on this subject.
     end: u64,
-    /// The subject's next event, read and not yet handed out; `None` once past `end`.
-    ahead: Option<async_nats::jetstream::message::StreamMessage>,
+    /// The subject's next event and its sequence, read and not yet handed out.
+    ahead: Option<(u64, Delivery)>,
     done: bool,
     /// Events of the gap read on this subject.
     read: u64,
@@ -441,7 +447,7 @@ struct Walking {
 
 impl Walking {
     /// Reads the subject's next event of the gap into `ahead`, unless it has one or is done.
-    async fn fill(&mut self, stream: &jetstream::stream::Stream<()>) -> Result<(), BrokerError> {
+    async fn fill(&mut self, stream: &jetstream::stream::Stream<()>, epoch: &Arc<str>) -> Result<(), BrokerError> {
         use async_nats::jetstream::stream::DirectGetErrorKind;
         if self.done || self.ahead.is_some() {
             return Ok(());
@@ -453,7 +459,8 @@ impl Walking {
         match stream.direct_get_next_for_subject(self.subject.as_str(), Some(self.next)).await {
             Ok(msg) if msg.sequence <= self.end => {
                 self.next = msg.sequence + 1;
-                self.ahead = Some(msg);
+                let id = EventId { epoch: epoch.clone(), seq: msg.sequence };
+                self.ahead = Some((msg.sequence, event_from(Some(&msg.headers), Some(id), msg.payload)));
             }
             Ok(_) => self.done = true,
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => self.done = true,
@@ -466,34 +473,34 @@ impl Walking {
 impl Pages for Walk {
     fn next(&mut self, room: usize) -> BoxFuture<'_, Result<Page, BrokerError>> {
         async move {
+            let epoch = self.after.epoch.clone();
             if !self.started {
                 // Every subject's first event at once: one round trip, not one per subject.
                 self.started = true;
                 let stream = &self.stream;
-                let fills = self.subjects.iter_mut().map(|w| w.fill(stream));
+                let fills = self.subjects.iter_mut().map(|w| w.fill(stream, &epoch));
                 for filled in futures_util::future::join_all(fills).await {
                     filled?;
                 }
             }
             let mut page = Vec::new();
             let mut bytes = 0;
-            // Each time, the oldest event any subject has ahead.
+            // Each time, the oldest event any subject has ahead, while it fits.
             while let Some(w) = self
                 .subjects
                 .iter_mut()
                 .filter(|w| w.ahead.is_some())
-                .min_by_key(|w| w.ahead.as_ref().map_or(u64::MAX, |m| m.sequence))
+                .min_by_key(|w| w.ahead.as_ref().map_or(u64::MAX, |(seq, _)| *seq))
             {
-                let size = w.ahead.as_ref().map_or(0, |m| m.payload.len());
+                let size = w.ahead.as_ref().map_or(0, |(_, d)| frame_estimate(&w.target, d));
                 if !page.is_empty() && bytes + size > room {
                     break;
                 }
-                let Some(msg) = w.ahead.take() else { break };
+                let Some((_, delivery)) = w.ahead.take() else { break };
                 bytes += size;
                 w.read += 1;
-                let id = EventId { epoch: self.after.epoch.clone(), seq: msg.sequence };
-                page.push((w.target.clone(), event_from(Some(&msg.headers), Some(id), msg.payload)));
-                w.fill(&self.stream).await?;
+                page.push((w.target.clone(), delivery));
+                w.fill(&self.stream, &epoch).await?;
             }
             if !page.is_empty() {
                 return Ok(Page::Events(page));
@@ -863,8 +870,8 @@ impl Broker for NatsBroker {
         .boxed()
     }
 
-    fn gaps(&self) -> Option<watch::Receiver<u64>> {
-        self.jetstream.as_ref().map(|_| self.gaps.clone())
+    fn link(&self) -> Option<watch::Receiver<Link>> {
+        self.jetstream.as_ref().map(|_| self.link.clone())
     }
 
     fn publish_stats(&self, pod: &str, report: Bytes) -> BoxFuture<'static, ()> {

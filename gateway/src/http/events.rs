@@ -18,6 +18,7 @@ use serde::Serialize;
 use super::{ApiError, AppState};
 use crate::auth::{Grant, MAX_PRESENCE_BYTES, TokenSources, pick_token, presence_object};
 use crate::config::ClientAuth;
+use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::broker::{BrokerError, Page, Pages, ResetReason, Resumption};
@@ -271,50 +272,65 @@ impl Replaying {
     async fn run(mut self) {
         let mut sent = 0;
         let mut links: Vec<TraceContext> = Vec::new();
+        // A page's frames not yet queued: a page is sized by estimate, the queue by the frames.
+        let mut frames: std::collections::VecDeque<Bytes> = Default::default();
         let result = 'pages: loop {
-            let Some(room) = std::future::poll_fn(|cx| self.outbox.poll_room(cx)).await else {
+            let Some(mut room) = std::future::poll_fn(|cx| self.outbox.poll_room(cx)).await else {
                 break None; // the stream closed: its client resumes on its own
             };
-            match self.pages.next(room).await {
-                Ok(Page::Events(events)) => {
-                    for (target, delivery) in events {
-                        let Some(id) = &delivery.id else { continue };
-                        self.cursor = self.cursor.max(id.seq);
-                        if delivery.problem().is_some() {
-                            continue; // never sent live either
+            if frames.is_empty() {
+                match self.pages.next(room).await {
+                    Ok(Page::Events(events)) => {
+                        for (target, delivery) in events {
+                            let Some(id) = &delivery.id else { continue };
+                            self.cursor = self.cursor.max(id.seq);
+                            if delivery.problem().is_some() {
+                                continue; // never sent live either
+                            }
+                            if links.len() < RESUME_LINKS
+                                && let Some(trace) = &delivery.trace
+                            {
+                                links.push((**trace).clone());
+                            }
+                            frames.push_back(sse::event_frame(
+                                Some(id),
+                                &delivery.event_type,
+                                &target,
+                                delivery.from.as_deref(),
+                                &delivery.payload,
+                            ));
                         }
-                        if links.len() < RESUME_LINKS
-                            && let Some(trace) = &delivery.trace
-                        {
-                            links.push((**trace).clone());
-                        }
-                        let frame = sse::event_frame(
-                            Some(id),
-                            &delivery.event_type,
-                            &target,
-                            delivery.from.as_deref(),
-                            &delivery.payload,
-                        );
-                        if self.outbox.push_replayed(frame).is_err() {
-                            break 'pages None;
-                        }
-                        sent += 1;
+                    }
+                    Ok(Page::End) => {
+                        self.outbox.release([], Some(self.cursor));
+                        break Some(ResumeResult::Replayed);
+                    }
+                    Ok(Page::Reset(reason, head)) => {
+                        let reset = sse::reset_frame(reason.as_str(), head.as_ref());
+                        self.outbox.release([reset], head.map(|id| id.seq));
+                        break Some(ResumeResult::Reset(reason));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replay failed part-way; the client resumes later");
+                        self.outbox.close(CloseReason::Error, Some(sse::retry_frame(jittered(self.retry_ms))));
+                        break Some(ResumeResult::Failed);
                     }
                 }
-                Ok(Page::End) => {
-                    self.outbox.release([], Some(self.cursor));
-                    break Some(ResumeResult::Replayed);
+            }
+            // As many frames as the room takes, and at least one. The cursor has moved past
+            // them all already: it is used once every frame is queued.
+            let mut first = true;
+            while let Some(frame) = frames.front() {
+                if !first && frame.len() > room {
+                    break;
                 }
-                Ok(Page::Reset(reason, head)) => {
-                    let reset = sse::reset_frame(reason.as_str(), head.as_ref());
-                    self.outbox.release([reset], head.map(|id| id.seq));
-                    break Some(ResumeResult::Reset(reason));
+                first = false;
+                room = room.saturating_sub(frame.len());
+                let Some(frame) = frames.pop_front() else { break };
+                if self.outbox.push_replayed(frame).is_err() {
+                    break 'pages None;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "replay failed part-way; the client resumes later");
-                    self.outbox.close(CloseReason::Error, Some(sse::retry_frame(jittered(self.retry_ms))));
-                    break Some(ResumeResult::Failed);
-                }
+                sent += 1;
             }
         };
         let Some(result) = result else { return };
@@ -440,6 +456,59 @@ pub fn jittered(retry_ms: u64) -> u64 {
 mod tests {
     use super::*;
     use crate::auth::ChannelPattern;
+    use crate::broker::Listed;
+    use crate::event::Delivery;
+
+    /// A page is sized by estimate; the queue holds the frames. Small events, whose frames are
+    /// mostly envelope, still keep a replaying stream's queue within its share of the limit.
+    #[tokio::test]
+    async fn a_replay_of_small_events_keeps_to_its_share_of_the_queue() {
+        const LIMIT: usize = 4096;
+        let outbox = Outbox::new(LIMIT, Arc::new(Metrics::new()));
+        outbox.open([Bytes::from_static(b": connected\n\n")]);
+        let events = (1..=200)
+            .map(|seq| {
+                let delivery = Delivery {
+                    event_type: "t".into(),
+                    payload: Bytes::from_static(b"1"),
+                    id: Some(EventId { epoch: Arc::from("e"), seq }),
+                    from: None,
+                    trace: None,
+                    published_at: None,
+                };
+                (Target::Broadcast, delivery)
+            })
+            .collect();
+        let replay = Replaying {
+            outbox: outbox.clone(),
+            pages: Box::new(Listed(events)),
+            cursor: 0,
+            metrics: Arc::new(Metrics::new()),
+            retry_ms: 1000,
+            span: None,
+        };
+        let task = tokio::spawn(replay.run());
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let (mut seqs, mut peak) = (Vec::new(), 0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !task.is_finished() || outbox.queued_bytes() > 0 {
+            assert!(Instant::now() < deadline, "the replay ends; got {} events", seqs.len());
+            // Let the replay fill what room it has, then read what it queued.
+            while !task.is_finished() && outbox.queued_bytes() < LIMIT / 2 {
+                tokio::task::yield_now().await;
+            }
+            peak = peak.max(outbox.queued_bytes());
+            while let std::task::Poll::Ready(Some(chunk)) = outbox.poll_chunk(&mut cx) {
+                let text = String::from_utf8(chunk.to_vec()).unwrap();
+                seqs.extend(text.lines().filter_map(|l| l.strip_prefix("id: e-")).map(|s| s.parse::<u64>().unwrap()));
+            }
+        }
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "every event once, in order");
+        let frame =
+            sse::event_frame(Some(&EventId { epoch: Arc::from("e"), seq: 200 }), "t", &Target::Broadcast, None, b"1");
+        assert!(peak <= LIMIT / 2 + frame.len(), "the queue held {peak} bytes, its share is {}", LIMIT / 2);
+    }
 
     #[test]
     fn query_parsing() {
