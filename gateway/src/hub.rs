@@ -890,14 +890,20 @@ mod tests {
         }
     }
 
-    /// A hub with one stream on user `u` that has received event 11, when live delivery has a
-    /// gap: the refill it asks for (after 11) is out.
-    async fn a_gap_after_11(script: &mut Script) -> (Arc<Hub>, Target, Reader, Membership, Reply) {
+    /// A hub with one stream on user `u`, from 10, that has received event 11.
+    async fn streaming_after_11(script: &Script) -> (Arc<Hub>, Target, Reader, Membership) {
         let hub = script.hub();
         let u = user("u");
         let (mut a, membership) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
         script.live(&u, 11);
         assert_eq!(a.until(11).await, [11]);
+        (hub, u, a, membership)
+    }
+
+    /// [`streaming_after_11`], when live delivery has a gap: the refill it asks for (after 11)
+    /// is out.
+    async fn a_gap_after_11(script: &mut Script) -> (Arc<Hub>, Target, Reader, Membership, Reply) {
+        let (hub, u, a, membership) = streaming_after_11(script).await;
         script.gap();
         let (after, reply) = script.next_replay().await;
         assert_eq!(after, 11);
@@ -972,11 +978,7 @@ mod tests {
     #[tokio::test]
     async fn events_that_arrive_before_the_word_of_a_reconnect_wait_for_the_refill() {
         let mut script = Script::new(10);
-        let hub = script.hub();
-        let u = user("u");
-        let (mut s, _s) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
-        script.live(&u, 11);
-        assert_eq!(s.until(11).await, [11]);
+        let (_hub, u, mut s, _s) = streaming_after_11(&script).await;
         // The link drops; 12..=19 are published meanwhile. After the reconnect, 20 arrives
         // before the hub hears of the reconnect: it must not go out ahead of 12..=19.
         script.down();
@@ -999,11 +1001,7 @@ mod tests {
         // until the gateway reads the new one, or by the new one already.
         for epoch in ["e", "e2"] {
             let script = Script::new(10);
-            let hub = script.hub();
-            let u = user("u");
-            let (mut a, _a) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
-            script.live(&u, 11);
-            assert_eq!(a.until(11).await, [11]);
+            let (hub, u, a, _a) = streaming_after_11(&script).await;
             script.send(&u, durable_in(epoch, 1));
             // Not dropped silently as older than the stream's cursor: the stream resumes.
             let deadline = Instant::now() + Duration::from_secs(5);
