@@ -15,15 +15,22 @@
 //!
 //! After a gap in live delivery the hub refills it: it holds back live events, replays from the
 //! stream everything after the last durable event it dispatched, fans that out, then releases
-//! the held events that the replay did not already cover. A gap is a broker reconnect (the hub
-//! holds from the moment it hears the link dropped, and refills when it hears it is back or
-//! when the first event arrives, whichever comes first), or a subscription that fell behind: a broker drops what arrives for a subscription whose queue is
-//! full (NATS's slow consumer), so a drain that finds a queue full dispatches what it drained up
-//! to that subscription's newest event, and holds what follows for the refill from there. A gap that opens while a refill is out gets a
-//! refill of its own, from where the first one ended, before anything held is released.
-//! Sessions stay open throughout, and each stream's own cursor (`Outbox`) drops any durable
-//! event at or below what that stream already has: a stream that joined during a refill starts
-//! at the history's head and never receives the refill's older events.
+//! the held events that the replay did not already cover. A gap is:
+//!
+//! - a broker reconnect. The hub holds from the moment it hears the link dropped, and refills
+//!   when it hears the link is back or when the first event arrives, whichever comes first. A
+//!   refill that fails while the link is down is tried again once it is back.
+//! - a subscription that fell behind. A broker drops what arrives for a subscription whose
+//!   queue is full (NATS's slow consumer), so a drain that finds a queue full dispatches what it
+//!   drained up to that subscription's newest event, and holds what follows for the refill
+//!   from there.
+//!
+//! A gap that opens while a refill is out gets a refill of its own, from where the first one
+//! ended, before anything held is released. Sessions stay open throughout, and each stream's
+//! own cursor (`Outbox`) drops any durable event at or below what that stream already has: a
+//! stream that joined during a refill starts at the history's head and never receives the
+//! refill's older events. Should the history start over (its stream recreated: another epoch,
+//! or a live sequence going back), every stream is closed to resume on its own.
 //!
 //! Bookkeeping: a subscription's slot and the index from its target to that slot change
 //! together (`Dispatcher::remove_slot`). A topic's holder count changes only under the
@@ -425,6 +432,11 @@ impl Dispatcher {
                                 self.dispatch(&topic, delivery, true);
                             }
                         }
+                        if again && !self.broker.is_connected() {
+                            // The link dropped again meanwhile: refill from here once it is back.
+                            self.catch_up = CatchUp::Holding;
+                            return;
+                        }
                         if again {
                             // Another gap opened while this one was refilled: refill from here
                             // before releasing what was held, which may lie beyond it.
@@ -433,6 +445,17 @@ impl Dispatcher {
                                 return;
                             }
                         }
+                    }
+                    Err(e) if again || !self.broker.is_connected() => {
+                        // The link dropped while refilling: try again, now or once it is back,
+                        // with every stream kept open.
+                        tracing::info!(error = %e, "the refill failed as the link dropped; trying again");
+                        if self.broker.is_connected() {
+                            self.start_catch_up();
+                        } else {
+                            self.catch_up = CatchUp::Holding;
+                        }
+                        return;
                     }
                     other => {
                         // The gap can't be refilled: every stream reconnects and resumes alone.
@@ -486,9 +509,8 @@ impl Dispatcher {
 
     /// Fans out one event and moves the watermark. With `dedupe` (a refill's events, and the
     /// events held during it), durable events at or below the watermark were already sent and
-    /// are skipped. Outside a refill, sequences only grow, unless the stream was recreated:
-    /// then the watermark simply follows. Each stream's own cursor (`Outbox`) skips what it
-    /// already has besides.
+    /// are skipped. Outside a refill, sequences only grow within an epoch. Each stream's own
+    /// cursor (`Outbox`) skips what it already has besides.
     fn dispatch(&mut self, topic: &Topic, delivery: Delivery, dedupe: bool) {
         if let Some(id) = &delivery.id {
             if let Some(w) = &self.watermark {
@@ -846,7 +868,7 @@ mod tests {
         }
 
         fn is_connected(&self) -> bool {
-            true
+            self.link.borrow().up
         }
     }
 
@@ -993,6 +1015,23 @@ mod tests {
         Script::refill(reply, []);
         script.live(&u, 21);
         assert_eq!(s.until(21).await, (11..=21).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_refill_cut_short_by_the_link_is_tried_again_with_every_stream_kept() {
+        let mut script = Script::new(10);
+        let (_hub, u, mut s, _s, first) = a_gap_after_11(&mut script).await;
+        // The link drops again while the refill is out, and the refill fails with it.
+        script.down();
+        assert!(first.send(Err(BrokerError::Unavailable("link down".into()))).is_ok());
+        // Once the link is back, the gap is refilled from where the hub was.
+        script.gap();
+        let (after, second) = script.next_replay().await;
+        assert_eq!(after, 11);
+        Script::refill(second, (12..=15).map(|seq| (u.clone(), seq)));
+        script.live(&u, 16);
+        assert_eq!(s.until(16).await, (11..=16).collect::<Vec<_>>());
+        assert_eq!(s.outbox.close_reason(), None, "the stream stayed open");
     }
 
     #[tokio::test]
