@@ -35,6 +35,10 @@ pub struct PublishArgs {
     /// Deliver live only: not stored, no id, not resumable.
     #[arg(long)]
     pub ephemeral: bool,
+    /// Idempotency key (1–128 of letters, digits and `_ . : -`): repeating the publish with it
+    /// within the history's duplicate window stores nothing new and prints the same ids.
+    #[arg(long)]
+    pub id: Option<String>,
     /// Publish through the HTTP API of the gateway at this base URL (http://host:port).
     #[arg(long, env = "HERALD_URL")]
     pub url: Option<String>,
@@ -85,6 +89,7 @@ fn run(args: PublishArgs) -> Result<String, String> {
         "channels": args.channels,
         "broadcast": args.broadcast,
         "durable": !args.ephemeral,
+        "id": args.id,
     }))
     .map_err(|e| e.to_string())?;
     // The gateway enforces its own payload limit; here only the NATS maximum applies.

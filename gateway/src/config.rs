@@ -118,6 +118,10 @@ pub struct CommonArgs {
     /// Events kept per user, channel or broadcast for resuming.
     #[arg(long, env = "HERALD_HISTORY_MAX_PER_SUBJECT", default_value_t = 1000)]
     pub history_max_per_subject: u64,
+    /// How long a publish `id` is remembered: a repeat within it stores nothing new (at most
+    /// `--history-max-age`).
+    #[arg(long, env = "HERALD_HISTORY_DEDUP_WINDOW", default_value = "2m")]
+    pub history_dedup_window: String,
     /// Most events replayed to one resuming client; beyond it the client gets `reset`.
     #[arg(long, env = "HERALD_MAX_REPLAY", default_value_t = 10_000)]
     pub max_replay: usize,
@@ -210,6 +214,8 @@ pub struct Settings {
 pub struct HistoryLimits {
     pub max_age: Duration,
     pub max_per_subject: u64,
+    /// How long a publish id is remembered (the stream's duplicate window).
+    pub dedup_window: Duration,
 }
 
 /// The validated configuration of a gateway.
@@ -370,6 +376,16 @@ impl Settings {
         if a.history_max_per_subject == 0 {
             errors.push("--history-max-per-subject must be at least 1".into());
         }
+        let dedup_window = match parse_duration(&a.history_dedup_window) {
+            Some(d) if d >= Duration::from_secs(1) => d.min(max_age),
+            _ => {
+                errors.push(format!(
+                    "--history-dedup-window {:?} is not a duration of at least 1s (seconds, or like 90s, 2m, 1h)",
+                    a.history_dedup_window
+                ));
+                Duration::from_secs(1)
+            }
+        };
         if a.max_replay == 0 {
             errors.push("--max-replay must be at least 1".into());
         }
@@ -422,7 +438,7 @@ impl Settings {
             max_payload_bytes: a.max_payload_bytes,
             client_queue_bytes: a.client_queue_bytes,
             subject_prefix: a.subject_prefix,
-            history: HistoryLimits { max_age, max_per_subject: a.history_max_per_subject },
+            history: HistoryLimits { max_age, max_per_subject: a.history_max_per_subject, dedup_window },
             max_replay: a.max_replay,
             drain: Duration::from_secs(a.drain_secs),
             workers: a.workers,

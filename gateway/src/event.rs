@@ -76,6 +76,29 @@ impl Target {
     }
 }
 
+impl Target {
+    /// What names this target in a stored event's de-duplication key `<id>/<target>`: its
+    /// durable subject after `<prefix>.events.` (`user.u1`, `channel.booking:42`, `broadcast`).
+    pub fn dedup_key(&self, id: &str) -> String {
+        match self {
+            Target::User(u) => format!("{id}/user.{u}"),
+            Target::Channel(c) => format!("{id}/channel.{c}"),
+            Target::Broadcast => format!("{id}/broadcast"),
+        }
+    }
+}
+
+/// Checks a publisher's idempotency key: 1–128 characters of ASCII letters, digits and `_ . : -`.
+pub fn validate_publish_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(format!("must be 1 to 128 characters long, not {}", id.len()));
+    }
+    match id.chars().position(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))) {
+        Some(at) => Err(format!("has a character other than letters, digits and _ . : - at position {at}")),
+        None => Ok(()),
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -173,6 +196,10 @@ pub struct Outgoing {
     pub trace: Option<TraceContext>,
     /// The sending user of a client event, stamped by the gateway (envelope field `from`).
     pub from: Option<String>,
+    /// The publisher's idempotency key: each target's stored event is identified by
+    /// `<id>/<target>` ([`Target::dedup_key`]), so a repeat within the history's duplicate
+    /// window stores nothing new and answers the first publish's ids.
+    pub id: Option<String>,
 }
 
 #[cfg(test)]
@@ -248,6 +275,19 @@ mod tests {
         for bad in ["", "yesterday", "-5", "1e9", "99999999999999999999999", "1969-12-31T23:59:59Z"] {
             assert_eq!(parse_published_at(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn publish_ids() {
+        for good in ["a", "order-42", "2026.12.04:booking_7", &"x".repeat(128)] {
+            assert_eq!(validate_publish_id(good), Ok(()), "{good}");
+        }
+        for bad in ["", "a b", "a/b", "é", "a*", &"x".repeat(129)] {
+            assert!(validate_publish_id(bad).is_err(), "{bad:?}");
+        }
+        let c = Target::Channel(Name::parse("booking:42").unwrap());
+        assert_eq!(c.dedup_key("k1"), "k1/channel.booking:42");
+        assert_eq!(Target::Broadcast.dedup_key("k1"), "k1/broadcast");
     }
 
     #[test]

@@ -272,3 +272,54 @@ async fn a_replay_never_holds_more_than_the_queue_limit() {
     .await;
     drop(stalled);
 }
+
+/// A publish repeated with its idempotency key, including after its answer was lost on the way
+/// back, stores each target's event once and answers the same ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_repeated_with_its_id_is_stored_once() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &[]);
+    gw.ready().await;
+    let mut s = Sse::with_token(gw.addr, &token("idem", &["c:1"], 600), &["c:1"]).await;
+    assert_eq!(s.next().await.event, "connected");
+
+    let body = json!({"type":"order","data":1,"users":["idem"],"channels":["c:1"],"id":"order-1"});
+    let first = publish(&gw, body.clone()).await;
+    assert_eq!(first.len(), 2);
+    assert_eq!(publish(&gw, body).await, first, "a repeat answers the first publish's ids");
+
+    // The answer to this one is lost: the publisher closes its connection without reading it,
+    // then tries again.
+    let lost = json!({"type":"order","data":2,"users":["idem"],"id":"order-2"}).to_string();
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "POST /v1/publish HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{lost}",
+        gw.addr,
+        support::PUBLISH_KEY,
+        lost.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut conn, request.as_bytes()).await.unwrap();
+    drop(conn);
+    let again = publish(&gw, serde_json::from_str(&lost).unwrap()).await;
+    // Ephemeral events are not stored, so there is nothing to de-duplicate: the id is ignored.
+    let ephemeral = json!({"type":"typing","data":0,"users":["idem"],"durable":false,"id":"order-1"});
+    assert_eq!(gw.publish(ephemeral).await.json()["ids"], json!([]));
+    let marker = publish(&gw, json!({"type":"marker","data":0,"users":["idem"]})).await;
+
+    let mut got = Vec::new();
+    loop {
+        let ev = s.next_event().await;
+        if ev.event == "marker" {
+            assert_eq!(ev.id, Some(marker[0].clone()));
+            break;
+        }
+        got.push((ev.event, ev.id));
+    }
+    let want = vec![
+        ("order".to_owned(), Some(first[0].clone())),
+        ("order".to_owned(), Some(first[1].clone())),
+        ("order".to_owned(), Some(again[0].clone())),
+        ("typing".to_owned(), None),
+    ];
+    assert_eq!(got, want, "each target's event once, then the marker");
+}

@@ -60,6 +60,19 @@ async fn the_publish_command_publishes_durably_through_nats_and_http() {
         run(&["--url", &url, "--key", key, "--type", "progress", "--user", "cli", "--data", "{\"pct\":100}"]);
     assert_eq!(s.next_event().await.id.as_deref(), via_http["ids"][0].as_str());
 
+    // With an idempotency key, through either way: a repeat prints the same ids and stores
+    // nothing new (the marker is the very next event).
+    for via in [["--nats-url", nats.url().as_str()], ["--url", url.as_str()]] {
+        let id = format!("cli-{}", via[0].trim_start_matches('-'));
+        let args = [&via[..], &["--key", key, "--id", &id, "--user", "cli", "--data", "1"]].concat();
+        let first = run(&args);
+        assert_eq!(run(&args), first, "a repeat answers the first publish's ids ({via:?})");
+        assert_eq!(s.next_event().await.id.as_deref(), first["ids"][0].as_str());
+        let marker = run(&["--url", &url, "--key", key, "--type", "marker", "--user", "cli", "--data", "0"]);
+        let ev = s.next_event().await;
+        assert_eq!((ev.event.as_str(), ev.id.as_deref()), ("marker", marker["ids"][0].as_str()));
+    }
+
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_herald-gateway"))
         .args(["publish", "--nats-url", &nats.url(), "--channel", "a..b", "--data", "1"])
         .output()

@@ -287,6 +287,11 @@ async fn dev_mode_resumes_with_the_same_semantics() {
     s.next().await;
     assert_eq!(s.next().await.json()["reason"], "history_expired");
 
+    // A publish repeated with its idempotency key is stored once, in memory too.
+    let once = post(json!({"data":"once","users":["d1"],"id":"dev-1"})).await;
+    assert_eq!(post(json!({"data":"once","users":["d1"],"id":"dev-1"})).await, once);
+    assert_ne!(post(json!({"data":"once","users":["d1"],"id":"dev-2"})).await, once);
+
     // An id past the head was never issued by this history.
     let (epoch, _) = first.rsplit_once('-').unwrap();
     let mut s = Sse::open(gw.addr, &format!("/events?user=d1&lastEventId={epoch}-999999"), &[]).await.unwrap();

@@ -57,6 +57,9 @@ struct State {
     seq: u64,
     subscribers: HashMap<Target, Vec<mpsc::Sender<Delivery>>>,
     history: HashMap<Target, History>,
+    /// The ids of events published with an idempotency key, by `<id>/<target>`, for the
+    /// history's duplicate window.
+    published: HashMap<String, (Instant, EventId)>,
 }
 
 impl MemoryBroker {
@@ -69,6 +72,7 @@ impl MemoryBroker {
             seq: 0,
             subscribers: HashMap::new(),
             history: HashMap::new(),
+            published: HashMap::new(),
         };
         runtime.spawn(run(rx, state));
         Arc::new(MemoryBroker { commands: tx })
@@ -125,7 +129,15 @@ impl State {
         // As the NATS broker stamps Herald-Published-At, for the delivery latency.
         let published_at = crate::metrics::unix_nanos();
         let mut ids = Vec::new();
+        let window = self.limits.dedup_window;
+        self.published.retain(|_, (at, _)| now.duration_since(*at) < window);
         for target in targets {
+            // A repeat of an idempotent publish: the first one's id, nothing stored or sent.
+            let key = event.id.as_ref().filter(|_| event.durable).map(|id| target.dedup_key(id));
+            if let Some((_, id)) = key.as_ref().and_then(|k| self.published.get(k)) {
+                ids.push(id.clone());
+                continue;
+            }
             let id = event.durable.then(|| {
                 self.seq += 1;
                 EventId { epoch: self.epoch.clone(), seq: self.seq }
@@ -140,6 +152,9 @@ impl State {
             };
             if let Some(id) = &delivery.id {
                 ids.push(id.clone());
+                if let Some(key) = key {
+                    self.published.insert(key, (now, id.clone()));
+                }
                 let history = self.history.entry(target.clone()).or_default();
                 history.events.push_back((now, delivery.clone()));
                 history.trim(&self.limits, now);

@@ -298,7 +298,7 @@ pub fn stream_config(prefix: &str, opts: StreamOptions) -> jetstream::stream::Co
         }),
         max_age,
         max_messages_per_subject: i64::try_from(opts.limits.max_per_subject).unwrap_or(i64::MAX),
-        duplicate_window: max_age.min(Duration::from_secs(120)),
+        duplicate_window: opts.limits.dedup_window.min(max_age),
         storage: jetstream::stream::StorageType::File,
         num_replicas: opts.replicas,
         allow_direct: true,
@@ -661,11 +661,17 @@ impl Broker for NatsBroker {
                 return Ok(Vec::new());
             };
             // Send every target first, then wait for the acks: one round trip, not one per target.
+            // With the publisher's id, each target's event carries its own de-duplication key:
+            // a repeat is acknowledged with the first one's sequence, and nothing is stored.
             let mut acks = Vec::with_capacity(targets.len());
             for target in &targets {
                 let subject = target.subject(&prefix, SubjectKind::Events);
+                let mut headers = headers.clone();
+                if let Some(id) = &event.id {
+                    headers.insert(async_nats::header::NATS_MESSAGE_ID, target.dedup_key(id).as_str());
+                }
                 let ack = js
-                    .publish_with_headers(subject, headers.clone(), event.payload.clone())
+                    .publish_with_headers(subject, headers, event.payload.clone())
                     .await
                     .map_err(|e| unavailable(&e))?;
                 acks.push(ack);

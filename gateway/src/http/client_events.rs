@@ -115,6 +115,7 @@ async fn handle(req: &HttpRequest, payload: web::Payload, state: &AppState) -> R
         durable: false,
         trace: None,
         from: Some(grant.user.as_str().to_owned()),
+        id: None,
     };
     state.broker.publish(vec![Target::Channel(event.channel)], outgoing).await.map_err(|e| {
         tracing::warn!(error = %e, "could not publish a client event");

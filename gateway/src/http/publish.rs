@@ -20,7 +20,7 @@ use tracing::{Instrument, Span};
 use super::{ApiError, AppState, read_body};
 use crate::auth::{TokenSources, pick_token};
 use crate::config::PublishAuth;
-use crate::event::{Outgoing, Target};
+use crate::event::{Outgoing, Target, validate_publish_id};
 use crate::names::{DEFAULT_EVENT_TYPE, Name, validate_event_type};
 use crate::trace::{self, TraceContext};
 
@@ -45,6 +45,9 @@ pub struct PublishBody<'a> {
     pub broadcast: bool,
     #[serde(default)]
     pub durable: Option<bool>,
+    /// Idempotency key: a repeat within `--history-dedup-window` stores nothing new.
+    #[serde(default)]
+    pub id: Option<String>,
 }
 
 /// Keeps a present `null` as `Some`, so that only a missing field is `None`.
@@ -73,6 +76,9 @@ pub fn validate(body: &[u8], max_payload: usize) -> Result<ValidPublish, ApiErro
         .ok_or_else(|| ApiError::bad_request("missing_data", "field \"data\" is required (any JSON value)"))?;
     if data.get().len() > max_payload {
         return Err(payload_too_large(max_payload));
+    }
+    if let Some(id) = &parsed.id {
+        validate_publish_id(id).map_err(|e| ApiError::bad_request("invalid_id", format!("id {e}")))?;
     }
     let event_type = parsed.event_type.unwrap_or_else(|| DEFAULT_EVENT_TYPE.to_owned());
     validate_event_type(&event_type).map_err(|e| ApiError::bad_request("invalid_type", format!("type {e}")))?;
@@ -115,6 +121,7 @@ pub fn validate(body: &[u8], max_payload: usize) -> Result<ValidPublish, ApiErro
             durable: parsed.durable.unwrap_or(true),
             trace: None,
             from: None,
+            id: parsed.id,
         },
     })
 }
@@ -244,6 +251,8 @@ mod tests {
             (r#"{"data":1,"broadcast":true,"type":"connected"}"#, (400, "invalid_type")),
             (r#"{"data":1,"broadcast":true,"type":"a\nb"}"#, (400, "invalid_type")),
             (r#"{"data":1,"broadcast":"yes"}"#, (400, "invalid_json")),
+            (r#"{"data":1,"broadcast":true,"id":""}"#, (400, "invalid_id")),
+            (r#"{"data":1,"broadcast":true,"id":"a/b"}"#, (400, "invalid_id")),
             (
                 r#"{"data":"0123456789012345678901234567890123456789012345678901234567890123","broadcast":true}"#,
                 (413, "payload_too_large"),
