@@ -129,8 +129,10 @@ impl State {
         // As the NATS broker stamps Herald-Published-At, for the delivery latency.
         let published_at = crate::metrics::unix_nanos();
         let mut ids = Vec::new();
-        let window = self.limits.dedup_window;
-        self.published.retain(|_, (at, _)| now.duration_since(*at) < window);
+        if event.id.is_some() && event.durable {
+            let window = self.limits.dedup_window;
+            self.published.retain(|_, (at, _)| now.duration_since(*at) < window);
+        }
         for target in targets {
             // A repeat of an idempotent publish: the first one's id, nothing stored or sent.
             let key = event.id.as_ref().filter(|_| event.durable).map(|id| target.dedup_key(id));
