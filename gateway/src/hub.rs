@@ -901,6 +901,18 @@ mod tests {
             &self.seqs
         }
 
+        /// Waits until the stream is closed (the hub runs meanwhile); returns why.
+        async fn closed(&self) -> CloseReason {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Some(reason) = self.outbox.close_reason() {
+                    return reason;
+                }
+                assert!(Instant::now() < deadline, "the stream is not closed");
+                tokio::task::yield_now().await;
+            }
+        }
+
         /// Reads until `marker` arrives (the hub runs meanwhile); returns everything received.
         async fn until(&mut self, marker: u64) -> Vec<u64> {
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -1043,12 +1055,7 @@ mod tests {
             let (hub, u, a, _a) = streaming_after_11(&script).await;
             script.send(&u, durable_in(epoch, 1));
             // Not dropped silently as older than the stream's cursor: the stream resumes.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while a.outbox.close_reason().is_none() {
-                assert!(Instant::now() < deadline, "the stream is sent to resume ({epoch})");
-                tokio::task::yield_now().await;
-            }
-            assert_eq!(a.outbox.close_reason(), Some(CloseReason::Error));
+            assert_eq!(a.closed().await, CloseReason::Error, "the stream is sent to resume ({epoch})");
             // A stream that opens afterwards gets the new history's events, also once the
             // gateway names them by the new epoch.
             let (mut b, _b) = Reader::join(&hub, std::slice::from_ref(&u), 1).await;
@@ -1067,11 +1074,7 @@ mod tests {
         let (gone, _gone) = Reader::join(&hub, std::slice::from_ref(&x), 10).await;
         // The broker ends x's subscription: its streams are closed to resume elsewhere.
         script.end(&x);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while gone.outbox.close_reason().is_none() {
-            assert!(Instant::now() < deadline, "x's stream closed");
-            tokio::task::yield_now().await;
-        }
+        gone.closed().await;
         // y subscribes into the slot x left.
         let (mut b, _b) = Reader::join(&hub, std::slice::from_ref(&y), 10).await;
         script.gap();

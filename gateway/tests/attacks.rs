@@ -9,19 +9,7 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use serde_json::json;
-use support::{Gateway, Nats, Sse, eventually, seq_of, token, token_with};
-
-/// Publishes through the gateway and returns the ids.
-async fn publish(gw: &Gateway, body: serde_json::Value) -> Vec<String> {
-    let res = gw.publish(body).await;
-    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
-    res.json()["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
-}
-
-/// The epoch of an `<epoch>-<seq>` id.
-fn epoch_of(id: &str) -> &str {
-    id.rsplit_once('-').unwrap().0
-}
+use support::{Gateway, Nats, Sse, epoch_of, eventually, seq_of, token, token_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_targets_are_stored_and_delivered_once() {
@@ -31,9 +19,9 @@ async fn repeated_targets_are_stored_and_delivered_once() {
     let mut s = Sse::with_token(gw.addr, &token("u", &["c"], 600), &["c"]).await;
     assert_eq!(s.next().await.event, "connected");
 
-    let ids = publish(&gw, json!({"type":"t","data":"once","users":["u","u","u"],"channels":["c","c"]})).await;
+    let ids = gw.publish_ids(json!({"type":"t","data":"once","users":["u","u","u"],"channels":["c","c"]})).await;
     assert_eq!(ids.len(), 2, "one id per distinct target: {ids:?}");
-    let marker = publish(&gw, json!({"type":"marker","data":"end","users":["u"]})).await;
+    let marker = gw.publish_ids(json!({"type":"marker","data":"end","users":["u"]})).await;
 
     let first = s.next_event().await;
     let second = s.next_event().await;
@@ -54,7 +42,7 @@ async fn a_token_expiring_at_the_end_of_time_keeps_its_stream() {
     let t = token_with(json!({"sub": "forever", "exp": u64::MAX, "channels": []}));
     let mut s = Sse::with_token(gw.addr, &t, &[]).await;
     assert_eq!(s.next().await.event, "connected");
-    let ids = publish(&gw, json!({"type":"marker","data":1,"users":["forever"]})).await;
+    let ids = gw.publish_ids(json!({"type":"marker","data":1,"users":["forever"]})).await;
     let ev = s.next().await;
     assert_eq!(ev.event, "marker", "the stream stays open: {ev:?}");
     assert_eq!(ev.id, Some(ids[0].clone()));
@@ -113,7 +101,7 @@ async fn ids_come_only_from_the_stream() {
     drop(back);
     let mut back = Sse::resume(gw.addr, &t, &[], &real).await;
     assert_eq!(back.next().await.json()["resumed"], true);
-    let marker = publish(&gw, json!({"type":"marker","data":0,"users":["victim"]})).await;
+    let marker = gw.publish_ids(json!({"type":"marker","data":0,"users":["victim"]})).await;
     let ev = back.next().await;
     assert_eq!((ev.event.as_str(), ev.id.as_ref()), ("marker", Some(&marker[0])), "nothing repeated: {ev:?}");
 }
@@ -128,7 +116,7 @@ async fn an_id_past_the_head_is_answered_with_a_reset() {
     let t = token("ahead", &[], 600);
     let mut s = Sse::with_token(gw.addr, &t, &[]).await;
     let epoch = epoch_of(s.next().await.id.as_deref().unwrap()).to_owned();
-    let ids = publish(&gw, json!({"type":"n","data":1,"users":["ahead"]})).await;
+    let ids = gw.publish_ids(json!({"type":"n","data":1,"users":["ahead"]})).await;
     assert_eq!(s.next_event().await.id, Some(ids[0].clone()));
     drop(s);
 
@@ -142,7 +130,7 @@ async fn an_id_past_the_head_is_answered_with_a_reset() {
         let reset = back.next().await;
         assert_eq!(reset.event, "reset");
         assert_eq!(reset.json()["reason"], "epoch_changed");
-        let marker = publish(&gw, json!({"type":"marker","data":ahead,"users":["ahead"]})).await;
+        let marker = gw.publish_ids(json!({"type":"marker","data":ahead,"users":["ahead"]})).await;
         let ev = back.next().await;
         assert_eq!((ev.event.as_str(), ev.id.as_ref()), ("marker", Some(&marker[0])));
         head = seq_of(&marker[0]);
@@ -193,7 +181,7 @@ async fn a_replay_never_holds_more_than_the_queue_limit() {
     let pad = "x".repeat(60_000);
     let mut ids = Vec::new();
     for i in 0..EVENTS {
-        ids.extend(publish(&gw, json!({"type":"big","data":{"i":i,"pad":pad},"users":["hist"]})).await);
+        ids.extend(gw.publish_ids(json!({"type":"big","data":{"i":i,"pad":pad},"users":["hist"]})).await);
     }
     let before = format!("{}-{}", epoch_of(&ids[0]), seq_of(&ids[0]) - 1);
     let baseline = gw.rss();
@@ -231,7 +219,7 @@ async fn a_replay_never_holds_more_than_the_queue_limit() {
     let (mut peak_rss, mut peak_queue) = (baseline, 0u64);
     while !readers.iter().all(|r| r.is_finished()) {
         peak_rss = peak_rss.max(gw.rss());
-        let metrics = String::from_utf8(support::http(gw.addr, "GET", "/metrics", &[], None).await.body).unwrap();
+        let metrics = gw.metrics_text().await;
         let queue = metrics.lines().find_map(|l| l.strip_prefix("herald_session_queue_bytes ")).unwrap();
         peak_queue = peak_queue.max(queue.trim().parse().unwrap());
         tokio::time::sleep(Duration::from_millis(50)).await; // a sampling interval, not a wait
@@ -243,7 +231,7 @@ async fn a_replay_never_holds_more_than_the_queue_limit() {
         done.push(s);
     }
     // Nothing more after them: the next event is a marker.
-    let marker = publish(&gw, json!({"type":"marker","data":0,"users":["hist"]})).await;
+    let marker = gw.publish_ids(json!({"type":"marker","data":0,"users":["hist"]})).await;
     for s in &mut done {
         let ev = s.next().await;
         assert_eq!((ev.event.as_str(), ev.id.as_ref()), ("marker", Some(&marker[0])));
@@ -263,10 +251,10 @@ async fn a_replay_never_holds_more_than_the_queue_limit() {
     // Live events pile up behind the stalled replays: once a queue would pass its limit, that
     // stream is cut as `slow` (its client resumes later), as any slow stream is.
     for i in 0..12 {
-        publish(&gw, json!({"type":"big","data":{"live":i,"pad":pad},"users":["hist"]})).await;
+        gw.publish_ids(json!({"type":"big","data":{"live":i,"pad":pad},"users":["hist"]})).await;
     }
     eventually("every stalled stream cut as slow", Duration::from_secs(10), || async {
-        let metrics = String::from_utf8(support::http(gw.addr, "GET", "/metrics", &[], None).await.body).unwrap();
+        let metrics = gw.metrics_text().await;
         metrics.contains(&format!("herald_connections_closed_total{{reason=\"slow\"}} {STALLED}\n"))
     })
     .await;
@@ -284,9 +272,9 @@ async fn a_publish_repeated_with_its_id_is_stored_once() {
     assert_eq!(s.next().await.event, "connected");
 
     let body = json!({"type":"order","data":1,"users":["idem"],"channels":["c:1"],"id":"order-1"});
-    let first = publish(&gw, body.clone()).await;
+    let first = gw.publish_ids(body.clone()).await;
     assert_eq!(first.len(), 2);
-    assert_eq!(publish(&gw, body).await, first, "a repeat answers the first publish's ids");
+    assert_eq!(gw.publish_ids(body).await, first, "a repeat answers the first publish's ids");
 
     // The answer to this one is lost: the publisher closes its connection without reading it,
     // then tries again.
@@ -300,11 +288,11 @@ async fn a_publish_repeated_with_its_id_is_stored_once() {
     );
     tokio::io::AsyncWriteExt::write_all(&mut conn, request.as_bytes()).await.unwrap();
     drop(conn);
-    let again = publish(&gw, serde_json::from_str(&lost).unwrap()).await;
+    let again = gw.publish_ids(serde_json::from_str(&lost).unwrap()).await;
     // Ephemeral events are not stored, so there is nothing to de-duplicate: the id is ignored.
     let ephemeral = json!({"type":"typing","data":0,"users":["idem"],"durable":false,"id":"order-1"});
     assert_eq!(gw.publish(ephemeral).await.json()["ids"], json!([]));
-    let marker = publish(&gw, json!({"type":"marker","data":0,"users":["idem"]})).await;
+    let marker = gw.publish_ids(json!({"type":"marker","data":0,"users":["idem"]})).await;
 
     let mut got = Vec::new();
     loop {

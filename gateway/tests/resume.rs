@@ -6,14 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Gateway, Nats, Sse, eventually, seq_of, token};
-
-/// Publishes one durable event through the gateway and returns its ids.
-async fn publish(gw: &Gateway, body: serde_json::Value) -> Vec<String> {
-    let res = gw.publish(body).await;
-    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
-    res.json()["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
-}
+use support::{Gateway, Nats, Sse, epoch_of, eventually, seq_of, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnecting_client_gets_exactly_what_it_missed_then_live_events() {
@@ -27,7 +20,7 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed_then_live_events() {
         assert_eq!(s.next().await.json()["resumed"], false);
         let mut last = String::new();
         for i in 0..5 {
-            publish(&gw, json!({"type":"n","data":i,"users":["r1"]})).await;
+            gw.publish_ids(json!({"type":"n","data":i,"users":["r1"]})).await;
             let ev = s.next_event().await;
             assert_eq!(ev.json()["data"], i);
             last = ev.id.clone().expect("durable events carry ids");
@@ -42,7 +35,7 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed_then_live_events() {
                 1 => json!({"type":"n","data":100 + i,"channels":["room:1", "room:2"]}),
                 _ => json!({"type":"n","data":100 + i,"broadcast":true}),
             };
-            let ids = publish(&gw, body).await;
+            let ids = gw.publish_ids(body).await;
             missed.push(ids[0].clone());
         }
         let mut back = if via_query {
@@ -62,7 +55,7 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed_then_live_events() {
         }
         assert_eq!(got, missed, "exactly the missed events, in order (via query: {via_query})");
         // Nothing more, no duplicate: the next event is the live one published now.
-        let live = publish(&gw, json!({"type":"n","data":"live","users":["r1"]})).await;
+        let live = gw.publish_ids(json!({"type":"n","data":"live","users":["r1"]})).await;
         let ev = back.next().await;
         assert_eq!(ev.id.as_ref(), Some(&live[0]), "the very next event is the live one: {ev:?}");
         assert!(seq_of(&live[0]) > seq_of(missed.last().unwrap()));
@@ -88,7 +81,7 @@ async fn short_and_long_gaps_are_replayed_whole() {
             } else {
                 json!({"type":"n","data":i,"users":["g1"]})
             };
-            missed.extend(publish(&gw, body).await);
+            missed.extend(gw.publish_ids(body).await);
         }
         let mut back = Sse::resume(gw.addr, &t, &["g:1"], &cursor).await;
         assert_eq!(back.next().await.json()["resumed"], true);
@@ -97,7 +90,7 @@ async fn short_and_long_gaps_are_replayed_whole() {
             got.push(back.next_event().await.id.unwrap());
         }
         assert_eq!(got, missed, "a gap of {gap}");
-        let marker = publish(&gw, json!({"type":"marker","data":gap,"users":["g1"]})).await;
+        let marker = gw.publish_ids(json!({"type":"marker","data":gap,"users":["g1"]})).await;
         let ev = back.next().await;
         assert_eq!(ev.id.as_ref(), Some(&marker[0]), "nothing more after a gap of {gap}: {ev:?}");
     }
@@ -114,7 +107,7 @@ async fn a_client_lost_before_its_first_event_resumes_from_the_connected_cursor(
     let t = token("q1", &[], 600);
     let mut before = Vec::new();
     for i in 0..3 {
-        before.extend(publish(&gw, json!({"type":"n","data":i,"users":["q1"]})).await);
+        before.extend(gw.publish_ids(json!({"type":"n","data":i,"users":["q1"]})).await);
     }
 
     let mut s = Sse::with_token(gw.addr, &t, &[]).await;
@@ -126,7 +119,7 @@ async fn a_client_lost_before_its_first_event_resumes_from_the_connected_cursor(
 
     let mut missed = Vec::new();
     for i in 0..2 {
-        missed.extend(publish(&gw, json!({"type":"n","data":10 + i,"users":["q1"]})).await);
+        missed.extend(gw.publish_ids(json!({"type":"n","data":10 + i,"users":["q1"]})).await);
     }
     let mut back = Sse::resume(gw.addr, &t, &[], &cursor).await;
     let connected = back.next().await;
@@ -134,7 +127,7 @@ async fn a_client_lost_before_its_first_event_resumes_from_the_connected_cursor(
     assert_eq!(connected.id, None, "a resumed stream keeps the client's own cursor");
     let got = [back.next_event().await.id.unwrap(), back.next_event().await.id.unwrap()];
     assert_eq!(got.as_slice(), missed.as_slice(), "what was published while away, and nothing from before");
-    let marker = publish(&gw, json!({"type":"marker","data":0,"users":["q1"]})).await;
+    let marker = gw.publish_ids(json!({"type":"marker","data":0,"users":["q1"]})).await;
     let ev = back.next().await;
     assert_eq!(ev.id.as_ref(), Some(&marker[0]), "nothing more: {ev:?}");
 }
@@ -145,10 +138,10 @@ async fn too_many_missed_events_and_foreign_ids_reset() {
     let gw = Gateway::serve(&nats, &["--max-replay", "5"]);
     gw.ready().await;
     let t = token("r2", &[], 600);
-    let first = publish(&gw, json!({"data":0,"users":["r2"]})).await;
+    let first = gw.publish_ids(json!({"data":0,"users":["r2"]})).await;
     let mut newest = first.clone();
     for i in 0..6 {
-        newest = publish(&gw, json!({"data":i,"users":["r2"]})).await;
+        newest = gw.publish_ids(json!({"data":i,"users":["r2"]})).await;
     }
     let mut s = Sse::resume(gw.addr, &t, &[], &first[0]).await;
     assert_eq!(s.next().await.json()["resumed"], false);
@@ -157,7 +150,7 @@ async fn too_many_missed_events_and_foreign_ids_reset() {
     assert_eq!(reset.json()["reason"], "too_many");
     // The reset moves the cursor to the head of the history: the app refetches from there.
     assert_eq!(reset.id.as_ref(), Some(&newest[0]));
-    let live = publish(&gw, json!({"data":"live","users":["r2"]})).await;
+    let live = gw.publish_ids(json!({"data":"live","users":["r2"]})).await;
     assert_eq!(s.next().await.id.as_ref(), Some(&live[0]), "live events follow the reset");
     drop(s);
 
@@ -177,8 +170,8 @@ async fn expired_history_resets_with_history_expired() {
     let gw = Gateway::serve(&nats, &["--history-max-age", "1s"]);
     gw.ready().await;
     let t = token("r3", &[], 600);
-    let seen = publish(&gw, json!({"data":1,"users":["r3"]})).await;
-    publish(&gw, json!({"data":2,"users":["r3"]})).await;
+    let seen = gw.publish_ids(json!({"data":1,"users":["r3"]})).await;
+    gw.publish_ids(json!({"data":2,"users":["r3"]})).await;
     // Once the missed event has aged out of the stream, resuming can't cover the gap.
     eventually("the missed event expired", Duration::from_secs(15), || async {
         let mut s = Sse::resume(gw.addr, &t, &[], &seen[0]).await;
@@ -191,7 +184,7 @@ async fn expired_history_resets_with_history_expired() {
     let mut s = Sse::resume(gw.addr, &t, &[], &seen[0]).await;
     s.next().await;
     assert_eq!(s.next().await.event, "reset");
-    let live = publish(&gw, json!({"data":3,"users":["r3"]})).await;
+    let live = gw.publish_ids(json!({"data":3,"users":["r3"]})).await;
     assert_eq!(s.next().await.id.as_ref(), Some(&live[0]));
 }
 
@@ -201,20 +194,20 @@ async fn a_recreated_stream_resets_with_epoch_changed() {
     let mut gw = Gateway::serve(&nats, &[]);
     gw.ready().await;
     let t = token("r4", &[], 600);
-    let old = publish(&gw, json!({"data":1,"users":["r4"]})).await;
+    let old = gw.publish_ids(json!({"data":1,"users":["r4"]})).await;
     gw.kill();
 
     let js = async_nats::jetstream::new(nats.client().await);
     js.delete_stream("HERALD").await.unwrap();
     let gw = Gateway::serve(&nats, &[]);
     gw.ready().await;
-    publish(&gw, json!({"data":2,"users":["r4"]})).await;
+    gw.publish_ids(json!({"data":2,"users":["r4"]})).await;
 
     let mut s = Sse::resume(gw.addr, &t, &[], &old[0]).await;
     assert_eq!(s.next().await.json()["resumed"], false);
     let reset = s.next().await;
     assert_eq!((reset.event.as_str(), reset.json()["reason"].as_str()), ("reset", Some("epoch_changed")));
-    let live = publish(&gw, json!({"data":3,"users":["r4"]})).await;
+    let live = gw.publish_ids(json!({"data":3,"users":["r4"]})).await;
     assert_eq!(s.next().await.id.as_ref(), Some(&live[0]));
 }
 
@@ -231,7 +224,7 @@ async fn a_stream_recreated_under_a_running_gateway_sends_its_clients_to_resume(
     assert_eq!(s.next().await.event, "connected");
     let mut last = String::new();
     for i in 0..3 {
-        let ids = publish(&a, json!({"data":i,"users":["r5"]})).await;
+        let ids = a.publish_ids(json!({"data":i,"users":["r5"]})).await;
         assert_eq!(s.next_event().await.id, Some(ids[0].clone()));
         last = ids[0].clone();
     }
@@ -240,8 +233,8 @@ async fn a_stream_recreated_under_a_running_gateway_sends_its_clients_to_resume(
     js.delete_stream("HERALD").await.unwrap();
     let b = Gateway::serve(&nats, &[]);
     b.ready().await; // it created the stream anew
-    let new = publish(&b, json!({"data":"new","users":["r5"]})).await;
-    assert_ne!(new[0].rsplit_once('-').unwrap().0, last.rsplit_once('-').unwrap().0, "a new epoch");
+    let new = b.publish_ids(json!({"data":"new","users":["r5"]})).await;
+    assert_ne!(epoch_of(&new[0]), epoch_of(&last), "a new epoch");
 
     // The old stream ends with a retry: instead of the event, under an id it does not have.
     let rest = s.read_to_end(Duration::from_secs(10)).await;
@@ -252,7 +245,7 @@ async fn a_stream_recreated_under_a_running_gateway_sends_its_clients_to_resume(
     let reset = back.next().await;
     assert_eq!((reset.event.as_str(), reset.json()["reason"].as_str()), ("reset", Some("epoch_changed")));
     assert_eq!(reset.id, Some(new[0].clone()), "the cursor moves to the new history's head");
-    let marker = publish(&a, json!({"type":"marker","data":0,"users":["r5"]})).await;
+    let marker = a.publish_ids(json!({"type":"marker","data":0,"users":["r5"]})).await;
     let ev = back.next().await;
     assert_eq!((ev.event.as_str(), ev.id.as_ref()), ("marker", Some(&marker[0])));
 }
@@ -293,7 +286,7 @@ async fn dev_mode_resumes_with_the_same_semantics() {
     assert_ne!(post(json!({"data":"once","users":["d1"],"id":"dev-2"})).await, once);
 
     // An id past the head was never issued by this history.
-    let (epoch, _) = first.rsplit_once('-').unwrap();
+    let epoch = epoch_of(&first);
     let mut s = Sse::open(gw.addr, &format!("/events?user=d1&lastEventId={epoch}-999999"), &[]).await.unwrap();
     assert_eq!(s.next().await.json()["resumed"], false);
     assert_eq!(s.next().await.json()["reason"], "epoch_changed");

@@ -267,6 +267,18 @@ impl Gateway {
         .await
     }
 
+    /// Publishes through the HTTP API, expecting 200; returns the ids.
+    pub async fn publish_ids(&self, body: serde_json::Value) -> Vec<String> {
+        let res = self.publish(body).await;
+        assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+        res.json()["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        String::from_utf8(http(self.addr, "GET", "/metrics", &[], None).await.body).unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
@@ -696,6 +708,11 @@ impl Sse {
         let _ = sock.set_linger(Some(Duration::ZERO));
         drop(std);
     }
+}
+
+/// The epoch of an `<epoch>-<seq>` id.
+pub fn epoch_of(id: &str) -> &str {
+    id.rsplit_once('-').unwrap_or_else(|| panic!("not an event id: {id}")).0
 }
 
 /// The sequence of an `<epoch>-<seq>` id.
