@@ -1,0 +1,203 @@
+// herald-server: publish events to Herald from Node.js, over its HTTP API or straight into
+// NATS, and mint the client tokens browsers open their streams with. No runtime dependency for
+// HTTP and tokens (fetch and WebCrypto); the `nats` package for the NATS transport.
+//
+// Every publish carries an idempotency `id` (the caller's, or a fresh one): a 503 or a failed
+// connection is retried with it, and the history stores the event once whatever the attempts.
+
+import { createPrivateKey, randomUUID, sign as nodeSign } from 'node:crypto';
+
+/** A publish Herald refused or could not take: `status` and Herald's `code`. */
+export class HeraldError extends Error {
+  constructor(status, code, message) {
+    super(`${status} ${code}: ${message}`);
+    this.name = new.target.name;
+    this.status = status;
+    this.code = code;
+    this.detail = message;
+  }
+}
+/** 400: the event or its targets are malformed (`code` says which, e.g. `invalid_channel`). */
+export class BadRequestError extends HeraldError {}
+/** 401: no publisher key, or one the gateways do not know. */
+export class UnauthorizedError extends HeraldError {}
+/** 413: the event is larger than the gateways accept. */
+export class PayloadTooLargeError extends HeraldError {}
+/** 503, or no answer, after every retry: publish again later with the same `id`. */
+export class UnavailableError extends HeraldError {}
+
+function errorFor(status, code, message) {
+  const Kind =
+    { 400: BadRequestError, 401: UnauthorizedError, 413: PayloadTooLargeError, 503: UnavailableError }[status] ??
+    HeraldError;
+  return new Kind(status, code, message);
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The targets of a publish, in the order Herald answers their ids. */
+function targetsOf({ users = [], channels = [], broadcast = false }) {
+  return [...users.map((u) => `user.${u}`), ...channels.map((c) => `channel.${c}`), ...(broadcast ? ['broadcast'] : [])];
+}
+
+/**
+ * A publisher: over HTTP with `{ url, key }` (a gateway, or the gateway Service), or over NATS
+ * with `{ nats }` (a connected nats.js client; events go into the history stream as the gateways
+ * put them there).
+ */
+export function createPublisher(options) {
+  if (options?.nats) return natsPublisher(options);
+  if (options?.url && options?.key) return httpPublisher(options);
+  throw new TypeError('createPublisher needs { url, key } (HTTP) or { nats } (a connected nats.js client)');
+}
+
+function api(publish) {
+  return {
+    publish,
+    publishToUser: (user, event, opts = {}) => publish({ ...opts, ...event, users: [user] }),
+    publishToChannel: (channel, event, opts = {}) => publish({ ...opts, ...event, channels: [channel] }),
+    broadcast: (event, opts = {}) => publish({ ...opts, ...event, broadcast: true }),
+  };
+}
+
+function httpPublisher({ url, key, retries = 4, backoffMs = 250, timeoutMs = 30000, fetch: fetchImpl = fetch }) {
+  const endpoint = `${url.replace(/\/+$/, '')}/v1/publish`;
+  return api(async (publish) => {
+    const body = { type: publish.type ?? 'message', data: publish.data ?? null, id: publish.id ?? randomUUID() };
+    if (publish.users?.length) body.users = publish.users;
+    if (publish.channels?.length) body.channels = publish.channels;
+    if (publish.broadcast) body.broadcast = true;
+    if (publish.durable !== undefined) body.durable = publish.durable;
+    let wait = backoffMs;
+    for (let attempt = 0; ; attempt++) {
+      const last = attempt >= retries;
+      let response;
+      try {
+        response = await fetchImpl(endpoint, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+          body: JSON.stringify(body),
+          signal: AbortSignal.timeout(timeoutMs),
+        });
+      } catch (e) {
+        if (last) throw new UnavailableError(0, 'unreachable', `${endpoint}: ${e?.cause?.code ?? e?.message ?? e}`);
+        await sleep(wait);
+        wait = Math.min(wait * 2, 4000);
+        continue;
+      }
+      if (response.ok) return (await response.json()).ids;
+      let code = 'error';
+      let message = response.statusText;
+      try {
+        const answer = await response.json();
+        code = answer.error ?? code;
+        message = answer.message ?? message;
+      } catch {
+        // not JSON: keep the status text
+      }
+      if (response.status !== 503 || last) throw errorFor(response.status, code, message);
+      await sleep(wait);
+      wait = Math.min(wait * 2, 4000);
+    }
+  });
+}
+
+function natsPublisher({ nats, prefix = 'herald', retries = 4, timeoutMs = 10000 }) {
+  const js = nats.jetstream({ timeout: timeoutMs });
+  let epoch;
+  const readEpoch = async () => {
+    if (epoch === undefined) {
+      const reply = await nats.request('$JS.API.STREAM.INFO.HERALD', new Uint8Array(), { timeout: timeoutMs });
+      const info = JSON.parse(new TextDecoder().decode(reply.data));
+      const found = info?.config?.metadata?.['herald.epoch'];
+      if (typeof found !== 'string' || !/^[0-9a-z]{1,32}$/.test(found)) {
+        throw new UnavailableError(503, 'unavailable', 'the stream HERALD has no herald.epoch: start a gateway first');
+      }
+      epoch = found;
+    }
+    return epoch;
+  };
+  return api(async (publish) => {
+    const targets = targetsOf(publish);
+    if (targets.length === 0) throw new BadRequestError(400, 'no_targets', 'name at least one user, channel or broadcast');
+    const id = publish.id ?? randomUUID();
+    const payload = new TextEncoder().encode(JSON.stringify(publish.data ?? null));
+    const current = await readEpoch();
+    const { headers } = await import('nats');
+    const ids = [];
+    for (const target of targets) {
+      const h = headers();
+      h.set('Herald-Type', publish.type ?? 'message');
+      let wait = 250;
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const ack = await js.publish(`${prefix}.events.${target}`, payload, { headers: h, msgID: `${id}/${target}` });
+          ids.push(`${current}-${ack.seq}`);
+          break;
+        } catch (e) {
+          if (attempt >= retries) throw new UnavailableError(503, 'unavailable', `${prefix}.events.${target}: ${e?.message ?? e}`);
+          await sleep(wait);
+          wait = Math.min(wait * 2, 4000);
+        }
+      }
+    }
+    return ids;
+  });
+}
+
+const b64url = (bytes) => Buffer.from(bytes).toString('base64url');
+
+/**
+ * A client token: the JWT a browser opens its stream with, carrying exactly the claims the
+ * gateway checks. `secret` signs HS256 (the gateways' `--jwt-secret-file`); `privateKey` (a
+ * PEM) signs ES256 for a P-256 key and EdDSA for Ed25519 (the gateways hold the public half,
+ * whose file name or JWKS `kid` is `kid`).
+ */
+export async function mintToken({ secret, privateKey, kid, user, channels = [], ttl = 3600, publish, presence, issuer, audience, now }) {
+  if ((secret === undefined) === (privateKey === undefined)) {
+    throw new TypeError('mintToken needs exactly one of secret (HS256) or privateKey (ES256, EdDSA)');
+  }
+  if (!(ttl > 0)) throw new TypeError('ttl must be a positive number of seconds');
+  const iat = now ?? Math.floor(Date.now() / 1000);
+  const claims = { sub: user, iat, exp: iat + ttl, channels };
+  if (publish !== undefined) claims.publish = publish;
+  if (presence !== undefined) claims.presence = presence;
+  if (issuer !== undefined) claims.iss = issuer;
+  if (audience !== undefined) claims.aud = audience;
+  let alg;
+  let signer;
+  if (secret !== undefined) {
+    alg = 'HS256';
+    const raw = typeof secret === 'string' ? new TextEncoder().encode(secret) : secret;
+    const key = await crypto.subtle.importKey('raw', raw, { name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);
+    signer = async (message) => new Uint8Array(await crypto.subtle.sign('HMAC', key, message));
+  } else {
+    const key = createPrivateKey(privateKey);
+    if (key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1') {
+      alg = 'ES256';
+      signer = async (message) => nodeSign('sha256', message, { key, dsaEncoding: 'ieee-p1363' });
+    } else if (key.asymmetricKeyType === 'ed25519') {
+      alg = 'EdDSA';
+      signer = async (message) => nodeSign(null, message, key);
+    } else {
+      throw new TypeError('privateKey must be a P-256 (ES256) or Ed25519 (EdDSA) key');
+    }
+  }
+  const header = { alg, typ: 'JWT', ...(kid !== undefined ? { kid } : {}) };
+  const signing = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
+  return `${signing}.${b64url(await signer(new TextEncoder().encode(signing)))}`;
+}
+
+/**
+ * A `getToken` endpoint for the browser client, on Web `Request`/`Response` (Next.js route
+ * handlers, Deno, Bun, Node's own fetch types): `authenticate(request)` answers who is asking
+ * and what they may read, or null for 401.
+ */
+export function tokenHandler({ authenticate, ttl = 3600, ...keys }) {
+  return async (request) => {
+    const grant = await authenticate(request);
+    if (!grant) return Response.json({ error: 'unauthorized' }, { status: 401 });
+    const token = await mintToken({ ...keys, ttl, ...grant });
+    return Response.json({ token, expiresIn: ttl }, { headers: { 'cache-control': 'no-store' } });
+  };
+}

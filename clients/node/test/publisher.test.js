@@ -1,0 +1,153 @@
+// herald-server against a real gateway and nats-server: publishing to a user, a channel and
+// everyone over HTTP and over NATS, each event received once by a raw SSE client with the id
+// the call answered; a retry after a lost answer stored once; tokens (HS256, ES256, EdDSA)
+// granting exactly their channels; the token handler; refusals as typed errors.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { createServer, connect as tcpConnect } from 'node:net';
+import { join } from 'node:path';
+import { connect } from 'nats';
+import {
+  BadRequestError,
+  UnauthorizedError,
+  UnavailableError,
+  createPublisher,
+  mintToken,
+  tokenHandler,
+} from '../src/index.js';
+import { KEYS, PUBLISH_KEY, SECRET, freePort, openStream, startHerald } from './support.js';
+
+let herald;
+before(async () => {
+  herald = await startHerald();
+});
+after(() => herald?.stop());
+
+async function stream(user, channels = []) {
+  const s = await openStream(herald.url, await mintToken({ secret: SECRET, user, channels }), channels);
+  assert.equal(s.status, 200);
+  assert.equal((await s.next()).event, 'connected');
+  return s;
+}
+
+test('publishing over HTTP reaches each target once with its id', async () => {
+  const s = await stream('ana', ['booking:42']);
+  const herald_ = createPublisher({ url: herald.url, key: PUBLISH_KEY });
+  const toUser = await herald_.publishToUser('ana', { type: 'notice', data: { n: 1 } });
+  const toChannel = await herald_.publishToChannel('booking:42', { type: 'booking_update', data: { status: 'confirmed' } });
+  const toAll = await herald_.broadcast({ type: 'maintenance', data: { at: '02:00' } });
+  const both = await herald_.publish({ type: 'both', data: 4, users: ['ana'], channels: ['booking:42'] });
+  await herald_.publishToUser('ana', { type: 'marker' });
+  const got = (await s.until('marker')).map((e) => [e.event, e.id, e.data]);
+  assert.deepEqual(got, [
+    ['notice', toUser[0], { n: 1 }],
+    ['booking_update', toChannel[0], { status: 'confirmed' }],
+    ['maintenance', toAll[0], { at: '02:00' }],
+    ['both', both[0], 4],
+    ['both', both[1], 4],
+  ]);
+  s.close();
+});
+
+test('publishing over NATS reaches each target once with its id', async () => {
+  const s = await stream('cy', ['room:1']);
+  const nc = await connect({ servers: herald.natsUrl });
+  try {
+    const viaNats = createPublisher({ nats: nc });
+    const user = await viaNats.publishToUser('cy', { type: 'notice', data: { n: 1 } });
+    const channel = await viaNats.publishToChannel('room:1', { type: 'said', data: 'hello' });
+    const everyone = await viaNats.broadcast({ type: 'everyone', data: true });
+    await viaNats.publishToUser('cy', { type: 'marker' });
+    const got = (await s.until('marker')).map((e) => [e.event, e.id, e.data]);
+    assert.deepEqual(got, [
+      ['notice', user[0], { n: 1 }],
+      ['said', channel[0], 'hello'],
+      ['everyone', everyone[0], true],
+    ]);
+  } finally {
+    await nc.close();
+    s.close();
+  }
+});
+
+/** A proxy to the gateway that forwards the first request and closes instead of answering. */
+async function dropFirstAnswer(target) {
+  const { hostname, port } = new URL(target);
+  let requests = 0;
+  const server = createServer((client) => {
+    requests += 1;
+    const n = requests;
+    const upstream = tcpConnect(Number(port), hostname);
+    client.once('data', (request) => upstream.write(request));
+    upstream.once('data', (answer) => {
+      if (n > 1) client.end(answer);
+      else client.destroy();
+      upstream.destroy();
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${server.address().port}`, requests: () => requests, close: () => server.close() };
+}
+
+test('a publish whose answer is lost is stored once, with the first ids', async () => {
+  const s = await stream('di');
+  const proxy = await dropFirstAnswer(herald.url);
+  const ids = await createPublisher({ url: proxy.url, key: PUBLISH_KEY, backoffMs: 20 }).publishToUser('di', {
+    type: 'once',
+    data: 1,
+  });
+  assert.equal(proxy.requests(), 2, 'retried after the lost answer');
+  await createPublisher({ url: herald.url, key: PUBLISH_KEY }).publishToUser('di', { type: 'marker' });
+  assert.deepEqual((await s.until('marker')).map((e) => [e.event, e.id]), [['once', ids[0]]]);
+  proxy.close();
+  s.close();
+});
+
+test('tokens grant exactly their channels, and expire', async () => {
+  const tokens = [
+    await mintToken({ secret: SECRET, user: 'ed', channels: ['doc:*'] }),
+    await mintToken({ privateKey: readFileSync(join(KEYS, 'ec-private.pem')), kid: 'ec', user: 'ed', channels: ['doc:*'] }),
+    await mintToken({ privateKey: readFileSync(join(KEYS, 'ed-private.pem')), kid: 'ed', user: 'ed', channels: ['doc:*'] }),
+  ];
+  for (const token of tokens) {
+    const ok = await openStream(herald.url, token, ['doc:1']);
+    assert.equal(ok.status, 200);
+    ok.close();
+    assert.equal((await openStream(herald.url, token, ['chat:1'])).status, 403);
+  }
+  const expired = await mintToken({ secret: SECRET, user: 'ed', channels: ['doc:*'], ttl: 1, now: Math.floor(Date.now() / 1000) - 3600 });
+  assert.equal((await openStream(herald.url, expired, ['doc:1'])).status, 401);
+});
+
+test('the token handler answers a token for whom authenticate names, 401 otherwise', async () => {
+  const handler = tokenHandler({
+    secret: SECRET,
+    ttl: 600,
+    authenticate: (request) => (request.headers.get('cookie') === 'session=ok' ? { user: 'fe', channels: ['doc:*'] } : null),
+  });
+  assert.equal((await handler(new Request('http://app/api/herald-token'))).status, 401);
+  const response = await handler(new Request('http://app/api/herald-token', { headers: { cookie: 'session=ok' } }));
+  const { token, expiresIn } = await response.json();
+  assert.equal(expiresIn, 600);
+  const s = await openStream(herald.url, token, ['doc:9']);
+  assert.equal(s.status, 200);
+  s.close();
+});
+
+test('refusals are typed errors', async () => {
+  await assert.rejects(
+    createPublisher({ url: herald.url, key: 'not-a-publisher-key-0123456789' }).broadcast({ type: 'x' }),
+    UnauthorizedError,
+  );
+  await assert.rejects(
+    createPublisher({ url: herald.url, key: PUBLISH_KEY }).publishToChannel('bad channel', { type: 'x' }),
+    (e) => e instanceof BadRequestError && e.code === 'invalid_channel',
+  );
+  const closed = await freePort();
+  await assert.rejects(
+    createPublisher({ url: `http://127.0.0.1:${closed}`, key: PUBLISH_KEY, retries: 1, backoffMs: 5 }).broadcast({ type: 'x' }),
+    UnavailableError,
+  );
+});

@@ -1,0 +1,35 @@
+"""What a publish can fail with: each HTTP answer Herald gives, as its own exception."""
+
+from __future__ import annotations
+
+
+class HeraldError(Exception):
+    """A publish Herald refused or could not take. `code` is Herald's `error` field."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class BadRequest(HeraldError):
+    """400: the event or its targets are malformed (the message says which field)."""
+
+
+class Unauthorized(HeraldError):
+    """401: no publisher key, or one the gateways do not know."""
+
+
+class PayloadTooLarge(HeraldError):
+    """413: the event is larger than the gateways accept."""
+
+
+class Unavailable(HeraldError):
+    """503, or no answer, after every retry: the history could not store the event. Retrying
+    later with the same `id` stores it once."""
+
+
+def error_for(status: int, code: str, message: str) -> HeraldError:
+    kind = {400: BadRequest, 401: Unauthorized, 413: PayloadTooLarge, 503: Unavailable}.get(status, HeraldError)
+    return kind(status, code, message)

@@ -1,0 +1,141 @@
+"""Publishing over Herald's HTTP API (`POST /v1/publish`), with the standard library only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ._errors import HeraldError, Unavailable, error_for
+
+Event = Mapping[str, Any]
+"""An event: `{"type": "booking_update", "data": {...}}` (`type` defaults to `message`)."""
+
+
+def new_id() -> str:
+    """A fresh idempotency key for one publish."""
+    return uuid.uuid4().hex
+
+
+def publish_body(
+    event: Event,
+    *,
+    users: Iterable[str] = (),
+    channels: Iterable[str] = (),
+    broadcast: bool = False,
+    durable: bool | None = None,
+    id: str | None = None,
+) -> dict[str, Any]:
+    """The JSON body of one publish. Every body carries an `id`, so that a retry is stored once."""
+    body: dict[str, Any] = {"type": event.get("type", "message"), "data": event.get("data")}
+    if users := list(users):
+        body["users"] = users
+    if channels := list(channels):
+        body["channels"] = channels
+    if broadcast:
+        body["broadcast"] = True
+    if durable is not None:
+        body["durable"] = durable
+    body["id"] = id or new_id()
+    return body
+
+
+class Publisher:
+    """Publishes through a gateway's (or the gateway Service's) `POST /v1/publish`.
+
+    Each call resolves to the ids Herald stored the event under, one per target, in the order
+    users, channels, broadcast. A 503 or a connection that fails is retried `retries` times
+    with backoff, with the same `id`: the history stores the event once however many attempts
+    reach it.
+    """
+
+    def __init__(self, url: str, key: str, *, timeout: float = 30.0, retries: int = 4, backoff: float = 0.25) -> None:
+        self.endpoint = url.rstrip("/") + "/v1/publish"
+        self.key = key
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+
+    def publish_to_user(self, user: str, event: Event, **options: Any) -> list[str]:
+        return self.publish(event, users=[user], **options)
+
+    def publish_to_channel(self, channel: str, event: Event, **options: Any) -> list[str]:
+        return self.publish(event, channels=[channel], **options)
+
+    def broadcast(self, event: Event, **options: Any) -> list[str]:
+        return self.publish(event, broadcast=True, **options)
+
+    def publish(
+        self,
+        event: Event,
+        *,
+        users: Sequence[str] = (),
+        channels: Sequence[str] = (),
+        broadcast: bool = False,
+        durable: bool | None = None,
+        id: str | None = None,
+    ) -> list[str]:
+        body = publish_body(event, users=users, channels=channels, broadcast=broadcast, durable=durable, id=id)
+        payload = json.dumps(body).encode()
+        wait = self.backoff
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                return self._post(payload)
+            except Unavailable:
+                if last:
+                    raise
+            except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as e:
+                if last:
+                    raise Unavailable(0, "unreachable", f"{self.endpoint}: {getattr(e, 'reason', e)}") from e
+            time.sleep(wait)
+            wait = min(wait * 2, 4.0)
+        raise AssertionError("unreachable")
+
+    def _post(self, payload: bytes) -> list[str]:
+        request = urllib.request.Request(
+            self.endpoint,
+            data=payload,
+            method="POST",
+            headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                answer = json.loads(response.read())
+                return [str(i) for i in answer.get("ids", [])]
+        except urllib.error.HTTPError as e:
+            raise _refusal(e) from None
+
+
+def _refusal(e: urllib.error.HTTPError) -> HeraldError:
+    try:
+        answer = json.loads(e.read())
+        code, message = str(answer.get("error", "")), str(answer.get("message", ""))
+    except (ValueError, OSError):
+        code, message = "", e.reason if isinstance(e.reason, str) else ""
+    return error_for(e.code, code or "error", message)
+
+
+class AsyncPublisher:
+    """[`Publisher`] for asyncio code: the same calls, awaited (each runs in a worker thread)."""
+
+    def __init__(self, url: str, key: str, **options: Any) -> None:
+        self._sync = Publisher(url, key, **options)
+
+    async def publish_to_user(self, user: str, event: Event, **options: Any) -> list[str]:
+        return await asyncio.to_thread(self._sync.publish_to_user, user, event, **options)
+
+    async def publish_to_channel(self, channel: str, event: Event, **options: Any) -> list[str]:
+        return await asyncio.to_thread(self._sync.publish_to_channel, channel, event, **options)
+
+    async def broadcast(self, event: Event, **options: Any) -> list[str]:
+        return await asyncio.to_thread(self._sync.broadcast, event, **options)
+
+    async def publish(self, event: Event, **options: Any) -> list[str]:
+        return await asyncio.to_thread(self._sync.publish, event, **options)

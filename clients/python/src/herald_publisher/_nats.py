@@ -1,0 +1,88 @@
+"""Publishing straight into NATS (`herald-publisher[nats]`): a JetStream publish to each
+target's `<prefix>.events.…` subject, as the gateways' own `POST /v1/publish` does, so the
+stream stores the event and republishes it to every gateway. Ids are the ones HTTP would answer
+(`<epoch>-<sequence>`), and the same message ids (`<id>/<target>`) make a retry a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ._errors import BadRequest, Unavailable
+from ._http import Event, new_id
+
+STREAM = "HERALD"
+
+
+class NatsPublisher:
+    """Publishes through a connected nats-py client (`await nats.connect(...)`)."""
+
+    def __init__(self, nc: Any, *, prefix: str = "herald", timeout: float = 10.0, retries: int = 4) -> None:
+        self._nc = nc
+        self._js = nc.jetstream(timeout=timeout)
+        self.prefix = prefix
+        self.timeout = timeout
+        self.retries = retries
+        self._epoch: str | None = None
+
+    async def publish_to_user(self, user: str, event: Event, **options: Any) -> list[str]:
+        return await self.publish(event, users=[user], **options)
+
+    async def publish_to_channel(self, channel: str, event: Event, **options: Any) -> list[str]:
+        return await self.publish(event, channels=[channel], **options)
+
+    async def broadcast(self, event: Event, **options: Any) -> list[str]:
+        return await self.publish(event, broadcast=True, **options)
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        users: Sequence[str] = (),
+        channels: Sequence[str] = (),
+        broadcast: bool = False,
+        id: str | None = None,
+    ) -> list[str]:
+        """Stores the event for every target (durable: over NATS, events are always stored;
+        publish to `<prefix>.live.…` yourself for ephemeral ones)."""
+        targets = [f"user.{u}" for u in users] + [f"channel.{c}" for c in channels] + (["broadcast"] if broadcast else [])
+        if not targets:
+            raise BadRequest(400, "no_targets", "name at least one user, channel or broadcast")
+        key = id or new_id()
+        payload = json.dumps(event.get("data")).encode()
+        epoch = await self.epoch()
+        ids = []
+        for target in targets:
+            headers = {"Herald-Type": str(event.get("type", "message")), "Nats-Msg-Id": f"{key}/{target}"}
+            ack = await self._store(f"{self.prefix}.events.{target}", payload, headers)
+            ids.append(f"{epoch}-{ack}")
+        return ids
+
+    async def _store(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
+        wait = 0.25
+        for attempt in range(self.retries + 1):
+            try:
+                ack = await self._js.publish(subject, payload, headers=headers, timeout=self.timeout)
+                return int(ack.seq)
+            except Exception as e:  # nats-py's timeouts, no responders, lost connections
+                if attempt == self.retries:
+                    raise Unavailable(503, "unavailable", f"{subject}: {e!r}") from e
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 4.0)
+        raise AssertionError("unreachable")
+
+    async def epoch(self) -> str:
+        """The history's epoch (the first part of every id), read once from the stream."""
+        if self._epoch is None:
+            reply = await self._nc.request(f"$JS.API.STREAM.INFO.{STREAM}", b"", timeout=self.timeout)
+            info = json.loads(reply.data)
+            if "error" in info:
+                raise Unavailable(503, "unavailable", f"stream {STREAM}: {info['error'].get('description')}")
+            epoch = info.get("config", {}).get("metadata", {}).get("herald.epoch")
+            if not (isinstance(epoch, str) and 0 < len(epoch) <= 32 and epoch.isalnum() and epoch == epoch.lower()):
+                raise Unavailable(503, "unavailable", f"stream {STREAM} has no herald.epoch: start a gateway first")
+            self._epoch = epoch
+        return self._epoch

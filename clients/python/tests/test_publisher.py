@@ -1,0 +1,192 @@
+"""herald-publisher against a real gateway and nats-server: publishing to a user, a channel and
+everyone over HTTP and over NATS, each event received once by a raw SSE client with the id the
+call answered; a retry after a lost answer stored once; tokens minted with HS256 and ES256
+granting exactly their channels; refusals as typed errors."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+from conftest import KEYS, PUBLISH_KEY, SECRET, Gateway, Nats, Stream
+
+from herald_publisher import (
+    AsyncPublisher,
+    BadRequest,
+    NatsPublisher,
+    Publisher,
+    Unauthorized,
+    Unavailable,
+    mint_token,
+)
+
+
+def stream(gateway: Gateway, user: str, channels: list[str], **claims: Any) -> Stream:
+    token = mint_token(user=user, channels=channels, secret=SECRET, **claims)
+    s = Stream(gateway.url, token, channels)
+    assert s.status == 200, s.head
+    assert s.next()["event"] == "connected"
+    return s
+
+
+def test_publishing_over_http_reaches_each_target_once_with_its_id(herald: tuple[Nats, Gateway]) -> None:
+    _, gateway = herald
+    s = stream(gateway, "ana", ["booking:42"])
+    publisher = Publisher(gateway.url, PUBLISH_KEY)
+    to_user = publisher.publish_to_user("ana", {"type": "notice", "data": {"n": 1}})
+    to_channel = publisher.publish_to_channel("booking:42", {"type": "booking_update", "data": {"status": "confirmed"}})
+    to_all = publisher.broadcast({"type": "maintenance", "data": {"at": "02:00"}})
+    both = publisher.publish({"type": "both", "data": 4}, users=["ana"], channels=["booking:42"])
+    publisher.publish_to_user("ana", {"type": "marker", "data": None})
+    got = [(e["event"], e["id"], e["data"]) for e in s.until("marker")]
+    assert got == [
+        ("notice", to_user[0], {"n": 1}),
+        ("booking_update", to_channel[0], {"status": "confirmed"}),
+        ("maintenance", to_all[0], {"at": "02:00"}),
+        ("both", both[0], 4),
+        ("both", both[1], 4),
+    ]
+    s.close()
+
+
+def test_the_async_publisher_does_the_same(herald: tuple[Nats, Gateway]) -> None:
+    _, gateway = herald
+    s = stream(gateway, "bo", [])
+    ids = asyncio.run(AsyncPublisher(gateway.url, PUBLISH_KEY).publish_to_user("bo", {"type": "hi", "data": 1}))
+    assert [(e["event"], e["id"]) for e in [s.next()]] == [("hi", ids[0])]
+    s.close()
+
+
+def test_publishing_over_nats_reaches_each_target_once_with_its_id(herald: tuple[Nats, Gateway]) -> None:
+    import nats as nats_py
+
+    server, gateway = herald
+    s = stream(gateway, "cy", ["room:1"])
+
+    async def publish() -> list[list[str]]:
+        nc = await nats_py.connect(server.url)
+        try:
+            publisher = NatsPublisher(nc)
+            return [
+                await publisher.publish_to_user("cy", {"type": "notice", "data": {"n": 1}}),
+                await publisher.publish_to_channel("room:1", {"type": "said", "data": "hello"}),
+                await publisher.broadcast({"type": "everyone", "data": True}),
+                await publisher.publish_to_user("cy", {"type": "marker", "data": None}),
+            ]
+        finally:
+            await nc.close()
+
+    user, channel, everyone, _ = asyncio.run(publish())
+    got = [(e["event"], e["id"], e["data"]) for e in s.until("marker")]
+    assert got == [("notice", user[0], {"n": 1}), ("said", channel[0], "hello"), ("everyone", everyone[0], True)]
+    s.close()
+
+
+class DropFirstAnswer:
+    """A proxy to the gateway that forwards the first request but closes the connection instead
+    of passing its answer back: the publish is stored, the publisher never hears so."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.removeprefix("http://").split(":")
+        self.target = (host, int(port))
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.requests = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            self.requests += 1
+            upstream = socket.create_connection(self.target)
+            request = client.recv(65536)
+            upstream.sendall(request)
+            answer = upstream.recv(65536)
+            if self.requests > 1:
+                client.sendall(answer)
+            client.close()
+            upstream.close()
+
+
+def test_a_publish_whose_answer_is_lost_is_stored_once(herald: tuple[Nats, Gateway]) -> None:
+    _, gateway = herald
+    s = stream(gateway, "di", [])
+    proxy = DropFirstAnswer(gateway.url)
+    ids = Publisher(proxy.url, PUBLISH_KEY, backoff=0.05).publish_to_user("di", {"type": "once", "data": 1})
+    assert proxy.requests == 2, "retried after the lost answer"
+    Publisher(gateway.url, PUBLISH_KEY).publish_to_user("di", {"type": "marker", "data": None})
+    assert [(e["event"], e["id"]) for e in s.until("marker")] == [("once", ids[0])], "stored once, the first ids"
+    s.close()
+
+
+def test_tokens_grant_exactly_their_channels_and_expire(herald: tuple[Nats, Gateway]) -> None:
+    _, gateway = herald
+    pem = (KEYS / "ec-private.pem").read_bytes()
+    for token in (
+        mint_token(user="ed", channels=["doc:*"], secret=SECRET),
+        mint_token(user="ed", channels=["doc:*"], private_key=pem, kid="ec"),
+    ):
+        ok = Stream(gateway.url, token, ["doc:1"])
+        assert ok.status == 200, ok.head
+        ok.close()
+        outside = Stream(gateway.url, token, ["chat:1"])
+        assert outside.status == 403, outside.head
+        outside.close()
+    expired = mint_token(user="ed", channels=["doc:*"], secret=SECRET, ttl=1, now=int(time.time()) - 3600)
+    refused = Stream(gateway.url, expired, ["doc:1"])
+    assert refused.status == 401, refused.head
+
+
+def test_refusals_are_typed_errors(herald: tuple[Nats, Gateway]) -> None:
+    _, gateway = herald
+    with pytest.raises(Unauthorized):
+        Publisher(gateway.url, "not-a-publisher-key-0123456789").broadcast({"type": "x", "data": 1})
+    with pytest.raises(BadRequest) as bad:
+        Publisher(gateway.url, PUBLISH_KEY).publish_to_channel("bad channel", {"type": "x", "data": 1})
+    assert bad.value.code == "invalid_channel"
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    with pytest.raises(Unavailable):
+        Publisher(f"http://127.0.0.1:{port}", PUBLISH_KEY, retries=1, backoff=0.01).broadcast({"type": "x", "data": 1})
+
+
+def test_the_built_wheel_installs_and_publishes(herald: tuple[Nats, Gateway], tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    _, gateway = herald
+    import shutil
+
+    # Built from a copy: the build leaves its own files beside the sources.
+    package = tmp_path / "package"
+    shutil.copytree(REPO / "clients" / "python", package, ignore=shutil.ignore_patterns("tests", "build", "*.egg-info"))
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", dist, package],
+        check=True,
+    )
+    (wheel,) = dist.glob("herald_publisher-0.1.0-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", tmp_path / "venv"], check=True)
+    python = tmp_path / "venv" / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", wheel], check=True)
+    s = stream(gateway, "fe", [])
+    script = (
+        "import herald_publisher, sys; "
+        "assert 'site-packages' in herald_publisher.__file__, herald_publisher.__file__; "
+        f"print(herald_publisher.Publisher({gateway.url!r}, {PUBLISH_KEY!r})"
+        ".publish_to_user('fe', {'type': 'installed', 'data': 1})[0])"
+    )
+    out = subprocess.run([python, "-c", script], cwd=tmp_path, check=True, capture_output=True, text=True)
+    event = s.next()
+    assert (event["event"], event["id"]) == ("installed", out.stdout.strip())
+    s.close()
