@@ -12,6 +12,9 @@
 # ---- build ---------------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
+# The commit `herald_build_info` names (.git is not in the build context):
+#   docker build --build-arg HERALD_COMMIT="$(git rev-parse --short=12 HEAD)" …
+ARG HERALD_COMMIT=unknown
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

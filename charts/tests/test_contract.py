@@ -226,6 +226,7 @@ def test_operator_is_wired_to_its_flags():
     assert env["HERALD_OPERATOR_LEASE_NAME"] == f"{RELEASE}-operator"
     assert env["HERALD_OPERATOR_METRICS_LISTEN"] == "0.0.0.0:9090"
     assert env["HERALD_OPERATOR_INTERVAL_SECS"] == "15"
+    assert env["HERALD_OPERATOR_LOG_FORMAT"] == "text"
     assert "HERALD_OPERATOR_NAMESPACE" not in env
     assert c["ports"] == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
     for probe in ("livenessProbe", "readinessProbe"):
@@ -291,6 +292,9 @@ def test_existing_secret_is_referenced_not_created():
         "publishKeys": {"name": "herald-keys", "key": "publish-keys"},
     }
     assert spec["nats"]["credentialsSecret"] == {"name": "herald-nats-creds", "key": "herald.creds"}
+    # A NATS cluster: every node's URL reaches the gateways, the history in three replicas.
+    assert spec["nats"]["url"] == "nats://nats-0.nats.nats.svc:4222,nats://nats-1.nats.nats.svc:4222"
+    assert spec["gateway"]["historyReplicas"] == 3
     volume = one(objects, "Pod")["spec"]["volumes"][0]
     assert volume["secret"]["secretName"] == "herald-keys"
 
@@ -476,3 +480,30 @@ def test_dockerfile_builds_what_the_chart_runs():
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {"target", ".venv", ".git"} <= set(ignored)
     assert "clients" not in ignored  # the gateway embeds clients/js/src
+
+
+def test_an_identity_providers_jwks_url_reaches_the_gateways():
+    objects = render(load_values(CHART / "ci" / "jwks-url-values.yaml"))
+    auth = one(objects, "RealtimeGateway")["spec"]["auth"]
+    assert auth == {
+        "jwksUrls": ["https://example.eu.auth0.com/.well-known/jwks.json"],
+        "jwksRefreshSecs": 120,
+        "issuer": "https://example.eu.auth0.com/",
+        "audience": "herald",
+    }
+
+
+def test_dashboard_keys_are_their_own():
+    values = required_values()
+    values["auth"]["dashboardKeys"] = [{"name": "ops", "secret": "ci-dashboard-key-0123456789abcdef"}]
+    objects = render(values)
+    assert decoded(one(objects, "Secret"))["dashboard-keys"] == "ops:ci-dashboard-key-0123456789abcdef\n"
+    auth = one(objects, "RealtimeGateway")["spec"]["auth"]
+    assert auth["dashboardKeys"] == {"name": f"{RELEASE}-auth", "key": "dashboard-keys"}
+    # Without any, the dashboard is off: no key in the Secret, none in the resource.
+    plain = render(required_values())
+    assert "dashboard-keys" not in decoded(one(plain, "Secret"))
+    assert "dashboardKeys" not in one(plain, "RealtimeGateway")["spec"]["auth"]
+    # A publisher key's secret is refused as a dashboard key.
+    values["auth"]["dashboardKeys"] = [{"name": "ops", "secret": values["auth"]["publishKeys"][0]["secret"]}]
+    assert "has the secret of publisher key" in render_error(values)

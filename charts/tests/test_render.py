@@ -20,8 +20,11 @@ from conftest import (
     CHART,
     NAMESPACE,
     crd,
+    load_values,
+    one,
     operator_binary,
     render,
+    required_values,
     strip,
     value_set_params,
 )
@@ -31,7 +34,7 @@ KUBE_VERSION = kubernetes_validate.latest_version()
 VALID = yaml.safe_load((CHART / "ci" / "default-values.yaml").read_text())
 
 # Kinds that are custom resources: validated here against their own schemas, not skipped.
-CUSTOM_GROUPS = {"herald.dev", "monitoring.coreos.com"}
+CUSTOM_GROUPS = {"herald.dev", "monitoring.coreos.com", "gateway.networking.k8s.io"}
 
 
 def group_of(api_version: str) -> str:
@@ -233,3 +236,58 @@ def test_operator_env_vars_are_its_flags_twins():
         for env in dep["spec"]["template"]["spec"]["containers"][0]["env"]:
             if env["name"] != "RUST_LOG":
                 assert f"[env: {env['name']}=" in helptext, env["name"]
+
+
+def operator_render(rtgw: dict, tmp_path) -> list[dict]:
+    """The objects the operator applies for `rtgw` (`herald-operator render`)."""
+    binary = operator_binary()
+    if binary is None:
+        pytest.skip("herald-operator is not built (cargo build -p herald-operator)")
+    path = tmp_path / "rtgw.yaml"
+    path.write_text(yaml.safe_dump(strip(rtgw)))
+    r = subprocess.run(
+        [binary, "render", "--resource", path], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+@pytest.mark.parametrize("values", value_set_params())
+def test_the_objects_the_operator_applies_are_valid_kubernetes(values, tmp_path):
+    rtgw = one(render(values), "RealtimeGateway")
+    objects = operator_render(rtgw, tmp_path)
+    assert [o["kind"] for o in objects] == ["Deployment", "Service", "PodDisruptionBudget"]
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+def test_gateway_pod_and_service_values_reach_the_pods(tmp_path):
+    values = load_values(CHART / "ci" / "shaped-pods-values.yaml")
+    rtgw = one(render(copy.deepcopy(values)), "RealtimeGateway")
+    assert rtgw["spec"]["pod"] == values["gateway"]["pod"]
+    assert rtgw["spec"]["service"] == values["gateway"]["service"]
+    deployment, service, _ = operator_render(rtgw, tmp_path)
+    template = deployment["spec"]["template"]
+    pod, (container,) = template["spec"], template["spec"]["containers"]
+    shaped = values["gateway"]["pod"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+    assert env["HERALD_PUBLISH_RETRY_SECS"] == "30"
+    assert container["envFrom"] == shaped["envFrom"]
+    assert template["metadata"]["annotations"] == shaped["annotations"]
+    assert template["metadata"]["labels"]["team"] == "realtime"
+    for field in (
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "topologySpreadConstraints",
+        "imagePullSecrets",
+        "serviceAccountName",
+        "priorityClassName",
+    ):
+        assert pod[field] == shaped[field], field
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["metadata"]["annotations"] == values["gateway"]["service"]["annotations"]
+    # Nothing of the shape when nothing is set.
+    plain = one(render(required_values()), "RealtimeGateway")
+    assert "pod" not in plain["spec"] and "service" not in plain["spec"]

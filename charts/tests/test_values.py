@@ -120,3 +120,40 @@ def test_values_yaml_is_commented():
         documented.append((indent, ok))
         previous = stripped
     assert not undocumented, "keys without a comment:\n" + "\n".join(undocumented)
+
+
+def test_the_chart_readme_is_current():
+    """charts/herald/README.md is generated from Chart.yaml and values.yaml."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    r = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "chart-readme"), "--check"], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    readme = (CHART / "README.md").read_text()
+    for key in ("gateway.pod.env", "ingress.enabled", "monitoring.prometheusRule.enabled", "auth.jwksUrls"):
+        assert f"| `{key}` |" in readme, key
+
+
+def test_artifact_hub_annotations_describe_the_chart():
+    from conftest import crd
+
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    notes = meta["annotations"]
+    assert notes["artifacthub.io/license"] == "Apache-2.0"
+    assert notes["artifacthub.io/operator"] == "true"
+    (image,) = yaml.safe_load(notes["artifacthub.io/images"])
+    assert image["image"].endswith(":" + meta["appVersion"])
+    (described,) = yaml.safe_load(notes["artifacthub.io/crds"])
+    definition = crd()
+    assert described["name"] == definition["metadata"]["name"]
+    assert described["kind"] == definition["spec"]["names"]["kind"]
+    assert described["version"] == definition["spec"]["versions"][0]["name"]
+    from test_render import rtgw_validator
+
+    for example in yaml.safe_load(notes["artifacthub.io/crdsExamples"]):
+        errors = list(rtgw_validator().iter_errors(example["spec"]))
+        assert not errors, [e.message for e in errors]

@@ -1,4 +1,4 @@
-//! Client tokens (DESIGN section 5): JWT verification, channel grants and token extraction.
+//! Client tokens (docs/protocol.md): JWT verification, channel grants and token extraction.
 //!
 //! A token names its user in `sub`, the channels it may read in `channels` (exact names or
 //! prefixes ending in `*`), and must carry `exp`. Optionally, `publish` lists the channels the
@@ -10,12 +10,14 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::jwks::RemoteKeys;
 use crate::names::{Name, NameError, validate_name};
 
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
@@ -150,21 +152,24 @@ enum OneOrMany {
     Many(#[allow(dead_code)] Vec<String>),
 }
 
-struct VerifyKey {
-    kid: Option<String>,
+pub(crate) struct VerifyKey {
+    pub(crate) kid: Option<String>,
     key: DecodingKey,
 }
 
-/// Verifies client tokens against the configured keys. Built once at start-up.
+/// Verifies client tokens against the configured keys: those of files and secrets, loaded at
+/// start-up, and those fetched from JWKS URLs ([`RemoteKeys`]), which change as the provider
+/// rotates them.
 pub struct Verifier {
     keys: Vec<VerifyKey>,
+    remote: Option<Arc<RemoteKeys>>,
     issuer: Option<String>,
     audience: Option<String>,
 }
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Verifier").field("keys", &self.keys.len()).finish()
+        f.debug_struct("Verifier").field("keys", &self.keys.len()).field("remote", &self.remote.is_some()).finish()
     }
 }
 
@@ -179,11 +184,25 @@ pub enum KeyError {
 
 impl Verifier {
     pub fn new(issuer: Option<String>, audience: Option<String>) -> Self {
-        Verifier { keys: Vec::new(), issuer, audience }
+        Verifier { keys: Vec::new(), remote: None, issuer, audience }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.is_empty() && self.remote.is_none()
+    }
+
+    /// Adds the keys of JWKS URLs, fetched and refreshed by `remote`.
+    pub fn set_remote(&mut self, remote: Arc<RemoteKeys>) {
+        self.remote = Some(remote);
+    }
+
+    pub fn remote(&self) -> Option<&Arc<RemoteKeys>> {
+        self.remote.as_ref()
+    }
+
+    /// Whether every key source has been loaded (JWKS URLs fetched once).
+    pub fn is_ready(&self) -> bool {
+        self.remote.as_ref().is_none_or(|r| r.loaded())
     }
 
     /// Adds an HMAC secret (HS256/384/512).
@@ -229,24 +248,27 @@ impl Verifier {
 
     /// Adds every key of a JWKS document (RSA, EC, OKP/Ed25519 and oct keys).
     pub fn add_jwks_file(&mut self, path: &Path) -> Result<usize, KeyError> {
-        let invalid = |reason: String| KeyError::Invalid { path: path.display().to_string(), reason };
         let text = read(path)?;
-        let set: JwkSet = serde_json::from_slice(&text).map_err(|e| invalid(format!("not a JWKS document: {e}")))?;
-        let mut added = 0;
-        for jwk in &set.keys {
-            if let AlgorithmParameters::EllipticCurve(p) = &jwk.algorithm
-                && !matches!(p.curve, EllipticCurve::P256 | EllipticCurve::P384)
-            {
-                return Err(invalid(format!("unsupported curve {:?}", p.curve)));
-            }
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(format!("key {:?}: {e}", jwk.common.key_id)))?;
-            self.keys.push(VerifyKey { kid: jwk.common.key_id.clone(), key });
-            added += 1;
-        }
-        if added == 0 {
-            return Err(invalid("the key set is empty".into()));
-        }
+        let keys = keys_of_jwks(&text, false)
+            .map_err(|reason| KeyError::Invalid { path: path.display().to_string(), reason })?;
+        let added = keys.len();
+        self.keys.extend(keys);
         Ok(added)
+    }
+
+    /// Verifies `token`; when it names a key id that no key has, fetches the JWKS URLs first
+    /// (at most once per 10 s per URL: see `jwks.rs`) and verifies it again.
+    pub async fn verify_or_refresh(&self, token: &str) -> Result<Grant, AuthError> {
+        match (self.verify(token), &self.remote) {
+            (Err(AuthError::UnknownKeyId(kid)), Some(remote)) => {
+                if remote.refresh_for_unknown_kid().await {
+                    self.verify(token)
+                } else {
+                    Err(AuthError::UnknownKeyId(kid))
+                }
+            }
+            (result, _) => result,
+        }
     }
 
     /// Verifies `token` and returns what it grants.
@@ -256,13 +278,14 @@ impl Verifier {
         }
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
         let family = header.alg.family();
+        let fetched = self.remote.as_ref().map(|r| r.snapshot()).unwrap_or_default();
+        let every = || self.keys.iter().chain(fetched.iter().flat_map(|keys| keys.iter()));
         let candidates: Vec<&VerifyKey> = match &header.kid {
             Some(kid) => {
-                let by_kid: Vec<_> = self.keys.iter().filter(|k| k.kid.as_deref() == Some(kid)).collect();
+                let by_kid: Vec<_> = every().filter(|k| k.kid.as_deref() == Some(kid)).collect();
                 if by_kid.is_empty() {
                     // Unnamed keys (a raw secret file) still serve tokens that carry a kid.
-                    let unnamed: Vec<_> =
-                        self.keys.iter().filter(|k| k.kid.is_none() && k.key.family() == family).collect();
+                    let unnamed: Vec<_> = every().filter(|k| k.kid.is_none() && k.key.family() == family).collect();
                     if unnamed.is_empty() {
                         return Err(AuthError::UnknownKeyId(truncate(kid, 64)));
                     }
@@ -271,7 +294,7 @@ impl Verifier {
                     by_kid.into_iter().filter(|k| k.key.family() == family).collect()
                 }
             }
-            None => self.keys.iter().filter(|k| k.key.family() == family).collect(),
+            None => every().filter(|k| k.key.family() == family).collect(),
         };
         if candidates.is_empty() {
             return Err(AuthError::NoKeyForAlgorithm(format!("{:?}", header.alg)));
@@ -311,6 +334,37 @@ impl Verifier {
         }
         v
     }
+}
+
+/// The keys of a JWKS document. `lenient` (a provider's document, fetched): keys that cannot
+/// verify tokens here (encryption keys, unsupported curves) are skipped rather than refused; at
+/// least one must remain.
+pub(crate) fn keys_of_jwks(text: &[u8], lenient: bool) -> Result<Vec<VerifyKey>, String> {
+    let set: JwkSet = serde_json::from_slice(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys = Vec::with_capacity(set.keys.len());
+    for jwk in &set.keys {
+        let usable = || -> Result<VerifyKey, String> {
+            if let AlgorithmParameters::EllipticCurve(p) = &jwk.algorithm
+                && !matches!(p.curve, EllipticCurve::P256 | EllipticCurve::P384)
+            {
+                return Err(format!("unsupported curve {:?}", p.curve));
+            }
+            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                return Err(format!("key {:?} is for encryption", jwk.common.key_id));
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {:?}: {e}", jwk.common.key_id))?;
+            Ok(VerifyKey { kid: jwk.common.key_id.clone(), key })
+        };
+        match usable() {
+            Ok(key) => keys.push(key),
+            Err(e) if lenient => tracing::debug!(error = %e, "skipping a key of the key set"),
+            Err(e) => return Err(e),
+        }
+    }
+    if keys.is_empty() {
+        return Err("the key set has no key to verify tokens with".into());
+    }
+    Ok(keys)
 }
 
 fn grant_from(claims: Claims, issuer_required: bool, audience_required: bool) -> Result<Grant, AuthError> {

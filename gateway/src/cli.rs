@@ -13,7 +13,11 @@ use crate::broker::nats::{History, NatsBroker, NatsOptions};
 use crate::http::publish::validate;
 
 /// Give up on a publish that has not completed after this long.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// How long a publish through NATS is retried while the stream cannot store it (the gateway's
+/// default `--publish-retry-secs`), within [`PUBLISH_TIMEOUT`].
+const PUBLISH_RETRY: Duration = Duration::from_secs(20);
 
 #[derive(Args, Debug)]
 pub struct PublishArgs {
@@ -135,6 +139,7 @@ fn run(args: PublishArgs) -> Result<String, String> {
         prefix: args.subject_prefix,
         name: "herald-gateway publish".into(),
         history: if args.ephemeral { History::Off } else { History::Existing },
+        publish_retry: PUBLISH_RETRY,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::{ChannelPattern, Verifier};
 use crate::broker::nats::{History, NatsOptions, StreamOptions};
+use crate::jwks::RemoteKeys;
 use crate::names::validate_name;
 use crate::publish_keys::PublishKeys;
 
@@ -53,6 +54,18 @@ pub struct ServeArgs {
     /// JWKS file with public keys for client tokens.
     #[arg(long, env = "HERALD_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+    /// JWKS URL of an identity provider (its `/.well-known/jwks.json`), fetched at start and
+    /// refreshed; repeatable. `/readyz` fails until every one has been fetched once.
+    #[arg(long, env = "HERALD_JWKS_URL", value_delimiter = ',')]
+    pub jwks_url: Vec<String>,
+    /// Seconds between two fetches of each JWKS URL (a token naming an unknown `kid` fetches at
+    /// once, at most every 10 s per URL).
+    #[arg(long, env = "HERALD_JWKS_REFRESH_SECS", default_value_t = 300)]
+    pub jwks_refresh_secs: u64,
+    /// Allow `http://` JWKS URLs beyond loopback (keys fetched in the clear can be swapped by
+    /// anyone on the path: only for a provider reachable solely inside the cluster).
+    #[arg(long, env = "HERALD_JWKS_ALLOW_HTTP")]
+    pub jwks_allow_http: bool,
     /// Required `iss` claim of client tokens.
     #[arg(long, env = "HERALD_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -66,19 +79,33 @@ pub struct ServeArgs {
     /// Replicas of the HERALD stream (1, or 3 on a NATS cluster).
     #[arg(long, env = "HERALD_HISTORY_REPLICAS", default_value_t = 1)]
     pub history_replicas: usize,
+    /// Seconds a durable publish is retried while the stream cannot store it (a leader
+    /// election, a lost connection) before POST /v1/publish answers 503. The default outlasts
+    /// two rounds of a NATS election (each up to 9 s). Cut to --history-dedup-window when
+    /// longer, so a retry is never stored twice.
+    #[arg(long, env = "HERALD_PUBLISH_RETRY_SECS", default_value_t = 20)]
+    pub publish_retry_secs: u64,
     /// Publisher keys for POST /v1/publish: one `name:secret` per line. Without it, HTTP
     /// publishing is off (publish through NATS).
     #[arg(long, env = "HERALD_PUBLISH_KEYS_FILE")]
     pub publish_keys_file: Option<PathBuf>,
+    /// Dashboard keys for /dashboard, the only credential it accepts: one `name:secret` per
+    /// line, each secret unlike every publisher key's. Without it, /dashboard is off.
+    #[arg(long, env = "HERALD_DASHBOARD_KEYS_FILE")]
+    pub dashboard_keys_file: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
-    /// Address to listen on. Dev mode has no auth: keep it on loopback.
+    /// Address to listen on. Dev mode has no auth: a non-loopback address needs --allow-remote.
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Let dev mode listen beyond loopback and answer any `Host`: everyone who can reach it
+    /// can read every stream and publish to everyone.
+    #[arg(long, env = "HERALD_ALLOW_REMOTE")]
+    pub allow_remote: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -91,8 +118,9 @@ pub struct CommonArgs {
     /// Most concurrent SSE connections on this gateway.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
-    /// Most concurrent SSE connections per user (0 = unlimited).
-    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER", default_value_t = 0)]
+    /// Most concurrent SSE connections per user on this gateway (0 = unlimited). The default
+    /// keeps one leaked or shared token from taking a gateway's capacity.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
     pub max_connections_per_user: usize,
     /// Most channels on one connection; more is a 400.
     #[arg(long, env = "HERALD_MAX_CHANNELS", default_value_t = 32)]
@@ -175,12 +203,12 @@ pub enum ClientAuth {
     Jwt(Arc<Verifier>),
 }
 
-/// How publishers authenticate on `POST /v1/publish`.
-pub enum PublishAuth {
+/// How an endpoint guarded by a keys file (`POST /v1/publish`, `/dashboard`) authenticates.
+pub enum KeyAuth {
     /// `dev` mode: no key needed.
     Open,
     Keys(PublishKeys),
-    /// No keys configured: HTTP publishing is refused.
+    /// No keys configured: the endpoint is refused.
     Disabled,
 }
 
@@ -218,14 +246,47 @@ pub struct HistoryLimits {
     pub dedup_window: Duration,
 }
 
+/// The entry of `--allowed-origins` that dev mode uses by default: any page served from this
+/// machine (`http://localhost:*`, `http://127.0.0.1:*`, `http://[::1]:*`, and https).
+pub const LOOPBACK_ORIGINS: &str = "loopback";
+
+/// Whether `origin` (`scheme://host[:port]`) is a page served from this machine.
+pub fn is_loopback_origin(origin: &str) -> bool {
+    url::Url::parse(origin).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https") && u.path() == "/" && u.host().is_some_and(|h| is_loopback_host(&h))
+    })
+}
+
+/// Whether a `Host` header names this machine: `localhost` (or a name under it) or a loopback
+/// address, with any port. Anything else reaching a dev gateway is a DNS rebinding.
+pub fn is_loopback_host_header(host: &str) -> bool {
+    url::Url::parse(&format!("http://{host}/"))
+        .is_ok_and(|u| u.path() == "/" && u.username().is_empty() && u.host().is_some_and(|h| is_loopback_host(&h)))
+}
+
+fn is_loopback_host(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    }
+}
+
 /// The validated configuration of a gateway.
 pub struct Config {
     pub dev: bool,
+    /// Dev mode only: listen beyond loopback and answer any `Host` (`--allow-remote`).
+    pub allow_remote: bool,
     pub listen: SocketAddr,
     /// `None` in dev mode (in-process broker).
     pub nats: Option<NatsOptions>,
     pub client_auth: ClientAuth,
-    pub publish_auth: PublishAuth,
+    pub publish_auth: KeyAuth,
+    /// `/dashboard`'s keys (`--dashboard-keys-file`).
+    pub dashboard_auth: KeyAuth,
     pub settings: Settings,
 }
 
@@ -248,6 +309,9 @@ impl Config {
                     }
                     Toggle::Off => History::Off,
                 },
+                // Never longer than the stream remembers message ids: a retry after that could be
+                // stored twice.
+                publish_retry: Duration::from_secs(args.publish_retry_secs).min(settings.history.dedup_window),
             }),
             _ => {
                 errors.push("no NATS URL: set --nats-url or HERALD_NATS_URL (or run `herald-gateway dev`)".into());
@@ -271,12 +335,22 @@ impl Config {
         {
             errors.push(format!("--jwks-file {e}"));
         }
-        let no_key_flags =
-            args.jwt_secret_file.is_none() && args.jwt_public_key_file.is_empty() && args.jwks_file.is_none();
+        let jwks_urls: Vec<String> = args.jwks_url.iter().filter(|u| !u.trim().is_empty()).cloned().collect();
+        if !jwks_urls.is_empty() {
+            let every = Duration::from_secs(args.jwks_refresh_secs);
+            match RemoteKeys::new(&jwks_urls, every, args.jwks_allow_http) {
+                Ok(remote) => verifier.set_remote(Arc::new(remote)),
+                Err(e) => errors.push(e),
+            }
+        }
+        let no_key_flags = args.jwt_secret_file.is_none()
+            && args.jwt_public_key_file.is_empty()
+            && args.jwks_file.is_none()
+            && jwks_urls.is_empty();
         if no_key_flags {
             errors.push(
-                "no client-token key: set --jwt-secret-file, --jwt-public-key-file or --jwks-file \
-                 (HERALD_JWT_SECRET_FILE, HERALD_JWT_PUBLIC_KEY_FILE, HERALD_JWKS_FILE)"
+                "no client-token key: set --jwt-secret-file, --jwt-public-key-file, --jwks-file or --jwks-url \
+                 (HERALD_JWT_SECRET_FILE, HERALD_JWT_PUBLIC_KEY_FILE, HERALD_JWKS_FILE, HERALD_JWKS_URL)"
                     .into(),
             );
         }
@@ -293,13 +367,34 @@ impl Config {
 
         let publish_auth = match &args.publish_keys_file {
             Some(path) => match PublishKeys::load(path) {
-                Ok(keys) => PublishAuth::Keys(keys),
+                Ok(keys) => KeyAuth::Keys(keys),
                 Err(errs) => {
                     errors.extend(errs.into_iter().map(|e| format!("--publish-keys-file {e}")));
-                    PublishAuth::Disabled
+                    KeyAuth::Disabled
                 }
             },
-            None => PublishAuth::Disabled,
+            None => KeyAuth::Disabled,
+        };
+
+        let dashboard_auth = match &args.dashboard_keys_file {
+            Some(path) => match PublishKeys::load(path) {
+                Ok(keys) => {
+                    if let KeyAuth::Keys(publishing) = &publish_auth
+                        && let Some((dashboard, publisher)) = keys.shared_secret(publishing)
+                    {
+                        errors.push(format!(
+                            "--dashboard-keys-file: key {dashboard:?} has the secret of publisher key {publisher:?}; \
+                             a key typed into a browser must not be one that publishes to every user"
+                        ));
+                    }
+                    KeyAuth::Keys(keys)
+                }
+                Err(errs) => {
+                    errors.extend(errs.into_iter().map(|e| format!("--dashboard-keys-file {e}")));
+                    KeyAuth::Disabled
+                }
+            },
+            None => KeyAuth::Disabled,
         };
 
         if !errors.is_empty() {
@@ -307,10 +402,12 @@ impl Config {
         }
         Ok(Config {
             dev: false,
+            allow_remote: false,
             listen: listen.expect("checked above"),
             nats,
             client_auth: ClientAuth::Jwt(Arc::new(verifier)),
             publish_auth,
+            dashboard_auth,
             settings,
         })
     }
@@ -319,9 +416,17 @@ impl Config {
     pub fn dev(args: Box<DevArgs>) -> Result<Config, Vec<String>> {
         let mut errors = Vec::new();
         let listen = parse_listen(&args.listen, &mut errors);
+        if let Some(addr) = listen.filter(|a| !a.ip().is_loopback())
+            && !args.allow_remote
+        {
+            errors.push(format!(
+                "dev mode listens on loopback only: {addr} would let anyone who reaches it read every stream and publish to everyone; use 127.0.0.1, or add --allow-remote"
+            ));
+        }
         let mut settings = Settings::from_args(args.common, &mut errors);
         if settings.allowed_origins.is_empty() {
-            settings.allowed_origins.push("*".into());
+            // Pages served from this machine only: not any site the developer's browser visits.
+            settings.allowed_origins.push(LOOPBACK_ORIGINS.into());
         }
         if settings.presence_channels.is_empty() {
             settings.presence_channels.push(ChannelPattern::Prefix(String::new()));
@@ -331,10 +436,12 @@ impl Config {
         }
         Ok(Config {
             dev: true,
+            allow_remote: args.allow_remote,
             listen: listen.expect("checked above"),
             nats: None,
             client_auth: ClientAuth::Open,
-            publish_auth: PublishAuth::Open,
+            publish_auth: KeyAuth::Open,
+            dashboard_auth: KeyAuth::Open,
             settings,
         })
     }
@@ -489,6 +596,42 @@ pub(crate) fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_origins_and_hosts() {
+        for o in [
+            "http://localhost:5173",
+            "http://127.0.0.1:8080",
+            "https://127.9.9.9",
+            "http://[::1]:3000",
+            "http://app.localhost:1",
+        ] {
+            assert!(is_loopback_origin(o), "{o}");
+        }
+        for o in [
+            "https://evil.example",
+            "http://localhost.evil.example",
+            "http://10.0.0.1",
+            "null",
+            "file:///x",
+            "http://127.0.0.1.nip.io",
+        ] {
+            assert!(!is_loopback_origin(o), "{o}");
+        }
+        for h in ["localhost", "localhost:8080", "127.0.0.1:8080", "[::1]:8080", "LOCALHOST"] {
+            assert!(is_loopback_host_header(h), "{h}");
+        }
+        for h in [
+            "attacker.example",
+            "attacker.example:8080",
+            "127.0.0.1.attacker.example",
+            "192.168.1.2:8080",
+            "",
+            "a@localhost",
+        ] {
+            assert!(!is_loopback_host_header(h), "{h}");
+        }
+    }
 
     fn serve(args: &[&str]) -> Result<Config, Vec<String>> {
         let mut argv = vec!["herald-gateway", "serve"];

@@ -1,4 +1,4 @@
-//! Events, their targets and the NATS subjects they travel on (DESIGN section 2).
+//! Events, their targets and the NATS subjects they travel on (docs/architecture.md).
 
 use std::fmt;
 use std::sync::Arc;

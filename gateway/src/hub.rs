@@ -105,6 +105,12 @@ enum Command {
 /// Most events replayed to refill one outage; beyond it, sessions are closed to resume alone.
 const CATCH_UP_MAX: usize = 100_000;
 
+/// How long a refill that the history cannot answer (a NATS cluster electing the stream's
+/// leader takes seconds) is tried again, every [`REFILL_RETRY`], with every stream kept open
+/// and live events held, before every stream is sent to resume on its own.
+const REFILL_PATIENCE: Duration = Duration::from_secs(30);
+const REFILL_RETRY: Duration = Duration::from_millis(500);
+
 /// The per-pod hub. Shared by all HTTP workers.
 pub struct Hub {
     topics: Mutex<HashMap<Target, Arc<Topic>>>,
@@ -158,6 +164,7 @@ impl Hub {
             renaming: false,
             hole_after: None,
             held: Vec::new(),
+            refill_failing_since: None,
         };
         let position = dispatcher.broker.last_id();
         let link = dispatcher.broker.link();
@@ -173,31 +180,37 @@ impl Hub {
                 match position.await {
                     Ok(id) => {
                         let _ = commands.send(Command::Position(id));
-                        break;
+                        return;
                     }
                     Err(e) => tracing::debug!(error = %e, "history position not readable yet"),
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 position = broker.last_id();
             }
-            let Some(mut link) = link else { return };
+        });
+        // Watched from the start, not once the position is read: a link that drops meanwhile
+        // is a gap after the events already dispatched.
+        if let Some(mut link) = link {
             // The first connection is no gap: the position read covers what came before it.
             let mut seen = *link.borrow_and_update();
-            while link.changed().await.is_ok() {
-                let now = *link.borrow_and_update();
-                let command = if !now.up {
-                    Command::LinkDown
-                } else if now.connections != seen.connections {
-                    Command::Gap
-                } else {
-                    continue;
-                };
-                seen = now;
-                if commands.send(command).is_err() {
-                    return;
+            let commands = tx.clone();
+            runtime.spawn(async move {
+                while link.changed().await.is_ok() {
+                    let now = *link.borrow_and_update();
+                    let command = if !now.up {
+                        Command::LinkDown
+                    } else if now.connections != seen.connections {
+                        Command::Gap
+                    } else {
+                        continue;
+                    };
+                    seen = now;
+                    if commands.send(command).is_err() {
+                        return;
+                    }
                 }
-            }
-        });
+            });
+        }
         Arc::new(Hub { topics: Mutex::new(HashMap::new()), commands: tx })
     }
 
@@ -322,6 +335,11 @@ struct Slot {
     topic: Arc<Topic>,
     stream: EventStream,
     waker: Arc<SlotWaker>,
+    /// Not drained yet. What the subscription queued before it was in place (a NATS cluster
+    /// confirms a subscription only once the stream's leader knows of it, a round trip across
+    /// the cluster) may be older than what the other subscriptions delivered meanwhile: that is
+    /// no new history, and every stream joining it starts at a cursor that covers those events.
+    new: bool,
 }
 
 /// Owns every subscription of the pod and merges them into one ordered flow (see the top of
@@ -349,6 +367,8 @@ struct Dispatcher {
     /// came after this sequence on it.
     hole_after: Option<u64>,
     held: Vec<(Arc<Topic>, Delivery)>,
+    /// When the refills of the current gap started failing with the link up.
+    refill_failing_since: Option<std::time::Instant>,
 }
 
 /// Whether the hub is refilling a gap in live delivery.
@@ -392,7 +412,7 @@ impl Dispatcher {
                         waker.wake_by_ref(); // poll it once to register the waker
                         topic.slot.store(entry.key(), Ordering::Relaxed);
                         self.by_target.insert(topic.target.clone(), entry.key());
-                        entry.insert(Slot { topic: topic.clone(), stream, waker });
+                        entry.insert(Slot { topic: topic.clone(), stream, waker, new: true });
                         topic.state.send_replace(TopicState::Live);
                     }
                     Err(e) => {
@@ -426,7 +446,10 @@ impl Dispatcher {
                 self.catch_up = CatchUp::Idle;
                 match result {
                     Ok(Replay::Events(events)) => {
-                        tracing::info!(events = events.len(), "gap refilled");
+                        self.refill_failing_since = None;
+                        let seq = |i: Option<&(Target, Delivery)>| i.and_then(|(_, d)| d.id.as_ref()).map(|id| id.seq);
+                        let (first, last) = (seq(events.first()), seq(events.last()));
+                        tracing::info!(events = events.len(), first, last, held = self.held.len(), "gap refilled");
                         for (target, delivery) in events {
                             if let Some(topic) = self.by_target.get(&target).and_then(|&i| self.topic_at(i)) {
                                 self.dispatch(&topic, delivery, true);
@@ -457,6 +480,17 @@ impl Dispatcher {
                         }
                         return;
                     }
+                    Err(BrokerError::Unavailable(e))
+                        if self.refill_failing_since.get_or_insert_with(std::time::Instant::now).elapsed()
+                            < REFILL_PATIENCE =>
+                    {
+                        // The link is up but the history does not answer (no stream leader
+                        // yet): a little later, with every stream kept open.
+                        tracing::info!(error = %e, "the history cannot be read yet; refilling the gap again shortly");
+                        self.catch_up = CatchUp::Running { again: false };
+                        self.request_refill(REFILL_RETRY);
+                        return;
+                    }
                     other => {
                         // The gap can't be refilled: every stream reconnects and resumes alone.
                         match other {
@@ -466,6 +500,7 @@ impl Dispatcher {
                             Err(e) => tracing::warn!(error = %e, "cannot refill the gap"),
                             Ok(Replay::Events(_)) => {}
                         }
+                        self.refill_failing_since = None;
                         self.close_every_stream();
                     }
                 }
@@ -489,10 +524,18 @@ impl Dispatcher {
         };
         tracing::info!(after = %after, "live delivery had a gap; refilling it from the history");
         self.catch_up = CatchUp::Running { again: false };
-        let replay = self.broker.replay(after, CATCH_UP_MAX);
+        self.request_refill(Duration::ZERO);
+    }
+
+    /// Asks the broker, after `delay`, for everything after the watermark; the answer comes
+    /// back as [`Command::CaughtUp`].
+    fn request_refill(&mut self, delay: Duration) {
+        let Some(after) = self.watermark.clone() else { return };
+        let broker = self.broker.clone();
         let tx = self.commands_tx.clone();
         tokio::spawn(async move {
-            let _ = tx.send(Command::CaughtUp(replay.await));
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Command::CaughtUp(broker.replay(after, CATCH_UP_MAX).await));
         });
     }
 
@@ -563,6 +606,11 @@ impl Dispatcher {
             for index in ready {
                 let Some(slot) = self.slots.get_mut(index) else { continue };
                 slot.waker.queued.store(false, Ordering::Release);
+                // Queued before the subscription was in place, at or below what was sent: no
+                // member can want it (see `Slot::new`).
+                let before = std::mem::take(&mut slot.new).then(|| self.watermark.clone()).flatten().map(|w| {
+                    move |d: &Delivery| d.id.as_ref().is_some_and(|id| id.epoch == w.epoch && id.seq <= w.seq)
+                });
                 let waker = Waker::from(slot.waker.clone());
                 let mut cx = Context::from_waker(&waker);
                 let (mut drained, mut newest) = (0, None);
@@ -573,7 +621,9 @@ impl Dispatcher {
                             if let Some(id) = &delivery.id {
                                 newest = Some(id.seq);
                             }
-                            self.batch.push((index, delivery));
+                            if !before.as_ref().is_some_and(|older| older(&delivery)) {
+                                self.batch.push((index, delivery));
+                            }
                             if drained == self.capacity {
                                 // Full: the broker dropped whatever came next on it, up to now
                                 // (everything queued arrived before; nothing can arrive while
@@ -740,6 +790,10 @@ mod tests {
         replays: mpsc::UnboundedSender<(Option<EventId>, Reply)>,
         link: watch::Receiver<Link>,
         head: u64,
+        /// While set, subscriptions wait for `gate` before they are in place (the broker may
+        /// already queue their events).
+        gated: AtomicBool,
+        gate: Arc<tokio::sync::Notify>,
     }
 
     /// The test's side of it.
@@ -777,7 +831,14 @@ mod tests {
         fn new(head: u64) -> Script {
             let (replays_tx, replays) = mpsc::unbounded_channel();
             let (link, link_rx) = watch::channel(Link { up: true, connections: 1 });
-            let broker = Arc::new(Scripted { feeds: Mutex::default(), replays: replays_tx, link: link_rx, head });
+            let broker = Arc::new(Scripted {
+                feeds: Mutex::default(),
+                replays: replays_tx,
+                link: link_rx,
+                head,
+                gated: AtomicBool::new(false),
+                gate: Arc::default(),
+            });
             Script { broker, replays, link }
         }
 
@@ -837,7 +898,14 @@ mod tests {
             let (tx, rx) = mpsc::channel(CAPACITY);
             self.feeds.lock().insert(target, tx);
             let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) });
-            async move { Ok(Box::pin(stream) as EventStream) }.boxed()
+            let gate = self.gated.load(Ordering::SeqCst).then(|| self.gate.clone());
+            async move {
+                if let Some(gate) = gate {
+                    gate.notified().await;
+                }
+                Ok(Box::pin(stream) as EventStream)
+            }
+            .boxed()
         }
 
         fn publish(&self, _: Vec<Target>, _: Outgoing) -> BoxFuture<'static, Result<Vec<EventId>, BrokerError>> {
@@ -959,6 +1027,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn events_a_subscription_queued_before_it_was_in_place_are_no_new_history() {
+        let script = Script::new(10);
+        let (hub, u, mut a, _a) = streaming_after_11(&script).await;
+        let v = user("v");
+        script.broker.gated.store(true, Ordering::SeqCst);
+        let joining = {
+            let (hub, v) = (hub.clone(), v.clone());
+            tokio::spawn(async move { Reader::join(&hub, &[v], 12).await })
+        };
+        while !script.broker.feeds.lock().contains_key(&v) {
+            tokio::task::yield_now().await;
+        }
+        // Queued on v's subscription while it waits to be confirmed; 5 came before anything
+        // the hub sent since, 13 after.
+        script.live(&v, 5);
+        script.live(&u, 12);
+        script.live(&v, 13);
+        assert_eq!(a.until(12).await, [11, 12]);
+        script.broker.gate.notify_one();
+        let (mut b, _b) = joining.await.unwrap();
+        script.live(&v, 14);
+        script.live(&u, 15);
+        assert_eq!(a.until(15).await, [11, 12, 15], "no stream was sent to resume");
+        assert_eq!(b.until(14).await, [13, 14]);
+    }
+
+    #[tokio::test]
     async fn a_gap_that_opens_during_a_refill_is_refilled_too() {
         let mut script = Script::new(10);
         let (_hub, u, mut a, _a, first) = a_gap_after_11(&mut script).await;
@@ -1043,6 +1138,21 @@ mod tests {
         Script::refill(second, (12..=15).map(|seq| (u.clone(), seq)));
         script.live(&u, 16);
         assert_eq!(s.until(16).await, (11..=16).collect::<Vec<_>>());
+        assert_eq!(s.outbox.close_reason(), None, "the stream stayed open");
+    }
+
+    #[tokio::test]
+    async fn a_refill_the_history_cannot_answer_yet_is_tried_again_with_every_stream_kept() {
+        let mut script = Script::new(10);
+        let (_hub, u, mut s, _s, first) = a_gap_after_11(&mut script).await;
+        // The link is back, but the history does not answer: its stream has no leader yet.
+        script.live(&u, 16);
+        assert!(first.send(Err(BrokerError::Unavailable("no stream leader".into()))).is_ok());
+        let (after, second) = script.next_replay().await;
+        assert_eq!(after, 11, "asked again from where the hub was");
+        Script::refill(second, (12..=15).map(|seq| (u.clone(), seq)));
+        script.live(&u, 17);
+        assert_eq!(s.until(17).await, (11..=17).collect::<Vec<_>>(), "every event once, in order");
         assert_eq!(s.outbox.close_reason(), None, "the stream stayed open");
     }
 

@@ -26,6 +26,7 @@ pub mod drain;
 pub mod event;
 pub mod http;
 pub mod hub;
+pub mod jwks;
 pub mod limits;
 pub mod metrics;
 pub mod names;

@@ -10,6 +10,8 @@ use herald_gateway::{cli, selftest, server, telemetry};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
+    // Before any HTTP client is built (JWKS fetches, the trace exporter): their TLS uses it.
+    herald_gateway::jwks::install_crypto();
     let cli = Cli::parse();
     let (config, log_format) = match cli.command {
         Command::Publish(args) => std::process::exit(cli::publish(args)),

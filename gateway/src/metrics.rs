@@ -1,4 +1,4 @@
-//! The gateway's Prometheus metrics (`/metrics`, DESIGN section 6), in one registry.
+//! The gateway's Prometheus metrics (`/metrics`, docs/observability.md), in one registry.
 //!
 //! Hot paths only touch atomics: every labelled series is resolved once, here, into a plain
 //! counter (so no label lookup, lock or allocation happens per event or per frame), and every
@@ -134,6 +134,8 @@ pub struct Metrics {
     presence_writes: IntCounter,
     presence_changes: IntCounter,
     client_events: IntCounterVec,
+    /// JWKS fetches that succeeded, and failed.
+    jwks_fetches: [IntCounter; 2],
 }
 
 impl Default for Metrics {
@@ -237,6 +239,25 @@ impl Metrics {
             client_events.with_label_values(&[status]);
         }
 
+        let jwks_vec = labelled(
+            "herald_jwks_fetches_total",
+            "Fetches of the --jwks-url key sets, by result (ok, error: the last good keys are kept)",
+            "result",
+        );
+        let jwks_fetches = ["ok", "error"].map(|r| jwks_vec.with_label_values(&[r]));
+
+        let build_info = prometheus::IntGaugeVec::new(
+            Opts::new("herald_build_info", "Always 1: the version and commit this gateway was built from"),
+            &["version", "commit"],
+        )
+        .expect("valid metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("HERALD_COMMIT")]).set(1);
+        registry.register(Box::new(build_info)).expect("unique metric");
+        // process_open_fds above all: every SSE stream holds a socket.
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("unique metric");
+
         Metrics {
             registry,
             connections,
@@ -260,7 +281,13 @@ impl Metrics {
             presence_writes,
             presence_changes,
             client_events,
+            jwks_fetches,
         }
+    }
+
+    /// A fetch of a JWKS URL, and whether it gave usable keys.
+    pub fn jwks_fetched(&self, ok: bool) {
+        self.jwks_fetches[usize::from(!ok)].inc();
     }
 
     /// `n` presence entries written in one batch.

@@ -32,6 +32,8 @@ pub enum NameError {
         "contains {0:?} at position {1}; allowed are ASCII letters, digits and _ - : @ = + ~ with . between segments"
     )]
     InvalidChar(char, usize),
+    #[error("contains {0:?} at position {1}; allowed are ASCII letters, digits and _ - : .")]
+    InvalidTypeChar(char, usize),
     #[error("has an empty segment (a leading, trailing or doubled '.')")]
     EmptySegment,
     #[error("is reserved for the gateway's own events")]
@@ -87,7 +89,7 @@ pub fn validate_event_type(s: &str) -> Result<(), NameError> {
     for (i, b) in s.bytes().enumerate() {
         if !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.')) {
             let ch = s[i..].chars().next().unwrap_or('?');
-            return Err(NameError::InvalidChar(ch, i));
+            return Err(NameError::InvalidTypeChar(ch, i));
         }
     }
     if RESERVED_EVENT_TYPES.contains(&s) {
@@ -153,8 +155,11 @@ mod tests {
         assert!(validate_event_type("agent.status").is_ok());
         assert_eq!(validate_event_type(""), Err(NameError::Empty));
         assert_eq!(validate_event_type("connected"), Err(NameError::Reserved));
-        assert_eq!(validate_event_type("a\rb"), Err(NameError::InvalidChar('\r', 1)));
-        assert_eq!(validate_event_type("a b"), Err(NameError::InvalidChar(' ', 1)));
+        assert_eq!(validate_event_type("a\rb"), Err(NameError::InvalidTypeChar('\r', 1)));
+        assert_eq!(validate_event_type("a b"), Err(NameError::InvalidTypeChar(' ', 1)));
+        // The message names exactly what a type may hold: not a name's @ = + ~.
+        let e = validate_event_type("a@b").unwrap_err();
+        assert_eq!(e.to_string(), "contains '@' at position 1; allowed are ASCII letters, digits and _ - : .");
         assert!(validate_event_type(&"x".repeat(65)).is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! Publisher keys: a file of `name:secret` lines, separate from client tokens.
+//! Keys files of `name:secret` lines, separate from client tokens: the publisher keys
+//! (`--publish-keys-file`) and the dashboard keys (`--dashboard-keys-file`).
 //!
 //! Secrets are kept only as SHA-256 digests and compared in constant time against every key,
 //! so neither timing nor an early exit reveals which key (or how much of one) matched.
@@ -74,6 +75,13 @@ impl PublishKeys {
         self.keys.is_empty()
     }
 
+    /// A key of this file with the same secret as one of `other`: their names.
+    pub fn shared_secret<'a>(&'a self, other: &'a PublishKeys) -> Option<(&'a str, &'a str)> {
+        self.keys.iter().find_map(|mine| {
+            other.keys.iter().find(|theirs| theirs.digest == mine.digest).map(|t| (mine.name.as_str(), t.name.as_str()))
+        })
+    }
+
     /// Returns the name of the key whose secret is `presented`, if any.
     pub fn check(&self, presented: &str) -> Option<&str> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
@@ -90,6 +98,15 @@ impl PublishKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_two_files_share_is_found() {
+        let publishing = PublishKeys::parse("backend:0123456789abcdef-one\nother:0123456789abcdef-two").unwrap();
+        let reused = PublishKeys::parse("ops:0123456789abcdef-two").unwrap();
+        assert_eq!(reused.shared_secret(&publishing), Some(("ops", "other")));
+        let own = PublishKeys::parse("ops:0123456789abcdef-three").unwrap();
+        assert_eq!(own.shared_secret(&publishing), None);
+    }
 
     #[test]
     fn parse_and_check() {

@@ -10,7 +10,7 @@ use actix_web::{App, HttpServer, web};
 use crate::auth::redact_query;
 use crate::broker::nats::History;
 use crate::broker::{Broker, MemoryBroker, NatsBroker};
-use crate::config::{Config, hostname};
+use crate::config::{Config, LOOPBACK_ORIGINS, hostname, is_loopback_host_header, is_loopback_origin};
 use crate::dashboard::{self, Fleet};
 use crate::http::{self, AppState};
 use crate::hub::Hub;
@@ -51,6 +51,11 @@ pub fn run(config: Config) -> std::io::Result<()> {
         None => (MemoryBroker::start(&handle, settings.history), MemoryPresence::new()),
     };
     let metrics = Arc::new(Metrics::new());
+    if let crate::config::ClientAuth::Jwt(verifier) = &config.client_auth
+        && let Some(remote) = verifier.remote()
+    {
+        remote.start(metrics.clone())?;
+    }
     let hub = Hub::start(broker.clone(), metrics.clone(), &handle);
     let fleet = Fleet::new();
     let instance = format!("{:08x}", rand::random::<u32>());
@@ -72,10 +77,12 @@ pub fn run(config: Config) -> std::io::Result<()> {
         admission: admission.clone(),
         client_auth: config.client_auth,
         publish_auth: config.publish_auth,
+        dashboard_auth: config.dashboard_auth,
         settings: settings.clone(),
         instance,
         presence: presence.clone(),
         client_events: crate::rate::RateLimiter::new(settings.client_event_rate, settings.client_event_burst),
+        presence_reads: crate::rate::RateLimiter::new(http::presence::READ_RATE, http::presence::READ_BURST),
         next_connection: AtomicU64::new(0),
         metrics: metrics.clone(),
         fleet: fleet.clone(),
@@ -88,6 +95,8 @@ pub fn run(config: Config) -> std::io::Result<()> {
         metrics,
     };
     let dev = config.dev;
+    let allow_remote = config.allow_remote;
+    let host_check = dev && !allow_remote;
     let listen = config.listen;
 
     actix_web::rt::System::new().block_on(async move {
@@ -97,6 +106,10 @@ pub fn run(config: Config) -> std::io::Result<()> {
             App::new()
                 .app_data(state.clone())
                 .wrap(cors(&origins))
+                .wrap(actix_web::middleware::Condition::new(
+                    host_check,
+                    actix_web::middleware::from_fn(loopback_host_only),
+                ))
                 .wrap_fn(|req, srv| {
                     let method = req.method().clone();
                     let path = req.path().to_owned();
@@ -131,7 +144,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
         // On this thread, not the hub's: the hub thread is kept for the dispatcher.
         actix_web::rt::spawn(dashboard::run(reporting));
         if dev {
-            warn_dev_mode(&server.addrs());
+            warn_dev_mode(&server.addrs(), allow_remote);
         }
         let server = server.run();
         actix_web::rt::spawn(crate::drain::on_signal(admission, settings.drain, settings.retry_ms, server.handle()));
@@ -155,15 +168,48 @@ fn cors(origins: &[String]) -> Cors {
         .supports_credentials()
         .max_age(3600);
     for origin in origins {
-        cors = if origin == "*" { cors.allow_any_origin() } else { cors.allowed_origin(origin) };
+        cors = if origin == "*" {
+            cors.allow_any_origin()
+        } else if origin == LOOPBACK_ORIGINS {
+            cors.allowed_origin_fn(|origin, _| origin.to_str().is_ok_and(is_loopback_origin))
+        } else {
+            cors.allowed_origin(origin)
+        };
     }
     cors
 }
 
-fn warn_dev_mode(addrs: &[std::net::SocketAddr]) {
+/// Dev mode's answer to a request whose `Host` is not this machine (a DNS rebinding: a page on
+/// another site whose name resolves to 127.0.0.1): 403.
+async fn loopback_host_only(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<
+    actix_web::dev::ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
+    actix_web::Error,
+> {
+    let host = req.headers().get(actix_web::http::header::HOST).and_then(|h| h.to_str().ok());
+    if host.is_some_and(is_loopback_host_header) {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
+    let error = crate::http::ApiError::new(
+        actix_web::http::StatusCode::FORBIDDEN,
+        "host_not_allowed",
+        "dev mode answers requests for localhost and loopback addresses only (start it with --allow-remote to answer any Host)",
+    );
+    let res = actix_web::ResponseError::error_response(&error);
+    Ok(req.into_response(res).map_into_right_body())
+}
+
+fn warn_dev_mode(addrs: &[std::net::SocketAddr], allow_remote: bool) {
     let url = addrs.first().map(|a| format!("http://{a}/")).unwrap_or_default();
     tracing::warn!("DEVELOPMENT MODE: no authentication, in-process broker, events kept in memory only.");
     tracing::warn!("Do not expose this gateway. Use `herald-gateway serve` in production.");
+    if allow_remote {
+        tracing::warn!(
+            "--allow-remote: anyone who reaches {url} can read any user's stream (/events?user=…), publish to everyone (POST /v1/publish, no key), send client events as anyone, and read /metrics and /dashboard; any Host is answered"
+        );
+    }
     tracing::info!("demo page: {url}  stream: curl -N '{url}events?user=alice'");
 }
 

@@ -1,4 +1,4 @@
-//! SSE frame rendering (DESIGN section 3). Pure functions: the hub calls [`event_frame`] once per
+//! SSE frame rendering (docs/protocol.md). Pure functions: the hub calls [`event_frame`] once per
 //! event per pod and shares the resulting bytes with every session.
 //!
 //! Control frames (`connected`, `token_expired`) never carry `id:`, because an id there would

@@ -276,19 +276,17 @@ async fn a_publish_repeated_with_its_id_is_stored_once() {
     assert_eq!(first.len(), 2);
     assert_eq!(gw.publish_ids(body).await, first, "a repeat answers the first publish's ids");
 
-    // The answer to this one is lost: the publisher closes its connection without reading it,
-    // then tries again.
-    let lost = json!({"type":"order","data":2,"users":["idem"],"id":"order-2"}).to_string();
-    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let request = format!(
-        "POST /v1/publish HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{lost}",
-        gw.addr,
-        support::PUBLISH_KEY,
-        lost.len()
+    // The answer to this one is lost on its way back: a proxy between the publisher and the
+    // gateway forwards the request, takes the gateway's answer (so the event was stored) and
+    // drops it. The publisher, having heard nothing, tries again.
+    let lost = json!({"type":"order","data":2,"users":["idem"],"id":"order-2"});
+    let dropped = support::try_publish(gw.addr, &lost).await.unwrap();
+    assert_eq!(dropped.status, 200, "the first attempt was stored; its answer never reaches the publisher");
+    let again = gw.publish_ids(lost).await;
+    assert_eq!(
+        again,
+        dropped.json()["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect::<Vec<_>>()
     );
-    tokio::io::AsyncWriteExt::write_all(&mut conn, request.as_bytes()).await.unwrap();
-    drop(conn);
-    let again = gw.publish_ids(serde_json::from_str(&lost).unwrap()).await;
     // Ephemeral events are not stored, so there is nothing to de-duplicate: the id is ignored.
     let ephemeral = json!({"type":"typing","data":0,"users":["idem"],"durable":false,"id":"order-1"});
     assert_eq!(gw.publish(ephemeral).await.json()["ids"], json!([]));
@@ -310,4 +308,42 @@ async fn a_publish_repeated_with_its_id_is_stored_once() {
         ("typing".to_owned(), None),
     ];
     assert_eq!(got, want, "each target's event once, then the marker");
+}
+
+/// A page on another site makes the victim's browser post a client event with the victim's
+/// `herald_token` cookie, as a form or CORS "simple" request (`text/plain`) would: 415; the
+/// same with a JSON body from a foreign `Origin`: 403. Subscribers receive neither; the same
+/// request from an allowed origin, and from a backend (no `Origin`), goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_client_events_are_refused() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &["--allowed-origins", "https://app.example.com"]);
+    gw.ready().await;
+    let victim = token_with(json!({"sub": "victim", "channels": ["doc:*"], "publish": ["doc:*"]}));
+    let mut sub = Sse::with_token(gw.addr, &token("watcher", &["doc:1"], 600), &["doc:1"]).await;
+    assert_eq!(sub.next().await.event, "connected");
+
+    let cookie = format!("herald_token={victim}");
+    let post = |content_type: &'static str, origin: Option<&'static str>, event: &'static str| {
+        let (addr, cookie) = (gw.addr, cookie.clone());
+        async move {
+            let body = json!({"channel": "doc:1", "type": event, "data": 1}).to_string();
+            let mut headers = vec![("Cookie", cookie.as_str()), ("Content-Type", content_type)];
+            if let Some(origin) = origin {
+                headers.push(("Origin", origin));
+            }
+            support::http(addr, "POST", "/v1/client-events", &headers, Some(body.as_bytes())).await
+        }
+    };
+    let res = post("text/plain", Some("https://evil.example"), "forged").await;
+    assert_eq!((res.status, res.json()["error"].clone()), (415, json!("unsupported_media_type")));
+    let res = post("application/json", Some("https://evil.example"), "forged").await;
+    assert_eq!((res.status, res.json()["error"].clone()), (403, json!("origin_not_allowed")));
+    let res = post("application/json", Some("https://app.example.com"), "from_app").await;
+    assert_eq!(res.status, 202, "{}", String::from_utf8_lossy(&res.body));
+    let res = post("application/json", None, "marker").await;
+    assert_eq!(res.status, 202, "{}", String::from_utf8_lossy(&res.body));
+
+    let got: Vec<String> = [sub.next_event().await, sub.next_event().await].into_iter().map(|e| e.event).collect();
+    assert_eq!(got, ["from_app", "marker"], "nothing forged reached the subscriber");
 }

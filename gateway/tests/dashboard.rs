@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Gateway, Nats, PUBLISH_KEY, Sse, http, token};
+use support::{DASHBOARD_KEY, Gateway, Nats, PUBLISH_KEY, Sse, http, token};
 
 /// Reads `stats` frames (one a second) until one satisfies `cond`, 15 at most; returns it.
 async fn stats_until(s: &mut Sse, what: &str, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
@@ -26,32 +26,45 @@ fn pod<'a>(view: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Va
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_dashboard_shows_the_whole_fleet_behind_a_publisher_key() {
+async fn every_dashboard_shows_the_whole_fleet_behind_a_dashboard_key() {
     let nats = Nats::start();
     let a = Gateway::serve(&nats, &["--pod-name", "gw-a"]);
     let mut b = Gateway::serve(&nats, &["--pod-name", "gw-b"]);
     a.ready().await;
     b.ready().await;
 
-    // The key: none, a wrong one, then the right one as ?key= (which sets the cookie) or Bearer.
+    // The key: none, a wrong one, a publisher key (it publishes to every user: never typed into
+    // a browser), then the dashboard key as ?key= (which sets the cookie) or Bearer.
     assert_eq!(http(a.addr, "GET", "/dashboard", &[], None).await.status, 401);
     assert_eq!(http(a.addr, "GET", "/dashboard/stream", &[], None).await.status, 401);
     assert_eq!(http(a.addr, "GET", "/dashboard?key=not-the-key-0123456789", &[], None).await.status, 401);
-    let page = http(a.addr, "GET", &format!("/dashboard?key={PUBLISH_KEY}"), &[], None).await;
+    let publisher = format!("Bearer {PUBLISH_KEY}");
+    for (target, headers) in [
+        (format!("/dashboard?key={PUBLISH_KEY}"), vec![]),
+        ("/dashboard".to_owned(), vec![("Authorization", publisher.as_str())]),
+        ("/dashboard/stream".to_owned(), vec![("Authorization", publisher.as_str())]),
+    ] {
+        let res = http(a.addr, "GET", &target, &headers, None).await;
+        assert_eq!(res.status, 401, "a publisher key on {target}");
+        assert!(String::from_utf8_lossy(&res.body).contains("unknown dashboard key"));
+    }
+    let page = http(a.addr, "GET", &format!("/dashboard?key={DASHBOARD_KEY}"), &[], None).await;
     assert_eq!(page.status, 200);
     assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
     let body = String::from_utf8_lossy(&page.body);
     // Self-contained: no URL but the SVG namespace (a name, never fetched).
     let elsewhere = body.replace("http://www.w3.org/2000/svg", "");
     assert!(body.contains("<svg") && !elsewhere.contains("http://") && !elsewhere.contains("https://"));
+    let csp = page.header("content-security-policy").expect("a Content-Security-Policy");
+    assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{csp}");
     let cookie = page.header("set-cookie").expect("a cookie for reloads and the stream");
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Path=/dashboard"));
     let cookie = cookie.split(';').next().unwrap().to_owned();
     assert_eq!(http(a.addr, "GET", "/dashboard", &[("Cookie", &cookie)], None).await.status, 200);
-    let bearer = format!("Bearer {PUBLISH_KEY}");
+    let bearer = format!("Bearer {DASHBOARD_KEY}");
     assert_eq!(http(b.addr, "GET", "/dashboard", &[("Authorization", &bearer)], None).await.status, 200);
     let log = a.log_text();
-    assert!(!log.contains(PUBLISH_KEY), "the key is never logged");
+    assert!(!log.contains(DASHBOARD_KEY) && !log.contains(PUBLISH_KEY), "no key is ever logged");
 
     // A's stream shows both gateways; B's connection count moves as a client connects to B.
     let mut stream = match Sse::open(a.addr, "/dashboard/stream", &[("Cookie", &cookie)]).await {
@@ -96,4 +109,29 @@ async fn the_dashboard_is_open_in_dev_mode_and_shows_this_pod() {
     let view = stats_until(&mut stream, "this pod", |v| v["pods"].as_array().is_some_and(|p| p.len() == 1)).await;
     assert_eq!(view["pods"][0]["pod"], view["thisPod"]);
     assert!(view["thisPod"].as_str().unwrap().ends_with(&format!(":{}", gw.addr.port())), "default name: host:port");
+}
+
+/// A dashboard key is typed into browsers: one with a publisher key's secret (which publishes to
+/// every user) is refused at start, naming both keys and never the secret.
+#[test]
+fn a_dashboard_key_that_is_a_publisher_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (publishing, dashboard, secret) =
+        (dir.path().join("publish.keys"), dir.path().join("dashboard.keys"), dir.path().join("jwt"));
+    std::fs::write(&publishing, "backend:shared-secret-0123456789\n").unwrap();
+    std::fs::write(&dashboard, "ops:shared-secret-0123456789\n").unwrap();
+    std::fs::write(&secret, "jwt-secret-0123456789abcdef\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald-gateway"))
+        .args(["serve", "--nats-url", "nats://127.0.0.1:1", "--jwt-secret-file"])
+        .arg(&secret)
+        .arg("--publish-keys-file")
+        .arg(&publishing)
+        .arg("--dashboard-keys-file")
+        .arg(&dashboard)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(r#"key "ops" has the secret of publisher key "backend""#), "{stderr}");
+    assert!(!stderr.contains("shared-secret"), "{stderr}");
 }

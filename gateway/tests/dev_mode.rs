@@ -62,3 +62,54 @@ fn dev_mode_binds_loopback_by_default_and_serve_refuses_without_config() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no NATS URL") && err.contains("no client-token key"), "{err}");
 }
+
+/// Dev mode has no authentication, so it answers this machine only: a page on another site gets
+/// no CORS grant and cannot publish (not even as a form or `text/plain`), a request naming
+/// another host (DNS rebinding) gets 403, and listening beyond loopback needs `--allow-remote`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_answers_this_machine_only() {
+    let gw = Gateway::dev(&[]);
+    gw.ready().await;
+    let res = http(gw.addr, "GET", "/stats", &[("Origin", "http://localhost:5173")], None).await;
+    assert_eq!(res.header("access-control-allow-origin"), Some("http://localhost:5173"), "a local page");
+    let res = http(gw.addr, "GET", "/stats", &[("Origin", "https://evil.example")], None).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.header("access-control-allow-origin"), None, "no grant for another site");
+
+    let publish = |content_type: &'static str, origin: &'static str| {
+        let addr = gw.addr;
+        async move {
+            let body = json!({"data": 1, "broadcast": true}).to_string();
+            let headers = [("Content-Type", content_type), ("Origin", origin)];
+            http(addr, "POST", "/v1/publish", &headers, Some(body.as_bytes())).await
+        }
+    };
+    assert_eq!(publish("text/plain", "https://evil.example").await.status, 415);
+    assert_eq!(publish("application/json", "https://evil.example").await.status, 403);
+    assert_eq!(publish("application/json", "http://127.0.0.1:3000").await.status, 200);
+
+    // DNS rebinding: the attacker's name resolves to 127.0.0.1, and the browser sends it as Host.
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = "GET /events?user=alice HTTP/1.1\r\nHost: attacker.example:8080\r\nConnection: close\r\n\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut conn, request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut raw).await.unwrap();
+    let head = String::from_utf8_lossy(&raw);
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(head.contains("host_not_allowed"), "{head}");
+
+    // Beyond loopback only when asked, and then with every open door named.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald-gateway"))
+        .args(["dev", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--allow-remote"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let remote = Gateway::dev(&["--allow-remote"]);
+    remote.ready().await;
+    assert!(remote.log_text().contains("publish to everyone"), "{}", remote.log_text());
+}

@@ -145,6 +145,11 @@ async fn tokens_in_urls_are_redacted_from_logs() {
         gw.stats().await["connections"] == 0
     })
     .await;
+    // The gateway's log is read from its stderr by another thread: the close line may trail.
+    support::eventually("the close is logged", Duration::from_secs(10), || async {
+        gw.log_text().contains("connection closed")
+    })
+    .await;
     let log = gw.log_text();
     assert!(log.contains("token=REDACTED"), "request lines are logged at debug: {log}");
     assert!(!log.contains(&t), "the token reached the log");
@@ -157,4 +162,30 @@ async fn tokens_in_urls_are_redacted_from_logs() {
     for field in ["reason=\"client\"", "user=u9", "events=1", "duration_ms=", "frames=", "bytes="] {
         assert!(close.contains(field), "{field} missing from the close line: {close}");
     }
+}
+
+/// Malformed requests are the client's error, and anyone can send them: they are answered and
+/// closed without an ERROR line (which anyone could otherwise use to flood the logs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_do_not_log_errors() {
+    let gw = Gateway::dev(&[]);
+    gw.ready().await;
+    let requests: [&[u8]; 3] = [
+        b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: x\r\n\r\n",
+    ];
+    for request in requests {
+        let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut conn, request).await.unwrap();
+        let mut answer = Vec::new();
+        // The gateway answers 400 and closes: once the close is read, the request was handled.
+        tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut answer))
+            .await
+            .expect("the gateway closes a malformed request's connection")
+            .unwrap();
+    }
+    assert_eq!(http(gw.addr, "GET", "/healthz", &[], None).await.status, 200);
+    let log = gw.log_text();
+    assert!(!log.contains("ERROR"), "{log}");
 }

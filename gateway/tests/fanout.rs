@@ -30,7 +30,8 @@ async fn live_subscriptions(nats: &Nats) -> Vec<String> {
 async fn a_thousand_sessions_share_one_subscription_and_all_get_the_broadcast() {
     const N: usize = 1000;
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &["--heartbeat-secs", "1"]);
+    // One user's thousand streams: beyond the default per-user limit.
+    let gw = Gateway::serve(&nats, &["--heartbeat-secs", "1", "--max-connections-per-user", "0"]);
     gw.ready().await;
 
     let t = token("fan", &["room:*"], 600);

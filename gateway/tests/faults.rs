@@ -4,83 +4,19 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use support::{Follower, Gateway, Nats, Proxy, diff, eventually, token};
-
-const CHANNELS: usize = 10;
-
-/// Who gets event `n`: one user, one channel, or everyone.
-fn subject_for(n: usize, clients: usize) -> (String, Option<usize>, Option<usize>) {
-    match n % 10 {
-        9 => ("herald.events.broadcast".into(), None, None),
-        k if k % 2 == 0 => {
-            let user = (n / 2) % clients;
-            (format!("herald.events.user.f{user}"), Some(user), None)
-        }
-        _ => {
-            let ch = n % CHANNELS;
-            (format!("herald.events.channel.ch:{ch}"), None, Some(ch))
-        }
-    }
-}
-
-struct Ledger {
-    per_user: HashMap<usize, Vec<u64>>,
-    per_channel: HashMap<usize, Vec<u64>>,
-    broadcast: Vec<u64>,
-    /// The last event, a broadcast every client receives after all the others: once a client
-    /// has it, anything still missing was lost, and no duplicate can come later.
-    marker: u64,
-}
-
-impl Ledger {
-    fn new() -> Self {
-        Ledger { per_user: HashMap::new(), per_channel: HashMap::new(), broadcast: Vec::new(), marker: 0 }
-    }
-    fn record(&mut self, user: Option<usize>, channel: Option<usize>, seq: u64) {
-        match (user, channel) {
-            (Some(u), _) => self.per_user.entry(u).or_default().push(seq),
-            (_, Some(c)) => self.per_channel.entry(c).or_default().push(seq),
-            _ => self.broadcast.push(seq),
-        }
-    }
-    /// What client `client`, which started at `cursor`, is owed, in order.
-    fn expected(&self, client: usize, cursor: Option<u64>) -> Vec<u64> {
-        let mut all: Vec<u64> = self.per_user.get(&client).cloned().unwrap_or_default();
-        all.extend(self.per_channel.get(&(client % CHANNELS)).cloned().unwrap_or_default());
-        all.extend(&self.broadcast);
-        all.retain(|&seq| seq > cursor.unwrap_or(0));
-        all.sort();
-        all
-    }
-}
-
-fn followers(count: usize, gateways: &[std::net::SocketAddr]) -> Vec<Follower> {
-    (0..count).map(|i| follower(i, gateways)).collect()
-}
-
-/// Client `i`: user `f<i>`, on channel `ch:<i mod 10>`.
-fn follower(i: usize, gateways: &[std::net::SocketAddr]) -> Follower {
-    Follower::start(gateways.to_vec(), token(&format!("f{i}"), &["ch:*"], 3600), vec![format!("ch:{}", i % CHANNELS)])
-}
-
-async fn all_connected(fs: &[Follower]) {
-    eventually("every client connected", Duration::from_secs(30), || async {
-        fs.iter().all(|f| f.seen.lock().unwrap().connects >= 1)
-    })
-    .await;
-}
+use support::delivery::{Ledger, all_connected, assert_exactly_once, follower, followers, subject_for};
+use support::{Follower, Gateway, Nats, Proxy};
 
 /// Publishes `total` durable events at `rate`/s straight to JetStream, retrying until each is
 /// acknowledged, then the marker; calls `at(n)` before event `n` (to inject the fault).
 async fn publish(nats_url: String, total: usize, rate: u64, clients: usize, mut at: impl FnMut(usize)) -> Ledger {
     let client = async_nats::ConnectOptions::new().retry_on_initial_connect().connect(nats_url).await.unwrap();
     let js = jetstream::new(client);
-    let mut ledger = Ledger::new();
+    let mut ledger = Ledger::default();
     let start = Instant::now();
     for n in 0..=total {
         if n < total {
@@ -108,36 +44,6 @@ async fn publish(nats_url: String, total: usize, rate: u64, clients: usize, mut 
         ledger.marker = seq;
     }
     ledger
-}
-
-/// Every client received every event after its first cursor exactly once, in order: checked
-/// once each has the final marker, which comes after everything else on its stream.
-async fn assert_exactly_once(fs: &[Follower], ledger: &Ledger) {
-    eventually("every client has the final marker", Duration::from_secs(60), || async {
-        fs.iter().all(|f| f.seqs().contains(&ledger.marker))
-    })
-    .await;
-    let (mut missing, mut dups, mut older, mut delivered) = (0, 0, 0, 0);
-    for (i, f) in fs.iter().enumerate() {
-        let got = f.seqs();
-        let cursor = f.seen.lock().unwrap().first_cursor;
-        let expected = ledger.expected(i, cursor);
-        let (m, d) = diff(&expected, &got);
-        missing += m.len();
-        dups += d.len();
-        // Events at or below the client's first cursor: its cursor went backwards.
-        older += got.iter().filter(|&&seq| seq <= cursor.unwrap_or(0)).count();
-        delivered += got.len();
-        let mut sorted = got.clone();
-        sorted.sort();
-        assert_eq!(got, sorted, "client {i} received events out of order");
-        assert_eq!(got.last(), Some(&ledger.marker), "client {i}: nothing after the marker");
-    }
-    assert_eq!(
-        (missing, dups, older),
-        (0, 0, 0),
-        "missing, duplicated and older-than-the-cursor deliveries over {delivered} delivered"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,4 +216,78 @@ async fn two_link_outages_a_second_apart_with_clients_joining_lose_nothing() {
     assert_eq!(connects, FIRST, "the first clients' streams stayed open through both outages");
     let log = gw.log_text();
     assert!(log.matches("gap refilled").count() >= 2, "{log}");
+}
+
+/// A gateway whose link to NATS drops in its first second, with a stream open and 10 events
+/// published meanwhile: the gap is refilled (the link is watched from the start, not only once
+/// the history's position has been read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_drops_right_after_start_is_refilled() {
+    let (gw, proxy, nats, mut s, first) = streaming_capped_user(1000).await;
+    proxy.cut();
+    publish_to_capped(&nats, 10).await;
+    proxy.restore();
+    let mut seqs = Vec::new();
+    while seqs.len() < 10 {
+        let ev = s.next_event().await;
+        seqs.push(support::seq_of(ev.id.as_deref().unwrap()));
+    }
+    let after = support::seq_of(&first[0]);
+    assert_eq!(seqs, (after + 1..=after + 10).collect::<Vec<_>>(), "{}", gw.log_text());
+}
+
+/// While the gateway's link is down, a user gets more events than the history keeps per
+/// subject: the oldest of them are gone before the hub can refill the gap (while other
+/// subjects keep the history reaching back further). Its streams are not handed what is left
+/// as if nothing were missing: each is sent to resume on its own, and its resume answers
+/// `reset`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_longer_than_the_history_keeps_per_subject_ends_in_a_reset() {
+    let (gw, proxy, nats, mut s, first) = streaming_capped_user(5).await;
+    proxy.cut();
+    publish_to_capped(&nats, 10).await;
+    proxy.restore();
+
+    let rest = s.read_to_end(Duration::from_secs(30)).await;
+    assert!(s.ended, "the stream was sent to resume; it got {rest:?}");
+    assert!(rest.iter().all(|ev| ev.id.is_none()), "no event of a gap it cannot fill: {rest:?}");
+    let token = support::token("capped", &[], 600);
+    // The resume sends what the history still has of the gap, then says that more is gone.
+    let mut resumed = support::Sse::resume(gw.addr, &token, &[], &first[0]).await;
+    let mut kept = Vec::new();
+    let reset = loop {
+        let ev = resumed.next_event().await;
+        if ev.event == "reset" {
+            break ev;
+        }
+        kept.push(support::seq_of(ev.id.as_deref().unwrap()));
+    };
+    assert_eq!(reset.json()["reason"], "history_expired");
+    let after = support::seq_of(&first[0]);
+    assert_eq!(kept, (after + 6..=after + 10).collect::<Vec<_>>(), "the 5 newest the history keeps");
+}
+
+/// A gateway keeping `per_subject` events per subject, through a proxy to its NATS, with a
+/// stream for user `capped` that has received one event (after one for another user, which
+/// keeps the history's first event older than anything of `capped`'s).
+async fn streaming_capped_user(per_subject: u64) -> (Gateway, Proxy, Nats, support::Sse, Vec<String>) {
+    let nats = Nats::start();
+    let proxy = Proxy::start(nats.port).await;
+    let cap = per_subject.to_string();
+    let gw = Gateway::serve_url(&proxy.url(), &["--history-max-per-subject", &cap], "info");
+    gw.ready().await;
+    let token = support::token("capped", &[], 600);
+    let mut s = support::Sse::with_token(gw.addr, &token, &[]).await;
+    assert_eq!(s.next().await.event, "connected");
+    gw.publish_ids(serde_json::json!({"type":"t","data":0,"users":["other"]})).await;
+    let first = gw.publish_ids(serde_json::json!({"type":"t","data":0,"users":["capped"]})).await;
+    assert_eq!(s.next_event().await.id.as_ref(), Some(&first[0]));
+    (gw, proxy, nats, s, first)
+}
+
+async fn publish_to_capped(nats: &Nats, count: usize) {
+    let js = jetstream::new(nats.client().await);
+    for n in 1..=count {
+        js.publish("herald.events.user.capped", Bytes::from(format!("{n}"))).await.unwrap().await.unwrap();
+    }
 }

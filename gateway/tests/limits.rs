@@ -32,6 +32,28 @@ async fn capacity_answers_200_with_retry_and_per_user_limit_answers_429() {
     assert_eq!(gw.stats().await["connections"], 2);
 }
 
+/// Without any flag, one token holds at most 100 streams on a gateway: the 101st is refused with
+/// 429, and another user is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_holds_at_most_100_streams_by_default() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &[]);
+    gw.ready().await;
+    let t = token("greedy", &[], 600);
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        let mut s = Sse::with_token(gw.addr, &t, &[]).await;
+        assert_eq!(s.next().await.event, "connected");
+        held.push(s);
+    }
+    let refused = Sse::open(gw.addr, "/events", &[("Authorization", &format!("Bearer {t}"))]).await;
+    let refused = refused.err().expect("the 101st stream of one user is refused");
+    assert_eq!((refused.status, refused.json()["error"].as_str()), (429, Some("too_many_connections")));
+    let mut other = Sse::with_token(gw.addr, &token("other", &[], 600), &[]).await;
+    assert_eq!(other.next().await.event, "connected");
+    assert_eq!(gw.stats().await["connections"], 101);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_nats_connection() {
     // Point the gateway at a port where no NATS runs yet.

@@ -130,6 +130,21 @@ async fn metrics_count_a_scripted_workload() {
     );
     gw.ready().await;
 
+    // What the process is and holds: its build, and its open files (every stream is a socket).
+    let text = gw.metrics_text().await;
+    let value = |name: &str| {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap()
+    };
+    let info = text.lines().find(|l| l.starts_with("herald_build_info{")).expect("herald_build_info");
+    assert!(info.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{info}");
+    assert!(info.contains("commit=\"") && !info.contains("commit=\"\""), "{info}");
+    assert_eq!(value("herald_build_info{"), 1.0);
+    assert!(value("process_open_fds ") >= 5.0, "a listener, NATS, its own files");
+    assert!(value("process_max_fds ") >= value("process_open_fds "));
+    assert!(value("process_resident_memory_bytes ") > 1e6);
+    assert!(value("process_cpu_seconds_total ") >= 0.0);
+
     // Before any traffic: every series exists, at 0.
     let m = scrape(gw.addr).await;
     for reason in ["client", "slow", "drain", "token_expired", "overload", "error"] {
@@ -288,4 +303,36 @@ async fn metrics_count_a_scripted_workload() {
     assert_eq!((m.closed("overload"), m.closed("error"), m.closed("token_expired")), (0.0, 0.0, 0.0));
     assert_eq!(gw.wait_exit(Duration::from_secs(15)), Some(0), "the drain finishes and the gateway exits");
     drop((u1, u2, u3, u5));
+}
+
+/// The metric names the chart's alerts and Grafana dashboard use, outside the operator's own
+/// (`herald_operator_*`, checked by the operator's tests).
+fn names_in_the_chart_files(prefixes: &[&str]) -> std::collections::BTreeSet<String> {
+    let files = support::workspace_root().join("charts/herald/files");
+    let mut names = std::collections::BTreeSet::new();
+    for file in ["prometheus-rules.yaml", "grafana-dashboard.json"] {
+        let text = std::fs::read_to_string(files.join(file)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(at) = prefixes.iter().filter_map(|p| rest.find(p)).min() {
+            let word: String =
+                rest[at..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+            rest = &rest[at + word.len().max(1)..];
+            let family =
+                ["_bucket", "_sum", "_count"].iter().fold(word.as_str(), |w, s| w.strip_suffix(s).unwrap_or(w));
+            names.insert(family.to_owned());
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_alerts_and_dashboard_name_only_metrics_a_gateway_exports() {
+    let gw = Gateway::dev(&[]);
+    let text = gw.metrics_text().await;
+    let names = names_in_the_chart_files(&["herald_", "process_"]);
+    let gateway_names: Vec<&String> = names.iter().filter(|n| !n.starts_with("herald_operator_")).collect();
+    assert!(gateway_names.len() >= 10, "{gateway_names:?}");
+    for name in gateway_names {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name} is not a metric this gateway exports");
+    }
 }

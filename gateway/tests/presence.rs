@@ -264,3 +264,75 @@ async fn a_burst_of_connections_costs_a_few_batched_writes() {
     eprintln!("{CONNECTIONS} connections on one channel: {took} presence writes");
     assert!(took * 10 <= CONNECTIONS as u64, "{took} writes for {CONNECTIONS} connections");
 }
+
+/// The consumers the nats-server holds, from its own monitoring.
+async fn consumers(nats: &Nats) -> u64 {
+    let addr = format!("127.0.0.1:{}", nats.monitor_port).parse().unwrap();
+    let jsz = http(addr, "GET", "/jsz", &[], None).await.json();
+    jsz["consumers"].as_u64().expect("/jsz counts consumers")
+}
+
+/// 300 presence reads of three channels in about a second, on a gateway that streams none of
+/// them, while another gateway's streams make the members: every read answers those members,
+/// and the nats-server's own monitoring counts at most one new consumer per channel (before: one
+/// per read, each living ~30 s). A user reading faster than 5 a second past a burst of 20 gets
+/// 429 with `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_reads_share_one_watch_per_channel_and_are_rate_limited() {
+    let nats = Nats::start();
+    let (reader, streams) = (serve(&nats), serve(&nats));
+    reader.ready().await;
+    streams.ready().await;
+    let _ana = open(&streams, "ana", &["doc:1"]).await;
+    let _ben = open(&streams, "ben", &["doc:2"]).await;
+    // The streaming gateway answers from its own watches (no consumer of a read's own).
+    eventually("the members are written", Duration::from_secs(10), || async {
+        users(&members(&streams, PUBLISH_KEY).await) == [("ana".to_owned(), 1)]
+    })
+    .await;
+    let before = consumers(&nats).await;
+
+    let started = Instant::now();
+    let reads: Vec<_> = (0..300)
+        .map(|i| {
+            let addr = reader.addr;
+            tokio::spawn(async move {
+                let channel = format!("doc:{}", i % 3 + 1);
+                let auth = format!("Bearer {PUBLISH_KEY}");
+                let res =
+                    http(addr, "GET", &format!("/v1/presence/{channel}"), &[("Authorization", &auth)], None).await;
+                assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+                (channel, users(&res.json()))
+            })
+        })
+        .collect();
+    for read in reads {
+        let (channel, members) = read.await.unwrap();
+        let want: Vec<(String, u64)> = match channel.as_str() {
+            "doc:1" => vec![("ana".into(), 1)],
+            "doc:2" => vec![("ben".into(), 1)],
+            _ => vec![],
+        };
+        assert_eq!(members, want, "{channel}");
+    }
+    let took = started.elapsed();
+    let added = consumers(&nats).await - before;
+    assert!(added <= 3, "{added} consumers for 300 reads of 3 channels in {took:?}");
+
+    // One user, reading as fast as it can.
+    let eve = client_token("eve");
+    let (mut ok, mut limited) = (0, None);
+    for _ in 0..40 {
+        let res =
+            http(reader.addr, "GET", "/v1/presence/doc:1", &[("Authorization", &format!("Bearer {eve}"))], None).await;
+        match res.status {
+            200 => ok += 1,
+            429 => limited = Some(res),
+            other => panic!("{other}: {}", String::from_utf8_lossy(&res.body)),
+        }
+    }
+    let limited = limited.expect("reads past the burst are refused");
+    assert_eq!(limited.json()["error"], "rate_limited");
+    assert!(limited.header("retry-after").is_some());
+    assert!((20..40).contains(&ok), "{ok} of 40 reads answered");
+}

@@ -123,8 +123,10 @@ async fn a_stalled_client_is_disconnected_without_slowing_the_others() {
         growth as f64 / (1 << 20) as f64
     );
     assert!(growth < 64 << 20, "RSS grew by {growth} bytes");
-    // Within 2x; a 2 ms floor keeps scheduler noise on a sub-millisecond baseline from failing it.
-    assert!(p99_stalled <= (2 * p99_base).max(p99_base + 2000), "p99 {p99_stalled} µs vs baseline {p99_base} µs");
+    // Within 2x, or 25 ms over the baseline: a fan-out that waited on the stalled client would
+    // hold the others for as long as the stall lasts (seconds), while a busy 2-CPU machine (a
+    // clean clone's build still being written back) moves a sub-millisecond p99 by 10 ms alone.
+    assert!(p99_stalled <= (2 * p99_base).max(p99_base + 25_000), "p99 {p99_stalled} µs vs baseline {p99_base} µs");
     for r in readers {
         r.abort();
     }

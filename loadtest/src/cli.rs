@@ -13,7 +13,7 @@ use crate::publish::Via;
 #[command(
     name = "herald-loadtest",
     version,
-    about = "Herald's load generator: SSE connections, fan-out, targeted delivery, churn, resume and soak"
+    about = "Herald's load generator: SSE connections, fan-out, targeted delivery, churn, resume, soak and chaos"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -34,6 +34,9 @@ pub enum Command {
     Resume(RunArgs),
     /// Targeted delivery for a long time: memory and latency drift.
     Soak(RunArgs),
+    /// Start a NATS cluster and gateways, publish durable events while killing gateways and NATS
+    /// nodes on a seeded schedule, then reconcile every client: lost, duplicated, out of order.
+    Chaos(ChaosArgs),
     /// Coordinate a run whose connections are held by `worker` processes, over NATS.
     Run(CoordinateArgs),
     /// Wait for jobs from a `run` coordinator over NATS and hold their connections.
@@ -176,6 +179,15 @@ pub struct RunArgs {
     /// No progress line, even on a terminal.
     #[arg(long, env = "HERALD_LOADTEST_QUIET")]
     pub quiet: bool,
+    /// Fail the run (exit 3) when the delivery latency's p99 is above this many milliseconds.
+    #[arg(long, env = "HERALD_LOADTEST_MAX_P99_MS")]
+    pub max_p99_ms: Option<f64>,
+    /// Fail the run (exit 3) when more than this many expected events were never delivered.
+    #[arg(long, env = "HERALD_LOADTEST_MAX_MISSING")]
+    pub max_missing: Option<u64>,
+    /// Fail the run (exit 3) when more than this many connections failed to open.
+    #[arg(long, env = "HERALD_LOADTEST_MAX_CONNECT_FAILURES")]
+    pub max_connect_failures: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -221,6 +233,94 @@ pub struct WorkerArgs {
     pub allow_remote: bool,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct ChaosArgs {
+    /// `herald-gateway serve` processes to start (gateway faults need at least 2: one stays up).
+    #[arg(long, env = "HERALD_LOADTEST_GATEWAYS", default_value_t = 2)]
+    pub gateways: usize,
+    /// nats-server processes in the cluster (NATS faults need at least 3: a quorum stays up).
+    #[arg(long, env = "HERALD_LOADTEST_NATS_NODES", default_value_t = 3)]
+    pub nats_nodes: usize,
+    /// Seconds of publishing (and of faults).
+    #[arg(long, env = "HERALD_LOADTEST_DURATION", default_value_t = 60)]
+    pub duration: u64,
+    /// Seed of the fault schedule, the targets of publishes and the deliberate resumes.
+    #[arg(long, env = "HERALD_LOADTEST_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Seconds between faults (each time jittered by up to a quarter either way).
+    #[arg(long, env = "HERALD_LOADTEST_FAULT_EVERY", default_value_t = 10.0)]
+    pub fault_every: f64,
+    /// SSE clients, spread over the gateways.
+    #[arg(long, env = "HERALD_LOADTEST_CLIENTS", default_value_t = 100)]
+    pub clients: usize,
+    /// Publishes per second.
+    #[arg(long, env = "HERALD_LOADTEST_RATE", default_value_t = 20.0)]
+    pub rate: f64,
+    /// Channels the clients subscribe to (two each).
+    #[arg(long, env = "HERALD_LOADTEST_CHANNELS", default_value_t = 8)]
+    pub channels: usize,
+    /// Seconds between deliberate resumes (one random client drops its stream and resumes on
+    /// another gateway); 0: none.
+    #[arg(long, env = "HERALD_LOADTEST_RESUME_EVERY", default_value_t = 0.5)]
+    pub resume_every: f64,
+    /// Seconds after publishing for every client to receive every acknowledged event.
+    #[arg(long, env = "HERALD_LOADTEST_SETTLE", default_value_t = 60)]
+    pub settle: u64,
+    /// Write the JSON report (with the per-second timeline) to this file.
+    #[arg(long, env = "HERALD_LOADTEST_JSON")]
+    pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report with charts (faults marked) to this file.
+    #[arg(long, env = "HERALD_LOADTEST_HTML")]
+    pub html: Option<PathBuf>,
+    /// The herald-gateway binary (default: next to this executable).
+    #[arg(long, env = "HERALD_LOADTEST_GATEWAY_BIN")]
+    pub gateway_bin: Option<PathBuf>,
+    /// The nats-server binary (default: next to this executable, else on PATH).
+    #[arg(long, env = "HERALD_LOADTEST_NATS_SERVER_BIN")]
+    pub nats_server_bin: Option<PathBuf>,
+    /// Keep the NATS stores and the processes' logs (kept anyway when the run finds a problem).
+    #[arg(long, env = "HERALD_LOADTEST_KEEP_DIR")]
+    pub keep_dir: bool,
+    /// No progress line, even on a terminal.
+    #[arg(long, env = "HERALD_LOADTEST_QUIET")]
+    pub quiet: bool,
+}
+
+impl ChaosArgs {
+    /// Every problem with the flags.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.gateways == 0 || self.gateways > 16 {
+            p.push("--gateways must be between 1 and 16".into());
+        }
+        if self.nats_nodes == 0 || self.nats_nodes > 7 {
+            p.push("--nats-nodes must be between 1 and 7".into());
+        }
+        if self.gateways < 2 && self.nats_nodes < 3 {
+            p.push("no fault can be injected safely: use --gateways 2 or more, or --nats-nodes 3 or more".into());
+        }
+        if self.duration == 0 {
+            p.push("--duration must be at least 1 second".into());
+        }
+        if !(self.fault_every >= 1.0 && self.fault_every.is_finite()) {
+            p.push("--fault-every must be at least 1 second".into());
+        }
+        if self.clients == 0 || self.clients > 5000 {
+            p.push("--clients must be between 1 and 5000".into());
+        }
+        if !(self.rate > 0.0 && self.rate <= 2000.0) {
+            p.push("--rate must be a positive number of publishes per second, at most 2000".into());
+        }
+        if self.channels == 0 {
+            p.push("--channels must be at least 1".into());
+        }
+        if !(self.resume_every >= 0.0 && self.resume_every.is_finite()) {
+            p.push("--resume-every must be 0 (none) or positive".into());
+        }
+        p
+    }
+}
+
 impl RunArgs {
     /// Every problem with the flags, for `scenario`.
     pub fn problems(&self, scenario: Scenario) -> Vec<String> {
@@ -245,6 +345,26 @@ impl RunArgs {
         }
         if !(self.connect_rate >= 0.0 && self.connect_rate.is_finite()) {
             p.push("--connect-rate must be 0 (unlimited) or positive".into());
+        }
+        for t in &self.target {
+            if let Err(e) = crate::http::Target::parse(t) {
+                p.push(format!(
+                    "--target {t:?}: {e}; the load tester speaks plain HTTP (test the Service inside the cluster, or through a proxy that terminates TLS)"
+                ));
+            }
+        }
+        if let Some(t) = &self.publish_url_template
+            && t.starts_with("https://")
+        {
+            p.push("--publish-url-template: only http:// is supported".into());
+        }
+        if let Some(max) = self.max_p99_ms
+            && !(max > 0.0 && max.is_finite())
+        {
+            p.push("--max-p99-ms must be a positive number of milliseconds".into());
+        }
+        if self.max_p99_ms.is_some() && !scenario.delivers() {
+            p.push(format!("--max-p99-ms needs a scenario that delivers events, not {}", scenario.name()));
         }
         let generic = self.sse_url_template.is_some();
         if generic && scenario.delivers() && self.publish_url_template.is_none() {

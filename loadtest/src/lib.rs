@@ -5,8 +5,10 @@
 //! ([`track`]) and per-delivery latency from a send timestamp in the payload ([`payload`]) into
 //! HDR histograms ([`proto::Hist`]). A run is split into shares ([`share`]) held in this process,
 //! in child processes, or by workers over NATS ([`dist`]); the coordinator ([`run`]) publishes
-//! ([`publish`]), merges and reports (JSON, and HTML with charts: [`report`]).
+//! ([`publish`]), merges and reports (JSON, and HTML with charts: [`report`]). [`chaos`] is a run
+//! of its own: a NATS cluster and gateways it starts, kills and restarts under durable traffic.
 
+pub mod chaos;
 pub mod cli;
 pub mod dist;
 pub mod gateways;

@@ -23,6 +23,7 @@ fn main() {
             Command::Churn(a) => herald_loadtest::run::command(Scenario::Churn, a).await,
             Command::Resume(a) => herald_loadtest::run::command(Scenario::Resume, a).await,
             Command::Soak(a) => herald_loadtest::run::command(Scenario::Soak, a).await,
+            Command::Chaos(a) => herald_loadtest::chaos::command(a).await,
             Command::Run(a) => herald_loadtest::dist::coordinate_main(a).await,
             Command::Worker(a) => herald_loadtest::dist::worker_main(a).await,
             Command::Share => herald_loadtest::run::share_main().await,

@@ -227,13 +227,47 @@ pub fn finish(args: &RunArgs, result: Result<Value, String>) -> i32 {
                 eprintln!("herald-loadtest: cannot write {}: {e}", path.display());
                 return 1;
             }
-            0
+            let failed = failures(args, &summary);
+            for f in &failed {
+                eprintln!("herald-loadtest: FAILED: {f}");
+            }
+            if failed.is_empty() { 0 } else { 3 }
         }
         Err(e) => {
             eprintln!("herald-loadtest: {e}");
             1
         }
     }
+}
+
+/// What makes a finished run a failure, for a CI job to stop on (exit 3): no connection opened,
+/// or a threshold given on the command line crossed. One line each, naming the flag.
+pub fn failures(args: &RunArgs, summary: &Value) -> Vec<String> {
+    let mut failed = Vec::new();
+    let connected = summary["connect"]["connected"].as_u64().unwrap_or(0);
+    let failed_connects = summary["connect"]["failed"].as_u64().unwrap_or(0);
+    if connected == 0 {
+        failed.push(format!("no connection opened ({failed_connects} failed)"));
+    }
+    if let Some(max) = args.max_connect_failures
+        && failed_connects > max
+    {
+        failed.push(format!("{failed_connects} connections failed to open, over --max-connect-failures {max}"));
+    }
+    let missing = summary["missing"].as_u64().unwrap_or(0);
+    if let Some(max) = args.max_missing
+        && missing > max
+    {
+        failed.push(format!("{missing} events missing, over --max-missing {max}"));
+    }
+    if let Some(max) = args.max_p99_ms {
+        match summary["latency_ms"]["p99"].as_f64() {
+            Some(p99) if p99 > max => failed.push(format!("delivery latency p99 {p99} ms, over --max-p99-ms {max}")),
+            Some(_) => {}
+            None => failed.push(format!("no delivery latency measured, so --max-p99-ms {max} cannot hold")),
+        }
+    }
+    failed
 }
 
 async fn run_local(scenario: Scenario, args: &RunArgs) -> Result<Value, String> {
@@ -518,7 +552,7 @@ async fn make_publisher(
 }
 
 /// The secret of the first `name:secret` line of a publisher keys file.
-fn first_key(path: &PathBuf) -> Result<String, String> {
+pub fn first_key(path: &PathBuf) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the publish keys file {}: {e}", path.display()))?;
     text.lines()
@@ -760,6 +794,40 @@ fn summary(s: SummaryIn<'_>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        use clap::Parser;
+        let mut argv = vec!["herald-loadtest", "fanout", "--target", "http://127.0.0.1:8080"];
+        argv.extend(flags);
+        match crate::cli::Cli::parse_from(argv).command {
+            crate::cli::Command::Fanout(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    fn summary(connected: u64, failed: u64, missing: u64, p99: Option<f64>) -> Value {
+        json!({"connect": {"connected": connected, "failed": failed}, "missing": missing, "latency_ms": {"p99": p99}})
+    }
+
+    #[test]
+    fn each_threshold_fails_the_run_only_when_crossed() {
+        let all = run_args(&["--max-p99-ms", "50", "--max-missing", "0", "--max-connect-failures", "2"]);
+        assert!(failures(&all, &summary(10, 2, 0, Some(50.0))).is_empty(), "at the thresholds");
+        let crossed = failures(&all, &summary(10, 3, 1, Some(50.5)));
+        assert_eq!(crossed.len(), 3, "{crossed:?}");
+        for flag in ["--max-connect-failures 2", "--max-missing 0", "--max-p99-ms 50"] {
+            assert!(crossed.iter().any(|f| f.contains(flag)), "{flag}: {crossed:?}");
+        }
+        let none_measured = failures(&all, &summary(10, 0, 0, None));
+        assert!(none_measured[0].contains("--max-p99-ms"), "{none_measured:?}");
+    }
+
+    #[test]
+    fn a_run_without_a_connection_fails_without_thresholds() {
+        let plain = run_args(&[]);
+        assert!(failures(&plain, &summary(10, 5, 7, Some(9e9))).is_empty(), "no thresholds, some connected");
+        assert_eq!(failures(&plain, &summary(0, 10, 0, None)), ["no connection opened (10 failed)"]);
+    }
 
     #[test]
     fn a_saturated_connect_phase_taints_connect_runs_but_not_delivery_runs() {

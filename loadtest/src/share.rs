@@ -150,7 +150,7 @@ pub async fn run(job: Job, mut rx: mpsc::UnboundedReceiver<ToShare>, tx: mpsc::U
     let _ = tx.send(FromShare::Done { share, report: Box::new(report) });
 }
 
-fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
     let mut bytes =
         std::fs::read(path).map_err(|e| format!("cannot read the JWT secret file {}: {e}", path.display()))?;
     if bytes.last() == Some(&b'\n') {

@@ -258,3 +258,60 @@ fn a_coordinator_drives_workers_over_nats_and_merges_them() {
     assert_eq!(s["expected"], 25 * 20, "{s:#}");
     drop(workers);
 }
+
+/// The load tester as a CI gate: thresholds that hold pass (exit 0), one crossed fails the run
+/// with exit 3 naming its flag, the report still printed.
+#[test]
+fn thresholds_fail_the_run_with_exit_3_naming_the_flag() {
+    let nats = Nats::start();
+    let secrets = Secrets::new();
+    let gw = Gateway::serve(&nats, &secrets);
+    let (url, nats_url, secret) = (gw.url(), nats.url(), secrets.secret());
+    let run = |thresholds: &[&str]| {
+        let mut args = vec![
+            "fanout",
+            "--target",
+            &url,
+            "--nats-url",
+            &nats_url,
+            "--jwt-secret-file",
+            &secret,
+            "--connections",
+            "10",
+            "--rate",
+            "10",
+            "--duration",
+            "1",
+        ];
+        args.extend(thresholds);
+        support::loadtest(&args, LIMIT)
+    };
+    let (code, report, stderr) = run(&["--max-p99-ms", "60000", "--max-missing", "0", "--max-connect-failures", "0"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_complete(&report);
+    let (code, report, stderr) = run(&["--max-p99-ms", "0.001", "--max-missing", "0"]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("over --max-p99-ms 0.001"), "{stderr}");
+    assert!(!stderr.contains("--max-missing"), "only what was crossed: {stderr}");
+    assert_eq!(report["missing"], 0, "the report is still printed: {report:#}");
+}
+
+/// A run in which no connection opened fails, thresholds or not; an https:// target is refused
+/// before anything runs.
+#[test]
+fn a_run_that_connects_nothing_fails_and_https_is_refused_up_front() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let target = format!("http://127.0.0.1:{closed}");
+    let (code, report, stderr) =
+        support::loadtest(&["connect", "--target", &target, "--connections", "10", "--duration", "1"], LIMIT);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("no connection opened (10 failed)"), "{stderr}");
+    assert_eq!(report["connect"]["failed"], 10, "{report:#}");
+
+    let started = std::time::Instant::now();
+    let (code, _, stderr) =
+        support::loadtest(&["connect", "--target", "https://herald.example.com", "--connections", "10"], LIMIT);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--target \"https://herald.example.com\"") && stderr.contains("plain HTTP"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused before the run");
+}

@@ -5,16 +5,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::crd::{Condition, RealtimeGateway, RealtimeGatewayStatus};
 use crate::metrics::Metrics;
@@ -63,9 +65,39 @@ impl Context {
     fn remember(&self, key: &str, recommendation: u32) {
         self.history.lock().unwrap().entry(key.to_owned()).or_default().push((Instant::now(), recommendation));
     }
+
+    /// Forgets every resource but those of `keys` (`namespace/name`): the deleted ones'
+    /// recommendations, failures and metric series.
+    pub fn forget_all_but(&self, keys: impl IntoIterator<Item = String>) {
+        let keep: std::collections::HashSet<String> = keys.into_iter().collect();
+        let gone: Vec<String> = {
+            let history = self.history.lock().unwrap();
+            let failures = self.failures.lock().unwrap();
+            history.keys().chain(failures.keys()).filter(|k| !keep.contains(*k)).cloned().collect()
+        };
+        for key in gone {
+            self.history.lock().unwrap().remove(&key);
+            self.failures.lock().unwrap().remove(&key);
+            self.metrics.forget(&key);
+        }
+    }
+
+    /// The resources the operator remembers something of.
+    pub fn remembered(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.history.lock().unwrap().keys().cloned().collect();
+        keys.extend(self.failures.lock().unwrap().keys().cloned());
+        keys.sort();
+        keys.dedup();
+        keys
+    }
 }
 
 /// Runs the controller until the process ends.
+///
+/// A resource is reconciled when its spec changes (a new generation: the operator's own status
+/// writes are not one), when an object it owns changes, and every `interval`. What the operator
+/// remembers of a resource (its recent recommendations, its failures, its metric series) goes
+/// when the resource does.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let (rtgws, deployments) = match &namespace {
         Some(ns) => (
@@ -74,17 +106,35 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         ),
         None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
     };
+    let (reader, writer) = reflector::store();
+    let resources = watcher(rtgws, watcher::Config::default()).default_backoff().reflect(writer).applied_objects();
     let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    Controller::new(rtgws, watcher::Config::default())
+    let known = reader.clone();
+    Controller::for_stream(spec_changes(resources), reader)
         .owns(deployments, owned)
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile round failed");
             }
+            ctx.forget_all_but(known.state().iter().map(|r| key_of(r)));
+            std::future::ready(())
         })
         .await;
+}
+
+/// The resources' watch events that call for a reconcile: each new generation (a spec change),
+/// never a change of status alone.
+pub fn spec_changes<S>(resources: S) -> impl Stream<Item = Result<RealtimeGateway, watcher::Error>>
+where
+    S: Stream<Item = Result<RealtimeGateway, watcher::Error>>,
+{
+    resources.predicate_filter(predicates::generation, Default::default())
+}
+
+fn key_of(rtgw: &RealtimeGateway) -> String {
+    format!("{}/{}", rtgw.namespace().unwrap_or_default(), rtgw.name_any())
 }
 
 /// One reconcile of one resource.
@@ -106,25 +156,15 @@ pub async fn reconcile(rtgw: Arc<RealtimeGateway>, ctx: Arc<Context>) -> Result<
 }
 
 /// A spec the gateways can't run with: nothing is applied (the running fleet, if any, stays as it
-/// is); the status says why in `AbleToScale=False` / `InvalidSpec`, and a Warning Event too.
+/// is); the status says why in `Ready=False`, `AbleToScale=False` and `ScalingActive=False`, all
+/// with reason `InvalidSpec`, and a Warning Event too.
 async fn report_invalid(rtgw: &RealtimeGateway, ctx: &Context, ns: &str, message: String) -> Result<Action> {
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let previous = rtgw.status.clone().unwrap_or_default();
-    let condition = |type_: &str| {
-        let since = previous
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == "False" && c.reason == "InvalidSpec")
-            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-        Condition {
-            type_: type_.into(),
-            status: "False".into(),
-            reason: "InvalidSpec".into(),
-            message: message.clone(),
-            last_transition_time: since,
-        }
-    };
-    let conditions = vec![condition("AbleToScale"), condition("ScalingActive")];
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let conditions: Vec<Condition> = ["Ready", "AbleToScale", "ScalingActive"]
+        .into_iter()
+        .map(|type_| condition(&previous.conditions, rtgw, &now, type_, ("False", "InvalidSpec"), &message))
+        .collect();
     let rtgws: Api<RealtimeGateway> = Api::namespaced(ctx.client.clone(), ns);
     let patch = json!({ "status": { "observedGeneration": rtgw.metadata.generation, "conditions": conditions } });
     rtgws.patch_status(&rtgw.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
@@ -204,16 +244,29 @@ async fn reconcile_inner(rtgw: &RealtimeGateway, ctx: &Context, ns: &str, key: &
         connections: decision.connections,
         last_scale_time,
         observed_generation: rtgw.metadata.generation,
-        conditions: conditions(&previous.conditions, &decision, counts.len(), &now),
+        conditions: conditions(
+            rtgw,
+            &previous.conditions,
+            &decision,
+            counts.len(),
+            existing.is_some().then_some(ready_replicas),
+        ),
     };
     let rtgws: Api<RealtimeGateway> = Api::namespaced(ctx.client.clone(), ns);
     rtgws.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
     Ok(Action::requeue(ctx.interval))
 }
 
-/// HPA-style conditions: AbleToScale, ScalingActive, ScalingLimited. A condition's transition
-/// time only moves when its status changes.
-fn conditions(previous: &[Condition], d: &Decision, pods_reporting: usize, now: &str) -> Vec<Condition> {
+/// The status conditions: `Ready` (the Deployment had `desired` replicas ready when read; `ready`
+/// is `None` before it exists), and HPA's AbleToScale, ScalingActive, ScalingLimited.
+fn conditions(
+    rtgw: &RealtimeGateway,
+    previous: &[Condition],
+    d: &Decision,
+    pods_reporting: usize,
+    ready: Option<u32>,
+) -> Vec<Condition> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
     let limited = match d.limit {
         Some(Limit::TooFewReplicas) => ("True", "TooFewReplicas"),
         Some(Limit::TooManyReplicas) => ("True", "TooManyReplicas"),
@@ -222,22 +275,40 @@ fn conditions(previous: &[Condition], d: &Decision, pods_reporting: usize, now: 
         None => ("False", "DesiredWithinRange"),
     };
     let active = if pods_reporting > 0 { ("True", "ValidMetricFound") } else { ("False", "NoReadyPods") };
-    [("AbleToScale", ("True", "SucceededRescale")), ("ScalingActive", active), ("ScalingLimited", limited)]
-        .into_iter()
-        .map(|(type_, (status, reason))| {
-            let since = previous
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
-                .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
-            Condition {
-                type_: type_.into(),
-                status: status.into(),
-                reason: reason.into(),
-                message: d.reason.clone(),
-                last_transition_time: since,
-            }
-        })
-        .collect()
+    let (is_ready, ready_message) = match ready {
+        None => (("False", "Creating"), "the gateway Deployment is being created".to_owned()),
+        Some(n) if n >= d.desired => (("True", "ReplicasReady"), format!("{n} of {} gateways ready", d.desired)),
+        Some(n) => (("False", "ReplicasNotReady"), format!("{n} of {} gateways ready", d.desired)),
+    };
+    vec![
+        condition(previous, rtgw, &now, "Ready", is_ready, &ready_message),
+        condition(previous, rtgw, &now, "AbleToScale", ("True", "SucceededRescale"), &d.reason),
+        condition(previous, rtgw, &now, "ScalingActive", active, &d.reason),
+        condition(previous, rtgw, &now, "ScalingLimited", limited, &d.reason),
+    ]
+}
+
+/// One condition; its transition time moves only when its status changes.
+fn condition(
+    previous: &[Condition],
+    rtgw: &RealtimeGateway,
+    now: &Time,
+    type_: &str,
+    (status, reason): (&str, &str),
+    message: &str,
+) -> Condition {
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: since,
+        observed_generation: rtgw.metadata.generation,
+    }
 }
 
 /// On failure: count it, and retry with a backoff that grows with the failures in a row (a

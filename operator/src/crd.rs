@@ -3,7 +3,12 @@
 //! The YAML under `charts/herald/crds/` is generated from these types (`herald-operator
 //! crdgen`); a test fails when it is stale.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -21,8 +26,11 @@ use serde::{Deserialize, Serialize};
     namespaced,
     shortname = "rtgw",
     status = "RealtimeGatewayStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredReplicas"}"#,
+    printcolumn = r#"{"name":"Min","type":"integer","jsonPath":".spec.replicas.min"}"#,
+    printcolumn = r#"{"name":"Max","type":"integer","jsonPath":".spec.replicas.max"}"#,
     printcolumn = r#"{"name":"Connections","type":"integer","jsonPath":".status.connections"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -64,7 +72,98 @@ pub struct RealtimeGatewaySpec {
     /// Gateway settings.
     #[serde(default)]
     pub gateway: GatewaySettings,
+    /// The gateway pods' shape: environment, scheduling, identity, metadata.
+    #[serde(default, skip_serializing_if = "GatewayPod::is_empty")]
+    pub pod: GatewayPod,
+    /// The gateway Service's type and annotations.
+    #[serde(default, skip_serializing_if = "GatewayService::is_empty")]
+    pub service: GatewayService,
 }
+
+/// What a platform shapes on every pod it runs, applied to the gateway pods as given (Kubernetes'
+/// own types).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayPod {
+    /// Extra environment of the gateway container, after the operator's own. Any gateway flag
+    /// can be set by its `HERALD_*` twin (an entry replaces the operator's of the same name),
+    /// except those the operator must own: `HERALD_LISTEN`, `HERALD_NATS_URL`,
+    /// `HERALD_MAX_CONNECTIONS`, `HERALD_DRAIN_SECS`. `OTEL_*` turns traces on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Environment from ConfigMaps and Secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+    /// Pod annotations (a service mesh's, a log shipper's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Pod labels, beside the operator's own (which win on a clash: they select the pods).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Spread the gateways over zones and nodes: a lost node then takes only its share of the
+    /// connections.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// The pods' ServiceAccount (gateways never call the Kubernetes API; its token is not
+    /// mounted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+impl GatewayPod {
+    pub fn is_empty(&self) -> bool {
+        *self == GatewayPod::default()
+    }
+}
+
+/// The gateway Service.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayService {
+    /// `ClusterIP` (default), `NodePort` or `LoadBalancer`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<ServiceType>,
+    /// Service annotations (a cloud load balancer's settings, its idle timeout above all: SSE
+    /// streams stay open for hours).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl GatewayService {
+    pub fn is_empty(&self) -> bool {
+        *self == GatewayService::default()
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Environment variables of the gateway container that only the operator sets.
+pub const MANAGED_ENV: [&str; 4] = ["HERALD_LISTEN", "HERALD_NATS_URL", "HERALD_MAX_CONNECTIONS", "HERALD_DRAIN_SECS"];
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[x_kube(validation = Rule::new(MAX_AT_LEAST_MIN.0).message(MAX_AT_LEAST_MIN.1))]
@@ -121,10 +220,33 @@ pub struct AuthSpec {
     /// Secret key with a JWKS document for client tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<SecretKeyRef>,
+    /// JWKS URLs of an identity provider (`https://…/.well-known/jwks.json`): every gateway
+    /// fetches them at start (it is not ready before) and refreshes them, so the provider's key
+    /// rotations need no restart (`--jwks-url`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwks_urls: Vec<String>,
+    /// Seconds between two fetches of each JWKS URL (`--jwks-refresh-secs`, default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub jwks_refresh_secs: Option<u32>,
+    /// Allow `http://` JWKS URLs beyond loopback, for a provider reachable only inside the
+    /// cluster (`--jwks-allow-http`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_allow_http: Option<bool>,
+    /// Required `iss` claim of client tokens (`--jwt-issuer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Required `aud` claim of client tokens (`--jwt-audience`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
     /// Secret key with the publisher keys file (`name:secret` lines); without it HTTP
     /// publishing is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_keys: Option<SecretKeyRef>,
+    /// Secret key with the dashboard keys file (`name:secret` lines), the only credential
+    /// `/dashboard` accepts; without it the dashboard is off (`--dashboard-keys-file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard_keys: Option<SecretKeyRef>,
 }
 
 /// A key of a Secret in the resource's namespace.
@@ -218,8 +340,8 @@ pub const MAX_AT_LEAST_TARGET: (&str, &str) = (
     "maxConnectionsPerPod must be at least targetConnectionsPerPod",
 );
 pub const A_TOKEN_KEY: (&str, &str) = (
-    "has(self.jwtSecret) || has(self.jwks)",
-    "auth needs jwtSecret or jwks: gateways refuse to run without a client-token key",
+    "has(self.jwtSecret) || has(self.jwks) || (has(self.jwksUrls) && size(self.jwksUrls) > 0)",
+    "auth needs jwtSecret, jwks or jwksUrls: gateways refuse to run without a client-token key",
 );
 
 /// Checks what the schema and its CEL rules say, for objects the API server did not check (stored
@@ -235,9 +357,15 @@ pub fn validate(spec: &RealtimeGatewaySpec) -> Result<(), Vec<String>> {
     check(spec.replicas.max >= spec.replicas.min, MAX_AT_LEAST_MIN.1);
     check(spec.target_connections_per_pod >= 1, "targetConnectionsPerPod must be at least 1");
     check(spec.max_connections_per_pod >= spec.target_connections_per_pod, MAX_AT_LEAST_TARGET.1);
-    check(spec.auth.jwt_secret.is_some() || spec.auth.jwks.is_some(), A_TOKEN_KEY.1);
+    check(spec.auth.jwt_secret.is_some() || spec.auth.jwks.is_some() || !spec.auth.jwks_urls.is_empty(), A_TOKEN_KEY.1);
     check(spec.scale_up.max_step >= 1 && spec.scale_down.max_step >= 1, "scaleUp/scaleDown.maxStep must be at least 1");
     check(spec.drain_seconds <= 3600, "drainSeconds must be at most 3600");
+    for var in &spec.pod.env {
+        check(
+            !MANAGED_ENV.contains(&var.name.as_str()),
+            &format!("pod.env must not set {}: the operator sets it from the resource", var.name),
+        );
+    }
     if problems.is_empty() { Ok(()) } else { Err(problems) }
 }
 
@@ -258,21 +386,10 @@ pub struct RealtimeGatewayStatus {
     pub last_scale_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready` (the Deployment has the desired replicas ready), and as HPA reports them:
+    /// `AbleToScale`, `ScalingActive`, `ScalingLimited`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-}
-
-/// A status condition, as HPA reports them (AbleToScale, ScalingActive, ScalingLimited).
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Condition {
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// `True`, `False` or `Unknown`.
-    pub status: String,
-    pub reason: String,
-    pub message: String,
-    pub last_transition_time: String,
 }
 
 /// The CRD as YAML, as checked in under `charts/herald/crds/`.
@@ -283,4 +400,22 @@ pub fn crd_yaml() -> String {
         "# Generated by `herald-operator crdgen` from operator/src/crd.rs. Do not edit.\n{}",
         serde_yaml::to_string(&crd).expect("the CRD serialises")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_env_may_not_set_what_the_operator_owns() {
+        let mut rtgw: RealtimeGateway = serde_yaml::from_str(include_str!("../../docs/examples/rtgw.yaml")).unwrap();
+        rtgw.spec.pod.env = vec![
+            EnvVar { name: "HERALD_PUBLISH_RETRY_SECS".into(), value: Some("30".into()), ..Default::default() },
+            EnvVar { name: "HERALD_LISTEN".into(), value: Some("0.0.0.0:1".into()), ..Default::default() },
+        ];
+        let problems = validate(&rtgw.spec).unwrap_err();
+        assert_eq!(problems, ["pod.env must not set HERALD_LISTEN: the operator sets it from the resource"]);
+        rtgw.spec.pod.env.pop();
+        assert!(validate(&rtgw.spec).is_ok());
+    }
 }

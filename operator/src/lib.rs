@@ -26,6 +26,9 @@ pub enum Error {
 
 impl Error {
     /// The `error` label of `herald_operator_reconcile_errors_total`.
+    /// Every value of [`Error::label`].
+    pub const LABELS: [&'static str; 2] = ["kube", "invalid"];
+
     pub fn label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",

@@ -6,7 +6,7 @@ use herald_operator::crd::RealtimeGateway;
 use herald_operator::lease::LeaderLease;
 use herald_operator::metrics::Metrics;
 use herald_operator::scaling::{self, Policy};
-use herald_operator::{controller, crd};
+use herald_operator::{controller, crd, resources};
 
 #[derive(Parser)]
 #[command(name = "herald-operator", version, about = "Runs and scales Herald gateways from their connection counts")]
@@ -23,6 +23,19 @@ enum Command {
     Crdgen,
     /// Show what the operator would decide, without a cluster.
     Plan(PlanArgs),
+    /// Print the Deployment, Service and PodDisruptionBudget the operator applies for a
+    /// resource, as YAML, without a cluster.
+    Render(RenderArgs),
+}
+
+#[derive(clap::Args)]
+struct RenderArgs {
+    /// A RealtimeGateway manifest (YAML).
+    #[arg(long)]
+    resource: std::path::PathBuf,
+    /// Replicas of the Deployment (default: the resource's minimum).
+    #[arg(long)]
+    replicas: Option<u32>,
 }
 
 #[derive(clap::Args)]
@@ -46,6 +59,15 @@ struct RunArgs {
     /// name, from POD_NAME or HOSTNAME).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Log lines as text, or as one JSON object per line (for a log pipeline).
+    #[arg(long, env = "HERALD_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -75,12 +97,19 @@ fn main() {
             0
         }
         Command::Plan(args) => plan(args),
+        Command::Render(args) => render(args),
         Command::Run(args) => {
-            tracing_subscriber::fmt()
+            // Colours only for a person at a terminal: a log collector would store the escapes.
+            let logs = tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()),
                 )
-                .init();
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+            match args.log_format {
+                LogFormat::Text => logs.init(),
+                LogFormat::Json => logs.json().flatten_event(true).init(),
+            }
             let runtime =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             match runtime.block_on(run(args)) {
@@ -93,6 +122,34 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+fn render(args: RenderArgs) -> i32 {
+    let result = (|| -> Result<String, String> {
+        let text = std::fs::read_to_string(&args.resource).map_err(|e| format!("{}: {e}", args.resource.display()))?;
+        let rtgw: RealtimeGateway =
+            serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", args.resource.display()))?;
+        crd::validate(&rtgw.spec)
+            .map_err(|problems| format!("{}: {}", args.resource.display(), problems.join("; ")))?;
+        let replicas = args.replicas.unwrap_or(rtgw.spec.replicas.min);
+        let yaml = |v: Result<String, serde_yaml::Error>| v.map_err(|e| e.to_string());
+        Ok([
+            yaml(serde_yaml::to_string(&resources::deployment(&rtgw, replicas)))?,
+            yaml(serde_yaml::to_string(&resources::service(&rtgw)))?,
+            yaml(serde_yaml::to_string(&resources::pdb(&rtgw)))?,
+        ]
+        .join("---\n"))
+    })();
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            0
+        }
+        Err(e) => {
+            eprintln!("herald-operator render: {e}");
+            2
+        }
+    }
 }
 
 fn plan(args: PlanArgs) -> i32 {

@@ -81,6 +81,7 @@ fn mount(volumes: &mut Vec<Volume>, mounts: &mut Vec<VolumeMount>, name: &str, s
 /// The gateway Deployment, running `replicas` pods.
 pub fn deployment(rtgw: &RealtimeGateway, replicas: u32) -> Deployment {
     let spec = &rtgw.spec;
+    let pod = &spec.pod;
     let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
     let mut envs = vec![
         env("HERALD_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
@@ -100,8 +101,17 @@ pub fn deployment(rtgw: &RealtimeGateway, replicas: u32) -> Deployment {
     if let Some(keys) = &spec.auth.publish_keys {
         envs.push(env("HERALD_PUBLISH_KEYS_FILE", mount(&mut volumes, &mut mounts, "publish-keys", keys)));
     }
+    if let Some(keys) = &spec.auth.dashboard_keys {
+        envs.push(env("HERALD_DASHBOARD_KEYS_FILE", mount(&mut volumes, &mut mounts, "dashboard-keys", keys)));
+    }
+    let a = &spec.auth;
     let g = &spec.gateway;
     let optional = [
+        ("HERALD_JWKS_URL", (!a.jwks_urls.is_empty()).then(|| a.jwks_urls.join(","))),
+        ("HERALD_JWKS_REFRESH_SECS", a.jwks_refresh_secs.map(|v| v.to_string())),
+        ("HERALD_JWKS_ALLOW_HTTP", a.jwks_allow_http.map(|v| v.to_string())),
+        ("HERALD_JWT_ISSUER", a.issuer.clone()),
+        ("HERALD_JWT_AUDIENCE", a.audience.clone()),
         ("HERALD_HEARTBEAT_SECS", g.heartbeat_secs.map(|v| v.to_string())),
         ("HERALD_MAX_CHANNELS", g.max_channels.map(|v| v.to_string())),
         ("HERALD_MAX_CONNECTIONS_PER_USER", g.max_connections_per_user.map(|v| v.to_string())),
@@ -118,6 +128,12 @@ pub fn deployment(rtgw: &RealtimeGateway, replicas: u32) -> Deployment {
         ("HERALD_CLIENT_EVENT_BURST", g.client_event_burst.map(|v| v.to_string())),
     ];
     envs.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| env(k, v))));
+    // The resource's own environment last: an entry replaces the operator's of the same name
+    // (the managed ones are refused by `crd::validate`).
+    for var in &spec.pod.env {
+        envs.retain(|e| e.name != var.name);
+        envs.push(var.clone());
+    }
 
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -135,6 +151,7 @@ pub fn deployment(rtgw: &RealtimeGateway, replicas: u32) -> Deployment {
         image_pull_policy: spec.image_pull_policy.clone(),
         args: Some(vec!["serve".into()]),
         env: Some(envs),
+        env_from: (!spec.pod.env_from.is_empty()).then(|| spec.pod.env_from.clone()),
         ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..Default::default() }]),
         readiness_probe: Some(probe("/readyz", 2)),
         liveness_probe: Some(probe("/healthz", 10)),
@@ -164,13 +181,25 @@ pub fn deployment(rtgw: &RealtimeGateway, replicas: u32) -> Deployment {
                 }),
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels(rtgw)), ..Default::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels(rtgw)),
+                    annotations: non_empty(&pod.annotations),
+                    ..Default::default()
+                }),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     volumes: (!volumes.is_empty()).then_some(volumes),
                     termination_grace_period_seconds: Some(i64::from(spec.drain_seconds + GRACE_MARGIN_SECS)),
                     // Gateways never talk to the Kubernetes API.
                     automount_service_account_token: Some(false),
+                    service_account_name: pod.service_account_name.clone(),
+                    priority_class_name: pod.priority_class_name.clone(),
+                    node_selector: non_empty(&pod.node_selector),
+                    tolerations: (!pod.tolerations.is_empty()).then(|| pod.tolerations.clone()),
+                    affinity: pod.affinity.clone(),
+                    topology_spread_constraints: (!pod.topology_spread_constraints.is_empty())
+                        .then(|| pod.topology_spread_constraints.clone()),
+                    image_pull_secrets: (!pod.image_pull_secrets.is_empty()).then(|| pod.image_pull_secrets.clone()),
                     ..Default::default()
                 }),
             },
@@ -180,11 +209,27 @@ pub fn deployment(rtgw: &RealtimeGateway, replicas: u32) -> Deployment {
     }
 }
 
+/// The pod template's labels: the resource's `pod.labels`, then the operator's own over them
+/// (they select the pods).
+fn pod_labels(rtgw: &RealtimeGateway) -> BTreeMap<String, String> {
+    let mut all = rtgw.spec.pod.labels.clone();
+    all.extend(labels(rtgw));
+    all
+}
+
+fn non_empty(map: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+    (!map.is_empty()).then(|| map.clone())
+}
+
 /// The Service in front of the gateways.
 pub fn service(rtgw: &RealtimeGateway) -> Service {
+    let shape = &rtgw.spec.service;
+    let mut metadata = meta(rtgw);
+    metadata.annotations = non_empty(&shape.annotations);
     Service {
-        metadata: meta(rtgw),
+        metadata,
         spec: Some(ServiceSpec {
+            type_: shape.type_.map(|t| t.as_str().to_owned()),
             selector: Some(selector_labels(rtgw)),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),

@@ -5,13 +5,19 @@ use std::sync::Arc;
 use herald_operator::metrics::{self, Metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// One request on its own connection: the head (header names lowercased) and the body.
 async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: operator\r\n\r\n").as_bytes()).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (head.to_owned(), body.to_owned())
+    let head = head.lines().map(|l| match l.split_once(':') {
+        Some((name, value)) => format!("{}:{value}", name.to_ascii_lowercase()),
+        None => l.to_owned(),
+    });
+    (head.collect::<Vec<_>>().join("\n"), body.to_owned())
 }
 
 /// The samples of a text exposition: `name{labels}` → value. Panics on a line that is neither a
@@ -52,7 +58,7 @@ async fn metrics_and_health_are_served() {
 
     let (head, body) = get(addr, "/metrics").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
     let samples = samples(&body);
     let value = |series: &str| samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v);
     assert_eq!(value("herald_operator_leader"), Some(1.0));
@@ -60,10 +66,57 @@ async fn metrics_and_health_are_served() {
     assert_eq!(value("herald_operator_reconcile_errors_total{error=\"kube\",resource=\"default/demo\"}"), Some(1.0));
     assert_eq!(value("herald_operator_reconcile_duration_seconds_count{resource=\"default/demo\"}"), Some(1.0));
     assert_eq!(value("herald_operator_desired_replicas{resource=\"default/demo\"}"), Some(4.0));
+    // What the process is and holds: its build, its open files, its memory.
+    let (info, one) = samples.iter().find(|(s, _)| s.starts_with("herald_build_info{")).expect("herald_build_info");
+    assert!(
+        info.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))) && info.contains("commit=\""),
+        "{info}"
+    );
+    assert_eq!(*one, 1.0);
+    assert!(value("process_open_fds").is_some_and(|n| n >= 3.0));
+    assert!(value("process_resident_memory_bytes").is_some_and(|n| n > 0.0));
 
     let (head, body) = get(addr, "/healthz").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body, "{\"status\":\"ok\"}");
     let (head, _) = get(addr, "/nope").await;
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
+    // Keep-alive: two scrapes on one connection.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut answered = String::new();
+    for _ in 0..2 {
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: operator\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).await.unwrap();
+        answered.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert_eq!(answered.matches("HTTP/1.1 200").count(), 2, "{answered}");
+}
+
+/// Every `herald_operator_*` name the chart's alerts and Grafana dashboard use is one the
+/// operator exports.
+#[test]
+fn the_charts_alerts_and_dashboard_name_only_metrics_the_operator_exports() {
+    let metrics = Metrics::default();
+    let r = "default/demo";
+    metrics.reconciles.with_label_values(&[r]).inc();
+    metrics.failures.with_label_values(&[r, "kube"]).inc();
+    metrics.duration.with_label_values(&[r]).observe(0.1);
+    metrics.desired.with_label_values(&[r]).set(2);
+    metrics.connections.with_label_values(&[r]).set(10);
+    metrics.scale_events.with_label_values(&[r, "up"]).inc();
+    let text = metrics.render();
+    let files = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/herald/files");
+    let mut checked = 0;
+    for file in ["prometheus-rules.yaml", "grafana-dashboard.json"] {
+        let body = std::fs::read_to_string(files.join(file)).unwrap();
+        for (at, _) in body.match_indices("herald_operator_") {
+            let name: String =
+                body[at..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} ({file}) is not a metric the operator exports");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "{checked} names");
 }

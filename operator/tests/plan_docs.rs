@@ -33,3 +33,24 @@ fn the_documented_plan_examples_hold() {
     }
     assert_eq!(examples, 3, "three documented examples");
 }
+
+/// The `herald-operator render` example of docs/operations.md prints the kinds it says.
+#[test]
+fn the_documented_render_example_holds() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let doc = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let mut lines = doc.lines();
+    let args = lines.find_map(|l| l.strip_prefix("herald-operator render ")).expect("a render example");
+    let expected = lines.next().and_then(|l| l.strip_prefix("# kinds: ")).expect("an expected `# kinds:` line");
+    let out = Command::new(env!("CARGO_BIN_EXE_herald-operator"))
+        .current_dir(&root)
+        .arg("render")
+        .args(args.split_whitespace())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let kinds: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("kind: ")).collect();
+    assert_eq!(kinds.join(", "), expected);
+    assert!(stdout.contains("replicas: 3"), "{stdout}");
+}

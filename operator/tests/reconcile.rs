@@ -27,8 +27,16 @@ fn rtgw(status: Option<Value>) -> RealtimeGateway {
             "maxConnectionsPerPod": 150,
             "scaleUp": {"stabilizationSeconds": 0, "maxStep": 2},
             "scaleDown": {"stabilizationSeconds": 300, "maxStep": 1},
-            "nats": {"url": "nats://nats:4222"},
-            "auth": {"jwtSecret": {"name": "herald", "key": "jwt"}},
+            // A NATS cluster: every node's URL, and the history in three replicas.
+            "nats": {"url": "nats://nats-0.nats:4222,nats://nats-1.nats:4222,nats://nats-2.nats:4222"},
+            "gateway": {"historyReplicas": 3},
+            "auth": {
+                "jwtSecret": {"name": "herald", "key": "jwt"},
+                "dashboardKeys": {"name": "herald", "key": "dashboard"},
+                // An identity provider's keys as well, fetched and refreshed by the gateways.
+                "jwksUrls": ["https://id.example/.well-known/jwks.json", "https://id.example/next.json"],
+                "issuer": "https://id.example/"
+            },
             "drainSeconds": 20
         }
     });
@@ -53,6 +61,12 @@ async fn next(handle: &mut Handle) -> (String, String, Value, tower_test::mock::
     let bytes = req.into_body().collect_bytes().await.unwrap();
     let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
     (method, uri, body, send)
+}
+
+/// The status condition of `type_`.
+fn condition(status: &Value, type_: &str) -> Value {
+    let conditions = status["conditions"].as_array().expect("conditions");
+    conditions.iter().find(|c| c["type"] == type_).unwrap_or_else(|| panic!("no {type_} in {conditions:?}")).clone()
 }
 
 fn deployment(replicas: u32) -> Value {
@@ -93,14 +107,22 @@ async fn stats_server(connections: u64) -> i32 {
     i32::from(port)
 }
 
-/// Serves the apply/status requests of one reconcile after the GET and LIST; returns the applied
-/// Deployment, whether an Event was posted, and the status patch.
-async fn serve_writes(handle: &mut Handle) -> (Value, bool, Value) {
+/// What one reconcile wrote.
+struct Writes {
+    deployment: Value,
+    service: Value,
+    event: bool,
+    status: Value,
+}
+
+/// Serves the apply/status requests of one reconcile after the GET and LIST.
+async fn serve_writes(handle: &mut Handle) -> Writes {
     let (method, uri, applied, send) = next(handle).await;
     assert_eq!(method, "PATCH");
     assert!(uri.starts_with("/apis/apps/v1/namespaces/default/deployments/demo?"), "{uri}");
     assert!(uri.contains("fieldManager=herald-operator") && uri.contains("force=true"), "server-side apply: {uri}");
     send.send_response(respond(StatusCode::OK, &applied));
+    let mut service = Value::Null;
     for path in
         ["/api/v1/namespaces/default/services/demo?", "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo?"]
     {
@@ -108,6 +130,9 @@ async fn serve_writes(handle: &mut Handle) -> (Value, bool, Value) {
         assert_eq!((method.as_str(), uri.starts_with(path)), ("PATCH", true), "{uri}");
         assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "RealtimeGateway");
         send.send_response(respond(StatusCode::OK, &body));
+        if path.contains("/services/") {
+            service = body;
+        }
     }
     let (mut method, mut uri, mut body, mut send) = next(handle).await;
     let mut event = false;
@@ -123,7 +148,7 @@ async fn serve_writes(handle: &mut Handle) -> (Value, bool, Value) {
     let status = body["status"].clone();
     send.send_response(respond(StatusCode::OK, &json!({"apiVersion":"herald.dev/v1alpha1","kind":"RealtimeGateway",
         "metadata":{"name":"demo","namespace":"default"},"spec": serde_json::to_value(&rtgw(None).spec).unwrap(), "status": status})));
-    (applied, event, body["status"].clone())
+    Writes { deployment: applied, service, event, status: body["status"].clone() }
 }
 
 fn context() -> (Arc<Context>, Handle) {
@@ -149,7 +174,7 @@ async fn first_reconcile_applies_the_owned_objects() {
     assert!(uri.contains("app.kubernetes.io%2Finstance%3Ddemo"), "pods selected by instance: {uri}");
     send.send_response(respond(StatusCode::OK, &pods(&[])));
 
-    let (applied, event, status) = serve_writes(&mut handle).await;
+    let Writes { deployment: applied, event, status, .. } = serve_writes(&mut handle).await;
     assert_eq!(applied["spec"]["replicas"], 2, "a new fleet starts at min");
     assert_eq!(applied["metadata"]["ownerReferences"][0]["name"], "demo");
     let pod = &applied["spec"]["template"]["spec"];
@@ -157,8 +182,28 @@ async fn first_reconcile_applies_the_owned_objects() {
     let env = &pod["containers"][0]["env"];
     assert!(env.as_array().unwrap().iter().any(|e| e["name"] == "HERALD_MAX_CONNECTIONS" && e["value"] == "150"));
     assert!(env.as_array().unwrap().iter().any(|e| e["name"] == "HERALD_DRAIN_SECS" && e["value"] == "20"));
+    let var = |name: &str| env.as_array().unwrap().iter().find(|e| e["name"] == name).map(|e| e["value"].clone());
+    assert_eq!(
+        var("HERALD_NATS_URL"),
+        Some(json!("nats://nats-0.nats:4222,nats://nats-1.nats:4222,nats://nats-2.nats:4222"))
+    );
+    assert_eq!(var("HERALD_HISTORY_REPLICAS"), Some(json!("3")));
+    assert_eq!(
+        var("HERALD_JWKS_URL"),
+        Some(json!("https://id.example/.well-known/jwks.json,https://id.example/next.json"))
+    );
+    assert_eq!(var("HERALD_JWT_ISSUER"), Some(json!("https://id.example/")));
+    let dashboard_keys = var("HERALD_DASHBOARD_KEYS_FILE").expect("the dashboard keys, mounted");
+    let mounted = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert!(
+        mounted.iter().any(|m| dashboard_keys.as_str().unwrap().starts_with(m["mountPath"].as_str().unwrap())),
+        "{dashboard_keys} is under a mount: {mounted:?}"
+    );
+    assert_eq!(var("HERALD_JWKS_REFRESH_SECS"), None, "the gateway's default");
     assert!(!event, "creating is not scaling");
     assert_eq!((status["desiredReplicas"].as_u64(), status["observedGeneration"].as_i64()), (Some(2), Some(3)));
+    let ready = condition(&status, "Ready");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("Creating")));
 
     assert_eq!(run.await.unwrap().unwrap(), Action::requeue(Duration::from_secs(15)));
 }
@@ -174,21 +219,48 @@ async fn rising_load_patches_replicas_status_and_records_an_event() {
     let (_, _, _, send) = next(&mut handle).await;
     send.send_response(respond(StatusCode::OK, &pods(&[("127.0.0.1".into(), a), ("127.0.0.1".into(), b)])));
 
-    let (applied, event, status) = serve_writes(&mut handle).await;
+    let Writes { deployment: applied, event, status, .. } = serve_writes(&mut handle).await;
     assert_eq!(applied["spec"]["replicas"], 4);
     assert!(event, "scaling records an Event");
     assert_eq!(status["connections"], 500);
     assert_eq!(status["desiredReplicas"], 4);
     assert!(status["lastScaleTime"].is_string());
-    let limited =
-        status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "ScalingLimited").unwrap().clone();
+    let limited = condition(&status, "ScalingLimited");
     assert_eq!((limited["status"].as_str(), limited["reason"].as_str()), (Some("True"), Some("ScaleUpLimit")));
+    let ready = condition(&status, "Ready");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("ReplicasNotReady")));
+    assert_eq!(ready["message"], "2 of 4 gateways ready");
     run.await.unwrap().unwrap();
     let metrics = ctx.metrics.render();
     assert!(
         metrics.contains("herald_operator_scale_events_total{direction=\"up\",resource=\"default/demo\"} 1"),
         "{metrics}"
     );
+
+    // The resource is deleted: the operator forgets its recommendations and its series.
+    assert_eq!(ctx.remembered(), ["default/demo"]);
+    ctx.forget_all_but([]);
+    assert!(ctx.remembered().is_empty());
+    let metrics = ctx.metrics.render();
+    assert!(!metrics.contains("default/demo"), "{metrics}");
+}
+
+/// The controller's trigger: a status write alone (same generation) is no reason to reconcile;
+/// each new generation is.
+#[tokio::test]
+async fn status_writes_alone_do_not_trigger_a_reconcile() {
+    use futures_util::StreamExt;
+    let with = |generation: i64, connections: u64| {
+        let mut r = rtgw(Some(json!({"connections": connections})));
+        r.metadata.generation = Some(generation);
+        Ok(r)
+    };
+    let events = futures_util::stream::iter(vec![with(3, 0), with(3, 120), with(3, 240), with(4, 240), with(4, 300)]);
+    let triggered: Vec<i64> = controller::spec_changes(events)
+        .map(|r: Result<RealtimeGateway, kube::runtime::watcher::Error>| r.unwrap().metadata.generation.unwrap())
+        .collect()
+        .await;
+    assert_eq!(triggered, [3, 4]);
 }
 
 #[tokio::test]
@@ -203,7 +275,7 @@ async fn a_deleted_deployment_is_recreated() {
     ));
     let (_, _, _, send) = next(&mut handle).await;
     send.send_response(respond(StatusCode::OK, &pods(&[])));
-    let (applied, _, _) = serve_writes(&mut handle).await;
+    let applied = serve_writes(&mut handle).await.deployment;
     assert_eq!(applied["kind"], "Deployment");
     assert_eq!(applied["spec"]["replicas"], 2);
     run.await.unwrap().unwrap();
@@ -245,6 +317,8 @@ async fn an_invalid_spec_is_reported_in_status_and_an_event_and_nothing_is_appli
     let conditions = body["status"]["conditions"].as_array().unwrap();
     let able = conditions.iter().find(|c| c["type"] == "AbleToScale").unwrap();
     assert_eq!((able["status"].as_str(), able["reason"].as_str()), (Some("False"), Some("InvalidSpec")));
+    let ready = conditions.iter().find(|c| c["type"] == "Ready").unwrap();
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("InvalidSpec")));
     let message = able["message"].as_str().unwrap();
     assert!(message.contains("replicas.max must be at least replicas.min"), "{message}");
     assert!(message.contains("maxConnectionsPerPod must be at least targetConnectionsPerPod"), "{message}");
@@ -295,4 +369,101 @@ async fn the_backoff_starts_over_after_a_successful_reconcile() {
 fn backoff_doubles_up_to_five_minutes() {
     let waits: Vec<u64> = (1..=9).map(|n| controller::backoff(n).as_secs()).collect();
     assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+}
+
+/// Every field of `spec.pod` and `spec.service` reaches the applied Deployment and Service, the
+/// operator's own labels win over the resource's, and an env entry replaces the operator's of
+/// the same name.
+#[tokio::test]
+async fn the_pod_and_service_shape_reach_the_applied_objects() {
+    let mut shaped = serde_json::to_value(rtgw(None)).unwrap();
+    shaped["spec"]["pod"] = json!({
+        "env": [
+            {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://collector.observability:4318"},
+            {"name": "HERALD_HISTORY_REPLICAS", "value": "5"},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+        ],
+        "envFrom": [{"configMapRef": {"name": "herald-extra"}}],
+        "annotations": {"linkerd.io/inject": "enabled"},
+        "labels": {"team": "realtime", "app.kubernetes.io/instance": "not-this"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "realtime", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "node-pool", "operator": "In", "values": ["edge"]}]}]}}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "demo"}}}],
+        "imagePullSecrets": [{"name": "registry"}],
+        "serviceAccountName": "herald-gateway",
+        "priorityClassName": "realtime-critical"
+    });
+    shaped["spec"]["service"] = json!({
+        "type": "LoadBalancer",
+        "annotations": {"service.beta.kubernetes.io/aws-load-balancer-connection-idle-timeout": "3600"}
+    });
+    let shaped: RealtimeGateway = serde_json::from_value(shaped).unwrap();
+    let pod_spec = shaped.spec.pod.clone();
+
+    let (ctx, mut handle) = context();
+    let run = tokio::spawn(controller::reconcile(Arc::new(shaped), ctx.clone()));
+    let (_, _, _, send) = next(&mut handle).await;
+    send.send_response(respond(StatusCode::NOT_FOUND, &json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"not found"})));
+    let (_, _, _, send) = next(&mut handle).await;
+    send.send_response(respond(StatusCode::OK, &pods(&[])));
+    let writes = serve_writes(&mut handle).await;
+    run.await.unwrap().unwrap();
+
+    let template = &writes.deployment["spec"]["template"];
+    let pod = &template["spec"];
+    let container = &pod["containers"][0];
+    let env = container["env"].as_array().unwrap();
+    let var = |name: &str| env.iter().filter(|e| e["name"] == name).cloned().collect::<Vec<_>>();
+    assert_eq!(var("OTEL_EXPORTER_OTLP_ENDPOINT")[0]["value"], "http://collector.observability:4318");
+    assert_eq!(
+        var("HERALD_HISTORY_REPLICAS"),
+        [json!({"name": "HERALD_HISTORY_REPLICAS", "value": "5"})],
+        "replaced, once"
+    );
+    assert_eq!(var("POD_IP")[0]["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+    assert_eq!(container["envFrom"], json!([{"configMapRef": {"name": "herald-extra"}}]));
+    assert_eq!(template["metadata"]["annotations"], json!({"linkerd.io/inject": "enabled"}));
+    assert_eq!(template["metadata"]["labels"]["team"], "realtime");
+    assert_eq!(template["metadata"]["labels"]["app.kubernetes.io/instance"], "demo", "the selector's label wins");
+    for (field, value) in [
+        ("nodeSelector", json!(pod_spec.node_selector)),
+        ("tolerations", json!(pod_spec.tolerations)),
+        ("affinity", json!(pod_spec.affinity)),
+        ("topologySpreadConstraints", json!(pod_spec.topology_spread_constraints)),
+        ("imagePullSecrets", json!([{"name": "registry"}])),
+        ("serviceAccountName", json!("herald-gateway")),
+        ("priorityClassName", json!("realtime-critical")),
+        ("automountServiceAccountToken", json!(false)),
+    ] {
+        assert_eq!(pod[field], value, "{field}");
+    }
+    assert_eq!(writes.service["spec"]["type"], "LoadBalancer");
+    assert_eq!(
+        writes.service["metadata"]["annotations"],
+        json!({"service.beta.kubernetes.io/aws-load-balancer-connection-idle-timeout": "3600"})
+    );
+}
+
+/// A fleet whose Deployment has its desired replicas ready is `Ready=True`, in the shape of
+/// Kubernetes' own conditions (`kubectl wait --for=condition=Ready` and Argo CD read it).
+#[tokio::test]
+async fn a_fleet_with_its_replicas_ready_is_ready() {
+    let (ctx, mut handle) = context();
+    let (a, b) = (stats_server(50).await, stats_server(50).await);
+    let run = tokio::spawn(controller::reconcile(Arc::new(rtgw(None)), ctx.clone()));
+    let (_, _, _, send) = next(&mut handle).await;
+    send.send_response(respond(StatusCode::OK, &deployment(2)));
+    let (_, _, _, send) = next(&mut handle).await;
+    send.send_response(respond(StatusCode::OK, &pods(&[("127.0.0.1".into(), a), ("127.0.0.1".into(), b)])));
+    let writes = serve_writes(&mut handle).await;
+    run.await.unwrap().unwrap();
+    let ready = condition(&writes.status, "Ready");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("True"), Some("ReplicasReady")));
+    assert_eq!(ready["message"], "2 of 2 gateways ready");
+    assert_eq!(ready["observedGeneration"], 3);
+    let since = ready["lastTransitionTime"].as_str().unwrap();
+    assert!(since.ends_with('Z') && since.contains('T'), "RFC 3339: {since}");
 }

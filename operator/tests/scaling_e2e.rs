@@ -39,26 +39,51 @@ fn start_nats(dir: &std::path::Path) -> (Proc, u16) {
     let bin = std::env::var("HERALD_TEST_NATS_SERVER")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root().join(".venv/bin/nats-server"));
-    let port = free_port();
-    let child = Command::new(&bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (run ./scripts/test to install it)", bin.display()));
-    let end = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < end, "nats-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
+    let log_path = dir.join("nats.log");
+    // Again on another port when the chosen one was taken before the server bound it.
+    for _ in 0..5 {
+        let port = free_port();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let mut child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (run ./scripts/test to install it)", bin.display()));
+        let end = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            let text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+            if exited && text().contains("address already in use") {
+                break;
+            }
+            assert!(!exited && Instant::now() < end, "nats-server did not start:\n{}", text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if matches!(child.try_wait(), Ok(None)) {
+            return (Proc(child), port);
+        }
     }
-    (Proc(child), port)
+    panic!("nats-server found its port taken five times")
+}
+
+/// `herald-gateway` of the same build profile as this test (`target/<profile>/`: this test runs
+/// from `target/<profile>/deps/`), so `cargo test --release` finds the release build.
+fn gateway_beside_this_test() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>");
+    let bin = profile.join("herald-gateway");
+    assert!(
+        bin.exists(),
+        "{} is not built: cargo test --workspace builds it, or cargo build -p herald-gateway (with the same profile), or set HERALD_GATEWAY_BIN",
+        bin.display()
+    );
+    bin
 }
 
 fn start_gateway(nats_port: u16, secret: &std::path::Path) -> (Proc, u16) {
-    let bin = std::env::var("HERALD_GATEWAY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join("target/debug/herald-gateway"));
+    let bin = std::env::var("HERALD_GATEWAY_BIN").map(PathBuf::from).unwrap_or_else(|_| gateway_beside_this_test());
     let mut child = Command::new(&bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--heartbeat-secs", "1", "--nats-url"])
         .arg(format!("nats://127.0.0.1:{nats_port}"))

@@ -113,7 +113,7 @@ The Secret holding the keys: the user's, or the one this chart creates.
 
 {{/*
 The key names used in the Secret: the user's (existingSecret) or the chart's, "" for none.
-Returned as YAML: jwtSecret, jwks, publishKeys, testPublishKey.
+Returned as YAML: jwtSecret, jwks, publishKeys, dashboardKeys, testPublishKey.
 */}}
 {{- define "herald.auth.keys" -}}
 {{- if .Values.auth.existingSecret }}
@@ -121,11 +121,13 @@ Returned as YAML: jwtSecret, jwks, publishKeys, testPublishKey.
 jwtSecret: {{ default "" $k.jwtSecret | quote }}
 jwks: {{ default "" $k.jwks | quote }}
 publishKeys: {{ default "" $k.publishKeys | quote }}
+dashboardKeys: {{ default "" $k.dashboardKeys | quote }}
 testPublishKey: {{ default "" $k.testPublishKey | quote }}
 {{- else }}
 jwtSecret: {{ ternary "jwt-secret" "" (ne .Values.auth.jwtSecret "") | quote }}
 jwks: {{ ternary "jwks" "" (ne .Values.auth.jwks "") | quote }}
 publishKeys: {{ ternary "publish-keys" "" (gt (len .Values.auth.publishKeys) 0) | quote }}
+dashboardKeys: {{ ternary "dashboard-keys" "" (gt (len .Values.auth.dashboardKeys) 0) | quote }}
 testPublishKey: {{ ternary "test-publish-key" "" (gt (len .Values.auth.publishKeys) 0) | quote }}
 {{- end }}
 {{- end }}
@@ -174,15 +176,15 @@ says what to set. Included by the templates that need them.
 {{- end }}
 {{- $keys := include "herald.auth.keys" . | fromYaml }}
 {{- if .Values.auth.existingSecret }}
-{{- if and (not $keys.jwtSecret) (not $keys.jwks) }}
-{{- fail "herald: auth.existingSecretKeys.jwtSecret or auth.existingSecretKeys.jwks must name a key of auth.existingSecret: the gateways need a key for client tokens" }}
+{{- if and (not $keys.jwtSecret) (not $keys.jwks) (not .Values.auth.jwksUrls) }}
+{{- fail "herald: auth.existingSecretKeys.jwtSecret or auth.existingSecretKeys.jwks must name a key of auth.existingSecret (or set auth.jwksUrls): the gateways need a key for client tokens" }}
 {{- end }}
 {{- if and .Values.tests.enabled (or (not $keys.jwtSecret) (not $keys.testPublishKey)) }}
 {{- fail "herald: helm test needs auth.existingSecretKeys.jwtSecret and auth.existingSecretKeys.testPublishKey (a key holding one publisher key's raw secret); set them, or set tests.enabled=false" }}
 {{- end }}
 {{- else }}
-{{- if and (not .Values.auth.jwtSecret) (not .Values.auth.jwks) }}
-{{- fail "herald: set auth.existingSecret to the name of a Secret you manage, or auth.jwtSecret (e.g. --set auth.jwtSecret=$(openssl rand -hex 32)) so that the chart creates one: the gateways need a key for client tokens" }}
+{{- if and (not .Values.auth.jwtSecret) (not .Values.auth.jwks) (not .Values.auth.jwksUrls) }}
+{{- fail "herald: set auth.existingSecret to the name of a Secret you manage, or auth.jwtSecret (e.g. --set auth.jwtSecret=$(openssl rand -hex 32)) so that the chart creates one, or auth.jwksUrls (your identity provider's JWKS URL): the gateways need a key for client tokens" }}
 {{- end }}
 {{- if and .Values.auth.jwtSecret (lt (len .Values.auth.jwtSecret) 16) }}
 {{- fail "herald: auth.jwtSecret must be at least 16 characters (32 recommended)" }}
@@ -199,6 +201,20 @@ says what to set. Included by the templates that need them.
 {{- fail (printf "herald: auth.publishKeys names %q twice" .name) }}
 {{- end }}
 {{- $_ := set $seen .name true }}
+{{- end }}
+{{- $dashboard := dict }}
+{{- range .Values.auth.dashboardKeys }}
+{{- if hasKey $dashboard .name }}
+{{- fail (printf "herald: auth.dashboardKeys names %q twice" .name) }}
+{{- end }}
+{{- $_ := set $dashboard .name true }}
+{{- $secret := .secret }}
+{{- $name := .name }}
+{{- range $.Values.auth.publishKeys }}
+{{- if eq .secret $secret }}
+{{- fail (printf "herald: auth.dashboardKeys %q has the secret of publisher key %q; a key typed into a browser must not be one that publishes to every user" $name .name) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -1,5 +1,5 @@
 // The operations dashboard in a real browser: two production gateways share one NATS; the page
-// is opened on gateway A with a publisher key, SSE clients connect to both gateways, and the page
+// is opened on gateway A with a dashboard key, SSE clients connect to both gateways, and the page
 // shows each pod's connection count change as they do. A screenshot is saved.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -79,11 +79,12 @@ function shownCounts(page) {
 }
 
 test('the dashboard shows both pods and their connection counts changing', { timeout: 90000 }, async () => {
-  // Without the key the page is refused.
+  // Without the key, or with a publisher key, the page is refused.
   assert.equal((await fetch(`${a.url}/dashboard`)).status, 401);
+  assert.equal((await fetch(`${a.url}/dashboard?key=${encodeURIComponent(auth.key)}`)).status, 401);
 
   const page = await newPage(browser);
-  await page.goto(`${a.url}/dashboard?key=${encodeURIComponent(auth.key)}`);
+  await page.goto(`${a.url}/dashboard?key=${encodeURIComponent(auth.dashboardKey)}`);
   assert.equal(new URL(page.url()).search, '', 'the key is dropped from the address bar');
   await page.waitForFunction(() => document.querySelectorAll('#pods tr[data-pod]').length === 2, null, { timeout: 15000 });
   assert.deepEqual(await shownCounts(page), { 'gateway-a': 0, 'gateway-b': 0 });

@@ -196,16 +196,24 @@ export async function startGateway(scope, mode, args = []) {
   return gw;
 }
 
-/** The auth files of a serve-mode gateway: a JWT secret and a publisher key. */
+/** The auth files of a serve-mode gateway: a JWT secret, a publisher key and a dashboard key. */
 export async function serveAuth(scope) {
   const dir = await scope.tempDir('herald-e2e-auth-');
   const secret = randomBytes(32).toString('hex');
   const key = randomBytes(24).toString('hex');
+  const dashboardKey = randomBytes(24).toString('hex');
   const secretFile = join(dir, 'jwt.secret');
   const keysFile = join(dir, 'publish.keys');
+  const dashboardFile = join(dir, 'dashboard.keys');
   await writeFile(secretFile, secret);
   await writeFile(keysFile, `# e2e\ntests:${key}\n`);
-  return { secret, key, args: ['--jwt-secret-file', secretFile, '--publish-keys-file', keysFile] };
+  await writeFile(dashboardFile, `ops:${dashboardKey}\n`);
+  return {
+    secret,
+    key,
+    dashboardKey,
+    args: ['--jwt-secret-file', secretFile, '--publish-keys-file', keysFile, '--dashboard-keys-file', dashboardFile],
+  };
 }
 
 /** Signs an HS256 client token. */

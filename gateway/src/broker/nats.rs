@@ -1,10 +1,12 @@
-//! The NATS broker (DESIGN section 2).
+//! The NATS broker (docs/architecture.md).
 //!
 //! Durable events are published to `herald.events.…`, stored by the stream `HERALD`, and
 //! republished by the server to `herald.live.…` with a `Nats-Sequence` header: that sequence,
 //! with the stream's epoch, is the event id. Ephemeral events go straight to `herald.live.…`.
-//! A resuming client is replayed from the stream with direct gets per subject, a page at a time
-//! (`Walk`); the hub refills a gap in live delivery with an ordered consumer on every subject.
+//! A resuming client is replayed from the stream with a read per event and subject, a page at a
+//! time (`Walk`); the hub refills a gap in live delivery with an ordered consumer on every
+//! subject. A replicated stream is read from its leader only ([`Reads`]): a replica catching up
+//! after a node loss would answer a direct get without the newest events.
 //! With `--history off` there is no stream: everything is live.
 //!
 //! Headers: `Herald-Type` names the event (default `message`); `Herald-Published-At` is stamped on
@@ -12,6 +14,7 @@
 //! `traceparent`/`tracestate` carry the W3C trace context (written and read only while traces
 //! are on, see `trace.rs`). JetStream stores them with the event, so replays carry them too.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -77,6 +80,9 @@ pub struct NatsOptions {
     pub name: String,
     /// What to do about the stream.
     pub history: History,
+    /// How long a durable publish is retried (with the same message ids) while the stream
+    /// cannot store it, e.g. through a leader election, before it fails.
+    pub publish_retry: Duration,
 }
 
 /// How a connection uses the stream `HERALD`.
@@ -108,6 +114,8 @@ pub struct NatsBroker {
     per_subject_cap: u64,
     /// Reads shared by the new streams and resumes of one moment.
     shared: Arc<Shared>,
+    /// See [`NatsOptions::publish_retry`].
+    publish_retry: Duration,
 }
 
 impl NatsBroker {
@@ -116,6 +124,7 @@ impl NatsBroker {
     pub async fn connect(opts: &NatsOptions) -> Result<Self, BrokerError> {
         let (link_tx, link) = watch::channel(Link::default());
         let link_tx = Arc::new(link_tx);
+        let probe_link = link_tx.clone();
         let mut options = async_nats::ConnectOptions::new()
             .name(&opts.name)
             .retry_on_initial_connect()
@@ -159,10 +168,13 @@ impl NatsBroker {
             .collect::<Result<_, _>>()
             .map_err(|e| BrokerError::Rejected(format!("invalid NATS URL: {e}")))?;
         let client = options.connect(urls).await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        let nonce: u64 = rand::random();
         let broker = NatsBroker {
             jetstream: (!matches!(opts.history, History::Off)).then(|| jetstream::new(client.clone())),
-            confirmations: Arc::new(Confirmations::new(client.clone(), format!("{}._sync.{nonce:x}", opts.prefix))),
+            confirmations: Arc::new(Confirmations::new(
+                client.clone(),
+                &opts.prefix,
+                !matches!(opts.history, History::Off),
+            )),
             client,
             prefix: Arc::from(opts.prefix.as_str()),
             epoch: Arc::new(RwLock::new(Arc::from("0"))),
@@ -173,24 +185,27 @@ impl NatsBroker {
                 _ => 0,
             },
             shared: Arc::default(),
+            publish_retry: opts.publish_retry,
         };
         match (&broker.jetstream, opts.history) {
             (Some(js), History::Ensure(stream)) => {
                 // The gateway starts (unready) while NATS is unreachable, and sets the stream up
                 // as soon as it can.
-                let (js, config, epoch, ready) = (
+                let (js, config, epoch, ready, client) = (
                     js.clone(),
                     stream_config(&opts.prefix, stream),
                     broker.epoch.clone(),
                     broker.stream_ready.clone(),
+                    broker.client.clone(),
                 );
                 tokio::spawn(async move {
                     loop {
-                        match js.create_or_update_stream(config.clone()).await {
+                        match ensure_stream(&js, config.clone()).await {
                             Ok(info) => {
-                                *epoch.write() = epoch_of(&info.created);
+                                *epoch.write() = epoch_in(&info);
                                 ready.store(true, std::sync::atomic::Ordering::Release);
                                 tracing::info!(stream = STREAM, epoch = %epoch.read(), messages = info.state.messages, "history stream ready");
+                                watch_reach(&js, &epoch, &client, &probe_link).await;
                                 return;
                             }
                             Err(e) => {
@@ -221,16 +236,29 @@ impl NatsBroker {
     }
 }
 
-/// Confirms that the server has processed everything this connection sent before (its
-/// subscriptions above all), with a request nobody answers: its "no responders" reply comes back
-/// in order behind them.
+/// Confirms that what this connection sent before (its subscriptions above all) has been
+/// processed by its own server and, with history on, by the node leading the stream too.
+///
+/// The second half matters in a NATS cluster. A subscription reaches the gateway's own node at
+/// once and the other nodes a moment later, over the routes; an event that the stream's leader
+/// republishes in that moment never reaches the gateway, and nothing would tell it so. So the
+/// confirmation is a publish into the stream that the leader refuses (`Nats-Expected-Stream`
+/// names no stream) and answers without storing anything: a node sends a route both the
+/// interest and the messages of one account over the same connection, in order, so once the
+/// leader has answered it knows of every subscription sent before, and republishes every later
+/// event to this gateway. What was stored before is read from the leader by the resume, or the
+/// first cursor, that follows the join. Without a stream leader (an election) nothing answers,
+/// and nothing is republished either: the "no responders" reply then confirms the own node.
+/// Without history, the request goes to a subject nobody serves, for that same reply.
 ///
 /// One round trip answers for every caller that was waiting when it was sent, so a burst of
-/// connections subscribing to their users' subjects costs the server one request per round trip,
-/// not one per connection.
+/// connections subscribing to their users' subjects costs one request per round trip, not one
+/// per connection.
 struct Confirmations {
     client: Client,
     subject: String,
+    /// Sent with a refusal header into the stream (history on), or plainly (history off).
+    barrier: bool,
     waiting: parking_lot::Mutex<Waiting>,
 }
 
@@ -241,12 +269,21 @@ struct Waiting {
     running: bool,
 }
 
+/// What a confirmation's `Nats-Expected-Stream` names: not a valid stream name (it has a dot),
+/// so it never matches the stream, which refuses the message unstored.
+const BARRIER_EXPECTED_STREAM: &str = "herald.barrier";
+
 impl Confirmations {
-    fn new(client: Client, subject: String) -> Self {
-        Confirmations { client, subject, waiting: Default::default() }
+    fn new(client: Client, prefix: &str, history: bool) -> Self {
+        let subject = if history {
+            format!("{prefix}.events._barrier")
+        } else {
+            format!("{prefix}._sync.{:x}", rand::random::<u64>())
+        };
+        Confirmations { client, subject, barrier: history, waiting: Default::default() }
     }
 
-    /// Resolves once the server has processed what this connection sent before the call.
+    /// Resolves once what this connection sent before the call has been processed (see above).
     async fn confirm(self: &Arc<Self>) -> Result<(), BrokerError> {
         let (tx, rx) = oneshot::channel();
         let start = {
@@ -272,15 +309,169 @@ impl Confirmations {
                 }
                 std::mem::take(&mut waiting.callers)
             };
-            let result = match self.client.request(self.subject.clone(), Bytes::new()).await {
-                Ok(_) => Ok(()),
-                Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
-                Err(e) => Err(BrokerError::Unavailable(format!("NATS did not answer: {e}"))),
-            };
+            let result = self.round_trip().await;
             for caller in batch {
                 let _ = caller.send(result.clone());
             }
         }
+    }
+
+    async fn round_trip(&self) -> Result<(), BrokerError> {
+        let sent = if self.barrier {
+            let mut headers = HeaderMap::new();
+            headers.insert(async_nats::header::NATS_EXPECTED_STREAM, BARRIER_EXPECTED_STREAM);
+            self.client.request_with_headers(self.subject.clone(), headers, Bytes::new()).await
+        } else {
+            self.client.request(self.subject.clone(), Bytes::new()).await
+        };
+        match sent {
+            Ok(reply) => {
+                if self.barrier && !reply.payload.windows(7).any(|w| w == b"\"error\"") {
+                    // A server that ignored the header stored the message. Never seen; said
+                    // loudly, since it would leave a stray message in the history.
+                    tracing::error!(subject = %self.subject, "the stream stored a confirmation it should have refused");
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
+            Err(e) => Err(BrokerError::Unavailable(format!("NATS did not answer: {e}"))),
+        }
+    }
+}
+
+/// How often a gateway checks that the stream can reach it, and how long it waits for an answer.
+const REACH_EVERY: Duration = Duration::from_millis(500);
+const REACH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A replica the stream's leader has not heard from for this long does not count toward a quorum.
+const REPLICA_SILENT: Duration = Duration::from_secs(3);
+
+/// Watches, for as long as the connection lives, whether the stream can store events and reach
+/// this gateway, and reports it on the link the hub watches.
+///
+/// On a NATS cluster a gateway's connection can stay up while its server is cut off from the
+/// others: nothing the stream stores reaches it, and nothing tells it so. Every
+/// [`REACH_EVERY`] the stream's info is read, as its leader describes it: no answer, or a leader
+/// that has not heard from a quorum of its replicas lately (it is the one cut off, or there is no
+/// quorum), and the link is reported down: the hub holds what arrives from then on. Once the stream answers again with
+/// a quorum, the link is reported back as a new connection: the hub refills the gap from the
+/// history. (Between the cut and its detection nothing arrives either, so nothing is delivered
+/// ahead of the gap.)
+async fn watch_reach(js: &jetstream::Context, epoch: &RwLock<Arc<str>>, client: &Client, link: &watch::Sender<Link>) {
+    let mut cut_off = false;
+    loop {
+        tokio::time::sleep(REACH_EVERY).await;
+        if client.connection_state() != async_nats::connection::State::Connected {
+            continue; // the connection's own events report that
+        }
+        // `stream_info` answers only from a leader that can store.
+        let reached = matches!(tokio::time::timeout(REACH_TIMEOUT, stream_info(js, epoch)).await, Ok(Ok(_)));
+        if reached == cut_off {
+            cut_off = !reached;
+            if cut_off {
+                tracing::warn!(
+                    stream = STREAM,
+                    "the history's stream cannot store or reach this gateway; holding live delivery"
+                );
+                link.send_modify(|l| l.up = false);
+            } else {
+                tracing::info!(stream = STREAM, "the history's stream reaches this gateway again");
+                link.send_modify(|l| {
+                    l.up = true;
+                    l.connections += 1;
+                });
+            }
+        }
+    }
+}
+
+/// Whether the stream, as its leader describes it, can store events: it has a leader, and that
+/// leader heard lately from enough replicas to make a quorum with itself.
+fn can_store(info: &jetstream::stream::Info) -> bool {
+    let replicas = info.config.num_replicas.max(1);
+    if replicas == 1 {
+        return true; // the leader that answered is the whole stream
+    }
+    let Some(cluster) = &info.cluster else { return false };
+    if cluster.leader.is_none() {
+        return false;
+    }
+    let heard = cluster.replicas.iter().filter(|r| !r.offline && r.active < REPLICA_SILENT).count();
+    2 * (heard + 1) > replicas
+}
+
+/// Longest wait for the acknowledgements of one attempt to store an event.
+const STORE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pause before the first retry of a store; it doubles up to [`STORE_BACKOFF_MAX`].
+const STORE_BACKOFF: Duration = Duration::from_millis(50);
+const STORE_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Stores one event on each target's subject and answers their stream sequences, in order.
+///
+/// Each target's copy carries the message id `<id>/<target>`. Every target is sent before any
+/// acknowledgement is awaited (one round trip, not one per target). A copy the stream did not
+/// acknowledge — no leader (no responders), no answer in time, the connection lost — is sent
+/// again, with the same message id, until `retry` has passed: a leader election costs the
+/// publisher latency, not an error, and a copy stored by an attempt whose acknowledgement was
+/// lost is answered by the repeat with its first sequence (the stream's duplicate window
+/// outlasts `retry`, see `config.rs`). Nothing is acknowledged that the stream did not store.
+async fn store(
+    js: &jetstream::Context,
+    prefix: &str,
+    targets: &[Target],
+    headers: &HeaderMap,
+    payload: &Bytes,
+    id: &str,
+    retry: Duration,
+) -> Result<Vec<u64>, BrokerError> {
+    use async_nats::jetstream::context::PublishErrorKind;
+    // Errors a repeat cannot cure: the rest (no stream leader, no answer, lost connection) can.
+    let lasting = |kind: PublishErrorKind| {
+        matches!(
+            kind,
+            PublishErrorKind::MaxPayloadExceeded
+                | PublishErrorKind::WrongLastMessageId
+                | PublishErrorKind::WrongLastSequence
+        )
+    };
+    let deadline = tokio::time::Instant::now() + retry;
+    let mut sequences: Vec<Option<u64>> = vec![None; targets.len()];
+    let mut backoff = STORE_BACKOFF;
+    loop {
+        let mut last_error = String::new();
+        let mut acks = Vec::new();
+        for (i, target) in targets.iter().enumerate().filter(|(i, _)| sequences[*i].is_none()) {
+            let mut headers = headers.clone();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, target.dedup_key(id).as_str());
+            match js.publish_with_headers(target.subject(prefix, SubjectKind::Events), headers, payload.clone()).await {
+                Ok(ack) => acks.push((i, ack)),
+                Err(e) if lasting(e.kind()) => return Err(BrokerError::Rejected(e.to_string())),
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        let attempt_ends = tokio::time::Instant::now() + STORE_ATTEMPT_TIMEOUT;
+        for (i, ack) in acks {
+            match tokio::time::timeout_at(attempt_ends, ack.into_future()).await {
+                Ok(Ok(ack)) => sequences[i] = Some(ack.sequence),
+                Ok(Err(e)) if lasting(e.kind()) => return Err(BrokerError::Rejected(e.to_string())),
+                Ok(Err(e)) => last_error = e.to_string(),
+                Err(_) => last_error = "no acknowledgement in time".into(),
+            }
+        }
+        if sequences.iter().all(Option::is_some) {
+            return Ok(sequences.into_iter().flatten().collect());
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(BrokerError::Unavailable(format!(
+                "the stream {STREAM} did not store the event within {}s: {last_error}",
+                retry.as_secs()
+            )));
+        }
+        tracing::debug!(id, error = %last_error, "the stream did not store an event yet; trying again");
+        tokio::time::sleep(backoff.min(deadline - now)).await;
+        backoff = (backoff * 2).min(STORE_BACKOFF_MAX);
     }
 }
 
@@ -308,6 +499,10 @@ pub fn stream_config(prefix: &str, opts: StreamOptions) -> jetstream::stream::Co
 
 /// Reads the stream's current info, and refreshes the cached epoch from it (the stream may have
 /// been recreated since we last looked).
+///
+/// Only from a leader that can store ([`can_store`]): a leader cut off from the others may still
+/// answer, from a history that stopped while the others went on, and a replay or resume that
+/// took its bounds would miss what was stored meanwhile.
 async fn stream_info(
     js: &jetstream::Context,
     epoch: &RwLock<Arc<str>>,
@@ -316,12 +511,59 @@ async fn stream_info(
     // Fetching the stream reads its info: one request.
     let stream = js.get_stream(STREAM).await.map_err(|e| unavailable(&e))?;
     let info = stream.cached_info().clone();
-    let current = epoch_of(&info.created);
+    if !can_store(&info) {
+        return Err(unavailable(&"its leader does not hear from a quorum of its replicas"));
+    }
+    let current = epoch_in(&info);
     *epoch.write() = current.clone();
     Ok((stream, info, current))
 }
 
-/// An epoch names one incarnation of the stream: its creation time, in base 36.
+/// The stream metadata entry holding the stream's epoch.
+const EPOCH_METADATA: &str = "herald.epoch";
+
+/// Creates the stream with `config`, or updates it to `config`, keeping its epoch.
+///
+/// An epoch names one incarnation of the stream. It is written into the stream's metadata when
+/// the stream is created, and read back from there: every replica answers the same. (The
+/// stream's creation time, which names a stream created without it, is not: after a node
+/// loss, a replica can report a creation time a fraction of a millisecond off, which would
+/// send every client a reset.)
+async fn ensure_stream(
+    js: &jetstream::Context,
+    mut config: jetstream::stream::Config,
+) -> Result<jetstream::stream::Info, String> {
+    let epoch = match js.get_stream(STREAM).await {
+        Ok(stream) => epoch_in(stream.cached_info()),
+        Err(e) => match e.kind() {
+            jetstream::context::GetStreamErrorKind::JetStream(e)
+                if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                epoch_of(&time::OffsetDateTime::now_utc())
+            }
+            _ => return Err(e.to_string()),
+        },
+    };
+    config.metadata.insert(EPOCH_METADATA.into(), epoch.to_string());
+    // Two gateways creating the stream at once: one of the creates fails (another epoch), and
+    // the caller's retry finds the stream and keeps its epoch.
+    js.create_or_update_stream(config).await.map_err(|e| e.to_string())
+}
+
+/// The epoch of the stream `info` describes: from its metadata, or else its creation time.
+fn epoch_in(info: &jetstream::stream::Info) -> Arc<str> {
+    match info.config.metadata.get(EPOCH_METADATA) {
+        Some(epoch) if is_epoch(epoch) => Arc::from(epoch.as_str()),
+        _ => epoch_of(&info.created),
+    }
+}
+
+/// Whether `s` can name an epoch: ids are `<epoch>-<seq>`.
+fn is_epoch(s: &str) -> bool {
+    (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+}
+
+/// An epoch from a time: its nanoseconds since 1970, in base 36.
 fn epoch_of(created: &time::OffsetDateTime) -> Arc<str> {
     let mut n = u128::try_from(created.unix_timestamp_nanos()).unwrap_or(0);
     let mut digits = Vec::new();
@@ -342,6 +584,64 @@ struct Bounds {
     first: u64,
     last: u64,
     epoch: Arc<str>,
+    reads: Reads,
+}
+
+/// How a replay reads one event: by direct get while the stream has a single replica (served
+/// outside the JetStream API queue, and there is no other copy to lag behind), from the leader
+/// when it has several: a replica still catching up after a node loss would answer a direct
+/// get without the newest events, and the walk would end early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reads {
+    Direct,
+    Leader,
+}
+
+impl Reads {
+    fn of(info: &jetstream::stream::Info) -> Reads {
+        if info.config.num_replicas > 1 { Reads::Leader } else { Reads::Direct }
+    }
+
+    /// The first event on `subject` at or after `seq`.
+    async fn first_from(
+        self,
+        stream: &jetstream::stream::Stream<()>,
+        subject: &str,
+        seq: u64,
+    ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, BrokerError> {
+        use async_nats::jetstream::stream::{DirectGetErrorKind, RawMessageErrorKind};
+        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(format!("replay: {e}"));
+        match self {
+            Reads::Direct => match stream.direct_get_next_for_subject(subject, Some(seq)).await {
+                Ok(msg) => Ok(Some(msg)),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(unavailable(&e)),
+            },
+            Reads::Leader => match stream.get_first_raw_message_by_subject(subject, seq).await {
+                Ok(msg) => Ok(Some(msg)),
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(unavailable(&e)),
+            },
+        }
+    }
+
+    /// The sequence of the newest event on `subject`.
+    async fn newest(self, stream: &jetstream::stream::Stream<()>, subject: &str) -> Result<Option<u64>, BrokerError> {
+        use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
+        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(format!("replay: {e}"));
+        match self {
+            Reads::Direct => match stream.direct_get_last_for_subject(subject).await {
+                Ok(msg) => Ok(Some(msg.sequence)),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(unavailable(&e)),
+            },
+            Reads::Leader => match stream.get_last_raw_message_by_subject(subject).await {
+                Ok(msg) => Ok(Some(msg.sequence)),
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(unavailable(&e)),
+            },
+        }
+    }
 }
 
 impl Bounds {
@@ -351,7 +651,12 @@ impl Bounds {
 
     async fn read(js: &jetstream::Context, epoch: &RwLock<Arc<str>>) -> Result<Bounds, BrokerError> {
         let (_, info, current) = stream_info(js, epoch).await?;
-        Ok(Bounds { first: info.state.first_sequence, last: info.state.last_sequence, epoch: current })
+        Ok(Bounds {
+            first: info.state.first_sequence,
+            last: info.state.last_sequence,
+            epoch: current,
+            reads: Reads::of(&info),
+        })
     }
 }
 
@@ -400,14 +705,13 @@ struct Shared {
     broadcast_last: SharedRead<Option<u64>>,
 }
 
-/// A client's replay, walked with direct gets (served outside the JetStream API queue) and read
-/// a page at a time.
+/// A client's replay, walked one read per event ([`Reads`]) and sent a page at a time.
 ///
 /// [`NatsBroker::resume`] reads the stream's bounds after the client's live subscriptions were in
 /// place: every event up to that read's last sequence `L` is stored, and every later one reaches
 /// the client live. For each subject, its newest event `N` is read first (the server's
 /// per-subject index answers it): at or before the client's id, nothing was missed there. The
-/// others are walked from the client's id to `min(N, L)`, one direct get per event: the walk
+/// others are walked from the client's id to `min(N, L)`, one read per event: the walk
 /// keeps each subject's next event, and each page takes the oldest of them until the page is
 /// full. So a stream holds at most a page and one event per subject of its replay, never the
 /// whole gap. The held live events continue from `L`.
@@ -425,6 +729,7 @@ struct Walk {
     /// The history's head when the replay was decided: where a reset moves the cursor.
     head: Option<EventId>,
     subjects: Vec<Walking>,
+    reads: Reads,
     /// Events the stream keeps per subject (0: unknown).
     per_subject_cap: u64,
     started: bool,
@@ -447,8 +752,12 @@ struct Walking {
 
 impl Walking {
     /// Reads the subject's next event of the gap into `ahead`, unless it has one or is done.
-    async fn fill(&mut self, stream: &jetstream::stream::Stream<()>, epoch: &Arc<str>) -> Result<(), BrokerError> {
-        use async_nats::jetstream::stream::DirectGetErrorKind;
+    async fn fill(
+        &mut self,
+        stream: &jetstream::stream::Stream<()>,
+        reads: Reads,
+        epoch: &Arc<str>,
+    ) -> Result<(), BrokerError> {
         if self.done || self.ahead.is_some() {
             return Ok(());
         }
@@ -456,15 +765,13 @@ impl Walking {
             self.done = true;
             return Ok(());
         }
-        match stream.direct_get_next_for_subject(self.subject.as_str(), Some(self.next)).await {
-            Ok(msg) if msg.sequence <= self.end => {
+        match reads.first_from(stream, self.subject.as_str(), self.next).await? {
+            Some(msg) if msg.sequence <= self.end => {
                 self.next = msg.sequence + 1;
                 let id = EventId { epoch: epoch.clone(), seq: msg.sequence };
                 self.ahead = Some((msg.sequence, event_from(Some(&msg.headers), Some(id), msg.payload)));
             }
-            Ok(_) => self.done = true,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => self.done = true,
-            Err(e) => return Err(BrokerError::Unavailable(format!("replay: {e}"))),
+            _ => self.done = true,
         }
         Ok(())
     }
@@ -478,7 +785,8 @@ impl Pages for Walk {
                 // Every subject's first event at once: one round trip, not one per subject.
                 self.started = true;
                 let stream = &self.stream;
-                let fills = self.subjects.iter_mut().map(|w| w.fill(stream, &epoch));
+                let reads = self.reads;
+                let fills = self.subjects.iter_mut().map(|w| w.fill(stream, reads, &epoch));
                 for filled in futures_util::future::join_all(fills).await {
                     filled?;
                 }
@@ -500,7 +808,7 @@ impl Pages for Walk {
                 bytes += size;
                 w.read += 1;
                 page.push((w.target.clone(), delivery));
-                w.fill(&self.stream, &epoch).await?;
+                w.fill(&self.stream, self.reads, &epoch).await?;
             }
             if !page.is_empty() {
                 return Ok(Page::Events(page));
@@ -643,6 +951,7 @@ impl Broker for NatsBroker {
         let prefix = self.prefix.clone();
         let durable = event.durable.then(|| self.jetstream.clone()).flatten();
         let epoch = self.epoch.clone();
+        let publish_retry = self.publish_retry;
         async move {
             let mut headers = event_headers(&event.event_type, event.trace.as_ref());
             if let Some(from) = &event.from {
@@ -660,28 +969,13 @@ impl Broker for NatsBroker {
                 client.flush().await.map_err(|e| unavailable(&e))?;
                 return Ok(Vec::new());
             };
-            // Send every target first, then wait for the acks: one round trip, not one per target.
-            // With the publisher's id, each target's event carries its own de-duplication key:
-            // a repeat is acknowledged with the first one's sequence, and nothing is stored.
-            let mut acks = Vec::with_capacity(targets.len());
-            for target in &targets {
-                let subject = target.subject(&prefix, SubjectKind::Events);
-                let mut headers = headers.clone();
-                if let Some(id) = &event.id {
-                    headers.insert(async_nats::header::NATS_MESSAGE_ID, target.dedup_key(id).as_str());
-                }
-                let ack = js
-                    .publish_with_headers(subject, headers, event.payload.clone())
-                    .await
-                    .map_err(|e| unavailable(&e))?;
-                acks.push(ack);
-            }
-            let mut ids = Vec::with_capacity(acks.len());
-            for ack in acks {
-                let ack = ack.await.map_err(|e| unavailable(&e))?;
-                ids.push(EventId { epoch: epoch.read().clone(), seq: ack.sequence });
-            }
-            Ok(ids)
+            // Every stored event carries a message id (the publisher's, or one made up here), so
+            // an attempt that may or may not have been stored can be sent again: the stream
+            // answers a repeat with the first one's sequence and stores nothing.
+            let id = event.id.clone().unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+            let sequences = store(&js, &prefix, &targets, &headers, &event.payload, &id, publish_retry).await?;
+            let epoch = epoch.read().clone();
+            Ok(sequences.into_iter().map(|seq| EventId { epoch: epoch.clone(), seq }).collect())
         }
         .boxed()
     }
@@ -716,18 +1010,12 @@ impl Broker for NatsBroker {
             // Each subject's newest event first: the server finds it from its per-subject index,
             // while "the next event after n" scans the messages after n until one matches. Most
             // resuming clients missed nothing on most subjects, and then this is all it costs.
+            let reads = bounds.reads;
             let newest = targets.into_iter().map(|target| {
                 let (stream, shared) = (&stream, &shared);
                 let subject = target.subject(&prefix, SubjectKind::Events);
                 async move {
-                    let read = async {
-                        use async_nats::jetstream::stream::DirectGetErrorKind;
-                        match stream.direct_get_last_for_subject(subject.as_str()).await {
-                            Ok(msg) => Ok(Some(msg.sequence)),
-                            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-                            Err(e) => Err(BrokerError::Unavailable(format!("replay: {e}"))),
-                        }
-                    };
+                    let read = reads.newest(stream, subject.as_str());
                     let newest = if target == Target::Broadcast {
                         // Every stream carries broadcast: one read for all the resumes of this moment.
                         shared.broadcast_last.read(read).await?
@@ -763,6 +1051,7 @@ impl Broker for NatsBroker {
                 after,
                 head,
                 subjects,
+                reads,
                 per_subject_cap,
                 started: false,
             })))
@@ -775,6 +1064,7 @@ impl Broker for NatsBroker {
         let prefix = self.prefix.clone();
         let epoch = self.epoch.clone();
         let confirmations = self.confirmations.clone();
+        let per_subject_cap = self.per_subject_cap;
         async move {
             let Some(js) = js else {
                 // Live-only: there is no history to resume from.
@@ -807,6 +1097,9 @@ impl Broker for NatsBroker {
                 return Ok(Replay::Reset(ResetReason::TooMany, head));
             }
             let mut events = Vec::with_capacity(pending);
+            // Events read per subject: one that had as many in the gap as the history keeps per
+            // subject may have lost older ones to that limit before they were read.
+            let mut per_subject: HashMap<&Target, u64> = HashMap::new();
             if pending > 0 {
                 let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
                 // What the consumer still had after the last message read; 0 with fewer than
@@ -857,6 +1150,13 @@ impl Broker for NatsBroker {
                     if after.seq + 1 < now.state.first_sequence {
                         return Ok(Replay::Reset(ResetReason::HistoryExpired, head));
                     }
+                }
+                for (target, _) in &events {
+                    *per_subject.entry(target).or_default() += 1;
+                }
+                let most = per_subject.values().copied().max().unwrap_or(0);
+                if per_subject_cap > 0 && most >= per_subject_cap {
+                    return Ok(Replay::Reset(ResetReason::HistoryExpired, head));
                 }
             }
             Ok(Replay::Events(events))
@@ -913,6 +1213,34 @@ impl Broker for NatsBroker {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stream_can_store_with_a_leader_that_hears_a_quorum() {
+        let info = |replicas: usize, leader: Option<&str>, peers: serde_json::Value| {
+            let mut v = serde_json::json!({
+                "config": jetstream::stream::Config { name: STREAM.into(), num_replicas: replicas, ..Default::default() },
+                "created": "2026-12-05T00:00:00Z",
+                "state": {"messages": 0, "bytes": 0, "first_seq": 0, "first_ts": "2026-12-05T00:00:00Z",
+                          "last_seq": 0, "last_ts": "2026-12-05T00:00:00Z", "consumer_count": 0},
+                "cluster": {"name": "c", "replicas": peers},
+            });
+            if let Some(l) = leader {
+                v["cluster"]["leader"] = serde_json::json!(l);
+            }
+            serde_json::from_value::<jetstream::stream::Info>(v).unwrap()
+        };
+        let peer = |active_ms: u64, offline: bool| serde_json::json!({"name": "p", "current": true, "active": active_ms * 1_000_000, "offline": offline});
+        use serde_json::json;
+        assert!(can_store(&info(1, Some("n0"), json!([]))), "R1: the leader that answered");
+        assert!(can_store(&info(1, None, json!([]))), "R1 on a single server: no cluster info");
+        assert!(can_store(&info(3, Some("n0"), json!([peer(200, false), peer(300, false)]))));
+        assert!(can_store(&info(3, Some("n0"), json!([peer(200, false), peer(0, true)]))), "one replica lost");
+        assert!(!can_store(&info(3, Some("n0"), json!([peer(9_000, false), peer(8_000, false)]))), "a leader cut off");
+        assert!(!can_store(&info(3, Some("n0"), json!([peer(0, true), peer(0, true)]))), "both replicas lost");
+        assert!(!can_store(&info(3, None, json!([peer(200, false), peer(300, false)]))), "no leader");
+        assert!(can_store(&info(5, Some("n0"), json!([peer(1, false), peer(1, false), peer(0, true), peer(0, true)]))));
+        assert!(!can_store(&info(5, Some("n0"), json!([peer(1, false), peer(0, true), peer(0, true), peer(0, true)]))));
+    }
+
     use super::*;
 
     /// Headers as the stream's republish writes them after `own`, the stored message's own.

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::events::{authenticate, parse_query};
-use super::{ApiError, AppState, read_body};
+use super::{ApiError, AppState, read_body, same_site_write};
 use crate::event::{Outgoing, Target};
 use crate::names::{Name, validate_event_type};
 
@@ -75,8 +75,10 @@ pub async fn client_events(
 }
 
 async fn handle(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<HttpResponse, ApiError> {
+    // A `herald_token` cookie authenticates this route too: refuse what another site could send.
+    same_site_write(req, state)?;
     let query = parse_query(req.query_string());
-    let grant = authenticate(req, &query, state)?;
+    let grant = authenticate(req, &query, state).await?;
 
     let limit = state.settings.client_event_max_bytes;
     let body = read_body(req, payload, limit, || {
@@ -97,17 +99,11 @@ async fn handle(req: &HttpRequest, payload: web::Payload, state: &AppState) -> R
     }
     // Counted after validation: a malformed request does not use up the sender's budget.
     if let Err(wait) = state.client_events.take(grant.user.as_str(), Instant::now()) {
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut res = actix_web::ResponseError::error_response(&ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!(
-                "at most {} client events per second (bursts of {}) per user; retry in {secs} s",
-                state.settings.client_event_rate, state.settings.client_event_burst
-            ),
-        ));
-        res.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
-        return Ok(res);
+        let limit = format!(
+            "at most {} client events per second (bursts of {}) per user",
+            state.settings.client_event_rate, state.settings.client_event_burst
+        );
+        return Ok(super::rate_limited(wait, &limit));
     }
     let outgoing = Outgoing {
         event_type: event.event_type,

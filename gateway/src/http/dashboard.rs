@@ -1,8 +1,9 @@
 //! `GET /dashboard` (the page) and `GET /dashboard/stream` (the fleet's stats over SSE, one
 //! `event: stats` frame a second, see `dashboard.rs`).
 //!
-//! Both take a publisher key, as `Authorization: Bearer` or `?key=` (a browser address bar can
-//! only do the latter). A page opened with `?key=` drops it from the address bar, and the
+//! Both take a dashboard key (`--dashboard-keys-file`; never a publisher key, which publishes
+//! to every user and has no business in a browser), as `Authorization: Bearer` or `?key=` (a
+//! browser address bar can only do the latter). A page opened with `?key=` drops it from the address bar, and the
 //! gateway sets it as an HttpOnly, SameSite=Strict cookie limited to `/dashboard`, so a reload
 //! and the page's own stream need no key in a URL.
 //! The page is one self-contained file: no external URL, no framework, charts drawn as SVG.
@@ -15,7 +16,7 @@ use futures_util::stream;
 
 use super::{ApiError, AppState};
 use crate::auth::{TokenSources, pick_token};
-use crate::config::PublishAuth;
+use crate::config::KeyAuth;
 use crate::sse;
 
 const PAGE: &str = include_str!("../../assets/dashboard.html");
@@ -28,14 +29,14 @@ const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'un
 /// The cookie carrying the key of a dashboard opened with `?key=`.
 const COOKIE: &str = "herald_dashboard_key";
 
-/// Checks the publisher key; `dev` mode needs none. Returns the key when it came as `?key=`.
+/// Checks the dashboard key; `dev` mode needs none. Returns the key when it came as `?key=`.
 fn authorize(req: &HttpRequest, state: &AppState) -> Result<Option<String>, ApiError> {
-    match &state.publish_auth {
-        PublishAuth::Open => Ok(None),
-        PublishAuth::Disabled => Err(ApiError::unauthorized(
-            "the dashboard takes a publisher key, and this gateway has none (--publish-keys-file)",
+    match &state.dashboard_auth {
+        KeyAuth::Open => Ok(None),
+        KeyAuth::Disabled => Err(ApiError::unauthorized(
+            "the dashboard takes a dashboard key, and this gateway has none (--dashboard-keys-file)",
         )),
-        PublishAuth::Keys(keys) => {
+        KeyAuth::Keys(keys) => {
             let query = url::form_urlencoded::parse(req.query_string().as_bytes())
                 .find(|(k, _)| k == "key")
                 .map(|(_, v)| v.into_owned());
@@ -44,9 +45,9 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<Option<String>, ApiE
             let sources =
                 TokenSources { authorization, query: query.as_deref(), cookie: cookie.as_ref().map(|c| c.value()) };
             let key = pick_token(&sources).ok_or_else(|| {
-                ApiError::unauthorized("open /dashboard?key=<publisher key>, or send Authorization: Bearer <key>")
+                ApiError::unauthorized("open /dashboard?key=<dashboard key>, or send Authorization: Bearer <key>")
             })?;
-            keys.check(key).ok_or_else(|| ApiError::unauthorized("unknown publisher key"))?;
+            keys.check(key).ok_or_else(|| ApiError::unauthorized("unknown dashboard key"))?;
             let from_query = query.as_deref() == Some(key) && authorization.is_none_or(|a| !a.contains(key));
             Ok(from_query.then(|| key.to_owned()))
         }

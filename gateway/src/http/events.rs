@@ -87,7 +87,7 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
 /// Opens a stream; `span` (while traces are on) follows the connection until it closes.
 async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result<HttpResponse, ApiError> {
     let query = parse_query(req.query_string());
-    let grant = authenticate(req, &query, state)?;
+    let grant = authenticate(req, &query, state).await?;
     let channels = authorize_channels(&query.channels, &grant, state.settings.max_channels)?;
 
     let mut permit = match state.admission.admit(&grant.user) {
@@ -366,7 +366,7 @@ async fn fresh_cursor(state: &AppState) -> Option<EventId> {
 /// Longest a new stream waits for its first resume cursor.
 const CURSOR_WAIT: Duration = Duration::from_secs(2);
 
-pub(crate) fn authenticate(req: &HttpRequest, query: &EventsQuery, state: &AppState) -> Result<Grant, ApiError> {
+pub(crate) async fn authenticate(req: &HttpRequest, query: &EventsQuery, state: &AppState) -> Result<Grant, ApiError> {
     match &state.client_auth {
         ClientAuth::Open => {
             let user = query.user.as_deref().unwrap_or("anonymous");
@@ -395,7 +395,7 @@ pub(crate) fn authenticate(req: &HttpRequest, query: &EventsQuery, state: &AppSt
             };
             let token = pick_token(&sources)
                 .ok_or_else(|| ApiError::unauthorized(crate::auth::AuthError::Missing.to_string()))?;
-            verifier.verify(token).map_err(|e| ApiError::unauthorized(e.to_string()))
+            verifier.verify_or_refresh(token).await.map_err(|e| ApiError::unauthorized(e.to_string()))
         }
     }
 }

@@ -6,21 +6,29 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
+use crate::config::ClientAuth;
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready while the broker is connected and the gateway is not draining.
+/// Ready while the broker is connected, the client-token keys are loaded (every JWKS URL
+/// fetched once) and the gateway is not draining.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let connected = state.broker.is_connected();
-    let draining = state.admission.draining();
-    if connected && !draining {
-        HttpResponse::Ok().json(json!({"status": "ready"}))
+    let keys = match &state.client_auth {
+        ClientAuth::Jwt(verifier) => verifier.is_ready(),
+        ClientAuth::Open => true,
+    };
+    let reason = if state.admission.draining() {
+        "draining"
+    } else if !state.broker.is_connected() {
+        "broker disconnected"
+    } else if !keys {
+        "client-token keys not fetched yet (--jwks-url)"
     } else {
-        let reason = if draining { "draining" } else { "broker disconnected" };
-        HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready", "reason": reason}))
-    }
+        return HttpResponse::Ok().json(json!({"status": "ready"}));
+    };
+    HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready", "reason": reason}))
 }
 
 #[derive(Serialize)]

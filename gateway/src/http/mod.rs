@@ -10,7 +10,7 @@ use actix_web::{HttpResponse, ResponseError, web};
 use serde::Serialize;
 
 use crate::broker::Broker;
-use crate::config::{ClientAuth, PublishAuth, Settings};
+use crate::config::{ClientAuth, KeyAuth, LOOPBACK_ORIGINS, Settings, is_loopback_origin};
 use crate::dashboard::Fleet;
 use crate::hub::Hub;
 use crate::limits::Admission;
@@ -33,7 +33,9 @@ pub struct AppState {
     pub broker: Arc<dyn Broker>,
     pub admission: Arc<Admission>,
     pub client_auth: ClientAuth,
-    pub publish_auth: PublishAuth,
+    pub publish_auth: KeyAuth,
+    /// `/dashboard`'s keys: never the publisher keys.
+    pub dashboard_auth: KeyAuth,
     pub settings: Settings,
     /// Random per-process prefix of connection ids.
     pub instance: String,
@@ -44,6 +46,8 @@ pub struct AppState {
     pub presence: Arc<Presence>,
     /// Per-user budget of client events.
     pub client_events: RateLimiter,
+    /// Presence reads per user (`presence::READ_RATE`).
+    pub presence_reads: RateLimiter,
 }
 
 /// Registers every route.
@@ -118,6 +122,72 @@ impl ApiError {
     }
 }
 
+/// 429 `rate_limited` with `Retry-After` (whole seconds, at least 1, until the next token):
+/// `limit` says what the limit is, e.g. "at most 5 presence reads per second (bursts of 20)
+/// per user".
+pub fn rate_limited(wait: std::time::Duration, limit: &str) -> actix_web::HttpResponse {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let refusal = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("{limit}; retry in {secs} s"));
+    let mut res = actix_web::ResponseError::error_response(&refusal);
+    res.headers_mut().insert(actix_web::http::header::RETRY_AFTER, actix_web::http::header::HeaderValue::from(secs));
+    res
+}
+
+/// Refuses a state-changing request that a page on another site could have made a browser
+/// send with the user's `herald_token` cookie: its body must be declared JSON (a form, or a
+/// CORS "simple" request, cannot declare it without a preflight the gateway does not grant to
+/// other sites), and an `Origin` it carries must be this gateway's own or one of
+/// `--allowed-origins` (`*` allows any).
+pub fn check_same_site_write(
+    content_type: Option<&str>,
+    origin: Option<&str>,
+    host: Option<&str>,
+    allowed: &[String],
+) -> Result<(), ApiError> {
+    let json = content_type
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    let Some(origin) = origin else { return Ok(()) };
+    let same_host = url::Url::parse(origin).ok().is_some_and(|u| {
+        let authority = match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            _ => return false,
+        };
+        host.is_some_and(|h| h.eq_ignore_ascii_case(&authority))
+    });
+    let listed = |a: &String| {
+        a == "*" || a.eq_ignore_ascii_case(origin) || (a == LOOPBACK_ORIGINS && is_loopback_origin(origin))
+    };
+    if same_host || allowed.iter().any(listed) {
+        return Ok(());
+    }
+    let shown: String = origin.chars().take(100).collect();
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "origin_not_allowed",
+        format!("requests from {shown:?} are not accepted: add the origin to --allowed-origins"),
+    ))
+}
+
+/// [`check_same_site_write`] on a request, against the gateway's `--allowed-origins`.
+pub fn same_site_write(req: &actix_web::HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    check_same_site_write(
+        header(header::CONTENT_TYPE),
+        header(header::ORIGIN),
+        header(header::HOST),
+        &state.settings.allowed_origins,
+    )
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
@@ -136,5 +206,37 @@ impl ResponseError for ApiError {
         }
         res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
         res.json(ErrorBody { error: self.code, message: &self.message })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_from_other_sites_are_refused() {
+        let allowed = vec!["https://app.example.com".to_owned()];
+        let check = |ct: Option<&str>, origin: Option<&str>, host: Option<&str>| {
+            check_same_site_write(ct, origin, host, &allowed).map_err(|e| (e.status.as_u16(), e.code))
+        };
+        let json = Some("application/json");
+        assert_eq!(check(json, None, Some("rt.example.com")), Ok(()), "no Origin: not a browser's cross-site write");
+        assert_eq!(check(Some("Application/JSON; charset=utf-8"), None, None), Ok(()));
+        assert_eq!(check(json, Some("https://app.example.com"), Some("rt.example.com")), Ok(()));
+        assert_eq!(check(json, Some("https://rt.example.com"), Some("rt.example.com")), Ok(()), "same host");
+        assert_eq!(check(json, Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080")), Ok(()));
+        for ct in [None, Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data")] {
+            assert_eq!(check(ct, None, None), Err((415, "unsupported_media_type")), "{ct:?}");
+        }
+        for origin in ["https://evil.example", "null", "https://app.example.com.evil.example", "http://app.example.com"]
+        {
+            assert_eq!(check(json, Some(origin), Some("rt.example.com")), Err((403, "origin_not_allowed")), "{origin}");
+        }
+        assert_eq!(
+            check(json, Some("http://127.0.0.1:9999"), Some("127.0.0.1:8080")),
+            Err((403, "origin_not_allowed"))
+        );
+        let any = vec!["*".to_owned()];
+        assert!(check_same_site_write(json, Some("https://evil.example"), None, &any).is_ok());
     }
 }

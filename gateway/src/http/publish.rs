@@ -1,4 +1,4 @@
-//! `POST /v1/publish`: validate, then hand to the broker (DESIGN section 4).
+//! `POST /v1/publish`: validate, then hand to the broker (docs/protocol.md).
 //!
 //! Body: `{"type":"booking_update","data":{…},"users":["u1"],"channels":["booking:42"],
 //! "broadcast":false,"durable":true}` → `200 {"ids":[…]}`. Every field is checked; nothing is
@@ -17,9 +17,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::{Instrument, Span};
 
-use super::{ApiError, AppState, read_body};
+use super::{ApiError, AppState, read_body, same_site_write};
 use crate::auth::{TokenSources, pick_token};
-use crate::config::PublishAuth;
+use crate::config::KeyAuth;
 use crate::event::{Outgoing, Target, validate_publish_id};
 use crate::names::{DEFAULT_EVENT_TYPE, Name, validate_event_type};
 use crate::trace::{self, TraceContext};
@@ -182,13 +182,16 @@ async fn handle(
     span: Option<&Span>,
 ) -> Result<HttpResponse, ApiError> {
     match &state.publish_auth {
-        PublishAuth::Open => {}
-        PublishAuth::Disabled => {
+        KeyAuth::Open => {
+            // No key (dev mode): nothing else keeps a page on another site from publishing.
+            same_site_write(req, state)?;
+        }
+        KeyAuth::Disabled => {
             return Err(ApiError::unauthorized(
                 "HTTP publishing is disabled on this gateway (no --publish-keys-file); publish through NATS",
             ));
         }
-        PublishAuth::Keys(keys) => {
+        KeyAuth::Keys(keys) => {
             let key = presented_key(req)
                 .ok_or_else(|| ApiError::unauthorized("send a publisher key as Authorization: Bearer <key>"))?;
             let name = keys.check(key).ok_or_else(|| ApiError::unauthorized("unknown publisher key"))?;

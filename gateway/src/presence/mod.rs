@@ -13,6 +13,12 @@
 //! across tabs and pods, so a user joins with their first connection and leaves with their
 //! last. The first snapshot a pod reads sets the members without frames: a connection learns
 //! who was already there from `GET /v1/presence/{channel}`.
+//!
+//! Reads of `GET /v1/presence/{channel}` share that same watch: a read of a channel the pod does
+//! not watch starts watching it, waits for the first snapshot, and the watch stays for
+//! [`READ_KEEP`] after the channel's last read. So the store sees one watcher per channel per
+//! pod, whatever the number of streams and reads, and reads answer from memory, kept current by
+//! the watch.
 
 pub mod store;
 
@@ -37,6 +43,13 @@ use store::{PresenceStore, Snapshot, Update};
 
 /// How long the flusher gathers changes before writing them.
 pub const FLUSH_WINDOW: Duration = Duration::from_millis(50);
+
+/// How long a channel that is read but has no stream on this pod stays watched after its last
+/// read.
+pub const READ_KEEP: Duration = Duration::from_secs(30);
+
+/// How long a read waits for the first snapshot of a channel it starts watching.
+const READ_WAIT: Duration = Duration::from_secs(5);
 
 /// One user's connections on one channel, as a pod writes them.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -72,8 +85,10 @@ struct View {
     pods: HashMap<String, (Instant, Entry)>,
     members: HashSet<String>,
     loaded: bool,
-    /// Stops the watcher when the last local connection leaves.
+    /// Stops the watcher when the last local connection leaves (and no read is recent).
     watcher: Option<tokio::task::AbortHandle>,
+    /// Kept watched until then for reads, with no local connection.
+    read_until: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -95,6 +110,8 @@ pub struct Presence {
     runtime: tokio::runtime::Handle,
     inner: Mutex<Inner>,
     changed: Notify,
+    /// A view got its first snapshot (reads waiting for one look again).
+    loaded: Notify,
 }
 
 /// A connection's presence on its channels; dropping it leaves them.
@@ -131,6 +148,7 @@ impl Presence {
             runtime: runtime.clone(),
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
+            loaded: Notify::new(),
         });
         if !presence.patterns.is_empty() {
             runtime.spawn(presence.clone().flush());
@@ -166,10 +184,7 @@ impl Presence {
             if member.connections == 1 {
                 inner.dirty.insert(channel.clone());
             }
-            if !inner.views.contains_key(channel) {
-                let task = self.runtime.spawn(self.clone().watch(channel.clone()));
-                inner.views.insert(channel.clone(), View { watcher: Some(task.abort_handle()), ..View::default() });
-            }
+            self.watched(&mut inner, channel);
         }
         drop(inner);
         self.changed.notify_one();
@@ -188,9 +203,10 @@ impl Presence {
             users.remove(user);
             inner.dirty.insert(channel.clone());
             if inner.local.get(channel).is_some_and(BTreeMap::is_empty) {
-                // Nobody here is left to tell: stop watching the channel.
+                // Nobody here is left to tell: stop watching the channel, unless it is read.
                 inner.local.remove(channel);
-                if let Some(watcher) = inner.views.remove(channel).and_then(|v| v.watcher) {
+                let read = inner.views.get(channel).and_then(|v| v.read_until).is_some_and(|t| t > Instant::now());
+                if !read && let Some(watcher) = inner.views.remove(channel).and_then(|v| v.watcher) {
                     watcher.abort();
                 }
             }
@@ -199,22 +215,37 @@ impl Presence {
         self.changed.notify_one();
     }
 
-    /// The channel's members, fleet-wide: from this pod's view when it watches the channel,
-    /// otherwise from a fresh snapshot of the store.
-    pub async fn members(&self, channel: &Name) -> Result<Vec<MemberView>, crate::broker::BrokerError> {
-        {
-            let inner = self.inner.lock();
-            if let Some(view) = inner.views.get(channel).filter(|v| v.loaded) {
-                return Ok(aggregate(view.pods.values().map(|(_, e)| e)));
+    /// The view of `channel`, with its watcher started if it has none.
+    fn watched<'a>(self: &Arc<Self>, inner: &'a mut Inner, channel: &Name) -> &'a mut View {
+        inner.views.entry(channel.clone()).or_insert_with(|| {
+            let task = self.runtime.spawn(self.clone().watch(channel.clone()));
+            View { watcher: Some(task.abort_handle()), ..View::default() }
+        })
+    }
+
+    /// The channel's members, fleet-wide, from this pod's view of it: watched already, or from
+    /// now on for [`READ_KEEP`] (the first read waits for the first snapshot).
+    pub async fn members(self: &Arc<Self>, channel: &Name) -> Result<Vec<MemberView>, crate::broker::BrokerError> {
+        let deadline = tokio::time::Instant::now() + READ_WAIT;
+        loop {
+            let loaded = self.loaded.notified();
+            tokio::pin!(loaded);
+            // Registered before looking, so a load between the look and the wait is not missed.
+            loaded.as_mut().enable();
+            {
+                let mut inner = self.inner.lock();
+                let view = self.watched(&mut inner, channel);
+                view.read_until = Some(Instant::now() + READ_KEEP);
+                if view.loaded {
+                    return Ok(aggregate(view.pods.values().map(|(_, e)| e)));
+                }
+            }
+            if tokio::time::timeout_at(deadline, loaded).await.is_err() {
+                return Err(crate::broker::BrokerError::Unavailable(
+                    "the presence store did not answer in time".into(),
+                ));
             }
         }
-        let (snapshot, _) = self.store.watch(channel).await?;
-        let entries: Vec<Entry> = snapshot
-            .into_iter()
-            .filter(|(_, _, age)| *age < self.silence_limit())
-            .filter_map(|(_, value, _)| serde_json::from_slice(&value).ok())
-            .collect();
-        Ok(aggregate(entries.iter()))
     }
 
     /// Deletes this pod's entries (a clean shutdown), waiting at most `wait`.
@@ -285,6 +316,21 @@ impl Presence {
             tick.tick().await;
             let limit = self.silence_limit();
             let mut inner = self.inner.lock();
+            // Channels watched for reads alone, not read for a while: stop watching them.
+            let now = Instant::now();
+            let unread: Vec<Name> = inner
+                .views
+                .iter()
+                .filter(|(channel, view)| {
+                    !inner.local.contains_key(*channel) && view.read_until.is_none_or(|until| until <= now)
+                })
+                .map(|(channel, _)| channel.clone())
+                .collect();
+            for channel in unread {
+                if let Some(watcher) = inner.views.remove(&channel).and_then(|v| v.watcher) {
+                    watcher.abort();
+                }
+            }
             let channels: Vec<Name> = inner.views.keys().cloned().collect();
             for channel in channels {
                 let Some(view) = inner.views.get_mut(&channel) else { continue };
@@ -339,6 +385,7 @@ impl Presence {
         } else {
             view.members = view.pods.values().flat_map(|(_, e)| e.users.keys().cloned()).collect();
             view.loaded = true;
+            self.loaded.notify_waiters();
         }
     }
 

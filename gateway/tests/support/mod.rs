@@ -13,8 +13,12 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod cluster;
+pub mod delivery;
+
 pub const SECRET: &[u8] = b"test-secret-0123456789abcdef0123";
 pub const PUBLISH_KEY: &str = "test-publisher-key-0123456789";
+pub const DASHBOARD_KEY: &str = "test-dashboard-key-0123456789";
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -66,39 +70,68 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Nats {
-        Self::start_on(free_port())
+        let dir = tempfile::tempdir().unwrap();
+        let (child, port, monitor_port) = Self::spawn_on_free_ports(Some(dir.path()), dir.path());
+        Nats { child, port, monitor_port, dir }
     }
 
     /// A server on `port` (e.g. one a gateway was already pointed at).
     pub fn start_on(port: u16) -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let monitor_port = free_port();
-        let child = Self::spawn(port, monitor_port, Some(dir.path()));
+        let child = Self::spawn(port, monitor_port, Some(dir.path()), dir.path())
+            .unwrap_or_else(|log| panic!("nats-server did not start on port {port}:\n{log}"));
         Nats { child, port, monitor_port, dir }
     }
 
     /// A server without JetStream.
     pub fn start_without_jetstream() -> Nats {
-        let (port, monitor_port) = (free_port(), free_port());
-        let child = Self::spawn(port, monitor_port, None);
-        Nats { child, port, monitor_port, dir: tempfile::tempdir().unwrap() }
+        let dir = tempfile::tempdir().unwrap();
+        let (child, port, monitor_port) = Self::spawn_on_free_ports(None, dir.path());
+        Nats { child, port, monitor_port, dir }
     }
 
-    fn spawn(port: u16, monitor_port: u16, jetstream_dir: Option<&Path>) -> Child {
+    /// Spawns on fresh free ports, again on others when a port was taken between choosing and
+    /// binding it (another process may be handed the same ephemeral port in that moment).
+    fn spawn_on_free_ports(jetstream_dir: Option<&Path>, log_dir: &Path) -> (Child, u16, u16) {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let (port, monitor_port) = (free_port(), free_port());
+            match Self::spawn(port, monitor_port, jetstream_dir, log_dir) {
+                Ok(child) => return (child, port, monitor_port),
+                Err(log) if log.contains("address already in use") => last = log,
+                Err(log) => panic!("nats-server did not start:\n{log}"),
+            }
+        }
+        panic!("nats-server found its ports taken five times:\n{last}")
+    }
+
+    /// Starts the server and waits for both its ports; on failure, returns its log.
+    fn spawn(port: u16, monitor_port: u16, jetstream_dir: Option<&Path>, log_dir: &Path) -> Result<Child, String> {
+        let log_path = log_dir.join("nats.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let mut cmd = Command::new(nats_server_bin());
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor_port.to_string()]);
         if let Some(dir) = jetstream_dir {
             cmd.args(["-js", "-sd"]).arg(dir);
         }
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn nats-server");
-        let end = Instant::now() + Duration::from_secs(10);
+        let mut child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("spawn nats-server");
+        let end = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", monitor_port)).is_err()
             || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
         {
-            assert!(Instant::now() < end, "nats-server did not start");
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(format!("(ports {port}/{monitor_port}, exited: {exited})\n{}", tail.join("\n")));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        child
+        Ok(child)
     }
 
     /// Stops the server (SIGTERM, then SIGKILL if it lingers), keeping its JetStream directory.
@@ -121,7 +154,8 @@ impl Nats {
     /// Starts the server again on the same ports and JetStream directory.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Self::spawn(self.port, self.monitor_port, Some(self.dir.path()));
+        self.child = Self::spawn(self.port, self.monitor_port, Some(self.dir.path()), self.dir.path())
+            .unwrap_or_else(|log| panic!("nats-server did not restart:\n{log}"));
     }
 
     /// Describes a server on `port` without starting one: for pointing a gateway at nothing.
@@ -184,6 +218,8 @@ impl Gateway {
         std::fs::write(&secret, [SECRET, b"\n"].concat()).unwrap();
         let keys = files.path().join("publish.keys");
         std::fs::write(&keys, format!("# test\ntests:{PUBLISH_KEY}\n")).unwrap();
+        let dashboard_keys = files.path().join("dashboard.keys");
+        std::fs::write(&dashboard_keys, format!("ops:{DASHBOARD_KEY}\n")).unwrap();
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--nats-url".into(),
@@ -192,6 +228,8 @@ impl Gateway {
             secret.display().to_string(),
             "--publish-keys-file".into(),
             keys.display().to_string(),
+            "--dashboard-keys-file".into(),
+            dashboard_keys.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         Self::spawn(&args, files, rust_log, env)
@@ -376,6 +414,14 @@ impl Response {
     }
 }
 
+/// `POST /v1/publish` with the test publisher key, answering rather than panicking when the
+/// gateway cannot be reached.
+pub async fn try_publish(addr: SocketAddr, body: &serde_json::Value) -> Result<Response, String> {
+    let auth = format!("Bearer {PUBLISH_KEY}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    try_http(addr, "POST", "/v1/publish", &headers, Some(body.to_string().as_bytes())).await
+}
+
 /// One HTTP/1.1 request with `Connection: close`.
 pub async fn http(
     addr: SocketAddr,
@@ -384,7 +430,32 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Response {
-    let stream = TcpStream::connect(addr).await.unwrap();
+    request(addr, method, target, headers, body, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+}
+
+/// [`http`], answering what went wrong instead of panicking (the connection refused, no
+/// complete response), and waiting up to 30 s for the response.
+pub async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<Response, String> {
+    request(addr, method, target, headers, body, Duration::from_secs(30)).await
+}
+
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    wait: Duration,
+) -> Result<Response, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -404,10 +475,10 @@ pub async fn http(
         Ok::<_, std::io::Error>(wr)
     });
     let mut raw = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut raw)).await;
+    let _ = tokio::time::timeout(wait, rd.read_to_end(&mut raw)).await;
     writer.abort();
     let (status, headers, rest) =
-        parse_head(&raw).unwrap_or_else(|| panic!("bad response: {}", String::from_utf8_lossy(&raw)));
+        parse_head(&raw).ok_or_else(|| format!("bad response: {}", String::from_utf8_lossy(&raw)))?;
     let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     let body = if chunked {
         let mut d = Dechunker::default();
@@ -416,7 +487,7 @@ pub async fn http(
     } else {
         rest.to_vec()
     };
-    Response { status, headers, body }
+    Ok(Response { status, headers, body })
 }
 
 pub type Headers = Vec<(String, String)>;
@@ -835,35 +906,50 @@ pub fn diff(expected: &[u64], got: &[u64]) -> (Vec<u64>, Vec<u64>) {
 }
 
 /// A TCP proxy on 127.0.0.1 that can cut every connection through it and refuse new ones,
-/// to take a gateway's link to NATS down while NATS itself stays up.
+/// to take a gateway's link to NATS down while NATS itself stays up; and that can hold back
+/// what it passes on, to slow a NATS route down.
 pub struct Proxy {
     pub port: u16,
     up: Arc<std::sync::atomic::AtomicBool>,
+    /// Milliseconds each chunk waits before it is passed on (0: none).
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
     links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     accept: tokio::task::JoinHandle<()>,
 }
+
+/// How a NATS server opens the route that carries only its system account (in its `INFO`),
+/// which [`Proxy::delay`] leaves alone.
+const SYSTEM_ACCOUNT_ROUTE: &[u8] = br#""route_account":"$SYS""#;
 
 impl Proxy {
     pub async fn start(target_port: u16) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let links = Arc::new(Mutex::new(Vec::new()));
-        let (up2, links2) = (up.clone(), links.clone());
+        let (up2, links2, delay2) = (up.clone(), links.clone(), delay_ms.clone());
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !up2.load(std::sync::atomic::Ordering::SeqCst) {
                     continue; // dropped: refused
                 }
+                let delay = delay2.clone();
                 let link = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target_port)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)).await {
+                        let exempt = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                        let (from_in, to_in) = inbound.into_split();
+                        let (from_out, to_out) = outbound.into_split();
+                        tokio::join!(
+                            pass_on(from_in, to_out, delay.clone(), exempt.clone(), true),
+                            pass_on(from_out, to_in, delay, exempt, false),
+                        );
                     }
                 });
                 links2.lock().unwrap().push(link);
             }
         });
-        Proxy { port, up, links, accept }
+        Proxy { port, up, delay_ms, links, accept }
     }
 
     pub fn url(&self) -> String {
@@ -881,6 +967,56 @@ impl Proxy {
     pub fn restore(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// Holds back everything passed on, both ways, by `delay` (in order; zero ends it), except
+    /// on a NATS route of the system account alone: JetStream's API requests and answers
+    /// travel there at full speed while the interest and messages of the other accounts lag.
+    pub fn delay(&self, delay: Duration) {
+        self.delay_ms.store(delay.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, each chunk held back by the proxy's delay at the time it was read.
+/// `sniff`: this is the opener's side, whose first bytes tell a system account route.
+async fn pass_on(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    exempt: Arc<std::sync::atomic::AtomicBool>,
+    sniff: bool,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let read = async move {
+        let mut opening = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            if sniff && opening.len() < 8192 {
+                opening.extend_from_slice(&buf[..n]);
+                if opening.windows(SYSTEM_ACCOUNT_ROUTE.len()).any(|w| w == SYSTEM_ACCOUNT_ROUTE) {
+                    exempt.store(true, SeqCst);
+                }
+            }
+            let held = if exempt.load(SeqCst) { 0 } else { delay_ms.load(SeqCst) };
+            let due = tokio::time::Instant::now() + Duration::from_millis(held);
+            if tx.send((due, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
 }
 
 impl Drop for Proxy {

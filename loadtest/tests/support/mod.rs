@@ -71,22 +71,36 @@ pub struct Nats {
 }
 
 impl Nats {
+    /// Starts on a free port, again on another when the port was taken between choosing and
+    /// binding it; on failure, panics with the server's log.
     pub fn start() -> Nats {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        let end = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < end, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        let log_path = dir.path().join("nats.log");
+        for _ in 0..5 {
+            let port = free_port();
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+            let mut child = Command::new(nats_server_bin())
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn nats-server");
+            let end = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                let exited = matches!(child.try_wait(), Ok(Some(_)));
+                let text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+                if exited && text().contains("address already in use") {
+                    break;
+                }
+                assert!(!exited && Instant::now() < end, "nats-server did not start:\n{}", text());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                return Nats { child, port, _dir: dir };
+            }
         }
-        Nats { child, port, _dir: dir }
+        panic!("nats-server found its port taken five times")
     }
 
     pub fn url(&self) -> String {

@@ -19,7 +19,7 @@ use tokio::{
     time::sleep_until,
 };
 use tokio_util::codec::{Decoder as _, Encoder as _};
-use tracing::{error, trace};
+use tracing::{debug, error, trace};
 
 use super::{
     codec::Codec,
@@ -1481,7 +1481,9 @@ where
                     // keep-alive and stream errors
                     if state_is_none && inner_p.write_buf.is_empty() {
                         if let Some(err) = inner_p.error.take() {
-                            error!("stream error: {}", &err);
+                            // What a client sent wrong (a malformed request, a dropped
+                            // connection): not the server's error, and anyone can send it.
+                            debug!("stream error: {}", &err);
                             return Poll::Ready(Err(err));
                         }
 

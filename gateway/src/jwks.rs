@@ -1,0 +1,282 @@
+//! Client-token keys from JWKS URLs (`--jwks-url`, an identity provider's
+//! `/.well-known/jwks.json`), so that a provider's key rotation needs no restart.
+//!
+//! Each URL is fetched at start, and again every `--jwks-refresh-secs`. A token that names a key
+//! id no loaded key has sends every URL to be fetched at once, then is verified again, so a
+//! token signed with a brand-new key is accepted on its first request; such fetches happen at
+//! most once per [`ON_DEMAND_EVERY`] per URL, however many tokens name unknown ids (a client
+//! cannot make the gateway hammer the provider). A failed fetch keeps the keys of the last good
+//! one, and is logged and counted (`herald_jwks_fetches_total{result="error"}`). Until every URL
+//! has been fetched once, `/readyz` answers 503: a gateway that would refuse every token signed
+//! by the provider takes no traffic.
+//!
+//! Fetches run on a thread of their own ("herald-keys"), outside the HTTP workers and the hub.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+
+use crate::auth::{VerifyKey, keys_of_jwks};
+use crate::metrics::Metrics;
+
+/// Least time between two fetches of one URL for tokens naming unknown key ids.
+pub const ON_DEMAND_EVERY: Duration = Duration::from_secs(10);
+/// Longest one fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest key set accepted (a provider's holds a few keys: a few KB).
+const MAX_DOCUMENT: usize = 1024 * 1024;
+/// Retry delays after a failed fetch: from the first, doubling up to the last (and never beyond
+/// the refresh period).
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Every JWKS URL of a gateway and the keys last fetched from each.
+pub struct RemoteKeys {
+    sources: Vec<Source>,
+    client: reqwest::Client,
+    refresh_every: Duration,
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    metrics: std::sync::OnceLock<Arc<Metrics>>,
+}
+
+struct Source {
+    url: reqwest::Url,
+    /// The URL as logs show it: no user info, query or fragment.
+    shown: String,
+    keys: RwLock<Arc<Vec<VerifyKey>>>,
+    loaded: AtomicBool,
+    /// When this URL was last fetched for an unknown key id. Held across that fetch, so that
+    /// the tokens arriving meanwhile wait for its keys instead of fetching again.
+    on_demand: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl RemoteKeys {
+    /// Checks the URLs: `https`, or `http` to a loopback address (or anywhere with
+    /// `allow_http`: keys fetched in the clear can be swapped by anyone on the path).
+    pub fn new(urls: &[String], refresh_every: Duration, allow_http: bool) -> Result<RemoteKeys, String> {
+        install_crypto();
+        let mut sources = Vec::with_capacity(urls.len());
+        for raw in urls {
+            let url = reqwest::Url::parse(raw.trim()).map_err(|e| format!("--jwks-url {raw:?}: {e}"))?;
+            let shown = shown(&url);
+            match url.scheme() {
+                "https" => {}
+                "http" if allow_http || is_loopback(&url) => {}
+                "http" => {
+                    return Err(format!(
+                        "--jwks-url {shown}: plain http lets anyone on the path swap the keys; use https \
+                         (or --jwks-allow-http for a provider reachable only inside the cluster)"
+                    ));
+                }
+                other => return Err(format!("--jwks-url {shown}: scheme {other:?} is not http(s)")),
+            }
+            sources.push(Source {
+                url,
+                shown,
+                keys: RwLock::new(Arc::new(Vec::new())),
+                loaded: AtomicBool::new(false),
+                on_demand: tokio::sync::Mutex::new(None),
+            });
+        }
+        let client = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .connect_timeout(FETCH_TIMEOUT)
+            .user_agent(concat!("herald-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("--jwks-url: cannot build the HTTP client: {e}"))?;
+        Ok(RemoteKeys {
+            sources,
+            client,
+            refresh_every: refresh_every.max(Duration::from_secs(1)),
+            runtime: Default::default(),
+            metrics: Default::default(),
+        })
+    }
+
+    /// Starts fetching, on a thread of its own.
+    pub fn start(self: &Arc<Self>, metrics: Arc<Metrics>) -> std::io::Result<()> {
+        let _ = self.metrics.set(metrics);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().thread_name("herald-keys").build()?;
+        let _ = self.runtime.set(runtime.handle().clone());
+        for index in 0..self.sources.len() {
+            let this = self.clone();
+            runtime.spawn(async move { this.keep_fresh(index).await });
+        }
+        std::thread::Builder::new()
+            .name("herald-keys".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+        Ok(())
+    }
+
+    /// Whether every URL has been fetched at least once.
+    pub fn loaded(&self) -> bool {
+        self.sources.iter().all(|s| s.loaded.load(Ordering::Acquire))
+    }
+
+    /// The keys of every URL, as last fetched.
+    pub(crate) fn snapshot(&self) -> Vec<Arc<Vec<VerifyKey>>> {
+        self.sources.iter().map(|s| s.keys.read().clone()).collect()
+    }
+
+    /// Fetches every URL that was not fetched for an unknown key id within [`ON_DEMAND_EVERY`],
+    /// or waits for the fetch under way. Answers whether any URL was fetched meanwhile (the
+    /// token is then worth verifying again).
+    pub async fn refresh_for_unknown_kid(self: &Arc<Self>) -> bool {
+        let Some(runtime) = self.runtime.get() else { return false };
+        let mut fetched = false;
+        for (index, source) in self.sources.iter().enumerate() {
+            let asked = Instant::now();
+            let mut last = source.on_demand.lock().await;
+            if last.is_some_and(|t| t.elapsed() < ON_DEMAND_EVERY) {
+                // Fetched lately, maybe while this caller waited for the lock.
+                fetched |= last.is_some_and(|t| t >= asked);
+                continue;
+            }
+            *last = Some(Instant::now());
+            let this = self.clone();
+            // On the keys' runtime: the HTTP client's connections live there.
+            fetched |= runtime.spawn(async move { this.fetch(index).await }).await.unwrap_or(false);
+        }
+        fetched
+    }
+
+    async fn keep_fresh(self: Arc<Self>, index: usize) {
+        let mut retry = RETRY_FIRST;
+        loop {
+            let wait = if self.fetch(index).await {
+                retry = RETRY_FIRST;
+                self.refresh_every
+            } else {
+                let wait = retry.min(self.refresh_every);
+                retry = (retry * 2).min(RETRY_MAX);
+                wait
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Fetches URL `index` and, on success, replaces its keys. Answers whether it succeeded.
+    async fn fetch(&self, index: usize) -> bool {
+        let source = &self.sources[index];
+        let result = fetch_document(&self.client, &source.url)
+            .await
+            .and_then(|body| keys_of_jwks(&body, true).map_err(|e| format!("not a usable key set: {e}")));
+        let ok = result.is_ok();
+        if let Some(metrics) = self.metrics.get() {
+            metrics.jwks_fetched(ok);
+        }
+        match result {
+            Ok(keys) => {
+                let kids = |keys: &[VerifyKey]| {
+                    let mut kids: Vec<String> = keys.iter().map(|k| k.kid.clone().unwrap_or_default()).collect();
+                    kids.sort();
+                    kids
+                };
+                let changed = kids(&source.keys.read()) != kids(&keys);
+                let count = keys.len();
+                *source.keys.write() = Arc::new(keys);
+                let first = !source.loaded.swap(true, Ordering::AcqRel);
+                if first || changed {
+                    tracing::info!(url = %source.shown, keys = count, "client-token keys fetched");
+                }
+                true
+            }
+            Err(e) => {
+                let kept = source.keys.read().len();
+                tracing::warn!(url = %source.shown, error = %e, kept, "cannot fetch client-token keys; keeping the last ones");
+                false
+            }
+        }
+    }
+}
+
+async fn fetch_document(client: &reqwest::Client, url: &reqwest::Url) -> Result<Vec<u8>, String> {
+    let mut response = client
+        .get(url.clone())
+        .header(reqwest::header::ACCEPT, "application/json, application/jwk-set+json")
+        .send()
+        .await
+        .map_err(describe)?;
+    if !response.status().is_success() {
+        return Err(format!("answered {}", response.status()));
+    }
+    if response.content_length().is_some_and(|n| n > MAX_DOCUMENT as u64) {
+        return Err(format!("the key set is larger than {MAX_DOCUMENT} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(describe)? {
+        if body.len() + chunk.len() > MAX_DOCUMENT {
+            return Err(format!("the key set is larger than {MAX_DOCUMENT} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// An error without the URL (which the log line names already, redacted).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+fn shown(url: &reqwest::Url) -> String {
+    format!(
+        "{}://{}{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.port().map(|p| format!(":{p}")).unwrap_or_default()
+    ) + url.path()
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Makes ring rustls's process-wide crypto (the HTTP clients of the key fetcher and the trace
+/// exporter build their TLS on it). Idempotent.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_must_be_https_unless_loopback_or_allowed() {
+        let every = Duration::from_secs(300);
+        for ok in [
+            "https://id.example/.well-known/jwks.json",
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/jwks",
+            "http://[::1]/k",
+        ] {
+            assert!(RemoteKeys::new(&[ok.into()], every, false).is_ok(), "{ok}");
+        }
+        let err = RemoteKeys::new(&["http://keycloak.auth.svc/certs".into()], every, false).err().unwrap();
+        assert!(err.contains("--jwks-allow-http"), "{err}");
+        assert!(RemoteKeys::new(&["http://keycloak.auth.svc/certs".into()], every, true).is_ok());
+        assert!(RemoteKeys::new(&["ftp://x/keys".into()], every, true).is_err());
+        assert!(RemoteKeys::new(&["not a url".into()], every, true).is_err());
+    }
+
+    #[test]
+    fn logs_show_no_credentials_or_query() {
+        let url = reqwest::Url::parse("https://user:secret@id.example:8443/jwks?token=abc#x").unwrap();
+        assert_eq!(shown(&url), "https://id.example:8443/jwks");
+    }
+}

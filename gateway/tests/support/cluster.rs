@@ -1,0 +1,240 @@
+//! A three-node NATS cluster with JetStream on loopback, whose nodes can be killed, restarted,
+//! and cut off from each other.
+//!
+//! Every route runs through a [`Proxy`] of its own, one per ordered pair of nodes: node `i`
+//! reaches node `j` only through `proxies[i][j]`. Cutting every proxy to and from a node isolates
+//! it from the others while its clients stay connected to it. Each node advertises a route
+//! address nobody listens on, so no node can open a route around the proxies from what the
+//! others gossip: the full mesh is the explicit one.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+
+use super::{Proxy, eventually, free_port, nats_server_bin};
+
+pub struct Node {
+    pub name: String,
+    pub port: u16,
+    pub monitor_port: u16,
+    cluster_port: u16,
+    routes: Vec<u16>,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn spawn(&mut self, dead_port: u16) {
+        let routes: Vec<String> = self.routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+        let child = Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor_port.to_string()])
+            .args(["-js", "-sd"])
+            .arg(self.dir.path())
+            .args(["--server_name", &self.name, "--cluster_name", "herald-test"])
+            .args(["--cluster", &format!("nats://127.0.0.1:{}", self.cluster_port)])
+            .args(["--cluster_advertise", &format!("127.0.0.1:{dead_port}")])
+            .args(["--routes", &routes.join(",")])
+            .arg("--log")
+            .arg(self.dir.path().join("nats.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < end, "nats-server {} did not start", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's log, for a failing test to show.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.child.is_some()
+    }
+
+    async fn monitor(&self, path: &str) -> Option<serde_json::Value> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.monitor_port).parse().unwrap();
+        let res = super::try_http(addr, "GET", path, &[], None).await.ok()?;
+        serde_json::from_slice(&res.body).ok()
+    }
+}
+
+pub struct NatsCluster {
+    pub nodes: Vec<Node>,
+    /// `proxies[i][j]`: the route from node `i` to node `j` (`None` on the diagonal).
+    proxies: Vec<Vec<Option<Proxy>>>,
+    dead_port: u16,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes and waits until they form a cluster with a JetStream leader.
+    pub async fn start(size: usize) -> NatsCluster {
+        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let mut proxies = Vec::new();
+        for i in 0..size {
+            let mut row = Vec::new();
+            for (j, port) in cluster_ports.iter().enumerate() {
+                row.push(if i == j { None } else { Some(Proxy::start(*port).await) });
+            }
+            proxies.push(row);
+        }
+        let mut nodes: Vec<Node> = (0..size)
+            .map(|i| Node {
+                name: format!("n{i}"),
+                port: free_port(),
+                monitor_port: free_port(),
+                cluster_port: cluster_ports[i],
+                routes: proxies[i].iter().flatten().map(|p: &Proxy| p.port).collect(),
+                dir: tempfile::tempdir().unwrap(),
+                child: None,
+            })
+            .collect();
+        let dead_port = free_port();
+        for node in &mut nodes {
+            node.spawn(dead_port);
+        }
+        let cluster = NatsCluster { nodes, proxies, dead_port };
+        cluster.formed().await;
+        cluster
+    }
+
+    /// Every node's client URL, comma-separated (as `--nats-url` takes them).
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(Node::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// Waits until every running node routes to every other running node and agrees on a
+    /// JetStream meta leader.
+    pub async fn formed(&self) {
+        let up: Vec<&Node> = self.nodes.iter().filter(|n| n.is_up()).collect();
+        eventually("the NATS cluster formed with a JetStream leader", Duration::from_secs(30), || async {
+            for node in &up {
+                let Some(routez) = node.monitor("/routez").await else { return false };
+                let mut peers: Vec<&str> = routez["routes"]
+                    .as_array()
+                    .map(|rs| rs.iter().filter_map(|r| r["remote_name"].as_str()).collect())
+                    .unwrap_or_default();
+                peers.sort();
+                peers.dedup();
+                if peers.len() + 1 < up.len() {
+                    return false;
+                }
+                let Some(jsz) = node.monitor("/jsz").await else { return false };
+                if jsz["meta_cluster"]["leader"].as_str().unwrap_or("").is_empty() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    }
+
+    /// SIGKILLs node `i`, keeping its store for a restart.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed node again on its ports and store, and waits until it is back in the
+    /// cluster.
+    pub async fn restart(&mut self, i: usize) {
+        let dead_port = self.dead_port;
+        self.nodes[i].spawn(dead_port);
+        self.formed().await;
+    }
+
+    /// Cuts node `i` off from every other node (its clients stay connected to it).
+    pub fn isolate(&self, i: usize) {
+        for (a, row) in self.proxies.iter().enumerate() {
+            for (b, proxy) in row.iter().enumerate() {
+                if let Some(proxy) = proxy.as_ref().filter(|_| a == i || b == i) {
+                    proxy.cut();
+                }
+            }
+        }
+    }
+
+    /// Undoes [`NatsCluster::isolate`].
+    pub fn heal(&self) {
+        for proxy in self.proxies.iter().flatten().flatten() {
+            proxy.restore();
+        }
+    }
+
+    /// Slows the routes between nodes `i` and `j` by `delay` each way (zero ends it): what one
+    /// account's clients subscribe to and publish reaches the other node late, while
+    /// JetStream's own requests (the system account's route) go at full speed.
+    pub fn delay_routes(&self, i: usize, j: usize, delay: Duration) {
+        for (a, b) in [(i, j), (j, i)] {
+            self.proxies[a][b].as_ref().expect("a route between two nodes").delay(delay);
+        }
+    }
+
+    /// The node a client named `name` is connected to, if any.
+    pub async fn node_of(&self, name: &str) -> Option<usize> {
+        for (i, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.is_up()) {
+            let Some(connz) = node.monitor("/connz").await else { continue };
+            let conns = connz["connections"].as_array().cloned().unwrap_or_default();
+            if conns.iter().any(|c| c["name"] == name) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// A client connected to every node.
+    pub async fn client(&self) -> async_nats::Client {
+        let urls: Vec<async_nats::ServerAddr> = self.nodes.iter().map(|n| n.url().parse().unwrap()).collect();
+        async_nats::ConnectOptions::new().retry_on_initial_connect().connect(urls).await.unwrap()
+    }
+
+    /// The node leading the stream `name`, once it has a leader; with `all_current`, once
+    /// every replica has caught up with it, too.
+    ///
+    /// A replica that was cut off catches up at the pace the machine allows: with the other
+    /// cluster tests running beside, that took over 30 s once. On timeout the last answer is shown.
+    pub async fn stream_leader(&self, js: &jetstream::Context, name: &str, all_current: bool) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut last = String::from("no answer");
+        loop {
+            if let Ok(mut stream) = js.get_stream(name).await
+                && let Ok(info) = stream.info().await
+                && let Some(cluster) = info.cluster.clone()
+            {
+                let current = cluster.replicas.iter().all(|r| r.current && !r.offline);
+                let leader = cluster.leader.as_deref().and_then(|l| self.nodes.iter().position(|n| n.name == l));
+                if let Some(leader) = leader.filter(|_| current || !all_current) {
+                    return leader;
+                }
+                last = format!("{cluster:?}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the stream {name} has no leader{} after 90 s; last: {last}",
+                if all_current { " with current replicas" } else { "" }
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
