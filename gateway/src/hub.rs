@@ -51,7 +51,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::task::AtomicWaker;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use slab::Slab;
 use tokio::sync::{mpsc, watch};
 
@@ -87,6 +87,32 @@ pub struct Topic {
 }
 
 const NO_SLOT: usize = usize::MAX;
+
+/// Members a fan-out pushes to between two chances for a waiting join or leave to take the
+/// member list (see [`Topic::for_each_member`]).
+const FAN_OUT_STRIDE: usize = 256;
+
+impl Topic {
+    /// Calls `f` with every member, by key, giving the member list up to a waiting join or
+    /// leave every `FAN_OUT_STRIDE` members. A broadcast that held it across every push kept
+    /// each join and leave of its topic, on an HTTP worker serving thousands of other streams,
+    /// waiting for all of them. A stream that joins meanwhile at a key already passed misses
+    /// only what its resume covers, as one joining after the fan-out would; one at a key ahead
+    /// is called, as one joining before would be.
+    fn for_each_member(&self, mut f: impl FnMut(&Arc<Outbox>)) {
+        let mut members = self.members.read();
+        let mut key = 0;
+        while key < members.capacity() {
+            if key % FAN_OUT_STRIDE == FAN_OUT_STRIDE - 1 {
+                RwLockReadGuard::bump(&mut members);
+            }
+            if let Some(outbox) = members.get(key) {
+                f(outbox);
+            }
+            key += 1;
+        }
+    }
+}
 
 enum Command {
     Open(Arc<Topic>),
@@ -280,10 +306,8 @@ impl Hub {
     pub fn deliver_local(&self, target: &Target, frame: Bytes) {
         let topic = self.topics.lock().get(target).cloned();
         if let Some(topic) = topic {
-            for (_, outbox) in topic.members.read().iter() {
-                // A full queue closes that stream alone, as for any event.
-                let _ = outbox.push_event(frame.clone(), None, None);
-            }
+            // A full queue closes that stream alone, as for any event.
+            topic.for_each_member(|outbox| _ = outbox.push_event(frame.clone(), None, None));
         }
     }
 
@@ -721,20 +745,21 @@ impl Future for Dispatcher {
 /// `slow`, counted when its session ends. While traces are on, records it as one `deliver` span
 /// (per event and pod, never per session).
 fn fan_out(topic: &Topic, delivery: &Delivery, metrics: &Metrics) {
+    metrics.received(&topic.target);
+    let problem = delivery.problem();
     if trace::on() {
         let span = trace::deliver_span(delivery.trace.as_deref(), &topic.target, delivery.id.as_ref());
         let _entered = span.enter();
-        let (sent, slow) = fan_out_frames(topic, delivery, metrics);
-        trace::record_delivery(&span, sent, slow, delivery.problem());
+        let (sent, slow) = fan_out_frames(topic, delivery, problem, metrics);
+        trace::record_delivery(&span, sent, slow, problem);
     } else {
-        fan_out_frames(topic, delivery, metrics);
+        fan_out_frames(topic, delivery, problem, metrics);
     }
 }
 
 /// Returns how many sessions got the frame, and how many were cut off as too slow for it.
-fn fan_out_frames(topic: &Topic, delivery: &Delivery, metrics: &Metrics) -> (u64, u64) {
-    metrics.received(&topic.target);
-    if let Some(reason) = delivery.problem() {
+fn fan_out_frames(topic: &Topic, delivery: &Delivery, problem: Option<&'static str>, metrics: &Metrics) -> (u64, u64) {
+    if let Some(reason) = problem {
         metrics.invalid();
         tracing::warn!(target = %topic.target, reason, "dropped an event that is not valid for SSE");
         return (0, 0);
@@ -747,18 +772,15 @@ fn fan_out_frames(topic: &Topic, delivery: &Delivery, metrics: &Metrics) -> (u64
         &delivery.payload,
     );
     let seq = delivery.id.as_ref().map(|id| id.seq);
-    let members = topic.members.read();
     let mut sent = 0;
     let mut slow = 0;
-    for (_, outbox) in members.iter() {
-        match outbox.push_event(frame.clone(), seq, delivery.published_at) {
-            Ok(()) => sent += 1,
-            // The outbox closed itself as slow.
-            Err(Rejected::Full) => slow += 1,
-            // The stream is ending anyway.
-            Err(Rejected::Closed) => {}
-        }
-    }
+    topic.for_each_member(|outbox| match outbox.push_event(frame.clone(), seq, delivery.published_at) {
+        Ok(()) => sent += 1,
+        // The outbox closed itself as slow.
+        Err(Rejected::Full) => slow += 1,
+        // The stream is ending anyway.
+        Err(Rejected::Closed) => {}
+    });
     (sent, slow)
 }
 
@@ -1010,6 +1032,27 @@ mod tests {
         let (after, reply) = script.next_replay().await;
         assert_eq!(after, 11);
         (hub, u, a, membership, reply)
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_past_many_strides_reaches_every_member_once() {
+        let script = Script::new(10);
+        let hub = script.hub();
+        let u = user("u");
+        let mut streams = Vec::new();
+        for _ in 0..5 * FAN_OUT_STRIDE + 7 {
+            streams.push(Reader::join(&hub, std::slice::from_ref(&u), 10).await);
+        }
+        // Holes in the member list, within strides and on their edges.
+        let left: Vec<_> =
+            [0, 1, FAN_OUT_STRIDE - 1, FAN_OUT_STRIDE, 3 * FAN_OUT_STRIDE + 5].into_iter().rev().collect();
+        let gone: Vec<_> = left.iter().map(|&i| streams.remove(i)).collect();
+        drop(gone.into_iter().map(|(_, membership)| membership).collect::<Vec<_>>());
+        script.live(&u, 11);
+        script.live(&u, 12);
+        for (reader, _) in &mut streams {
+            assert_eq!(reader.until(12).await, [11, 12]);
+        }
     }
 
     #[tokio::test]

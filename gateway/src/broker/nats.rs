@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_nats::header::HeaderName;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
 use async_nats::{Client, HeaderMap, Message, RequestErrorKind};
 use bytes::Bytes;
@@ -52,6 +53,12 @@ pub const HEADER_FROM: &str = "Herald-From";
 const HEADER_SEQUENCE: &str = "Nats-Sequence";
 const HEADER_STREAM: &str = "Nats-Stream";
 const HEADER_SUBJECT: &str = "Nats-Subject";
+
+/// The names looked up in every live message, made once: a lookup by `&str` copies a name
+/// that is not one of NATS's own into a new allocation each time.
+const TYPE_NAME: HeaderName = HeaderName::from_static(HEADER_TYPE);
+const PUBLISHED_AT_NAME: HeaderName = HeaderName::from_static(HEADER_PUBLISHED_AT);
+const FROM_NAME: HeaderName = HeaderName::from_static(HEADER_FROM);
 
 /// Where each gateway publishes its stats for the fleet's dashboards, under the prefix:
 /// `herald.internal.stats.<pod>`.
@@ -769,7 +776,7 @@ impl Walking {
             Some(msg) if msg.sequence <= self.end => {
                 self.next = msg.sequence + 1;
                 let id = EventId { epoch: epoch.clone(), seq: msg.sequence };
-                self.ahead = Some((msg.sequence, event_from(Some(&msg.headers), Some(id), msg.payload)));
+                self.ahead = Some((msg.sequence, event_from(Some(msg.headers), Some(id), msg.payload)));
             }
             _ => self.done = true,
         }
@@ -825,8 +832,9 @@ impl Pages for Walk {
     }
 }
 
-fn header(msg_headers: Option<&HeaderMap>, name: &str) -> Option<String> {
-    msg_headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_owned())
+/// The first value of header `name`, taken out of `headers` rather than copied.
+fn take_header(headers: Option<&mut HeaderMap>, name: HeaderName) -> Option<String> {
+    headers?.remove(name)?.into_iter().next().map(String::from)
 }
 
 /// The trace context in a message's headers, while traces are on. NATS headers are
@@ -848,11 +856,10 @@ fn trace_from(headers: Option<&HeaderMap>) -> Option<Box<TraceContext>> {
 }
 
 /// Turns a live NATS message into a delivery. Only the stream's republish makes it durable, with
-/// id `<epoch>-<seq>`: see `republished_seq`.
-pub fn delivery_from(msg: Message, prefix: &str, epoch: &Arc<str>) -> Delivery {
-    let headers = msg.headers.as_ref();
-    let seq = headers.and_then(|h| republished_seq(h, prefix, &msg.subject));
-    event_from(headers, seq.map(|seq| EventId { epoch: epoch.clone(), seq }), msg.payload)
+/// id `<epoch>-<seq>` (see `republished_seq`): the epoch is read for those alone.
+fn delivery_from(msg: Message, prefix: &str, epoch: &RwLock<Arc<str>>) -> Delivery {
+    let seq = msg.headers.as_ref().and_then(|h| republished_seq(h, prefix, &msg.subject));
+    event_from(msg.headers, seq.map(|seq| EventId { epoch: epoch.read().clone(), seq }), msg.payload)
 }
 
 /// The stream sequence of a message that the stream `HERALD` republished on the live subject
@@ -902,13 +909,17 @@ async fn count_after<I>(
 }
 
 /// A delivery from an event's headers and payload (live, replayed by a walk or by a consumer).
-fn event_from(headers: Option<&HeaderMap>, id: Option<EventId>, payload: Bytes) -> Delivery {
+/// The values it keeps are moved out of the headers, not copied.
+fn event_from(mut headers: Option<HeaderMap>, id: Option<EventId>, payload: Bytes) -> Delivery {
+    let trace = trace_from(headers.as_ref());
+    let published_at =
+        headers.as_ref().and_then(|h| h.get(PUBLISHED_AT_NAME)).and_then(|v| parse_published_at(v.as_str()));
     Delivery {
-        event_type: header(headers, HEADER_TYPE).unwrap_or_else(|| DEFAULT_EVENT_TYPE.to_owned()),
-        from: header(headers, HEADER_FROM),
+        event_type: take_header(headers.as_mut(), TYPE_NAME).unwrap_or_else(|| DEFAULT_EVENT_TYPE.to_owned()),
+        from: take_header(headers.as_mut(), FROM_NAME),
         id,
-        trace: trace_from(headers),
-        published_at: header(headers, HEADER_PUBLISHED_AT).as_deref().and_then(parse_published_at),
+        trace,
+        published_at,
         payload,
     }
 }
@@ -938,10 +949,7 @@ impl Broker for NatsBroker {
         async move {
             let sub = client.subscribe(subject).await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
             confirmations.confirm().await?;
-            Ok(Box::pin(sub.map(move |msg| {
-                let current = epoch.read().clone();
-                delivery_from(msg, &prefix, &current)
-            })) as EventStream)
+            Ok(Box::pin(sub.map(move |msg| delivery_from(msg, &prefix, &epoch))) as EventStream)
         }
         .boxed()
     }
@@ -1111,7 +1119,7 @@ impl Broker for NatsBroker {
                     if left == Some(0) {
                         return Ok(Replay::Reset(ResetReason::HistoryExpired, head));
                     }
-                    let msg = match tokio::time::timeout(VANISHED_CHECK, messages.next()).await {
+                    let mut msg = match tokio::time::timeout(VANISHED_CHECK, messages.next()).await {
                         Ok(msg) => msg
                             .ok_or_else(|| BrokerError::Unavailable("the replay ended early".into()))?
                             .map_err(|e| unavailable(&e))?,
@@ -1138,7 +1146,7 @@ impl Broker for NatsBroker {
                         continue;
                     };
                     let id = EventId { epoch: current.clone(), seq };
-                    events.push((target, event_from(msg.headers.as_ref(), Some(id), msg.payload.clone())));
+                    events.push((target, event_from(msg.message.headers.take(), Some(id), msg.payload.clone())));
                 }
                 // A message of the gap that aged out before the consumer reached it is skipped
                 // without a trace, and a newer one then takes its place in the count. Only
@@ -1283,5 +1291,20 @@ mod tests {
             republished_seq(&republished(&[], "herald.events.user.u1", "7"), "herald", "herald.events.user.u1"),
             None
         );
+    }
+
+    #[test]
+    fn an_event_takes_its_type_sender_and_stamp_from_its_headers() {
+        let own = [(HEADER_TYPE, "booking_update"), (HEADER_FROM, "u7"), (HEADER_PUBLISHED_AT, "1700000000000000000")];
+        let d = event_from(Some(republished(&own, "herald.events.user.u1", "19")), None, Bytes::from_static(b"{}"));
+        assert_eq!(d.event_type, "booking_update");
+        assert_eq!(d.from.as_deref(), Some("u7"));
+        assert_eq!(d.published_at, Some(1_700_000_000_000_000_000));
+
+        // Without them: the default type, no sender, no stamp.
+        let d = event_from(Some(HeaderMap::new()), None, Bytes::from_static(b"{}"));
+        assert_eq!((d.event_type.as_str(), d.from, d.published_at), (DEFAULT_EVENT_TYPE, None, None));
+        let d = event_from(None, None, Bytes::from_static(b"{}"));
+        assert_eq!(d.event_type, DEFAULT_EVENT_TYPE);
     }
 }

@@ -370,7 +370,10 @@ impl Connection {
                 None
             };
 
-            let mut headers = HeaderMap::new();
+            // Sized once, for every line but the version line and the blank one that ends
+            // the block: a map grown header by header allocates again as it fills.
+            let lines_in_block = memchr::memchr_iter(b'\n', &header).count();
+            let mut headers = HeaderMap::with_capacity(lines_in_block.saturating_sub(2));
             while let Some(line) = lines.next() {
                 if line.is_empty() {
                     continue;

@@ -131,6 +131,13 @@ impl HeaderMap {
         HeaderMap::default()
     }
 
+    /// An empty `HeaderMap` with room for `capacity` names.
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        HeaderMap {
+            inner: HashMap::with_capacity(capacity),
+        }
+    }
+
     /// Returns true if the map contains no elements.
     ///
     /// # Examples
@@ -240,6 +247,23 @@ impl HeaderMap {
         self.inner
             .get(&key.into_header_name())
             .and_then(|x| x.last())
+    }
+
+    /// Removes a key, returning its values in the order they were added. If key is not found,
+    /// [Option::None] is returned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use async_nats::HeaderMap;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.append("Key", "Value");
+    /// let values = headers.remove("Key").unwrap();
+    /// assert!(headers.get("Key").is_none());
+    /// ```
+    pub fn remove<K: IntoHeaderName>(&mut self, key: K) -> Option<Vec<HeaderValue>> {
+        self.inner.remove(&key.into_header_name())
     }
 
     /// Gets an iterator to the values for a given key.
@@ -411,6 +435,12 @@ impl From<String> for HeaderValue {
             "invalid header value: cannot contain '\\r' or '\\n'"
         );
         Self { inner }
+    }
+}
+
+impl From<HeaderValue> for String {
+    fn from(value: HeaderValue) -> Self {
+        value.inner
     }
 }
 
