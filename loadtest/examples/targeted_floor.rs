@@ -17,6 +17,12 @@
 //!   --nats-url nats://127.0.0.1:4222 --connections 10000 --rate 32000 --duration 8
 //! ```
 //!
+//! With `--stream` it first creates the gateway's history stream (`HERALD`, the gateway's own
+//! configuration and defaults: every `<prefix>.events.>` subject stored on file and republished
+//! to `<prefix>.live.>`) on a nats-server started with `-js`, and forwards the republished
+//! messages, taking each event's id from its `Nats-Sequence` header: the floor under durable
+//! delivery, where the load generator publishes with `--publish jetstream`.
+//!
 //! `scripts/bench-vs-nchan` runs it beside Herald and Nchan when `BENCH_FLOOR=1`. Whatever rate
 //! it cannot carry under a p99 of 10 ms, no gateway that takes its events from a nats-server on
 //! the same CPU can.
@@ -26,6 +32,8 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
 use std::rc::Rc;
 
+use herald_gateway::broker::nats::{StreamOptions, stream_config};
+use herald_gateway::config::HistoryLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -37,9 +45,14 @@ fn main() {
     let mut listen = "127.0.0.1:18400".to_owned();
     let mut nats = "127.0.0.1:4222".to_owned();
     let mut prefix = "herald".to_owned();
+    let mut stream = false;
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
+        if flag == "--stream" {
+            stream = true;
+            continue;
+        }
         let value = it.next().cloned().unwrap_or_else(|| usage(flag));
         match flag.as_str() {
             "--listen" => listen = value,
@@ -52,6 +65,9 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
+        if stream {
+            create_stream(&nats, &prefix).await;
+        }
         let sockets: Sockets = Rc::default();
         let listener = TcpListener::bind(&listen).await.expect("listen");
         tokio::task::spawn_local(accept(listener, sockets.clone()));
@@ -143,7 +159,9 @@ async fn forward(addr: &str, prefix: &str, sockets: Sockets) -> (u64, u64) {
         }
     };
     let _ = nats.set_nodelay(true);
-    let hello = format!("CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {prefix}.live.> 1\r\nPING\r\n");
+    let hello = format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true}}\r\nSUB {prefix}.live.> 1\r\nPING\r\n"
+    );
     nats.write_all(hello.as_bytes()).await.expect("subscribe");
     let key_at = format!("{prefix}.live.").len();
     let (mut sent, mut dropped, mut seq) = (0u64, 0u64, 0u64);
@@ -160,18 +178,26 @@ async fn forward(addr: &str, prefix: &str, sockets: Sockets) -> (u64, u64) {
         let mut at = 0;
         while let Some(eol) = buf[at..].windows(2).position(|w| w == b"\r\n") {
             let line = &buf[at..at + eol];
-            if let Some(rest) = line.strip_prefix(b"MSG ") {
-                // MSG <subject> <sid> [reply-to] <#bytes>: the first field and the last.
+            let (msg, headed) = match (line.strip_prefix(b"MSG "), line.strip_prefix(b"HMSG ")) {
+                (Some(rest), _) => (Some(rest), false),
+                (None, Some(rest)) => (Some(rest), true),
+                _ => (None, false),
+            };
+            if let Some(rest) = msg {
+                // MSG <subject> <sid> [reply-to] <#bytes>, or HMSG <subject> <sid> [reply-to]
+                // <#header bytes> <#total bytes>: the first field and the last one or two.
                 let mut fields = rest.split(|&b| b == b' ');
                 let subject = fields.next().unwrap_or_default();
-                let len: usize =
-                    fields.next_back().and_then(|f| std::str::from_utf8(f).ok()?.parse().ok()).unwrap_or(0);
+                let mut number =
+                    || fields.next_back().and_then(|f| std::str::from_utf8(f).ok()?.parse().ok()).unwrap_or(0);
+                let len: usize = number();
+                let header_len = if headed { number() } else { 0 };
                 let start = at + eol + 2;
                 if buf.len() < start + len + 2 {
                     break; // the payload has not all arrived
                 }
-                let payload = &buf[start..start + len];
-                seq += 1;
+                let payload = &buf[start + header_len.min(len)..start + len];
+                seq = sequence_in(&buf[start..start + header_len.min(len)]).unwrap_or(seq + 1);
                 let key = std::str::from_utf8(subject.get(key_at..).unwrap_or_default()).unwrap_or_default();
                 if let Some(stream) = sockets.borrow().get(key) {
                     event.clear();
@@ -199,9 +225,30 @@ async fn forward(addr: &str, prefix: &str, sockets: Sockets) -> (u64, u64) {
     }
 }
 
+/// The last `Nats-Sequence` of a header block: the stream's, which its republish appends.
+fn sequence_in(headers: &[u8]) -> Option<u64> {
+    const NAME: &[u8] = b"\r\nNats-Sequence:";
+    let at = headers.windows(NAME.len()).rposition(|w| w == NAME)? + NAME.len();
+    let value = &headers[at..];
+    let end = value.iter().position(|&b| b == b'\r').unwrap_or(value.len());
+    std::str::from_utf8(&value[..end]).ok()?.trim().parse().ok()
+}
+
+/// Creates the history stream as a gateway would (its configuration and default limits).
+async fn create_stream(addr: &str, prefix: &str) {
+    let client = async_nats::connect(addr).await.expect("connect to NATS");
+    let limits = HistoryLimits {
+        max_age: std::time::Duration::from_secs(24 * 3600),
+        max_per_subject: 1000,
+        dedup_window: std::time::Duration::from_secs(120),
+    };
+    let config = stream_config(prefix, StreamOptions { limits, replicas: 1 });
+    async_nats::jetstream::new(client).create_or_update_stream(config).await.expect("create the stream");
+}
+
 fn usage(flag: &str) -> ! {
     eprintln!(
-        "unknown or incomplete flag {flag}\nusage: targeted_floor [--listen ADDR] [--nats HOST:PORT] [--prefix P]"
+        "unknown or incomplete flag {flag}\nusage: targeted_floor [--listen ADDR] [--nats HOST:PORT] [--prefix P] [--stream]"
     );
     std::process::exit(2)
 }
