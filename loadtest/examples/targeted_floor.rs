@@ -143,21 +143,7 @@ fn chunk(out: &mut Vec<u8>, event: &[u8]) {
 /// Reads the NATS connection until it closes, writing each message to its subscriber's socket.
 /// Returns (events written, events dropped).
 async fn forward(addr: &str, prefix: &str, sockets: Sockets) -> (u64, u64) {
-    // The nats-server may have been started a moment ago: try for 10 s.
-    let mut attempts = 0;
-    let mut nats = loop {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => break stream,
-            Err(e) if attempts < 100 => {
-                attempts += 1;
-                if attempts == 1 {
-                    eprintln!("waiting for NATS at {addr}: {e}");
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("cannot connect to NATS at {addr}: {e}"),
-        }
-    };
+    let mut nats = patiently(addr, || TcpStream::connect(addr)).await;
     let _ = nats.set_nodelay(true);
     let hello = format!(
         "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true}}\r\nSUB {prefix}.live.> 1\r\nPING\r\n"
@@ -225,6 +211,27 @@ async fn forward(addr: &str, prefix: &str, sockets: Sockets) -> (u64, u64) {
     }
 }
 
+/// What `connect` connects to NATS at `addr`, tried for 10 s: the nats-server may have been
+/// started a moment ago.
+async fn patiently<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    addr: &str,
+    connect: impl Fn() -> F,
+) -> T {
+    for attempt in 1.. {
+        match connect().await {
+            Ok(connected) => return connected,
+            Err(e) if attempt < 100 => {
+                if attempt == 1 {
+                    eprintln!("waiting for NATS at {addr}: {e}");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot connect to NATS at {addr}: {e}"),
+        }
+    }
+    unreachable!("the loop returns or panics")
+}
+
 /// The last `Nats-Sequence` of a header block: the stream's, which its republish appends.
 fn sequence_in(headers: &[u8]) -> Option<u64> {
     const NAME: &[u8] = b"\r\nNats-Sequence:";
@@ -236,7 +243,7 @@ fn sequence_in(headers: &[u8]) -> Option<u64> {
 
 /// Creates the history stream as a gateway would (its configuration and default limits).
 async fn create_stream(addr: &str, prefix: &str) {
-    let client = async_nats::connect(addr).await.expect("connect to NATS");
+    let client = patiently(addr, || async_nats::connect(addr)).await;
     let limits = HistoryLimits {
         max_age: std::time::Duration::from_secs(24 * 3600),
         max_per_subject: 1000,
