@@ -1,11 +1,19 @@
-//! The `herald-operator plan` examples of docs/operations.md print what the docs say.
+//! The `herald-operator plan` examples of docs/operations.md and docs/capacity.md print what
+//! the docs say.
 
 use std::process::Command;
 
 #[test]
 fn the_documented_plan_examples_hold() {
+    assert_eq!(plan_examples_hold("docs/operations.md"), 3, "three examples in operations.md");
+    assert_eq!(plan_examples_hold("docs/capacity.md"), 1, "one example in capacity.md");
+}
+
+/// Runs every `herald-operator plan` line of `doc` (followed by its `# desired: N` line) and
+/// returns how many there were.
+fn plan_examples_hold(doc: &str) -> usize {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let doc = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let doc = std::fs::read_to_string(root.join(doc)).unwrap();
     let mut examples = 0;
     let mut lines = doc.lines().peekable();
     while let Some(line) = lines.next() {
@@ -31,7 +39,7 @@ fn the_documented_plan_examples_hold() {
         assert_eq!(v["desired"].to_string(), expected);
         examples += 1;
     }
-    assert_eq!(examples, 3, "three documented examples");
+    examples
 }
 
 /// The `herald-operator render` example of docs/operations.md prints the kinds it says.
