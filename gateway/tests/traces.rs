@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::json;
-use support::{Gateway, Nats, PUBLISH_KEY, Sse, eventually, http, token, workspace_root};
+use support::{Gateway, Nats, PUBLISH_KEY, Sse, eventually, free_port, http, token, workspace_root};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PUBLISHER_SPAN: &str = "00f067aa0ba902b7";
@@ -70,10 +70,6 @@ fn rotel_bin() -> PathBuf {
             "rotel not found: run ./scripts/test (it installs the pinned rotel into .venv), or set HERALD_TEST_ROTEL"
         )
     })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A rotel OTLP receiver on free ports that prints what it receives; the spans are parsed from

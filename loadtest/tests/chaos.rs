@@ -10,7 +10,7 @@ fn a_short_chaos_run_kills_gateways_and_nats_nodes_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("chaos.json");
     let html = dir.path().join("chaos.html");
-    let (gateway, nats) = (support::gateway_bin(), support::nats_server_bin());
+    let (gateway, nats) = (support::gateway_bin(), herald_testkit::nats_server_bin());
     let args = [
         "chaos",
         "--gateways",

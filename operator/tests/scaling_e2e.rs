@@ -19,10 +19,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &[u8] = b"e2e-secret-0123456789abcdef01234";
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -31,41 +27,9 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn start_nats(dir: &std::path::Path) -> (Proc, u16) {
-    let bin = std::env::var("HERALD_TEST_NATS_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join(".venv/bin/nats-server"));
-    let log_path = dir.join("nats.log");
-    // Again on another port when the chosen one was taken before the server bound it.
-    for _ in 0..5 {
-        let port = free_port();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
-        let mut child = Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e} (run ./scripts/test to install it)", bin.display()));
-        let end = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let exited = matches!(child.try_wait(), Ok(Some(_)));
-            let text = || std::fs::read_to_string(&log_path).unwrap_or_default();
-            if exited && text().contains("address already in use") {
-                break;
-            }
-            assert!(!exited && Instant::now() < end, "nats-server did not start:\n{}", text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if matches!(child.try_wait(), Ok(None)) {
-            return (Proc(child), port);
-        }
-    }
-    panic!("nats-server found its port taken five times")
+    let (child, port, _) = herald_testkit::spawn_nats_on_free_ports(false, Some(dir), &dir.join("nats.log"));
+    (Proc(child), port)
 }
 
 /// `herald-gateway` of the same build profile as this test (`target/<profile>/`: this test runs

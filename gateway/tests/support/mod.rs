@@ -4,12 +4,13 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use herald_testkit::{spawn_nats, spawn_nats_on_free_ports};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -19,10 +20,6 @@ pub mod delivery;
 pub const SECRET: &[u8] = b"test-secret-0123456789abcdef0123";
 pub const PUBLISH_KEY: &str = "test-publisher-key-0123456789";
 pub const DASHBOARD_KEY: &str = "test-dashboard-key-0123456789";
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
 
 /// Waits for `cond` to hold, polling, until `deadline` passes.
 pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut cond: F)
@@ -42,23 +39,9 @@ where
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// The pinned nats-server installed by `scripts/test` (or `HERALD_TEST_NATS_SERVER`).
-pub fn nats_server_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("HERALD_TEST_NATS_SERVER") {
-        return PathBuf::from(p);
-    }
-    let local = workspace_root().join(".venv/bin/nats-server");
-    if local.exists() {
-        return local;
-    }
-    panic!(
-        "nats-server not found: run ./scripts/test (it installs the pinned server into .venv), or set HERALD_TEST_NATS_SERVER"
-    );
-}
+// Not every test binary uses each of these.
+#[allow(unused_imports)]
+pub use herald_testkit::{free_port, nats_server_bin, workspace_root};
 
 /// A nats-server with JetStream on free ports, killed on drop.
 pub struct Nats {
@@ -79,7 +62,7 @@ impl Nats {
     pub fn start_on(port: u16) -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let monitor_port = free_port();
-        let child = Self::spawn(port, monitor_port, Some(dir.path()), dir.path())
+        let child = spawn_nats(port, Some(monitor_port), Some(dir.path()), &dir.path().join("nats.log"))
             .unwrap_or_else(|log| panic!("nats-server did not start on port {port}:\n{log}"));
         Nats { child, port, monitor_port, dir }
     }
@@ -91,47 +74,10 @@ impl Nats {
         Nats { child, port, monitor_port, dir }
     }
 
-    /// Spawns on fresh free ports, again on others when a port was taken between choosing and
-    /// binding it (another process may be handed the same ephemeral port in that moment).
+    /// On fresh free ports, with its monitoring port.
     fn spawn_on_free_ports(jetstream_dir: Option<&Path>, log_dir: &Path) -> (Child, u16, u16) {
-        let mut last = String::new();
-        for _ in 0..5 {
-            let (port, monitor_port) = (free_port(), free_port());
-            match Self::spawn(port, monitor_port, jetstream_dir, log_dir) {
-                Ok(child) => return (child, port, monitor_port),
-                Err(log) if log.contains("address already in use") => last = log,
-                Err(log) => panic!("nats-server did not start:\n{log}"),
-            }
-        }
-        panic!("nats-server found its ports taken five times:\n{last}")
-    }
-
-    /// Starts the server and waits for both its ports; on failure, returns its log.
-    fn spawn(port: u16, monitor_port: u16, jetstream_dir: Option<&Path>, log_dir: &Path) -> Result<Child, String> {
-        let log_path = log_dir.join("nats.log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
-        let mut cmd = Command::new(nats_server_bin());
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor_port.to_string()]);
-        if let Some(dir) = jetstream_dir {
-            cmd.args(["-js", "-sd"]).arg(dir);
-        }
-        let mut child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("spawn nats-server");
-        let end = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", monitor_port)).is_err()
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-        {
-            let exited = matches!(child.try_wait(), Ok(Some(_)));
-            if exited || Instant::now() > end {
-                let _ = child.kill();
-                let _ = child.wait();
-                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                return Err(format!("(ports {port}/{monitor_port}, exited: {exited})\n{}", tail.join("\n")));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(child)
+        let (child, port, monitor_port) = spawn_nats_on_free_ports(true, jetstream_dir, &log_dir.join("nats.log"));
+        (child, port, monitor_port.expect("a monitoring port"))
     }
 
     /// Stops the server (SIGTERM, then SIGKILL if it lingers), keeping its JetStream directory.
@@ -154,8 +100,9 @@ impl Nats {
     /// Starts the server again on the same ports and JetStream directory.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Self::spawn(self.port, self.monitor_port, Some(self.dir.path()), self.dir.path())
-            .unwrap_or_else(|log| panic!("nats-server did not restart:\n{log}"));
+        self.child =
+            spawn_nats(self.port, Some(self.monitor_port), Some(self.dir.path()), &self.dir.path().join("nats.log"))
+                .unwrap_or_else(|log| panic!("nats-server did not restart:\n{log}"));
     }
 
     /// Describes a server on `port` without starting one: for pointing a gateway at nothing.

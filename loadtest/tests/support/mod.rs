@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -14,27 +14,7 @@ use std::time::{Duration, Instant};
 pub const SECRET: &[u8] = b"loadtest-secret-0123456789abcdef";
 pub const PUBLISH_KEY: &str = "loadtest-publisher-key-0123456789";
 
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// The pinned nats-server installed by `scripts/test` (or `HERALD_TEST_NATS_SERVER`).
-pub fn nats_server_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("HERALD_TEST_NATS_SERVER") {
-        return PathBuf::from(p);
-    }
-    let local = workspace_root().join(".venv/bin/nats-server");
-    if local.exists() {
-        return local;
-    }
-    panic!(
-        "nats-server not found: run ./scripts/test (it installs the pinned server into .venv), or set HERALD_TEST_NATS_SERVER"
-    );
-}
+use herald_testkit::workspace_root;
 
 /// The gateway binary next to the harness: the one `cargo test --workspace` (or `cargo build`)
 /// built, else built here (this crate's tests do not build other packages' binaries).
@@ -75,32 +55,9 @@ impl Nats {
     /// binding it; on failure, panics with the server's log.
     pub fn start() -> Nats {
         let dir = tempfile::tempdir().unwrap();
-        let log_path = dir.path().join("nats.log");
-        for _ in 0..5 {
-            let port = free_port();
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
-            let mut child = Command::new(nats_server_bin())
-                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn nats-server");
-            let end = Instant::now() + Duration::from_secs(20);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                let exited = matches!(child.try_wait(), Ok(Some(_)));
-                let text = || std::fs::read_to_string(&log_path).unwrap_or_default();
-                if exited && text().contains("address already in use") {
-                    break;
-                }
-                assert!(!exited && Instant::now() < end, "nats-server did not start:\n{}", text());
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if matches!(child.try_wait(), Ok(None)) {
-                return Nats { child, port, _dir: dir };
-            }
-        }
-        panic!("nats-server found its port taken five times")
+        let (child, port, _) =
+            herald_testkit::spawn_nats_on_free_ports(false, Some(dir.path()), &dir.path().join("nats.log"));
+        Nats { child, port, _dir: dir }
     }
 
     pub fn url(&self) -> String {
