@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::json;
-use support::{Gateway, Nats, PUBLISH_KEY, Sse, eventually, free_port, http, token, workspace_root};
+use support::{
+    Gateway, Nats, PUBLISH_KEY, Sse, eventually, free_port, http, subscribe_confirmed, token, workspace_root,
+};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PUBLISHER_SPAN: &str = "00f067aa0ba902b7";
@@ -236,8 +238,7 @@ async fn one_publish_is_one_trace_through_nats_to_every_delivering_gateway() {
     let mut on_a = Sse::with_token(pod_a.addr, &user_token, &[]).await;
     assert_eq!(on_a.next().await.event, "connected");
     let observer = nats.client().await;
-    let mut live = observer.subscribe("herald.live.user.u1").await.unwrap();
-    observer.flush().await.unwrap();
+    let mut live = subscribe_confirmed(&observer, "herald.live.user.u1").await;
 
     // A publisher inside a trace publishes through pod A.
     let traceparent = format!("00-{TRACE}-{PUBLISHER_SPAN}-01");
@@ -384,8 +385,7 @@ async fn without_an_otlp_endpoint_nothing_is_traced() {
     let mut sse = Sse::with_token(gw.addr, &token("u1", &[], 600), &[]).await;
     assert_eq!(sse.next().await.event, "connected");
     let observer = nats.client().await;
-    let mut live = observer.subscribe("herald.live.user.u1").await.unwrap();
-    observer.flush().await.unwrap();
+    let mut live = subscribe_confirmed(&observer, "herald.live.user.u1").await;
     let auth = format!("Bearer {PUBLISH_KEY}");
     let res = http(
         gw.addr,

@@ -21,6 +21,22 @@ pub const SECRET: &[u8] = b"test-secret-0123456789abcdef0123";
 pub const PUBLISH_KEY: &str = "test-publisher-key-0123456789";
 pub const DASHBOARD_KEY: &str = "test-dashboard-key-0123456789";
 
+/// Subscribes `client` to `subject` and waits until the server has the subscription: a
+/// message the client sends itself after the SUB comes back only once the server has processed
+/// both (`flush` only writes them to the socket).
+pub async fn subscribe_confirmed(client: &async_nats::Client, subject: &str) -> async_nats::Subscriber {
+    use futures_util::StreamExt;
+    let subscription = client.subscribe(subject.to_owned()).await.unwrap();
+    let inbox = client.new_inbox();
+    let mut probe = client.subscribe(inbox.clone()).await.unwrap();
+    client.publish(inbox, bytes::Bytes::new()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), probe.next())
+        .await
+        .expect("the server answers its own client within 10 s")
+        .expect("the probe's subscription is open");
+    subscription
+}
+
 /// Waits for `cond` to hold, polling, until `deadline` passes.
 pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut cond: F)
 where
