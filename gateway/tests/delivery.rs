@@ -158,7 +158,9 @@ async fn token_from_query_and_cookie_and_payload_with_newlines() {
 async fn durable_events_arrive_in_stream_order_across_subjects_under_a_burst() {
     const EVENTS: u64 = 20_000;
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    // Room for the whole burst: this test is about order, and a reader that falls behind by the
+    // default 1 MiB (a busy machine descheduling it) would be cut off as slow, by design.
+    let gw = Gateway::serve(&nats, &["--client-queue-bytes", &(64 << 20).to_string()]);
     gw.ready().await;
     let mut sse = Sse::with_token(gw.addr, &token("u1", &["room"], 600), &["room"]).await;
     assert_eq!(sse.next().await.event, "connected");
@@ -178,7 +180,7 @@ async fn durable_events_arrive_in_stream_order_across_subjects_under_a_burst() {
         let ev = sse
             .next_within(Duration::from_secs(30))
             .await
-            .unwrap_or_else(|| panic!("only {n} of {EVENTS} events arrived"));
+            .unwrap_or_else(|| panic!("only {n} of {EVENTS} events arrived (stream ended: {})", sse.ended));
         let seq = support::seq_of(ev.id.as_deref().expect("durable events carry an id"));
         if seq <= last && out_of_order.len() < 10 {
             out_of_order.push((last, seq));
