@@ -103,6 +103,8 @@ pub fn run(config: Config) -> std::io::Result<()> {
         let origins = settings.allowed_origins.clone();
         let heartbeat = settings.heartbeat;
         let mut server = HttpServer::new(move || {
+            // Called once on each worker's thread.
+            state.broker.attach_worker();
             App::new()
                 .app_data(state.clone())
                 .wrap(cors(&origins))

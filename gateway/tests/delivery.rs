@@ -190,3 +190,39 @@ async fn durable_events_arrive_in_stream_order_across_subjects_under_a_burst() {
     assert!(out_of_order.is_empty(), "events overtaken (previous, then): {out_of_order:?}");
     assert_eq!(last, EVENTS, "the stream's sequences 1..={EVENTS}");
 }
+
+/// A durable publish over HTTP goes out on the connection of the worker that took the request,
+/// one per worker beside the hub's, and comes back acknowledged and delivered in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_http_publishes_go_out_on_each_workers_own_connection() {
+    const WORKERS: usize = 2;
+    const EVENTS: usize = 40;
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats, &["--workers", &WORKERS.to_string()]);
+    gw.ready().await;
+    let publishers = || async {
+        let connz = nats.connz().await;
+        let conns = connz["connections"].as_array().cloned().unwrap_or_default();
+        conns.into_iter().filter(|c| c["name"].as_str().is_some_and(|n| n.ends_with(" publisher"))).collect::<Vec<_>>()
+    };
+    support::eventually("each worker has its publish connection", Duration::from_secs(10), || async {
+        publishers().await.len() == WORKERS
+    })
+    .await;
+    let sent = |conns: &[serde_json::Value]| conns.iter().map(|c| c["in_msgs"].as_u64().unwrap()).sum::<u64>();
+    let before = sent(&publishers().await);
+
+    let mut sse = Sse::with_token(gw.addr, &token("u1", &[], 600), &[]).await;
+    assert_eq!(sse.next().await.event, "connected");
+    let mut ids = Vec::new();
+    for i in 0..EVENTS {
+        ids.extend(gw.publish_ids(serde_json::json!({"data": i, "users": ["u1"]})).await);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let ev = sse.next_event().await;
+        assert_eq!((ev.id.as_deref(), ev.json()["data"].as_u64()), (Some(id.as_str()), Some(i as u64)));
+    }
+    // Every event was stored through a worker's connection (the monitor counts a connection's
+    // publishes as it reads them, before the acknowledgement that answered the request).
+    assert_eq!(sent(&publishers().await) - before, EVENTS as u64);
+}

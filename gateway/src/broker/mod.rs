@@ -177,6 +177,11 @@ pub trait Broker: Send + Sync + 'static {
     /// its newest event.
     fn subscription_capacity(&self) -> usize;
 
+    /// Called on each HTTP worker's thread as it starts. A broker may open a connection of the
+    /// worker's own there, for the durable publishes its requests make; until it is up, and
+    /// whenever it is down, they take the shared one. Best effort.
+    fn attach_worker(&self) {}
+
     /// Whether the broker is reachable now (drives `/readyz`).
     fn is_connected(&self) -> bool;
 

@@ -123,6 +123,46 @@ pub struct NatsBroker {
     shared: Arc<Shared>,
     /// See [`NatsOptions::publish_retry`].
     publish_retry: Duration,
+    /// What the HTTP workers' own connections are opened with ([`Broker::attach_worker`]).
+    options: NatsOptions,
+}
+
+thread_local! {
+    /// This HTTP worker's own connection for durable publishes, with the broker it belongs to
+    /// (the address of that broker's `shared`): see [`Broker::attach_worker`].
+    static WORKER_JETSTREAM: std::cell::RefCell<Option<(usize, jetstream::Context)>> =
+        const { std::cell::RefCell::new(None) };
+    /// The broker this thread opened (or is opening) its connection for: one per worker, also
+    /// when the worker builds its app once per listening address.
+    static WORKER_ATTACHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The options every connection of a gateway shares. It keeps trying to (re)connect forever:
+/// a gateway starts, unready, while NATS is unreachable.
+fn connect_options(name: &str) -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(5)))
+}
+
+/// Connects with `options` and the credentials and URLs of `opts`.
+async fn connect(mut options: async_nats::ConnectOptions, opts: &NatsOptions) -> Result<Client, BrokerError> {
+    if let Some(path) = &opts.credentials {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| BrokerError::Rejected(format!("{}: {e}", path.display())))?;
+    }
+    let urls: Vec<async_nats::ServerAddr> = opts
+        .url
+        .split(',')
+        .map(|u| u.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| BrokerError::Rejected(format!("invalid NATS URL: {e}")))?;
+    options.connect(urls).await.map_err(|e| BrokerError::Unavailable(e.to_string()))
 }
 
 impl NatsBroker {
@@ -132,14 +172,8 @@ impl NatsBroker {
         let (link_tx, link) = watch::channel(Link::default());
         let link_tx = Arc::new(link_tx);
         let probe_link = link_tx.clone();
-        let mut options = async_nats::ConnectOptions::new()
-            .name(&opts.name)
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(5)))
-            .subscription_capacity(SUBSCRIPTION_CAPACITY)
-            .event_callback(move |event| {
+        let options =
+            connect_options(&opts.name).subscription_capacity(SUBSCRIPTION_CAPACITY).event_callback(move |event| {
                 let link = link_tx.clone();
                 async move {
                     match event {
@@ -162,19 +196,7 @@ impl NatsBroker {
                     }
                 }
             });
-        if let Some(path) = &opts.credentials {
-            options = options
-                .credentials_file(path)
-                .await
-                .map_err(|e| BrokerError::Rejected(format!("{}: {e}", path.display())))?;
-        }
-        let urls: Vec<async_nats::ServerAddr> = opts
-            .url
-            .split(',')
-            .map(|u| u.trim().parse())
-            .collect::<Result<_, _>>()
-            .map_err(|e| BrokerError::Rejected(format!("invalid NATS URL: {e}")))?;
-        let client = options.connect(urls).await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let client = connect(options, opts).await?;
         let broker = NatsBroker {
             jetstream: (!matches!(opts.history, History::Off)).then(|| jetstream::new(client.clone())),
             confirmations: Arc::new(Confirmations::new(
@@ -193,6 +215,7 @@ impl NatsBroker {
             },
             shared: Arc::default(),
             publish_retry: opts.publish_retry,
+            options: opts.clone(),
         };
         match (&broker.jetstream, opts.history) {
             (Some(js), History::Ensure(stream)) => {
@@ -241,6 +264,28 @@ impl NatsBroker {
     pub fn client(&self) -> &Client {
         &self.client
     }
+
+    /// Names this broker among the workers' connections: the address of its `shared`.
+    fn owner(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+}
+
+/// The calling worker's own connection to the stream, while it is connected: a durable
+/// publish then goes from the worker to NATS and its acknowledgement straight back, without
+/// two hops through the hub thread, whose connection also carries every delivery.
+///
+/// Ordering is unchanged: a stored event's place is its sequence, which the acknowledgement
+/// returns before the request is answered, whichever connection carried it.
+fn worker_jetstream(owner: usize) -> Option<jetstream::Context> {
+    WORKER_JETSTREAM.with(|worker| match &*worker.borrow() {
+        Some((of, js))
+            if *of == owner && js.client().connection_state() == async_nats::connection::State::Connected =>
+        {
+            Some(js.clone())
+        }
+        _ => None,
+    })
 }
 
 /// Confirms that what this connection sent before (its subscriptions above all) has been
@@ -960,6 +1005,7 @@ impl Broker for NatsBroker {
         let durable = event.durable.then(|| self.jetstream.clone()).flatten();
         let epoch = self.epoch.clone();
         let publish_retry = self.publish_retry;
+        let owner = self.owner();
         async move {
             let mut headers = event_headers(&event.event_type, event.trace.as_ref());
             if let Some(from) = &event.from {
@@ -981,6 +1027,7 @@ impl Broker for NatsBroker {
             // an attempt that may or may not have been stored can be sent again: the stream
             // answers a repeat with the first one's sequence and stores nothing.
             let id = event.id.clone().unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+            let js = worker_jetstream(owner).unwrap_or(js);
             let sequences = store(&js, &prefix, &targets, &headers, &event.payload, &id, publish_retry).await?;
             let epoch = epoch.read().clone();
             Ok(sequences.into_iter().map(|seq| EventId { epoch: epoch.clone(), seq }).collect())
@@ -1186,6 +1233,28 @@ impl Broker for NatsBroker {
 
     fn link(&self) -> Option<watch::Receiver<Link>> {
         self.jetstream.as_ref().map(|_| self.link.clone())
+    }
+
+    fn attach_worker(&self) {
+        let owner = self.owner();
+        if self.jetstream.is_none()
+            || tokio::runtime::Handle::try_current().is_err()
+            || WORKER_ATTACHED.replace(owner) == owner
+        {
+            return;
+        }
+        let opts = self.options.clone();
+        tokio::spawn(async move {
+            let name = format!("{} publisher", opts.name);
+            let options = connect_options(&name).event_callback(|event| async move {
+                tracing::debug!(event = %event, "worker publish connection event");
+            });
+            match connect(options, &opts).await {
+                Ok(client) => WORKER_JETSTREAM.with(|w| *w.borrow_mut() = Some((owner, jetstream::new(client)))),
+                // Its publishes go through the hub's connection instead.
+                Err(e) => tracing::warn!(error = %e, "cannot open this worker's publish connection"),
+            }
+        });
     }
 
     fn publish_stats(&self, pod: &str, report: Bytes) -> BoxFuture<'static, ()> {
