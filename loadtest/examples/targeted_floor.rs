@@ -23,11 +23,17 @@
 //! messages, taking each event's id from its `Nats-Sequence` header: the floor under durable
 //! delivery, where the load generator publishes with `--publish jetstream`.
 //!
+//! With `--stream` it also takes `POST /v1/publish` as the gateway does (keep-alive; a JSON body
+//! naming one channel or user and its `data`): it stores `data` in the stream under a message id
+//! over a NATS connection of its own, waits for the stream's acknowledgement, and answers `200`
+//! with the event's id: the floor under publishing over HTTP (`--publish http --durable`), with
+//! no key check, no validation beyond reading the body, and no retry.
+//!
 //! `scripts/bench-vs-nchan` runs it beside Herald and Nchan when `BENCH_FLOOR=1`. Whatever rate
 //! it cannot carry under a p99 of 10 ms, no gateway that takes its events from a nats-server on
 //! the same CPU can.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
 use std::rc::Rc;
@@ -36,6 +42,7 @@ use herald_gateway::broker::nats::{StreamOptions, stream_config};
 use herald_gateway::config::HistoryLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 
 type Sockets = Rc<RefCell<HashMap<String, Rc<TcpStream>>>>;
 
@@ -65,27 +72,31 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        if stream {
+        let store = if stream {
             create_stream(&nats, &prefix).await;
-        }
+            Some(Store::connect(&nats, &prefix).await)
+        } else {
+            None
+        };
         let sockets: Sockets = Rc::default();
         let listener = TcpListener::bind(&listen).await.expect("listen");
-        tokio::task::spawn_local(accept(listener, sockets.clone()));
+        tokio::task::spawn_local(accept(listener, sockets.clone(), store));
         let (sent, dropped) = forward(&nats, &prefix, sockets).await;
         eprintln!("NATS connection closed: {sent} events written, {dropped} dropped");
     });
 }
 
-async fn accept(listener: TcpListener, sockets: Sockets) {
+async fn accept(listener: TcpListener, sockets: Sockets, store: Option<Rc<Store>>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
-        tokio::task::spawn_local(serve(stream, sockets.clone()));
+        tokio::task::spawn_local(serve(stream, sockets.clone(), store.clone()));
     }
 }
 
 /// One subscriber: reads its request head, answers, and stays registered until it hangs up.
-async fn serve(mut stream: TcpStream, sockets: Sockets) {
+/// A publisher's connection (a `POST`) is served by [`publishes`] instead.
+async fn serve(mut stream: TcpStream, sockets: Sockets, store: Option<Rc<Store>>) {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -93,6 +104,9 @@ async fn serve(mut stream: TcpStream, sockets: Sockets) {
             Ok(n) if n > 0 && head.len() + n <= 8192 => head.extend_from_slice(&buf[..n]),
             _ => return,
         }
+    }
+    if let (true, Some(store)) = (head.starts_with(b"POST "), store) {
+        return publishes(stream, head, &store).await;
     }
     let Some(key) = key_of(&head) else {
         let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
@@ -208,6 +222,178 @@ async fn forward(addr: &str, prefix: &str, sockets: Sockets) -> (u64, u64) {
             }
         }
         buf.drain(..at);
+    }
+}
+
+/// A publisher's keep-alive connection: each request is stored and acknowledged before it is
+/// answered, one at a time, as the gateway does.
+async fn publishes(mut stream: TcpStream, mut buf: Vec<u8>, store: &Store) {
+    let mut read = [0u8; 4096];
+    let mut answer = Vec::with_capacity(128);
+    loop {
+        // The head, then as many body bytes as it announces.
+        let (head_end, body_len) = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break (end + 4, content_length(&buf[..end]));
+            }
+            match stream.read(&mut read).await {
+                Ok(n) if n > 0 && buf.len() + n <= 1 << 20 => buf.extend_from_slice(&read[..n]),
+                _ => return,
+            }
+        };
+        while buf.len() < head_end + body_len {
+            match stream.read(&mut read).await {
+                Ok(n) if n > 0 => buf.extend_from_slice(&read[..n]),
+                _ => return,
+            }
+        }
+        let stored = match serde_json::from_slice::<Publish>(&buf[head_end..head_end + body_len]) {
+            Ok(publish) => match publish.subject() {
+                Some(target) => store.store(&target, publish.data.get().as_bytes()).await,
+                None => None,
+            },
+            Err(_) => None,
+        };
+        buf.drain(..head_end + body_len);
+        answer.clear();
+        match stored {
+            Some(seq) => {
+                let body = format!("{{\"ids\":[\"0-{seq}\"]}}");
+                let _ = write!(answer, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            }
+            None => answer.extend_from_slice(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"),
+        }
+        if stream.write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn content_length(head: &[u8]) -> usize {
+    let head = String::from_utf8_lossy(head);
+    head.split("\r\n")
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The part of a publish request the floor reads: one target and the data.
+#[derive(serde::Deserialize)]
+struct Publish<'a> {
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
+    #[serde(default)]
+    channels: Vec<&'a str>,
+    #[serde(default)]
+    users: Vec<&'a str>,
+}
+
+impl Publish<'_> {
+    fn subject(&self) -> Option<String> {
+        match (self.channels.first(), self.users.first()) {
+            (Some(channel), _) => Some(format!("channel.{channel}")),
+            (None, Some(user)) => Some(format!("user.{user}")),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Stores events in the stream over a NATS connection of its own and hands back the
+/// sequences of its acknowledgements: the writes of every waiting publish go out together.
+struct Store {
+    prefix: String,
+    commands: mpsc::UnboundedSender<Vec<u8>>,
+    waiting: Rc<RefCell<HashMap<u64, oneshot::Sender<u64>>>>,
+    next: Cell<u64>,
+}
+
+impl Store {
+    async fn connect(addr: &str, prefix: &str) -> Rc<Store> {
+        let nats = patiently(addr, || TcpStream::connect(addr)).await;
+        let _ = nats.set_nodelay(true);
+        let (mut reader, mut writer) = nats.into_split();
+        let (commands, mut queued) = mpsc::unbounded_channel::<Vec<u8>>();
+        let _ = commands.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\nSUB _INBOX.floor.* 1\r\n".to_vec());
+        tokio::task::spawn_local(async move {
+            let mut out = Vec::with_capacity(1 << 16);
+            while let Some(first) = queued.recv().await {
+                out.clear();
+                out.extend_from_slice(&first);
+                while let Ok(more) = queued.try_recv() {
+                    out.extend_from_slice(&more);
+                }
+                if writer.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let waiting: Rc<RefCell<HashMap<u64, oneshot::Sender<u64>>>> = Rc::default();
+        let (acks, pongs) = (waiting.clone(), commands.clone());
+        tokio::task::spawn_local(async move {
+            let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+            let mut read = vec![0u8; 1 << 16];
+            loop {
+                match reader.read(&mut read).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&read[..n]),
+                }
+                let mut at = 0;
+                while let Some(eol) = buf[at..].windows(2).position(|w| w == b"\r\n") {
+                    let line = &buf[at..at + eol];
+                    let Some(rest) = line.strip_prefix(b"MSG ") else {
+                        if line == b"PING" {
+                            let _ = pongs.send(b"PONG\r\n".to_vec());
+                        }
+                        at += eol + 2;
+                        continue;
+                    };
+                    // MSG _INBOX.floor.<n> 1 <#bytes>, the payload an acknowledgement.
+                    let mut fields = rest.split(|&b| b == b' ');
+                    let inbox = fields.next().unwrap_or_default();
+                    let len: usize =
+                        fields.next_back().and_then(|f| std::str::from_utf8(f).ok()?.parse().ok()).unwrap_or(0);
+                    let start = at + eol + 2;
+                    if buf.len() < start + len + 2 {
+                        break;
+                    }
+                    let n = inbox.rsplit(|&b| b == b'.').next().and_then(|n| std::str::from_utf8(n).ok()?.parse().ok());
+                    let seq = serde_json::from_slice::<serde_json::Value>(&buf[start..start + len])
+                        .ok()
+                        .and_then(|ack| ack["seq"].as_u64());
+                    if let (Some(n), Some(seq)) = (n, seq)
+                        && let Some(waiter) = acks.borrow_mut().remove(&n)
+                    {
+                        let _ = waiter.send(seq);
+                    }
+                    at = start + len + 2;
+                }
+                buf.drain(..at);
+            }
+        });
+        Rc::new(Store { prefix: prefix.to_owned(), commands, waiting, next: Cell::new(0) })
+    }
+
+    /// Stores `data` on `<prefix>.events.<target>` under a new message id; the sequence, once
+    /// the stream has acknowledged it.
+    async fn store(&self, target: &str, data: &[u8]) -> Option<u64> {
+        let n = self.next.get() + 1;
+        self.next.set(n);
+        let headers = format!("NATS/1.0\r\nNats-Msg-Id: floor-{n}\r\n\r\n");
+        let mut command = Vec::with_capacity(96 + headers.len() + data.len());
+        let _ = write!(
+            command,
+            "HPUB {}.events.{target} _INBOX.floor.{n} {} {}\r\n{headers}",
+            self.prefix,
+            headers.len(),
+            headers.len() + data.len()
+        );
+        command.extend_from_slice(data);
+        command.extend_from_slice(b"\r\n");
+        let (tx, rx) = oneshot::channel();
+        self.waiting.borrow_mut().insert(n, tx);
+        self.commands.send(command).ok()?;
+        rx.await.ok()
     }
 }
 
