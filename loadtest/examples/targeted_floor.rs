@@ -314,7 +314,9 @@ impl Store {
         let _ = nats.set_nodelay(true);
         let (mut reader, mut writer) = nats.into_split();
         let (commands, mut queued) = mpsc::unbounded_channel::<Vec<u8>>();
-        let _ = commands.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\nSUB _INBOX.floor.* 1\r\n".to_vec());
+        let _ = commands.send(
+            b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\nSUB _INBOX.floor.* 1\r\n".to_vec(),
+        );
         tokio::task::spawn_local(async move {
             let mut out = Vec::with_capacity(1 << 16);
             while let Some(first) = queued.recv().await {
