@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
-use super::{Proxy, eventually, free_port, nats_server_bin};
+use super::{Proxy, free_port, nats_server_bin};
 
 pub struct Node {
     pub name: String,
@@ -115,29 +115,54 @@ impl NatsCluster {
     }
 
     /// Waits until every running node routes to every other running node and agrees on a
-    /// JetStream meta leader.
+    /// JetStream meta leader. A loaded machine running several clusters at once can take tens
+    /// of seconds to elect one; past 60 s, the panic shows each node's state and log.
     pub async fn formed(&self) {
         let up: Vec<&Node> = self.nodes.iter().filter(|n| n.is_up()).collect();
-        eventually("the NATS cluster formed with a JetStream leader", Duration::from_secs(30), || async {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut state = Vec::new();
             for node in &up {
-                let Some(routez) = node.monitor("/routez").await else { return false };
-                let mut peers: Vec<&str> = routez["routes"]
-                    .as_array()
-                    .map(|rs| rs.iter().filter_map(|r| r["remote_name"].as_str()).collect())
-                    .unwrap_or_default();
-                peers.sort();
-                peers.dedup();
-                if peers.len() + 1 < up.len() {
-                    return false;
-                }
-                let Some(jsz) = node.monitor("/jsz").await else { return false };
-                if jsz["meta_cluster"]["leader"].as_str().unwrap_or("").is_empty() {
-                    return false;
-                }
+                let routes = node.monitor("/routez").await.map(|routez| {
+                    let mut peers: Vec<String> = routez["routes"]
+                        .as_array()
+                        .map(|rs| rs.iter().filter_map(|r| r["remote_name"].as_str().map(str::to_owned)).collect())
+                        .unwrap_or_default();
+                    peers.sort();
+                    peers.dedup();
+                    peers.len()
+                });
+                let leader = node
+                    .monitor("/jsz")
+                    .await
+                    .and_then(|jsz| jsz["meta_cluster"]["leader"].as_str().map(str::to_owned))
+                    .filter(|l| !l.is_empty());
+                state.push((node.name.as_str(), routes, leader));
             }
-            true
-        })
-        .await;
+            if state.iter().all(|(_, routes, leader)| routes.is_some_and(|r| r + 1 >= up.len()) && leader.is_some()) {
+                return;
+            }
+            if Instant::now() >= end {
+                let logs: Vec<String> = up
+                    .iter()
+                    .map(|n| {
+                        let log = n.log();
+                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                        format!(
+                            "--- {} (port {}):\n{}",
+                            n.name,
+                            n.port,
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "the NATS cluster did not form with a JetStream leader within 60 s; (node, routes, leader): {state:?}\n{}",
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// SIGKILLs node `i`, keeping its store for a restart.
