@@ -162,8 +162,16 @@ export interface ClientOptions {
   getToken?: (context: GetTokenContext) => string | null | undefined | Promise<string | null | undefined>;
   /** Channels always carried, besides those with subscribe() handlers. */
   channels?: string[];
-  /** Close the connection while the page is hidden; reconnect (resuming) when it is visible. */
+  /** Close the connection while the page is hidden; reconnect (resuming) when it is visible.
+   * Cannot be combined with `share: true`; setting it turns sharing off by default. */
   pauseWhenHidden?: boolean;
+  /** Share one stream with the other tabs of this origin, `url` and user (default true without
+   * pauseWhenHidden, where the Web Locks API and BroadcastChannel exist). */
+  share?: boolean;
+  /** Who the user is, for sharing, when getToken's token is not a JWT with a `sub`. */
+  shareKey?: string;
+  /** Where to find `navigator.locks` and `BroadcastChannel` (default: the globals). */
+  shareEnv?: ShareEnv;
   /** The fetch to use (default: the global fetch). */
   fetch?: typeof fetch;
   /** Called with every state change. */
@@ -192,15 +200,28 @@ export interface ClientOptions {
   document?: VisibilitySource;
 }
 
+/** The globals sharing uses (an injection point for tests). */
+export interface ShareEnv {
+  navigator?: { locks?: unknown };
+  locks?: unknown;
+  BroadcastChannel?: unknown;
+}
+
+/** A tab's part in a shared connection: "leader" holds the stream, "follower" reads the
+ * leader's, "solo" streams on its own, "joining" is finding its group. */
+export type ShareRole = 'leader' | 'follower' | 'solo' | 'joining';
+
 export type Unsubscribe = () => void;
 
 export declare class HeraldClient {
   constructor(options: ClientOptions);
-  /** The connection state. */
+  /** The connection state (a follower's: its leader's stream). */
   readonly state: ConnectionState;
+  /** This tab's part in the shared connection. */
+  readonly role: ShareRole;
   /** The resume cursor: the id of the last event seen, or "". */
   readonly lastEventId: string;
-  /** The channels the connection carries (or will), sorted. */
+  /** The channels this client subscribes to, sorted. */
   readonly channels: string[];
   /** The last `connected` frame's data, or null. */
   readonly connection: ConnectedInfo | null;

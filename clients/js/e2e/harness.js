@@ -255,6 +255,7 @@ const CLIENT_MODULES = {
   'client.js': 'client.js',
   'parser.js': 'parser.js',
   'backoff.js': 'backoff.js',
+  'share.js': 'share.js',
   'react-bindings.js': 'react-bindings.js',
 };
 
@@ -263,7 +264,8 @@ const CLIENT_MODULES = {
  *
  * - `/` and `/pages/…`: the e2e pages (`e2e/pages/`); `/client/…`: the client's modules from
  *   `src/`, as the dev gateway serves them; `files`: extra path → file path entries.
- * - `/token`: a fresh client token from `token()` (the app's backend); every call is counted.
+ * - `/token`: a fresh client token from `token(query)` (the app's backend; `query` is the request's
+ *   URLSearchParams); every call is counted.
  * - `/gw/…`: a reverse proxy to the first of `upstreams` that accepts the connection (a load
  *   balancer in front of gateways), streaming responses as they come. `hold()` queues new proxied
  *   requests until `release()`; `requests` records which upstream served each one.
@@ -298,7 +300,7 @@ export async function startSite(scope, { upstreams = [], token = null, files = {
       if (url.pathname === '/token') {
         site.tokenCalls += 1;
         res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'no-store' });
-        res.end(token ? token() : '');
+        res.end(token ? token(url.searchParams) : '');
         return;
       }
       let file = null;

@@ -6,12 +6,18 @@
 
 import { createParser } from './parser.js';
 import { Backoff, systemClock } from './backoff.js';
+import { ShareGroup, shareSupport, tokenIdentity } from './share.js';
 
 /** Connection states. */
 export const CONNECTING = 'connecting';
 export const OPEN = 'open';
 export const RECONNECTING = 'reconnecting';
 export const CLOSED = 'closed';
+
+/** A tab's part in a shared connection (`client.role`). */
+const LEADER = 'leader';
+const FOLLOWER = 'follower';
+const SOLO = 'solo';
 
 /** Event types the gateway reserves for control frames. */
 export const CONTROL_EVENTS = Object.freeze(['connected', 'reset', 'token_expired']);
@@ -72,6 +78,16 @@ export class HeraldClient {
   #onComment;
   #doc = null;
   #onVisibility = null;
+
+  // sharing one stream between the tabs of an origin and user
+  #role = SOLO;
+  #group = null; // ShareGroup, once joined
+  #peers = new Map(); // tab id -> its channels (every tab keeps it; the leader streams the union)
+  #leaderId = null;
+  #firstToken = null; // the token asked for to join, used by the first connection
+  #seen = new Set(); // ids delivered lately: a new leader's resume may repeat a few
+  #seenOrder = [];
+  #onPageHide = null;
 
   // subscriptions
   #static = new Set();
@@ -142,14 +158,31 @@ export class HeraldClient {
       }
     }
 
+    const share = options.share ?? !options.pauseWhenHidden;
+    if (share && options.pauseWhenHidden) {
+      throw new TypeError('herald: `share` and `pauseWhenHidden` cannot be combined');
+    }
+    const support = share ? shareSupport(options.shareEnv ?? globalThis) : null;
+    if (support) {
+      this.#role = 'joining';
+      this.#join(support, options.shareKey);
+    }
+
     // The first connection waits for the debounce window too, so the subscriptions made while an
     // app mounts share one request.
     this.#channelsChanged();
   }
 
-  /** "connecting" | "open" | "reconnecting" | "closed" */
+  /** "connecting" | "open" | "reconnecting" | "closed": the state of the stream this tab reads,
+   * its own or (a follower) its leader's. */
   get state() {
     return this.#state;
+  }
+
+  /** This tab's part in the shared connection: "leader" (holds the stream), "follower" (reads the
+   * leader's), "solo" (its own stream: sharing off or unsupported), or "joining" (finding out). */
+  get role() {
+    return this.#role;
   }
 
   /** The id of the last event seen (the resume cursor), or "" before any. */
@@ -157,9 +190,10 @@ export class HeraldClient {
     return this.#lastEventId;
   }
 
-  /** The channels the connection carries (or will carry), sorted. */
+  /** The channels this client subscribes to (the connection carries these, and a leader's also
+   * its followers'), sorted. */
   get channels() {
-    return this.#desiredChannels();
+    return this.#ownChannels();
   }
 
   /** The data of the last `connected` frame: {connectionId, user, channels, resumed}, or null. */
@@ -305,6 +339,10 @@ export class HeraldClient {
   reconnect() {
     if (this.#closed) return;
     this.#stopped = false;
+    if (this.#role === FOLLOWER || this.#role === 'joining') {
+      this.#group?.post({ kind: 'reconnect' });
+      return;
+    }
     this.#clearTimer('retry');
     this.#clearTimer('debounce');
     if (this.#paused) {
@@ -325,6 +363,7 @@ export class HeraldClient {
     if (this.#doc && this.#onVisibility) {
       this.#doc.removeEventListener('visibilitychange', this.#onVisibility);
     }
+    this.#leave();
     this.#setState(CLOSED);
   }
 
@@ -380,10 +419,23 @@ export class HeraldClient {
     this.#static.add(channel);
   }
 
-  #desiredChannels() {
+  #ownChannels() {
     const all = new Set(this.#static);
     for (const ch of this.#channels.keys()) all.add(ch);
     return [...all].sort();
+  }
+
+  /** What the stream asks for: this client's channels, and a leader's followers' too. */
+  #desiredChannels() {
+    if (this.#role !== LEADER) return this.#ownChannels();
+    const all = new Set(this.#ownChannels());
+    for (const channels of this.#peers.values()) for (const ch of channels) all.add(ch);
+    return [...all].sort();
+  }
+
+  /** Whether events of `channel` are for this client's handlers. */
+  #wants(channel) {
+    return this.#static.has(channel) || this.#channels.has(channel);
   }
 
   #channelsChanged() {
@@ -399,7 +451,14 @@ export class HeraldClient {
   }
 
   #syncChannels() {
-    if (this.#closed || this.#stopped || this.#paused) return;
+    if (this.#closed || this.#paused) return;
+    if (this.#role === 'joining') return; // the first hello carries the channels
+    if (this.#role === FOLLOWER) {
+      this.#hello(false);
+      return;
+    }
+    if (this.#role === LEADER) this.#hello(false);
+    if (this.#stopped) return;
     const key = this.#desiredChannels().join(',');
     if (this.#active) {
       if (key !== this.#activeKey) this.#connect();
@@ -429,7 +488,9 @@ export class HeraldClient {
     if (this.#getToken) {
       try {
         const refresh = this.#refreshToken;
-        token = await this.#getToken({ refresh });
+        const first = this.#firstToken;
+        this.#firstToken = null;
+        token = first !== null && !refresh ? first : await this.#getToken({ refresh });
       } catch (err) {
         if (gen !== this.#gen) return;
         this.#emitError({ status: 0, error: 'token_unavailable', message: messageOf(err), fatal: false, cause: err });
@@ -534,33 +595,53 @@ export class HeraldClient {
     this.#streamEnded(gen, conn);
   }
 
+  /** A frame of this client's own stream. */
   #frame(gen, conn, ev) {
     if (gen !== this.#gen) return;
-    this.#lastEventId = ev.lastEventId;
-    switch (ev.type) {
-      case 'connected': {
-        conn.connected = true;
-        conn.hint = null;
-        const data = parseJson(ev.data);
-        this.#connection = data;
-        this.#backoff.reset();
-        this.#everOpen = true;
-        this.#setState(OPEN);
-        if (gen === this.#gen) this.#emit('connected', { type: 'connected', data });
+    const frame = { type: ev.type, data: ev.data, lastEventId: ev.lastEventId, hasId: ev.hasId };
+    if (ev.type === 'connected') {
+      conn.connected = true;
+      conn.hint = null;
+      this.#backoff.reset();
+      this.#everOpen = true;
+      this.#connection = parseJson(ev.data);
+      this.#setState(OPEN);
+      if (gen !== this.#gen) return;
+    } else if (ev.type === 'token_expired') {
+      conn.tokenExpired = true;
+    }
+    if (this.#role === LEADER) this.#group?.post({ kind: 'frame', frame });
+    this.#deliver(frame);
+  }
+
+  /**
+   * Hands a frame (of this client's stream, or of the leader's) to the handlers it is for: control
+   * frames to theirs, an event of a channel only when this client subscribes to the channel. An
+   * id seen lately is dropped: a new leader resumes from the last id it saw, which can be a few
+   * behind another tab's.
+   */
+  #deliver(frame) {
+    const gen = this.#gen;
+    if (frame.hasId) {
+      if (this.#seen.has(frame.lastEventId)) return;
+      this.#remember(frame.lastEventId);
+    }
+    this.#lastEventId = frame.lastEventId;
+    switch (frame.type) {
+      case 'connected':
+        this.#connection = parseJson(frame.data);
+        this.#emit('connected', { type: 'connected', data: this.#connection });
         return;
-      }
       case 'token_expired':
-        conn.tokenExpired = true;
-        this.#emit('token_expired', { type: 'token_expired', data: parseJson(ev.data) });
-        return;
       case 'reset':
-        this.#emit('reset', { type: 'reset', data: parseJson(ev.data) });
+        this.#emit(frame.type, { type: frame.type, data: parseJson(frame.data) });
         return;
       default:
         break;
     }
-    const event = toEvent(ev);
+    const event = toEvent(frame);
     if (event.channel != null) {
+      if (!this.#wants(event.channel)) return;
       const set = this.#channels.get(event.channel);
       if (set) callAll(set, event);
       if (gen !== this.#gen) return;
@@ -568,6 +649,12 @@ export class HeraldClient {
     this.#emit(event.type, event);
     if (gen !== this.#gen) return;
     this.#emit('*', event);
+  }
+
+  #remember(id) {
+    this.#seen.add(id);
+    this.#seenOrder.push(id);
+    if (this.#seenOrder.length > SEEN_IDS) this.#seen.delete(this.#seenOrder.shift());
   }
 
   #streamEnded(gen, conn) {
@@ -707,6 +794,9 @@ export class HeraldClient {
     const prev = this.#state;
     if (prev === next) return;
     this.#state = next;
+    if (this.#role === LEADER && next !== CLOSED) {
+      this.#group?.post({ kind: 'state', state: next, connection: this.#connection });
+    }
     for (const listener of [...this.#stateListeners]) {
       try {
         listener(next, prev);
@@ -722,9 +812,170 @@ export class HeraldClient {
   }
 
   #emitError(info) {
+    if (this.#role === LEADER) {
+      const { cause, ...shared } = info;
+      this.#group?.post({ kind: 'error', info: shared });
+    }
     this.#emit('error', { type: 'error', ...info });
   }
+
+  // ---------------------------------------------------------------------------------------------
+  // sharing the stream with the other tabs of this origin and user
+
+  /** Finds this tab's group (which needs the user: from `shareKey`, or the token's `sub`) and joins it. */
+  async #join(support, shareKey) {
+    let identity;
+    if (shareKey != null) {
+      identity = `key\n${String(shareKey)}`;
+    } else if (this.#getToken) {
+      let token;
+      try {
+        token = await this.#getToken({ refresh: false });
+      } catch {
+        token = null;
+      }
+      const user = tokenIdentity(token);
+      if (token) this.#firstToken = token;
+      // A token that names no user (not a JWT): who it belongs to is unknown, so no sharing.
+      identity = user === null ? null : `sub\n${user}`;
+    } else {
+      // Cookies or a token in the URL: every tab of this origin with this URL is the same user.
+      identity = 'url';
+    }
+    if (this.#closed) return;
+    if (identity === null) {
+      this.#role = SOLO;
+      this.#syncChannels();
+      return;
+    }
+    let base;
+    try {
+      base = eventsUrl(this.#base, []);
+    } catch {
+      base = this.#base;
+    }
+    this.#role = FOLLOWER;
+    this.#group = new ShareGroup({
+      key: `${base}\n${identity}`,
+      locks: support.locks,
+      BroadcastChannel: support.BroadcastChannel,
+      onMessage: (msg) => this.#message(msg),
+      onLeader: () => this.#lead(),
+    });
+    const target = globalThis.window ?? globalThis;
+    if (typeof target?.addEventListener === 'function') {
+      // A closing tab says so; one that crashes is found out by its tab lock.
+      this.#onPageHide = () => this.#group?.post({ kind: 'bye' });
+      target.addEventListener('pagehide', this.#onPageHide);
+    }
+    this.#hello(true);
+    this.#group.start();
+  }
+
+  #leave() {
+    const group = this.#group;
+    if (!group) return;
+    this.#group = null;
+    group.post({ kind: 'bye' });
+    group.close();
+    const target = globalThis.window ?? globalThis;
+    if (this.#onPageHide) target.removeEventListener?.('pagehide', this.#onPageHide);
+  }
+
+  /** Tells the group this tab's channels; `join` asks every other tab for theirs. */
+  #hello(join) {
+    this.#group?.post({ kind: 'hello', channels: this.#ownChannels(), join });
+  }
+
+  /** This tab got the leader lock: it opens the stream for the union, from its own cursor. */
+  async #lead() {
+    if (this.#closed || !this.#group) return;
+    this.#role = LEADER;
+    this.#leaderId = this.#group.id;
+    this.#group.post({ kind: 'leader' });
+    // The tabs that went away without a word (the old leader, crashed tabs) leave the union.
+    const live = await this.#group.liveTabs();
+    if (live) for (const id of [...this.#peers.keys()]) if (!live.has(id)) this.#peers.delete(id);
+    if (this.#closed) return;
+    this.#active = false;
+    this.#activeKey = null;
+    if (this.#state === CLOSED && !this.#stopped) this.#state = RECONNECTING;
+    this.#channelsChanged();
+  }
+
+  /** A message from another tab of the group. */
+  #message(msg) {
+    if (this.#closed) return;
+    const from = msg.from;
+    switch (msg.kind) {
+      case 'hello': {
+        if (!Array.isArray(msg.channels)) return;
+        const before = this.#role === LEADER ? this.#desiredChannels().join(',') : '';
+        this.#peers.set(from, msg.channels.filter(isValidName));
+        if (msg.join) this.#hello(false);
+        if (this.#role !== LEADER) return;
+        // A newcomer learns where the stream is.
+        if (msg.join) this.#group.post({ kind: 'state', state: this.#state, connection: this.#connection, welcome: true });
+        if (this.#desiredChannels().join(',') !== before) this.#channelsChanged();
+        return;
+      }
+      case 'bye': {
+        const wasLeader = from === this.#leaderId;
+        const before = this.#role === LEADER ? this.#desiredChannels().join(',') : '';
+        this.#peers.delete(from);
+        if (this.#role === LEADER) {
+          if (this.#desiredChannels().join(',') !== before) this.#channelsChanged();
+        } else if (wasLeader) {
+          this.#leaderId = null;
+          if (!this.#stopped) this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
+        }
+        return;
+      }
+      case 'leader':
+        this.#leaderId = from;
+        if (this.#role === FOLLOWER) this.#hello(false);
+        return;
+      case 'reconnect':
+        if (this.#role === LEADER) this.reconnect();
+        return;
+      default:
+        break;
+    }
+    if (this.#role !== FOLLOWER) return;
+    // What the leader's stream does.
+    this.#leaderId = from;
+    switch (msg.kind) {
+      case 'frame':
+        if (msg.frame && typeof msg.frame.type === 'string') this.#deliver(msg.frame);
+        return;
+      case 'state': {
+        if (msg.state !== CONNECTING && msg.state !== OPEN && msg.state !== RECONNECTING) return;
+        const welcome = msg.welcome === true && msg.connection != null && msg.state === OPEN;
+        if (msg.connection != null) this.#connection = msg.connection;
+        if (msg.state === OPEN) this.#everOpen = true;
+        this.#stopped = false;
+        this.#setState(msg.state);
+        // A tab that joins an open stream has its `connected` too.
+        if (welcome) this.#emit('connected', { type: 'connected', data: this.#connection });
+        return;
+      }
+      case 'error': {
+        const info = msg.info ?? {};
+        if (info.fatal) {
+          this.#stopped = true;
+          this.#setState(CLOSED);
+        }
+        this.#emit('error', { type: 'error', ...info });
+        return;
+      }
+      default:
+        return;
+    }
+  }
 }
+
+/** How many recent ids a client remembers to drop repeats after a change of leader. */
+const SEEN_IDS = 2048;
 
 // -----------------------------------------------------------------------------------------------
 // helpers

@@ -12,6 +12,7 @@ const CLIENT_MODULES: &[(&str, &str)] = &[
     ("client.js", include_str!("../../../clients/js/src/client.js")),
     ("parser.js", include_str!("../../../clients/js/src/parser.js")),
     ("backoff.js", include_str!("../../../clients/js/src/backoff.js")),
+    ("share.js", include_str!("../../../clients/js/src/share.js")),
     ("react-bindings.js", include_str!("../../../clients/js/src/react-bindings.js")),
 ];
 

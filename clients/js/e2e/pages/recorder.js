@@ -8,24 +8,30 @@ function summary(ev) {
 
 window.heraldE2E = {
   /**
-   * @param {{url: string, channels?: string[], token?: boolean, options?: object}} config
+   * @param {{url: string, channels?: string[], token?: boolean | string, options?: object}} config
    *   channels: subscribed with client.subscribe (all in the same tick: one connection);
-   *   token: use getToken, which fetches /token from the page's origin.
+   *   token: use getToken, which fetches /token from the page's origin (a string: with that
+   *   query, e.g. "user=ana").
    */
   start({ url, channels = [], token = false, options = {} }) {
-    const rec = { events: [], states: [], controls: [], tokenRequests: [], errors: [] };
+    // events: what the channel handlers and on('*') (for events without a channel) saw;
+    // any: what on('*') saw, channel events included.
+    const rec = { events: [], any: [], states: [], controls: [], tokenRequests: [], errors: [] };
+    const tokenUrl = typeof token === 'string' ? `/token?${token}` : '/token';
     const getToken = token
       ? async ({ refresh }) => {
           rec.tokenRequests.push(refresh);
-          const res = await fetch('/token', { cache: 'no-store' });
+          const res = await fetch(tokenUrl, { cache: 'no-store' });
           if (!res.ok) throw new Error(`token endpoint: ${res.status}`);
           return res.text();
         }
       : undefined;
     const client = createClient({ url, getToken, ...options, onStateChange: (s) => rec.states.push(s) });
     for (const channel of channels) client.subscribe(channel, (ev) => rec.events.push(summary(ev)));
+    this.subscribe = (channel) => client.subscribe(channel, (ev) => rec.events.push(summary(ev))) && true;
     // The user's own events and broadcasts have no channel.
     client.on('*', (ev) => {
+      rec.any.push(summary(ev));
       if (ev.channel == null) rec.events.push(summary(ev));
     });
     for (const type of ['connected', 'reset', 'token_expired']) {

@@ -1,0 +1,195 @@
+// Sharing one stream between tabs, with two clients in one process: an in-memory Web Locks API
+// and BroadcastChannel stand for the browser's (the real ones are exercised in Chromium by
+// e2e/share.test.js). Each client has its own fake fetch and clock.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { createClient } from '../src/client.js';
+import { digest, tokenIdentity } from '../src/share.js';
+import { FakeClock, createFakeFetch, connectedFrame, eventFrame, nextEvent, nextState } from './helpers.js';
+
+/** The Web Locks API, exclusive mode: one holder per name, the rest queued in order. */
+class FakeLocks {
+  #held = new Set();
+  #queues = new Map();
+
+  request(name, options, callback) {
+    return new Promise((resolve, reject) => {
+      const entry = {
+        run: async () => {
+          this.#held.add(name);
+          try {
+            resolve(await callback({ name }));
+          } catch (err) {
+            reject(err);
+          } finally {
+            this.#held.delete(name);
+            this.#queues.get(name)?.shift()?.run();
+          }
+        },
+      };
+      const queue = this.#queues.get(name) ?? [];
+      this.#queues.set(name, queue);
+      if (!this.#held.has(name) && queue.length === 0) {
+        entry.run();
+        return;
+      }
+      queue.push(entry);
+      options?.signal?.addEventListener('abort', () => {
+        const i = queue.indexOf(entry);
+        if (i < 0) return;
+        queue.splice(i, 1);
+        reject(new DOMException('aborted', 'AbortError'));
+      });
+    });
+  }
+
+  query() {
+    return Promise.resolve({ held: [...this.#held].map((name) => ({ name })) });
+  }
+}
+
+/** BroadcastChannel in one process: messages reach the other open channels of the name, in order. */
+function fakeBroadcastChannel() {
+  const open = new Map();
+  return class {
+    constructor(name) {
+      this.name = name;
+      this.onmessage = null;
+      if (!open.has(name)) open.set(name, new Set());
+      open.get(name).add(this);
+    }
+
+    postMessage(data) {
+      for (const other of open.get(this.name) ?? []) {
+        if (other === this) continue;
+        const copy = structuredClone(data);
+        queueMicrotask(() => other.onmessage?.({ data: copy }));
+      }
+    }
+
+    close() {
+      open.get(this.name)?.delete(this);
+    }
+  };
+}
+
+/** Runs every queued message and lock grant (microtasks), then returns. */
+const flush = () => new Promise((resolve) => setImmediate(resolve));
+
+function tab(env, channels, options = {}) {
+  const clock = new FakeClock();
+  const fetch = createFakeFetch();
+  const client = createClient({ url: 'https://example.com/rt', fetch, clock, idleTimeoutMs: 0, random: () => 0.5, shareKey: 'u1', shareEnv: env, ...options });
+  // What on('*') sees: the tab's own channels and user, never another tab's channels.
+  const events = [];
+  for (const ch of channels) client.subscribe(ch, () => {});
+  client.on('*', (ev) => events.push(ev.id));
+  return { clock, fetch, client, events };
+}
+
+function browserEnv() {
+  return { navigator: { locks: new FakeLocks() }, BroadcastChannel: fakeBroadcastChannel() };
+}
+
+test('two tabs: the leader streams the union, each tab gets its own channels; a new leader resumes and drops what it delivered', async () => {
+  const env = browserEnv();
+  const a = tab(env, ['room:a']);
+  await flush();
+  assert.equal(a.client.role, 'leader');
+  const b = tab(env, ['room:b']);
+  await flush();
+  assert.equal(b.client.role, 'follower');
+
+  // The leader's first request carries both tabs' channels.
+  b.clock.advance(500); // the follower's debounce: it tells the group its channels
+  await flush();
+  a.clock.advance(500);
+  const call = await a.fetch.nextCall();
+  assert.deepEqual(call.channels, ['room:a', 'room:b']);
+  assert.equal(b.fetch.calls.length, 0, 'the follower opens no stream');
+  const body = call.open();
+  const bOpen = nextState(b.client, 'open');
+  body.push(connectedFrame({ channels: ['room:a', 'room:b'] }));
+  await bOpen;
+
+  const bGot = nextEvent(b.client, 'last');
+  body.push(
+    eventFrame({ id: 'e-1', channel: 'room:a', data: 1 }) +
+      eventFrame({ id: 'e-2', channel: 'room:b', data: 2 }) +
+      eventFrame({ id: 'e-3', data: 3 }) +
+      eventFrame({ id: 'e-4', type: 'last', data: 4 }),
+  );
+  await bGot;
+  await flush();
+  assert.deepEqual(a.events, ['e-1', 'e-3', 'e-4']);
+  assert.deepEqual(b.events, ['e-2', 'e-3', 'e-4']);
+
+  // The leader tab goes: the follower takes the lock and opens the stream for its own channels,
+  // from the last id it saw.
+  a.client.close();
+  await flush();
+  assert.equal(b.client.role, 'leader');
+  b.clock.advance(500);
+  const next = await b.fetch.nextCall();
+  assert.deepEqual(next.channels, ['room:b']);
+  assert.equal(next.headers.get('last-event-id'), 'e-4');
+  const body2 = next.open();
+  body2.push(connectedFrame({ channels: ['room:b'], resumed: true }));
+  // A resume from an older cursor repeats what this tab delivered already: dropped.
+  const marker = nextEvent(b.client, 'last');
+  body2.push(eventFrame({ id: 'e-3', data: 3 }) + eventFrame({ id: 'e-5', channel: 'room:b', data: 5 }) + eventFrame({ id: 'e-6', type: 'last', data: 6 }));
+  await marker;
+  assert.deepEqual(b.events, ['e-2', 'e-3', 'e-4', 'e-5', 'e-6']);
+  b.client.close();
+});
+
+test('a follower subscribing to a new channel makes the leader reopen with the union, from its cursor', async () => {
+  const env = browserEnv();
+  const a = tab(env, ['room:a']);
+  await flush();
+  const b = tab(env, ['room:b']);
+  await flush();
+  a.clock.advance(500);
+  const call = await a.fetch.nextCall();
+  const body = call.open();
+  const opened = nextState(a.client, 'open');
+  body.push(connectedFrame({ channels: ['room:a', 'room:b'] }) + eventFrame({ id: 'e-1', channel: 'room:a', data: 1 }));
+  await opened;
+  await flush();
+
+  b.client.subscribe('room:c', () => {});
+  b.clock.advance(500); // the follower's debounce: it tells the group
+  await flush();
+  a.clock.advance(500); // the leader's debounce: it reopens
+  const reopened = await a.fetch.nextCall();
+  assert.deepEqual(reopened.channels, ['room:a', 'room:b', 'room:c']);
+  assert.equal(reopened.headers.get('last-event-id'), 'e-1');
+  a.client.close();
+  b.client.close();
+});
+
+test('tabs of different users, or with sharing off, do not share', async () => {
+  const env = browserEnv();
+  const u1 = tab(env, ['room:a']);
+  const u2 = tab(env, ['room:a'], { shareKey: 'u2' });
+  const solo = tab(env, ['room:a'], { share: false });
+  await flush();
+  assert.deepEqual([u1.client.role, u2.client.role, solo.client.role], ['leader', 'leader', 'solo']);
+  for (const t of [u1, u2, solo]) t.client.close();
+
+  // Without a shareKey, the token's issuer and subject name the user.
+  const jwt = (claims) => `e30.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.sig`;
+  assert.equal(tokenIdentity(jwt({ sub: 'ana', iss: 'https://id' })), 'https://id\nana');
+  assert.notEqual(tokenIdentity(jwt({ sub: 'ana' })), tokenIdentity(jwt({ sub: 'ben' })));
+  assert.equal(tokenIdentity('opaque-token'), null);
+  assert.equal(tokenIdentity(jwt({ name: 'no sub' })), null);
+  const ana = tab(env, [], { shareKey: undefined, getToken: async () => jwt({ sub: 'ana' }) });
+  const ben = tab(env, [], { shareKey: undefined, getToken: async () => jwt({ sub: 'ben' }) });
+  const opaque = tab(env, [], { shareKey: undefined, getToken: async () => 'opaque' });
+  await flush();
+  assert.deepEqual([ana.client.role, ben.client.role, opaque.client.role], ['leader', 'leader', 'solo']);
+  for (const t of [ana, ben, opaque]) t.client.close();
+  assert.match(digest('x'), /^[0-9a-f]{16}$/);
+  assert.notEqual(digest('https://gw\nsub\nana'), digest('https://gw\nsub\nben'));
+});
