@@ -77,7 +77,7 @@ export declare function useConnectionState(): ConnectionState;
 export declare function useRealtimeClient(): HeraldClient | null;
 
 /** Builds the bindings against a given React (what this module does with `react`). */
-export declare function createReactBindings(react: unknown): {
+export declare function createReactBindings(react: typeof import('react')): {
   RealtimeContext: typeof RealtimeContext;
   RealtimeProvider: typeof RealtimeProvider;
   useRealtimeClient: typeof useRealtimeClient;

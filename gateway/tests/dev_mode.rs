@@ -40,8 +40,24 @@ async fn dev_mode_streams_without_nats_or_tokens() {
     assert_eq!(client.status, 200);
     assert_eq!(client.header("content-type"), Some("text/javascript; charset=utf-8"));
     assert!(String::from_utf8_lossy(&client.body).contains("createClient"));
-    assert_eq!(http(gw.addr, "GET", "/client/client.js", &[], None).await.status, 200);
     assert_eq!(http(gw.addr, "GET", "/client/nope.js", &[], None).await.status, 404);
+
+    // Every module of the browser client is served (index.js as herald.js), so a page importing
+    // herald.js loads all it imports; react.js imports `react` and is for bundlers only.
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/js/src");
+    let mut served = 0;
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if !name.ends_with(".js") || name == "react.js" {
+            continue;
+        }
+        let path = if name == "index.js" { "/client/herald.js".to_owned() } else { format!("/client/{name}") };
+        let module = http(gw.addr, "GET", &path, &[], None).await;
+        assert_eq!(module.status, 200, "{path}");
+        assert_eq!(module.body, std::fs::read(src.join(&name)).unwrap(), "{path} is clients/js/src/{name}");
+        served += 1;
+    }
+    assert!(served >= 6, "the client's modules: {served}");
 }
 
 #[test]

@@ -20,6 +20,7 @@ const FOLLOWER = 'follower';
 const SOLO = 'solo';
 
 /** Event types the gateway reserves for control frames. */
+/** @type {readonly ['connected', 'reset', 'token_expired']} */
 export const CONTROL_EVENTS = Object.freeze(['connected', 'reset', 'token_expired']);
 
 /** Event types no client event may use: the gateway's own frames, and `error`. */
@@ -31,6 +32,9 @@ const TYPE = /^[A-Za-z0-9_\-:.]{1,64}$/;
 /**
  * Whether `name` is a valid Herald user or channel name: 1–128 ASCII letters, digits and
  * `_ - : @ = + ~`, with `.` separating non-empty segments.
+ *
+ * @param {unknown} name
+ * @returns {name is string}
  */
 export function isValidName(name) {
   return typeof name === 'string' && name.length >= 1 && name.length <= 128 && NAME.test(name);
@@ -39,6 +43,9 @@ export function isValidName(name) {
 /**
  * Whether `type` can name a client event: 1–64 ASCII letters, digits and `_ - : .`, and none of
  * the types the gateway reserves (`connected`, `reset`, `token_expired`, `presence`, `error`).
+ *
+ * @param {unknown} type
+ * @returns {type is string}
  */
 export function isValidEventType(type) {
   return typeof type === 'string' && TYPE.test(type) && !RESERVED_TYPES.has(type);
@@ -51,7 +58,7 @@ export function isValidEventType(type) {
 export class HeraldRequestError extends Error {
   constructor({ status, error, message, body = null, retryAfter, cause }) {
     super(message, cause === undefined ? undefined : { cause });
-    this.name = 'HeraldRequestError';
+    this.name = /** @type {const} */ ('HeraldRequestError');
     this.status = status;
     this.error = error;
     this.body = body;
@@ -80,6 +87,7 @@ export class HeraldClient {
   #onVisibility = null;
 
   // sharing one stream between the tabs of an origin and user
+  /** @type {import('../index.js').ShareRole} */
   #role = SOLO;
   #group = null; // ShareGroup, once joined
   #peers = new Map(); // tab id -> its channels (every tab keeps it; the leader streams the union)
@@ -96,6 +104,7 @@ export class HeraldClient {
   #stateListeners = new Set();
 
   // connection
+  /** @type {import('../index.js').ConnectionState} */
   #state = CONNECTING;
   #gen = 0;
   #abort = null;
@@ -174,13 +183,15 @@ export class HeraldClient {
   }
 
   /** "connecting" | "open" | "reconnecting" | "closed": the state of the stream this tab reads,
-   * its own or (a follower) its leader's. */
+   * its own or (a follower) its leader's.
+   * @returns {import('../index.js').ConnectionState} */
   get state() {
     return this.#state;
   }
 
   /** This tab's part in the shared connection: "leader" (holds the stream), "follower" (reads the
-   * leader's), "solo" (its own stream: sharing off or unsupported), or "joining" (finding out). */
+   * leader's), "solo" (its own stream: sharing off or unsupported), or "joining" (finding out).
+   * @returns {import('../index.js').ShareRole} */
   get role() {
     return this.#role;
   }

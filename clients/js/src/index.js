@@ -1,4 +1,5 @@
-// herald-client: the browser client for Herald gateways.
+// herald-client: the browser client for Herald gateways. Only the public API is exported here;
+// the SSE parser and the backoff are internals of the client.
 export {
   createClient,
   HeraldClient,
@@ -12,5 +13,3 @@ export {
   CLOSED,
   CONTROL_EVENTS,
 } from './client.js';
-export { createParser } from './parser.js';
-export { Backoff, backoffCeiling, fullJitter, systemClock, DEFAULT_BASE_MS, DEFAULT_CAP_MS } from './backoff.js';

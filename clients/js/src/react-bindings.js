@@ -39,7 +39,7 @@ export function createReactBindings(React) {
     return ref;
   }
 
-  const RealtimeContext = createContext(null);
+  const RealtimeContext = createContext(/** @type {import('../react.js').RealtimeContextValue | null} */ (null));
   RealtimeContext.displayName = 'HeraldRealtime';
 
   /**
@@ -48,6 +48,7 @@ export function createReactBindings(React) {
    * and recreates it only when `options.url` changes; `getToken` and `onStateChange` are always
    * read from the latest props).
    */
+  /** @param {import('../react.js').RealtimeProviderProps} props */
   function RealtimeProvider({ client, options, children }) {
     if (!client && !options) {
       throw new TypeError('RealtimeProvider needs a `client` or `options` prop');
@@ -112,6 +113,11 @@ export function createReactBindings(React) {
   /**
    * Receives the events of `channels` plus the user's own and broadcast events (the ones with no
    * channel). `lastEvent` is the latest of them.
+   */
+  /**
+   * @template [T=unknown]
+   * @param {import('../react.js').EventStreamOptions<T>} [options]
+   * @returns {import('../react.js').EventStreamResult<T>}
    */
   function useEventStream({ channels = [], onEvent } = {}) {
     const ctx = useContext(RealtimeContext);

@@ -1,3 +1,5 @@
+'use client';
+
 // herald-client/react: React bindings (React >= 18, an optional peer dependency).
 import React from 'react';
 import { createReactBindings } from './react-bindings.js';

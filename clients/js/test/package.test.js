@@ -16,6 +16,12 @@ test('package.json: ESM, exports, optional React peer, no runtime dependencies',
   assert.deepEqual(pkg.peerDependenciesMeta, { react: { optional: true } });
   assert.equal(pkg.dependencies, undefined);
   assert.equal(pkg.scripts.test, 'node --test test/*.test.js');
+  assert.equal(pkg.scripts.typecheck, 'tsc --noEmit -p .');
+  assert.equal(pkg.engines.node, '>=20');
+  assert.equal(pkg.repository.directory, 'clients/js');
+  assert.match(pkg.repository.url, /^https:\/\/github\.com\/.+\.git$/);
+  assert.match(pkg.homepage, /docs\/client\.md$/);
+  assert.match(pkg.bugs, /\/issues$/);
   // Test-only dependencies, pinned exactly (package-lock.json holds the rest).
   for (const [name, version] of Object.entries(pkg.devDependencies ?? {})) {
     assert.match(version, /^\d+\.\d+\.\d+$/, `devDependency ${name} is pinned`);
@@ -28,6 +34,15 @@ test('the package resolves by its own name and exports what index.d.ts declares'
   const declared = [...dts.matchAll(/^export declare (?:const|function|class) (\w+)/gm)].map((m) => m[1]);
   assert.deepEqual([...declared].sort(), Object.keys(mod).sort());
   assert.equal(typeof mod.createClient, 'function');
+  // The parser, the backoff and the clock are the client's internals, not its API.
+  for (const internal of ['createParser', 'Backoff', 'systemClock', 'backoffCeiling', 'fullJitter']) {
+    assert.equal(mod[internal], undefined, `${internal} is not exported`);
+  }
+});
+
+test('the React entry is a client module: "use client" comes first', async () => {
+  const src = await read('src/react.js');
+  assert.match(src, /^'use client';\n/);
 });
 
 test('react.d.ts declares what src/react.js exports', async () => {
