@@ -273,6 +273,39 @@ test('a follower subscribes to a new channel: the leader reopens with the union,
   await waitFor('the gateway to drop the closed tabs', async () => (await stats(gw.url)).connections === 0);
 });
 
+test('a union the gateway refuses: every tab streams on its own, only the tab that asked for too much is refused', { timeout: 60000 }, async () => {
+  const first = await openTab(browser, 'fay', ['room:a']);
+  await settled([first], ['room:a'], 1);
+  const second = await openTab(browser, 'fay', ['room:b']);
+  await settled([first, second], ['room:a', 'room:b'], 1);
+
+  const published = [];
+  const send = async (to) => {
+    const target = to === 'user' ? { users: ['fay'] } : { channels: [to] };
+    published.push({ id: await publishOne({ type: 'tick', data: published.length, ...target }), to });
+  };
+  for (const to of ['user', 'room:a', 'room:b']) await send(to);
+  // The token allows room:* only: the union with vault:1 is refused (403 channel_not_allowed).
+  await second.evaluate(() => window.heraldE2E.subscribe('vault:1'));
+  await second.waitForFunction(() => window.rec.errors.some((e) => e.fatal), null, { timeout: 15000 });
+  for (const to of ['user', 'room:a', 'room:b']) await send(to);
+  await waitFor('the first tab open on its own', async () => {
+    const s = await look(first);
+    return s.role === 'solo' && s.state === 'open' && s.channels?.join(',') === 'room:a';
+  });
+  for (const to of ['user', 'room:a', 'room:b']) await send(to);
+  await drained([first], 'fay');
+
+  const one = await look(first);
+  assert.deepEqual(ids(one.events), published.filter((p) => p.to !== 'room:b').map((p) => p.id), 'the first tab lost nothing');
+  assert.deepEqual(one.errors, [], 'the first tab was not refused');
+  const two = await look(second);
+  assert.equal(two.role, 'solo');
+  assert.equal(two.state, 'closed');
+  assert.deepEqual(two.errors.map((e) => [e.status, e.error, e.fatal]), [[403, 'channel_not_allowed', true]]);
+  assert.equal((await stats(gw.url)).connections, 1);
+});
+
 test('different users never share: two browsers, and two users in one browser, each on their own connection', { timeout: 60000 }, async () => {
   const other = await launchBrowser(scope);
   const dee = await openTab(browser, 'dee', ['room:shared']);

@@ -718,6 +718,14 @@ export class HeraldClient {
   }
 
   #fatal(info) {
+    if (this.#role === LEADER) {
+      // The union of the tabs' channels was refused (a channel one tab may not read, too many
+      // channels together, …): every tab goes back to its own stream and meets the answer it
+      // would meet alone.
+      this.#group?.post({ kind: 'dissolve' });
+      this.#goSolo();
+      return;
+    }
     this.#stopped = true;
     this.#clearTimer('retry');
     this.#clearTimer('debounce');
@@ -898,6 +906,16 @@ export class HeraldClient {
     this.#group?.post({ kind: 'hello', channels: this.#ownChannels(), join });
   }
 
+  /** Leaves the group for good and streams on its own from its cursor (see #fatal). */
+  #goSolo() {
+    this.#leave();
+    this.#role = SOLO;
+    this.#leaderId = null;
+    this.#peers.clear();
+    this.#stopped = false;
+    this.#connect();
+  }
+
   /** This tab got the leader lock: it opens the stream for the union, from its own cursor. */
   async #lead() {
     if (this.#closed || !this.#group) return;
@@ -906,8 +924,8 @@ export class HeraldClient {
     this.#group.post({ kind: 'leader' });
     // The tabs that went away without a word (the old leader, crashed tabs) leave the union.
     const live = await this.#group.liveTabs();
+    if (this.#closed || this.#role !== LEADER) return; // closed, or the group dissolved meanwhile
     if (live) for (const id of [...this.#peers.keys()]) if (!live.has(id)) this.#peers.delete(id);
-    if (this.#closed) return;
     this.#active = false;
     this.#activeKey = null;
     if (this.#state === CLOSED && !this.#stopped) this.#state = RECONNECTING;
@@ -948,6 +966,9 @@ export class HeraldClient {
         return;
       case 'reconnect':
         if (this.#role === LEADER) this.reconnect();
+        return;
+      case 'dissolve':
+        this.#goSolo();
         return;
       default:
         break;
