@@ -3,7 +3,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { Scope, ensureArtifactsDir, launchBrowser, newPage, publish, startGateway, startSite } from './harness.js';
+import { Scope, ensureArtifactsDir, launchBrowser, newPage, publish, startGateway, startSite, waitFor } from './harness.js';
 
 const scope = new Scope();
 let gw;
@@ -92,6 +92,31 @@ test('the demo page shows a published booking update, and its own buttons drive 
   assert.deepEqual([...origins], [gw.url], 'no external resources');
   assert.deepEqual(page.errors, []);
   await page.close();
+});
+
+test('two tabs of the demo page share one connection; the second takes over when the first closes', { timeout: 60000 }, async () => {
+  const first = await newPage(browser);
+  await first.goto(`${gw.url}/?user=dora`);
+  await waitText(first, '#connection-state', 'open');
+  await waitText(first, '#connection-role', '· this tab holds the connection');
+  const second = await newPage(browser);
+  await second.goto(`${gw.url}/?user=dora`);
+  await waitText(second, '#connection-state', 'open');
+  await waitText(second, '#connection-role', '· shared with another tab');
+  const connections = async () => (await (await fetch(`${gw.url}/stats`)).json()).connections;
+  await waitFor('one connection for both tabs', async () => (await connections()) === 1);
+
+  await publish(gw.url, { type: 'booking_update', data: { bookingId: '42', status: 'confirmed' }, channels: ['booking:42'] });
+  for (const page of [first, second]) await waitText(page, '#booking-status', 'confirmed');
+
+  await first.close();
+  await waitText(second, '#connection-role', '· this tab holds the connection');
+  await waitText(second, '#connection-state', 'open');
+  await publish(gw.url, { type: 'booking_update', data: { bookingId: '42', status: 'cancelled' }, channels: ['booking:42'] });
+  await waitText(second, '#booking-status', 'cancelled');
+  assert.equal(await connections(), 1);
+  assert.deepEqual(second.errors, []);
+  await second.close();
 });
 
 test('the demo page works behind a path prefix', { timeout: 60000 }, async () => {
