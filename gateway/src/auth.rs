@@ -12,12 +12,11 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::jwks::RemoteKeys;
+use crate::jwks::{RemoteKeys, VerifyKey, keys_of_jwks};
 use crate::names::{Name, NameError, validate_name};
 
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
@@ -150,11 +149,6 @@ struct Claims {
 enum OneOrMany {
     One(#[allow(dead_code)] String),
     Many(#[allow(dead_code)] Vec<String>),
-}
-
-pub(crate) struct VerifyKey {
-    pub(crate) kid: Option<String>,
-    key: DecodingKey,
 }
 
 /// Verifies client tokens against the configured keys: those of files and secrets, loaded at
@@ -334,37 +328,6 @@ impl Verifier {
         }
         v
     }
-}
-
-/// The keys of a JWKS document. `lenient` (a provider's document, fetched): keys that cannot
-/// verify tokens here (encryption keys, unsupported curves) are skipped rather than refused; at
-/// least one must remain.
-pub(crate) fn keys_of_jwks(text: &[u8], lenient: bool) -> Result<Vec<VerifyKey>, String> {
-    let set: JwkSet = serde_json::from_slice(text).map_err(|e| format!("not a JWKS document: {e}"))?;
-    let mut keys = Vec::with_capacity(set.keys.len());
-    for jwk in &set.keys {
-        let usable = || -> Result<VerifyKey, String> {
-            if let AlgorithmParameters::EllipticCurve(p) = &jwk.algorithm
-                && !matches!(p.curve, EllipticCurve::P256 | EllipticCurve::P384)
-            {
-                return Err(format!("unsupported curve {:?}", p.curve));
-            }
-            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-                return Err(format!("key {:?} is for encryption", jwk.common.key_id));
-            }
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {:?}: {e}", jwk.common.key_id))?;
-            Ok(VerifyKey { kid: jwk.common.key_id.clone(), key })
-        };
-        match usable() {
-            Ok(key) => keys.push(key),
-            Err(e) if lenient => tracing::debug!(error = %e, "skipping a key of the key set"),
-            Err(e) => return Err(e),
-        }
-    }
-    if keys.is_empty() {
-        return Err("the key set has no key to verify tokens with".into());
-    }
-    Ok(keys)
 }
 
 fn grant_from(claims: Claims, issuer_required: bool, audience_required: bool) -> Result<Grant, AuthError> {

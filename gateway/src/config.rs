@@ -10,10 +10,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::{ChannelPattern, Verifier};
+use crate::broker::HistoryLimits;
 use crate::broker::nats::{History, NatsOptions, StreamOptions};
 use crate::jwks::RemoteKeys;
 use crate::names::validate_name;
-use crate::publish_keys::PublishKeys;
+use crate::publish_keys::{KeyAuth, PublishKeys};
 
 #[derive(Parser, Debug)]
 #[command(name = "herald-gateway", version, about = "Herald: real-time push over Server-Sent Events, backed by NATS")]
@@ -29,9 +30,54 @@ pub enum Command {
     /// Run a self-contained development gateway: in-process broker, no auth, demo page.
     Dev(Box<DevArgs>),
     /// Publish one event from a shell, through NATS or a gateway's HTTP API.
-    Publish(crate::cli::PublishArgs),
+    Publish(PublishArgs),
     /// Check a running gateway end to end: open a stream, publish, receive.
     Selftest(crate::selftest::SelftestArgs),
+}
+
+/// `herald-gateway publish`: one event from a shell (run by [`crate::publish_command`]).
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// Event type (the SSE `event:` name).
+    #[arg(long = "type", default_value = "message")]
+    pub event_type: String,
+    /// Deliver to this user; repeatable.
+    #[arg(long = "user")]
+    pub users: Vec<String>,
+    /// Deliver to this channel; repeatable.
+    #[arg(long = "channel")]
+    pub channels: Vec<String>,
+    /// Deliver to every connected client.
+    #[arg(long)]
+    pub broadcast: bool,
+    /// The JSON payload; `-` reads it from standard input.
+    #[arg(long)]
+    pub data: String,
+    /// Deliver live only: not stored, no id, not resumable.
+    #[arg(long)]
+    pub ephemeral: bool,
+    /// Idempotency key (1–128 of letters, digits and `_ . : -`): repeating the publish with it
+    /// within the history's duplicate window stores nothing new and prints the same ids.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Publish through the HTTP API of the gateway at this base URL (http://host:port).
+    #[arg(long, env = "HERALD_URL")]
+    pub url: Option<String>,
+    /// Publisher key for the HTTP API.
+    #[arg(long, env = "HERALD_PUBLISH_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// File holding the publisher key (first line).
+    #[arg(long, env = "HERALD_PUBLISH_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Publish straight to NATS at this URL (used when --url is not given).
+    #[arg(long, env = "HERALD_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// NATS credentials file (.creds).
+    #[arg(long, env = "HERALD_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// Prefix of every NATS subject.
+    #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = "herald")]
+    pub subject_prefix: String,
 }
 
 #[derive(Args, Debug)]
@@ -203,15 +249,6 @@ pub enum ClientAuth {
     Jwt(Arc<Verifier>),
 }
 
-/// How an endpoint guarded by a keys file (`POST /v1/publish`, `/dashboard`) authenticates.
-pub enum KeyAuth {
-    /// `dev` mode: no key needed.
-    Open,
-    Keys(PublishKeys),
-    /// No keys configured: the endpoint is refused.
-    Disabled,
-}
-
 /// Tuning shared by both modes, validated.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -235,15 +272,6 @@ pub struct Settings {
     pub client_event_max_bytes: usize,
     pub client_event_rate: u32,
     pub client_event_burst: u32,
-}
-
-/// How much history is kept for resuming.
-#[derive(Clone, Copy, Debug)]
-pub struct HistoryLimits {
-    pub max_age: Duration,
-    pub max_per_subject: u64,
-    /// How long a publish id is remembered (the stream's duplicate window).
-    pub dedup_window: Duration,
 }
 
 /// The entry of `--allowed-origins` that dev mode uses by default: any page served from this

@@ -18,8 +18,8 @@ use actix_web::rt::time::{Instant, sleep, sleep_until};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
+use crate::close_reason::CloseReason;
 use crate::limits::Admission;
-use crate::outbox::CloseReason;
 use crate::sse;
 
 /// How long closed streams get to flush their last frames before the server stops.

@@ -56,9 +56,10 @@ use slab::Slab;
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::{Broker, BrokerError, EventStream, Replay};
+use crate::close_reason::CloseReason;
 use crate::event::{Delivery, EventId, Target};
 use crate::metrics::Metrics;
-use crate::outbox::{CloseReason, Outbox, Rejected};
+use crate::outbox::{Outbox, Rejected};
 use crate::sse;
 use crate::trace;
 

@@ -11,14 +11,17 @@
 //! by the provider takes no traffic.
 //!
 //! Fetches run on a thread of their own ("herald-keys"), outside the HTTP workers and the hub.
+//!
+//! The keys of a JWKS document, a file's or a URL's, are read here too ([`keys_of_jwks`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use jsonwebtoken::DecodingKey;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
 use parking_lot::RwLock;
 
-use crate::auth::{VerifyKey, keys_of_jwks};
 use crate::metrics::Metrics;
 
 /// Least time between two fetches of one URL for tokens naming unknown key ids.
@@ -250,6 +253,43 @@ fn is_loopback(url: &reqwest::Url) -> bool {
 /// exporter build their TLS on it). Idempotent.
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A key tokens are verified with: from a file, a secret or a key set; `kid` selects it.
+pub(crate) struct VerifyKey {
+    pub(crate) kid: Option<String>,
+    pub(crate) key: DecodingKey,
+}
+
+/// The keys of a JWKS document. `lenient` (a provider's document, fetched): keys that cannot
+/// verify tokens here (encryption keys, unsupported curves) are skipped rather than refused; at
+/// least one must remain.
+pub(crate) fn keys_of_jwks(text: &[u8], lenient: bool) -> Result<Vec<VerifyKey>, String> {
+    let set: JwkSet = serde_json::from_slice(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys = Vec::with_capacity(set.keys.len());
+    for jwk in &set.keys {
+        let usable = || -> Result<VerifyKey, String> {
+            if let AlgorithmParameters::EllipticCurve(p) = &jwk.algorithm
+                && !matches!(p.curve, EllipticCurve::P256 | EllipticCurve::P384)
+            {
+                return Err(format!("unsupported curve {:?}", p.curve));
+            }
+            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                return Err(format!("key {:?} is for encryption", jwk.common.key_id));
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {:?}: {e}", jwk.common.key_id))?;
+            Ok(VerifyKey { kid: jwk.common.key_id.clone(), key })
+        };
+        match usable() {
+            Ok(key) => keys.push(key),
+            Err(e) if lenient => tracing::debug!(error = %e, "skipping a key of the key set"),
+            Err(e) => return Err(e),
+        }
+    }
+    if keys.is_empty() {
+        return Err("the key set has no key to verify tokens with".into());
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@
 
 pub mod auth;
 pub mod broker;
-pub mod cli;
+pub mod close_reason;
 pub mod config;
 pub mod dashboard;
 pub mod drain;
@@ -33,6 +33,7 @@ pub mod names;
 pub mod outbox;
 pub mod peer;
 pub mod presence;
+pub mod publish_command;
 pub mod publish_keys;
 pub mod rate;
 pub mod resume;
@@ -42,3 +43,4 @@ pub mod session;
 pub mod sse;
 pub mod telemetry;
 pub mod trace;
+pub mod trace_context;

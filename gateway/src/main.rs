@@ -1,6 +1,6 @@
 use clap::Parser;
 use herald_gateway::config::{Cli, Command, Config};
-use herald_gateway::{cli, selftest, server, telemetry};
+use herald_gateway::{publish_command, selftest, server, telemetry};
 
 // jemalloc rather than the system allocator: it gives the memory of closed connections back to
 // the kernel (after ~10 s of decay), where glibc keeps a pod's peak heap resident after a burst
@@ -14,7 +14,7 @@ fn main() {
     herald_gateway::jwks::install_crypto();
     let cli = Cli::parse();
     let (config, log_format) = match cli.command {
-        Command::Publish(args) => std::process::exit(cli::publish(args)),
+        Command::Publish(args) => std::process::exit(publish_command::publish(args)),
         Command::Selftest(args) => std::process::exit(selftest::run(args)),
         Command::Serve(args) => {
             let format = args.common.log_format;

@@ -16,41 +16,12 @@ use actix_web::body::{BodySize, MessageBody};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
+use crate::close_reason::CloseReason;
 use crate::metrics::{Metrics, unix_nanos};
 use crate::peer::PeerSocket;
 
 /// Largest chunk the body hands to the socket at once.
 const MAX_CHUNK: usize = 64 * 1024;
-
-/// Why a stream ended. Also the `reason` label of closed connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client went away (a failed write or a closed socket).
-    Client,
-    /// The client did not read fast enough and its queue filled up.
-    Slow,
-    /// The client's token expired.
-    TokenExpired,
-    /// The gateway is shutting down.
-    Drain,
-    /// The gateway was at capacity.
-    Overload,
-    /// The subscription behind the stream failed.
-    Error,
-}
-
-impl CloseReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::Client => "client",
-            CloseReason::Slow => "slow",
-            CloseReason::TokenExpired => "token_expired",
-            CloseReason::Drain => "drain",
-            CloseReason::Overload => "overload",
-            CloseReason::Error => "error",
-        }
-    }
-}
 
 /// What a queued frame is, for the metrics counted when it reaches the socket: a control frame
 /// (0), a live event without a publish stamp (1), or a live event stamped at that many Unix

@@ -95,6 +95,15 @@ impl PublishKeys {
     }
 }
 
+/// How an endpoint guarded by a keys file (`POST /v1/publish`, `/dashboard`) authenticates.
+pub enum KeyAuth {
+    /// `dev` mode: no key needed.
+    Open,
+    Keys(PublishKeys),
+    /// No keys configured: the endpoint is refused.
+    Disabled,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

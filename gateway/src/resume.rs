@@ -12,7 +12,6 @@
 //! (`Outbox`): a durable event at or below the last one a stream sent is never sent again, so
 //! whatever the replay carried is dropped from the held events, and nothing older follows.
 
-use crate::broker::ResetReason;
 use crate::event::EventId;
 
 /// What a history holds at one moment.
@@ -92,6 +91,27 @@ pub fn after_walk(
     }
     let truncated = per_subject_cap > 0 && most_on_a_subject >= per_subject_cap;
     (after.seq.saturating_add(1) < now.first || truncated).then_some(ResetReason::HistoryExpired)
+}
+
+/// Why a resume could not be served from history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetReason {
+    /// Events after the client's id were already dropped by the retention limits.
+    HistoryExpired,
+    /// The id belongs to another history (a recreated stream, another dev process).
+    EpochChanged,
+    /// More events than `--max-replay` were missed.
+    TooMany,
+}
+
+impl ResetReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::HistoryExpired => "history_expired",
+            ResetReason::EpochChanged => "epoch_changed",
+            ResetReason::TooMany => "too_many",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
 use bytes::Bytes;
 
+use crate::close_reason::CloseReason;
 use crate::hub::Membership;
 use crate::limits::Permit;
 use crate::metrics::Metrics;
 use crate::names::Name;
-use crate::outbox::{CloseReason, Outbox};
+use crate::outbox::Outbox;
 use crate::presence::PresenceGuard;
 use crate::sse;
 use crate::trace;

@@ -54,7 +54,13 @@ async fn dev_mode_streams_without_nats_or_tokens() {
         let path = if name == "index.js" { "/client/herald.js".to_owned() } else { format!("/client/{name}") };
         let module = http(gw.addr, "GET", &path, &[], None).await;
         assert_eq!(module.status, 200, "{path}");
-        assert_eq!(module.body, std::fs::read(src.join(&name)).unwrap(), "{path} is clients/js/src/{name}");
+        let source = std::fs::read(src.join(&name)).unwrap();
+        assert!(
+            module.body == source,
+            "{path} is not clients/js/src/{name} ({} bytes served, {} in the file): rebuild the gateway",
+            module.body.len(),
+            source.len()
+        );
         served += 1;
     }
     assert!(served >= 6, "the client's modules: {served}");

@@ -38,8 +38,8 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
 use std::rc::Rc;
 
+use herald_gateway::broker::HistoryLimits;
 use herald_gateway::broker::nats::{StreamOptions, stream_config};
-use herald_gateway::config::HistoryLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};

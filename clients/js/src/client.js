@@ -92,10 +92,13 @@ export class HeraldClient {
   #group = null; // ShareGroup, once joined
   #peers = new Map(); // tab id -> its channels (every tab keeps it; the leader streams the union)
   #leaderId = null;
-  #firstToken = null; // the token asked for to join, used by the first connection
+  #identity = null; // the user this tab shares as, when it came from a token (see #sameUser)
+  #firstToken = null; // the token asked for to join, used by a connection soon after
+  #firstTokenAt = 0;
   #seen = new Set(); // ids delivered lately: a new leader's resume may repeat a few
   #seenOrder = [];
   #onPageHide = null;
+  #onPageShow = null;
 
   // subscriptions
   #static = new Set();
@@ -404,6 +407,7 @@ export class HeraldClient {
           throw new HeraldRequestError({ status: 0, error: 'token_unavailable', message: messageOf(err), cause: err });
         }
         if (token) headers.Authorization = `Bearer ${token}`;
+        if (!this.#sameUser(token)) this.#goSolo();
       }
       let response;
       try {
@@ -500,8 +504,9 @@ export class HeraldClient {
       try {
         const refresh = this.#refreshToken;
         const first = this.#firstToken;
+        const fresh = first !== null && this.#clock.now() - this.#firstTokenAt < FIRST_TOKEN_MS;
         this.#firstToken = null;
-        token = first !== null && !refresh ? first : await this.#getToken({ refresh });
+        token = fresh && !refresh ? first : await this.#getToken({ refresh });
       } catch (err) {
         if (gen !== this.#gen) return;
         this.#emitError({ status: 0, error: 'token_unavailable', message: messageOf(err), fatal: false, cause: err });
@@ -510,6 +515,11 @@ export class HeraldClient {
       }
       if (gen !== this.#gen) return;
       this.#refreshToken = false;
+      if (!this.#sameUser(token)) {
+        // Another user signed in on this tab: its stream is not the group's any more.
+        this.#goSolo();
+        return;
+      }
     }
 
     const headers = { Accept: 'text/event-stream' };
@@ -636,8 +646,12 @@ export class HeraldClient {
     if (frame.hasId) {
       if (this.#seen.has(frame.lastEventId)) return;
       this.#remember(frame.lastEventId);
+      // Only a frame with an id moves the cursor: the others carry the stream's, which a new
+      // leader resuming from an older cursor would move back.
+      this.#lastEventId = frame.lastEventId;
+    } else if (!this.#lastEventId) {
+      this.#lastEventId = frame.lastEventId;
     }
-    this.#lastEventId = frame.lastEventId;
     switch (frame.type) {
       case 'connected':
         this.#connection = parseJson(frame.data);
@@ -718,7 +732,7 @@ export class HeraldClient {
   }
 
   #fatal(info) {
-    if (this.#role === LEADER) {
+    if (this.#role === LEADER && UNION_REFUSALS.has(info.error)) {
       // The union of the tabs' channels was refused (a channel one tab may not read, too many
       // channels together, …): every tab goes back to its own stream and meets the answer it
       // would meet alone.
@@ -854,14 +868,18 @@ export class HeraldClient {
         token = null;
       }
       const user = tokenIdentity(token);
-      if (token) this.#firstToken = token;
+      if (token) {
+        this.#firstToken = token;
+        this.#firstTokenAt = this.#clock.now();
+      }
       // A token that names no user (not a JWT): who it belongs to is unknown, so no sharing.
       identity = user === null ? null : `sub\n${user}`;
+      this.#identity = user;
     } else {
       // Cookies or a token in the URL: every tab of this origin with this URL is the same user.
       identity = 'url';
     }
-    if (this.#closed) return;
+    if (this.#closed || this.#role !== 'joining') return;
     if (identity === null) {
       this.#role = SOLO;
       this.#syncChannels();
@@ -873,22 +891,43 @@ export class HeraldClient {
     } catch {
       base = this.#base;
     }
+    try {
+      this.#group = new ShareGroup({
+        key: `${base}\n${identity}`,
+        locks: support.locks,
+        BroadcastChannel: support.BroadcastChannel,
+        onMessage: (msg) => this.#message(msg),
+        onJoined: () => this.#hello(true),
+        onLeader: () => this.#lead(),
+        onFailure: () => this.#goSolo(),
+      });
+    } catch {
+      // No BroadcastChannel here after all (an opaque origin): stream alone.
+      this.#role = SOLO;
+      this.#syncChannels();
+      return;
+    }
     this.#role = FOLLOWER;
-    this.#group = new ShareGroup({
-      key: `${base}\n${identity}`,
-      locks: support.locks,
-      BroadcastChannel: support.BroadcastChannel,
-      onMessage: (msg) => this.#message(msg),
-      onLeader: () => this.#lead(),
-    });
     const target = globalThis.window ?? globalThis;
     if (typeof target?.addEventListener === 'function') {
-      // A closing tab says so; one that crashes is found out by its tab lock.
-      this.#onPageHide = () => this.#group?.post({ kind: 'bye' });
+      // A closing tab says so; one that crashes is found out by its tab lock. A page kept in the
+      // back/forward cache says so again when it comes back.
+      this.#onPageHide = (e) => {
+        if (!e?.persisted) this.#group?.post({ kind: 'bye' });
+      };
+      this.#onPageShow = (e) => {
+        if (e?.persisted) this.#hello(true);
+      };
       target.addEventListener('pagehide', this.#onPageHide);
+      target.addEventListener('pageshow', this.#onPageShow);
     }
-    this.#hello(true);
     this.#group.start();
+  }
+
+  /** Whether `token` is the user this tab shares as (always, when the group is not by token). */
+  #sameUser(token) {
+    if (this.#identity === null || this.#group === null) return true;
+    return tokenIdentity(token) === this.#identity;
   }
 
   #leave() {
@@ -899,6 +938,20 @@ export class HeraldClient {
     group.close();
     const target = globalThis.window ?? globalThis;
     if (this.#onPageHide) target.removeEventListener?.('pagehide', this.#onPageHide);
+    if (this.#onPageShow) target.removeEventListener?.('pageshow', this.#onPageShow);
+  }
+
+  /** Leaves the group for good and streams on its own from its cursor. */
+  #goSolo() {
+    if (this.#role === SOLO || this.#closed) return;
+    this.#leave();
+    this.#role = SOLO;
+    this.#leaderId = null;
+    this.#peers.clear();
+    this.#stopped = false;
+    this.#active = false;
+    this.#activeKey = null;
+    this.#connect();
   }
 
   /** Tells the group this tab's channels; `join` asks every other tab for theirs. */
@@ -906,26 +959,19 @@ export class HeraldClient {
     this.#group?.post({ kind: 'hello', channels: this.#ownChannels(), join });
   }
 
-  /** Leaves the group for good and streams on its own from its cursor (see #fatal). */
-  #goSolo() {
-    this.#leave();
-    this.#role = SOLO;
-    this.#leaderId = null;
-    this.#peers.clear();
-    this.#stopped = false;
-    this.#connect();
-  }
-
   /** This tab got the leader lock: it opens the stream for the union, from its own cursor. */
   async #lead() {
     if (this.#closed || !this.#group) return;
     this.#role = LEADER;
     this.#leaderId = this.#group.id;
+    this.#firstToken = this.#clock.now() - this.#firstTokenAt < FIRST_TOKEN_MS ? this.#firstToken : null;
     this.#group.post({ kind: 'leader' });
     // The tabs that went away without a word (the old leader, crashed tabs) leave the union.
+    // Only those known before asking: a tab that said hello meanwhile is alive.
+    const known = new Set(this.#peers.keys());
     const live = await this.#group.liveTabs();
     if (this.#closed || this.#role !== LEADER) return; // closed, or the group dissolved meanwhile
-    if (live) for (const id of [...this.#peers.keys()]) if (!live.has(id)) this.#peers.delete(id);
+    if (live) for (const id of known) if (!live.has(id)) this.#peers.delete(id);
     this.#active = false;
     this.#activeKey = null;
     if (this.#state === CLOSED && !this.#stopped) this.#state = RECONNECTING;
@@ -934,17 +980,25 @@ export class HeraldClient {
 
   /** A message from another tab of the group. */
   #message(msg) {
-    if (this.#closed) return;
+    if (this.#closed || !this.#group) return;
     const from = msg.from;
     switch (msg.kind) {
       case 'hello': {
         if (!Array.isArray(msg.channels)) return;
         const before = this.#role === LEADER ? this.#desiredChannels().join(',') : '';
-        this.#peers.set(from, msg.channels.filter(isValidName));
+        this.#peers.set(from, msg.channels.filter(isValidName).slice(0, MAX_PEER_CHANNELS));
         if (msg.join) this.#hello(false);
         if (this.#role !== LEADER) return;
-        // A newcomer learns where the stream is.
-        if (msg.join) this.#group.post({ kind: 'state', state: this.#state, connection: this.#connection, welcome: true });
+        // A newcomer learns where the stream is, and where it is in the stream.
+        if (msg.join) {
+          this.#group.post({
+            kind: 'state',
+            state: this.#state,
+            connection: this.#connection,
+            cursor: this.#lastEventId,
+            to: from,
+          });
+        }
         if (this.#desiredChannels().join(',') !== before) this.#channelsChanged();
         return;
       }
@@ -981,9 +1035,13 @@ export class HeraldClient {
         if (msg.frame && typeof msg.frame.type === 'string') this.#deliver(msg.frame);
         return;
       case 'state': {
+        if (msg.to !== undefined && msg.to !== this.#group.id) return;
         if (msg.state !== CONNECTING && msg.state !== OPEN && msg.state !== RECONNECTING) return;
-        const welcome = msg.welcome === true && msg.connection != null && msg.state === OPEN;
+        const welcome = msg.to !== undefined && msg.connection != null && msg.state === OPEN;
         if (msg.connection != null) this.#connection = msg.connection;
+        // A newcomer takes the leader's place in the stream, so that it can resume from there
+        // if it leads one day.
+        if (msg.to !== undefined && !this.#lastEventId && typeof msg.cursor === 'string') this.#lastEventId = msg.cursor;
         if (msg.state === OPEN) this.#everOpen = true;
         this.#stopped = false;
         this.#setState(msg.state);
@@ -1008,6 +1066,15 @@ export class HeraldClient {
 
 /** How many recent ids a client remembers to drop repeats after a change of leader. */
 const SEEN_IDS = 2048;
+
+/** How long the token a tab asked for when it joined is used for its first connection. */
+const FIRST_TOKEN_MS = 5000;
+
+/** Most channels a tab's hello adds to the union (the gateway's limit is lower anyway). */
+const MAX_PEER_CHANNELS = 256;
+
+/** Refusals of a union of channels: the tabs stream alone again, each meeting its own answer. */
+const UNION_REFUSALS = new Set(['channel_not_allowed', 'too_many_channels', 'invalid_channel']);
 
 // -----------------------------------------------------------------------------------------------
 // helpers

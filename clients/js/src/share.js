@@ -73,12 +73,19 @@ export class ShareGroup {
   #release = null;
   #closed = false;
   #onLeader;
+  #onJoined;
+  #onFailure;
 
   /**
+   * `onJoined` runs once this tab's own lock is held (the others can now tell it is alive), before
+   * it queues for the leader lock; `onLeader` when it leads; `onFailure` when the browser refuses
+   * a lock (a sandboxed frame, blocked storage): the tab cannot share.
+   *
    * @param {{ key: string, locks: LockManager, BroadcastChannel: typeof BroadcastChannel,
-   *           onMessage: (msg: object) => void, onLeader: () => void }} options
+   *           onMessage: (msg: object) => void, onJoined: () => void, onLeader: () => void,
+   *           onFailure: (err: unknown) => void }} options
    */
-  constructor({ key, locks, BroadcastChannel, onMessage, onLeader }) {
+  constructor({ key, locks, BroadcastChannel, onMessage, onJoined, onLeader, onFailure }) {
     this.id = newTabId();
     this.#locks = locks;
     this.#name = `herald:${digest(key)}`;
@@ -89,12 +96,16 @@ export class ShareGroup {
       onMessage(msg);
     };
     this.#onLeader = onLeader;
+    this.#onJoined = onJoined;
+    this.#onFailure = onFailure;
   }
 
-  /** Takes this tab's lock and its place in the queue for the leader lock. */
+  /** Takes this tab's lock, then its place in the queue for the leader lock. */
   start() {
-    this.#hold(`${this.#name}:tab:${this.id}`, null);
-    this.#hold(`${this.#name}:leader`, this.#onLeader);
+    this.#hold(`${this.#name}:tab:${this.id}`, () => {
+      this.#onJoined();
+      this.#hold(`${this.#name}:leader`, this.#onLeader);
+    });
   }
 
   /** Posts `msg` (with this tab's id as `from`) to every other tab of the group. */
@@ -144,11 +155,12 @@ export class ShareGroup {
     this.#locks
       .request(name, { signal: this.#stop.signal }, async () => {
         if (this.#closed) return;
-        granted?.();
+        granted();
         await held;
       })
-      .catch(() => {
-        // aborted while waiting (close()), or the lock manager went away with the page
+      .catch((err) => {
+        // Aborted while waiting is close(); anything else means this tab cannot share.
+        if (!this.#closed && err?.name !== 'AbortError') this.#onFailure(err);
       });
   }
 }

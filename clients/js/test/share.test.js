@@ -193,3 +193,68 @@ test('tabs of different users, or with sharing off, do not share', async () => {
   assert.match(digest('x'), /^[0-9a-f]{16}$/);
   assert.notEqual(digest('https://gw\nsub\nana'), digest('https://gw\nsub\nben'));
 });
+
+test('a newcomer gets the leader\'s cursor and its own `connected`; the tabs already there get none', async () => {
+  const env = browserEnv();
+  const a = tab(env, ['room:a']);
+  await flush();
+  a.clock.advance(500);
+  const call = await a.fetch.nextCall();
+  const body = call.open();
+  const opened = nextState(a.client, 'open');
+  body.push(connectedFrame({ channels: ['room:a'] }) + eventFrame({ id: 'e-1', channel: 'room:a', data: 1 }));
+  await opened;
+  await flush();
+
+  const connected = { a: 0, b: 0, c: 0 };
+  a.client.on('connected', () => (connected.a += 1));
+  const b = tab(env, []);
+  b.client.on('connected', () => (connected.b += 1));
+  await flush();
+  assert.equal(b.client.state, 'open');
+  assert.equal(b.client.lastEventId, 'e-1', 'the newcomer resumes from the leader\'s place if it leads');
+  const c = tab(env, []);
+  c.client.on('connected', () => (connected.c += 1));
+  await flush();
+  assert.deepEqual(connected, { a: 0, b: 1, c: 1 });
+  for (const t of [a, b, c]) t.client.close();
+});
+
+test('a browser that refuses the locks (a sandboxed frame): the tab streams on its own', async () => {
+  const refusing = {
+    request: () => Promise.reject(new DOMException('storage is blocked', 'SecurityError')),
+  };
+  const t = tab({ navigator: { locks: refusing }, BroadcastChannel: fakeBroadcastChannel() }, ['room:a']);
+  await flush();
+  assert.equal(t.client.role, 'solo');
+  const call = await t.fetch.nextCall();
+  assert.deepEqual(call.channels, ['room:a']);
+  t.client.close();
+});
+
+test('another user signs in on the leader tab: it leaves the group and the next tab leads', async () => {
+  const env = browserEnv();
+  const jwt = (sub) => `e30.${Buffer.from(JSON.stringify({ sub })).toString('base64url')}.sig`;
+  let user = 'ana';
+  const a = tab(env, ['room:a'], { shareKey: undefined, getToken: async () => jwt(user) });
+  await flush();
+  const b = tab(env, ['room:b'], { shareKey: undefined, getToken: async () => jwt('ana') });
+  await flush();
+  assert.deepEqual([a.client.role, b.client.role], ['leader', 'follower']);
+  a.clock.advance(500);
+  const first = await a.fetch.nextCall();
+  first.open().push(connectedFrame());
+
+  user = 'ben';
+  a.client.reconnect();
+  const own = await a.fetch.nextCall();
+  assert.equal(a.client.role, 'solo');
+  assert.deepEqual(own.channels, ['room:a'], 'ben\'s stream carries only his tab\'s channels');
+  await flush();
+  assert.equal(b.client.role, 'leader');
+  b.clock.advance(500);
+  const next = await b.fetch.nextCall();
+  assert.deepEqual(next.channels, ['room:b']);
+  a.client.close();
+  b.client.close();
+});

@@ -9,10 +9,9 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Broker, BrokerError, EventStream, Listed, Replay, ResetReason, Resumption};
-use crate::config::HistoryLimits;
+use super::{Broker, BrokerError, EventStream, HistoryLimits, Listed, Replay, Resumption};
 use crate::event::{Delivery, EventId, Outgoing, Target};
-use crate::resume::{self, Start};
+use crate::resume::{self, ResetReason, Start};
 
 /// Events a subscriber may fall behind by before it misses some (as NATS' slow consumer).
 const SUBSCRIBER_CAPACITY: usize = 64 * 1024;

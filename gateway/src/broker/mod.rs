@@ -9,6 +9,7 @@
 //! merge many subjects into one correctly ordered flow (see `hub.rs`).
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -16,6 +17,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::event::{Delivery, EventId, Outgoing, Target};
+use crate::resume::ResetReason;
 
 pub mod memory;
 pub mod nats;
@@ -114,25 +116,13 @@ impl Pages for Listed {
     }
 }
 
-/// Why a resume could not be served from history.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResetReason {
-    /// Events after the client's id were already dropped by the retention limits.
-    HistoryExpired,
-    /// The id belongs to another history (a recreated stream, another dev process).
-    EpochChanged,
-    /// More events than `--max-replay` were missed.
-    TooMany,
-}
-
-impl ResetReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResetReason::HistoryExpired => "history_expired",
-            ResetReason::EpochChanged => "epoch_changed",
-            ResetReason::TooMany => "too_many",
-        }
-    }
+/// How much history is kept for resuming.
+#[derive(Clone, Copy, Debug)]
+pub struct HistoryLimits {
+    pub max_age: Duration,
+    pub max_per_subject: u64,
+    /// How long a publish id is remembered (the stream's duplicate window).
+    pub dedup_window: Duration,
 }
 
 /// A source and sink of events.

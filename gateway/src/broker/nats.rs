@@ -29,13 +29,14 @@ use parking_lot::RwLock;
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    Broker, BrokerError, EventStream, Link, Page, Pages, Replay, ReportStream, ResetReason, Resumption, frame_estimate,
+    Broker, BrokerError, EventStream, HistoryLimits, Link, Page, Pages, Replay, ReportStream, Resumption,
+    frame_estimate,
 };
-use crate::config::HistoryLimits;
 use crate::event::{Delivery, EventId, Outgoing, SubjectKind, Target, parse_published_at};
 use crate::names::DEFAULT_EVENT_TYPE;
-use crate::resume::{self, Start};
-use crate::trace::{self, TraceContext};
+use crate::resume::{self, ResetReason, Start};
+use crate::trace;
+use crate::trace_context::{self, TraceContext};
 
 /// Messages one subscription queues before async-nats drops newer ones (a slow consumer).
 const SUBSCRIPTION_CAPACITY: usize = 256 * 1024;
@@ -976,9 +977,9 @@ pub fn event_headers(event_type: &str, trace: Option<&TraceContext>) -> HeaderMa
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     headers.insert(HEADER_PUBLISHED_AT, now.as_nanos().to_string().as_str());
     if let Some(trace) = trace {
-        headers.insert(trace::TRACEPARENT, trace.traceparent.as_str());
+        headers.insert(trace_context::TRACEPARENT, trace.traceparent.as_str());
         if let Some(state) = &trace.tracestate {
-            headers.insert(trace::TRACESTATE, state.as_str());
+            headers.insert(trace_context::TRACESTATE, state.as_str());
         }
     }
     headers

@@ -16,7 +16,7 @@ use futures_util::stream;
 
 use super::{ApiError, AppState};
 use crate::auth::{TokenSources, pick_token};
-use crate::config::KeyAuth;
+use crate::publish_keys::KeyAuth;
 use crate::sse;
 
 const PAGE: &str = include_str!("../../assets/dashboard.html");

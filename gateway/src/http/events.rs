@@ -21,16 +21,19 @@ use crate::config::ClientAuth;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::broker::{BrokerError, Page, Pages, ResetReason, Resumption};
+use crate::broker::{BrokerError, Page, Pages, Resumption};
+use crate::close_reason::CloseReason;
 use crate::event::{EventId, Target};
 use crate::limits::Refusal;
 use crate::metrics::{Metrics, ResumeResult};
 use crate::names::Name;
-use crate::outbox::{CloseReason, Outbox, OutboxBody};
+use crate::outbox::{Outbox, OutboxBody};
 use crate::peer::PeerSocket;
+use crate::resume::ResetReason;
 use crate::session::{BodyGone, Session};
 use crate::sse;
-use crate::trace::{self, TraceContext};
+use crate::trace;
+use crate::trace_context::TraceContext;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 

@@ -10,12 +10,13 @@ use actix_web::{HttpResponse, ResponseError, web};
 use serde::Serialize;
 
 use crate::broker::Broker;
-use crate::config::{ClientAuth, KeyAuth, LOOPBACK_ORIGINS, Settings, is_loopback_origin};
+use crate::config::{ClientAuth, LOOPBACK_ORIGINS, Settings, is_loopback_origin};
 use crate::dashboard::Fleet;
 use crate::hub::Hub;
 use crate::limits::Admission;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
+use crate::publish_keys::KeyAuth;
 use crate::rate::RateLimiter;
 
 pub mod client_events;

@@ -19,10 +19,11 @@ use tracing::{Instrument, Span};
 
 use super::{ApiError, AppState, read_body, same_site_write};
 use crate::auth::{TokenSources, pick_token};
-use crate::config::KeyAuth;
 use crate::event::{Outgoing, Target, validate_publish_id};
 use crate::names::{DEFAULT_EVENT_TYPE, Name, validate_event_type};
-use crate::trace::{self, TraceContext};
+use crate::publish_keys::KeyAuth;
+use crate::trace;
+use crate::trace_context::TraceContext;
 
 /// Most targets in one publish request.
 pub const MAX_TARGETS: usize = 1000;

@@ -22,7 +22,8 @@ use tokio::sync::Notify;
 
 use super::Series;
 use super::fleet::Fleet;
-use super::reconcile::{Delivery, EventTarget};
+use super::publisher::EventTarget;
+use super::reconcile::Delivery;
 use crate::http::{BodyReader, Target, parse_head, write_request};
 use crate::payload;
 use crate::sse;

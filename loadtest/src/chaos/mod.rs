@@ -30,8 +30,8 @@ use crate::proto::Hist;
 use client::{Clients, Spec};
 use faults::{Fault, Kind};
 use fleet::{Fleet, Gateways};
-use publisher::{Publisher, Targets};
-use reconcile::{ClientResult, EventTarget};
+use publisher::{EventTarget, Publisher, Targets};
+use reconcile::ClientResult;
 use rng::Rng;
 
 /// Exit code of a run that found lost, duplicated or out-of-order events.

@@ -38,8 +38,7 @@ pub struct Targets {
 impl Targets {
     /// One entry per event the publish stores, in the order the gateway answers their ids:
     /// users, channels, broadcast.
-    pub fn events(&self) -> Vec<super::reconcile::EventTarget> {
-        use super::reconcile::EventTarget;
+    pub fn events(&self) -> Vec<EventTarget> {
         let mut out: Vec<EventTarget> = self.users.iter().map(|u| EventTarget::User(u.clone())).collect();
         out.extend(self.channels.iter().map(|c| EventTarget::Channel(c.clone())));
         if self.broadcast {
@@ -64,6 +63,15 @@ pub fn draw(rng: &mut Rng, users: &[String], channels: &[String]) -> Targets {
     } else {
         Targets { users: vec![user(rng)], channels: vec![channel(rng)], broadcast: false }
     }
+}
+
+/// Whom one stored event is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventTarget {
+    User(String),
+    Channel(String),
+    Broadcast,
 }
 
 /// An acknowledged publish.

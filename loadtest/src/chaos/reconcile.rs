@@ -16,16 +16,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::publisher::Acked;
-
-/// Whom one stored event is for.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventTarget {
-    User(String),
-    Channel(String),
-    Broadcast,
-}
+use super::publisher::{Acked, EventTarget};
 
 /// One event as a client received it.
 #[derive(Clone, Debug)]

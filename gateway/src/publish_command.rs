@@ -2,14 +2,13 @@
 //! The request is validated exactly as `POST /v1/publish` validates it.
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
 use serde_json::value::RawValue;
 
 use crate::broker::Broker;
 use crate::broker::nats::{History, NatsBroker, NatsOptions};
+use crate::config::PublishArgs;
 use crate::http::publish::validate;
 
 /// Give up on a publish that has not completed after this long.
@@ -18,50 +17,6 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(25);
 /// How long a publish through NATS is retried while the stream cannot store it (the gateway's
 /// default `--publish-retry-secs`), within [`PUBLISH_TIMEOUT`].
 const PUBLISH_RETRY: Duration = Duration::from_secs(20);
-
-#[derive(Args, Debug)]
-pub struct PublishArgs {
-    /// Event type (the SSE `event:` name).
-    #[arg(long = "type", default_value = "message")]
-    pub event_type: String,
-    /// Deliver to this user; repeatable.
-    #[arg(long = "user")]
-    pub users: Vec<String>,
-    /// Deliver to this channel; repeatable.
-    #[arg(long = "channel")]
-    pub channels: Vec<String>,
-    /// Deliver to every connected client.
-    #[arg(long)]
-    pub broadcast: bool,
-    /// The JSON payload; `-` reads it from standard input.
-    #[arg(long)]
-    pub data: String,
-    /// Deliver live only: not stored, no id, not resumable.
-    #[arg(long)]
-    pub ephemeral: bool,
-    /// Idempotency key (1–128 of letters, digits and `_ . : -`): repeating the publish with it
-    /// within the history's duplicate window stores nothing new and prints the same ids.
-    #[arg(long)]
-    pub id: Option<String>,
-    /// Publish through the HTTP API of the gateway at this base URL (http://host:port).
-    #[arg(long, env = "HERALD_URL")]
-    pub url: Option<String>,
-    /// Publisher key for the HTTP API.
-    #[arg(long, env = "HERALD_PUBLISH_KEY", hide_env_values = true)]
-    pub key: Option<String>,
-    /// File holding the publisher key (first line).
-    #[arg(long, env = "HERALD_PUBLISH_KEY_FILE")]
-    pub key_file: Option<PathBuf>,
-    /// Publish straight to NATS at this URL (used when --url is not given).
-    #[arg(long, env = "HERALD_NATS_URL")]
-    pub nats_url: Option<String>,
-    /// NATS credentials file (.creds).
-    #[arg(long, env = "HERALD_NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-    /// Prefix of every NATS subject.
-    #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = "herald")]
-    pub subject_prefix: String,
-}
 
 /// Runs the command; returns the process exit code.
 pub fn publish(args: PublishArgs) -> i32 {
