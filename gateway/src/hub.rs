@@ -19,7 +19,10 @@
 //!
 //! - a broker reconnect. The hub holds from the moment it hears the link dropped, and refills
 //!   when it hears the link is back or when the first event arrives, whichever comes first. A
-//!   refill that fails while the link is down is tried again once it is back.
+//!   refill that fails while the link is down is tried again once it is back. The link's news
+//!   travels by another task than the events and can come after the new connection's first
+//!   ones, so the dispatcher also reads the broker's connection count as it drains: a count that
+//!   moved holds what it drained and refills first.
 //! - a subscription that fell behind. A broker drops what arrives for a subscription whose
 //!   queue is full (NATS's slow consumer), so a drain that finds a queue full dispatches what it
 //!   drained up to that subscription's newest event, and holds what follows for the refill
@@ -192,7 +195,12 @@ impl Hub {
             hole_after: None,
             held: Vec::new(),
             refill_failing_since: None,
+            known_connections: 0,
+            connections: None,
         };
+        let mut dispatcher = dispatcher;
+        dispatcher.connections = dispatcher.broker.connections();
+        dispatcher.note_connections();
         let position = dispatcher.broker.last_id();
         let link = dispatcher.broker.link();
         let broker = dispatcher.broker.clone();
@@ -394,6 +402,10 @@ struct Dispatcher {
     held: Vec<(Arc<Topic>, Delivery)>,
     /// When the refills of the current gap started failing with the link up.
     refill_failing_since: Option<std::time::Instant>,
+    /// The broker's connection count, read at once (see [`Broker::connections`]), and the
+    /// count the hub last accounted for: a difference is a reconnect, a gap to refill.
+    connections: Option<crate::broker::ConnectionCount>,
+    known_connections: u64,
 }
 
 /// Whether the hub is refilling a gap in live delivery.
@@ -462,10 +474,16 @@ impl Dispatcher {
                 CatchUp::Holding => {}
                 CatchUp::Running { .. } => self.catch_up = CatchUp::Running { again: true },
             },
-            Command::Gap => match self.catch_up {
-                CatchUp::Idle | CatchUp::Holding => self.start_catch_up(),
-                CatchUp::Running { .. } => self.catch_up = CatchUp::Running { again: true },
-            },
+            Command::Gap => {
+                // Word of a reconnect the dispatcher may have found first, from the count.
+                let unseen = self.note_connections() || self.connections.is_none();
+                match self.catch_up {
+                    CatchUp::Holding => self.start_catch_up(),
+                    CatchUp::Idle if unseen => self.start_catch_up(),
+                    CatchUp::Running { .. } if unseen => self.catch_up = CatchUp::Running { again: true },
+                    CatchUp::Idle | CatchUp::Running { .. } => {}
+                }
+            }
             Command::CaughtUp(result) => {
                 let again = self.catch_up == CatchUp::Running { again: true };
                 self.catch_up = CatchUp::Idle;
@@ -534,6 +552,16 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// Reads the broker's connection count; whether it moved since last read (always false for a
+    /// broker that does not count).
+    fn note_connections(&mut self) -> bool {
+        let Some(count) = &self.connections else { return false };
+        let now = count();
+        let moved = now != self.known_connections;
+        self.known_connections = now;
+        moved
     }
 
     /// Starts refilling the gap after the watermark (nothing without one: the hub has not yet
@@ -681,7 +709,16 @@ impl Dispatcher {
         // Held events keep their topic, not their slot: a slot freed meanwhile may be reused.
         let topics: Vec<_> = batch.into_iter().filter_map(|(index, d)| Some((self.topic_at(index)?, d))).collect();
         let hole = self.hole_after.take();
+        // A new connection (the link's word of it may come later): what was just drained can
+        // follow a gap.
+        let reconnected = self.note_connections();
         match self.catch_up {
+            CatchUp::Idle if reconnected => {
+                tracing::info!("the broker reconnected before its link said so; refilling first");
+                self.held.extend(topics);
+                self.start_catch_up();
+                return;
+            }
             CatchUp::Idle => {}
             CatchUp::Holding => {
                 // Events arrive: the link is back. Refill the gap before they go out.
@@ -690,7 +727,7 @@ impl Dispatcher {
                 return;
             }
             CatchUp::Running { .. } => {
-                if hole.is_some() {
+                if hole.is_some() || reconnected {
                     self.catch_up = CatchUp::Running { again: true };
                 }
                 self.held.extend(topics);
@@ -817,6 +854,8 @@ mod tests {
         /// already queue their events).
         gated: AtomicBool,
         gate: Arc<tokio::sync::Notify>,
+        /// Connections made: moves before the link says so, as a NATS client's count does.
+        connections: Arc<std::sync::atomic::AtomicU64>,
     }
 
     /// The test's side of it.
@@ -861,6 +900,7 @@ mod tests {
                 head,
                 gated: AtomicBool::new(false),
                 gate: Arc::default(),
+                connections: Arc::new(1.into()),
             });
             Script { broker, replays, link }
         }
@@ -889,10 +929,16 @@ mod tests {
 
         /// The broker reconnected: live delivery skipped what was published meanwhile.
         fn gap(&self) {
+            self.reconnected_unannounced();
             self.link.send_modify(|l| {
                 l.up = true;
                 l.connections += 1;
             });
+        }
+
+        /// The broker made a new connection, and its link has not said so yet.
+        fn reconnected_unannounced(&self) {
+            self.broker.connections.fetch_add(1, Ordering::SeqCst);
         }
 
         /// The broker's link went down.
@@ -952,6 +998,11 @@ mod tests {
 
         fn link(&self) -> Option<watch::Receiver<Link>> {
             Some(self.link.clone())
+        }
+
+        fn connections(&self) -> Option<crate::broker::ConnectionCount> {
+            let count = self.connections.clone();
+            Some(Arc::new(move || count.load(Ordering::SeqCst)))
         }
 
         fn subscription_capacity(&self) -> usize {
@@ -1054,6 +1105,26 @@ mod tests {
         for (reader, _) in &mut streams {
             assert_eq!(reader.until(12).await, [11, 12]);
         }
+    }
+
+    /// A NATS client reports a reconnect from another task than the one that queues the new
+    /// connection's events: they can be drained first. Sent on at once, they would move the
+    /// watermark past what the reconnect skipped, and the refill would start after it.
+    #[tokio::test]
+    async fn events_of_a_new_connection_wait_for_the_refill_when_word_of_the_reconnect_comes_late() {
+        let mut script = Script::new(10);
+        let (_hub, u, mut a, _a) = streaming_after_11(&script).await;
+        // 12 was published while the connection was down; 13 comes on the new one.
+        script.reconnected_unannounced();
+        script.live(&u, 13);
+        let (after, reply) = script.next_replay().await;
+        assert_eq!(after, 11, "the refill starts after what went out before the reconnect");
+        Script::refill(reply, [(u.clone(), 12), (u.clone(), 13)]);
+        // The link's word of the reconnect comes now: the refill already covered it.
+        script.link.send_modify(|l| l.connections += 1);
+        script.live(&u, 14);
+        assert_eq!(a.until(14).await, [11, 12, 13, 14]);
+        assert!(script.replays.try_recv().is_err(), "one refill for one reconnect");
     }
 
     #[tokio::test]

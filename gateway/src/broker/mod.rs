@@ -9,6 +9,7 @@
 //! merge many subjects into one correctly ordered flow (see `hub.rs`).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,6 +40,9 @@ pub struct Link {
     /// went unseen.
     pub connections: u64,
 }
+
+/// Reads a broker's connection count (see [`Broker::connections`]).
+pub type ConnectionCount = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Why a broker operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -159,6 +163,14 @@ pub trait Broker: Send + Sync + 'static {
     /// published while it is down are not delivered live: the hub holds what arrives after it
     /// comes back and refills the gap from the history first.
     fn link(&self) -> Option<watch::Receiver<Link>> {
+        None
+    }
+
+    /// The connections the broker has made so far, read at once (`None` with no [`Broker::link`]).
+    /// The link's news travels by another task and can come after the first events of a new
+    /// connection; this count has moved before any of them is queued, so the hub, reading it as
+    /// it drains, never sends them out ahead of the refill of what the reconnect skipped.
+    fn connections(&self) -> Option<ConnectionCount> {
         None
     }
 

@@ -29,8 +29,8 @@ use parking_lot::RwLock;
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    Broker, BrokerError, EventStream, HistoryLimits, Link, Page, Pages, Replay, ReportStream, Resumption,
-    frame_estimate,
+    Broker, BrokerError, ConnectionCount, EventStream, HistoryLimits, Link, Page, Pages, Replay, ReportStream,
+    Resumption, frame_estimate,
 };
 use crate::event::{Delivery, EventId, Outgoing, SubjectKind, Target, parse_published_at};
 use crate::names::DEFAULT_EVENT_TYPE;
@@ -1234,6 +1234,14 @@ impl Broker for NatsBroker {
 
     fn link(&self) -> Option<watch::Receiver<Link>> {
         self.jetstream.as_ref().map(|_| self.link.clone())
+    }
+
+    fn connections(&self) -> Option<ConnectionCount> {
+        self.jetstream.as_ref()?;
+        // async-nats counts a connection before it resubscribes on it and reads from it, so an
+        // event of a new connection, once queued, is seen with the new count.
+        let statistics = self.client.statistics();
+        Some(Arc::new(move || statistics.connects.load(std::sync::atomic::Ordering::Acquire)))
     }
 
     fn attach_worker(&self) {
