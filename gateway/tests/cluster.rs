@@ -167,11 +167,16 @@ async fn losing_nodes_of_a_three_node_cluster_loses_nothing() {
     cluster.stream_leader(&js, "HERALD", true).await;
     acknowledged_more(&tally, 500, "publishing after the leader's restart").await;
 
-    // 3. A node no gateway is connected to (the leader, when it is one of them) is cut off
-    //    from the other two for 10 s.
+    // 3. A node no gateway's hub is connected to is cut off from the other two for 10 s: one
+    //    that holds a worker's publisher connection when there is one (its publishes must go
+    //    through the hub's connection meanwhile), else the leader when no hub is on it.
     let used = [cluster.node_of("herald-gateway gw-a").await, cluster.node_of("herald-gateway gw-b").await];
     let leader = cluster.stream_leader(&js, "HERALD", true).await;
-    let cut = if used.contains(&Some(leader)) { (0..3).find(|i| !used.contains(&Some(*i))).unwrap() } else { leader };
+    let publishers = cluster.nodes_with("herald-gateway gw-").await;
+    let free = |i: &usize| !used.contains(&Some(*i));
+    let cut =
+        publishers.iter().copied().find(free).or_else(|| free(&leader).then_some(leader)).or_else(|| (0..3).find(free));
+    let cut = cut.unwrap();
     cluster.isolate(cut);
     tokio::time::sleep(Duration::from_secs(10)).await; // the partition itself
     cluster.heal();
@@ -376,4 +381,48 @@ async fn streams_opened_before_their_subscriptions_reach_the_leaders_node_miss_n
     assert!(want_fresh.len() >= 20, "events for the new stream after it opened: {}", want_fresh.len());
     assert_eq!(read_to_marker(&mut late).await, want_late, "the resumed stream");
     assert_eq!(read_to_marker(&mut fresh).await, want_fresh, "the new stream");
+}
+
+/// A node is cut off from the others while an HTTP worker's own publisher connection is on it
+/// (the hub's connection, and the stream's leader, elsewhere). That worker's publishes go
+/// through the hub's connection meanwhile: every one is stored at once, none waits out the
+/// partition or is answered 503. A retry window shorter than the partition makes a publish
+/// that kept to the cut-off connection fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_under_a_workers_own_connection_costs_no_publish() {
+    let cluster = NatsCluster::start(3).await;
+    let args = ["--workers", "4", "--publish-retry-secs", "3"];
+    let mut gw = gateway(&cluster, "gw-w", &args);
+    gw.ready().await;
+    let js = jetstream::new(cluster.client().await);
+    // Each connection picks its node at random: start the gateway again until a worker's
+    // connection is on a node that neither the hub's connection nor the stream's leader is on.
+    let mut cut = None;
+    for _ in 0..12 {
+        let leader = cluster.stream_leader(&js, "HERALD", true).await;
+        let hub = cluster.node_of("herald-gateway gw-w").await;
+        let publishers = cluster.nodes_with("herald-gateway gw-w publisher").await;
+        cut = publishers.into_iter().find(|&i| Some(i) != hub && i != leader);
+        if cut.is_some() {
+            break;
+        }
+        gw.kill();
+        gw = gateway(&cluster, "gw-w", &args);
+        gw.ready().await;
+    }
+    let cut = cut.expect("in 12 starts, no worker's connection landed on a node of its own");
+
+    cluster.isolate(cut);
+    let mut answers = Vec::new();
+    for n in 0..24 {
+        let body = json!({"type":"order","data":n,"users":["w"],"id":format!("w-{n}")});
+        let started = Instant::now();
+        let res = try_publish(gw.addr, &body).await.unwrap();
+        answers.push((res.status, started.elapsed() < Duration::from_secs(2)));
+    }
+    cluster.heal();
+    assert!(
+        answers.iter().all(|&(status, quick)| status == 200 && quick),
+        "(status, answered within 2 s) of each publish while node {cut} was cut off: {answers:?}"
+    );
 }

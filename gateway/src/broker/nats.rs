@@ -469,8 +469,13 @@ const STORE_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// publisher latency, not an error, and a copy stored by an attempt whose acknowledgement was
 /// lost is answered by the repeat with its first sequence (the stream's duplicate window
 /// outlasts `retry`, see `config.rs`). Nothing is acknowledged that the stream did not store.
+///
+/// Attempts take the connections in `via` in turn (a worker's own, then the hub's): a node cut
+/// off from the others cannot reach the stream's leader, and a connection to it would fail
+/// every attempt until the partition heals, while another connection, on another node, stores
+/// the event at once.
 async fn store(
-    js: &jetstream::Context,
+    via: &[&jetstream::Context],
     prefix: &str,
     targets: &[Target],
     headers: &HeaderMap,
@@ -491,7 +496,10 @@ async fn store(
     let deadline = tokio::time::Instant::now() + retry;
     let mut sequences: Vec<Option<u64>> = vec![None; targets.len()];
     let mut backoff = STORE_BACKOFF;
+    let mut attempt = 0usize;
     loop {
+        let js = via[attempt % via.len()];
+        attempt += 1;
         let mut last_error = String::new();
         let mut acks = Vec::new();
         for (i, target) in targets.iter().enumerate().filter(|(i, _)| sequences[*i].is_none()) {
@@ -523,8 +531,11 @@ async fn store(
             )));
         }
         tracing::debug!(id, error = %last_error, "the stream did not store an event yet; trying again");
-        tokio::time::sleep(backoff.min(deadline - now)).await;
-        backoff = (backoff * 2).min(STORE_BACKOFF_MAX);
+        if attempt.is_multiple_of(via.len()) {
+            // Every connection has had its try: wait before the next round.
+            tokio::time::sleep(backoff.min(deadline - now)).await;
+            backoff = (backoff * 2).min(STORE_BACKOFF_MAX);
+        }
     }
 }
 
@@ -1028,8 +1039,9 @@ impl Broker for NatsBroker {
             // an attempt that may or may not have been stored can be sent again: the stream
             // answers a repeat with the first one's sequence and stores nothing.
             let id = event.id.clone().unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
-            let js = worker_jetstream(owner).unwrap_or(js);
-            let sequences = store(&js, &prefix, &targets, &headers, &event.payload, &id, publish_retry).await?;
+            let worker = worker_jetstream(owner);
+            let via: Vec<&jetstream::Context> = worker.iter().chain([&js]).collect();
+            let sequences = store(&via, &prefix, &targets, &headers, &event.payload, &id, publish_retry).await?;
             let epoch = epoch.read().clone();
             Ok(sequences.into_iter().map(|seq| EventId { epoch: epoch.clone(), seq }).collect())
         }

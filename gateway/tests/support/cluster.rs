@@ -220,6 +220,19 @@ impl NatsCluster {
         None
     }
 
+    /// The nodes (up) holding a connection whose name starts with `prefix`.
+    pub async fn nodes_with(&self, prefix: &str) -> Vec<usize> {
+        let mut found = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.is_up()) {
+            let Some(connz) = node.monitor("/connz").await else { continue };
+            let conns = connz["connections"].as_array().cloned().unwrap_or_default();
+            if conns.iter().any(|c| c["name"].as_str().is_some_and(|n| n.starts_with(prefix))) {
+                found.push(i);
+            }
+        }
+        found
+    }
+
     /// A client connected to every node.
     pub async fn client(&self) -> async_nats::Client {
         let urls: Vec<async_nats::ServerAddr> = self.nodes.iter().map(|n| n.url().parse().unwrap()).collect();
