@@ -249,15 +249,12 @@ export function seqOf(id) {
 
 const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.png': 'image/png' };
 
-/** The client modules, by the names the dev gateway serves them under. */
-const CLIENT_MODULES = {
-  'herald.js': 'index.js',
-  'client.js': 'client.js',
-  'parser.js': 'parser.js',
-  'backoff.js': 'backoff.js',
-  'share.js': 'share.js',
-  'react-bindings.js': 'react-bindings.js',
-};
+/** The file under `src/` that the dev gateway serves as `/client/<name>`: `herald.js` is the
+ * package entry, every other module goes by its own name. */
+function clientModule(name) {
+  if (name === 'herald.js') return 'index.js';
+  return /^[a-z-]+\.js$/.test(name) && name !== 'index.js' ? name : null;
+}
 
 /**
  * An HTTP server standing for the application that embeds Herald:
@@ -307,8 +304,8 @@ export async function startSite(scope, { upstreams = [], token = null, files = {
       if (url.pathname === '/') file = join(PACKAGE_DIR, 'e2e', 'pages', 'client.html');
       else if (url.pathname.startsWith('/pages/')) file = join(PACKAGE_DIR, 'e2e', 'pages', url.pathname.slice(7));
       else if (url.pathname.startsWith('/client/')) {
-        const name = CLIENT_MODULES[url.pathname.slice(8)];
-        if (name) file = join(PACKAGE_DIR, 'src', name);
+        const name = clientModule(url.pathname.slice(8));
+        if (name && existsSync(join(PACKAGE_DIR, 'src', name))) file = join(PACKAGE_DIR, 'src', name);
       } else if (files[url.pathname]) file = files[url.pathname];
       if (!file || file.includes('..')) {
         res.writeHead(404, { 'content-type': 'text/plain' });

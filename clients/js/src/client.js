@@ -1,12 +1,38 @@
 // The Herald browser client: one streaming connection (fetch + ReadableStream + the SSE parser)
 // carrying the user's events, every subscribed channel, and broadcasts; reconnection with full
-// jitter; resume with Last-Event-ID; token refresh; connection state.
+// jitter; resume with Last-Event-ID; token refresh; connection state; and the part of a tab in a
+// group of tabs sharing one stream.
 //
-// Only relative imports: a browser can load this file directly as a module.
+// About a thousand lines, in one class: the connection's state machine and the tab group's
+// protocol read and move the same state (the cursor, the channels, the state, the attempt under
+// way), and a split between them would pass all of it back and forth. What stands alone is in
+// the modules below.
+//
+// Only relative imports: a browser can load this file directly as a module. Its parts: names.js
+// (what a name is), requests.js (URLs and refusals), envelope.js (what a frame means),
+// registry.js (handlers), timer.js, parser.js (the SSE bytes), backoff.js, share.js (the tabs'
+// group).
 
 import { createParser } from './parser.js';
 import { Backoff, systemClock } from './backoff.js';
+import { parseJson, toEvent } from './envelope.js';
+import { isValidEventType, isValidName } from './names.js';
+import { Registry, reportError } from './registry.js';
+import {
+  HeraldRequestError,
+  apiUrl,
+  cancelBody,
+  channelsInUrl,
+  eventsUrl,
+  jsonBody,
+  messageOf,
+  requestError,
+} from './requests.js';
 import { ShareGroup, shareSupport, tokenIdentity } from './share.js';
+import { Timer } from './timer.js';
+
+export { CONTROL_EVENTS, isValidEventType, isValidName } from './names.js';
+export { HeraldRequestError, eventsUrl } from './requests.js';
 
 /** Connection states. */
 export const CONNECTING = 'connecting';
@@ -18,53 +44,6 @@ export const CLOSED = 'closed';
 const LEADER = 'leader';
 const FOLLOWER = 'follower';
 const SOLO = 'solo';
-
-/** Event types the gateway reserves for control frames. */
-/** @type {readonly ['connected', 'reset', 'token_expired']} */
-export const CONTROL_EVENTS = Object.freeze(['connected', 'reset', 'token_expired']);
-
-/** Event types no client event may use: the gateway's own frames, and `error`. */
-const RESERVED_TYPES = new Set([...CONTROL_EVENTS, 'presence', 'error']);
-
-const NAME = /^[A-Za-z0-9_\-:@=+~]+(?:\.[A-Za-z0-9_\-:@=+~]+)*$/;
-const TYPE = /^[A-Za-z0-9_\-:.]{1,64}$/;
-
-/**
- * Whether `name` is a valid Herald user or channel name: 1–128 ASCII letters, digits and
- * `_ - : @ = + ~`, with `.` separating non-empty segments.
- *
- * @param {unknown} name
- * @returns {name is string}
- */
-export function isValidName(name) {
-  return typeof name === 'string' && name.length >= 1 && name.length <= 128 && NAME.test(name);
-}
-
-/**
- * Whether `type` can name a client event: 1–64 ASCII letters, digits and `_ - : .`, and none of
- * the types the gateway reserves (`connected`, `reset`, `token_expired`, `presence`, `error`).
- *
- * @param {unknown} type
- * @returns {type is string}
- */
-export function isValidEventType(type) {
-  return typeof type === 'string' && TYPE.test(type) && !RESERVED_TYPES.has(type);
-}
-
-/**
- * A refused or failed request of `publish()` or `presence()`: `status` is the HTTP status (0 when
- * no response came), `error` the gateway's error code, `retryAfter` the seconds a 429 asks to wait.
- */
-export class HeraldRequestError extends Error {
-  constructor({ status, error, message, body = null, retryAfter, cause }) {
-    super(message, cause === undefined ? undefined : { cause });
-    this.name = /** @type {const} */ ('HeraldRequestError');
-    this.status = status;
-    this.error = error;
-    this.body = body;
-    if (retryAfter !== undefined) this.retryAfter = retryAfter;
-  }
-}
 
 /** Creates a client and schedules its connection (see `HeraldClient`). */
 export function createClient(options) {
@@ -102,8 +81,8 @@ export class HeraldClient {
 
   // subscriptions
   #static = new Set();
-  #channels = new Map(); // channel -> Set<entry>
-  #handlers = new Map(); // event type (or '*') -> Set<entry>
+  #channels = new Registry(); // channel -> its subscribe() handlers
+  #handlers = new Registry(); // event type (or '*') -> its on() handlers
   #stateListeners = new Set();
 
   // connection
@@ -123,11 +102,11 @@ export class HeraldClient {
   #closed = false; // close() was called
   #stopped = false; // a fatal refusal closed the client
 
-  // timers
-  #retryTimer = null;
-  #debounceTimer = null;
+  // timers (on the clock, so set in the constructor)
+  #retry; // the next attempt after a failure
+  #debounce; // a change of channels
   #debounceStart = 0;
-  #idleTimer = null;
+  #idle; // a stream that went silent
   #lastActivity = 0;
 
   /**
@@ -142,6 +121,9 @@ export class HeraldClient {
     const f = options.fetch;
     this.#fetch = typeof f === 'function' ? f : (...args) => globalThis.fetch(...args);
     this.#clock = options.clock ?? systemClock;
+    this.#retry = new Timer(this.#clock);
+    this.#debounce = new Timer(this.#clock);
+    this.#idle = new Timer(this.#clock);
     this.#backoff = new Backoff({
       base: options.retryBaseMs,
       cap: options.retryCapMs,
@@ -232,26 +214,12 @@ export class HeraldClient {
       throw new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`);
     }
     if (typeof handler !== 'function') throw new TypeError('herald: handler must be a function');
-    let set = this.#channels.get(channel);
-    const added = !set;
-    if (!set) {
-      set = new Set();
-      this.#channels.set(channel, set);
-    }
-    const entry = { handler, active: true };
-    set.add(entry);
-    if (added && !this.#static.has(channel)) this.#channelsChanged();
-    return () => {
-      if (!entry.active) return;
-      entry.active = false;
-      const current = this.#channels.get(channel);
-      if (!current) return;
-      current.delete(entry);
-      if (current.size === 0) {
-        this.#channels.delete(channel);
-        if (!this.#static.has(channel)) this.#channelsChanged();
-      }
+    const changed = () => {
+      if (!this.#static.has(channel)) this.#channelsChanged();
     };
+    const { first, unsubscribe } = this.#channels.add(channel, handler, changed);
+    if (first) changed();
+    return unsubscribe;
   }
 
   /**
@@ -263,18 +231,7 @@ export class HeraldClient {
   on(type, handler) {
     if (typeof type !== 'string' || type === '') throw new TypeError('herald: event type required');
     if (typeof handler !== 'function') throw new TypeError('herald: handler must be a function');
-    let set = this.#handlers.get(type);
-    if (!set) {
-      set = new Set();
-      this.#handlers.set(type, set);
-    }
-    const entry = { handler, active: true };
-    set.add(entry);
-    return () => {
-      if (!entry.active) return;
-      entry.active = false;
-      set.delete(entry);
-    };
+    return this.#handlers.add(type, handler).unsubscribe;
   }
 
   /**
@@ -357,8 +314,8 @@ export class HeraldClient {
       this.#group?.post({ kind: 'reconnect' });
       return;
     }
-    this.#clearTimer('retry');
-    this.#clearTimer('debounce');
+    this.#retry.clear();
+    this.#debounce.clear();
     if (this.#paused) {
       this.#abortCurrent();
       this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
@@ -371,13 +328,14 @@ export class HeraldClient {
   close() {
     if (this.#closed) return;
     this.#closed = true;
-    this.#clearTimer('retry');
-    this.#clearTimer('debounce');
+    this.#retry.clear();
+    this.#debounce.clear();
     this.#abortCurrent();
     if (this.#doc && this.#onVisibility) {
       this.#doc.removeEventListener('visibilitychange', this.#onVisibility);
     }
     this.#leave();
+    this.#role = SOLO;
     this.#setState(CLOSED);
   }
 
@@ -456,13 +414,9 @@ export class HeraldClient {
   #channelsChanged() {
     if (this.#closed || this.#stopped) return;
     const now = this.#clock.now();
-    if (this.#debounceTimer === null) this.#debounceStart = now;
-    else this.#clearTimer('debounce');
+    if (!this.#debounce.pending) this.#debounceStart = now;
     const wait = Math.max(0, Math.min(this.#debounceMs, this.#debounceStart + this.#maxDebounceMs - now));
-    this.#debounceTimer = this.#clock.setTimeout(() => {
-      this.#debounceTimer = null;
-      this.#syncChannels();
-    }, wait);
+    this.#debounce.set(wait, () => this.#syncChannels());
   }
 
   #syncChannels() {
@@ -480,7 +434,7 @@ export class HeraldClient {
       return;
     }
     // Waiting out a backoff: the next attempt asks for the new set anyway.
-    if (this.#retryTimer !== null) return;
+    if (this.#retry.pending) return;
     this.#connect();
   }
 
@@ -488,7 +442,7 @@ export class HeraldClient {
   // connection
 
   async #connect() {
-    this.#clearTimer('retry');
+    this.#retry.clear();
     this.#abortCurrent();
     if (this.#closed || this.#stopped || this.#paused) return;
     const gen = this.#gen;
@@ -667,8 +621,7 @@ export class HeraldClient {
     const event = toEvent(frame);
     if (event.channel != null) {
       if (!this.#wants(event.channel)) return;
-      const set = this.#channels.get(event.channel);
-      if (set) callAll(set, event);
+      this.#channels.emit(event.channel, event);
       if (gen !== this.#gen) return;
     }
     this.#emit(event.type, event);
@@ -724,11 +677,7 @@ export class HeraldClient {
     if (floor != null) delay = Math.max(delay, floor);
     this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
     if (this.#paused) return;
-    this.#clearTimer('retry');
-    this.#retryTimer = this.#clock.setTimeout(() => {
-      this.#retryTimer = null;
-      this.#connect();
-    }, delay);
+    this.#retry.set(delay, () => this.#connect());
   }
 
   #fatal(info) {
@@ -741,8 +690,8 @@ export class HeraldClient {
       return;
     }
     this.#stopped = true;
-    this.#clearTimer('retry');
-    this.#clearTimer('debounce');
+    this.#retry.clear();
+    this.#debounce.clear();
     this.#abortCurrent();
     this.#setState(CLOSED);
     this.#emitError({ ...info, fatal: true });
@@ -753,7 +702,7 @@ export class HeraldClient {
     this.#activeKey = null;
     this.#reader = null;
     this.#abort = null;
-    this.#clearTimer('idle');
+    this.#idle.clear();
   }
 
   /** Ends the current attempt (if any) and invalidates its callbacks. */
@@ -770,8 +719,7 @@ export class HeraldClient {
     this.#lastActivity = this.#clock.now();
     if (!(this.#idleMs > 0)) return;
     const check = (wait) => {
-      this.#idleTimer = this.#clock.setTimeout(() => {
-        this.#idleTimer = null;
+      this.#idle.set(wait, () => {
         if (gen !== this.#gen) return;
         const idle = this.#clock.now() - this.#lastActivity;
         if (idle < this.#idleMs) {
@@ -781,7 +729,7 @@ export class HeraldClient {
         // Nothing, not even a heartbeat, for too long: the connection is dead without knowing.
         this.#abortCurrent();
         this.#retryAfterFailure(null);
-      }, wait);
+      });
     };
     check(this.#idleMs);
   }
@@ -791,33 +739,14 @@ export class HeraldClient {
     const hidden = this.#doc.visibilityState === 'hidden';
     if (hidden && !this.#paused) {
       this.#paused = true;
-      this.#clearTimer('retry');
-      this.#clearTimer('debounce');
+      this.#retry.clear();
+      this.#debounce.clear();
       this.#abortCurrent();
       if (!this.#stopped) this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
     } else if (!hidden && this.#paused) {
       this.#paused = false;
       if (!this.#stopped) this.#connect();
     }
-  }
-
-  #clearTimer(which) {
-    let id = null;
-    switch (which) {
-      case 'retry':
-        id = this.#retryTimer;
-        this.#retryTimer = null;
-        break;
-      case 'debounce':
-        id = this.#debounceTimer;
-        this.#debounceTimer = null;
-        break;
-      default:
-        id = this.#idleTimer;
-        this.#idleTimer = null;
-        break;
-    }
-    if (id !== null && id !== undefined) this.#clock.clearTimeout(id);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -840,8 +769,7 @@ export class HeraldClient {
   }
 
   #emit(type, event) {
-    const set = this.#handlers.get(type);
-    if (set) callAll(set, event);
+    this.#handlers.emit(type, event);
   }
 
   #emitError(info) {
@@ -1075,147 +1003,3 @@ const MAX_PEER_CHANNELS = 256;
 
 /** Refusals of a union of channels: the tabs stream alone again, each meeting its own answer. */
 const UNION_REFUSALS = new Set(['channel_not_allowed', 'too_many_channels', 'invalid_channel']);
-
-// -----------------------------------------------------------------------------------------------
-// helpers
-
-function callAll(set, event) {
-  for (const entry of [...set]) {
-    if (!entry.active) continue;
-    try {
-      entry.handler(event);
-    } catch (err) {
-      reportError(err);
-    }
-  }
-}
-
-function reportError(err) {
-  if (typeof globalThis.reportError === 'function') globalThis.reportError(err);
-  else if (typeof console !== 'undefined') console.error(err);
-}
-
-function parseJson(text) {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return text;
-  }
-}
-
-/** An application event: the gateway's envelope plus `type` and `id`. */
-function toEvent(ev) {
-  const id = ev.hasId ? ev.lastEventId : null;
-  let envelope;
-  try {
-    envelope = JSON.parse(ev.data);
-  } catch {
-    envelope = undefined;
-  }
-  if (envelope !== null && typeof envelope === 'object' && !Array.isArray(envelope) && 'target' in envelope) {
-    const event = {
-      type: ev.type,
-      id,
-      lastEventId: ev.lastEventId,
-      channel: envelope.channel ?? null,
-      target: envelope.target,
-      data: envelope.data,
-    };
-    if (envelope.from !== undefined) event.from = envelope.from;
-    return event;
-  }
-  // Not an envelope (another server, or a hand-written frame): pass the data through.
-  return {
-    type: ev.type,
-    id,
-    lastEventId: ev.lastEventId,
-    channel: null,
-    target: null,
-    data: envelope === undefined ? ev.data : envelope,
-  };
-}
-
-function baseUrl(url) {
-  const loc = globalThis.location?.href;
-  return loc ? new URL(url, loc) : new URL(url);
-}
-
-function channelsInUrl(url) {
-  let u;
-  try {
-    u = baseUrl(url);
-  } catch {
-    return [];
-  }
-  const out = [];
-  for (const key of ['channels', 'channel']) {
-    for (const value of u.searchParams.getAll(key)) {
-      for (const ch of value.split(',')) if (ch !== '') out.push(ch);
-    }
-  }
-  return out;
-}
-
-/** `<base>/<path>`: keeps the base's path prefix and query parameters, except the channels. */
-function apiUrl(base, path) {
-  const u = baseUrl(base);
-  u.hash = '';
-  u.pathname = `${u.pathname.replace(/\/+$/, '')}/${path}`;
-  u.searchParams.delete('channels');
-  u.searchParams.delete('channel');
-  return u;
-}
-
-/** `<base>/events?…&channels=a,b`: keeps the base's path prefix and other query parameters. */
-export function eventsUrl(base, channels) {
-  const u = apiUrl(base, 'events');
-  if (channels.length > 0) u.searchParams.set('channels', channels.join(','));
-  return u.toString();
-}
-
-/** A response's body as JSON, or null when it is empty, unreadable or not JSON. */
-async function jsonBody(response) {
-  try {
-    const text = await response.text();
-    return text ? JSON.parse(text) : null;
-  } catch {
-    return null;
-  }
-}
-
-/** The error for a refused API request, from its status, JSON body and Retry-After. */
-async function requestError(response) {
-  const status = response.status;
-  const body = await jsonBody(response);
-  const info = {
-    status,
-    error: typeof body?.error === 'string' ? body.error : `http_${status}`,
-    message: typeof body?.message === 'string' ? body.message : response.statusText || `HTTP ${status}`,
-    body,
-  };
-  const retryAfter = retryAfterSeconds(response.headers?.get?.('retry-after'));
-  if (retryAfter !== null || status === 429) info.retryAfter = retryAfter;
-  return new HeraldRequestError(info);
-}
-
-/** A Retry-After value in seconds (delay-seconds or an HTTP date), or null. */
-function retryAfterSeconds(value) {
-  if (typeof value !== 'string' || value.trim() === '') return null;
-  const v = value.trim();
-  if (/^\d+$/.test(v)) return Number(v);
-  const at = Date.parse(v);
-  if (Number.isNaN(at)) return null;
-  return Math.max(0, Math.ceil((at - Date.now()) / 1000));
-}
-
-function cancelBody(response) {
-  try {
-    response?.body?.cancel?.().catch?.(() => {});
-  } catch {
-    // already locked or gone
-  }
-}
-
-function messageOf(err) {
-  return err && typeof err.message === 'string' ? err.message : String(err);
-}

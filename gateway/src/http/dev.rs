@@ -13,6 +13,11 @@ const CLIENT_MODULES: &[(&str, &str)] = &[
     ("parser.js", include_str!("../../../clients/js/src/parser.js")),
     ("backoff.js", include_str!("../../../clients/js/src/backoff.js")),
     ("share.js", include_str!("../../../clients/js/src/share.js")),
+    ("names.js", include_str!("../../../clients/js/src/names.js")),
+    ("requests.js", include_str!("../../../clients/js/src/requests.js")),
+    ("envelope.js", include_str!("../../../clients/js/src/envelope.js")),
+    ("registry.js", include_str!("../../../clients/js/src/registry.js")),
+    ("timer.js", include_str!("../../../clients/js/src/timer.js")),
     ("react-bindings.js", include_str!("../../../clients/js/src/react-bindings.js")),
 ];
 
