@@ -262,10 +262,6 @@ impl NatsBroker {
         self.jetstream.as_ref()
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// Names this broker among the workers' connections: the address of its `shared`.
     fn owner(&self) -> usize {
         Arc::as_ptr(&self.shared) as usize
