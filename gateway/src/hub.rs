@@ -126,8 +126,11 @@ enum Command {
     Position(Option<EventId>),
     /// The broker's connection went down: what is published now is not delivered live.
     LinkDown,
-    /// The broker reconnected: refill what it missed.
-    Gap,
+    /// The broker reconnected (or, `restored`, the history's stream reaches it again on the
+    /// same connection): refill what it missed.
+    Gap {
+        restored: bool,
+    },
     /// The replay that refills the gap.
     CaughtUp(Result<Replay, BrokerError>),
 }
@@ -232,10 +235,11 @@ impl Hub {
             runtime.spawn(async move {
                 while link.changed().await.is_ok() {
                     let now = *link.borrow_and_update();
+                    let restored = now.restored != seen.restored;
                     let command = if !now.up {
                         Command::LinkDown
-                    } else if now.connections != seen.connections {
-                        Command::Gap
+                    } else if now.connections != seen.connections || restored {
+                        Command::Gap { restored }
                     } else {
                         continue;
                     };
@@ -474,9 +478,10 @@ impl Dispatcher {
                 CatchUp::Holding => {}
                 CatchUp::Running { .. } => self.catch_up = CatchUp::Running { again: true },
             },
-            Command::Gap => {
-                // Word of a reconnect the dispatcher may have found first, from the count.
-                let unseen = self.note_connections() || self.connections.is_none();
+            Command::Gap { restored } => {
+                // Word of a reconnect the dispatcher may have found first, from the count; a
+                // stream restored on the same connection moves no count, and is always new.
+                let unseen = self.note_connections() || self.connections.is_none() || restored;
                 match self.catch_up {
                     CatchUp::Holding => self.start_catch_up(),
                     CatchUp::Idle if unseen => self.start_catch_up(),
@@ -892,7 +897,7 @@ mod tests {
         /// A broker whose history's head is `head` when the hub starts.
         fn new(head: u64) -> Script {
             let (replays_tx, replays) = mpsc::unbounded_channel();
-            let (link, link_rx) = watch::channel(Link { up: true, connections: 1 });
+            let (link, link_rx) = watch::channel(Link { up: true, connections: 1, restored: 0 });
             let broker = Arc::new(Scripted {
                 feeds: Mutex::default(),
                 replays: replays_tx,
@@ -1125,6 +1130,21 @@ mod tests {
         script.live(&u, 14);
         assert_eq!(a.until(14).await, [11, 12, 13, 14]);
         assert!(script.replays.try_recv().is_err(), "one refill for one reconnect");
+    }
+
+    /// A NATS node cut off from the others leaves the connection up: the broker says the link is
+    /// down, then restored. Heard only as restored (its word of the cut lost or late), it is still
+    /// a gap, though no connection count moved.
+    #[tokio::test]
+    async fn a_stream_restored_on_the_same_connection_is_refilled() {
+        let mut script = Script::new(10);
+        let (_hub, u, mut a, _a) = streaming_after_11(&script).await;
+        script.link.send_modify(|l| l.restored += 1);
+        let (after, reply) = script.next_replay().await;
+        assert_eq!(after, 11);
+        Script::refill(reply, [(u.clone(), 12)]);
+        script.live(&u, 13);
+        assert_eq!(a.until(13).await, [11, 12, 13]);
     }
 
     #[tokio::test]

@@ -39,6 +39,9 @@ pub struct Link {
     /// Connections made so far: a new one means a reconnect, even when the moment it was down
     /// went unseen.
     pub connections: u64,
+    /// Times the history's stream reached the gateway again, on the same connection, after it
+    /// was cut off (a NATS node apart from the others): each is a gap as a reconnect is.
+    pub restored: u64,
 }
 
 /// Reads a broker's connection count (see [`Broker::connections`]).

@@ -403,7 +403,7 @@ const REPLICA_SILENT: Duration = Duration::from_secs(3);
 /// [`REACH_EVERY`] the stream's info is read, as its leader describes it: no answer, or a leader
 /// that has not heard from a quorum of its replicas lately (it is the one cut off, or there is no
 /// quorum), and the link is reported down: the hub holds what arrives from then on. Once the stream answers again with
-/// a quorum, the link is reported back as a new connection: the hub refills the gap from the
+/// a quorum, the link is reported back up and restored: the hub refills the gap from the
 /// history. (Between the cut and its detection nothing arrives either, so nothing is delivered
 /// ahead of the gap.)
 async fn watch_reach(js: &jetstream::Context, epoch: &RwLock<Arc<str>>, client: &Client, link: &watch::Sender<Link>) {
@@ -427,7 +427,7 @@ async fn watch_reach(js: &jetstream::Context, epoch: &RwLock<Arc<str>>, client: 
                 tracing::info!(stream = STREAM, "the history's stream reaches this gateway again");
                 link.send_modify(|l| {
                     l.up = true;
-                    l.connections += 1;
+                    l.restored += 1;
                 });
             }
         }
@@ -469,9 +469,12 @@ const STORE_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Attempts take the connections in `via` in turn (a worker's own, then the hub's): a node cut
 /// off from the others cannot reach the stream's leader, and a connection to it would fail
 /// every attempt until the partition heals, while another connection, on another node, stores
-/// the event at once.
+/// the event at once. A connection seen down leaves the turn for the rest of this store: an
+/// attempt queued on it would go out whenever it is back, maybe after the request was answered
+/// through another, and past the duplicate window it would be stored again. (With none up, the
+/// last one, the hub's, is used, as the only one was before.)
 async fn store(
-    via: &[&jetstream::Context],
+    all: &[&jetstream::Context],
     prefix: &str,
     targets: &[Target],
     headers: &HeaderMap,
@@ -492,8 +495,15 @@ async fn store(
     let deadline = tokio::time::Instant::now() + retry;
     let mut sequences: Vec<Option<u64>> = vec![None; targets.len()];
     let mut backoff = STORE_BACKOFF;
+    let mut via: Vec<&jetstream::Context> = all.to_vec();
     let mut attempt = 0usize;
     loop {
+        if via.len() > 1 {
+            via.retain(|js| js.client().connection_state() == async_nats::connection::State::Connected);
+            if via.is_empty() {
+                via.extend(all.last());
+            }
+        }
         let js = via[attempt % via.len()];
         attempt += 1;
         let mut last_error = String::new();
