@@ -16,31 +16,35 @@
 //!
 //! Everything that parses untrusted input is a pure function with table tests: [`names`],
 //! [`auth`], [`publish_keys`], [`sse`].
+//!
+//! The modules nothing outside the crate uses are `pub(crate)`, so that the compiler reports
+//! what in them has no caller; the rest are public for the binary, the tests, the examples, the
+//! load tester and the fuzz targets.
 
 pub mod auth;
 pub mod broker;
-pub mod close_reason;
+pub(crate) mod close_reason;
 pub mod config;
-pub mod dashboard;
-pub mod drain;
+pub(crate) mod dashboard;
+pub(crate) mod drain;
 pub mod event;
 pub mod http;
 pub mod hub;
 pub mod jwks;
-pub mod limits;
+pub(crate) mod limits;
 pub mod metrics;
 pub mod names;
 pub mod outbox;
-pub mod peer;
-pub mod presence;
+pub(crate) mod peer;
+pub(crate) mod presence;
 pub mod publish_command;
 pub mod publish_keys;
-pub mod rate;
-pub mod resume;
+pub(crate) mod rate;
+pub(crate) mod resume;
 pub mod selftest;
 pub mod server;
-pub mod session;
+pub(crate) mod session;
 pub mod sse;
 pub mod telemetry;
-pub mod trace;
-pub mod trace_context;
+pub(crate) mod trace;
+pub(crate) mod trace_context;

@@ -36,9 +36,13 @@ pub struct Session {
     pub id: String,
     pub user: Name,
     pub outbox: Arc<Outbox>,
+    /// Its topics in the hub; dropped (leaving them, the last member unsubscribing) with it.
+    #[expect(dead_code, reason = "held for its drop: leaving the hub's topics")]
     pub membership: Membership,
     /// Its presence on presence-enabled channels; dropped (leaving them) with the session.
     pub presence: Option<PresenceGuard>,
+    /// Its connection slot (`limits.rs`); dropped, freeing the slot, with it.
+    #[expect(dead_code, reason = "held for its drop: freeing the connection slot")]
     pub permit: Permit,
     pub heartbeat: Duration,
     /// Unix seconds at which the token expires.
