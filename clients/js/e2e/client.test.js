@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import {
   Scope,
   launchBrowser,
-  newPage,
+  openRecorder,
   publish,
   seqOf,
   serveAuth,
@@ -45,17 +45,7 @@ after(() => scope.close());
 
 const nowSecs = () => Math.floor(Date.now() / 1000);
 
-async function openClient(config) {
-  const page = await newPage(browser);
-  const streams = [];
-  page.on('request', (req) => {
-    if (new URL(req.url()).pathname === '/events' && req.method() === 'GET') streams.push(req.url());
-  });
-  await page.goto(`${site.url}/`);
-  await page.waitForFunction(() => window.heraldE2E !== undefined, null, { timeout: 10000 });
-  await page.evaluate((c) => window.heraldE2E.start(c), config);
-  return { page, streams };
-}
+const openClient = (config) => openRecorder(browser, site.url, config);
 
 const recorded = (page) => page.evaluate(() => window.rec);
 

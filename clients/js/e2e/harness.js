@@ -415,6 +415,22 @@ export async function newPage(context) {
   return page;
 }
 
+/**
+ * A page of the site at `siteUrl` running the test page's recorder (`e2e/pages/recorder.js`)
+ * with `config`; `streams` lists the `/events` requests the page itself makes.
+ */
+export async function openRecorder(context, siteUrl, config) {
+  const page = await newPage(context);
+  const streams = [];
+  page.on('request', (req) => {
+    if (new URL(req.url()).pathname === '/events' && req.method() === 'GET') streams.push(req.url());
+  });
+  await page.goto(`${siteUrl}/`);
+  await page.waitForFunction(() => window.heraldE2E !== undefined, null, { timeout: 10000 });
+  await page.evaluate((c) => window.heraldE2E.start(c), config);
+  return { page, streams };
+}
+
 export async function ensureArtifactsDir() {
   await mkdir(ARTIFACTS_DIR, { recursive: true });
   return ARTIFACTS_DIR;

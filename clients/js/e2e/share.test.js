@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import {
   Scope,
   launchBrowser,
-  newPage,
+  openRecorder,
   publish,
   serveAuth,
   signToken,
@@ -57,14 +57,7 @@ afterEach(async () => {
 
 /** A tab of `user` on `channels`; `streams` counts the /events requests it makes itself. */
 async function openTab(context, user, channels) {
-  const page = await newPage(context);
-  const streams = [];
-  page.on('request', (req) => {
-    if (new URL(req.url()).pathname === '/events' && req.method() === 'GET') streams.push(req.url());
-  });
-  await page.goto(`${site.url}/`);
-  await page.waitForFunction(() => window.heraldE2E !== undefined, null, { timeout: 10000 });
-  await page.evaluate((c) => window.heraldE2E.start(c), { url: gw.url, channels, token: `user=${user}` });
+  const { page, streams } = await openRecorder(context, site.url, { url: gw.url, channels, token: `user=${user}` });
   page.streams = streams;
   opened.add(page);
   return page;

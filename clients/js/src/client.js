@@ -877,8 +877,6 @@ export class HeraldClient {
     this.#leaderId = null;
     this.#peers.clear();
     this.#stopped = false;
-    this.#active = false;
-    this.#activeKey = null;
     this.#connect();
   }
 
@@ -900,9 +898,6 @@ export class HeraldClient {
     const live = await this.#group.liveTabs();
     if (this.#closed || this.#role !== LEADER) return; // closed, or the group dissolved meanwhile
     if (live) for (const id of known) if (!live.has(id)) this.#peers.delete(id);
-    this.#active = false;
-    this.#activeKey = null;
-    if (this.#state === CLOSED && !this.#stopped) this.#state = RECONNECTING;
     this.#channelsChanged();
   }
 

@@ -210,23 +210,21 @@ impl NatsCluster {
 
     /// The node a client named `name` is connected to, if any.
     pub async fn node_of(&self, name: &str) -> Option<usize> {
-        for (i, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.is_up()) {
-            let Some(connz) = node.monitor("/connz").await else { continue };
-            let conns = connz["connections"].as_array().cloned().unwrap_or_default();
-            if conns.iter().any(|c| c["name"] == name) {
-                return Some(i);
-            }
-        }
-        None
+        self.nodes_where(|n| n == name).await.first().copied()
     }
 
     /// The nodes (up) holding a connection whose name starts with `prefix`.
     pub async fn nodes_with(&self, prefix: &str) -> Vec<usize> {
+        self.nodes_where(|n| n.starts_with(prefix)).await
+    }
+
+    /// The nodes (up) holding a connection whose name passes `wanted`, per their `/connz`.
+    async fn nodes_where(&self, wanted: impl Fn(&str) -> bool) -> Vec<usize> {
         let mut found = Vec::new();
         for (i, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.is_up()) {
             let Some(connz) = node.monitor("/connz").await else { continue };
             let conns = connz["connections"].as_array().cloned().unwrap_or_default();
-            if conns.iter().any(|c| c["name"].as_str().is_some_and(|n| n.starts_with(prefix))) {
+            if conns.iter().any(|c| c["name"].as_str().is_some_and(&wanted)) {
                 found.push(i);
             }
         }
