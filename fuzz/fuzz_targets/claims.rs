@@ -5,7 +5,7 @@
 //! Input: `payload` (header `{"alg":"HS256","typ":"JWT"}`), or `header\0payload`.
 #![no_main]
 
-use herald_gateway::auth::AuthError;
+use herald_gateway::access::tokens::AuthError;
 use herald_gateway_fuzz::{AUDIENCE, ISSUER, check_grant, fields, plain_verifier, sign, strict_verifier};
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;

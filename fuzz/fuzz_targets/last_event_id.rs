@@ -2,7 +2,7 @@
 #![no_main]
 
 use herald_gateway::event::{EventId, Target};
-use herald_gateway::sse::event_frame;
+use herald_gateway::delivery::sse::event_frame;
 use herald_gateway_fuzz::{Expected, check_frame, text};
 use libfuzzer_sys::fuzz_target;
 

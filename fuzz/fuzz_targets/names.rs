@@ -4,7 +4,7 @@
 //! against it as a channel pattern.
 #![no_main]
 
-use herald_gateway::auth::ChannelPattern;
+use herald_gateway::access::tokens::ChannelPattern;
 use herald_gateway::event::{SubjectKind, Target};
 use herald_gateway::names::{
     MAX_NAME_LEN, MAX_TYPE_LEN, Name, NameError, RESERVED_EVENT_TYPES, validate_event_type, validate_name,

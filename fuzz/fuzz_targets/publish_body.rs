@@ -5,7 +5,7 @@
 use herald_gateway::event::Target;
 use herald_gateway::http::publish::{MAX_TARGETS, validate};
 use herald_gateway::names::{validate_event_type, validate_name};
-use herald_gateway::sse::event_frame;
+use herald_gateway::delivery::sse::event_frame;
 use herald_gateway_fuzz::{Expected, check_frame};
 use libfuzzer_sys::fuzz_target;
 

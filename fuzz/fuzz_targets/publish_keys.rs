@@ -2,7 +2,7 @@
 //! so never echo) a secret, and every loaded secret authenticates as a key of that secret.
 #![no_main]
 
-use herald_gateway::publish_keys::PublishKeys;
+use herald_gateway::access::publish_keys::PublishKeys;
 use herald_gateway_fuzz::text;
 use libfuzzer_sys::fuzz_target;
 

@@ -4,7 +4,7 @@
 //! Input: `query[\0pattern[\0pattern…]]`; the patterns, where valid, form the token's grant.
 #![no_main]
 
-use herald_gateway::auth::{ChannelPattern, Grant, redact_query};
+use herald_gateway::access::tokens::{ChannelPattern, Grant, redact_query};
 use herald_gateway::http::events::{authorize_channels, parse_query};
 use herald_gateway::names::{Name, validate_name};
 use herald_gateway_fuzz::{fields, text};

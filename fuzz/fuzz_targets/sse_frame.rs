@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use herald_gateway::event::{Delivery, EventId, Target};
 use herald_gateway::names::Name;
-use herald_gateway::sse::event_frame;
+use herald_gateway::delivery::sse::event_frame;
 use herald_gateway_fuzz::{Expected, check_frame, fields, text};
 use libfuzzer_sys::fuzz_target;
 

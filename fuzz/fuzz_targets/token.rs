@@ -4,7 +4,7 @@
 //! Input: `authorization[\0query-token[\0cookie]]`; each part is also verified on its own.
 #![no_main]
 
-use herald_gateway::auth::{TokenSources, pick_token};
+use herald_gateway::access::tokens::{TokenSources, pick_token};
 use herald_gateway_fuzz::{check_grant, fields, plain_verifier, strict_verifier, text};
 use libfuzzer_sys::fuzz_target;
 

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use herald_gateway::auth::{ChannelPattern, Grant, Verifier};
+use herald_gateway::access::tokens::{ChannelPattern, Grant, Verifier};
 use herald_gateway::event::EventId;
 use herald_gateway::names::validate_name;
 use hmac::{Hmac, Mac};

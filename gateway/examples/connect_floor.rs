@@ -25,8 +25,8 @@ use actix::{Actor, AsyncContext, Context};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use clap::Parser;
 use futures_util::StreamExt;
+use herald_gateway::delivery::sse::connected_frame;
 use herald_gateway::http::events::stream_response;
-use herald_gateway::sse::connected_frame;
 
 /// More than the 20,000 open files a process may hold here: the limit is the kernel's.
 const MAX_CONNECTIONS: usize = 25_000;
@@ -97,7 +97,7 @@ async fn events(req: HttpRequest, nats: web::Data<Option<async_nats::Client>>) -
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    herald_gateway::server::raise_open_files_limit(MAX_CONNECTIONS);
+    herald_gateway::commands::serve::raise_open_files_limit(MAX_CONNECTIONS);
     actix_web::rt::System::new().block_on(async move {
         let nats = match args.nats {
             Some(url) => Some(connect(&url).await?),

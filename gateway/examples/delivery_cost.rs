@@ -35,11 +35,11 @@ use clap::{Parser, ValueEnum};
 use herald_gateway::broker::Broker;
 use herald_gateway::broker::HistoryLimits;
 use herald_gateway::broker::nats::{History, NatsBroker, NatsOptions, StreamOptions};
+use herald_gateway::delivery::hub::Hub;
+use herald_gateway::delivery::outbox::Outbox;
 use herald_gateway::event::{SubjectKind, Target};
-use herald_gateway::hub::Hub;
-use herald_gateway::metrics::Metrics;
 use herald_gateway::names::Name;
-use herald_gateway::outbox::Outbox;
+use herald_gateway::ops::metrics::Metrics;
 
 /// Counts every allocation of the process.
 struct Counting;

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::auth::{ChannelPattern, Verifier};
+use crate::access::jwks::RemoteKeys;
+use crate::access::publish_keys::{KeyAuth, PublishKeys};
+use crate::access::tokens::{ChannelPattern, Verifier};
 use crate::broker::HistoryLimits;
 use crate::broker::nats::{History, NatsOptions, StreamOptions};
-use crate::jwks::RemoteKeys;
 use crate::names::validate_name;
-use crate::publish_keys::{KeyAuth, PublishKeys};
 
 #[derive(Parser, Debug)]
 #[command(name = "herald-gateway", version, about = "Herald: real-time push over Server-Sent Events, backed by NATS")]
@@ -32,10 +32,10 @@ pub enum Command {
     /// Publish one event from a shell, through NATS or a gateway's HTTP API.
     Publish(PublishArgs),
     /// Check a running gateway end to end: open a stream, publish, receive.
-    Selftest(crate::selftest::SelftestArgs),
+    Selftest(crate::commands::selftest::SelftestArgs),
 }
 
-/// `herald-gateway publish`: one event from a shell (run by [`crate::publish_command`]).
+/// `herald-gateway publish`: one event from a shell (run by [`crate::commands::publish`]).
 #[derive(Args, Debug)]
 pub struct PublishArgs {
     /// Event type (the SSE `event:` name).

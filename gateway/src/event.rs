@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::names::Name;
-use crate::trace_context::TraceContext;
+use crate::ops::trace_context::TraceContext;
 
 /// Who an event is for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,6 +1,7 @@
 use clap::Parser;
+use herald_gateway::commands::{publish, selftest, serve};
 use herald_gateway::config::{Cli, Command, Config};
-use herald_gateway::{publish_command, selftest, server, telemetry};
+use herald_gateway::ops::telemetry;
 
 // jemalloc rather than the system allocator: it gives the memory of closed connections back to
 // the kernel (after ~10 s of decay), where glibc keeps a pod's peak heap resident after a burst
@@ -11,10 +12,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
     // Before any HTTP client is built (JWKS fetches, the trace exporter): their TLS uses it.
-    herald_gateway::jwks::install_crypto();
+    herald_gateway::access::jwks::install_crypto();
     let cli = Cli::parse();
     let (config, log_format) = match cli.command {
-        Command::Publish(args) => std::process::exit(publish_command::publish(args)),
+        Command::Publish(args) => std::process::exit(publish::publish(args)),
         Command::Selftest(args) => std::process::exit(selftest::run(args)),
         Command::Serve(args) => {
             let format = args.common.log_format;
@@ -37,7 +38,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let result = server::run(config);
+    let result = serve::run(config);
     if let Err(e) = &result {
         tracing::error!("gateway stopped: {e}");
     }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use herald_gateway::auth::{AuthError, Verifier};
+use herald_gateway::access::tokens::{AuthError, Verifier};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::json;
 

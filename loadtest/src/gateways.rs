@@ -98,7 +98,7 @@ impl GatewaySpec {
             .arg(&self.credentials.keys_file)
             .args(["--max-connections", &(self.max_connections + 100).to_string()])
             .args(&self.extra)
-            .env("RUST_LOG", "warn,herald_gateway::server=info")
+            .env("RUST_LOG", "warn,herald_gateway::commands::serve=info")
             .env_remove("HERALD_LISTEN")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -10,8 +10,8 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Broker, BrokerError, EventStream, HistoryLimits, Listed, Replay, Resumption};
+use crate::broker::resume::{self, ResetReason, Start};
 use crate::event::{Delivery, EventId, Outgoing, Target};
-use crate::resume::{self, ResetReason, Start};
 
 /// Events a subscriber may fall behind by before it misses some (as NATS' slow consumer).
 const SUBSCRIBER_CAPACITY: usize = 64 * 1024;
@@ -126,7 +126,7 @@ impl State {
     fn publish(&mut self, targets: Vec<Target>, event: Outgoing) -> Vec<EventId> {
         let now = Instant::now();
         // As the NATS broker stamps Herald-Published-At, for the delivery latency.
-        let published_at = crate::metrics::unix_nanos();
+        let published_at = crate::ops::metrics::unix_nanos();
         let mut ids = Vec::new();
         if event.id.is_some() && event.durable {
             let window = self.limits.dedup_window;

@@ -17,11 +17,12 @@ use futures_util::Stream;
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
+use crate::broker::resume::ResetReason;
 use crate::event::{Delivery, EventId, Outgoing, Target};
-use crate::resume::ResetReason;
 
 pub mod memory;
 pub mod nats;
+pub(crate) mod resume;
 
 pub use memory::MemoryBroker;
 pub use nats::NatsBroker;

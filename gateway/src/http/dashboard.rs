@@ -15,9 +15,9 @@ use futures_util::StreamExt;
 use futures_util::stream;
 
 use super::{ApiError, AppState};
-use crate::auth::{TokenSources, pick_token};
-use crate::publish_keys::KeyAuth;
-use crate::sse;
+use crate::access::publish_keys::KeyAuth;
+use crate::access::tokens::{TokenSources, pick_token};
+use crate::delivery::sse;
 
 const PAGE: &str = include_str!("../../assets/dashboard.html");
 

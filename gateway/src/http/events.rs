@@ -16,24 +16,24 @@ use rand::Rng;
 use serde::Serialize;
 
 use super::{ApiError, AppState};
-use crate::auth::{Grant, MAX_PRESENCE_BYTES, TokenSources, pick_token, presence_object};
+use crate::access::tokens::{Grant, MAX_PRESENCE_BYTES, TokenSources, pick_token, presence_object};
 use crate::config::ClientAuth;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::access::admission::Refusal;
+use crate::broker::resume::ResetReason;
 use crate::broker::{BrokerError, Page, Pages, Resumption};
-use crate::close_reason::CloseReason;
+use crate::delivery::close_reason::CloseReason;
+use crate::delivery::outbox::{Outbox, OutboxBody};
+use crate::delivery::peer::PeerSocket;
+use crate::delivery::session::{BodyGone, Session};
+use crate::delivery::sse;
 use crate::event::{EventId, Target};
-use crate::limits::Refusal;
-use crate::metrics::{Metrics, ResumeResult};
 use crate::names::Name;
-use crate::outbox::{Outbox, OutboxBody};
-use crate::peer::PeerSocket;
-use crate::resume::ResetReason;
-use crate::session::{BodyGone, Session};
-use crate::sse;
-use crate::trace;
-use crate::trace_context::TraceContext;
+use crate::ops::metrics::{Metrics, ResumeResult};
+use crate::ops::trace;
+use crate::ops::trace_context::TraceContext;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -397,7 +397,7 @@ pub(crate) async fn authenticate(req: &HttpRequest, query: &EventsQuery, state: 
                 cookie: cookie.as_ref().map(|c| c.value()),
             };
             let token = pick_token(&sources)
-                .ok_or_else(|| ApiError::unauthorized(crate::auth::AuthError::Missing.to_string()))?;
+                .ok_or_else(|| ApiError::unauthorized(crate::access::tokens::AuthError::Missing.to_string()))?;
             verifier.verify_or_refresh(token).await.map_err(|e| ApiError::unauthorized(e.to_string()))
         }
     }
@@ -458,7 +458,7 @@ pub fn jittered(retry_ms: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::ChannelPattern;
+    use crate::access::tokens::ChannelPattern;
     use crate::broker::Listed;
     use crate::event::Delivery;
 

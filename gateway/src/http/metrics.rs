@@ -7,7 +7,7 @@
 use actix_web::{HttpResponse, web};
 
 use super::AppState;
-use crate::metrics::Snapshot;
+use crate::ops::metrics::Snapshot;
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let (mut queue_max, mut queue_total) = (0, 0);

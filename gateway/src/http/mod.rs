@@ -9,15 +9,15 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError, web};
 use serde::Serialize;
 
+use crate::access::admission::Admission;
+use crate::access::publish_keys::KeyAuth;
+use crate::access::rate::RateLimiter;
 use crate::broker::Broker;
 use crate::config::{ClientAuth, LOOPBACK_ORIGINS, Settings, is_loopback_origin};
-use crate::dashboard::Fleet;
-use crate::hub::Hub;
-use crate::limits::Admission;
-use crate::metrics::Metrics;
+use crate::delivery::hub::Hub;
+use crate::ops::dashboard::Fleet;
+use crate::ops::metrics::Metrics;
 use crate::presence::Presence;
-use crate::publish_keys::KeyAuth;
-use crate::rate::RateLimiter;
 
 pub mod client_events;
 pub mod dashboard;

@@ -16,9 +16,9 @@ use serde::Serialize;
 use super::events::{authenticate, parse_query};
 use super::publish::presented_key;
 use super::{ApiError, AppState};
+use crate::access::publish_keys::KeyAuth;
 use crate::names::Name;
 use crate::presence::MemberView;
-use crate::publish_keys::KeyAuth;
 
 #[derive(Serialize)]
 struct Body<'a> {

@@ -18,12 +18,12 @@ use serde_json::value::RawValue;
 use tracing::{Instrument, Span};
 
 use super::{ApiError, AppState, read_body, same_site_write};
-use crate::auth::{TokenSources, pick_token};
+use crate::access::publish_keys::KeyAuth;
+use crate::access::tokens::{TokenSources, pick_token};
 use crate::event::{Outgoing, Target, validate_publish_id};
 use crate::names::{DEFAULT_EVENT_TYPE, Name, validate_event_type};
-use crate::publish_keys::KeyAuth;
-use crate::trace;
-use crate::trace_context::TraceContext;
+use crate::ops::trace;
+use crate::ops::trace_context::TraceContext;
 
 /// Most targets in one publish request.
 pub const MAX_TARGETS: usize = 1000;

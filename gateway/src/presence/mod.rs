@@ -33,12 +33,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
-use crate::auth::ChannelPattern;
+use crate::access::tokens::ChannelPattern;
+use crate::delivery::hub::Hub;
+use crate::delivery::sse;
 use crate::event::Target;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
 use crate::names::Name;
-use crate::sse;
+use crate::ops::metrics::Metrics;
 use store::{PresenceStore, Snapshot, Update};
 
 /// How long the flusher gathers changes before writing them.

@@ -7,15 +7,15 @@ use actix_cors::Cors;
 use actix_web::dev::Service;
 use actix_web::{App, HttpServer, web};
 
-use crate::auth::redact_query;
+use crate::access::admission::Admission;
+use crate::access::tokens::redact_query;
 use crate::broker::nats::History;
 use crate::broker::{Broker, MemoryBroker, NatsBroker};
 use crate::config::{Config, LOOPBACK_ORIGINS, hostname, is_loopback_host_header, is_loopback_origin};
-use crate::dashboard::{self, Fleet};
+use crate::delivery::hub::Hub;
 use crate::http::{self, AppState};
-use crate::hub::Hub;
-use crate::limits::Admission;
-use crate::metrics::Metrics;
+use crate::ops::dashboard::{self, Fleet};
+use crate::ops::metrics::Metrics;
 use crate::presence::Presence;
 use crate::presence::store::{MemoryPresence, NatsPresence, PresenceStore};
 
@@ -81,8 +81,8 @@ pub fn run(config: Config) -> std::io::Result<()> {
         settings: settings.clone(),
         instance,
         presence: presence.clone(),
-        client_events: crate::rate::RateLimiter::new(settings.client_event_rate, settings.client_event_burst),
-        presence_reads: crate::rate::RateLimiter::new(http::presence::READ_RATE, http::presence::READ_BURST),
+        client_events: crate::access::rate::RateLimiter::new(settings.client_event_rate, settings.client_event_burst),
+        presence_reads: crate::access::rate::RateLimiter::new(http::presence::READ_RATE, http::presence::READ_BURST),
         next_connection: AtomicU64::new(0),
         metrics: metrics.clone(),
         fleet: fleet.clone(),
@@ -125,7 +125,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
                 })
                 .configure(|cfg| http::routes(cfg, dev))
         })
-        .on_connect(move |conn, ext| crate::peer::on_connect(conn, ext, heartbeat))
+        .on_connect(move |conn, ext| crate::delivery::peer::on_connect(conn, ext, heartbeat))
         // A client that closes its side of the connection is gone: its stream ends at once and
         // frees its slot, instead of at its next heartbeat (a browser reloading a page closes
         // the old stream as it opens the new one). Nobody half-closes a request to Herald.
@@ -149,7 +149,12 @@ pub fn run(config: Config) -> std::io::Result<()> {
             warn_dev_mode(&server.addrs(), allow_remote);
         }
         let server = server.run();
-        actix_web::rt::spawn(crate::drain::on_signal(admission, settings.drain, settings.retry_ms, server.handle()));
+        actix_web::rt::spawn(crate::ops::drain::on_signal(
+            admission,
+            settings.drain,
+            settings.retry_ms,
+            server.handle(),
+        ));
         server.await
     })?;
     // Streams are closed: take this pod's members out of presence now rather than after the TTL.

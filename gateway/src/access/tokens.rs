@@ -16,7 +16,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::jwks::{RemoteKeys, VerifyKey, keys_of_jwks};
+use crate::access::jwks::{RemoteKeys, VerifyKey, keys_of_jwks};
 use crate::names::{Name, NameError, validate_name};
 
 /// Seconds of clock skew tolerated on `exp` and `nbf`.

@@ -34,7 +34,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
-use crate::trace;
+use crate::ops::trace;
 
 const DEFAULT_FILTER: &str = "info,async_nats=warn,actix_server=warn,actix_web=warn,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn";
 const DEFAULT_SERVICE_NAME: &str = "herald-gateway";

@@ -14,7 +14,7 @@ use actix_web::dev::Extensions;
 
 /// The raw descriptor of the connection a request arrived on.
 ///
-/// Only used through the session's [`Outbox`](crate::outbox::Outbox), which forgets it, under
+/// Only used through the session's [`Outbox`](crate::delivery::outbox::Outbox), which forgets it, under
 /// its lock, when actix drops the response body. actix drops the body before the socket, so
 /// while the outbox still holds the descriptor it is this connection's and no one else's.
 #[derive(Clone, Copy, Debug)]

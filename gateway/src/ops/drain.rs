@@ -18,9 +18,9 @@ use actix_web::rt::time::{Instant, sleep, sleep_until};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use crate::close_reason::CloseReason;
-use crate::limits::Admission;
-use crate::sse;
+use crate::access::admission::Admission;
+use crate::delivery::close_reason::CloseReason;
+use crate::delivery::sse;
 
 /// How long closed streams get to flush their last frames before the server stops.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);

@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus::core::Metric as _;
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
-use crate::close_reason::CloseReason;
+use crate::broker::resume::ResetReason;
+use crate::delivery::close_reason::CloseReason;
 use crate::event::Target;
-use crate::resume::ResetReason;
 
 /// Bucket bounds (seconds) of `herald_delivery_latency_seconds`: from sub-millisecond loopback
 /// deliveries to a client stuck behind a full queue.

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use slab::Slab;
 
+use crate::delivery::outbox::Outbox;
 use crate::names::Name;
-use crate::outbox::Outbox;
 
 /// Pod-wide connection accounting, shared by every worker.
 pub struct Admission {

@@ -16,9 +16,9 @@ use actix_web::body::{BodySize, MessageBody};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
-use crate::close_reason::CloseReason;
-use crate::metrics::{Metrics, unix_nanos};
-use crate::peer::PeerSocket;
+use crate::delivery::close_reason::CloseReason;
+use crate::delivery::peer::PeerSocket;
+use crate::ops::metrics::{Metrics, unix_nanos};
 
 /// Largest chunk the body hands to the socket at once.
 const MAX_CHUNK: usize = 64 * 1024;

@@ -59,12 +59,12 @@ use slab::Slab;
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::{Broker, BrokerError, EventStream, Replay};
-use crate::close_reason::CloseReason;
+use crate::delivery::close_reason::CloseReason;
+use crate::delivery::outbox::{Outbox, Rejected};
+use crate::delivery::sse;
 use crate::event::{Delivery, EventId, Target};
-use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Rejected};
-use crate::sse;
-use crate::trace;
+use crate::ops::metrics::Metrics;
+use crate::ops::trace;
 
 /// How long a join waits for a new subject's subscription before giving up.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -19,9 +19,9 @@ use opentelemetry::trace::TraceContextExt;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::delivery::outbox::Totals;
 use crate::event::{EventId, Target};
-use crate::outbox::Totals;
-use crate::trace_context::TraceContext;
+use crate::ops::trace_context::TraceContext;
 
 /// The `tracing` target of every span meant for export (the exporter takes these only).
 pub const TARGET: &str = "herald_gateway::trace";

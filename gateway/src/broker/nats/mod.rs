@@ -32,11 +32,11 @@ use super::{
     Broker, BrokerError, ConnectionCount, EventStream, HistoryLimits, Link, Page, Pages, Replay, ReportStream,
     Resumption, frame_estimate,
 };
+use crate::broker::resume::{self, ResetReason, Start};
 use crate::event::{Delivery, EventId, Outgoing, SubjectKind, Target, parse_published_at};
 use crate::names::DEFAULT_EVENT_TYPE;
-use crate::resume::{self, ResetReason, Start};
-use crate::trace;
-use crate::trace_context::{self, TraceContext};
+use crate::ops::trace;
+use crate::ops::trace_context::{self, TraceContext};
 
 /// Messages one subscription queues before async-nats drops newer ones (a slow consumer).
 const SUBSCRIPTION_CAPACITY: usize = 256 * 1024;
@@ -1286,7 +1286,7 @@ impl Broker for NatsBroker {
 
     fn publish_stats(&self, pod: &str, report: Bytes) -> BoxFuture<'static, ()> {
         let client = self.client.clone();
-        let subject = format!("{}.{STATS_SUBJECT}.{}", self.prefix, crate::dashboard::subject_token(pod));
+        let subject = format!("{}.{STATS_SUBJECT}.{}", self.prefix, crate::ops::dashboard::subject_token(pod));
         async move {
             if let Err(e) = client.publish(subject, report).await {
                 tracing::debug!(error = %e, "cannot publish the stats report");

@@ -21,11 +21,11 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::access::admission::Admission;
 use crate::broker::Broker;
-use crate::hub::Hub;
-use crate::limits::Admission;
-use crate::metrics::{self, Metrics, Totals};
-use crate::sse;
+use crate::delivery::hub::Hub;
+use crate::delivery::sse;
+use crate::ops::metrics::{self, Metrics, Totals};
 
 /// How often each gateway reports.
 pub const INTERVAL: Duration = Duration::from_secs(1);

@@ -16,15 +16,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
 use bytes::Bytes;
 
-use crate::close_reason::CloseReason;
-use crate::hub::Membership;
-use crate::limits::Permit;
-use crate::metrics::Metrics;
+use crate::access::admission::Permit;
+use crate::delivery::close_reason::CloseReason;
+use crate::delivery::hub::Membership;
+use crate::delivery::outbox::Outbox;
+use crate::delivery::sse;
 use crate::names::Name;
-use crate::outbox::Outbox;
+use crate::ops::metrics::Metrics;
+use crate::ops::trace;
 use crate::presence::PresenceGuard;
-use crate::sse;
-use crate::trace;
 
 /// Sent by the response body when actix drops it: the client is gone or the stream ended.
 #[derive(Message)]
@@ -61,7 +61,7 @@ const NEVER_SECS: u64 = 100 * 365 * 24 * 3600;
 /// accepted within it does not end its stream at once. `None`: not within the gateway's
 /// lifetime. Saturating throughout: `exp` is the token's to choose, up to `u64::MAX`.
 fn expiry_delay(exp: u64, now: u64) -> Option<Duration> {
-    let left = exp.saturating_add(crate::auth::LEEWAY_SECS).saturating_sub(now);
+    let left = exp.saturating_add(crate::access::tokens::LEEWAY_SECS).saturating_sub(now);
     (left <= NEVER_SECS).then(|| Duration::from_secs(left))
 }
 
@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn expiry_delays() {
-        let leeway = crate::auth::LEEWAY_SECS;
+        let leeway = crate::access::tokens::LEEWAY_SECS;
         assert_eq!(expiry_delay(1_000, 1_000), Some(Duration::from_secs(leeway)));
         assert_eq!(expiry_delay(1_060, 1_000), Some(Duration::from_secs(60 + leeway)));
         assert_eq!(expiry_delay(900, 1_000), Some(Duration::ZERO), "already past, leeway and all");

@@ -22,7 +22,7 @@ use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
 use parking_lot::RwLock;
 
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 /// Least time between two fetches of one URL for tokens naming unknown key ids.
 pub const ON_DEMAND_EVERY: Duration = Duration::from_secs(10);
