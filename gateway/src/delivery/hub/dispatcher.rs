@@ -1,0 +1,557 @@
+//! The dispatcher: owns every subscription of the pod and merges them into one ordered flow,
+//! refills gaps in live delivery, and fans each event out to its topic's members (see
+//! `mod.rs` for the order it keeps and how).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
+use slab::Slab;
+use tokio::sync::mpsc;
+
+use crate::broker::{Broker, BrokerError, EventStream, Replay};
+use crate::delivery::close_reason::CloseReason;
+use crate::delivery::outbox::Rejected;
+use crate::delivery::sse;
+use crate::event::{Delivery, EventId, Target};
+use crate::ops::metrics::Metrics;
+use crate::ops::trace;
+
+use super::{Command, NO_SLOT, Topic, TopicState};
+
+/// Most events replayed to refill one outage; beyond it, sessions are closed to resume alone.
+const CATCH_UP_MAX: usize = 100_000;
+
+/// How long a refill that the history cannot answer (a NATS cluster electing the stream's
+/// leader takes seconds) is tried again, every [`REFILL_RETRY`], with every stream kept open
+/// and live events held, before every stream is sent to resume on its own.
+const REFILL_PATIENCE: Duration = Duration::from_secs(30);
+const REFILL_RETRY: Duration = Duration::from_millis(500);
+
+/// Indices of subscriptions that have events queued, filled by their wakers.
+#[derive(Default)]
+struct ReadyQueue {
+    indices: Mutex<Vec<usize>>,
+    dispatcher: AtomicWaker,
+}
+
+/// Waker of one subscription: marks it ready and wakes the dispatcher.
+struct SlotWaker {
+    index: usize,
+    queued: AtomicBool,
+    ready: Arc<ReadyQueue>,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.ready.indices.lock().push(self.index);
+            self.ready.dispatcher.wake();
+        }
+    }
+}
+
+struct Slot {
+    topic: Arc<Topic>,
+    stream: EventStream,
+    waker: Arc<SlotWaker>,
+    /// Not drained yet. What the subscription queued before it was in place (a NATS cluster
+    /// confirms a subscription only once the stream's leader knows of it, a round trip across
+    /// the cluster) may be older than what the other subscriptions delivered meanwhile: that is
+    /// no new history, and every stream joining it starts at a cursor that covers those events.
+    new: bool,
+}
+
+/// Owns every subscription of the pod and merges them into one ordered flow (see the top of
+/// `mod.rs`). Runs as a single future on the hub runtime.
+pub(super) struct Dispatcher {
+    broker: Arc<dyn Broker>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    commands_tx: mpsc::UnboundedSender<Command>,
+    slots: Slab<Slot>,
+    ready: Arc<ReadyQueue>,
+    batch: Vec<(usize, Delivery)>,
+    metrics: Arc<Metrics>,
+    /// The slot of each subscribed target, to route replayed events.
+    by_target: HashMap<Target, usize>,
+    /// The newest durable event dispatched (or in the history at start).
+    watermark: Option<EventId>,
+    /// Refilling a gap, while live events wait in `held`.
+    catch_up: CatchUp,
+    /// Events one subscription queues before the broker drops newer ones (its slow consumer).
+    capacity: usize,
+    /// The history started over while events still came under the old epoch: the next epoch
+    /// change is the new history's real name, not another new history.
+    renaming: bool,
+    /// Set by a drain that found a subscription's queue full: the broker may have dropped what
+    /// came after this sequence on it.
+    hole_after: Option<u64>,
+    held: Vec<(Arc<Topic>, Delivery)>,
+    /// When the refills of the current gap started failing with the link up.
+    refill_failing_since: Option<std::time::Instant>,
+    /// The broker's connection count, read at once (see [`Broker::connections`]), and the
+    /// count the hub last accounted for: a difference is a reconnect, a gap to refill.
+    connections: Option<crate::broker::ConnectionCount>,
+    known_connections: u64,
+}
+
+/// Whether the hub is refilling a gap in live delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CatchUp {
+    Idle,
+    /// The broker's link went down: live events that arrive from now on come after a gap, and
+    /// wait until it is refilled. The refill starts when the link is back, or at the first
+    /// event to arrive (proof that it is, should the word of it come late or not at all).
+    Holding,
+    /// A replay is out. `again`: another gap opened meanwhile (a second reconnect), which that
+    /// replay may not cover; another replay follows it before the held events are released.
+    Running {
+        again: bool,
+    },
+}
+
+impl Dispatcher {
+    /// A dispatcher of `broker`'s subscriptions, taking commands from `commands` (`commands_tx`
+    /// is its sender, for the tasks it starts).
+    pub(super) fn new(
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        commands_tx: mpsc::UnboundedSender<Command>,
+    ) -> Self {
+        let capacity = broker.subscription_capacity().max(1);
+        let mut dispatcher = Dispatcher {
+            broker,
+            commands,
+            commands_tx,
+            slots: Slab::new(),
+            ready: Arc::new(ReadyQueue::default()),
+            batch: Vec::new(),
+            metrics,
+            by_target: HashMap::new(),
+            watermark: None,
+            catch_up: CatchUp::Idle,
+            capacity,
+            renaming: false,
+            hole_after: None,
+            held: Vec::new(),
+            refill_failing_since: None,
+            known_connections: 0,
+            connections: None,
+        };
+        // Counted from here: the first connection is no gap.
+        dispatcher.connections = dispatcher.broker.connections();
+        dispatcher.note_connections();
+        dispatcher
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Open(topic) => {
+                let subscribe = self.broker.subscribe(topic.target.clone());
+                let tx = self.commands_tx.clone();
+                tokio::spawn(async move {
+                    let result = subscribe.await;
+                    let _ = tx.send(Command::Attach(topic, result));
+                });
+            }
+            Command::Attach(topic, result) => {
+                if matches!(*topic.state.borrow(), TopicState::Closed) {
+                    return; // everyone left while subscribing; dropping the stream unsubscribes
+                }
+                match result {
+                    Ok(stream) => {
+                        let entry = self.slots.vacant_entry();
+                        let waker = Arc::new(SlotWaker {
+                            index: entry.key(),
+                            queued: AtomicBool::new(false),
+                            ready: self.ready.clone(),
+                        });
+                        waker.wake_by_ref(); // poll it once to register the waker
+                        topic.slot.store(entry.key(), Ordering::Relaxed);
+                        self.by_target.insert(topic.target.clone(), entry.key());
+                        entry.insert(Slot { topic: topic.clone(), stream, waker, new: true });
+                        topic.state.send_replace(TopicState::Live);
+                    }
+                    Err(e) => {
+                        tracing::warn!(target = %topic.target, error = %e, "subscribe failed");
+                        topic.state.send_replace(TopicState::Failed(e.to_string()));
+                    }
+                }
+            }
+            Command::Close(topic) => {
+                let key = topic.slot.load(Ordering::Relaxed);
+                if self.slots.get(key).is_some_and(|s| Arc::ptr_eq(&s.topic, &topic)) {
+                    self.remove_slot(key);
+                }
+            }
+            Command::Position(id) => {
+                if self.watermark.is_none() {
+                    self.watermark = id;
+                }
+            }
+            Command::LinkDown => match self.catch_up {
+                CatchUp::Idle => self.catch_up = CatchUp::Holding,
+                CatchUp::Holding => {}
+                CatchUp::Running { .. } => self.catch_up = CatchUp::Running { again: true },
+            },
+            Command::Gap { restored } => {
+                // Word of a reconnect the dispatcher may have found first, from the count; a
+                // stream restored on the same connection moves no count, and is always new.
+                let unseen = self.note_connections() || self.connections.is_none() || restored;
+                match self.catch_up {
+                    CatchUp::Holding => self.start_catch_up(),
+                    CatchUp::Idle if unseen => self.start_catch_up(),
+                    CatchUp::Running { .. } if unseen => self.catch_up = CatchUp::Running { again: true },
+                    CatchUp::Idle | CatchUp::Running { .. } => {}
+                }
+            }
+            Command::CaughtUp(result) => {
+                let again = self.catch_up == CatchUp::Running { again: true };
+                self.catch_up = CatchUp::Idle;
+                match result {
+                    Ok(Replay::Events(events)) => {
+                        self.refill_failing_since = None;
+                        let seq = |i: Option<&(Target, Delivery)>| i.and_then(|(_, d)| d.id.as_ref()).map(|id| id.seq);
+                        let (first, last) = (seq(events.first()), seq(events.last()));
+                        tracing::info!(events = events.len(), first, last, held = self.held.len(), "gap refilled");
+                        for (target, delivery) in events {
+                            if let Some(topic) = self.by_target.get(&target).and_then(|&i| self.topic_at(i)) {
+                                self.dispatch(&topic, delivery, true);
+                            }
+                        }
+                        if again && !self.broker.is_connected() {
+                            // The link dropped again meanwhile: refill from here once it is back.
+                            self.catch_up = CatchUp::Holding;
+                            return;
+                        }
+                        if again {
+                            // Another gap opened while this one was refilled: refill from here
+                            // before releasing what was held, which may lie beyond it.
+                            self.start_catch_up();
+                            if self.catch_up != CatchUp::Idle {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) if again || !self.broker.is_connected() => {
+                        // The link dropped while refilling: try again, now or once it is back,
+                        // with every stream kept open.
+                        tracing::info!(error = %e, "the refill failed as the link dropped; trying again");
+                        if self.broker.is_connected() {
+                            self.start_catch_up();
+                        } else {
+                            self.catch_up = CatchUp::Holding;
+                        }
+                        return;
+                    }
+                    Err(BrokerError::Unavailable(e))
+                        if self.refill_failing_since.get_or_insert_with(std::time::Instant::now).elapsed()
+                            < REFILL_PATIENCE =>
+                    {
+                        // The link is up but the history does not answer (no stream leader
+                        // yet): a little later, with every stream kept open.
+                        tracing::info!(error = %e, "the history cannot be read yet; refilling the gap again shortly");
+                        self.catch_up = CatchUp::Running { again: false };
+                        self.request_refill(REFILL_RETRY);
+                        return;
+                    }
+                    other => {
+                        // The gap can't be refilled: every stream reconnects and resumes alone.
+                        match other {
+                            Ok(Replay::Reset(reason, _)) => {
+                                tracing::warn!(reason = reason.as_str(), "cannot refill the gap")
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot refill the gap"),
+                            Ok(Replay::Events(_)) => {}
+                        }
+                        self.refill_failing_since = None;
+                        self.close_every_stream();
+                    }
+                }
+                for (topic, delivery) in std::mem::take(&mut self.held) {
+                    self.dispatch(&topic, delivery, true);
+                }
+            }
+        }
+    }
+
+    /// Reads the broker's connection count; whether it moved since last read (always false for a
+    /// broker that does not count).
+    fn note_connections(&mut self) -> bool {
+        let Some(count) = &self.connections else { return false };
+        let now = count();
+        let moved = now != self.known_connections;
+        self.known_connections = now;
+        moved
+    }
+
+    /// Starts refilling the gap after the watermark (nothing without one: the hub has not yet
+    /// read where the history stood when it started).
+    fn start_catch_up(&mut self) {
+        let Some(after) = self.watermark.clone() else {
+            // Nothing to refill from: send on what was held.
+            self.catch_up = CatchUp::Idle;
+            for (topic, delivery) in std::mem::take(&mut self.held) {
+                self.dispatch(&topic, delivery, false);
+            }
+            return;
+        };
+        tracing::info!(after = %after, "live delivery had a gap; refilling it from the history");
+        self.catch_up = CatchUp::Running { again: false };
+        self.request_refill(Duration::ZERO);
+    }
+
+    /// Asks the broker, after `delay`, for everything after the watermark; the answer comes
+    /// back as [`Command::CaughtUp`].
+    fn request_refill(&mut self, delay: Duration) {
+        let Some(after) = self.watermark.clone() else { return };
+        let broker = self.broker.clone();
+        let tx = self.commands_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Command::CaughtUp(broker.replay(after, CATCH_UP_MAX).await));
+        });
+    }
+
+    /// Forgets the subscription in `index`, with the target index that routes to it: both change
+    /// together, so that a slot reused by another topic never receives this one's events.
+    fn remove_slot(&mut self, index: usize) -> Option<Slot> {
+        let slot = self.slots.try_remove(index)?;
+        slot.topic.slot.store(NO_SLOT, Ordering::Relaxed);
+        if self.by_target.get(&slot.topic.target) == Some(&index) {
+            self.by_target.remove(&slot.topic.target);
+        }
+        Some(slot)
+    }
+
+    /// Fans out one event and moves the watermark. With `dedupe` (a refill's events, and the
+    /// events held during it), durable events at or below the watermark were already sent and
+    /// are skipped. Outside a refill, sequences only grow within an epoch. Each stream's own
+    /// cursor (`Outbox`) skips what it already has besides.
+    fn dispatch(&mut self, topic: &Topic, delivery: Delivery, dedupe: bool) {
+        if let Some(id) = &delivery.id {
+            if let Some(w) = &self.watermark {
+                let renamed = w.epoch != id.epoch;
+                if renamed && self.renaming {
+                    // The new history's epoch, now that the gateway has read it: the same
+                    // history as the events since it started over, under its real name.
+                    self.renaming = false;
+                } else if renamed || (!dedupe && id.seq < w.seq) {
+                    // Another epoch, or a live sequence going back (the gateway names events
+                    // by the old epoch until it next reads the stream's): the history started
+                    // over, its stream recreated. Every stream's cursor belongs to the old
+                    // history, and the new one's events would be dropped as older than it:
+                    // each stream resumes on its own instead, and gets a `reset`.
+                    tracing::warn!(epoch = %id.epoch, seq = id.seq, watermark = %w, "the history started over; every stream resumes");
+                    self.renaming = !renamed;
+                    self.watermark = Some(id.clone());
+                    self.close_every_stream();
+                    return;
+                } else if dedupe && id.seq <= w.seq {
+                    return;
+                }
+            }
+            self.watermark = Some(id.clone());
+        }
+        fan_out(topic, &delivery, &self.metrics);
+    }
+
+    /// Closes every stream of the pod with a `retry:`: each client resumes on its own.
+    fn close_every_stream(&self) {
+        for (_, slot) in self.slots.iter() {
+            for (_, outbox) in slot.topic.members.read().iter() {
+                outbox.close(CloseReason::Error, Some(sse::retry_frame(1000)));
+            }
+        }
+    }
+
+    /// The topic whose subscription is in `index`, if it still is.
+    fn topic_at(&self, index: usize) -> Option<Arc<Topic>> {
+        self.slots.get(index).map(|slot| slot.topic.clone())
+    }
+
+    /// Moves everything queued on ready subscriptions into `self.batch`.
+    fn drain_ready(&mut self) {
+        loop {
+            let ready = std::mem::take(&mut *self.ready.indices.lock());
+            if ready.is_empty() {
+                return;
+            }
+            for index in ready {
+                let Some(slot) = self.slots.get_mut(index) else { continue };
+                slot.waker.queued.store(false, Ordering::Release);
+                // Queued before the subscription was in place, at or below what was sent: no
+                // member can want it (see `Slot::new`).
+                let before = std::mem::take(&mut slot.new).then(|| self.watermark.clone()).flatten().map(|w| {
+                    move |d: &Delivery| d.id.as_ref().is_some_and(|id| id.epoch == w.epoch && id.seq <= w.seq)
+                });
+                let waker = Waker::from(slot.waker.clone());
+                let mut cx = Context::from_waker(&waker);
+                let (mut drained, mut newest) = (0, None);
+                loop {
+                    match slot.stream.poll_next_unpin(&mut cx) {
+                        Poll::Ready(Some(delivery)) => {
+                            drained += 1;
+                            if let Some(id) = &delivery.id {
+                                newest = Some(id.seq);
+                            }
+                            if !before.as_ref().is_some_and(|older| older(&delivery)) {
+                                self.batch.push((index, delivery));
+                            }
+                            if drained == self.capacity {
+                                // Full: the broker dropped whatever came next on it, up to now
+                                // (everything queued arrived before; nothing can arrive while
+                                // this thread drains).
+                                let from = newest.or(self.watermark.as_ref().map(|w| w.seq)).unwrap_or(0);
+                                self.hole_after = Some(self.hole_after.map_or(from, |h| h.min(from)));
+                            }
+                        }
+                        Poll::Ready(None) => {
+                            // The broker ended this subscription: its sessions must reconnect.
+                            let Some(slot) = self.remove_slot(index) else { break };
+                            slot.topic.state.send_replace(TopicState::Failed("ended by the broker".into()));
+                            tracing::warn!(target = %slot.topic.target, "subscription ended by the broker");
+                            for (_, outbox) in slot.topic.members.read().iter() {
+                                outbox.close(CloseReason::Error, Some(sse::retry_frame(1000)));
+                            }
+                            break;
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch_batch(&mut self) {
+        // Stable: ephemeral events (no id) keep their queue order, ahead of durable ones.
+        self.batch.sort_by_key(|(_, d)| d.id.as_ref().map(|id| id.seq));
+        let batch = std::mem::take(&mut self.batch);
+        // Held events keep their topic, not their slot: a slot freed meanwhile may be reused.
+        let topics: Vec<_> = batch.into_iter().filter_map(|(index, d)| Some((self.topic_at(index)?, d))).collect();
+        let hole = self.hole_after.take();
+        // A new connection (the link's word of it may come later): what was just drained can
+        // follow a gap.
+        let reconnected = self.note_connections();
+        match self.catch_up {
+            CatchUp::Idle if reconnected => {
+                tracing::info!("the broker reconnected before its link said so; refilling first");
+                self.held.extend(topics);
+                self.start_catch_up();
+                return;
+            }
+            CatchUp::Idle => {}
+            CatchUp::Holding => {
+                // Events arrive: the link is back. Refill the gap before they go out.
+                self.held.extend(topics);
+                self.start_catch_up();
+                return;
+            }
+            CatchUp::Running { .. } => {
+                if hole.is_some() || reconnected {
+                    self.catch_up = CatchUp::Running { again: true };
+                }
+                self.held.extend(topics);
+                return;
+            }
+        }
+        let Some(hole) = hole else {
+            for (topic, delivery) in topics {
+                self.dispatch(&topic, delivery, false);
+            }
+            return;
+        };
+        // A subscription overflowed and the broker dropped what followed sequence `hole` on it:
+        // what precedes the hole goes out now, what follows it waits for the refill from there.
+        tracing::warn!(after = hole, "a subscription fell behind and the broker dropped events; refilling them");
+        let mut beyond = Vec::new();
+        for (topic, delivery) in topics {
+            if delivery.id.as_ref().is_some_and(|id| id.seq > hole) {
+                beyond.push((topic, delivery));
+            } else {
+                self.dispatch(&topic, delivery, false);
+            }
+        }
+        self.held.extend(beyond);
+        self.start_catch_up();
+    }
+}
+
+impl Future for Dispatcher {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        this.ready.dispatcher.register(cx.waker());
+        loop {
+            while let Poll::Ready(cmd) = this.commands.poll_recv(cx) {
+                match cmd {
+                    Some(cmd) => this.command(cmd),
+                    None => return Poll::Ready(()),
+                }
+            }
+            this.drain_ready();
+            if this.batch.is_empty() {
+                return Poll::Pending;
+            }
+            this.dispatch_batch();
+        }
+    }
+}
+
+/// Renders `delivery` once and queues the frame on every member of `topic`. What reaches the
+/// sockets is counted by the outboxes; a push that overflows a queue closes that stream as
+/// `slow`, counted when its session ends. While traces are on, records it as one `deliver` span
+/// (per event and pod, never per session).
+fn fan_out(topic: &Topic, delivery: &Delivery, metrics: &Metrics) {
+    metrics.received(&topic.target);
+    let problem = delivery.problem();
+    if trace::on() {
+        let span = trace::deliver_span(delivery.trace.as_deref(), &topic.target, delivery.id.as_ref());
+        let _entered = span.enter();
+        let (sent, slow) = fan_out_frames(topic, delivery, problem, metrics);
+        trace::record_delivery(&span, sent, slow, problem);
+    } else {
+        fan_out_frames(topic, delivery, problem, metrics);
+    }
+}
+
+/// Returns how many sessions got the frame, and how many were cut off as too slow for it.
+fn fan_out_frames(topic: &Topic, delivery: &Delivery, problem: Option<&'static str>, metrics: &Metrics) -> (u64, u64) {
+    if let Some(reason) = problem {
+        metrics.invalid();
+        tracing::warn!(target = %topic.target, reason, "dropped an event that is not valid for SSE");
+        return (0, 0);
+    }
+    let frame: Bytes = sse::event_frame(
+        delivery.id.as_ref(),
+        &delivery.event_type,
+        &topic.target,
+        delivery.from.as_deref(),
+        &delivery.payload,
+    );
+    let seq = delivery.id.as_ref().map(|id| id.seq);
+    let mut sent = 0;
+    let mut slow = 0;
+    topic.for_each_member(|outbox| match outbox.push_event(frame.clone(), seq, delivery.published_at) {
+        Ok(()) => sent += 1,
+        // The outbox closed itself as slow.
+        Err(Rejected::Full) => slow += 1,
+        // The stream is ending anyway.
+        Err(Rejected::Closed) => {}
+    });
+    (sent, slow)
+}

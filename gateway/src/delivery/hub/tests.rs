@@ -1,0 +1,503 @@
+//! The hub against a broker the test scripts: live events, ended subscriptions, gaps and
+//! refills happen exactly when the test says, on one thread.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::broker::{Link, Resumption};
+use crate::delivery::close_reason::CloseReason;
+use crate::event::Delivery;
+use crate::event::Outgoing;
+use crate::names::Name;
+
+type Reply = oneshot::Sender<Result<Replay, BrokerError>>;
+
+/// Events a scripted subscription queues before it drops newer ones.
+const CAPACITY: usize = 8;
+
+/// A broker whose every move the test makes.
+struct Scripted {
+    feeds: Mutex<HashMap<Target, mpsc::Sender<Delivery>>>,
+    replays: mpsc::UnboundedSender<(Option<EventId>, Reply)>,
+    link: watch::Receiver<Link>,
+    head: u64,
+    /// While set, subscriptions wait for `gate` before they are in place (the broker may
+    /// already queue their events).
+    gated: AtomicBool,
+    gate: Arc<tokio::sync::Notify>,
+    /// Connections made: moves before the link says so, as a NATS client's count does.
+    connections: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The test's side of it.
+struct Script {
+    broker: Arc<Scripted>,
+    replays: mpsc::UnboundedReceiver<(Option<EventId>, Reply)>,
+    link: watch::Sender<Link>,
+}
+
+fn id(seq: u64) -> EventId {
+    EventId { epoch: Arc::from("e"), seq }
+}
+
+fn user(name: &str) -> Target {
+    Target::User(Name::parse(name).unwrap())
+}
+
+fn durable(seq: u64) -> Delivery {
+    durable_in("e", seq)
+}
+
+fn durable_in(epoch: &str, seq: u64) -> Delivery {
+    Delivery {
+        event_type: "t".into(),
+        payload: Bytes::from_static(b"1"),
+        id: Some(EventId { epoch: Arc::from(epoch), seq }),
+        from: None,
+        trace: None,
+        published_at: None,
+    }
+}
+
+impl Script {
+    /// A broker whose history's head is `head` when the hub starts.
+    fn new(head: u64) -> Script {
+        let (replays_tx, replays) = mpsc::unbounded_channel();
+        let (link, link_rx) = watch::channel(Link { up: true, connections: 1, restored: 0 });
+        let broker = Arc::new(Scripted {
+            feeds: Mutex::default(),
+            replays: replays_tx,
+            link: link_rx,
+            head,
+            gated: AtomicBool::new(false),
+            gate: Arc::default(),
+            connections: Arc::new(1.into()),
+        });
+        Script { broker, replays, link }
+    }
+
+    fn hub(&self) -> Arc<Hub> {
+        Hub::start(self.broker.clone(), Arc::new(Metrics::new()), &tokio::runtime::Handle::current())
+    }
+
+    /// Delivers durable event `seq` live on `target`'s subscription; dropped, as a broker
+    /// does, when the subscription already queues `CAPACITY` events.
+    fn live(&self, target: &Target, seq: u64) {
+        self.send(target, durable(seq));
+    }
+
+    fn send(&self, target: &Target, delivery: Delivery) {
+        match self.broker.feeds.lock()[target].try_send(delivery) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Ends `target`'s subscription, as a broker may.
+    fn end(&self, target: &Target) {
+        self.broker.feeds.lock().remove(target);
+    }
+
+    /// The broker reconnected: live delivery skipped what was published meanwhile.
+    fn gap(&self) {
+        self.reconnected_unannounced();
+        self.link.send_modify(|l| {
+            l.up = true;
+            l.connections += 1;
+        });
+    }
+
+    /// The broker made a new connection, and its link has not said so yet.
+    fn reconnected_unannounced(&self) {
+        self.broker.connections.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The broker's link went down.
+    fn down(&self) {
+        self.link.send_modify(|l| l.up = false);
+    }
+
+    /// The next refill the hub asks for: where from, and where to answer it.
+    async fn next_replay(&mut self) -> (u64, Reply) {
+        let (after, reply) = tokio::time::timeout(Duration::from_secs(5), self.replays.recv())
+            .await
+            .expect("the hub asks for a refill")
+            .unwrap();
+        (after.unwrap().seq, reply)
+    }
+
+    /// Answers a refill with `events`.
+    fn refill(reply: Reply, events: impl IntoIterator<Item = (Target, u64)>) {
+        let events = events.into_iter().map(|(t, seq)| (t, durable(seq))).collect();
+        assert!(reply.send(Ok(Replay::Events(events))).is_ok(), "the hub waits for its refill");
+    }
+}
+
+impl Broker for Scripted {
+    fn subscribe(&self, target: Target) -> BoxFuture<'static, Result<EventStream, BrokerError>> {
+        let (tx, rx) = mpsc::channel(CAPACITY);
+        self.feeds.lock().insert(target, tx);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) });
+        let gate = self.gated.load(Ordering::SeqCst).then(|| self.gate.clone());
+        async move {
+            if let Some(gate) = gate {
+                gate.notified().await;
+            }
+            Ok(Box::pin(stream) as EventStream)
+        }
+        .boxed()
+    }
+
+    fn publish(&self, _: Vec<Target>, _: Outgoing) -> BoxFuture<'static, Result<Vec<EventId>, BrokerError>> {
+        async { Err(BrokerError::Rejected("scripted".into())) }.boxed()
+    }
+
+    fn resume(&self, _: Vec<Target>, _: EventId, _: usize) -> BoxFuture<'static, Result<Resumption, BrokerError>> {
+        async { Err(BrokerError::Rejected("scripted".into())) }.boxed()
+    }
+
+    fn replay(&self, after: EventId, _max: usize) -> BoxFuture<'static, Result<Replay, BrokerError>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.replays.send((Some(after), tx));
+        async move { rx.await.unwrap_or_else(|_| Err(BrokerError::Unavailable("dropped".into()))) }.boxed()
+    }
+
+    fn last_id(&self) -> BoxFuture<'static, Result<Option<EventId>, BrokerError>> {
+        let head = self.head;
+        async move { Ok(Some(id(head))) }.boxed()
+    }
+
+    fn link(&self) -> Option<watch::Receiver<Link>> {
+        Some(self.link.clone())
+    }
+
+    fn connections(&self) -> Option<crate::broker::ConnectionCount> {
+        let count = self.connections.clone();
+        Some(Arc::new(move || count.load(Ordering::SeqCst)))
+    }
+
+    fn subscription_capacity(&self) -> usize {
+        CAPACITY
+    }
+
+    fn is_connected(&self) -> bool {
+        self.link.borrow().up
+    }
+}
+
+/// What one stream received: the ids of its durable events, in order.
+struct Reader {
+    outbox: Arc<Outbox>,
+    seqs: Vec<u64>,
+}
+
+impl Reader {
+    /// A stream on `targets` whose client starts at `cursor`.
+    async fn join(hub: &Arc<Hub>, targets: &[Target], cursor: u64) -> (Reader, Membership) {
+        let outbox = Outbox::new(1 << 20, Arc::new(Metrics::new()));
+        let membership = hub.join(targets, &outbox).await.unwrap();
+        outbox.release([], Some(cursor));
+        (Reader { outbox, seqs: Vec::new() }, membership)
+    }
+
+    fn read(&mut self) -> &[u64] {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        while let Poll::Ready(Some(chunk)) = self.outbox.poll_chunk(&mut cx) {
+            let text = String::from_utf8(chunk.to_vec()).unwrap();
+            for line in text.lines() {
+                if let Some((_, seq)) = line.strip_prefix("id: ").and_then(|id| id.rsplit_once('-')) {
+                    self.seqs.push(seq.parse().unwrap());
+                }
+            }
+        }
+        &self.seqs
+    }
+
+    /// Waits until the stream is closed (the hub runs meanwhile); returns why.
+    async fn closed(&self) -> CloseReason {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(reason) = self.outbox.close_reason() {
+                return reason;
+            }
+            assert!(Instant::now() < deadline, "the stream is not closed");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Reads until `marker` arrives (the hub runs meanwhile); returns everything received.
+    async fn until(&mut self, marker: u64) -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.read().contains(&marker) {
+            assert!(Instant::now() < deadline, "marker {marker} not received; got {:?}", self.seqs);
+            tokio::task::yield_now().await;
+        }
+        self.seqs.clone()
+    }
+}
+
+/// A hub with one stream on user `u`, from 10, that has received event 11.
+async fn streaming_after_11(script: &Script) -> (Arc<Hub>, Target, Reader, Membership) {
+    let hub = script.hub();
+    let u = user("u");
+    let (mut a, membership) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
+    script.live(&u, 11);
+    assert_eq!(a.until(11).await, [11]);
+    (hub, u, a, membership)
+}
+
+/// [`streaming_after_11`], when live delivery has a gap: the refill it asks for (after 11)
+/// is out.
+async fn a_gap_after_11(script: &mut Script) -> (Arc<Hub>, Target, Reader, Membership, Reply) {
+    let (hub, u, a, membership) = streaming_after_11(script).await;
+    script.gap();
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 11);
+    (hub, u, a, membership, reply)
+}
+
+#[tokio::test]
+async fn a_fan_out_past_many_strides_reaches_every_member_once() {
+    let script = Script::new(10);
+    let hub = script.hub();
+    let u = user("u");
+    let mut streams = Vec::new();
+    for _ in 0..5 * FAN_OUT_STRIDE + 7 {
+        streams.push(Reader::join(&hub, std::slice::from_ref(&u), 10).await);
+    }
+    // Holes in the member list, within strides and on their edges.
+    let left: Vec<_> = [0, 1, FAN_OUT_STRIDE - 1, FAN_OUT_STRIDE, 3 * FAN_OUT_STRIDE + 5].into_iter().rev().collect();
+    let gone: Vec<_> = left.iter().map(|&i| streams.remove(i)).collect();
+    drop(gone.into_iter().map(|(_, membership)| membership).collect::<Vec<_>>());
+    script.live(&u, 11);
+    script.live(&u, 12);
+    for (reader, _) in &mut streams {
+        assert_eq!(reader.until(12).await, [11, 12]);
+    }
+}
+
+/// A NATS client reports a reconnect from another task than the one that queues the new
+/// connection's events: they can be drained first. Sent on at once, they would move the
+/// watermark past what the reconnect skipped, and the refill would start after it.
+#[tokio::test]
+async fn events_of_a_new_connection_wait_for_the_refill_when_word_of_the_reconnect_comes_late() {
+    let mut script = Script::new(10);
+    let (_hub, u, mut a, _a) = streaming_after_11(&script).await;
+    // 12 was published while the connection was down; 13 comes on the new one.
+    script.reconnected_unannounced();
+    script.live(&u, 13);
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 11, "the refill starts after what went out before the reconnect");
+    Script::refill(reply, [(u.clone(), 12), (u.clone(), 13)]);
+    // The link's word of the reconnect comes now: the refill already covered it.
+    script.link.send_modify(|l| l.connections += 1);
+    script.live(&u, 14);
+    assert_eq!(a.until(14).await, [11, 12, 13, 14]);
+    assert!(script.replays.try_recv().is_err(), "one refill for one reconnect");
+}
+
+/// A NATS node cut off from the others leaves the connection up: the broker says the link is
+/// down, then restored. Heard only as restored (its word of the cut lost or late), it is still
+/// a gap, though no connection count moved.
+#[tokio::test]
+async fn a_stream_restored_on_the_same_connection_is_refilled() {
+    let mut script = Script::new(10);
+    let (_hub, u, mut a, _a) = streaming_after_11(&script).await;
+    script.link.send_modify(|l| l.restored += 1);
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 11);
+    Script::refill(reply, [(u.clone(), 12)]);
+    script.live(&u, 13);
+    assert_eq!(a.until(13).await, [11, 12, 13]);
+}
+
+#[tokio::test]
+async fn a_stream_that_joins_during_a_refill_gets_nothing_older_than_its_cursor() {
+    let mut script = Script::new(10);
+    let (hub, u, mut a, _a, reply) = a_gap_after_11(&mut script).await;
+    script.live(&u, 20); // held while the refill is out
+    // A new stream opens meanwhile; its first cursor is the history's head then.
+    let (mut b, _b) = Reader::join(&hub, std::slice::from_ref(&u), 19).await;
+    Script::refill(reply, (12..=19).map(|seq| (u.clone(), seq)));
+    script.live(&u, 21);
+
+    assert_eq!(a.until(21).await, (11..=21).collect::<Vec<_>>());
+    assert_eq!(b.until(21).await, [20, 21], "nothing at or below its cursor 19");
+}
+
+#[tokio::test]
+async fn events_a_subscription_queued_before_it_was_in_place_are_no_new_history() {
+    let script = Script::new(10);
+    let (hub, u, mut a, _a) = streaming_after_11(&script).await;
+    let v = user("v");
+    script.broker.gated.store(true, Ordering::SeqCst);
+    let joining = {
+        let (hub, v) = (hub.clone(), v.clone());
+        tokio::spawn(async move { Reader::join(&hub, &[v], 12).await })
+    };
+    while !script.broker.feeds.lock().contains_key(&v) {
+        tokio::task::yield_now().await;
+    }
+    // Queued on v's subscription while it waits to be confirmed; 5 came before anything
+    // the hub sent since, 13 after.
+    script.live(&v, 5);
+    script.live(&u, 12);
+    script.live(&v, 13);
+    assert_eq!(a.until(12).await, [11, 12]);
+    script.broker.gate.notify_one();
+    let (mut b, _b) = joining.await.unwrap();
+    script.live(&v, 14);
+    script.live(&u, 15);
+    assert_eq!(a.until(15).await, [11, 12, 15], "no stream was sent to resume");
+    assert_eq!(b.until(14).await, [13, 14]);
+}
+
+#[tokio::test]
+async fn a_gap_that_opens_during_a_refill_is_refilled_too() {
+    let mut script = Script::new(10);
+    let (_hub, u, mut a, _a, first) = a_gap_after_11(&mut script).await;
+    // The link drops again while the first refill is out: 14..=19 are lost live, and the
+    // first refill, read before, ends at 13.
+    script.live(&u, 20);
+    script.gap();
+    script.live(&u, 21);
+    Script::refill(first, [(u.clone(), 12), (u.clone(), 13)]);
+    let (after, second) = script.next_replay().await;
+    assert_eq!(after, 13, "the second refill starts where the first ended");
+    Script::refill(second, (14..=21).map(|seq| (u.clone(), seq)));
+    script.live(&u, 22);
+
+    assert_eq!(a.until(22).await, (11..=22).collect::<Vec<_>>(), "every event once, in order");
+}
+
+#[tokio::test]
+async fn events_a_full_subscription_dropped_are_refilled_in_order() {
+    let mut script = Script::new(10);
+    let hub = script.hub();
+    let (a, b) = (user("a"), user("b"));
+    let (mut s, _s) = Reader::join(&hub, &[a.clone(), b.clone()], 10).await;
+    // A burst before the hub runs again: a's queue fills with 11..=18 and the broker drops
+    // 19 and 20; b's 21 still arrives. 21 must not go out before 19 and 20.
+    for seq in 11..=20 {
+        script.live(&a, seq);
+    }
+    script.live(&b, 21);
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 18, "refilled from a's newest queued event");
+    Script::refill(reply, [(a.clone(), 19), (a.clone(), 20), (b.clone(), 21)]);
+    script.live(&b, 22);
+    assert_eq!(s.until(22).await, (11..=22).collect::<Vec<_>>(), "every event once, in order");
+}
+
+#[tokio::test]
+async fn duplicated_and_reordered_live_events_reach_a_stream_once_in_order() {
+    let script = Script::new(10);
+    let hub = script.hub();
+    let (a, b) = (user("a"), user("b"));
+    let (mut s, _s) = Reader::join(&hub, &[a.clone(), b.clone()], 10).await;
+    // Within one burst: b's 12 before a's 11, and 11 twice.
+    script.live(&b, 12);
+    script.live(&a, 11);
+    script.live(&a, 11);
+    script.live(&a, 13);
+    assert_eq!(s.until(13).await, [11, 12, 13]);
+}
+
+#[tokio::test]
+async fn events_that_arrive_before_the_word_of_a_reconnect_wait_for_the_refill() {
+    let mut script = Script::new(10);
+    let (_hub, u, mut s, _s) = streaming_after_11(&script).await;
+    // The link drops; 12..=19 are published meanwhile. After the reconnect, 20 arrives
+    // before the hub hears of the reconnect: it must not go out ahead of 12..=19.
+    script.down();
+    script.live(&u, 20);
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 11);
+    Script::refill(reply, (12..=20).map(|seq| (u.clone(), seq)));
+    // The word of the reconnect comes late: a refill from where the hub is, of nothing.
+    script.gap();
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 20);
+    Script::refill(reply, []);
+    script.live(&u, 21);
+    assert_eq!(s.until(21).await, (11..=21).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_refill_cut_short_by_the_link_is_tried_again_with_every_stream_kept() {
+    let mut script = Script::new(10);
+    let (_hub, u, mut s, _s, first) = a_gap_after_11(&mut script).await;
+    // The link drops again while the refill is out, and the refill fails with it.
+    script.down();
+    assert!(first.send(Err(BrokerError::Unavailable("link down".into()))).is_ok());
+    // Once the link is back, the gap is refilled from where the hub was.
+    script.gap();
+    let (after, second) = script.next_replay().await;
+    assert_eq!(after, 11);
+    Script::refill(second, (12..=15).map(|seq| (u.clone(), seq)));
+    script.live(&u, 16);
+    assert_eq!(s.until(16).await, (11..=16).collect::<Vec<_>>());
+    assert_eq!(s.outbox.close_reason(), None, "the stream stayed open");
+}
+
+#[tokio::test]
+async fn a_refill_the_history_cannot_answer_yet_is_tried_again_with_every_stream_kept() {
+    let mut script = Script::new(10);
+    let (_hub, u, mut s, _s, first) = a_gap_after_11(&mut script).await;
+    // The link is back, but the history does not answer: its stream has no leader yet.
+    script.live(&u, 16);
+    assert!(first.send(Err(BrokerError::Unavailable("no stream leader".into()))).is_ok());
+    let (after, second) = script.next_replay().await;
+    assert_eq!(after, 11, "asked again from where the hub was");
+    Script::refill(second, (12..=15).map(|seq| (u.clone(), seq)));
+    script.live(&u, 17);
+    assert_eq!(s.until(17).await, (11..=17).collect::<Vec<_>>(), "every event once, in order");
+    assert_eq!(s.outbox.close_reason(), None, "the stream stayed open");
+}
+
+#[tokio::test]
+async fn a_history_that_starts_over_sends_every_stream_to_resume() {
+    // The stream was recreated: its sequences start again from 1, named by the old epoch
+    // until the gateway reads the new one, or by the new one already.
+    for epoch in ["e", "e2"] {
+        let script = Script::new(10);
+        let (hub, u, a, _a) = streaming_after_11(&script).await;
+        script.send(&u, durable_in(epoch, 1));
+        // Not dropped silently as older than the stream's cursor: the stream resumes.
+        assert_eq!(a.closed().await, CloseReason::Error, "the stream is sent to resume ({epoch})");
+        // A stream that opens afterwards gets the new history's events, also once the
+        // gateway names them by the new epoch.
+        let (mut b, _b) = Reader::join(&hub, std::slice::from_ref(&u), 1).await;
+        script.send(&u, durable_in(epoch, 2));
+        script.send(&u, durable_in("e2", 3));
+        assert_eq!(b.until(3).await, [2, 3], "the new history's events reach a new stream ({epoch})");
+        assert_eq!(b.outbox.close_reason(), None);
+    }
+}
+
+#[tokio::test]
+async fn a_refill_never_reaches_a_topic_through_a_reused_slot() {
+    let mut script = Script::new(10);
+    let hub = script.hub();
+    let (x, y) = (user("x"), user("y"));
+    let (gone, _gone) = Reader::join(&hub, std::slice::from_ref(&x), 10).await;
+    // The broker ends x's subscription: its streams are closed to resume elsewhere.
+    script.end(&x);
+    gone.closed().await;
+    // y subscribes into the slot x left.
+    let (mut b, _b) = Reader::join(&hub, std::slice::from_ref(&y), 10).await;
+    script.gap();
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 10);
+    Script::refill(reply, [(x.clone(), 11), (y.clone(), 12)]);
+    script.live(&y, 13);
+    assert_eq!(b.until(13).await, [12, 13], "x's event never reaches y's stream");
+}
