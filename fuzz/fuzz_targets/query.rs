@@ -5,7 +5,7 @@
 #![no_main]
 
 use herald_gateway::access::tokens::{ChannelPattern, Grant, redact_query};
-use herald_gateway::http::events::{authorize_channels, parse_query};
+use herald_gateway::http::client_auth::{authorize_channels, parse_query};
 use herald_gateway::names::{Name, validate_name};
 use herald_gateway_fuzz::{fields, text};
 use libfuzzer_sys::fuzz_target;

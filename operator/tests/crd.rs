@@ -46,9 +46,10 @@ spec:
     let container = &deployment.spec.template.spec.unwrap().containers[0];
     let env: std::collections::BTreeMap<String, String> =
         container.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect();
-    let config =
-        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/src/config.rs"))
-            .unwrap();
+    let config = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/src/config/flags.rs"),
+    )
+    .unwrap();
     for name in env.keys() {
         assert!(config.contains(&format!("env = \"{name}\"")), "the gateway has no flag reading {name}");
     }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::events::{authenticate, parse_query};
+use super::client_auth::{authenticate, parse_query};
 use super::{ApiError, AppState, read_body, same_site_write};
 use crate::event::{Outgoing, Target};
 use crate::names::{Name, validate_event_type};

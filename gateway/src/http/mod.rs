@@ -19,6 +19,7 @@ use crate::ops::dashboard::Fleet;
 use crate::ops::metrics::Metrics;
 use crate::presence::Presence;
 
+pub mod client_auth;
 pub mod client_events;
 pub mod dashboard;
 pub mod dev;

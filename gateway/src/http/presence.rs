@@ -13,7 +13,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
-use super::events::{authenticate, parse_query};
+use super::client_auth::{authenticate, parse_query};
 use super::publish::presented_key;
 use super::{ApiError, AppState};
 use crate::access::publish_keys::KeyAuth;

@@ -10,8 +10,9 @@
 //! thread, so whenever it runs, what is queued is exactly a prefix of the arrival order. It
 //! drains *everything* that is queued in one go, sorts that batch by sequence, then fans it
 //! out. Each batch therefore follows the previous one, and within a batch the sort restores the
-//! order. "Everything" is literal: the dispatcher runs outside tokio's cooperative budget, which would otherwise report
-//! a queue as empty once a turn's budget is spent while other queues were drained further.
+//! order. "Everything" is literal: the dispatcher runs outside tokio's cooperative budget, which
+//! would otherwise report a queue as empty once a turn's budget is spent while other queues
+//! were drained further.
 //!
 //! After a gap in live delivery the hub refills it: it holds back live events, replays from the
 //! stream everything after the last durable event it dispatched, fans that out, then releases
