@@ -7,6 +7,9 @@
 //! public keys (PEM or JWKS); several may be loaded at once for rotation, selected by `kid` when
 //! the token names one, otherwise by the algorithm family. A key is never used for an algorithm
 //! of another family, which rules out HS/RS confusion.
+//!
+//! About 600 lines: verification, grants and extraction are one check at the edge, and 150 of
+//! them are its table tests, one case per way a token can be wrong.
 
 use std::fmt;
 use std::path::Path;

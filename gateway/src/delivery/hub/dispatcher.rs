@@ -1,6 +1,10 @@
 //! The dispatcher: owns every subscription of the pod and merges them into one ordered flow,
 //! refills gaps in live delivery, and fans each event out to its topic's members (see
 //! `mod.rs` for the order it keeps and how).
+//!
+//! About 550 lines, as one piece: the subscriptions, the batch being ordered and the refill of a
+//! gap are one state machine, whose steps read and change the same fields; apart, they would pass
+//! all of it back and forth.
 
 use std::collections::HashMap;
 use std::future::Future;
