@@ -6,7 +6,7 @@
 //! Ordering contract: the streams returned by [`Broker::subscribe`] are fed, in arrival order,
 //! by tasks running on the hub's single-threaded runtime (NATS: async-nats' connection task,
 //! created there; memory: the broker's own task, spawned there). The hub relies on this to
-//! merge many subjects into one correctly ordered flow (see `hub.rs`).
+//! merge many subjects into one correctly ordered flow (see `delivery/hub/mod.rs`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -192,7 +192,7 @@ pub trait Broker: Send + Sync + 'static {
     fn is_connected(&self) -> bool;
 
     /// Publishes this pod's stats report on `<prefix>.internal.stats.<pod>` for the fleet's
-    /// dashboards (`dashboard.rs`); best effort. Without a shared broker there is no fleet.
+    /// dashboards (`ops/dashboard.rs`); best effort. Without a shared broker there is no fleet.
     fn publish_stats(&self, _pod: &str, _report: Bytes) -> BoxFuture<'static, ()> {
         Box::pin(async {})
     }

@@ -24,7 +24,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
     raise_open_files_limit(config.settings.max_connections);
 
     // The hub runtime: one thread that owns the broker connection and the dispatcher (the
-    // ordering argument in hub.rs depends on it being single-threaded).
+    // ordering argument in `delivery/hub/mod.rs` depends on it being single-threaded).
     let hub_runtime = tokio::runtime::Builder::new_current_thread().enable_all().thread_name("herald-hub").build()?;
     let handle = hub_runtime.handle().clone();
     std::thread::Builder::new()

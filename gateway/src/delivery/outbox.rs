@@ -5,7 +5,7 @@
 //! the socket as one chunk, so a burst of events costs one write, not one per event.
 //!
 //! The body is also where frames reach the socket, so it counts what was sent and, for live
-//! events stamped at publish, their delivery latency: per chunk, with atomics only (metrics.rs).
+//! events stamped at publish, their delivery latency: per chunk, with atomics only (`ops/metrics.rs`).
 //!
 //! About 600 lines: the queue and its body are one piece, as the body drains what the queue
 //! holds; some 170 of them are the tests of its limits and order.

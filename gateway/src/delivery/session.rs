@@ -41,7 +41,7 @@ pub struct Session {
     pub membership: Membership,
     /// Its presence on presence-enabled channels; dropped (leaving them) with the session.
     pub presence: Option<PresenceGuard>,
-    /// Its connection slot (`limits.rs`); dropped, freeing the slot, with it.
+    /// Its connection slot (`access/admission.rs`); dropped, freeing the slot, with it.
     #[expect(dead_code, reason = "held for its drop: freeing the connection slot")]
     pub permit: Permit,
     pub heartbeat: Duration,

@@ -1,5 +1,5 @@
 //! `GET /dashboard` (the page) and `GET /dashboard/stream` (the fleet's stats over SSE, one
-//! `event: stats` frame a second, see `dashboard.rs`).
+//! `event: stats` frame a second, see `ops/dashboard.rs`).
 //!
 //! Both take a dashboard key (`--dashboard-keys-file`; never a publisher key, which publishes
 //! to every user and has no business in a browser), as `Authorization: Bearer` or `?key=` (a
