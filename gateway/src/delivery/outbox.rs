@@ -26,29 +26,30 @@ use crate::ops::metrics::{Metrics, unix_nanos};
 /// Largest chunk the body hands to the socket at once.
 const MAX_CHUNK: usize = 64 * 1024;
 
-/// What a queued frame is, for the metrics counted when it reaches the socket: a control frame
-/// (0), a live event without a publish stamp (1), or a live event stamped at that many Unix
-/// nanoseconds. One word per frame.
+/// What a queued frame is, for the metrics counted when it reaches the socket: a control frame,
+/// an event without a publish stamp, or an event stamped at publish (its Unix nanoseconds, for
+/// the delivery latency). One word per frame, as a queue holds many: the two kinds without a
+/// stamp take the two values no stamp can have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Tag(u64);
+struct FrameKind(u64);
 
-impl Tag {
-    const CONTROL: Tag = Tag(0);
-    const EVENT: Tag = Tag(1);
+impl FrameKind {
+    const CONTROL: FrameKind = FrameKind(0);
+    const UNSTAMPED_EVENT: FrameKind = FrameKind(1);
 
-    fn event(published_at: Option<u64>) -> Tag {
+    fn event(published_at: Option<u64>) -> FrameKind {
         match published_at {
-            Some(at) if at > 1 => Tag(at),
-            _ => Tag::EVENT,
+            Some(at) if at > Self::UNSTAMPED_EVENT.0 => FrameKind(at),
+            _ => Self::UNSTAMPED_EVENT,
         }
     }
 
     fn is_event(self) -> bool {
-        self.0 != 0
+        self != Self::CONTROL
     }
 
     fn published_at(self) -> Option<u64> {
-        (self.0 > 1).then_some(self.0)
+        (self.0 > Self::UNSTAMPED_EVENT.0).then_some(self.0)
     }
 }
 
@@ -62,11 +63,11 @@ pub enum Rejected {
 }
 
 struct State {
-    frames: VecDeque<(Bytes, Tag)>,
+    frames: VecDeque<(Bytes, FrameKind)>,
     bytes: usize,
     /// While `Some`, events from the hub wait here with their sequence, until the stream's
     /// opening frames (and a resume's replay) are queued: see [`Outbox::release`].
-    held: Option<Vec<(Option<u64>, Bytes, Tag)>>,
+    before_release: Option<Vec<(Option<u64>, Bytes, FrameKind)>>,
     /// Set once; frames already queued are still written unless the reason is `Slow`.
     closed: Option<CloseReason>,
     /// The stream's durable cursor: the sequence of the last durable event queued, or where its
@@ -110,7 +111,7 @@ impl Outbox {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
                 bytes: 0,
-                held: Some(Vec::new()),
+                before_release: Some(Vec::new()),
                 closed: None,
                 cursor: None,
                 opened: false,
@@ -126,7 +127,7 @@ impl Outbox {
 
     /// Queues a control frame (a heartbeat) without blocking, as [`Outbox::push_event`] does.
     pub fn push(&self, frame: Bytes) -> Result<(), Rejected> {
-        self.enqueue(frame, None, Tag::CONTROL)
+        self.enqueue(frame, None, FrameKind::CONTROL)
     }
 
     /// Queues a live event's frame without blocking; `seq` is the event's sequence for durable
@@ -135,27 +136,27 @@ impl Outbox {
     /// client resumes from its last id. A durable event at or below the stream's cursor is
     /// skipped: the client has it already.
     pub fn push_event(&self, frame: Bytes, seq: Option<u64>, published_at: Option<u64>) -> Result<(), Rejected> {
-        self.enqueue(frame, seq, Tag::event(published_at))
+        self.enqueue(frame, seq, FrameKind::event(published_at))
     }
 
-    fn enqueue(&self, frame: Bytes, seq: Option<u64>, tag: Tag) -> Result<(), Rejected> {
+    fn enqueue(&self, frame: Bytes, seq: Option<u64>, kind: FrameKind) -> Result<(), Rejected> {
         let waker = {
             let mut s = self.state.lock();
             if s.closed.is_some() {
                 return Err(Rejected::Closed);
             }
-            if s.held.is_none()
+            if s.before_release.is_none()
                 && let (Some(seq), Some(cursor)) = (seq, s.cursor)
                 && seq <= cursor
             {
                 return Ok(());
             }
             if s.bytes + frame.len() > self.limit
-                && (!s.frames.is_empty() || s.held.as_ref().is_some_and(|h| !h.is_empty()))
+                && (!s.frames.is_empty() || s.before_release.as_ref().is_some_and(|h| !h.is_empty()))
             {
                 s.closed = Some(CloseReason::Slow);
                 s.frames.clear();
-                s.held = None;
+                s.before_release = None;
                 s.bytes = 0;
                 // A client that stopped reading also stalls actix's own writes, which would keep
                 // the connection open forever: cut it at the socket.
@@ -168,15 +169,15 @@ impl Outbox {
                 return Err(Rejected::Full);
             }
             s.bytes += frame.len();
-            s.totals.events += u64::from(tag.is_event());
-            let control_goes_out = s.opened && tag == Tag::CONTROL;
-            if let Some(held) = &mut s.held
+            s.totals.events += u64::from(kind.is_event());
+            let control_goes_out = s.opened && kind == FrameKind::CONTROL;
+            if let Some(held) = &mut s.before_release
                 && !control_goes_out
             {
-                held.push((seq, frame, tag));
+                held.push((seq, frame, kind));
                 return Ok(());
             }
-            s.frames.push_back((frame, tag));
+            s.frames.push_back((frame, kind));
             if seq.is_some() {
                 s.cursor = seq;
             }
@@ -198,7 +199,7 @@ impl Outbox {
             }
             for frame in opening {
                 s.bytes += frame.len();
-                s.frames.push_back((frame, Tag::CONTROL));
+                s.frames.push_back((frame, FrameKind::CONTROL));
             }
             s.opened = true;
             s.waker.take()
@@ -219,7 +220,7 @@ impl Outbox {
             }
             s.bytes += frame.len();
             s.totals.events += 1;
-            s.frames.push_back((frame, Tag::CONTROL));
+            s.frames.push_back((frame, FrameKind::CONTROL));
             s.waker.take()
         };
         if let Some(w) = waker {
@@ -254,16 +255,16 @@ impl Outbox {
     pub fn release(&self, opening: impl IntoIterator<Item = Bytes>, cursor: Option<u64>) {
         let waker = {
             let mut s = self.state.lock();
-            let Some(held) = s.held.take() else { return };
+            let Some(held) = s.before_release.take() else { return };
             if s.closed.is_some() {
                 return;
             }
             for frame in opening {
                 s.bytes += frame.len();
-                s.frames.push_back((frame, Tag::CONTROL));
+                s.frames.push_back((frame, FrameKind::CONTROL));
             }
             s.cursor = cursor;
-            for (seq, frame, tag) in held {
+            for (seq, frame, kind) in held {
                 match (seq, s.cursor) {
                     (Some(seq), Some(cursor)) if seq <= cursor => {
                         s.bytes -= frame.len();
@@ -273,7 +274,7 @@ impl Outbox {
                         if seq.is_some() {
                             s.cursor = seq;
                         }
-                        s.frames.push_back((frame, tag));
+                        s.frames.push_back((frame, kind));
                     }
                 }
             }
@@ -294,10 +295,10 @@ impl Outbox {
             }
             if let Some(frame) = last {
                 s.bytes += frame.len();
-                s.frames.push_back((frame, Tag::CONTROL));
+                s.frames.push_back((frame, FrameKind::CONTROL));
             }
             // Held events will never be sent: they no longer wait in the queue.
-            let held: usize = s.held.take().iter().flatten().map(|(_, frame, _)| frame.len()).sum();
+            let held: usize = s.before_release.take().iter().flatten().map(|(_, frame, _)| frame.len()).sum();
             s.bytes -= held;
             s.closed = Some(reason);
             [s.waker.take(), s.room_waker.take()]
@@ -335,10 +336,10 @@ impl Outbox {
         // Metrics of the chunk: live events in it, and a clock read only when one is stamped.
         let mut events = 0u64;
         let mut now = 0u64;
-        let mut count = |tag: Tag| {
-            if tag.is_event() {
+        let mut count = |kind: FrameKind| {
+            if kind.is_event() {
                 events += 1;
-                if let Some(at) = tag.published_at() {
+                if let Some(at) = kind.published_at() {
                     if now == 0 {
                         now = unix_nanos();
                     }
@@ -358,24 +359,24 @@ impl Outbox {
                 return Poll::Pending;
             }
             1 => {
-                let (f, tag) = s.frames.pop_front().unwrap_or((Bytes::new(), Tag::CONTROL));
+                let (f, kind) = s.frames.pop_front().unwrap_or((Bytes::new(), FrameKind::CONTROL));
                 s.bytes -= f.len();
                 s.totals.frames += 1;
-                count(tag);
+                count(kind);
                 f
             }
             _ => {
                 let mut chunk = BytesMut::with_capacity(s.bytes.min(MAX_CHUNK));
-                while let Some((f, tag)) = s.frames.front() {
+                while let Some((f, kind)) = s.frames.front() {
                     if !chunk.is_empty() && chunk.len() + f.len() > MAX_CHUNK {
                         break;
                     }
                     chunk.extend_from_slice(f);
-                    let (len, tag) = (f.len(), *tag);
+                    let (len, kind) = (f.len(), *kind);
                     s.frames.pop_front();
                     s.bytes -= len;
                     s.totals.frames += 1;
-                    count(tag);
+                    count(kind);
                 }
                 chunk.freeze()
             }
