@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::broker::resume::ResetReason;
 use crate::event::{Delivery, EventId, Outgoing, Target};
 
-pub mod memory;
+pub(crate) mod memory;
 pub mod nats;
 pub(crate) mod resume;
 

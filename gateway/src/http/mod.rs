@@ -20,13 +20,13 @@ use crate::ops::metrics::Metrics;
 use crate::presence::Presence;
 
 pub mod client_auth;
-pub mod client_events;
-pub mod dashboard;
-pub mod dev;
+pub(crate) mod client_events;
+pub(crate) mod dashboard;
+pub(crate) mod dev;
 pub mod events;
-pub mod health;
-pub mod metrics;
-pub mod presence;
+pub(crate) mod health;
+pub(crate) mod metrics;
+pub(crate) mod presence;
 pub mod publish;
 
 /// Shared by every worker.

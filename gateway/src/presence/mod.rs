@@ -20,7 +20,7 @@
 //! pod, whatever the number of streams and reads, and reads answer from memory, kept current by
 //! the watch.
 
-pub mod store;
+pub(crate) mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
