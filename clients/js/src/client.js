@@ -3,16 +3,17 @@
 // jitter; resume with Last-Event-ID; token refresh; connection state; and the part of a tab in a
 // group of tabs sharing one stream.
 //
-// About a thousand lines, in one class: the connection's state machine and the tab group's
+// About nine hundred lines, in one class: the connection's state machine and the tab group's
 // protocol read and move the same state (the cursor, the channels, the state, the attempt under
 // way), and a split between them would pass all of it back and forth. What stands alone is in
 // the modules below.
 //
-// Only relative imports: a browser can load this file directly as a module. Its parts: names.js
-// (what a name is), requests.js (URLs and refusals), envelope.js (what a frame means),
-// registry.js (handlers), timer.js, parser.js (the SSE bytes), backoff.js, share.js (the tabs'
-// group).
+// Only relative imports: a browser can load this file directly as a module. Its parts:
+// attempt.js (one attempt at the stream and what it started), names.js (what a name is),
+// requests.js (URLs and refusals), envelope.js (what a frame means), registry.js (handlers),
+// timer.js, parser.js (the SSE bytes), backoff.js, share.js (the tabs' group).
 
+import { Attempt } from './attempt.js';
 import { createParser } from './parser.js';
 import { Backoff, systemClock } from './backoff.js';
 import { parseJson, toEvent } from './envelope.js';
@@ -88,11 +89,7 @@ export class HeraldClient {
   // connection
   /** @type {import('../index.js').ConnectionState} */
   #state = CONNECTING;
-  #gen = 0;
-  #abort = null;
-  #reader = null;
-  #active = false; // an attempt (token, fetch or stream) is under way
-  #activeKey = null; // the channel list that attempt asked for
+  #attempt = null; // the Attempt under way (token, fetch or stream), null between attempts
   #everOpen = false;
   #lastEventId = '';
   #serverRetry = null;
@@ -106,8 +103,6 @@ export class HeraldClient {
   #retry; // the next attempt after a failure
   #debounce; // a change of channels
   #debounceStart = 0;
-  #idle; // a stream that went silent
-  #lastActivity = 0;
 
   /**
    * @param {import('../index.js').ClientOptions} options
@@ -123,7 +118,6 @@ export class HeraldClient {
     this.#clock = options.clock ?? systemClock;
     this.#retry = new Timer(this.#clock);
     this.#debounce = new Timer(this.#clock);
-    this.#idle = new Timer(this.#clock);
     this.#backoff = new Backoff({
       base: options.retryBaseMs,
       cap: options.retryCapMs,
@@ -317,7 +311,7 @@ export class HeraldClient {
     this.#retry.clear();
     this.#debounce.clear();
     if (this.#paused) {
-      this.#abortCurrent();
+      this.#endAttempt();
       this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
       return;
     }
@@ -330,7 +324,7 @@ export class HeraldClient {
     this.#closed = true;
     this.#retry.clear();
     this.#debounce.clear();
-    this.#abortCurrent();
+    this.#endAttempt();
     if (this.#doc && this.#onVisibility) {
       this.#doc.removeEventListener('visibilitychange', this.#onVisibility);
     }
@@ -429,8 +423,8 @@ export class HeraldClient {
     if (this.#role === LEADER) this.#hello(false);
     if (this.#stopped) return;
     const key = this.#desiredChannels().join(',');
-    if (this.#active) {
-      if (key !== this.#activeKey) this.#connect();
+    if (this.#attempt) {
+      if (key !== this.#attempt.key) this.#connect();
       return;
     }
     // Waiting out a backoff: the next attempt asks for the new set anyway.
@@ -443,14 +437,10 @@ export class HeraldClient {
 
   async #connect() {
     this.#retry.clear();
-    this.#abortCurrent();
+    this.#endAttempt();
     if (this.#closed || this.#stopped || this.#paused) return;
-    const gen = this.#gen;
-    const abort = new AbortController();
-    this.#abort = abort;
-    this.#active = true;
-    const channels = this.#desiredChannels();
-    this.#activeKey = channels.join(',');
+    const attempt = new Attempt(this.#desiredChannels(), this.#clock);
+    this.#attempt = attempt;
     this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
 
     let token;
@@ -462,12 +452,12 @@ export class HeraldClient {
         this.#firstToken = null;
         token = fresh && !refresh ? first : await this.#getToken({ refresh });
       } catch (err) {
-        if (gen !== this.#gen) return;
+        if (attempt.ended) return;
         this.#emitError({ status: 0, error: 'token_unavailable', message: messageOf(err), fatal: false, cause: err });
         this.#retryAfterFailure(null);
         return;
       }
-      if (gen !== this.#gen) return;
+      if (attempt.ended) return;
       this.#refreshToken = false;
       if (!this.#sameUser(token)) {
         // Another user signed in on this tab: its stream is not the group's any more.
@@ -482,7 +472,7 @@ export class HeraldClient {
 
     let url;
     try {
-      url = eventsUrl(this.#base, channels);
+      url = eventsUrl(this.#base, attempt.channels);
     } catch (err) {
       this.#fatal({ status: 0, error: 'invalid_url', message: messageOf(err), cause: err });
       return;
@@ -494,20 +484,20 @@ export class HeraldClient {
         method: 'GET',
         headers,
         credentials: this.#credentials,
-        signal: abort.signal,
+        signal: attempt.signal,
       });
-    } catch (err) {
-      if (gen !== this.#gen) return;
+    } catch {
+      if (attempt.ended) return;
       this.#retryAfterFailure(null);
       return;
     }
-    if (gen !== this.#gen) {
+    if (attempt.ended) {
       cancelBody(response);
       return;
     }
 
     if (response.status !== 200) {
-      await this.#refused(gen, response);
+      await this.#refused(attempt, response);
       return;
     }
     const type = (response.headers?.get?.('content-type') ?? '').toLowerCase();
@@ -520,23 +510,22 @@ export class HeraldClient {
       });
       return;
     }
-    await this.#stream(gen, response);
+    await this.#stream(attempt, response);
   }
 
-  async #stream(gen, response) {
-    const conn = { connected: false, tokenExpired: false, hint: null };
+  async #stream(attempt, response) {
     const parser = createParser({
       lastEventId: this.#lastEventId,
-      onEvent: (ev) => this.#frame(gen, conn, ev),
+      onEvent: (ev) => this.#frame(attempt, ev),
       onRetry: (ms) => {
-        if (gen !== this.#gen) return;
+        if (attempt.ended) return;
         this.#serverRetry = ms;
         // A retry: before `connected` belongs to the first frame (cleared when `connected` comes);
         // one after it, or one with no `connected` at all, is the server asking to come back later.
-        conn.hint = ms;
+        attempt.retryHint = ms;
       },
       onComment: (text) => {
-        if (gen !== this.#gen || !this.#onComment) return;
+        if (attempt.ended || !this.#onComment) return;
         try {
           this.#onComment(text);
         } catch (err) {
@@ -546,47 +535,49 @@ export class HeraldClient {
     });
 
     if (!response.body) {
-      this.#streamEnded(gen, conn);
+      this.#streamEnded(attempt);
       return;
     }
-    const reader = response.body.getReader();
-    this.#reader = reader;
-    this.#startIdle(gen);
+    const reader = attempt.read(response.body);
+    attempt.watchSilence(this.#idleMs, () => {
+      // Nothing, not even a heartbeat, for too long: the connection is dead without knowing.
+      this.#endAttempt();
+      this.#retryAfterFailure(null);
+    });
     try {
       for (;;) {
         const { value, done } = await reader.read();
-        if (gen !== this.#gen) return;
+        if (attempt.ended) return;
         if (done) break;
-        this.#lastActivity = this.#clock.now();
+        attempt.heard();
         parser.feed(value);
-        if (gen !== this.#gen) return;
+        if (attempt.ended) return;
         this.#lastEventId = parser.lastEventId;
       }
-    } catch (err) {
-      if (gen !== this.#gen) return;
+    } catch {
+      if (attempt.ended) return;
     }
     parser.end();
     this.#lastEventId = parser.lastEventId;
-    this.#streamEnded(gen, conn);
+    this.#streamEnded(attempt);
   }
 
   /** A frame of this client's own stream. */
-  #frame(gen, conn, ev) {
-    if (gen !== this.#gen) return;
+  #frame(attempt, ev) {
+    if (attempt.ended) return;
     const frame = { type: ev.type, data: ev.data, lastEventId: ev.lastEventId, hasId: ev.hasId };
     if (ev.type === 'connected') {
-      conn.connected = true;
-      conn.hint = null;
+      attempt.retryHint = null;
       this.#backoff.reset();
       this.#everOpen = true;
       this.#connection = parseJson(ev.data);
       this.#setState(OPEN);
-      if (gen !== this.#gen) return;
+      if (attempt.ended) return;
     } else if (ev.type === 'token_expired') {
-      conn.tokenExpired = true;
+      attempt.tokenExpired = true;
     }
     if (this.#role === LEADER) this.#group?.post({ kind: 'frame', frame });
-    this.#deliver(frame);
+    this.#deliver(frame, attempt);
   }
 
   /**
@@ -594,9 +585,12 @@ export class HeraldClient {
    * frames to theirs, an event of a channel only when this client subscribes to the channel. An
    * id seen lately is dropped: a new leader resumes from the last id it saw, which can be a few
    * behind another tab's.
+   *
+   * `from` is the attempt whose stream the frame came on, null for a frame of the leader's. A
+   * handler that closes the client or ends that stream (reconnect(), …) stops the frame there.
    */
-  #deliver(frame) {
-    const gen = this.#gen;
+  #deliver(frame, from = null) {
+    const stopped = () => this.#closed || this.#attempt !== from;
     if (frame.hasId) {
       if (this.#seen.has(frame.lastEventId)) return;
       this.#remember(frame.lastEventId);
@@ -622,10 +616,10 @@ export class HeraldClient {
     if (event.channel != null) {
       if (!this.#wants(event.channel)) return;
       this.#channels.emit(event.channel, event);
-      if (gen !== this.#gen) return;
+      if (stopped()) return;
     }
     this.#emit(event.type, event);
-    if (gen !== this.#gen) return;
+    if (stopped()) return;
     this.#emit('*', event);
   }
 
@@ -635,23 +629,23 @@ export class HeraldClient {
     if (this.#seenOrder.length > SEEN_IDS) this.#seen.delete(this.#seenOrder.shift());
   }
 
-  #streamEnded(gen, conn) {
-    if (gen !== this.#gen) return;
-    this.#finishAttempt();
-    if (conn.tokenExpired) {
+  #streamEnded(attempt) {
+    if (attempt.ended) return;
+    this.#endAttempt();
+    if (attempt.tokenExpired) {
       this.#refreshToken = true;
       this.#retryAfterFailure(null);
       return;
     }
     // No `connected` (the capacity answer) or a late retry: (drain): wait at least what the
     // server asked for. Otherwise the ordinary jittered backoff.
-    this.#retryAfterFailure(conn.hint);
+    this.#retryAfterFailure(attempt.retryHint);
   }
 
-  async #refused(gen, response) {
+  async #refused(attempt, response) {
     const status = response.status;
     const body = await jsonBody(response);
-    if (gen !== this.#gen) return;
+    if (attempt.ended) return;
     const info = {
       status,
       error: typeof body?.error === 'string' ? body.error : `http_${status}`,
@@ -672,7 +666,7 @@ export class HeraldClient {
 
   #retryAfterFailure(floor) {
     if (this.#closed || this.#stopped) return;
-    this.#finishAttempt();
+    this.#endAttempt();
     let delay = this.#backoff.next(this.#serverRetry ?? undefined);
     if (floor != null) delay = Math.max(delay, floor);
     this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
@@ -692,46 +686,19 @@ export class HeraldClient {
     this.#stopped = true;
     this.#retry.clear();
     this.#debounce.clear();
-    this.#abortCurrent();
+    this.#endAttempt();
     this.#setState(CLOSED);
     this.#emitError({ ...info, fatal: true });
   }
 
-  #finishAttempt() {
-    this.#active = false;
-    this.#activeKey = null;
-    this.#reader = null;
-    this.#abort = null;
-    this.#idle.clear();
-  }
-
-  /** Ends the current attempt (if any) and invalidates its callbacks. */
-  #abortCurrent() {
-    this.#gen += 1;
-    const abort = this.#abort;
-    const reader = this.#reader;
-    this.#finishAttempt();
-    if (reader) reader.cancel().catch(() => {});
-    if (abort) abort.abort();
-  }
-
-  #startIdle(gen) {
-    this.#lastActivity = this.#clock.now();
-    if (!(this.#idleMs > 0)) return;
-    const check = (wait) => {
-      this.#idle.set(wait, () => {
-        if (gen !== this.#gen) return;
-        const idle = this.#clock.now() - this.#lastActivity;
-        if (idle < this.#idleMs) {
-          check(this.#idleMs - idle);
-          return;
-        }
-        // Nothing, not even a heartbeat, for too long: the connection is dead without knowing.
-        this.#abortCurrent();
-        this.#retryAfterFailure(null);
-      });
-    };
-    check(this.#idleMs);
+  /**
+   * Ends the attempt under way, if any: its request and stream stop, its timer is cleared, and
+   * its callbacks that still run do nothing.
+   */
+  #endAttempt() {
+    const attempt = this.#attempt;
+    this.#attempt = null;
+    attempt?.end();
   }
 
   #visibilityChanged() {
@@ -741,7 +708,7 @@ export class HeraldClient {
       this.#paused = true;
       this.#retry.clear();
       this.#debounce.clear();
-      this.#abortCurrent();
+      this.#endAttempt();
       if (!this.#stopped) this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
     } else if (!hidden && this.#paused) {
       this.#paused = false;
