@@ -10,7 +10,7 @@
 //
 // Only relative imports: a browser can load this file directly as a module. Its parts:
 // attempt.js (one attempt at the stream and what it started), names.js (what a name is),
-// requests.js (URLs and refusals), envelope.js (what a frame means), registry.js (handlers),
+// requests.js (publish() and presence(), URLs, refusals), envelope.js (what a frame means), registry.js (handlers),
 // timer.js, parser.js (the SSE bytes), backoff.js, share.js (the tabs' group).
 
 import { Attempt } from './attempt.js';
@@ -19,16 +19,7 @@ import { Backoff, systemClock } from './backoff.js';
 import { parseJson, toEvent } from './envelope.js';
 import { isValidEventType, isValidName } from './names.js';
 import { Registry, reportError } from './registry.js';
-import {
-  HeraldRequestError,
-  apiUrl,
-  cancelBody,
-  channelsInUrl,
-  eventsUrl,
-  jsonBody,
-  messageOf,
-  requestError,
-} from './requests.js';
+import { cancelBody, channelsInUrl, eventsUrl, fetchPresence, messageOf, refusal, sendClientEvent } from './requests.js';
 import { ShareGroup, shareSupport, tokenIdentity } from './share.js';
 import { Timer } from './timer.js';
 
@@ -63,6 +54,7 @@ export class HeraldClient {
   #maxDebounceMs;
   #idleMs;
   #onComment;
+  #api; // what publish() and presence() request with
   #doc = null;
   #onVisibility = null;
 
@@ -126,6 +118,16 @@ export class HeraldClient {
     });
     const withCredentials = options.withCredentials ?? !this.#getToken;
     this.#credentials = withCredentials ? 'include' : 'same-origin';
+    this.#api = {
+      base: this.#base,
+      getToken: this.#getToken,
+      fetch: this.#fetch,
+      credentials: this.#credentials,
+      // A token of another user than the tab group's: this tab leaves the group.
+      onToken: (token) => {
+        if (!this.#sameUser(token)) this.#goSolo();
+      },
+    };
     this.#debounceMs = options.debounceMs ?? 50;
     this.#maxDebounceMs = Math.max(this.#debounceMs, options.maxDebounceMs ?? 500);
     this.#idleMs = options.idleTimeoutMs ?? 45000;
@@ -240,22 +242,8 @@ export class HeraldClient {
    * @param {{ signal?: AbortSignal }} [options]
    * @returns {Promise<void>}
    */
-  async publish(channel, type, data = null, { signal } = {}) {
-    if (!isValidName(channel)) {
-      throw new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`);
-    }
-    if (!isValidEventType(type)) {
-      throw new TypeError(`herald: invalid client event type ${JSON.stringify(type)}`);
-    }
-    let body;
-    try {
-      body = JSON.stringify({ channel, type, data });
-    } catch (err) {
-      throw new TypeError(`herald: event data is not JSON: ${messageOf(err)}`);
-    }
-    const response = await this.#request('POST', 'v1/client-events', { body, signal });
-    if (!response.ok) throw await requestError(response);
-    await response.text().catch(() => {});
+  publish(channel, type, data, options) {
+    return sendClientEvent(this.#api, channel, type, data, options);
   }
 
   /**
@@ -268,23 +256,8 @@ export class HeraldClient {
    *
    * @param {{ signal?: AbortSignal }} [options]
    */
-  async presence(channel, { signal } = {}) {
-    if (!isValidName(channel)) {
-      throw new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`);
-    }
-    const response = await this.#request('GET', `v1/presence/${encodeURIComponent(channel)}`, { signal });
-    if (!response.ok) throw await requestError(response);
-    try {
-      return JSON.parse(await response.text());
-    } catch (err) {
-      if (err?.name === 'AbortError') throw err;
-      throw new HeraldRequestError({
-        status: response.status,
-        error: 'bad_response',
-        message: `presence: the answer is not JSON: ${messageOf(err)}`,
-        cause: err,
-      });
-    }
+  presence(channel, options) {
+    return fetchPresence(this.#api, channel, options);
   }
 
   /** Calls `listener(state, previous)` on every state change. @returns unsubscribe */
@@ -331,49 +304,6 @@ export class HeraldClient {
     this.#leave();
     this.#role = SOLO;
     this.#setState(CLOSED);
-  }
-
-  // ---------------------------------------------------------------------------------------------
-  // requests besides the stream
-
-  /**
-   * One API request with the stream's credentials: the token from getToken (asked again with
-   * `refresh: true` after a 401, once), else cookies; the query of `url` (a `token`, dev mode's
-   * `user`) is kept.
-   */
-  async #request(method, path, { body, signal } = {}) {
-    let url;
-    try {
-      url = apiUrl(this.#base, path);
-    } catch (err) {
-      throw new HeraldRequestError({ status: 0, error: 'invalid_url', message: messageOf(err), cause: err });
-    }
-    for (let refresh = false; ; refresh = true) {
-      const headers = { Accept: 'application/json' };
-      if (body !== undefined) headers['Content-Type'] = 'application/json';
-      if (this.#getToken) {
-        let token;
-        try {
-          token = await this.#getToken({ refresh });
-        } catch (err) {
-          throw new HeraldRequestError({ status: 0, error: 'token_unavailable', message: messageOf(err), cause: err });
-        }
-        if (token) headers.Authorization = `Bearer ${token}`;
-        if (!this.#sameUser(token)) this.#goSolo();
-      }
-      let response;
-      try {
-        response = await this.#fetch(url, { method, headers, body, credentials: this.#credentials, signal });
-      } catch (err) {
-        if (err?.name === 'AbortError') throw err;
-        throw new HeraldRequestError({ status: 0, error: 'network_error', message: messageOf(err), cause: err });
-      }
-      if (response.status === 401 && this.#getToken && !refresh) {
-        cancelBody(response);
-        continue;
-      }
-      return response;
-    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -643,15 +573,9 @@ export class HeraldClient {
   }
 
   async #refused(attempt, response) {
-    const status = response.status;
-    const body = await jsonBody(response);
+    const info = await refusal(response);
     if (attempt.ended) return;
-    const info = {
-      status,
-      error: typeof body?.error === 'string' ? body.error : `http_${status}`,
-      message: typeof body?.message === 'string' ? body.message : response.statusText || `HTTP ${status}`,
-      body,
-    };
+    const status = info.status;
     if (status === 401 && this.#getToken) {
       this.#refreshToken = true;
       this.#emitError({ ...info, fatal: false });
