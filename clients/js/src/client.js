@@ -21,7 +21,7 @@ import { isValidEventType, isValidName } from './names.js';
 import { Registry, reportError } from './registry.js';
 import { cancelBody, channelsInUrl, eventsUrl, fetchPresence, messageOf, refusal, sendClientEvent } from './requests.js';
 import { ShareGroup, shareSupport, tokenIdentity } from './share.js';
-import { Timer } from './timer.js';
+import { Debounce, Timer } from './timer.js';
 
 export { CONTROL_EVENTS, isValidEventType, isValidName } from './names.js';
 export { HeraldRequestError, eventsUrl } from './requests.js';
@@ -50,8 +50,6 @@ export class HeraldClient {
   #clock;
   #backoff;
   #credentials;
-  #debounceMs;
-  #maxDebounceMs;
   #idleMs;
   #onComment;
   #api; // what publish() and presence() request with
@@ -94,7 +92,6 @@ export class HeraldClient {
   // timers (on the clock, so set in the constructor)
   #retry; // the next attempt after a failure
   #debounce; // a change of channels
-  #debounceStart = 0;
 
   /**
    * @param {import('../index.js').ClientOptions} options
@@ -109,7 +106,6 @@ export class HeraldClient {
     this.#fetch = typeof f === 'function' ? f : (...args) => globalThis.fetch(...args);
     this.#clock = options.clock ?? systemClock;
     this.#retry = new Timer(this.#clock);
-    this.#debounce = new Timer(this.#clock);
     this.#backoff = new Backoff({
       base: options.retryBaseMs,
       cap: options.retryCapMs,
@@ -128,8 +124,7 @@ export class HeraldClient {
         if (!this.#sameUser(token)) this.#goSolo();
       },
     };
-    this.#debounceMs = options.debounceMs ?? 50;
-    this.#maxDebounceMs = Math.max(this.#debounceMs, options.maxDebounceMs ?? 500);
+    this.#debounce = new Debounce(this.#clock, options.debounceMs ?? 50, options.maxDebounceMs ?? 500);
     this.#idleMs = options.idleTimeoutMs ?? 45000;
     this.#onComment = typeof options.onComment === 'function' ? options.onComment : null;
     if (options.lastEventId) this.#lastEventId = String(options.lastEventId);
@@ -337,10 +332,7 @@ export class HeraldClient {
 
   #channelsChanged() {
     if (this.#closed || this.#stopped) return;
-    const now = this.#clock.now();
-    if (!this.#debounce.pending) this.#debounceStart = now;
-    const wait = Math.max(0, Math.min(this.#debounceMs, this.#debounceStart + this.#maxDebounceMs - now));
-    this.#debounce.set(wait, () => this.#syncChannels());
+    this.#debounce.call(() => this.#syncChannels());
   }
 
   #syncChannels() {
