@@ -67,8 +67,6 @@ export class HeraldClient {
   #firstTokenAt = 0;
   #seen = new Set(); // ids delivered lately: a new leader's resume may repeat a few
   #seenOrder = [];
-  #onPageHide = null;
-  #onPageShow = null;
 
   // subscriptions
   #static = new Set();
@@ -719,19 +717,6 @@ export class HeraldClient {
       return;
     }
     this.#role = FOLLOWER;
-    const target = globalThis.window ?? globalThis;
-    if (typeof target?.addEventListener === 'function') {
-      // A closing tab says so; one that crashes is found out by its tab lock. A page kept in the
-      // back/forward cache says so again when it comes back.
-      this.#onPageHide = (e) => {
-        if (!e?.persisted) this.#group?.post({ kind: 'bye' });
-      };
-      this.#onPageShow = (e) => {
-        if (e?.persisted) this.#hello(true);
-      };
-      target.addEventListener('pagehide', this.#onPageHide);
-      target.addEventListener('pageshow', this.#onPageShow);
-    }
     this.#group.start();
   }
 
@@ -745,11 +730,7 @@ export class HeraldClient {
     const group = this.#group;
     if (!group) return;
     this.#group = null;
-    group.post({ kind: 'bye' });
-    group.close();
-    const target = globalThis.window ?? globalThis;
-    if (this.#onPageHide) target.removeEventListener?.('pagehide', this.#onPageHide);
-    if (this.#onPageShow) target.removeEventListener?.('pageshow', this.#onPageShow);
+    group.close(); // says bye
   }
 
   /** Leaves the group for good and streams on its own from its cursor. */
