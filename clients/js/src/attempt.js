@@ -39,10 +39,29 @@ export class Attempt {
     return this.#abort.signal;
   }
 
-  /** A reader of the response body `body`, cancelled when the attempt ends. */
-  read(body) {
-    this.#reader = body.getReader();
-    return this.#reader;
+  /**
+   * Reads the response body `body` to its end, handing each chunk to `onChunk` (and counting it as
+   * heard). Resolves true when the body ended, by its end or by an error; false when the attempt
+   * ended first (ending it cancels the read), even in the middle of a chunk's handling.
+   *
+   * @param {ReadableStream<Uint8Array>} body
+   * @param {(chunk: Uint8Array) => void} onChunk
+   */
+  async read(body, onChunk) {
+    const reader = body.getReader();
+    this.#reader = reader;
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (this.ended) return false;
+        if (done) return true;
+        this.heard();
+        onChunk(value);
+        if (this.ended) return false;
+      }
+    } catch {
+      return !this.ended;
+    }
   }
 
   /**

@@ -458,25 +458,16 @@ export class HeraldClient {
       this.#streamEnded(attempt);
       return;
     }
-    const reader = attempt.read(response.body);
     attempt.watchSilence(this.#idleMs, () => {
       // Nothing, not even a heartbeat, for too long: the connection is dead without knowing.
       this.#endAttempt();
       this.#retryAfterFailure(null);
     });
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (attempt.ended) return;
-        if (done) break;
-        attempt.heard();
-        parser.feed(value);
-        if (attempt.ended) return;
-        this.#lastEventId = parser.lastEventId;
-      }
-    } catch {
-      if (attempt.ended) return;
-    }
+    const ended = await attempt.read(response.body, (chunk) => {
+      parser.feed(chunk);
+      if (!attempt.ended) this.#lastEventId = parser.lastEventId;
+    });
+    if (!ended) return;
     parser.end();
     this.#lastEventId = parser.lastEventId;
     this.#streamEnded(attempt);

@@ -36,7 +36,7 @@ describe('Attempt', () => {
     const clock = new FakeClock();
     const attempt = new Attempt([], clock);
     const b = body();
-    attempt.read(b.stream);
+    const read = attempt.read(b.stream, () => assert.fail('no chunk'));
     let silent = 0;
     attempt.watchSilence(1000, () => {
       silent += 1;
@@ -47,10 +47,57 @@ describe('Attempt', () => {
     assert.equal(attempt.signal.aborted, true);
     assert.equal(clock.pending().length, 0);
     await b.cancelled;
+    assert.equal(await read, false, 'the read ends with the attempt');
     clock.advance(10_000);
     assert.equal(silent, 0);
     attempt.end(); // a second end does nothing
     assert.equal(attempt.ended, true);
+  });
+
+  test('read() hands over each chunk as heard, and tells whether the body ended before the attempt', async () => {
+    const clock = new FakeClock();
+    const attempt = new Attempt([], clock);
+    let silent = 0;
+    attempt.watchSilence(1000, () => {
+      silent += 1;
+    });
+    const b = body();
+    const chunks = [];
+    let got;
+    const gotOne = () =>
+      new Promise((resolve) => {
+        got = resolve;
+      });
+    let next = gotOne();
+    const read = attempt.read(b.stream, (chunk) => {
+      chunks.push(new TextDecoder().decode(chunk));
+      got();
+    });
+    clock.advance(900);
+    b.controller().enqueue(encoder.encode('one'));
+    await next;
+    clock.advance(900); // 1800 since the start, 900 since the chunk
+    assert.equal(silent, 0);
+    next = gotOne();
+    b.controller().enqueue(encoder.encode('two'));
+    await next;
+    b.controller().close();
+    assert.equal(await read, true);
+    assert.deepEqual(chunks, ['one', 'two']);
+
+    // A body that fails has ended too.
+    const failing = body();
+    const failed = new Attempt([], clock).read(failing.stream, () => {});
+    failing.controller().error(new TypeError('network error'));
+    assert.equal(await failed, true);
+
+    // A chunk whose handling ends the attempt: the read stops there.
+    const other = new Attempt([], clock);
+    const b2 = body();
+    b2.controller().enqueue(encoder.encode('x'));
+    const stopped = other.read(b2.stream, () => other.end());
+    assert.equal(await stopped, false);
+    await b2.cancelled;
   });
 
   test('silence: runs once nothing was heard for the whole time, counting from the last sound', () => {
