@@ -17,8 +17,8 @@ import { Attempt } from './attempt.js';
 import { createParser } from './parser.js';
 import { Backoff, systemClock } from './backoff.js';
 import { parseJson, toEvent } from './envelope.js';
-import { isValidEventType, isValidName } from './names.js';
-import { Registry, reportError } from './registry.js';
+import { isValidName } from './names.js';
+import { Subscriptions, reportError } from './registry.js';
 import { cancelBody, channelsInUrl, eventsUrl, fetchPresence, messageOf, refusal, sendClientEvent } from './requests.js';
 import { ShareGroup, shareSupport, tokenIdentity } from './share.js';
 import { Debounce, Timer } from './timer.js';
@@ -69,9 +69,7 @@ export class HeraldClient {
   #seenOrder = [];
 
   // subscriptions
-  #static = new Set();
-  #channels = new Registry(); // channel -> its subscribe() handlers
-  #handlers = new Registry(); // event type (or '*') -> its on() handlers
+  #subscriptions = new Subscriptions();
   #stateListeners = new Set();
 
   // connection
@@ -128,8 +126,8 @@ export class HeraldClient {
     if (options.lastEventId) this.#lastEventId = String(options.lastEventId);
     if (typeof options.onStateChange === 'function') this.#stateListeners.add(options.onStateChange);
 
-    for (const ch of channelsInUrl(this.#base)) this.#addStatic(ch);
-    for (const ch of options.channels ?? []) this.#addStatic(ch);
+    for (const ch of channelsInUrl(this.#base)) this.#subscriptions.addStatic(ch);
+    for (const ch of options.channels ?? []) this.#subscriptions.addStatic(ch);
 
     if (options.pauseWhenHidden) {
       const doc = options.document ?? globalThis.document;
@@ -178,7 +176,7 @@ export class HeraldClient {
   /** The channels this client subscribes to (the connection carries these, and a leader's also
    * its followers'), sorted. */
   get channels() {
-    return this.#ownChannels();
+    return this.#subscriptions.channels();
   }
 
   /** The data of the last `connected` frame: {connectionId, user, channels, resumed}, or null. */
@@ -199,16 +197,7 @@ export class HeraldClient {
    * @returns {() => void} unsubscribe
    */
   subscribe(channel, handler) {
-    if (!isValidName(channel)) {
-      throw new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`);
-    }
-    if (typeof handler !== 'function') throw new TypeError('herald: handler must be a function');
-    const changed = () => {
-      if (!this.#static.has(channel)) this.#channelsChanged();
-    };
-    const { first, unsubscribe } = this.#channels.add(channel, handler, changed);
-    if (first) changed();
-    return unsubscribe;
+    return this.#subscriptions.subscribe(channel, handler, () => this.#channelsChanged());
   }
 
   /**
@@ -218,9 +207,7 @@ export class HeraldClient {
    * @returns {() => void} unsubscribe
    */
   on(type, handler) {
-    if (typeof type !== 'string' || type === '') throw new TypeError('herald: event type required');
-    if (typeof handler !== 'function') throw new TypeError('herald: handler must be a function');
-    return this.#handlers.add(type, handler).unsubscribe;
+    return this.#subscriptions.on(type, handler);
   }
 
   /**
@@ -302,30 +289,12 @@ export class HeraldClient {
   // ---------------------------------------------------------------------------------------------
   // channel set
 
-  #addStatic(channel) {
-    if (!isValidName(channel)) {
-      throw new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`);
-    }
-    this.#static.add(channel);
-  }
-
-  #ownChannels() {
-    const all = new Set(this.#static);
-    for (const ch of this.#channels.keys()) all.add(ch);
-    return [...all].sort();
-  }
-
   /** What the stream asks for: this client's channels, and a leader's followers' too. */
   #desiredChannels() {
-    if (this.#role !== LEADER) return this.#ownChannels();
-    const all = new Set(this.#ownChannels());
+    if (this.#role !== LEADER) return this.#subscriptions.channels();
+    const all = new Set(this.#subscriptions.channels());
     for (const channels of this.#peers.values()) for (const ch of channels) all.add(ch);
     return [...all].sort();
-  }
-
-  /** Whether events of `channel` are for this client's handlers. */
-  #wants(channel) {
-    return this.#static.has(channel) || this.#channels.has(channel);
   }
 
   #channelsChanged() {
@@ -501,7 +470,6 @@ export class HeraldClient {
    * handler that closes the client or ends that stream (reconnect(), …) stops the frame there.
    */
   #deliver(frame, from = null) {
-    const stopped = () => this.#closed || this.#attempt !== from;
     if (frame.hasId) {
       if (this.#seen.has(frame.lastEventId)) return;
       this.#remember(frame.lastEventId);
@@ -523,15 +491,7 @@ export class HeraldClient {
       default:
         break;
     }
-    const event = toEvent(frame);
-    if (event.channel != null) {
-      if (!this.#wants(event.channel)) return;
-      this.#channels.emit(event.channel, event);
-      if (stopped()) return;
-    }
-    this.#emit(event.type, event);
-    if (stopped()) return;
-    this.#emit('*', event);
+    this.#subscriptions.dispatch(toEvent(frame), () => this.#closed || this.#attempt !== from);
   }
 
   #remember(id) {
@@ -641,7 +601,7 @@ export class HeraldClient {
   }
 
   #emit(type, event) {
-    this.#handlers.emit(type, event);
+    this.#subscriptions.emit(type, event);
   }
 
   #emitError(info) {
@@ -737,7 +697,7 @@ export class HeraldClient {
 
   /** Tells the group this tab's channels; `join` asks every other tab for theirs. */
   #hello(join) {
-    this.#group?.post({ kind: 'hello', channels: this.#ownChannels(), join });
+    this.#group?.post({ kind: 'hello', channels: this.#subscriptions.channels(), join });
   }
 
   /** This tab got the leader lock: it opens the stream for the union, from its own cursor. */
