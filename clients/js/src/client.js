@@ -3,15 +3,19 @@
 // jitter; resume with Last-Event-ID; token refresh; connection state; and the part of a tab in a
 // group of tabs sharing one stream.
 //
-// About nine hundred lines, in one class: the connection's state machine and the tab group's
-// protocol read and move the same state (the cursor, the channels, the state, the attempt under
-// way), and a split between them would pass all of it back and forth. What stands alone is in
+// About eight hundred lines, in one class: the options and the public API with its documentation
+// (the first three hundred), the connection's state machine and the tab group's protocol. The
+// last two read and move the same state (the cursor, the channels asked for, the connection
+// state, whether the client stopped), since the stream a tab reads is either its own or its
+// leader's, and a split between them would pass all of it back and forth. What stands alone is in
 // the modules below.
 //
 // Only relative imports: a browser can load this file directly as a module. Its parts:
-// attempt.js (one attempt at the stream and what it started), names.js (what a name is),
-// requests.js (publish() and presence(), URLs, refusals), envelope.js (what a frame means), registry.js (handlers),
-// timer.js, parser.js (the SSE bytes), backoff.js, share.js (the tabs' group).
+// attempt.js (one attempt at the stream: its request, its stream, its silence timer),
+// requests.js (publish() and presence(), URLs, refusals), registry.js (subscriptions and
+// handlers), share.js (the tabs' group: election, messages, membership), names.js (what a name
+// is), envelope.js (what a frame means), timer.js (named timers, the debounce), parser.js (the
+// SSE bytes), backoff.js.
 
 import { Attempt } from './attempt.js';
 import { createParser } from './parser.js';
@@ -19,7 +23,15 @@ import { Backoff, systemClock } from './backoff.js';
 import { parseJson, toEvent } from './envelope.js';
 import { isValidName } from './names.js';
 import { Subscriptions, reportError } from './registry.js';
-import { cancelBody, channelsInUrl, eventsUrl, fetchPresence, messageOf, refusal, sendClientEvent } from './requests.js';
+import {
+  cancelBody,
+  channelsInUrl,
+  eventsUrl,
+  fetchPresence,
+  messageOf,
+  refusal,
+  sendClientEvent,
+} from './requests.js';
 import { ShareGroup, shareSupport, tokenIdentity } from './share.js';
 import { Debounce, Timer } from './timer.js';
 
@@ -322,7 +334,8 @@ export class HeraldClient {
   }
 
   // ---------------------------------------------------------------------------------------------
-  // connection
+  // connection: one Attempt at a time (#attempt); #connect ends the one under way before it makes
+  // the next, so a callback of an attempt needs to check only that attempt's `ended`.
 
   async #connect() {
     this.#retry.clear();
