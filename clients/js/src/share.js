@@ -77,6 +77,14 @@ export class ShareGroup {
   #onJoined;
   #onFailure;
   #page = null; // the window whose pagehide and pageshow it follows
+  // A page kept in the back/forward cache is not leaving: it says nothing, and joins again when it
+  // comes back.
+  #onPageHide = (e) => {
+    if (!e?.persisted) this.post({ kind: 'bye' });
+  };
+  #onPageShow = (e) => {
+    if (e?.persisted && !this.#closed) this.#onJoined();
+  };
 
   /**
    * `onJoined` runs once this tab's own lock is held (the others can now tell it is alive), before
@@ -103,7 +111,10 @@ export class ShareGroup {
     this.#onFailure = onFailure;
   }
 
-  /** Takes this tab's lock, then its place in the queue for the leader lock. */
+  /**
+   * Takes this tab's lock, then its place in the queue for the leader lock; from now on the page
+   * closing says bye.
+   */
   start() {
     const page = globalThis.window ?? globalThis;
     if (typeof page?.addEventListener === 'function') {
@@ -157,16 +168,6 @@ export class ShareGroup {
     this.#page?.removeEventListener?.('pagehide', this.#onPageHide);
     this.#page?.removeEventListener?.('pageshow', this.#onPageShow);
   }
-
-  // A page kept in the back/forward cache is not leaving: it says nothing, and joins again when it
-  // comes back.
-  #onPageHide = (e) => {
-    if (!e?.persisted) this.post({ kind: 'bye' });
-  };
-
-  #onPageShow = (e) => {
-    if (e?.persisted && !this.#closed) this.#onJoined();
-  };
 
   /** Holds lock `name` until close(); `granted` runs when it is granted. */
   #hold(name, granted) {
