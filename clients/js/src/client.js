@@ -3,33 +3,37 @@
 // jitter; resume with Last-Event-ID; token refresh; connection state; and the part of a tab in a
 // group of tabs sharing one stream.
 //
-// About a thousand lines, in one class: the connection's state machine and the tab group's
-// protocol read and move the same state (the cursor, the channels, the state, the attempt under
-// way), and a split between them would pass all of it back and forth. What stands alone is in
+// About eight hundred lines, in one class: the options and the public API with its documentation
+// (the first three hundred), the connection's state machine and the tab group's protocol. The
+// last two read and move the same state (the cursor, the channels asked for, the connection
+// state, whether the client stopped), since the stream a tab reads is either its own or its
+// leader's, and a split between them would pass all of it back and forth. What stands alone is in
 // the modules below.
 //
-// Only relative imports: a browser can load this file directly as a module. Its parts: names.js
-// (what a name is), requests.js (URLs and refusals), envelope.js (what a frame means),
-// registry.js (handlers), timer.js, parser.js (the SSE bytes), backoff.js, share.js (the tabs'
-// group).
+// Only relative imports: a browser can load this file directly as a module. Its parts:
+// attempt.js (one attempt at the stream: its request, its stream, its silence timer),
+// requests.js (publish() and presence(), URLs, refusals), registry.js (subscriptions and
+// handlers), share.js (the tabs' group: election, messages, membership), names.js (what a name
+// is), envelope.js (what a frame means), timer.js (named timers, the debounce), parser.js (the
+// SSE bytes), backoff.js.
 
+import { Attempt } from './attempt.js';
 import { createParser } from './parser.js';
 import { Backoff, systemClock } from './backoff.js';
 import { parseJson, toEvent } from './envelope.js';
-import { isValidEventType, isValidName } from './names.js';
-import { Registry, reportError } from './registry.js';
+import { isValidName } from './names.js';
+import { Subscriptions, reportError } from './registry.js';
 import {
-  HeraldRequestError,
-  apiUrl,
   cancelBody,
   channelsInUrl,
   eventsUrl,
-  jsonBody,
+  fetchPresence,
   messageOf,
-  requestError,
+  refusal,
+  sendClientEvent,
 } from './requests.js';
 import { ShareGroup, shareSupport, tokenIdentity } from './share.js';
-import { Timer } from './timer.js';
+import { Debounce, Timer } from './timer.js';
 
 export { CONTROL_EVENTS, isValidEventType, isValidName } from './names.js';
 export { HeraldRequestError, eventsUrl } from './requests.js';
@@ -58,10 +62,9 @@ export class HeraldClient {
   #clock;
   #backoff;
   #credentials;
-  #debounceMs;
-  #maxDebounceMs;
   #idleMs;
   #onComment;
+  #api; // what publish() and presence() request with
   #doc = null;
   #onVisibility = null;
 
@@ -76,23 +79,15 @@ export class HeraldClient {
   #firstTokenAt = 0;
   #seen = new Set(); // ids delivered lately: a new leader's resume may repeat a few
   #seenOrder = [];
-  #onPageHide = null;
-  #onPageShow = null;
 
   // subscriptions
-  #static = new Set();
-  #channels = new Registry(); // channel -> its subscribe() handlers
-  #handlers = new Registry(); // event type (or '*') -> its on() handlers
+  #subscriptions = new Subscriptions();
   #stateListeners = new Set();
 
   // connection
   /** @type {import('../index.js').ConnectionState} */
   #state = CONNECTING;
-  #gen = 0;
-  #abort = null;
-  #reader = null;
-  #active = false; // an attempt (token, fetch or stream) is under way
-  #activeKey = null; // the channel list that attempt asked for
+  #attempt = null; // the Attempt under way (token, fetch or stream), null between attempts
   #everOpen = false;
   #lastEventId = '';
   #serverRetry = null;
@@ -105,9 +100,6 @@ export class HeraldClient {
   // timers (on the clock, so set in the constructor)
   #retry; // the next attempt after a failure
   #debounce; // a change of channels
-  #debounceStart = 0;
-  #idle; // a stream that went silent
-  #lastActivity = 0;
 
   /**
    * @param {import('../index.js').ClientOptions} options
@@ -122,8 +114,6 @@ export class HeraldClient {
     this.#fetch = typeof f === 'function' ? f : (...args) => globalThis.fetch(...args);
     this.#clock = options.clock ?? systemClock;
     this.#retry = new Timer(this.#clock);
-    this.#debounce = new Timer(this.#clock);
-    this.#idle = new Timer(this.#clock);
     this.#backoff = new Backoff({
       base: options.retryBaseMs,
       cap: options.retryCapMs,
@@ -132,15 +122,24 @@ export class HeraldClient {
     });
     const withCredentials = options.withCredentials ?? !this.#getToken;
     this.#credentials = withCredentials ? 'include' : 'same-origin';
-    this.#debounceMs = options.debounceMs ?? 50;
-    this.#maxDebounceMs = Math.max(this.#debounceMs, options.maxDebounceMs ?? 500);
+    this.#api = {
+      base: this.#base,
+      getToken: this.#getToken,
+      fetch: this.#fetch,
+      credentials: this.#credentials,
+      // A token of another user than the tab group's: this tab leaves the group.
+      onToken: (token) => {
+        if (!this.#sameUser(token)) this.#goSolo();
+      },
+    };
+    this.#debounce = new Debounce(this.#clock, options.debounceMs ?? 50, options.maxDebounceMs ?? 500);
     this.#idleMs = options.idleTimeoutMs ?? 45000;
     this.#onComment = typeof options.onComment === 'function' ? options.onComment : null;
     if (options.lastEventId) this.#lastEventId = String(options.lastEventId);
     if (typeof options.onStateChange === 'function') this.#stateListeners.add(options.onStateChange);
 
-    for (const ch of channelsInUrl(this.#base)) this.#addStatic(ch);
-    for (const ch of options.channels ?? []) this.#addStatic(ch);
+    for (const ch of channelsInUrl(this.#base)) this.#subscriptions.addStatic(ch);
+    for (const ch of options.channels ?? []) this.#subscriptions.addStatic(ch);
 
     if (options.pauseWhenHidden) {
       const doc = options.document ?? globalThis.document;
@@ -189,7 +188,7 @@ export class HeraldClient {
   /** The channels this client subscribes to (the connection carries these, and a leader's also
    * its followers'), sorted. */
   get channels() {
-    return this.#ownChannels();
+    return this.#subscriptions.channels();
   }
 
   /** The data of the last `connected` frame: {connectionId, user, channels, resumed}, or null. */
@@ -210,16 +209,7 @@ export class HeraldClient {
    * @returns {() => void} unsubscribe
    */
   subscribe(channel, handler) {
-    if (!isValidName(channel)) {
-      throw new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`);
-    }
-    if (typeof handler !== 'function') throw new TypeError('herald: handler must be a function');
-    const changed = () => {
-      if (!this.#static.has(channel)) this.#channelsChanged();
-    };
-    const { first, unsubscribe } = this.#channels.add(channel, handler, changed);
-    if (first) changed();
-    return unsubscribe;
+    return this.#subscriptions.subscribe(channel, handler, () => this.#channelsChanged());
   }
 
   /**
@@ -229,9 +219,7 @@ export class HeraldClient {
    * @returns {() => void} unsubscribe
    */
   on(type, handler) {
-    if (typeof type !== 'string' || type === '') throw new TypeError('herald: event type required');
-    if (typeof handler !== 'function') throw new TypeError('herald: handler must be a function');
-    return this.#handlers.add(type, handler).unsubscribe;
+    return this.#subscriptions.on(type, handler);
   }
 
   /**
@@ -246,22 +234,8 @@ export class HeraldClient {
    * @param {{ signal?: AbortSignal }} [options]
    * @returns {Promise<void>}
    */
-  async publish(channel, type, data = null, { signal } = {}) {
-    if (!isValidName(channel)) {
-      throw new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`);
-    }
-    if (!isValidEventType(type)) {
-      throw new TypeError(`herald: invalid client event type ${JSON.stringify(type)}`);
-    }
-    let body;
-    try {
-      body = JSON.stringify({ channel, type, data });
-    } catch (err) {
-      throw new TypeError(`herald: event data is not JSON: ${messageOf(err)}`);
-    }
-    const response = await this.#request('POST', 'v1/client-events', { body, signal });
-    if (!response.ok) throw await requestError(response);
-    await response.text().catch(() => {});
+  publish(channel, type, data, options) {
+    return sendClientEvent(this.#api, channel, type, data, options);
   }
 
   /**
@@ -274,23 +248,8 @@ export class HeraldClient {
    *
    * @param {{ signal?: AbortSignal }} [options]
    */
-  async presence(channel, { signal } = {}) {
-    if (!isValidName(channel)) {
-      throw new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`);
-    }
-    const response = await this.#request('GET', `v1/presence/${encodeURIComponent(channel)}`, { signal });
-    if (!response.ok) throw await requestError(response);
-    try {
-      return JSON.parse(await response.text());
-    } catch (err) {
-      if (err?.name === 'AbortError') throw err;
-      throw new HeraldRequestError({
-        status: response.status,
-        error: 'bad_response',
-        message: `presence: the answer is not JSON: ${messageOf(err)}`,
-        cause: err,
-      });
-    }
+  presence(channel, options) {
+    return fetchPresence(this.#api, channel, options);
   }
 
   /** Calls `listener(state, previous)` on every state change. @returns unsubscribe */
@@ -317,7 +276,7 @@ export class HeraldClient {
     this.#retry.clear();
     this.#debounce.clear();
     if (this.#paused) {
-      this.#abortCurrent();
+      this.#endAttempt();
       this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
       return;
     }
@@ -330,7 +289,7 @@ export class HeraldClient {
     this.#closed = true;
     this.#retry.clear();
     this.#debounce.clear();
-    this.#abortCurrent();
+    this.#endAttempt();
     if (this.#doc && this.#onVisibility) {
       this.#doc.removeEventListener('visibilitychange', this.#onVisibility);
     }
@@ -340,83 +299,19 @@ export class HeraldClient {
   }
 
   // ---------------------------------------------------------------------------------------------
-  // requests besides the stream
-
-  /**
-   * One API request with the stream's credentials: the token from getToken (asked again with
-   * `refresh: true` after a 401, once), else cookies; the query of `url` (a `token`, dev mode's
-   * `user`) is kept.
-   */
-  async #request(method, path, { body, signal } = {}) {
-    let url;
-    try {
-      url = apiUrl(this.#base, path);
-    } catch (err) {
-      throw new HeraldRequestError({ status: 0, error: 'invalid_url', message: messageOf(err), cause: err });
-    }
-    for (let refresh = false; ; refresh = true) {
-      const headers = { Accept: 'application/json' };
-      if (body !== undefined) headers['Content-Type'] = 'application/json';
-      if (this.#getToken) {
-        let token;
-        try {
-          token = await this.#getToken({ refresh });
-        } catch (err) {
-          throw new HeraldRequestError({ status: 0, error: 'token_unavailable', message: messageOf(err), cause: err });
-        }
-        if (token) headers.Authorization = `Bearer ${token}`;
-        if (!this.#sameUser(token)) this.#goSolo();
-      }
-      let response;
-      try {
-        response = await this.#fetch(url, { method, headers, body, credentials: this.#credentials, signal });
-      } catch (err) {
-        if (err?.name === 'AbortError') throw err;
-        throw new HeraldRequestError({ status: 0, error: 'network_error', message: messageOf(err), cause: err });
-      }
-      if (response.status === 401 && this.#getToken && !refresh) {
-        cancelBody(response);
-        continue;
-      }
-      return response;
-    }
-  }
-
-  // ---------------------------------------------------------------------------------------------
   // channel set
-
-  #addStatic(channel) {
-    if (!isValidName(channel)) {
-      throw new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`);
-    }
-    this.#static.add(channel);
-  }
-
-  #ownChannels() {
-    const all = new Set(this.#static);
-    for (const ch of this.#channels.keys()) all.add(ch);
-    return [...all].sort();
-  }
 
   /** What the stream asks for: this client's channels, and a leader's followers' too. */
   #desiredChannels() {
-    if (this.#role !== LEADER) return this.#ownChannels();
-    const all = new Set(this.#ownChannels());
+    if (this.#role !== LEADER) return this.#subscriptions.channels();
+    const all = new Set(this.#subscriptions.channels());
     for (const channels of this.#peers.values()) for (const ch of channels) all.add(ch);
     return [...all].sort();
   }
 
-  /** Whether events of `channel` are for this client's handlers. */
-  #wants(channel) {
-    return this.#static.has(channel) || this.#channels.has(channel);
-  }
-
   #channelsChanged() {
     if (this.#closed || this.#stopped) return;
-    const now = this.#clock.now();
-    if (!this.#debounce.pending) this.#debounceStart = now;
-    const wait = Math.max(0, Math.min(this.#debounceMs, this.#debounceStart + this.#maxDebounceMs - now));
-    this.#debounce.set(wait, () => this.#syncChannels());
+    this.#debounce.call(() => this.#syncChannels());
   }
 
   #syncChannels() {
@@ -429,8 +324,8 @@ export class HeraldClient {
     if (this.#role === LEADER) this.#hello(false);
     if (this.#stopped) return;
     const key = this.#desiredChannels().join(',');
-    if (this.#active) {
-      if (key !== this.#activeKey) this.#connect();
+    if (this.#attempt) {
+      if (key !== this.#attempt.key) this.#connect();
       return;
     }
     // Waiting out a backoff: the next attempt asks for the new set anyway.
@@ -439,18 +334,15 @@ export class HeraldClient {
   }
 
   // ---------------------------------------------------------------------------------------------
-  // connection
+  // connection: one Attempt at a time (#attempt); #connect ends the one under way before it makes
+  // the next, so a callback of an attempt needs to check only that attempt's `ended`.
 
   async #connect() {
     this.#retry.clear();
-    this.#abortCurrent();
+    this.#endAttempt();
     if (this.#closed || this.#stopped || this.#paused) return;
-    const gen = this.#gen;
-    const abort = new AbortController();
-    this.#abort = abort;
-    this.#active = true;
-    const channels = this.#desiredChannels();
-    this.#activeKey = channels.join(',');
+    const attempt = new Attempt(this.#desiredChannels(), this.#clock);
+    this.#attempt = attempt;
     this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
 
     let token;
@@ -462,12 +354,12 @@ export class HeraldClient {
         this.#firstToken = null;
         token = fresh && !refresh ? first : await this.#getToken({ refresh });
       } catch (err) {
-        if (gen !== this.#gen) return;
+        if (attempt.ended) return;
         this.#emitError({ status: 0, error: 'token_unavailable', message: messageOf(err), fatal: false, cause: err });
         this.#retryAfterFailure(null);
         return;
       }
-      if (gen !== this.#gen) return;
+      if (attempt.ended) return;
       this.#refreshToken = false;
       if (!this.#sameUser(token)) {
         // Another user signed in on this tab: its stream is not the group's any more.
@@ -482,7 +374,7 @@ export class HeraldClient {
 
     let url;
     try {
-      url = eventsUrl(this.#base, channels);
+      url = eventsUrl(this.#base, attempt.channels);
     } catch (err) {
       this.#fatal({ status: 0, error: 'invalid_url', message: messageOf(err), cause: err });
       return;
@@ -494,20 +386,20 @@ export class HeraldClient {
         method: 'GET',
         headers,
         credentials: this.#credentials,
-        signal: abort.signal,
+        signal: attempt.signal,
       });
-    } catch (err) {
-      if (gen !== this.#gen) return;
+    } catch {
+      if (attempt.ended) return;
       this.#retryAfterFailure(null);
       return;
     }
-    if (gen !== this.#gen) {
+    if (attempt.ended) {
       cancelBody(response);
       return;
     }
 
     if (response.status !== 200) {
-      await this.#refused(gen, response);
+      await this.#refused(attempt, response);
       return;
     }
     const type = (response.headers?.get?.('content-type') ?? '').toLowerCase();
@@ -520,23 +412,22 @@ export class HeraldClient {
       });
       return;
     }
-    await this.#stream(gen, response);
+    await this.#stream(attempt, response);
   }
 
-  async #stream(gen, response) {
-    const conn = { connected: false, tokenExpired: false, hint: null };
+  async #stream(attempt, response) {
     const parser = createParser({
       lastEventId: this.#lastEventId,
-      onEvent: (ev) => this.#frame(gen, conn, ev),
+      onEvent: (ev) => this.#frame(attempt, ev),
       onRetry: (ms) => {
-        if (gen !== this.#gen) return;
+        if (attempt.ended) return;
         this.#serverRetry = ms;
         // A retry: before `connected` belongs to the first frame (cleared when `connected` comes);
         // one after it, or one with no `connected` at all, is the server asking to come back later.
-        conn.hint = ms;
+        attempt.retryHint = ms;
       },
       onComment: (text) => {
-        if (gen !== this.#gen || !this.#onComment) return;
+        if (attempt.ended || !this.#onComment) return;
         try {
           this.#onComment(text);
         } catch (err) {
@@ -546,47 +437,40 @@ export class HeraldClient {
     });
 
     if (!response.body) {
-      this.#streamEnded(gen, conn);
+      this.#streamEnded(attempt);
       return;
     }
-    const reader = response.body.getReader();
-    this.#reader = reader;
-    this.#startIdle(gen);
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (gen !== this.#gen) return;
-        if (done) break;
-        this.#lastActivity = this.#clock.now();
-        parser.feed(value);
-        if (gen !== this.#gen) return;
-        this.#lastEventId = parser.lastEventId;
-      }
-    } catch (err) {
-      if (gen !== this.#gen) return;
-    }
+    attempt.watchSilence(this.#idleMs, () => {
+      // Nothing, not even a heartbeat, for too long: the connection is dead without knowing.
+      this.#endAttempt();
+      this.#retryAfterFailure(null);
+    });
+    const ended = await attempt.read(response.body, (chunk) => {
+      parser.feed(chunk);
+      if (!attempt.ended) this.#lastEventId = parser.lastEventId;
+    });
+    if (!ended) return;
     parser.end();
     this.#lastEventId = parser.lastEventId;
-    this.#streamEnded(gen, conn);
+    this.#streamEnded(attempt);
   }
 
   /** A frame of this client's own stream. */
-  #frame(gen, conn, ev) {
-    if (gen !== this.#gen) return;
+  #frame(attempt, ev) {
+    if (attempt.ended) return;
     const frame = { type: ev.type, data: ev.data, lastEventId: ev.lastEventId, hasId: ev.hasId };
     if (ev.type === 'connected') {
-      conn.connected = true;
-      conn.hint = null;
+      attempt.retryHint = null;
       this.#backoff.reset();
       this.#everOpen = true;
       this.#connection = parseJson(ev.data);
       this.#setState(OPEN);
-      if (gen !== this.#gen) return;
+      if (attempt.ended) return;
     } else if (ev.type === 'token_expired') {
-      conn.tokenExpired = true;
+      attempt.tokenExpired = true;
     }
     if (this.#role === LEADER) this.#group?.post({ kind: 'frame', frame });
-    this.#deliver(frame);
+    this.#deliver(frame, attempt);
   }
 
   /**
@@ -594,9 +478,11 @@ export class HeraldClient {
    * frames to theirs, an event of a channel only when this client subscribes to the channel. An
    * id seen lately is dropped: a new leader resumes from the last id it saw, which can be a few
    * behind another tab's.
+   *
+   * `from` is the attempt whose stream the frame came on, null for a frame of the leader's. A
+   * handler that closes the client or ends that stream (reconnect(), …) stops the frame there.
    */
-  #deliver(frame) {
-    const gen = this.#gen;
+  #deliver(frame, from = null) {
     if (frame.hasId) {
       if (this.#seen.has(frame.lastEventId)) return;
       this.#remember(frame.lastEventId);
@@ -618,15 +504,7 @@ export class HeraldClient {
       default:
         break;
     }
-    const event = toEvent(frame);
-    if (event.channel != null) {
-      if (!this.#wants(event.channel)) return;
-      this.#channels.emit(event.channel, event);
-      if (gen !== this.#gen) return;
-    }
-    this.#emit(event.type, event);
-    if (gen !== this.#gen) return;
-    this.#emit('*', event);
+    this.#subscriptions.dispatch(toEvent(frame), () => this.#closed || this.#attempt !== from);
   }
 
   #remember(id) {
@@ -635,29 +513,23 @@ export class HeraldClient {
     if (this.#seenOrder.length > SEEN_IDS) this.#seen.delete(this.#seenOrder.shift());
   }
 
-  #streamEnded(gen, conn) {
-    if (gen !== this.#gen) return;
-    this.#finishAttempt();
-    if (conn.tokenExpired) {
+  #streamEnded(attempt) {
+    if (attempt.ended) return;
+    this.#endAttempt();
+    if (attempt.tokenExpired) {
       this.#refreshToken = true;
       this.#retryAfterFailure(null);
       return;
     }
     // No `connected` (the capacity answer) or a late retry: (drain): wait at least what the
     // server asked for. Otherwise the ordinary jittered backoff.
-    this.#retryAfterFailure(conn.hint);
+    this.#retryAfterFailure(attempt.retryHint);
   }
 
-  async #refused(gen, response) {
-    const status = response.status;
-    const body = await jsonBody(response);
-    if (gen !== this.#gen) return;
-    const info = {
-      status,
-      error: typeof body?.error === 'string' ? body.error : `http_${status}`,
-      message: typeof body?.message === 'string' ? body.message : response.statusText || `HTTP ${status}`,
-      body,
-    };
+  async #refused(attempt, response) {
+    const info = await refusal(response);
+    if (attempt.ended) return;
+    const status = info.status;
     if (status === 401 && this.#getToken) {
       this.#refreshToken = true;
       this.#emitError({ ...info, fatal: false });
@@ -672,7 +544,7 @@ export class HeraldClient {
 
   #retryAfterFailure(floor) {
     if (this.#closed || this.#stopped) return;
-    this.#finishAttempt();
+    this.#endAttempt();
     let delay = this.#backoff.next(this.#serverRetry ?? undefined);
     if (floor != null) delay = Math.max(delay, floor);
     this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
@@ -692,46 +564,19 @@ export class HeraldClient {
     this.#stopped = true;
     this.#retry.clear();
     this.#debounce.clear();
-    this.#abortCurrent();
+    this.#endAttempt();
     this.#setState(CLOSED);
     this.#emitError({ ...info, fatal: true });
   }
 
-  #finishAttempt() {
-    this.#active = false;
-    this.#activeKey = null;
-    this.#reader = null;
-    this.#abort = null;
-    this.#idle.clear();
-  }
-
-  /** Ends the current attempt (if any) and invalidates its callbacks. */
-  #abortCurrent() {
-    this.#gen += 1;
-    const abort = this.#abort;
-    const reader = this.#reader;
-    this.#finishAttempt();
-    if (reader) reader.cancel().catch(() => {});
-    if (abort) abort.abort();
-  }
-
-  #startIdle(gen) {
-    this.#lastActivity = this.#clock.now();
-    if (!(this.#idleMs > 0)) return;
-    const check = (wait) => {
-      this.#idle.set(wait, () => {
-        if (gen !== this.#gen) return;
-        const idle = this.#clock.now() - this.#lastActivity;
-        if (idle < this.#idleMs) {
-          check(this.#idleMs - idle);
-          return;
-        }
-        // Nothing, not even a heartbeat, for too long: the connection is dead without knowing.
-        this.#abortCurrent();
-        this.#retryAfterFailure(null);
-      });
-    };
-    check(this.#idleMs);
+  /**
+   * Ends the attempt under way, if any: its request and stream stop, its timer is cleared, and
+   * its callbacks that still run do nothing.
+   */
+  #endAttempt() {
+    const attempt = this.#attempt;
+    this.#attempt = null;
+    attempt?.end();
   }
 
   #visibilityChanged() {
@@ -741,7 +586,7 @@ export class HeraldClient {
       this.#paused = true;
       this.#retry.clear();
       this.#debounce.clear();
-      this.#abortCurrent();
+      this.#endAttempt();
       if (!this.#stopped) this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
     } else if (!hidden && this.#paused) {
       this.#paused = false;
@@ -769,7 +614,7 @@ export class HeraldClient {
   }
 
   #emit(type, event) {
-    this.#handlers.emit(type, event);
+    this.#subscriptions.emit(type, event);
   }
 
   #emitError(info) {
@@ -836,19 +681,6 @@ export class HeraldClient {
       return;
     }
     this.#role = FOLLOWER;
-    const target = globalThis.window ?? globalThis;
-    if (typeof target?.addEventListener === 'function') {
-      // A closing tab says so; one that crashes is found out by its tab lock. A page kept in the
-      // back/forward cache says so again when it comes back.
-      this.#onPageHide = (e) => {
-        if (!e?.persisted) this.#group?.post({ kind: 'bye' });
-      };
-      this.#onPageShow = (e) => {
-        if (e?.persisted) this.#hello(true);
-      };
-      target.addEventListener('pagehide', this.#onPageHide);
-      target.addEventListener('pageshow', this.#onPageShow);
-    }
     this.#group.start();
   }
 
@@ -862,11 +694,7 @@ export class HeraldClient {
     const group = this.#group;
     if (!group) return;
     this.#group = null;
-    group.post({ kind: 'bye' });
-    group.close();
-    const target = globalThis.window ?? globalThis;
-    if (this.#onPageHide) target.removeEventListener?.('pagehide', this.#onPageHide);
-    if (this.#onPageShow) target.removeEventListener?.('pageshow', this.#onPageShow);
+    group.close(); // says bye
   }
 
   /** Leaves the group for good and streams on its own from its cursor. */
@@ -882,7 +710,7 @@ export class HeraldClient {
 
   /** Tells the group this tab's channels; `join` asks every other tab for theirs. */
   #hello(join) {
-    this.#group?.post({ kind: 'hello', channels: this.#ownChannels(), join });
+    this.#group?.post({ kind: 'hello', channels: this.#subscriptions.channels(), join });
   }
 
   /** This tab got the leader lock: it opens the stream for the union, from its own cursor. */

@@ -1,5 +1,9 @@
-// Requests besides the stream: the gateway's URLs under the client's base URL, and the errors
-// of refused requests.
+// Requests besides the stream (publish() and presence()), the gateway's URLs under the client's
+// base URL, and what a refused request says.
+//
+// Only relative imports: a browser can load this file directly as a module.
+
+import { isValidEventType, isValidName } from './names.js';
 
 /**
  * A refused or failed request of `publish()` or `presence()`: `status` is the HTTP status (0 when
@@ -64,18 +68,26 @@ export async function jsonBody(response) {
   }
 }
 
-/** The error for a refused API request, from its status, JSON body and Retry-After. */
-export async function requestError(response) {
+/**
+ * What a refused response says: its status, the gateway's error code and message (or ones made
+ * from the status when the body has none), and its JSON body.
+ */
+export async function refusal(response) {
   const status = response.status;
   const body = await jsonBody(response);
-  const info = {
+  return {
     status,
     error: typeof body?.error === 'string' ? body.error : `http_${status}`,
     message: typeof body?.message === 'string' ? body.message : response.statusText || `HTTP ${status}`,
     body,
   };
+}
+
+/** The error for a refused API request, from its status, JSON body and Retry-After. */
+export async function requestError(response) {
+  const info = await refusal(response);
   const retryAfter = retryAfterSeconds(response.headers?.get?.('retry-after'));
-  if (retryAfter !== null || status === 429) info.retryAfter = retryAfter;
+  if (retryAfter !== null || info.status === 429) info.retryAfter = retryAfter;
   return new HeraldRequestError(info);
 }
 
@@ -99,4 +111,106 @@ export function cancelBody(response) {
 
 export function messageOf(err) {
   return err && typeof err.message === 'string' ? err.message : String(err);
+}
+
+/**
+ * How a client makes API requests: its base URL, `getToken` (or null: cookies), `fetch`, the
+ * credentials mode, and `onToken`, which sees every token asked for.
+ *
+ * @typedef {{ base: string, getToken: ((ctx: { refresh: boolean }) => unknown) | null,
+ *             fetch: (url: URL, init: RequestInit) => Promise<Response>,
+ *             credentials: RequestCredentials, onToken: (token: unknown) => void }} Api
+ */
+
+/**
+ * Sends a client event to everyone on `channel` (POST `<base>/v1/client-events`); see
+ * `HeraldClient.publish()`.
+ *
+ * @param {Api} api
+ * @param {{ signal?: AbortSignal }} [options]
+ * @returns {Promise<void>}
+ */
+export async function sendClientEvent(api, channel, type, data = null, { signal } = {}) {
+  if (!isValidName(channel)) {
+    throw new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`);
+  }
+  if (!isValidEventType(type)) {
+    throw new TypeError(`herald: invalid client event type ${JSON.stringify(type)}`);
+  }
+  let body;
+  try {
+    body = JSON.stringify({ channel, type, data });
+  } catch (err) {
+    throw new TypeError(`herald: event data is not JSON: ${messageOf(err)}`);
+  }
+  const response = await request(api, 'POST', 'v1/client-events', { body, signal });
+  if (!response.ok) throw await requestError(response);
+  await response.text().catch(() => {});
+}
+
+/**
+ * Who is on `channel` now (GET `<base>/v1/presence/<channel>`); see `HeraldClient.presence()`.
+ *
+ * @param {Api} api
+ * @param {{ signal?: AbortSignal }} [options]
+ */
+export async function fetchPresence(api, channel, { signal } = {}) {
+  if (!isValidName(channel)) {
+    throw new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`);
+  }
+  const response = await request(api, 'GET', `v1/presence/${encodeURIComponent(channel)}`, { signal });
+  if (!response.ok) throw await requestError(response);
+  try {
+    return JSON.parse(await response.text());
+  } catch (err) {
+    if (err?.name === 'AbortError') throw err;
+    throw new HeraldRequestError({
+      status: response.status,
+      error: 'bad_response',
+      message: `presence: the answer is not JSON: ${messageOf(err)}`,
+      cause: err,
+    });
+  }
+}
+
+/**
+ * One API request with the stream's credentials: the token from getToken (asked again with
+ * `refresh: true` after a 401, once), else cookies; the query of the base URL (a `token`, dev
+ * mode's `user`) is kept.
+ *
+ * @param {Api} api
+ */
+async function request(api, method, path, { body, signal } = {}) {
+  let url;
+  try {
+    url = apiUrl(api.base, path);
+  } catch (err) {
+    throw new HeraldRequestError({ status: 0, error: 'invalid_url', message: messageOf(err), cause: err });
+  }
+  for (let refresh = false; ; refresh = true) {
+    const headers = { Accept: 'application/json' };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    if (api.getToken) {
+      let token;
+      try {
+        token = await api.getToken({ refresh });
+      } catch (err) {
+        throw new HeraldRequestError({ status: 0, error: 'token_unavailable', message: messageOf(err), cause: err });
+      }
+      if (token) headers.Authorization = `Bearer ${token}`;
+      api.onToken(token);
+    }
+    let response;
+    try {
+      response = await api.fetch(url, { method, headers, body, credentials: api.credentials, signal });
+    } catch (err) {
+      if (err?.name === 'AbortError') throw err;
+      throw new HeraldRequestError({ status: 0, error: 'network_error', message: messageOf(err), cause: err });
+    }
+    if (response.status === 401 && api.getToken && !refresh) {
+      cancelBody(response);
+      continue;
+    }
+    return response;
+  }
 }

@@ -3,8 +3,8 @@
 // channels and forwards each frame; every tab keeps the union's member list, so whichever tab is
 // next to lead knows the union at once. See docs/client.md, "One connection for every tab".
 //
-// This module is the transport only (names, election, messages); what a message means to a
-// client is in client.js.
+// This module is the transport and the membership (names, election, messages, a tab's arrival
+// and departure); what a message means to a client is in client.js.
 //
 // Only relative imports: a browser can load this file directly as a module.
 
@@ -63,7 +63,8 @@ function newTabId() {
 /**
  * One tab's membership of a share group (`key`): its channel, its tab lock (held while the tab
  * lives, so a leader can tell crashed tabs from live ones) and its place in the queue for the
- * leader lock.
+ * leader lock. A tab that leaves (close(), or its page closing) posts `{ kind: 'bye' }`, so the
+ * others need not wait for its lock to tell; one that crashes is found out by its tab lock.
  */
 export class ShareGroup {
   #locks;
@@ -75,11 +76,21 @@ export class ShareGroup {
   #onLeader;
   #onJoined;
   #onFailure;
+  #page = null; // the window whose pagehide and pageshow it follows
+  // A page kept in the back/forward cache is not leaving: it says nothing, and joins again when it
+  // comes back.
+  #onPageHide = (e) => {
+    if (!e?.persisted) this.post({ kind: 'bye' });
+  };
+  #onPageShow = (e) => {
+    if (e?.persisted && !this.#closed) this.#onJoined();
+  };
 
   /**
    * `onJoined` runs once this tab's own lock is held (the others can now tell it is alive), before
-   * it queues for the leader lock; `onLeader` when it leads; `onFailure` when the browser refuses
-   * a lock (a sandboxed frame, blocked storage): the tab cannot share.
+   * it queues for the leader lock, and again when its page comes back from the back/forward cache
+   * (what it missed meanwhile is unknown); `onLeader` when it leads; `onFailure` when the browser
+   * refuses a lock (a sandboxed frame, blocked storage): the tab cannot share.
    *
    * @param {{ key: string, locks: LockManager, BroadcastChannel: typeof BroadcastChannel,
    *           onMessage: (msg: object) => void, onJoined: () => void, onLeader: () => void,
@@ -100,8 +111,17 @@ export class ShareGroup {
     this.#onFailure = onFailure;
   }
 
-  /** Takes this tab's lock, then its place in the queue for the leader lock. */
+  /**
+   * Takes this tab's lock, then its place in the queue for the leader lock; from now on the page
+   * closing says bye.
+   */
   start() {
+    const page = globalThis.window ?? globalThis;
+    if (typeof page?.addEventListener === 'function') {
+      this.#page = page;
+      page.addEventListener('pagehide', this.#onPageHide);
+      page.addEventListener('pageshow', this.#onPageShow);
+    }
     this.#hold(`${this.#name}:tab:${this.id}`, () => {
       this.#onJoined();
       this.#hold(`${this.#name}:leader`, this.#onLeader);
@@ -130,9 +150,13 @@ export class ShareGroup {
     }
   }
 
-  /** Leaves the group: gives up the leader lock (or the place in its queue) and the tab lock. */
+  /**
+   * Leaves the group: says bye, gives up the leader lock (or the place in its queue) and the tab
+   * lock.
+   */
   close() {
     if (this.#closed) return;
+    this.post({ kind: 'bye' });
     this.#closed = true;
     this.#stop.abort();
     this.#release?.();
@@ -141,6 +165,8 @@ export class ShareGroup {
     } catch {
       // already closed
     }
+    this.#page?.removeEventListener?.('pagehide', this.#onPageHide);
+    this.#page?.removeEventListener?.('pageshow', this.#onPageShow);
   }
 
   /** Holds lock `name` until close(); `granted` runs when it is granted. */

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { createClient } from '../src/client.js';
-import { digest, tokenIdentity } from '../src/share.js';
+import { ShareGroup, digest, tokenIdentity } from '../src/share.js';
 import { FakeClock, createFakeFetch, connectedFrame, eventFrame, nextEvent, nextState } from './helpers.js';
 
 /** The Web Locks API, exclusive mode: one holder per name, the rest queued in order. */
@@ -257,4 +257,58 @@ test('another user signs in on the leader tab: it leaves the group and the next 
   assert.deepEqual(next.channels, ['room:b']);
   a.client.close();
   b.client.close();
+});
+
+test('a member says bye when it closes or its page closes, and joins again when its page comes back from the back/forward cache', async () => {
+  const page = new EventTarget();
+  const pageEvent = (type, persisted) => page.dispatchEvent(Object.assign(new Event(type), { persisted }));
+  const hadWindow = 'window' in globalThis;
+  const previous = globalThis.window;
+  globalThis.window = page;
+  try {
+    const env = browserEnv();
+    const heard = [];
+    const other = new env.BroadcastChannel(`herald:${digest('group')}`);
+    other.onmessage = (e) => heard.push(e.data.kind);
+    let joined = 0;
+    const group = new ShareGroup({
+      key: 'group',
+      locks: env.navigator.locks,
+      BroadcastChannel: env.BroadcastChannel,
+      onMessage: () => {},
+      onJoined: () => {
+        joined += 1;
+      },
+      onLeader: () => {},
+      onFailure: () => {},
+    });
+    group.start();
+    await flush();
+    assert.equal(joined, 1);
+
+    // Kept in the back/forward cache: not leaving.
+    pageEvent('pagehide', true);
+    await flush();
+    assert.deepEqual(heard, []);
+    pageEvent('pageshow', true);
+    assert.equal(joined, 2);
+
+    pageEvent('pagehide', false);
+    await flush();
+    assert.deepEqual(heard, ['bye']);
+    group.close();
+    await flush();
+    assert.deepEqual(heard, ['bye', 'bye']);
+
+    // Closed: the page is not followed any more.
+    pageEvent('pagehide', false);
+    pageEvent('pageshow', true);
+    await flush();
+    assert.deepEqual(heard, ['bye', 'bye']);
+    assert.equal(joined, 2);
+    other.close();
+  } finally {
+    if (hadWindow) globalThis.window = previous;
+    else delete globalThis.window;
+  }
 });

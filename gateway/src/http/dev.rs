@@ -10,6 +10,7 @@ const INDEX: &str = include_str!("../../assets/dev.html");
 const CLIENT_MODULES: &[(&str, &str)] = &[
     ("herald.js", include_str!("../../../clients/js/src/index.js")),
     ("client.js", include_str!("../../../clients/js/src/client.js")),
+    ("attempt.js", include_str!("../../../clients/js/src/attempt.js")),
     ("parser.js", include_str!("../../../clients/js/src/parser.js")),
     ("backoff.js", include_str!("../../../clients/js/src/backoff.js")),
     ("share.js", include_str!("../../../clients/js/src/share.js")),
