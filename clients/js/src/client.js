@@ -141,6 +141,12 @@ export class HeraldClient {
     for (const ch of channelsInUrl(this.#base)) this.#subscriptions.addStatic(ch);
     for (const ch of options.channels ?? []) this.#subscriptions.addStatic(ch);
 
+    // Refused before anything is attached to the page, which a refused client could never detach.
+    const share = options.share ?? !options.pauseWhenHidden;
+    if (share && options.pauseWhenHidden) {
+      throw new TypeError('herald: `share` and `pauseWhenHidden` cannot be combined');
+    }
+
     if (options.pauseWhenHidden) {
       const doc = options.document ?? globalThis.document;
       if (doc && typeof doc.addEventListener === 'function') {
@@ -151,10 +157,6 @@ export class HeraldClient {
       }
     }
 
-    const share = options.share ?? !options.pauseWhenHidden;
-    if (share && options.pauseWhenHidden) {
-      throw new TypeError('herald: `share` and `pauseWhenHidden` cannot be combined');
-    }
     const support = share ? shareSupport(options.shareEnv ?? globalThis) : null;
     if (support) {
       this.#role = 'joining';

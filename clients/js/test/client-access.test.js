@@ -192,6 +192,18 @@ describe('visibility and closing', () => {
     client.close();
   });
 
+  test('a client refused for share with pauseWhenHidden leaves no listener on the page', () => {
+    const doc = new FakeDocument();
+    const added = [];
+    const addEventListener = doc.addEventListener.bind(doc);
+    doc.addEventListener = (type, listener) => {
+      added.push(type);
+      addEventListener(type, listener);
+    };
+    assert.throws(() => setup({ pauseWhenHidden: true, share: true, document: doc }), /cannot be combined/);
+    assert.deepEqual(added, [], 'the refused client added listeners it can never remove');
+  });
+
   test('without pauseWhenHidden visibility is ignored', async () => {
     const doc = new FakeDocument();
     const env = setup({ document: doc });
