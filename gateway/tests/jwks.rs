@@ -2,16 +2,14 @@
 //! (`/readyz` fails until then), rotated by the provider without a restart (at once for a token
 //! naming a new `kid`, within one refresh otherwise), and kept while the provider is down.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use herald_testkit::{Gateway, Nats, Sse, eventually, http, token};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::json;
-use support::{Gateway, Nats, Sse, eventually, http, token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The public halves of the test key pairs in `tests/fixtures/keys`, as JWKs.
@@ -130,8 +128,8 @@ async fn keys_from_a_jwks_url_rotate_without_a_restart_and_outlive_the_provider(
     let nats = Nats::start();
     // One gateway refreshes every second; the other every 5 minutes, so that only the
     // unknown-`kid` path can bring it a new key within this test.
-    let fast = Gateway::serve(&nats, &["--jwks-url", &keys.url(), "--jwks-refresh-secs", "1"]);
-    let slow = Gateway::serve(&nats, &["--jwks-url", &keys.url()]);
+    let fast = Gateway::serve(&nats).args(&["--jwks-url", &keys.url(), "--jwks-refresh-secs", "1"]).start();
+    let slow = Gateway::serve(&nats).args(&["--jwks-url", &keys.url()]).start();
 
     // Before the first fetch: not ready, and saying why.
     for gw in [&fast, &slow] {
