@@ -214,9 +214,8 @@ async fn a_replay_never_holds_more_than_the_queue_limit() {
     let (mut peak_rss, mut peak_queue) = (baseline, 0u64);
     while !readers.iter().all(|r| r.is_finished()) {
         peak_rss = peak_rss.max(gw.rss());
-        let metrics = gw.metrics_text().await;
-        let queue = metrics.lines().find_map(|l| l.strip_prefix("herald_session_queue_bytes ")).unwrap();
-        peak_queue = peak_queue.max(queue.trim().parse().unwrap());
+        let queue = gw.metric("herald_session_queue_bytes").await.expect("herald_session_queue_bytes");
+        peak_queue = peak_queue.max(queue as u64);
         tokio::time::sleep(Duration::from_millis(50)).await; // a sampling interval, not a wait
     }
     let mut done = Vec::new();

@@ -236,13 +236,8 @@ async fn a_burst_of_connections_costs_a_few_batched_writes() {
     let nats = Nats::start();
     let gw = serve(&nats);
     gw.ready().await;
-    let writes = |text: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix("herald_presence_writes_total "))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0)
-    };
-    let before = writes(&String::from_utf8_lossy(&http(gw.addr, "GET", "/metrics", &[], None).await.body));
+    let writes = || async { gw.metric("herald_presence_writes_total").await.unwrap_or(0.0) as u64 };
+    let before = writes().await;
     let mut streams = Vec::new();
     for i in 0..CONNECTIONS {
         let t = token_with(json!({"sub": format!("u{i}"), "channels": ["doc:*"]}));
@@ -252,7 +247,7 @@ async fn a_burst_of_connections_costs_a_few_batched_writes() {
         members(&gw, PUBLISH_KEY).await["members"].as_array().unwrap().len() == CONNECTIONS
     })
     .await;
-    let after = writes(&String::from_utf8_lossy(&http(gw.addr, "GET", "/metrics", &[], None).await.body));
+    let after = writes().await;
     let took = after - before;
     eprintln!("{CONNECTIONS} connections on one channel: {took} presence writes");
     assert!(took * 10 <= CONNECTIONS as u64, "{took} writes for {CONNECTIONS} connections");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use herald_testkit::http::get_blocking;
 use herald_testkit::loadtest::{Run, run, run_ok};
 use herald_testkit::process::Process;
-use herald_testkit::{Gateway, Nats, bins};
+use herald_testkit::{Gateway, Nats, bins, ports};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -292,8 +292,7 @@ fn thresholds_fail_the_run_with_exit_3_naming_the_flag() {
 /// before anything runs.
 #[test]
 fn a_run_that_connects_nothing_fails_and_https_is_refused_up_front() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let target = format!("http://127.0.0.1:{closed}");
+    let target = format!("http://127.0.0.1:{}", ports::UNUSED);
     let Run { code, summary: report, stderr } =
         run(&["connect", "--target", &target, "--connections", "10", "--duration", "1"], LIMIT);
     assert_eq!(code, 3, "{stderr}");

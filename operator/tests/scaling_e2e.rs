@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use herald_operator::controller::{self, Context};
 use herald_operator::crd::RealtimeGateway;
 use herald_operator::metrics::Metrics;
+use herald_testkit::kube_api::{self, read, respond};
 use herald_testkit::{Gateway, Nats, Sse, token};
-use http::{Request, Response, StatusCode};
-use kube::client::Body;
+use http::StatusCode;
 use serde_json::{Value, json};
 
 /// Opens an SSE stream on `port` and reads until `connected`.
@@ -24,14 +24,13 @@ async fn open_stream(port: u16, user: &str) -> Sse {
 /// The mocked API server: three ready pods (the gateways), a Deployment whose replicas follow
 /// the operator's PATCHes, and a record of every replica count it applied.
 fn mock_api(ports: Vec<u16>, applied: Arc<Mutex<Vec<(Instant, u64)>>>) -> kube::Client {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (client, mut handle) = kube_api::client();
     tokio::spawn(async move {
         let mut replicas: Option<u64> = None;
         while let Some((req, send)) = handle.next_request().await {
-            let (method, uri) = (req.method().to_string(), req.uri().path().to_owned());
-            let body = req.into_body().collect_bytes().await.unwrap();
-            let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
-            let (status, reply) = match (method.as_str(), uri.as_str()) {
+            let path = req.uri().path().to_owned();
+            let (method, _, body) = read(req).await;
+            let (status, reply) = match (method.as_str(), path.as_str()) {
                 ("GET", "/apis/apps/v1/namespaces/default/deployments/demo") => match replicas {
                     Some(r) => (
                         StatusCode::OK,
@@ -64,12 +63,10 @@ fn mock_api(ports: Vec<u16>, applied: Arc<Mutex<Vec<(Instant, u64)>>>) -> kube::
                 ("POST", _) => (StatusCode::CREATED, body),
                 _ => (StatusCode::OK, body),
             };
-            send.send_response(
-                Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap(),
-            );
+            send.send_response(respond(status, &reply));
         }
     });
-    kube::Client::new(service, "default")
+    client
 }
 
 fn rtgw() -> RealtimeGateway {

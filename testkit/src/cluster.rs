@@ -18,11 +18,9 @@ use async_nats::jetstream;
 
 use crate::http::try_http;
 use crate::nats::{self, NatsUrl, log_tail};
+use crate::ports::UNUSED;
 use crate::process::Process;
 use crate::proxy::Proxy;
-
-/// The route address every node advertises: port 1, where nothing listens on loopback.
-const NOWHERE: &str = "127.0.0.1:1";
 
 pub struct Node {
     pub name: String,
@@ -58,7 +56,7 @@ impl Node {
             "--cluster",
             &format!("nats://127.0.0.1:{}", port(self.cluster_port)),
             "--cluster_advertise",
-            NOWHERE,
+            &format!("127.0.0.1:{UNUSED}"),
             "--routes",
             &routes.join(","),
         ]

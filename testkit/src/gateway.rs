@@ -2,7 +2,9 @@
 //! from the line the gateway logs), killed on drop, their log kept for assertions. Every test
 //! starts one through one builder:
 //!
-//! ```ignore
+//! ```no_run
+//! # use herald_testkit::{Gateway, Nats};
+//! let nats = Nats::start();
 //! let gw = Gateway::serve(&nats).args(&["--heartbeat-secs", "1"]).rust_log("debug").start();
 //! let dev = Gateway::dev().start();
 //! ```
@@ -183,6 +185,13 @@ impl Gateway {
     /// The Prometheus text of `/metrics`.
     pub async fn metrics_text(&self) -> String {
         http(self.addr, "GET", "/metrics", &[], None).await.text()
+    }
+
+    /// The value of the series `series` (a name, with its labels if it has any, e.g.
+    /// `herald_connections_closed_total{reason="slow"}`) in `/metrics`; `None` when it is not there.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics_text().await;
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
     }
 
     /// Its log so far.

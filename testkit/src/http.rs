@@ -29,9 +29,9 @@ impl Response {
             .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
     }
 
-    /// The body as text.
+    /// The body as text; panics when it is not UTF-8.
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
+        String::from_utf8(self.body.clone()).unwrap_or_else(|_| panic!("not UTF-8: {:?}", self.body))
     }
 }
 

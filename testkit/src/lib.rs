@@ -7,7 +7,8 @@
 //! - [`bins`]: where the binaries under test are.
 //! - [`process`]: child processes killed on drop.
 //! - [`wait`]: waiting for a condition with a deadline.
-//! - [`ports`]: ports chosen by a test, for the one server that cannot choose its own.
+//! - [`ports`]: a port nothing listens on, and free ports for the one server that cannot
+//!   choose its own.
 //! - [`nats`]: a nats-server on the ports it picks itself.
 //! - [`cluster`]: a three-node NATS cluster whose routes can be cut and slowed.
 //! - [`proxy`]: a TCP proxy that cuts, refuses and delays what passes through it.
@@ -18,6 +19,8 @@
 //! - [`follower`]: a client that follows its stream across gateways as the browser client does.
 //! - [`delivery`]: the ledger of a fault test, and the exactly-once check against it.
 //! - [`loadtest`]: runs `herald-loadtest` and reads its JSON summary.
+//! - `kube_api` (with the `kube` feature): kube's mock API server, as the operator's tests
+//!   script it.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +30,8 @@ pub mod delivery;
 pub mod follower;
 pub mod gateway;
 pub mod http;
+#[cfg(feature = "kube")]
+pub mod kube_api;
 pub mod loadtest;
 pub mod nats;
 pub mod ports;
@@ -36,10 +41,10 @@ pub mod sse;
 pub mod tokens;
 pub mod wait;
 
+pub use self::http::{Response, http, try_http, try_publish};
 pub use cluster::NatsCluster;
 pub use follower::Follower;
 pub use gateway::Gateway;
-pub use http::{Response, http, try_http, try_publish};
 pub use nats::{Nats, subscribe_confirmed};
 pub use proxy::Proxy;
 pub use sse::{Event, Sse, epoch_of, seq_of};

@@ -1,10 +1,15 @@
-//! Ports chosen by a test, for a server that cannot choose its own and say which it took.
+//! Ports a test names itself: one where nothing listens, and free ones for a server that
+//! cannot choose its own and say which it took.
 //!
 //! nats-server and `herald-gateway` bind port 0 and report the port they got (see
 //! [`crate::nats`] and [`crate::gateway`]), and a proxy binds its own listener. The OTLP
 //! receiver of the trace tests (rotel) has no such mode: it panics on port 0. So a port is
 //! chosen here, released, and handed to it, and another process may bind that port in
 //! between; [`on_free_ports`] then tries again on other ports.
+
+/// A port nothing listens on at 127.0.0.1: port 1, which only root could bind and no service
+/// of a test machine uses. A connection there is refused at once.
+pub const UNUSED: u16 = 1;
 
 /// A port on 127.0.0.1 that was free a moment ago.
 fn free_port() -> u16 {
