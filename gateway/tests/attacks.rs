@@ -2,50 +2,45 @@
 //! past the history's head, repeated targets, tokens that never expire, clients that close and
 //! come straight back. "Nothing more arrived" is shown by a marker event being the very next one.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use herald_testkit::{Gateway, Nats, Sse, epoch_of, eventually, seq_of, token, token_with};
 use serde_json::json;
-use support::{Gateway, Nats, Sse, epoch_of, eventually, seq_of, token, token_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_targets_are_stored_and_delivered_once() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
     let mut s = Sse::with_token(gw.addr, &token("u", &["c"], 600), &["c"]).await;
     assert_eq!(s.next().await.event, "connected");
 
     let ids = gw.publish_ids(json!({"type":"t","data":"once","users":["u","u","u"],"channels":["c","c"]})).await;
     assert_eq!(ids.len(), 2, "one id per distinct target: {ids:?}");
-    let marker = gw.publish_ids(json!({"type":"marker","data":"end","users":["u"]})).await;
+    let marker = gw.publish_marker("u").await;
 
     let first = s.next_event().await;
     let second = s.next_event().await;
     let mut got = vec![first.id.clone().unwrap(), second.id.clone().unwrap()];
     got.sort_by_key(|id| seq_of(id));
     assert_eq!(got, ids, "each target's event once");
-    let next = s.next_event().await;
-    assert_eq!(next.event, "marker", "nothing between the two events and the marker: {next:?}");
-    assert_eq!(next.id, Some(marker[0].clone()));
+    s.assert_next_is_marker(Some(&marker)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_expiring_at_the_end_of_time_keeps_its_stream() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &["--heartbeat-secs", "1"]);
+    let gw = Gateway::serve(&nats).args(&["--heartbeat-secs", "1"]).start();
     gw.ready().await;
     // The largest `exp` a JSON number can say: adding the clock-skew leeway must not wrap.
     let t = token_with(json!({"sub": "forever", "exp": u64::MAX, "channels": []}));
     let mut s = Sse::with_token(gw.addr, &t, &[]).await;
     assert_eq!(s.next().await.event, "connected");
-    let ids = gw.publish_ids(json!({"type":"marker","data":1,"users":["forever"]})).await;
-    let ev = s.next().await;
-    assert_eq!(ev.event, "marker", "the stream stays open: {ev:?}");
-    assert_eq!(ev.id, Some(ids[0].clone()));
+    // The stream stays open.
+    let marker = gw.publish_marker("forever").await;
+    s.assert_next_is_marker(Some(&marker)).await;
     // Its session is alive: a heartbeat comes, and nothing panicked on the way.
     assert!(s.wait_comments(1, Duration::from_secs(5)).await, "a heartbeat");
     assert!(!gw.log_text().contains("panicked"), "{}", gw.log_text());
@@ -56,7 +51,7 @@ async fn a_token_expiring_at_the_end_of_time_keeps_its_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_come_only_from_the_stream() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
     let t = token("victim", &[], 600);
     let mut s = Sse::with_token(gw.addr, &t, &[]).await;
@@ -101,9 +96,9 @@ async fn ids_come_only_from_the_stream() {
     drop(back);
     let mut back = Sse::resume(gw.addr, &t, &[], &real).await;
     assert_eq!(back.next().await.json()["resumed"], true);
-    let marker = gw.publish_ids(json!({"type":"marker","data":0,"users":["victim"]})).await;
-    let ev = back.next().await;
-    assert_eq!((ev.event.as_str(), ev.id.as_ref()), ("marker", Some(&marker[0])), "nothing repeated: {ev:?}");
+    // Nothing repeated.
+    let marker = gw.publish_marker("victim").await;
+    back.assert_next_is_marker(Some(&marker)).await;
 }
 
 /// An id past the history's head is not one this history issued: the client is told to
@@ -111,7 +106,7 @@ async fn ids_come_only_from_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_past_the_head_is_answered_with_a_reset() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
     let t = token("ahead", &[], 600);
     let mut s = Sse::with_token(gw.addr, &t, &[]).await;
@@ -130,10 +125,9 @@ async fn an_id_past_the_head_is_answered_with_a_reset() {
         let reset = back.next().await;
         assert_eq!(reset.event, "reset");
         assert_eq!(reset.json()["reason"], "epoch_changed");
-        let marker = gw.publish_ids(json!({"type":"marker","data":ahead,"users":["ahead"]})).await;
-        let ev = back.next().await;
-        assert_eq!((ev.event.as_str(), ev.id.as_ref()), ("marker", Some(&marker[0])));
-        head = seq_of(&marker[0]);
+        let marker = gw.publish_marker("ahead").await;
+        back.assert_next_is_marker(Some(&marker)).await;
+        head = seq_of(&marker);
     }
 }
 
@@ -143,7 +137,7 @@ async fn an_id_past_the_head_is_answered_with_a_reset() {
 async fn a_closed_stream_frees_its_slot_at_once() {
     let nats = Nats::start();
     // Heartbeats far apart: a slot freed only then would fail this test.
-    let gw = Gateway::serve(&nats, &["--max-connections-per-user", "2", "--heartbeat-secs", "60"]);
+    let gw = Gateway::serve(&nats).args(&["--max-connections-per-user", "2", "--heartbeat-secs", "60"]).start();
     gw.ready().await;
     let t = token("reloader", &[], 600);
     let mut previous: Option<Sse> = None;
@@ -173,7 +167,8 @@ async fn a_replay_never_holds_more_than_the_queue_limit() {
     const STALLED: usize = 16;
     const READERS: usize = 4;
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &["--client-queue-bytes", &LIMIT.to_string(), "--heartbeat-secs", "60"]);
+    let gw =
+        Gateway::serve(&nats).args(&["--client-queue-bytes", &LIMIT.to_string(), "--heartbeat-secs", "60"]).start();
     gw.ready().await;
     let t = token("hist", &[], 600);
 
@@ -219,9 +214,8 @@ async fn a_replay_never_holds_more_than_the_queue_limit() {
     let (mut peak_rss, mut peak_queue) = (baseline, 0u64);
     while !readers.iter().all(|r| r.is_finished()) {
         peak_rss = peak_rss.max(gw.rss());
-        let metrics = gw.metrics_text().await;
-        let queue = metrics.lines().find_map(|l| l.strip_prefix("herald_session_queue_bytes ")).unwrap();
-        peak_queue = peak_queue.max(queue.trim().parse().unwrap());
+        let queue = gw.metric("herald_session_queue_bytes").await.expect("herald_session_queue_bytes");
+        peak_queue = peak_queue.max(queue as u64);
         tokio::time::sleep(Duration::from_millis(50)).await; // a sampling interval, not a wait
     }
     let mut done = Vec::new();
@@ -231,10 +225,9 @@ async fn a_replay_never_holds_more_than_the_queue_limit() {
         done.push(s);
     }
     // Nothing more after them: the next event is a marker.
-    let marker = gw.publish_ids(json!({"type":"marker","data":0,"users":["hist"]})).await;
+    let marker = gw.publish_marker("hist").await;
     for s in &mut done {
-        let ev = s.next().await;
-        assert_eq!((ev.event.as_str(), ev.id.as_ref()), ("marker", Some(&marker[0])));
+        s.assert_next_is_marker(Some(&marker)).await;
     }
 
     eprintln!("fullest queue {peak_queue} B; gateway RSS grew by {} KB", (peak_rss - baseline) >> 10);
@@ -266,7 +259,7 @@ async fn a_replay_never_holds_more_than_the_queue_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_repeated_with_its_id_is_stored_once() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
     let mut s = Sse::with_token(gw.addr, &token("idem", &["c:1"], 600), &["c:1"]).await;
     assert_eq!(s.next().await.event, "connected");
@@ -280,7 +273,7 @@ async fn a_publish_repeated_with_its_id_is_stored_once() {
     // gateway forwards the request, takes the gateway's answer (so the event was stored) and
     // drops it. The publisher, having heard nothing, tries again.
     let lost = json!({"type":"order","data":2,"users":["idem"],"id":"order-2"});
-    let dropped = support::try_publish(gw.addr, &lost).await.unwrap();
+    let dropped = herald_testkit::try_publish(gw.addr, &lost).await.unwrap();
     assert_eq!(dropped.status, 200, "the first attempt was stored; its answer never reaches the publisher");
     let again = gw.publish_ids(lost).await;
     assert_eq!(
@@ -290,17 +283,11 @@ async fn a_publish_repeated_with_its_id_is_stored_once() {
     // Ephemeral events are not stored, so there is nothing to de-duplicate: the id is ignored.
     let ephemeral = json!({"type":"typing","data":0,"users":["idem"],"durable":false,"id":"order-1"});
     assert_eq!(gw.publish(ephemeral).await.json()["ids"], json!([]));
-    let marker = gw.publish_ids(json!({"type":"marker","data":0,"users":["idem"]})).await;
+    let marker = gw.publish_marker("idem").await;
 
-    let mut got = Vec::new();
-    loop {
-        let ev = s.next_event().await;
-        if ev.event == "marker" {
-            assert_eq!(ev.id, Some(marker[0].clone()));
-            break;
-        }
-        got.push((ev.event, ev.id));
-    }
+    let (before, last) = s.read_to_marker().await;
+    assert_eq!(last.id, Some(marker));
+    let got: Vec<(String, Option<String>)> = before.into_iter().map(|ev| (ev.event, ev.id)).collect();
     let want = vec![
         ("order".to_owned(), Some(first[0].clone())),
         ("order".to_owned(), Some(first[1].clone())),
@@ -317,7 +304,7 @@ async fn a_publish_repeated_with_its_id_is_stored_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_site_client_events_are_refused() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &["--allowed-origins", "https://app.example.com"]);
+    let gw = Gateway::serve(&nats).args(&["--allowed-origins", "https://app.example.com"]).start();
     gw.ready().await;
     let victim = token_with(json!({"sub": "victim", "channels": ["doc:*"], "publish": ["doc:*"]}));
     let mut sub = Sse::with_token(gw.addr, &token("watcher", &["doc:1"], 600), &["doc:1"]).await;
@@ -332,7 +319,7 @@ async fn cross_site_client_events_are_refused() {
             if let Some(origin) = origin {
                 headers.push(("Origin", origin));
             }
-            support::http(addr, "POST", "/v1/client-events", &headers, Some(body.as_bytes())).await
+            herald_testkit::http(addr, "POST", "/v1/client-events", &headers, Some(body.as_bytes())).await
         }
     };
     let res = post("text/plain", Some("https://evil.example"), "forged").await;
@@ -344,6 +331,7 @@ async fn cross_site_client_events_are_refused() {
     let res = post("application/json", None, "marker").await;
     assert_eq!(res.status, 202, "{}", String::from_utf8_lossy(&res.body));
 
-    let got: Vec<String> = [sub.next_event().await, sub.next_event().await].into_iter().map(|e| e.event).collect();
-    assert_eq!(got, ["from_app", "marker"], "nothing forged reached the subscriber");
+    // Nothing forged reached the subscriber.
+    assert_eq!(sub.next_event().await.event, "from_app");
+    sub.assert_next_is_marker(None).await;
 }

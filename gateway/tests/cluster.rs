@@ -3,18 +3,17 @@
 //! HTTP API, and every acknowledged event still reaches every client it targets exactly once,
 //! in order. The publisher sees latency, not errors, while a quorum exists; without one, 503.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use herald_testkit::cluster::NatsCluster;
+use herald_testkit::delivery::{Ledger, all_connected, assert_exactly_once, follower, subject_for, targets_json};
+use herald_testkit::sse::MARKER;
+use herald_testkit::{Follower, Gateway, Sse, eventually, seq_of, token, try_publish};
 use serde_json::json;
-use support::cluster::NatsCluster;
-use support::delivery::{Ledger, all_connected, assert_exactly_once, follower, subject_for, targets_json};
-use support::{Follower, Gateway, Sse, eventually, seq_of, token, try_publish};
 
 const CLIENTS: usize = 200;
 const RATE: u64 = 500;
@@ -25,7 +24,7 @@ fn gateway(cluster: &NatsCluster, host: &str, extra: &[&str]) -> Gateway {
     // Every event of a run is kept, so that any sequence the history lacks was lost.
     let mut args = vec!["--history-replicas", "3", "--history-max-per-subject", "1000000"];
     args.extend(extra);
-    Gateway::serve_env(&cluster.urls(), &args, "info", &[("HOSTNAME", host)])
+    Gateway::serve(cluster).args(&args).env("HOSTNAME", host).start()
 }
 
 /// What the publisher saw.
@@ -245,18 +244,12 @@ async fn without_a_quorum_publishing_answers_503_after_the_retry_window() {
     let id = stored.into_inner().unwrap();
     let again = try_publish(gw.addr, &body).await.unwrap();
     assert_eq!(again.json()["ids"][0], json!(id), "a repeat answers the stored event's id");
-    let marker = try_publish(gw.addr, &json!({"type":"marker","data":0,"users":["q"]})).await.unwrap();
+    let marker = try_publish(gw.addr, &json!({"type":MARKER,"data":0,"users":["q"]})).await.unwrap();
     let marker = marker.json()["ids"][0].as_str().unwrap().to_owned();
 
-    let mut got = Vec::new();
-    loop {
-        let ev = s.next_event().await;
-        got.push((ev.event.clone(), ev.id.clone().unwrap_or_default()));
-        if ev.event == "marker" {
-            break;
-        }
-    }
-    assert_eq!(got, vec![("order".to_owned(), id), ("marker".to_owned(), marker)]);
+    let (before, last) = s.read_to_marker().await;
+    let got: Vec<(String, String)> = before.into_iter().map(|ev| (ev.event, ev.id.unwrap_or_default())).collect();
+    assert_eq!((got, last.id), (vec![("order".to_owned(), id)], Some(marker)));
 }
 
 /// The node a gateway is connected to is cut off from the other two for 10 s: the gateway's
@@ -305,16 +298,10 @@ async fn store_for(js: &jetstream::Context, user: &str, event_type: &str, n: usi
     ack.await.unwrap().sequence
 }
 
-/// Reads `s` up to its `marker` event, and answers the sequences of the events before it.
-async fn read_to_marker(s: &mut Sse) -> Vec<u64> {
-    let mut seqs = Vec::new();
-    loop {
-        let ev = s.next_event().await;
-        if ev.event == "marker" {
-            return seqs;
-        }
-        seqs.push(seq_of(ev.id.as_deref().expect("a stored event has an id")));
-    }
+/// Reads `s` up to its marker event, and answers the sequences of the events before it.
+async fn seqs_to_marker(s: &mut Sse) -> Vec<u64> {
+    let (before, _) = s.read_to_marker().await;
+    before.iter().map(|ev| seq_of(ev.id.as_deref().expect("a stored event has an id"))).collect()
 }
 
 /// Two streams open on a gateway connected to a node that does not lead the stream, for
@@ -334,7 +321,7 @@ async fn streams_opened_before_their_subscriptions_reach_the_leaders_node_miss_n
     let leader = cluster.stream_leader(&js, "HERALD", true).await;
     let far = (0..3).find(|&i| i != leader).unwrap();
     let args = ["--history-replicas", "3", "--history-max-per-subject", "1000000"];
-    let gw = Gateway::serve_env(&cluster.nodes[far].url(), &args, "info", &[("HOSTNAME", "gw-far")]);
+    let gw = Gateway::serve(&cluster.nodes[far]).args(&args).env("HOSTNAME", "gw-far").start();
     gw.ready().await;
     let epoch = js.get_stream("HERALD").await.unwrap().info().await.unwrap().config.metadata["herald.epoch"].clone();
     let at_leader = jetstream::new(async_nats::connect(cluster.nodes[leader].url()).await.unwrap());
@@ -379,8 +366,8 @@ async fn streams_opened_before_their_subscriptions_reach_the_leaders_node_miss_n
     };
     let (want_late, want_fresh) = (expected("late", before), expected("fresh", fresh_cursor));
     assert!(want_fresh.len() >= 20, "events for the new stream after it opened: {}", want_fresh.len());
-    assert_eq!(read_to_marker(&mut late).await, want_late, "the resumed stream");
-    assert_eq!(read_to_marker(&mut fresh).await, want_fresh, "the new stream");
+    assert_eq!(seqs_to_marker(&mut late).await, want_late, "the resumed stream");
+    assert_eq!(seqs_to_marker(&mut fresh).await, want_fresh, "the new stream");
 }
 
 /// A node is cut off from the others while an HTTP worker's own publisher connection is on it

@@ -2,11 +2,9 @@
 //! Two gateways share one NATS; each one's dashboard stream shows both, and a gateway that
 //! stops reporting is marked stale, then dropped.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{DASHBOARD_KEY, Gateway, Nats, PUBLISH_KEY, Sse, http, token};
+use herald_testkit::{DASHBOARD_KEY, Gateway, Nats, PUBLISH_KEY, Sse, http, token};
 
 /// Reads `stats` frames (one a second) until one satisfies `cond`, 15 at most; returns it.
 async fn stats_until(s: &mut Sse, what: &str, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
@@ -28,8 +26,8 @@ fn pod<'a>(view: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Va
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_shows_the_whole_fleet_behind_a_dashboard_key() {
     let nats = Nats::start();
-    let a = Gateway::serve(&nats, &["--pod-name", "gw-a"]);
-    let mut b = Gateway::serve(&nats, &["--pod-name", "gw-b"]);
+    let a = Gateway::serve(&nats).args(&["--pod-name", "gw-a"]).start();
+    let mut b = Gateway::serve(&nats).args(&["--pod-name", "gw-b"]).start();
     a.ready().await;
     b.ready().await;
 
@@ -107,7 +105,7 @@ async fn every_dashboard_shows_the_whole_fleet_behind_a_dashboard_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_is_open_in_dev_mode_and_shows_this_pod() {
-    let gw = Gateway::dev(&[]);
+    let gw = Gateway::dev().start();
     assert_eq!(http(gw.addr, "GET", "/dashboard", &[], None).await.status, 200);
     let mut stream = Sse::open(gw.addr, "/dashboard/stream", &[]).await.expect("open in dev mode");
     let view = stats_until(&mut stream, "this pod", |v| v["pods"].as_array().is_some_and(|p| p.len() == 1)).await;

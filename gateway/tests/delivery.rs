@@ -1,13 +1,11 @@
 //! Live delivery over a real nats-server: user, channel and broadcast targets on one connection,
 //! published through the HTTP API and straight to NATS, isolated between users.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use herald_testkit::{Gateway, Nats, Sse, token};
 use serde_json::json;
-use support::{Gateway, Nats, Sse, token};
 
 /// Loopback delivery bound from the acceptance criteria.
 const DELIVERY_BOUND: Duration = Duration::from_millis(100);
@@ -15,7 +13,7 @@ const DELIVERY_BOUND: Duration = Duration::from_millis(100);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_channel_and_broadcast_arrive_in_order_on_one_connection() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
 
     let mut u1 = Sse::with_token(gw.addr, &token("u1", &["booking:*"], 600), &["booking:42"]).await;
@@ -102,16 +100,8 @@ async fn user_channel_and_broadcast_arrive_in_order_on_one_connection() {
 
     // u2 saw the broadcasts only: none of u1's user or channel events, up to a marker of its own
     // published after them all.
-    let res = gw.publish(json!({"type":"marker","data":0,"users":["u2"]})).await;
-    assert_eq!(res.status, 200);
-    let mut seen = Vec::new();
-    loop {
-        let ev = u2.next().await;
-        if ev.event == "marker" {
-            break;
-        }
-        seen.push(ev);
-    }
+    gw.publish_marker("u2").await;
+    let (seen, _) = u2.read_to_marker().await;
     for ev in &seen {
         assert_eq!(ev.json()["target"], "broadcast", "u2 received {ev:?}");
     }
@@ -121,7 +111,7 @@ async fn user_channel_and_broadcast_arrive_in_order_on_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_from_query_and_cookie_and_payload_with_newlines() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
 
     let t = token("q1", &["room.*"], 600);
@@ -144,7 +134,7 @@ async fn token_from_query_and_cookie_and_payload_with_newlines() {
     client.publish("herald.live.user.c1", Bytes::from_static(b"\"after\"")).await.unwrap();
     client.flush().await.unwrap();
     assert_eq!(by_cookie.next_event().await.json()["data"], "after");
-    support::eventually("the drop is logged", std::time::Duration::from_secs(5), || async {
+    herald_testkit::eventually("the drop is logged", std::time::Duration::from_secs(5), || async {
         gw.log_text().contains("payload is not JSON")
     })
     .await;
@@ -160,7 +150,7 @@ async fn durable_events_arrive_in_stream_order_across_subjects_under_a_burst() {
     let nats = Nats::start();
     // Room for the whole burst: this test is about order, and a reader that falls behind by the
     // default 1 MiB (a busy machine descheduling it) would be cut off as slow, by design.
-    let gw = Gateway::serve(&nats, &["--client-queue-bytes", &(64 << 20).to_string()]);
+    let gw = Gateway::serve(&nats).args(&["--client-queue-bytes", &(64 << 20).to_string()]).start();
     gw.ready().await;
     let mut sse = Sse::with_token(gw.addr, &token("u1", &["room"], 600), &["room"]).await;
     assert_eq!(sse.next().await.event, "connected");
@@ -181,7 +171,7 @@ async fn durable_events_arrive_in_stream_order_across_subjects_under_a_burst() {
             .next_within(Duration::from_secs(30))
             .await
             .unwrap_or_else(|| panic!("only {n} of {EVENTS} events arrived (stream ended: {})", sse.ended));
-        let seq = support::seq_of(ev.id.as_deref().expect("durable events carry an id"));
+        let seq = herald_testkit::seq_of(ev.id.as_deref().expect("durable events carry an id"));
         if seq <= last && out_of_order.len() < 10 {
             out_of_order.push((last, seq));
         }
@@ -198,14 +188,14 @@ async fn durable_http_publishes_go_out_on_each_workers_own_connection() {
     const WORKERS: usize = 2;
     const EVENTS: usize = 40;
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &["--workers", &WORKERS.to_string()]);
+    let gw = Gateway::serve(&nats).args(&["--workers", &WORKERS.to_string()]).start();
     gw.ready().await;
     let publishers = || async {
         let connz = nats.connz().await;
         let conns = connz["connections"].as_array().cloned().unwrap_or_default();
         conns.into_iter().filter(|c| c["name"].as_str().is_some_and(|n| n.ends_with(" publisher"))).collect::<Vec<_>>()
     };
-    support::eventually("each worker has its publish connection", Duration::from_secs(10), || async {
+    herald_testkit::eventually("each worker has its publish connection", Duration::from_secs(10), || async {
         publishers().await.len() == WORKERS
     })
     .await;

@@ -1,14 +1,12 @@
 //! `herald-gateway dev`: no NATS, no auth, the page at `/`.
 
-mod support;
-
+use herald_testkit::{Gateway, Sse, http};
 use serde_json::json;
-use support::{Gateway, Sse, http};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_streams_without_nats_or_tokens() {
     // No NATS anywhere: the in-process broker carries the events.
-    let gw = Gateway::dev(&[]);
+    let gw = Gateway::dev().start();
     gw.ready().await;
     assert!(gw.log_text().contains("DEVELOPMENT MODE"), "dev mode says so loudly");
 
@@ -90,7 +88,7 @@ fn dev_mode_binds_loopback_by_default_and_serve_refuses_without_config() {
 /// another host (DNS rebinding) gets 403, and listening beyond loopback needs `--allow-remote`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_answers_this_machine_only() {
-    let gw = Gateway::dev(&[]);
+    let gw = Gateway::dev().start();
     gw.ready().await;
     let res = http(gw.addr, "GET", "/stats", &[("Origin", "http://localhost:5173")], None).await;
     assert_eq!(res.header("access-control-allow-origin"), Some("http://localhost:5173"), "a local page");
@@ -131,7 +129,7 @@ async fn dev_mode_answers_this_machine_only() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let remote = Gateway::dev(&["--allow-remote"]);
+    let remote = Gateway::dev().args(&["--allow-remote"]).start();
     remote.ready().await;
     assert!(remote.log_text().contains("publish to everyone"), "{}", remote.log_text());
 }

@@ -1,13 +1,11 @@
 //! The shell examples of docs/protocol.md run against a real gateway and NATS. A `# {…}` line
 //! under a command is its expected JSON answer.
 
-mod support;
-
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Gateway, Nats, PUBLISH_KEY, eventually, token, workspace_root};
+use herald_testkit::{Gateway, Nats, PUBLISH_KEY, eventually, token, workspace_root};
 
 fn sh_blocks(markdown: &str) -> Vec<String> {
     let mut blocks = Vec::new();
@@ -55,7 +53,7 @@ async fn protocol_examples_work() {
     assert!(blocks.len() >= 6, "found {} sh blocks", blocks.len());
 
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
     let env = [
         ("HERALD", format!("http://{}", gw.addr)),

@@ -1,12 +1,10 @@
 //! Refusals before streaming: the right status and a JSON body, no panic, and no effect on the
 //! connections already streaming.
 
-mod support;
-
 use std::time::Duration;
 
+use herald_testkit::{Gateway, Nats, PUBLISH_KEY, Sse, http, token};
 use serde_json::json;
-use support::{Gateway, Nats, PUBLISH_KEY, Sse, http, token};
 
 async fn refused(gw: &Gateway, target: &str, headers: &[(&str, &str)]) -> (u16, serde_json::Value) {
     match Sse::open(gw.addr, target, headers).await {
@@ -21,7 +19,7 @@ async fn refused(gw: &Gateway, target: &str, headers: &[(&str, &str)]) -> (u16, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_leave_others_alone() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &["--max-channels", "3"]);
+    let gw = Gateway::serve(&nats).args(&["--max-channels", "3"]).start();
     gw.ready().await;
 
     // A healthy stream that must survive everything below.
@@ -129,7 +127,7 @@ async fn bad_requests_get_clear_errors_and_leave_others_alone() {
 async fn tokens_in_urls_are_redacted_from_logs() {
     let nats = Nats::start();
     // Debug level logs every request line, query included.
-    let gw = Gateway::serve_logging(&nats, &["--heartbeat-secs", "1"], "debug");
+    let gw = Gateway::serve(&nats).args(&["--heartbeat-secs", "1"]).rust_log("debug").start();
     gw.ready().await;
     let t = token("u9", &[], 600);
     let mut s = Sse::open(gw.addr, &format!("/events?token={t}"), &[]).await.unwrap();
@@ -141,12 +139,12 @@ async fn tokens_in_urls_are_redacted_from_logs() {
     assert_eq!(res.status, 200);
     assert_eq!(s.next_event().await.event, "message");
     drop(s);
-    support::eventually("connection closed", Duration::from_secs(20), || async {
+    herald_testkit::eventually("connection closed", Duration::from_secs(20), || async {
         gw.stats().await["connections"] == 0
     })
     .await;
     // The gateway's log is read from its stderr by another thread: the close line may trail.
-    support::eventually("the close is logged", Duration::from_secs(10), || async {
+    herald_testkit::eventually("the close is logged", Duration::from_secs(10), || async {
         gw.log_text().contains("connection closed")
     })
     .await;
@@ -168,7 +166,7 @@ async fn tokens_in_urls_are_redacted_from_logs() {
 /// closed without an ERROR line (which anyone could otherwise use to flood the logs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_do_not_log_errors() {
-    let gw = Gateway::dev(&[]);
+    let gw = Gateway::dev().start();
     gw.ready().await;
     let requests: [&[u8]; 3] = [
         b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n",

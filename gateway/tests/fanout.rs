@@ -1,11 +1,9 @@
 //! One NATS subscription per subject per pod, however many sessions share it.
 
-mod support;
-
 use std::time::Duration;
 
+use herald_testkit::{Gateway, Nats, Sse, eventually, token};
 use serde_json::json;
-use support::{Gateway, Nats, Sse, eventually, token};
 
 /// The gateway connection's subscriptions on `herald.live.…`, as the NATS server sees them.
 async fn live_subscriptions(nats: &Nats) -> Vec<String> {
@@ -31,7 +29,7 @@ async fn a_thousand_sessions_share_one_subscription_and_all_get_the_broadcast() 
     const N: usize = 1000;
     let nats = Nats::start();
     // One user's thousand streams: beyond the default per-user limit.
-    let gw = Gateway::serve(&nats, &["--heartbeat-secs", "1", "--max-connections-per-user", "0"]);
+    let gw = Gateway::serve(&nats).args(&["--heartbeat-secs", "1", "--max-connections-per-user", "0"]).start();
     gw.ready().await;
 
     let t = token("fan", &["room:*"], 600);

@@ -2,14 +2,12 @@
 //! Clients behave like the browser client (resume with `Last-Event-ID`, reconnect elsewhere);
 //! every acknowledged event addressed to a client must reach it exactly once.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use support::delivery::{Ledger, all_connected, assert_exactly_once, follower, followers, subject_for};
-use support::{Follower, Gateway, Nats, Proxy};
+use herald_testkit::delivery::{Ledger, all_connected, assert_exactly_once, follower, followers, subject_for};
+use herald_testkit::{Follower, Gateway, Nats, Proxy, Sse, seq_of, token};
 
 /// Publishes `total` durable events at `rate`/s straight to JetStream, retrying until each is
 /// acknowledged, then the marker; calls `at(n)` before event `n` (to inject the fault).
@@ -50,8 +48,8 @@ async fn publish(nats_url: String, total: usize, rate: u64, clients: usize, mut 
 async fn clients_of_a_killed_gateway_resume_on_another_with_nothing_lost() {
     const CLIENTS: usize = 200;
     let nats = Nats::start();
-    let mut a = Gateway::serve(&nats, &[]);
-    let b = Gateway::serve(&nats, &[]);
+    let mut a = Gateway::serve(&nats).start();
+    let b = Gateway::serve(&nats).start();
     a.ready().await;
     b.ready().await;
     let fs = followers(CLIENTS, &[a.addr, b.addr]);
@@ -75,8 +73,8 @@ async fn clients_of_a_killed_gateway_resume_on_another_with_nothing_lost() {
 async fn a_draining_gateway_hands_its_clients_over_gradually_and_exits_0() {
     const CLIENTS: usize = 200;
     let nats = Nats::start();
-    let mut a = Gateway::serve(&nats, &["--drain-secs", "5", "--retry-ms", "200"]);
-    let b = Gateway::serve(&nats, &[]);
+    let mut a = Gateway::serve(&nats).args(&["--drain-secs", "5", "--retry-ms", "200"]).start();
+    let b = Gateway::serve(&nats).start();
     a.ready().await;
     b.ready().await;
     let fs = followers(CLIENTS, &[a.addr, b.addr]);
@@ -119,7 +117,7 @@ async fn a_draining_gateway_hands_its_clients_over_gradually_and_exits_0() {
 async fn a_nats_restart_loses_no_acknowledged_event() {
     const CLIENTS: usize = 50;
     let mut nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
     let fs = followers(CLIENTS, &[gw.addr]);
     all_connected(&fs).await;
@@ -146,7 +144,7 @@ async fn events_published_while_the_gateways_nats_link_was_down_are_refilled() {
     const CLIENTS: usize = 50;
     let nats = Nats::start();
     let proxy = std::sync::Arc::new(Proxy::start(nats.port).await);
-    let gw = Gateway::serve_url(&proxy.url(), &[], "info");
+    let gw = Gateway::serve(proxy.as_ref()).start();
     gw.ready().await;
     let fs = followers(CLIENTS, &[gw.addr]);
     all_connected(&fs).await;
@@ -180,7 +178,7 @@ async fn two_link_outages_a_second_apart_with_clients_joining_lose_nothing() {
     const LATE: usize = 50;
     let nats = Nats::start();
     let proxy = std::sync::Arc::new(Proxy::start(nats.port).await);
-    let gw = Gateway::serve_url(&proxy.url(), &[], "info");
+    let gw = Gateway::serve(proxy.as_ref()).start();
     gw.ready().await;
     let mut fs = followers(FIRST, &[gw.addr]);
     all_connected(&fs).await;
@@ -230,9 +228,9 @@ async fn a_link_that_drops_right_after_start_is_refilled() {
     let mut seqs = Vec::new();
     while seqs.len() < 10 {
         let ev = s.next_event().await;
-        seqs.push(support::seq_of(ev.id.as_deref().unwrap()));
+        seqs.push(seq_of(ev.id.as_deref().unwrap()));
     }
-    let after = support::seq_of(&first[0]);
+    let after = seq_of(&first[0]);
     assert_eq!(seqs, (after + 1..=after + 10).collect::<Vec<_>>(), "{}", gw.log_text());
 }
 
@@ -251,33 +249,33 @@ async fn a_gap_longer_than_the_history_keeps_per_subject_ends_in_a_reset() {
     let rest = s.read_to_end(Duration::from_secs(30)).await;
     assert!(s.ended, "the stream was sent to resume; it got {rest:?}");
     assert!(rest.iter().all(|ev| ev.id.is_none()), "no event of a gap it cannot fill: {rest:?}");
-    let token = support::token("capped", &[], 600);
+    let t = token("capped", &[], 600);
     // The resume sends what the history still has of the gap, then says that more is gone.
-    let mut resumed = support::Sse::resume(gw.addr, &token, &[], &first[0]).await;
+    let mut resumed = Sse::resume(gw.addr, &t, &[], &first[0]).await;
     let mut kept = Vec::new();
     let reset = loop {
         let ev = resumed.next_event().await;
         if ev.event == "reset" {
             break ev;
         }
-        kept.push(support::seq_of(ev.id.as_deref().unwrap()));
+        kept.push(seq_of(ev.id.as_deref().unwrap()));
     };
     assert_eq!(reset.json()["reason"], "history_expired");
-    let after = support::seq_of(&first[0]);
+    let after = seq_of(&first[0]);
     assert_eq!(kept, (after + 6..=after + 10).collect::<Vec<_>>(), "the 5 newest the history keeps");
 }
 
 /// A gateway keeping `per_subject` events per subject, through a proxy to its NATS, with a
 /// stream for user `capped` that has received one event (after one for another user, which
 /// keeps the history's first event older than anything of `capped`'s).
-async fn streaming_capped_user(per_subject: u64) -> (Gateway, Proxy, Nats, support::Sse, Vec<String>) {
+async fn streaming_capped_user(per_subject: u64) -> (Gateway, Proxy, Nats, Sse, Vec<String>) {
     let nats = Nats::start();
     let proxy = Proxy::start(nats.port).await;
     let cap = per_subject.to_string();
-    let gw = Gateway::serve_url(&proxy.url(), &["--history-max-per-subject", &cap], "info");
+    let gw = Gateway::serve(&proxy).args(&["--history-max-per-subject", &cap]).start();
     gw.ready().await;
-    let token = support::token("capped", &[], 600);
-    let mut s = support::Sse::with_token(gw.addr, &token, &[]).await;
+    let t = token("capped", &[], 600);
+    let mut s = Sse::with_token(gw.addr, &t, &[]).await;
     assert_eq!(s.next().await.event, "connected");
     gw.publish_ids(serde_json::json!({"type":"t","data":0,"users":["other"]})).await;
     let first = gw.publish_ids(serde_json::json!({"type":"t","data":0,"users":["capped"]})).await;

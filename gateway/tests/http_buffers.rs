@@ -3,12 +3,10 @@
 //! and bodies larger than the initial buffer, several requests in one write, and a request
 //! arriving on a connection whose buffer was given back.
 
-mod support;
-
 use std::time::Duration;
 
+use herald_testkit::{Gateway, Nats, PUBLISH_KEY, Sse, token};
 use serde_json::json;
-use support::{Gateway, Nats, PUBLISH_KEY, Sse, token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,7 +29,7 @@ async fn read_responses(stream: &mut TcpStream, count: usize) -> Vec<u16> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while statuses.len() < count {
         // Every complete response at the front of `raw`.
-        while let Some((status, headers, rest)) = support::parse_head(&raw) {
+        while let Some((status, headers, rest)) = herald_testkit::http::parse_head(&raw) {
             let length: usize = headers
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
@@ -60,7 +58,7 @@ async fn read_responses(stream: &mut TcpStream, count: usize) -> Vec<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_larger_than_the_first_buffer_pipelined_or_after_a_wait_are_read_whole() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
 
     // A stream whose own request head (3 KiB of it a header) is larger than the first buffer.

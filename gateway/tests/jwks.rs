@@ -2,16 +2,14 @@
 //! (`/readyz` fails until then), rotated by the provider without a restart (at once for a token
 //! naming a new `kid`, within one refresh otherwise), and kept while the provider is down.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use herald_testkit::{Gateway, Nats, Sse, eventually, http, token};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::json;
-use support::{Gateway, Nats, Sse, eventually, http, token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The public halves of the test key pairs in `tests/fixtures/keys`, as JWKs.
@@ -119,10 +117,6 @@ async fn readyz(gw: &Gateway) -> (u16, String) {
     (res.status, String::from_utf8_lossy(&res.body).into_owned())
 }
 
-fn metric(text: &str, line_start: &str) -> u64 {
-    text.lines().find_map(|l| l.strip_prefix(line_start)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_from_a_jwks_url_rotate_without_a_restart_and_outlive_the_provider() {
     let keys = KeyServer::start().await;
@@ -130,8 +124,8 @@ async fn keys_from_a_jwks_url_rotate_without_a_restart_and_outlive_the_provider(
     let nats = Nats::start();
     // One gateway refreshes every second; the other every 5 minutes, so that only the
     // unknown-`kid` path can bring it a new key within this test.
-    let fast = Gateway::serve(&nats, &["--jwks-url", &keys.url(), "--jwks-refresh-secs", "1"]);
-    let slow = Gateway::serve(&nats, &["--jwks-url", &keys.url()]);
+    let fast = Gateway::serve(&nats).args(&["--jwks-url", &keys.url(), "--jwks-refresh-secs", "1"]).start();
+    let slow = Gateway::serve(&nats).args(&["--jwks-url", &keys.url()]).start();
 
     // Before the first fetch: not ready, and saying why.
     for gw in [&fast, &slow] {
@@ -175,7 +169,7 @@ async fn keys_from_a_jwks_url_rotate_without_a_restart_and_outlive_the_provider(
     // The provider goes down: the failures are counted and the last keys kept.
     keys.down();
     eventually("a failed fetch is counted", Duration::from_secs(10), || async {
-        metric(&fast.metrics_text().await, "herald_jwks_fetches_total{result=\"error\"} ") >= 2
+        fast.metric("herald_jwks_fetches_total{result=\"error\"}").await.unwrap_or(0.0) >= 2.0
     })
     .await;
     for gw in [&fast, &slow] {
@@ -183,7 +177,7 @@ async fn keys_from_a_jwks_url_rotate_without_a_restart_and_outlive_the_provider(
         assert_eq!(readyz(gw).await.0, 200, "still ready on the last good keys");
     }
     assert!(fast.log_text().contains("cannot fetch client-token keys; keeping the last ones"), "{}", fast.log_text());
-    assert!(metric(&fast.metrics_text().await, "herald_jwks_fetches_total{result=\"ok\"} ") >= 2);
+    assert!(fast.metric("herald_jwks_fetches_total{result=\"ok\"}").await.unwrap_or(0.0) >= 2.0);
 }
 
 #[tokio::test]

@@ -1,15 +1,13 @@
 //! Connections come and go: dead clients are found by heartbeats, and churn leaks nothing.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::{Gateway, Nats, Sse, eventually, token};
+use herald_testkit::{Gateway, Nats, Sse, eventually, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_flow_and_vanished_clients_are_dropped_within_two_intervals() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &["--heartbeat-secs", "1"]);
+    let gw = Gateway::serve(&nats).args(&["--heartbeat-secs", "1"]).start();
     gw.ready().await;
 
     let mut live = Sse::with_token(gw.addr, &token("alive", &[], 600), &[]).await;
@@ -36,7 +34,7 @@ async fn heartbeats_flow_and_vanished_clients_are_dropped_within_two_intervals()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connect_disconnect_cycles_leave_nothing_behind() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &["--heartbeat-secs", "1"]);
+    let gw = Gateway::serve(&nats).args(&["--heartbeat-secs", "1"]).start();
     gw.ready().await;
 
     for round in 0..20 {
@@ -63,7 +61,7 @@ async fn a_thousand_connect_disconnect_cycles_leave_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiring_token_ends_the_stream_with_token_expired() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
     let mut s = Sse::with_token(gw.addr, &token("brief", &[], 2), &[]).await;
     assert_eq!(s.next().await.event, "connected");

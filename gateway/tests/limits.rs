@@ -1,16 +1,15 @@
 //! Admission limits, readiness and CORS, seen from outside.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{Gateway, Nats, Sse, eventually, http, token};
+use herald_testkit::{Gateway, Nats, Sse, eventually, http, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_answers_200_with_retry_and_per_user_limit_answers_429() {
     let nats = Nats::start();
-    let gw =
-        Gateway::serve(&nats, &["--max-connections", "2", "--max-connections-per-user", "1", "--retry-ms", "1000"]);
+    let gw = Gateway::serve(&nats)
+        .args(&["--max-connections", "2", "--max-connections-per-user", "1", "--retry-ms", "1000"])
+        .start();
     gw.ready().await;
 
     let mut a = Sse::with_token(gw.addr, &token("a", &[], 600), &[]).await;
@@ -37,7 +36,7 @@ async fn capacity_answers_200_with_retry_and_per_user_limit_answers_429() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_holds_at_most_100_streams_by_default() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
     let t = token("greedy", &[], 600);
     let mut held = Vec::new();
@@ -57,15 +56,14 @@ async fn one_user_holds_at_most_100_streams_by_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_nats_connection() {
     // Point the gateway at a port where no NATS runs yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let fake = Nats::on_port_unstarted(port);
-    let gw = Gateway::serve(&fake, &[]);
+    let mut nats = Nats::stopped();
+    let gw = Gateway::serve(&nats).start();
     let ready = http(gw.addr, "GET", "/readyz", &[], None).await;
     assert_eq!(ready.status, 503);
     assert_eq!(ready.json()["status"], "not_ready");
     assert_eq!(http(gw.addr, "GET", "/healthz", &[], None).await.status, 200);
 
-    let _nats = Nats::start_on(port);
+    nats.restart();
     eventually("ready once NATS is up", Duration::from_secs(20), || async {
         http(gw.addr, "GET", "/readyz", &[], None).await.status == 200
     })
@@ -75,7 +73,7 @@ async fn readiness_follows_the_nats_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_allows_only_the_configured_origins() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &["--allowed-origins", "https://app.example.com"]);
+    let gw = Gateway::serve(&nats).args(&["--allowed-origins", "https://app.example.com"]).start();
     gw.ready().await;
     let preflight = |origin: &'static str| async move {
         let headers = [

@@ -3,15 +3,13 @@
 //! real gateway and NATS, with every counter checked against the script, and every scrape
 //! checked to be valid Prometheus text exposition.
 
-mod support;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use herald_testkit::{Gateway, Nats, Sse, eventually, http, token};
 use prometheus_parse::{LineInfo, Scrape, Value};
-use support::{Gateway, Nats, Sse, eventually, http, token};
 
 /// One parsed scrape.
 struct Metrics(Scrape);
@@ -124,10 +122,9 @@ const PAD: usize = 4 * 1024;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_scripted_workload() {
     let nats = Nats::start();
-    let mut gw = Gateway::serve(
-        &nats,
-        &["--heartbeat-secs", "1", "--client-queue-bytes", "262144", "--drain-secs", "6", "--retry-ms", "500"],
-    );
+    let mut gw = Gateway::serve(&nats)
+        .args(&["--heartbeat-secs", "1", "--client-queue-bytes", "262144", "--drain-secs", "6", "--retry-ms", "500"])
+        .start();
     gw.ready().await;
 
     // What the process is and holds: its build, and its open files (every stream is a socket).
@@ -217,7 +214,7 @@ async fn metrics_count_a_scripted_workload() {
     // A stalled client on a firehose channel, next to a reader that keeps up: the stalled one
     // is cut off as slow, and only what reached its socket counts as sent.
     let mut reader = connect(gw.addr, "reader", &["firehose"]).await;
-    let stalled = support::firehose_client(gw.addr, "stalled").await;
+    let stalled = herald_testkit::sse::firehose_client(gw.addr, "stalled").await;
     let before = scrape(gw.addr).await;
     let publisher = nats.client().await;
     let payload = Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(PAD)));
@@ -308,7 +305,7 @@ async fn metrics_count_a_scripted_workload() {
 /// The metric names the chart's alerts and Grafana dashboard use, outside the operator's own
 /// (`herald_operator_*`, checked by the operator's tests).
 fn names_in_the_chart_files(prefixes: &[&str]) -> std::collections::BTreeSet<String> {
-    let files = support::workspace_root().join("charts/herald/files");
+    let files = herald_testkit::workspace_root().join("charts/herald/files");
     let mut names = std::collections::BTreeSet::new();
     for file in ["prometheus-rules.yaml", "grafana-dashboard.json"] {
         let text = std::fs::read_to_string(files.join(file)).unwrap();
@@ -327,7 +324,7 @@ fn names_in_the_chart_files(prefixes: &[&str]) -> std::collections::BTreeSet<Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_alerts_and_dashboard_name_only_metrics_a_gateway_exports() {
-    let gw = Gateway::dev(&[]);
+    let gw = Gateway::dev().start();
     let text = gw.metrics_text().await;
     let names = names_in_the_chart_files(&["herald_", "process_"]);
     let gateway_names: Vec<&String> = names.iter().filter(|n| !n.starts_with("herald_operator_")).collect();

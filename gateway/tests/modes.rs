@@ -1,16 +1,15 @@
 //! Live-only mode, publishing from a shell, and the second signal.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use herald_testkit::sse::MARKER;
+use herald_testkit::{Gateway, Nats, Sse, eventually, http, token};
 use serde_json::json;
-use support::{Gateway, Nats, Sse, eventually, http, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_off_runs_live_only_against_a_nats_without_jetstream() {
     let nats = Nats::start_without_jetstream();
-    let gw = Gateway::serve(&nats, &["--history", "off"]);
+    let gw = Gateway::serve(&nats).args(&["--history", "off"]).start();
     gw.ready().await;
     let t = token("l1", &[], 600);
     let mut s = Sse::with_token(gw.addr, &t, &[]).await;
@@ -33,7 +32,7 @@ async fn history_off_runs_live_only_against_a_nats_without_jetstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_publish_command_publishes_durably_through_nats_and_http() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
     let mut s = Sse::with_token(gw.addr, &token("cli", &["jobs:*"], 600), &["jobs:1"]).await;
     s.next().await;
@@ -55,7 +54,7 @@ async fn the_publish_command_publishes_durably_through_nats_and_http() {
     assert_eq!(ev.id.as_deref(), via_nats["ids"][0].as_str(), "durable through JetStream, with its id");
 
     let url = format!("http://{}", gw.addr);
-    let key = support::PUBLISH_KEY;
+    let key = herald_testkit::PUBLISH_KEY;
     let via_http =
         run(&["--url", &url, "--key", key, "--type", "progress", "--user", "cli", "--data", "{\"pct\":100}"]);
     assert_eq!(s.next_event().await.id.as_deref(), via_http["ids"][0].as_str());
@@ -68,9 +67,8 @@ async fn the_publish_command_publishes_durably_through_nats_and_http() {
         let first = run(&args);
         assert_eq!(run(&args), first, "a repeat answers the first publish's ids ({via:?})");
         assert_eq!(s.next_event().await.id.as_deref(), first["ids"][0].as_str());
-        let marker = run(&["--url", &url, "--key", key, "--type", "marker", "--user", "cli", "--data", "0"]);
-        let ev = s.next_event().await;
-        assert_eq!((ev.event.as_str(), ev.id.as_deref()), ("marker", marker["ids"][0].as_str()));
+        let marker = run(&["--url", &url, "--key", key, "--type", MARKER, "--user", "cli", "--data", "0"]);
+        s.assert_next_is_marker(marker["ids"][0].as_str()).await;
     }
 
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_herald-gateway"))
@@ -84,7 +82,7 @@ async fn the_publish_command_publishes_durably_through_nats_and_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_exits_at_once() {
     let nats = Nats::start();
-    let mut gw = Gateway::serve(&nats, &["--drain-secs", "60"]);
+    let mut gw = Gateway::serve(&nats).args(&["--drain-secs", "60"]).start();
     gw.ready().await;
     // Two streams: the drain closes the first at once and the second only after 30 s, so the
     // gateway is still draining (not already done and gone) when the second signal comes.
@@ -104,11 +102,11 @@ async fn a_second_sigterm_exits_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn selftest_round_trips_against_a_running_gateway() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("secret"), support::SECRET).unwrap();
-    std::fs::write(dir.path().join("key"), format!("{}\n", support::PUBLISH_KEY)).unwrap();
+    std::fs::write(dir.path().join("secret"), herald_testkit::SECRET).unwrap();
+    std::fs::write(dir.path().join("key"), format!("{}\n", herald_testkit::PUBLISH_KEY)).unwrap();
     let run = |key_file: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_herald-gateway"))
             .args(["selftest", "--url", &format!("http://{}", gw.addr), "--timeout-secs", "10"])

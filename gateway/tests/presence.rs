@@ -3,17 +3,16 @@
 //! dropped within the TTL, and client events stamped with their sender, authorized and
 //! rate-limited.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use herald_testkit::sse::MARKER;
+use herald_testkit::{Event, Gateway, Nats, PUBLISH_KEY, Sse, eventually, http, token_with};
 use serde_json::{Value, json};
-use support::{Event, Gateway, Nats, PUBLISH_KEY, Sse, eventually, http, token_with};
 
 const TTL_SECS: u64 = 3;
 
 fn serve(nats: &Nats) -> Gateway {
-    Gateway::serve(nats, &["--presence-channels", "doc:*", "--presence-ttl-secs", &TTL_SECS.to_string()])
+    Gateway::serve(nats).args(&["--presence-channels", "doc:*", "--presence-ttl-secs", &TTL_SECS.to_string()]).start()
 }
 
 fn client_token(user: &str) -> String {
@@ -222,17 +221,11 @@ async fn client_events_carry_their_sender_and_are_authorized_and_rate_limited() 
     }
     assert!(refused > 0 && accepted >= 39, "{accepted} accepted, {refused} refused");
     // A marker from another user, sent after all of them through the same path, closes the count.
-    let res = post(&a, client_token("cy"), json!({"channel": "doc:1", "type": "marker", "data": 0})).await;
+    let res = post(&a, client_token("cy"), json!({"channel": "doc:1", "type": MARKER, "data": 0})).await;
     assert_eq!(res.status, 202);
-    let mut delivered = Vec::new();
-    loop {
-        let ev = ben.next().await;
-        match ev.event.as_str() {
-            "burst" => delivered.push(ev.json()["data"].as_u64().unwrap()),
-            "marker" => break,
-            _ => {}
-        }
-    }
+    let (before, _) = ben.read_to_marker().await;
+    let delivered: Vec<u64> =
+        before.iter().filter(|ev| ev.event == "burst").map(|ev| ev.json()["data"].as_u64().unwrap()).collect();
     assert_eq!(delivered.len(), accepted, "delivered exactly the accepted events");
     assert!(delivered.windows(2).all(|w| w[0] < w[1]), "in order: {delivered:?}");
 }
@@ -243,13 +236,8 @@ async fn a_burst_of_connections_costs_a_few_batched_writes() {
     let nats = Nats::start();
     let gw = serve(&nats);
     gw.ready().await;
-    let writes = |text: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix("herald_presence_writes_total "))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0)
-    };
-    let before = writes(&String::from_utf8_lossy(&http(gw.addr, "GET", "/metrics", &[], None).await.body));
+    let writes = || async { gw.metric("herald_presence_writes_total").await.unwrap_or(0.0) as u64 };
+    let before = writes().await;
     let mut streams = Vec::new();
     for i in 0..CONNECTIONS {
         let t = token_with(json!({"sub": format!("u{i}"), "channels": ["doc:*"]}));
@@ -259,7 +247,7 @@ async fn a_burst_of_connections_costs_a_few_batched_writes() {
         members(&gw, PUBLISH_KEY).await["members"].as_array().unwrap().len() == CONNECTIONS
     })
     .await;
-    let after = writes(&String::from_utf8_lossy(&http(gw.addr, "GET", "/metrics", &[], None).await.body));
+    let after = writes().await;
     let took = after - before;
     eprintln!("{CONNECTIONS} connections on one channel: {took} presence writes");
     assert!(took * 10 <= CONNECTIONS as u64, "{took} writes for {CONNECTIONS} connections");
@@ -267,8 +255,7 @@ async fn a_burst_of_connections_costs_a_few_batched_writes() {
 
 /// The consumers the nats-server holds, from its own monitoring.
 async fn consumers(nats: &Nats) -> u64 {
-    let addr = format!("127.0.0.1:{}", nats.monitor_port).parse().unwrap();
-    let jsz = http(addr, "GET", "/jsz", &[], None).await.json();
+    let jsz = nats.monitor("/jsz").await;
     jsz["consumers"].as_u64().expect("/jsz counts consumers")
 }
 

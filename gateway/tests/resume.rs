@@ -1,17 +1,15 @@
 //! Resuming from `Last-Event-ID` / `?lastEventId=`: exactly the missed events, in order, then
 //! live ones; `reset` when the history can't cover the gap.
 
-mod support;
-
 use std::time::Duration;
 
+use herald_testkit::{Gateway, Nats, Sse, epoch_of, eventually, seq_of, token};
 use serde_json::json;
-use support::{Gateway, Nats, Sse, epoch_of, eventually, seq_of, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnecting_client_gets_exactly_what_it_missed_then_live_events() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
     let t = token("r1", &["room:*"], 600);
 
@@ -67,7 +65,7 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed_then_live_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_and_long_gaps_are_replayed_whole() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
     let t = token("g1", &["g:*"], 600);
     for gap in [3usize, 150] {
@@ -90,9 +88,9 @@ async fn short_and_long_gaps_are_replayed_whole() {
             got.push(back.next_event().await.id.unwrap());
         }
         assert_eq!(got, missed, "a gap of {gap}");
-        let marker = gw.publish_ids(json!({"type":"marker","data":gap,"users":["g1"]})).await;
-        let ev = back.next().await;
-        assert_eq!(ev.id.as_ref(), Some(&marker[0]), "nothing more after a gap of {gap}: {ev:?}");
+        // Nothing more after the gap.
+        let marker = gw.publish_marker("g1").await;
+        back.assert_next_is_marker(Some(&marker)).await;
     }
 }
 
@@ -102,7 +100,7 @@ async fn short_and_long_gaps_are_replayed_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_lost_before_its_first_event_resumes_from_the_connected_cursor() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
     let t = token("q1", &[], 600);
     let mut before = Vec::new();
@@ -127,15 +125,14 @@ async fn a_client_lost_before_its_first_event_resumes_from_the_connected_cursor(
     assert_eq!(connected.id, None, "a resumed stream keeps the client's own cursor");
     let got = [back.next_event().await.id.unwrap(), back.next_event().await.id.unwrap()];
     assert_eq!(got.as_slice(), missed.as_slice(), "what was published while away, and nothing from before");
-    let marker = gw.publish_ids(json!({"type":"marker","data":0,"users":["q1"]})).await;
-    let ev = back.next().await;
-    assert_eq!(ev.id.as_ref(), Some(&marker[0]), "nothing more: {ev:?}");
+    let marker = gw.publish_marker("q1").await;
+    back.assert_next_is_marker(Some(&marker)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_missed_events_and_foreign_ids_reset() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &["--max-replay", "5"]);
+    let gw = Gateway::serve(&nats).args(&["--max-replay", "5"]).start();
     gw.ready().await;
     let t = token("r2", &[], 600);
     let first = gw.publish_ids(json!({"data":0,"users":["r2"]})).await;
@@ -167,7 +164,7 @@ async fn too_many_missed_events_and_foreign_ids_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_history_resets_with_history_expired() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &["--history-max-age", "1s"]);
+    let gw = Gateway::serve(&nats).args(&["--history-max-age", "1s"]).start();
     gw.ready().await;
     let t = token("r3", &[], 600);
     let seen = gw.publish_ids(json!({"data":1,"users":["r3"]})).await;
@@ -191,7 +188,7 @@ async fn expired_history_resets_with_history_expired() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recreated_stream_resets_with_epoch_changed() {
     let nats = Nats::start();
-    let mut gw = Gateway::serve(&nats, &[]);
+    let mut gw = Gateway::serve(&nats).start();
     gw.ready().await;
     let t = token("r4", &[], 600);
     let old = gw.publish_ids(json!({"data":1,"users":["r4"]})).await;
@@ -199,7 +196,7 @@ async fn a_recreated_stream_resets_with_epoch_changed() {
 
     let js = async_nats::jetstream::new(nats.client().await);
     js.delete_stream("HERALD").await.unwrap();
-    let gw = Gateway::serve(&nats, &[]);
+    let gw = Gateway::serve(&nats).start();
     gw.ready().await;
     gw.publish_ids(json!({"data":2,"users":["r4"]})).await;
 
@@ -217,7 +214,7 @@ async fn a_recreated_stream_resets_with_epoch_changed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_recreated_under_a_running_gateway_sends_its_clients_to_resume() {
     let nats = Nats::start();
-    let a = Gateway::serve(&nats, &[]);
+    let a = Gateway::serve(&nats).start();
     a.ready().await;
     let t = token("r5", &[], 600);
     let mut s = Sse::with_token(a.addr, &t, &[]).await;
@@ -231,7 +228,7 @@ async fn a_stream_recreated_under_a_running_gateway_sends_its_clients_to_resume(
 
     let js = async_nats::jetstream::new(nats.client().await);
     js.delete_stream("HERALD").await.unwrap();
-    let b = Gateway::serve(&nats, &[]);
+    let b = Gateway::serve(&nats).start();
     b.ready().await; // it created the stream anew
     let new = b.publish_ids(json!({"data":"new","users":["r5"]})).await;
     assert_ne!(epoch_of(&new[0]), epoch_of(&last), "a new epoch");
@@ -245,17 +242,16 @@ async fn a_stream_recreated_under_a_running_gateway_sends_its_clients_to_resume(
     let reset = back.next().await;
     assert_eq!((reset.event.as_str(), reset.json()["reason"].as_str()), ("reset", Some("epoch_changed")));
     assert_eq!(reset.id, Some(new[0].clone()), "the cursor moves to the new history's head");
-    let marker = a.publish_ids(json!({"type":"marker","data":0,"users":["r5"]})).await;
-    let ev = back.next().await;
-    assert_eq!((ev.event.as_str(), ev.id.as_ref()), ("marker", Some(&marker[0])));
+    let marker = a.publish_marker("r5").await;
+    back.assert_next_is_marker(Some(&marker)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_resumes_with_the_same_semantics() {
-    let gw = Gateway::dev(&["--history-max-per-subject", "3"]);
+    let gw = Gateway::dev().args(&["--history-max-per-subject", "3"]).start();
     gw.ready().await;
     let post = |body: serde_json::Value| async move {
-        let res = support::http(
+        let res = herald_testkit::http(
             gw.addr,
             "POST",
             "/v1/publish",

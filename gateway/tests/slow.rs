@@ -1,13 +1,11 @@
 //! A client that stops reading is cut off once its queue is full; nobody else notices.
 
-mod support;
-
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::{Gateway, Nats, Sse, eventually, token};
+use herald_testkit::{Gateway, Nats, Sse, eventually, token};
 use tokio::io::AsyncReadExt;
 
 const READERS: usize = 200;
@@ -43,7 +41,7 @@ async fn publish(client: &async_nats::Client, origin: Instant, secs: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_is_disconnected_without_slowing_the_others() {
     let nats = Nats::start();
-    let gw = Gateway::serve(&nats, &["--client-queue-bytes", &QUEUE.to_string()]);
+    let gw = Gateway::serve(&nats).args(&["--client-queue-bytes", &QUEUE.to_string()]).start();
     gw.ready().await;
     let origin = Instant::now();
     let phase = Arc::new(AtomicU8::new(0));
@@ -67,7 +65,7 @@ async fn a_stalled_client_is_disconnected_without_slowing_the_others() {
 
     // Baseline: the same load, with a firehose subscriber that keeps up. It stays connected and
     // reading through both phases, so the only difference between them is the stalled client.
-    let mut reader = support::firehose_client(gw.addr, "reader").await;
+    let mut reader = herald_testkit::sse::firehose_client(gw.addr, "reader").await;
     let drain = tokio::spawn(async move {
         let mut buf = vec![0u8; 1 << 16];
         while let Ok(n) = reader.read(&mut buf).await {
@@ -86,7 +84,7 @@ async fn a_stalled_client_is_disconnected_without_slowing_the_others() {
 
     // The same load with one client that subscribes to the firehose and never reads.
     phase.store(1, Ordering::Relaxed);
-    let stalled = support::firehose_client(gw.addr, "stalled").await;
+    let stalled = herald_testkit::sse::firehose_client(gw.addr, "stalled").await;
     eventually("the stalled client is counted", Duration::from_secs(5), || async {
         gw.stats().await["connections"] == READERS + 2
     })

@@ -3,22 +3,22 @@
 //! `publish` span and the NATS message headers to the `deliver` span of every gateway that
 //! hands the event to its sessions. Without an OTLP endpoint nothing of it runs.
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use herald_testkit::gateway::GatewayBuilder;
+use herald_testkit::ports::on_free_ports;
+use herald_testkit::process::Process;
+use herald_testkit::wait::poll;
+use herald_testkit::{Gateway, Nats, PUBLISH_KEY, Sse, eventually, http, subscribe_confirmed, token, workspace_root};
 use serde_json::json;
-use support::{
-    Gateway, Nats, PUBLISH_KEY, Sse, eventually, free_port, http, subscribe_confirmed, token, workspace_root,
-};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PUBLISHER_SPAN: &str = "00f067aa0ba902b7";
@@ -74,10 +74,10 @@ fn rotel_bin() -> PathBuf {
     })
 }
 
-/// A rotel OTLP receiver on free ports that prints what it receives; the spans are parsed from
-/// its output as they arrive.
+/// A rotel OTLP receiver that prints what it receives; the spans are parsed from its output as
+/// they arrive. It cannot listen on a port of its own choosing, so the test chooses its ports.
 struct Rotel {
-    child: Child,
+    _process: Process,
     port: u16,
     spans: Arc<Mutex<Vec<Span>>>,
     _dir: tempfile::TempDir,
@@ -85,9 +85,15 @@ struct Rotel {
 
 impl Rotel {
     fn start() -> Rotel {
+        on_free_ports(2, |ports| Self::start_on(ports[0], ports[1]))
+    }
+
+    /// Rotel on `port` (OTLP/HTTP) and `grpc_port`, once it answers there; an error when it
+    /// exits first (a port was taken) or does not answer within 10 s.
+    fn start_on(port: u16, grpc_port: u16) -> Result<Rotel, String> {
         let dir = tempfile::tempdir().unwrap();
-        let (port, grpc_port) = (free_port(), free_port());
-        let mut child = Command::new(rotel_bin())
+        let mut command = Command::new(rotel_bin());
+        command
             .arg("start")
             .args(["--exporter", "blackhole", "--debug-log", "traces", "--debug-log-verbosity", "detailed"])
             .args(["--otlp-http-endpoint", &format!("127.0.0.1:{port}")])
@@ -97,19 +103,19 @@ impl Rotel {
             .arg("--log-file")
             .arg(dir.path().join("rotel.log"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn rotel");
+            .stderr(Stdio::null());
+        let mut process = Process::spawn(&mut command, "rotel");
         let spans = Arc::new(Mutex::new(Vec::new()));
         let sink = spans.clone();
-        let stdout = child.stdout.take().unwrap();
+        let stdout = process.child().stdout.take().unwrap();
         std::thread::spawn(move || parse(BufReader::new(stdout), &sink));
-        let end = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < end, "rotel did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        let answers = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        match poll(Duration::from_secs(10), || (answers() || process.exited()).then_some(())) {
+            // Answering, and still running: not another process that holds the port.
+            Some(()) if !process.exited() => Ok(Rotel { _process: process, port, spans, _dir: dir }),
+            Some(()) => Err(format!("rotel exited (ports {port}, {grpc_port})")),
+            None => Err(format!("rotel did not answer on port {port} within 10 s")),
         }
-        Rotel { child, port, spans, _dir: dir }
     }
 
     fn endpoint(&self) -> String {
@@ -130,13 +136,6 @@ impl Rotel {
         };
         eventually(what, Duration::from_secs(20), || async { found().is_some() }).await;
         found().unwrap()
-    }
-}
-
-impl Drop for Rotel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -202,12 +201,12 @@ fn parse(out: impl BufRead, sink: &Mutex<Vec<Span>>) {
     }
 }
 
-fn otel_env<'a>(rotel: &'a str, pod: &'a str, delay_ms: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", rotel),
-        ("OTEL_BSP_SCHEDULE_DELAY", delay_ms),
-        ("OTEL_RESOURCE_ATTRIBUTES", pod),
-    ]
+/// A gateway exporting its spans to `rotel` every `delay_ms`, as pod `pod`.
+fn traced(nats: &Nats, rotel: &str, pod: &str, delay_ms: &str) -> GatewayBuilder {
+    Gateway::serve(nats)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", rotel)
+        .env("OTEL_BSP_SCHEDULE_DELAY", delay_ms)
+        .env("OTEL_RESOURCE_ATTRIBUTES", pod)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,13 +217,10 @@ async fn one_publish_is_one_trace_through_nats_to_every_delivering_gateway() {
     // Pod A takes the publish and exports only when it stops (its batch delay is a minute):
     // its spans arriving at all shows the flush after the SIGTERM drain. Pod B streams to the
     // client and exports every 100 ms, logging JSON lines.
-    let mut pod_a = Gateway::serve_env(&nats.url(), &[], "info", &otel_env(&endpoint, "k8s.pod.name=pod-a", "60000"));
-    let pod_b = Gateway::serve_env(
-        &nats.url(),
-        &["--heartbeat-secs", "1", "--log-format", "json"],
-        "info",
-        &otel_env(&endpoint, "k8s.pod.name=pod-b", "100"),
-    );
+    let mut pod_a = traced(&nats, &endpoint, "k8s.pod.name=pod-a", "60000").start();
+    let pod_b = traced(&nats, &endpoint, "k8s.pod.name=pod-b", "100")
+        .args(&["--heartbeat-secs", "1", "--log-format", "json"])
+        .start();
     pod_a.ready().await;
     pod_b.ready().await;
     eventually("the exporter's thread runs", Duration::from_secs(10), || async {
@@ -370,16 +366,11 @@ async fn without_an_otlp_endpoint_nothing_is_traced() {
     // The default OTLP/HTTP port, where an exporter would go if it ran unconfigured.
     let default_receiver = TcpListener::bind("127.0.0.1:4318").ok();
     let nats = Nats::start();
-    let gw = Gateway::serve_env(
-        &nats.url(),
-        &[],
-        "info",
-        &[
-            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-            ("OTEL_SERVICE_NAME", "herald-test"),
-            ("OTEL_TRACES_SAMPLER", "always_on"),
-        ],
-    );
+    let gw = Gateway::serve(&nats)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .env("OTEL_SERVICE_NAME", "herald-test")
+        .env("OTEL_TRACES_SAMPLER", "always_on")
+        .start();
     gw.ready().await;
 
     let mut sse = Sse::with_token(gw.addr, &token("u1", &[], 600), &[]).await;

@@ -2,8 +2,6 @@
 //! (generic mode, Nchan's URL shape) that drops, duplicates and reorders known events and holds
 //! every delivery back by a known delay. The summary must say exactly that.
 
-mod support;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -12,6 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+
+use herald_testkit::loadtest;
 
 const DELAY: Duration = Duration::from_millis(40);
 /// How long a publish to `/slowpub/…` takes to be answered.
@@ -135,7 +135,7 @@ fn run_generic(scenario: &str, publish: &str, flags: &[&str]) -> serde_json::Val
     let mut args = vec![scenario, "--target", &base, "--sse-url-template", "{target}/sub/{channel}"];
     args.extend(["--publish-url-template", &publish, "--grace", "1"]);
     args.extend_from_slice(flags);
-    support::loadtest_ok(&args, Duration::from_secs(60))
+    loadtest::run_ok(&args, Duration::from_secs(60))
 }
 
 #[test]
@@ -196,7 +196,7 @@ fn targeted_generic_runs_spread_publishes_round_robin() {
 
 #[test]
 fn bad_flags_are_reported_together_without_running() {
-    let (code, _, stderr) = support::loadtest(
+    let loadtest::Run { code, stderr, .. } = loadtest::run(
         &["fanout", "--target", "http://192.0.2.1:80", "--connections", "0", "--rate", "0"],
         Duration::from_secs(20),
     );

@@ -1,16 +1,16 @@
 //! `herald-loadtest chaos` end to end: its own three-node NATS cluster and two gateways, killed
 //! and restarted under durable traffic, and not one event lost, repeated or reordered.
 
-mod support;
-
 use std::time::Duration;
+
+use herald_testkit::{bins, loadtest};
 
 #[test]
 fn a_short_chaos_run_kills_gateways_and_nats_nodes_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("chaos.json");
     let html = dir.path().join("chaos.html");
-    let (gateway, nats) = (support::gateway_bin(), herald_testkit::nats_server_bin());
+    let (gateway, nats) = (bins::gateway(), bins::nats_server());
     let args = [
         "chaos",
         "--gateways",
@@ -39,7 +39,7 @@ fn a_short_chaos_run_kills_gateways_and_nats_nodes_and_loses_nothing() {
         &html.display().to_string(),
         "--quiet",
     ];
-    let (code, printed, stderr) = support::loadtest(&args, Duration::from_secs(150));
+    let loadtest::Run { code, summary: printed, stderr } = loadtest::run(&args, Duration::from_secs(150));
     assert_eq!(code, 0, "chaos found problems or failed: {stderr}\n{printed:#}");
 
     let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();

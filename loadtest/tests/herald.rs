@@ -1,13 +1,22 @@
 //! The harness against real gateways and a real nats-server: every delivery scenario must find
 //! what a healthy Herald delivers (nothing missing, nothing twice), through each publish path.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{Gateway, Nats, Secrets, loadtest_ok};
+use herald_testkit::http::get_blocking;
+use herald_testkit::loadtest::{Run, run, run_ok};
+use herald_testkit::process::Process;
+use herald_testkit::{Gateway, Nats, bins, ports};
 
 const LIMIT: Duration = Duration::from_secs(90);
+
+/// A ready gateway against `nats`.
+fn gateway(nats: &Nats) -> Gateway {
+    // Closed streams are noticed at the next write: keep churn's wait short.
+    let gw = Gateway::serve(nats).args(&["--heartbeat-secs", "1"]).start();
+    gw.wait_ready();
+    gw
+}
 
 fn assert_complete(s: &serde_json::Value) {
     assert!(s["expected"].as_u64().unwrap() > 0, "{s:#}");
@@ -22,9 +31,8 @@ fn assert_complete(s: &serde_json::Value) {
 #[test]
 fn fanout_through_core_nats_misses_nothing() {
     let nats = Nats::start();
-    let secrets = Secrets::new();
-    let gw = Gateway::serve(&nats, &secrets);
-    let s = loadtest_ok(
+    let gw = gateway(&nats);
+    let s = run_ok(
         &[
             "fanout",
             "--target",
@@ -32,7 +40,7 @@ fn fanout_through_core_nats_misses_nothing() {
             "--nats-url",
             &nats.url(),
             "--jwt-secret-file",
-            &secrets.secret(),
+            &gw.keys().jwt_secret(),
             "--connections",
             "40",
             "--rate",
@@ -55,15 +63,14 @@ fn fanout_through_core_nats_misses_nothing() {
 #[test]
 fn targeted_through_http_and_jetstream_misses_nothing() {
     let nats = Nats::start();
-    let secrets = Secrets::new();
-    let gw = Gateway::serve(&nats, &secrets);
+    let gw = gateway(&nats);
     let base = [
         "--target",
         &gw.url(),
         "--jwt-secret-file",
-        &secrets.secret(),
+        &gw.keys().jwt_secret(),
         "--publish-keys-file",
-        &secrets.keys(),
+        &gw.keys().publish_keys(),
         "--connections",
         "30",
         "--rate",
@@ -73,7 +80,7 @@ fn targeted_through_http_and_jetstream_misses_nothing() {
     ];
     let mut http: Vec<&str> = vec!["targeted", "--publish", "http"];
     http.extend(base);
-    let s = loadtest_ok(&http, LIMIT);
+    let s = run_ok(&http, LIMIT);
     assert_complete(&s);
     assert_eq!(s["expected"], 120, "each publish reaches one client");
     assert_eq!(s["publish"]["errors"], 0);
@@ -81,7 +88,7 @@ fn targeted_through_http_and_jetstream_misses_nothing() {
     let nats_url = nats.url();
     let mut js: Vec<&str> = vec!["targeted", "--publish", "jetstream", "--nats-url", &nats_url, "--by", "user"];
     js.extend(base);
-    let s = loadtest_ok(&js, LIMIT);
+    let s = run_ok(&js, LIMIT);
     assert_complete(&s);
     assert_eq!(s["publish"]["via"], "jetstream");
 }
@@ -89,9 +96,8 @@ fn targeted_through_http_and_jetstream_misses_nothing() {
 #[test]
 fn child_processes_share_the_connections_and_merge_their_histograms() {
     let nats = Nats::start();
-    let secrets = Secrets::new();
-    let gw = Gateway::serve(&nats, &secrets);
-    let s = loadtest_ok(
+    let gw = gateway(&nats);
+    let s = run_ok(
         &[
             "fanout",
             "--target",
@@ -99,7 +105,7 @@ fn child_processes_share_the_connections_and_merge_their_histograms() {
             "--nats-url",
             &nats.url(),
             "--jwt-secret-file",
-            &secrets.secret(),
+            &gw.keys().jwt_secret(),
             "--connections",
             "31",
             "--rate",
@@ -120,15 +126,14 @@ fn child_processes_share_the_connections_and_merge_their_histograms() {
 #[test]
 fn churn_brings_the_gateway_gauge_back_to_zero_and_connect_measures_memory() {
     let nats = Nats::start();
-    let secrets = Secrets::new();
-    let gw = Gateway::serve(&nats, &secrets);
-    let s = loadtest_ok(
+    let gw = gateway(&nats);
+    let s = run_ok(
         &[
             "churn",
             "--target",
             &gw.url(),
             "--jwt-secret-file",
-            &secrets.secret(),
+            &gw.keys().jwt_secret(),
             "--connections",
             "50",
             "--cycles",
@@ -141,15 +146,16 @@ fn churn_brings_the_gateway_gauge_back_to_zero_and_connect_measures_memory() {
     assert_eq!(s["connect"]["connected"], 150, "{s:#}");
     assert_eq!(s["connect"]["failed"], 0, "{s:#}");
     assert_eq!(s["churn"]["gateway"]["gauge_returned_to_zero"], true, "{s:#}");
-    assert_eq!(gw.connections(), 0);
+    let stats = get_blocking(gw.addr, "/stats").expect("/stats answers").json();
+    assert_eq!(stats["connections"], 0, "{stats}");
 
-    let s = loadtest_ok(
+    let s = run_ok(
         &[
             "connect",
             "--target",
             &gw.url(),
             "--jwt-secret-file",
-            &secrets.secret(),
+            &gw.keys().jwt_secret(),
             "--connections",
             "200",
             "--duration",
@@ -170,10 +176,10 @@ fn churn_brings_the_gateway_gauge_back_to_zero_and_connect_measures_memory() {
 #[test]
 fn resume_after_a_killed_gateway_loses_and_repeats_nothing() {
     let nats = Nats::start();
-    let gateway = support::gateway_bin();
+    let gateway = bins::gateway();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("resume.json");
-    let s = loadtest_ok(
+    let s = run_ok(
         &[
             "resume",
             "--nats-url",
@@ -200,36 +206,22 @@ fn resume_after_a_killed_gateway_loses_and_repeats_nothing() {
     assert!(!file["timeline"].as_array().unwrap().is_empty(), "the file has the per-second timeline");
 }
 
-/// Worker processes killed when the test ends, however it ends.
-struct Workers(Vec<std::process::Child>);
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[test]
 fn a_coordinator_drives_workers_over_nats_and_merges_them() {
     let nats = Nats::start();
-    let secrets = Secrets::new();
-    let gw = Gateway::serve(&nats, &secrets);
-    let workers = Workers(
-        (0..2)
-            .map(|_| {
-                std::process::Command::new(env!("CARGO_BIN_EXE_herald-loadtest"))
-                    .args(["worker", "--nats-url", &nats.url(), "--once", "--idle-exit", "120"])
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect(),
-    );
-    let s = loadtest_ok(
+    let gw = gateway(&nats);
+    // Killed when the test ends, however it ends.
+    let workers: Vec<Process> = (0..2)
+        .map(|_| {
+            let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_herald-loadtest"));
+            worker
+                .args(["worker", "--nats-url", &nats.url(), "--once", "--idle-exit", "120"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            Process::spawn(&mut worker, "a herald-loadtest worker")
+        })
+        .collect();
+    let s = run_ok(
         &[
             "run",
             "fanout",
@@ -242,7 +234,7 @@ fn a_coordinator_drives_workers_over_nats_and_merges_them() {
             "--nats-url",
             &nats.url(),
             "--jwt-secret-file",
-            &secrets.secret(),
+            &gw.keys().jwt_secret(),
             "--connections",
             "25",
             "--rate",
@@ -264,10 +256,9 @@ fn a_coordinator_drives_workers_over_nats_and_merges_them() {
 #[test]
 fn thresholds_fail_the_run_with_exit_3_naming_the_flag() {
     let nats = Nats::start();
-    let secrets = Secrets::new();
-    let gw = Gateway::serve(&nats, &secrets);
-    let (url, nats_url, secret) = (gw.url(), nats.url(), secrets.secret());
-    let run = |thresholds: &[&str]| {
+    let gw = gateway(&nats);
+    let (url, nats_url, secret) = (gw.url(), nats.url(), gw.keys().jwt_secret());
+    let run_with = |thresholds: &[&str]| {
         let mut args = vec![
             "fanout",
             "--target",
@@ -284,12 +275,13 @@ fn thresholds_fail_the_run_with_exit_3_naming_the_flag() {
             "1",
         ];
         args.extend(thresholds);
-        support::loadtest(&args, LIMIT)
+        run(&args, LIMIT)
     };
-    let (code, report, stderr) = run(&["--max-p99-ms", "60000", "--max-missing", "0", "--max-connect-failures", "0"]);
+    let Run { code, summary: report, stderr } =
+        run_with(&["--max-p99-ms", "60000", "--max-missing", "0", "--max-connect-failures", "0"]);
     assert_eq!(code, 0, "{stderr}");
     assert_complete(&report);
-    let (code, report, stderr) = run(&["--max-p99-ms", "0.001", "--max-missing", "0"]);
+    let Run { code, summary: report, stderr } = run_with(&["--max-p99-ms", "0.001", "--max-missing", "0"]);
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("over --max-p99-ms 0.001"), "{stderr}");
     assert!(!stderr.contains("--max-missing"), "only what was crossed: {stderr}");
@@ -300,17 +292,16 @@ fn thresholds_fail_the_run_with_exit_3_naming_the_flag() {
 /// before anything runs.
 #[test]
 fn a_run_that_connects_nothing_fails_and_https_is_refused_up_front() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let target = format!("http://127.0.0.1:{closed}");
-    let (code, report, stderr) =
-        support::loadtest(&["connect", "--target", &target, "--connections", "10", "--duration", "1"], LIMIT);
+    let target = format!("http://127.0.0.1:{}", ports::UNUSED);
+    let Run { code, summary: report, stderr } =
+        run(&["connect", "--target", &target, "--connections", "10", "--duration", "1"], LIMIT);
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("no connection opened (10 failed)"), "{stderr}");
     assert_eq!(report["connect"]["failed"], 10, "{report:#}");
 
     let started = std::time::Instant::now();
-    let (code, _, stderr) =
-        support::loadtest(&["connect", "--target", "https://herald.example.com", "--connections", "10"], LIMIT);
+    let Run { code, stderr, .. } =
+        run(&["connect", "--target", "https://herald.example.com", "--connections", "10"], LIMIT);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--target \"https://herald.example.com\"") && stderr.contains("plain HTTP"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(5), "refused before the run");

@@ -3,18 +3,15 @@
 use std::time::Duration;
 
 use herald_operator::lease::LeaderLease;
-use http::{Request, Response, StatusCode};
+use herald_testkit::kube_api::{self, Handle, next, respond};
+use http::StatusCode;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::client::Body;
 use serde_json::{Value, json};
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/herald/leases/herald-operator";
 
 fn lease_api() -> (LeaderLease, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "default");
+    let (client, handle) = kube_api::client();
     let api = kube::Api::namespaced(client, "herald");
     (LeaderLease::new(api, "herald-operator", "operator-a", Duration::from_secs(15)), handle)
 }
@@ -30,23 +27,13 @@ fn lease(holder: Option<&str>, renewed_secs_ago: i64, transitions: i32) -> Value
     })
 }
 
-fn respond(status: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder().status(status).body(Body::from(serde_json::to_vec(body).unwrap())).unwrap()
-}
-
 fn status(code: u16, reason: &str) -> Value {
     json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":reason,"code":code,"message":reason})
 }
 
 /// Answers the next request with `answer`; returns its method, path and body.
 async fn answer(handle: &mut Handle, code: StatusCode, answer: &Value) -> (String, String, Value) {
-    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .expect("a request")
-        .expect("service alive");
-    let (method, uri) = (req.method().to_string(), req.uri().to_string());
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    let (method, uri, body, send) = next(handle).await;
     send.send_response(respond(code, answer));
     (method, uri, body)
 }
@@ -129,8 +116,8 @@ async fn a_released_lease_is_free_for_a_standby_at_once() {
 
     // A standby sees the released lease and takes it without waiting for it to run out.
     let (standby, mut handle) = {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let api = kube::Api::namespaced(kube::Client::new(service, "default"), "herald");
+        let (client, handle) = kube_api::client();
+        let api = kube::Api::namespaced(client, "herald");
         (LeaderLease::new(api, "herald-operator", "operator-b", Duration::from_secs(15)), handle)
     };
     let run = tokio::spawn(async move { standby.try_acquire().await.unwrap() });

@@ -3,22 +3,8 @@
 use std::sync::Arc;
 
 use herald_operator::metrics::{self, Metrics};
+use herald_testkit::http;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// One request on its own connection: the head (header names lowercased) and the body.
-async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let head = head.lines().map(|l| match l.split_once(':') {
-        Some((name, value)) => format!("{}:{value}", name.to_ascii_lowercase()),
-        None => l.to_owned(),
-    });
-    (head.collect::<Vec<_>>().join("\n"), body.to_owned())
-}
 
 /// The samples of a text exposition: `name{labels}` → value. Panics on a line that is neither a
 /// comment nor a sample, or on a sample whose family has no `# TYPE`.
@@ -56,10 +42,11 @@ async fn metrics_and_health_are_served() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(metrics::serve(listener, metrics.clone()));
 
-    let (head, body) = get(addr, "/metrics").await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
-    let samples = samples(&body);
+    let res = http(addr, "GET", "/metrics", &[], None).await;
+    assert_eq!(res.status, 200, "{res:?}");
+    let content_type = res.header("content-type").unwrap_or_default();
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    let samples = samples(&res.text());
     let value = |series: &str| samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v);
     assert_eq!(value("herald_operator_leader"), Some(1.0));
     assert_eq!(value("herald_operator_reconciles_total{resource=\"default/demo\"}"), Some(3.0));
@@ -76,11 +63,11 @@ async fn metrics_and_health_are_served() {
     assert!(value("process_open_fds").is_some_and(|n| n >= 3.0));
     assert!(value("process_resident_memory_bytes").is_some_and(|n| n > 0.0));
 
-    let (head, body) = get(addr, "/healthz").await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert_eq!(body, "{\"status\":\"ok\"}");
-    let (head, _) = get(addr, "/nope").await;
-    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let res = http(addr, "GET", "/healthz", &[], None).await;
+    assert_eq!(res.status, 200, "{res:?}");
+    assert_eq!(res.text(), "{\"status\":\"ok\"}");
+    let res = http(addr, "GET", "/nope", &[], None).await;
+    assert_eq!(res.status, 404, "{res:?}");
 
     // Keep-alive: two scrapes on one connection.
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();

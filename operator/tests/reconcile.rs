@@ -7,13 +7,11 @@ use std::time::Duration;
 use herald_operator::controller::{self, Context};
 use herald_operator::crd::RealtimeGateway;
 use herald_operator::metrics::Metrics;
-use http::{Request, Response, StatusCode};
-use kube::client::Body;
+use herald_testkit::kube_api::{self, Handle, next, respond};
+use http::StatusCode;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 fn rtgw(status: Option<Value>) -> RealtimeGateway {
     let mut v = json!({
@@ -44,23 +42,6 @@ fn rtgw(status: Option<Value>) -> RealtimeGateway {
         v["status"] = s;
     }
     serde_json::from_value(v).unwrap()
-}
-
-fn respond(status: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder().status(status).body(Body::from(serde_json::to_vec(body).unwrap())).unwrap()
-}
-
-/// The next request: method, path and query, and JSON body.
-async fn next(handle: &mut Handle) -> (String, String, Value, tower_test::mock::SendResponse<Response<Body>>) {
-    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .expect("a request")
-        .expect("service alive");
-    let method = req.method().to_string();
-    let uri = req.uri().to_string();
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-    (method, uri, body, send)
 }
 
 /// The status condition of `type_`.
@@ -152,8 +133,7 @@ async fn serve_writes(handle: &mut Handle) -> Writes {
 }
 
 fn context() -> (Arc<Context>, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "default");
+    let (client, handle) = kube_api::client();
     (
         Context::new(client, Arc::new(Metrics::default()), Duration::from_secs(15), Some("herald-operator-0".into())),
         handle,

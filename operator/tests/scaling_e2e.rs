@@ -3,107 +3,34 @@
 //! scales the Deployment up as connections pass the target and back down after the window,
 //! as seen in the PATCH bodies it sends.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herald_operator::controller::{self, Context};
 use herald_operator::crd::RealtimeGateway;
 use herald_operator::metrics::Metrics;
-use http::{Request, Response, StatusCode};
-use kube::client::Body;
+use herald_testkit::kube_api::{self, read, respond};
+use herald_testkit::{Gateway, Nats, Sse, token};
+use http::StatusCode;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const SECRET: &[u8] = b"e2e-secret-0123456789abcdef01234";
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_nats(dir: &std::path::Path) -> (Proc, u16) {
-    let (child, port, _) = herald_testkit::spawn_nats_on_free_ports(false, Some(dir), &dir.join("nats.log"));
-    (Proc(child), port)
-}
-
-/// `herald-gateway` of the same build profile as this test (`target/<profile>/`: this test runs
-/// from `target/<profile>/deps/`), so `cargo test --release` finds the release build.
-fn gateway_beside_this_test() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    let profile = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>");
-    let bin = profile.join("herald-gateway");
-    assert!(
-        bin.exists(),
-        "{} is not built: cargo test --workspace builds it, or cargo build -p herald-gateway (with the same profile), or set HERALD_GATEWAY_BIN",
-        bin.display()
-    );
-    bin
-}
-
-fn start_gateway(nats_port: u16, secret: &std::path::Path) -> (Proc, u16) {
-    let bin = std::env::var("HERALD_GATEWAY_BIN").map(PathBuf::from).unwrap_or_else(|_| gateway_beside_this_test());
-    let mut child = Command::new(&bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--heartbeat-secs", "1", "--nats-url"])
-        .arg(format!("nats://127.0.0.1:{nats_port}"))
-        .arg("--jwt-secret-file")
-        .arg(secret)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (build it with cargo build -p herald-gateway)", bin.display()));
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening on http://127.0.0.1:").nth(1) {
-                let _ = tx.send(addr.trim().parse::<u16>().unwrap());
-            }
-        }
-    });
-    let port = rx.recv_timeout(Duration::from_secs(20)).expect("gateway started");
-    (Proc(child), port)
-}
-
-fn token(user: &str) -> String {
-    let exp = jsonwebtoken::get_current_timestamp() + 600;
-    let claims = json!({"sub": user, "exp": exp, "channels": []});
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(SECRET))
-        .unwrap()
-}
 
 /// Opens an SSE stream on `port` and reads until `connected`.
-async fn open_stream(port: u16, user: &str) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let req = format!("GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", token(user));
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("event: connected") {
-        let mut buf = [0u8; 2048];
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "stream refused: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
+async fn open_stream(port: u16, user: &str) -> Sse {
+    let mut s = Sse::with_token(([127, 0, 0, 1], port).into(), &token(user, &[], 600), &[]).await;
+    assert_eq!(s.next().await.event, "connected");
     s
 }
 
 /// The mocked API server: three ready pods (the gateways), a Deployment whose replicas follow
 /// the operator's PATCHes, and a record of every replica count it applied.
 fn mock_api(ports: Vec<u16>, applied: Arc<Mutex<Vec<(Instant, u64)>>>) -> kube::Client {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (client, mut handle) = kube_api::client();
     tokio::spawn(async move {
         let mut replicas: Option<u64> = None;
         while let Some((req, send)) = handle.next_request().await {
-            let (method, uri) = (req.method().to_string(), req.uri().path().to_owned());
-            let body = req.into_body().collect_bytes().await.unwrap();
-            let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
-            let (status, reply) = match (method.as_str(), uri.as_str()) {
+            let path = req.uri().path().to_owned();
+            let (method, _, body) = read(req).await;
+            let (status, reply) = match (method.as_str(), path.as_str()) {
                 ("GET", "/apis/apps/v1/namespaces/default/deployments/demo") => match replicas {
                     Some(r) => (
                         StatusCode::OK,
@@ -136,12 +63,10 @@ fn mock_api(ports: Vec<u16>, applied: Arc<Mutex<Vec<(Instant, u64)>>>) -> kube::
                 ("POST", _) => (StatusCode::CREATED, body),
                 _ => (StatusCode::OK, body),
             };
-            send.send_response(
-                Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap(),
-            );
+            send.send_response(respond(status, &reply));
         }
     });
-    kube::Client::new(service, "default")
+    client
 }
 
 fn rtgw() -> RealtimeGateway {
@@ -161,12 +86,10 @@ fn rtgw() -> RealtimeGateway {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_scales_real_gateways_up_and_down_with_their_connections() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, SECRET).unwrap();
-    let (_nats, nats_port) = start_nats(dir.path());
-    let gateways: Vec<(Proc, u16)> = (0..3).map(|_| start_gateway(nats_port, &secret)).collect();
-    let ports: Vec<u16> = gateways.iter().map(|g| g.1).collect();
+    let nats = Nats::start();
+    let gateways: Vec<Gateway> =
+        (0..3).map(|_| Gateway::serve(&nats).args(&["--heartbeat-secs", "1"]).start()).collect();
+    let ports: Vec<u16> = gateways.iter().map(|g| g.addr.port()).collect();
 
     let applied = Arc::new(Mutex::new(Vec::new()));
     let client = mock_api(ports.clone(), applied.clone());

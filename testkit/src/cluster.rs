@@ -1,53 +1,72 @@
-//! A three-node NATS cluster with JetStream on loopback, whose nodes can be killed, restarted,
-//! and cut off from each other.
+//! A NATS cluster with JetStream on loopback, whose nodes can be killed, restarted, and cut off
+//! from each other.
 //!
 //! Every route runs through a [`Proxy`] of its own, one per ordered pair of nodes: node `i`
 //! reaches node `j` only through `proxies[i][j]`. Cutting every proxy to and from a node isolates
 //! it from the others while its clients stay connected to it. Each node advertises a route
 //! address nobody listens on, so no node can open a route around the proxies from what the
 //! others gossip: the full mesh is the explicit one.
+//!
+//! Each node picks its own client, monitoring and route ports (`-1`); the proxies exist first
+//! (a node's `--routes` name them), refuse connections until the node they lead to has
+//! started, and are then pointed at its route port. A restarted node takes its old ports again.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
-use super::{Proxy, free_port, nats_server_bin};
+use crate::http::try_http;
+use crate::nats::{self, NatsUrl, log_tail};
+use crate::ports::UNUSED;
+use crate::process::Process;
+use crate::proxy::Proxy;
 
 pub struct Node {
     pub name: String,
+    /// The client port (0 until the node first started).
     pub port: u16,
     pub monitor_port: u16,
     cluster_port: u16,
+    /// The ports of the proxies that lead to the other nodes.
     routes: Vec<u16>,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    server: Option<Process>,
 }
 
 impl Node {
-    fn spawn(&mut self, dead_port: u16) {
+    /// Starts the node: on ports of its own choosing the first time, on the same ones after.
+    fn spawn(&mut self) {
+        let port = |p: u16| if p == 0 { "-1".to_owned() } else { p.to_string() };
         let routes: Vec<String> = self.routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
-        let child = Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor_port.to_string()])
-            .args(["-js", "-sd"])
-            .arg(self.dir.path())
-            .args(["--server_name", &self.name, "--cluster_name", "herald-test"])
-            .args(["--cluster", &format!("nats://127.0.0.1:{}", self.cluster_port)])
-            .args(["--cluster_advertise", &format!("127.0.0.1:{dead_port}")])
-            .args(["--routes", &routes.join(",")])
-            .arg("--log")
-            .arg(self.dir.path().join("nats.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        self.child = Some(child);
-        let end = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < end, "nats-server {} did not start", self.name);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let args: Vec<String> = [
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port(self.port),
+            "-m",
+            &port(self.monitor_port),
+            "-js",
+            "-sd",
+            &self.dir.path().join("store").display().to_string(),
+            "--server_name",
+            &self.name,
+            "--cluster_name",
+            "herald-test",
+            "--cluster",
+            &format!("nats://127.0.0.1:{}", port(self.cluster_port)),
+            "--cluster_advertise",
+            &format!("127.0.0.1:{UNUSED}"),
+            "--routes",
+            &routes.join(","),
+        ]
+        .map(String::from)
+        .into();
+        let (server, ports) = nats::spawn(&args, self.dir.path());
+        self.port = ports.client;
+        self.monitor_port = ports.monitoring.expect("a monitoring port in the ports file");
+        self.cluster_port = ports.cluster.expect("a route port in the ports file");
+        self.server = Some(server);
     }
 
     pub fn url(&self) -> String {
@@ -60,13 +79,19 @@ impl Node {
     }
 
     pub fn is_up(&self) -> bool {
-        self.child.is_some()
+        self.server.is_some()
     }
 
     async fn monitor(&self, path: &str) -> Option<serde_json::Value> {
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.monitor_port).parse().unwrap();
-        let res = super::try_http(addr, "GET", path, &[], None).await.ok()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.monitor_port));
+        let res = try_http(addr, "GET", path, &[], None).await.ok()?;
         serde_json::from_slice(&res.body).ok()
+    }
+}
+
+impl NatsUrl for Node {
+    fn nats_url(&self) -> String {
+        self.url()
     }
 }
 
@@ -74,37 +99,42 @@ pub struct NatsCluster {
     pub nodes: Vec<Node>,
     /// `proxies[i][j]`: the route from node `i` to node `j` (`None` on the diagonal).
     proxies: Vec<Vec<Option<Proxy>>>,
-    dead_port: u16,
 }
 
 impl NatsCluster {
     /// Starts `size` nodes and waits until they form a cluster with a JetStream leader.
     pub async fn start(size: usize) -> NatsCluster {
-        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let mut proxies = Vec::new();
         for i in 0..size {
             let mut row = Vec::new();
-            for (j, port) in cluster_ports.iter().enumerate() {
-                row.push(if i == j { None } else { Some(Proxy::start(*port).await) });
+            for j in 0..size {
+                row.push(if i == j { None } else { Some(Proxy::unpointed().await) });
             }
             proxies.push(row);
         }
         let mut nodes: Vec<Node> = (0..size)
             .map(|i| Node {
                 name: format!("n{i}"),
-                port: free_port(),
-                monitor_port: free_port(),
-                cluster_port: cluster_ports[i],
+                port: 0,
+                monitor_port: 0,
+                cluster_port: 0,
                 routes: proxies[i].iter().flatten().map(|p: &Proxy| p.port).collect(),
                 dir: tempfile::tempdir().unwrap(),
-                child: None,
+                server: None,
             })
             .collect();
-        let dead_port = free_port();
         for node in &mut nodes {
-            node.spawn(dead_port);
+            node.spawn();
         }
-        let cluster = NatsCluster { nodes, proxies, dead_port };
+        // Every node's route port is known now: the routes to it may go through.
+        for row in &proxies {
+            for (j, proxy) in row.iter().enumerate() {
+                if let Some(proxy) = proxy {
+                    proxy.point_to(nodes[j].cluster_port);
+                }
+            }
+        }
+        let cluster = NatsCluster { nodes, proxies };
         cluster.formed().await;
         cluster
     }
@@ -146,14 +176,7 @@ impl NatsCluster {
                 let logs: Vec<String> = up
                     .iter()
                     .map(|n| {
-                        let log = n.log();
-                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                        format!(
-                            "--- {} (port {}):\n{}",
-                            n.name,
-                            n.port,
-                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                        )
+                        format!("--- {} (port {}):\n{}", n.name, n.port, log_tail(&n.dir.path().join("nats.log"), 15))
                     })
                     .collect();
                 panic!(
@@ -167,17 +190,13 @@ impl NatsCluster {
 
     /// SIGKILLs node `i`, keeping its store for a restart.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.nodes[i].server = None;
     }
 
     /// Starts a killed node again on its ports and store, and waits until it is back in the
     /// cluster.
     pub async fn restart(&mut self, i: usize) {
-        let dead_port = self.dead_port;
-        self.nodes[i].spawn(dead_port);
+        self.nodes[i].spawn();
         self.formed().await;
     }
 
@@ -267,10 +286,8 @@ impl NatsCluster {
     }
 }
 
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        for i in 0..self.nodes.len() {
-            self.kill(i);
-        }
+impl NatsUrl for NatsCluster {
+    fn nats_url(&self) -> String {
+        self.urls()
     }
 }

@@ -1,11 +1,13 @@
 //! The ledger of a fault test: who each event is for, what each client is owed, and the check
 //! that every client received exactly that, once each, in order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{Follower, diff, eventually, token};
+use crate::follower::Follower;
+use crate::tokens::token;
+use crate::wait::eventually;
 
 pub const CHANNELS: usize = 10;
 
@@ -51,6 +53,7 @@ impl Ledger {
             _ => self.broadcast.push(seq),
         }
     }
+
     /// What client `client`, which started at `cursor`, is owed, in order.
     pub fn expected(&self, client: usize, cursor: Option<u64>) -> Vec<u64> {
         let mut all: Vec<u64> = self.per_user.get(&client).cloned().unwrap_or_default();
@@ -60,6 +63,19 @@ impl Ledger {
         all.sort();
         all
     }
+}
+
+/// Missing and duplicated sequences of `got` against `expected`.
+pub fn diff(expected: &[u64], got: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    let have: HashSet<u64> = got.iter().copied().collect();
+    let missing = expected.iter().copied().filter(|s| !have.contains(s)).collect();
+    let mut counts = HashMap::new();
+    for s in got {
+        *counts.entry(*s).or_insert(0) += 1;
+    }
+    let mut dups: Vec<u64> = counts.into_iter().filter(|(_, n)| *n > 1).map(|(s, _)| s).collect();
+    dups.sort();
+    (missing, dups)
 }
 
 pub fn followers(count: usize, gateways: &[SocketAddr]) -> Vec<Follower> {
