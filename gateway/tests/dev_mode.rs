@@ -8,7 +8,7 @@ async fn dev_mode_streams_without_nats_or_tokens() {
     // No NATS anywhere: the in-process broker carries the events.
     let gw = Gateway::dev().start();
     gw.ready().await;
-    assert!(gw.log_text().contains("DEVELOPMENT MODE"), "dev mode says so loudly");
+    gw.wait_for_log("DEVELOPMENT MODE").await; // dev mode says so loudly
 
     let mut alice = Sse::open(gw.addr, "/events?user=alice&channels=booking:42", &[]).await.unwrap();
     let connected = alice.next().await;
@@ -131,5 +131,5 @@ async fn dev_mode_answers_this_machine_only() {
     );
     let remote = Gateway::dev().args(&["--allow-remote"]).start();
     remote.ready().await;
-    assert!(remote.log_text().contains("publish to everyone"), "{}", remote.log_text());
+    remote.wait_for_log("publish to everyone").await;
 }

@@ -165,7 +165,7 @@ async fn events_published_while_the_gateways_nats_link_was_down_are_refilled() {
     assert_exactly_once(&fs, &ledger).await;
     let connects: usize = fs.iter().map(|f| f.seen.lock().unwrap().connects).sum();
     assert_eq!(connects, CLIENTS, "sessions stayed open through the outage");
-    assert!(gw.log_text().contains("gap refilled"), "{}", gw.log_text());
+    gw.wait_for_log("gap refilled").await;
 }
 
 /// The gateway's NATS link goes down twice, a second apart, while 200 clients stream and 50

@@ -72,5 +72,5 @@ async fn an_expiring_token_ends_the_stream_with_token_expired() {
     assert_eq!((last.event.as_str(), last.id.as_deref()), ("token_expired", None));
     assert!(opened.elapsed() >= Duration::from_secs(1), "not before the token's exp");
     eventually("the session is gone", Duration::from_secs(5), || async { gw.stats().await["connections"] == 0 }).await;
-    assert!(gw.log_text().contains("reason=\"token_expired\""));
+    gw.wait_for_log("reason=\"token_expired\"").await;
 }

@@ -199,6 +199,19 @@ impl Gateway {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Waits until its log holds `text`, and panics with the log after 10 s. A thread of its
+    /// own reads the log, so a line the gateway has written may not be in [`Self::log_text`]
+    /// yet when the test looks.
+    pub async fn wait_for_log(&self, text: &str) {
+        let seen = tokio::time::timeout(Duration::from_secs(10), async {
+            while !self.log_text().contains(text) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(seen.is_ok(), "the log never said {text:?}:\n{}", self.log_text());
+    }
+
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }
