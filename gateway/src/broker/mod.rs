@@ -20,8 +20,11 @@ use tokio::sync::watch;
 use crate::broker::resume::ResetReason;
 use crate::event::{Delivery, EventId, Outgoing, Target};
 
+/// The in-process broker of `dev` mode, with the semantics of NATS and JetStream.
 pub(crate) mod memory;
+/// NATS and JetStream.
 pub mod nats;
+/// What a resume owes a client, decided once for every broker and path.
 pub(crate) mod resume;
 
 pub use memory::MemoryBroker;

@@ -14,6 +14,7 @@ use crate::broker::HistoryLimits;
 use crate::broker::nats::{History, NatsOptions, StreamOptions};
 use crate::names::validate_name;
 
+/// The command line.
 mod flags;
 
 pub use flags::{Cli, Command, CommonArgs, DevArgs, LogFormat, PublishArgs, ServeArgs, Toggle};

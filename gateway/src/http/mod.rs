@@ -19,14 +19,23 @@ use crate::ops::dashboard::Fleet;
 use crate::ops::metrics::Metrics;
 use crate::presence::Presence;
 
+/// Who a browser's request is, and which of its channels it may have.
 pub mod client_auth;
+/// `POST /v1/client-events`: a browser's small ephemeral event to a channel.
 pub(crate) mod client_events;
+/// `GET /dashboard` and its stream.
 pub(crate) mod dashboard;
+/// The demo page and the browser client's modules, in `dev` mode.
 pub(crate) mod dev;
+/// `GET /events`: the SSE stream.
 pub mod events;
+/// `/healthz`, `/readyz` and `/stats`.
 pub(crate) mod health;
+/// `GET /metrics`.
 pub(crate) mod metrics;
+/// `GET /v1/presence/{channel}`.
 pub(crate) mod presence;
+/// `POST /v1/publish`.
 pub mod publish;
 
 /// Shared by every worker.

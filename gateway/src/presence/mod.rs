@@ -20,6 +20,7 @@
 //! pod, whatever the number of streams and reads, and reads answer from memory, kept current by
 //! the watch.
 
+/// Where each pod keeps its part of the fleet's presence.
 pub(crate) mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -37,12 +37,19 @@ use headers::delivery_from;
 use reads::{Bounds, ResumeReads, StreamAccess};
 use stream::{ensure_stream, epoch_in, stream_info, watch_reach};
 
+/// The round trip that confirms new subscriptions are in place.
 mod barrier;
+/// What a message's headers say: type, sender, stamp, trace, id.
 mod headers;
+/// Reads of the stream, shared by the callers of one moment.
 mod reads;
+/// The hub's refill of a gap, with an ordered consumer.
 mod replay;
+/// A durable publish, retried with its message ids.
 mod store;
+/// The stream's configuration and epoch, and whether it can store and reach this gateway.
 mod stream;
+/// A resuming client's gap, one read per event and subject, a page at a time.
 mod walk;
 
 pub use headers::{HEADER_FROM, HEADER_PUBLISHED_AT, HEADER_TYPE, event_headers};

@@ -59,6 +59,7 @@ use crate::delivery::outbox::Outbox;
 use crate::event::{EventId, Target};
 use crate::ops::metrics::Metrics;
 
+/// The ordered merge of the subscriptions, the refills of gaps, and the fan-out.
 mod dispatcher;
 
 use dispatcher::Dispatcher;
