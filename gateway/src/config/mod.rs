@@ -275,29 +275,12 @@ impl Settings {
         if a.client_queue_bytes < 4096 {
             errors.push(format!("--client-queue-bytes must be at least 4096, got {}", a.client_queue_bytes));
         }
-        let max_age = match parse_duration(&a.history_max_age) {
-            Some(d) if d >= Duration::from_secs(1) => d,
-            _ => {
-                errors.push(format!(
-                    "--history-max-age {:?} is not a duration of at least 1s (seconds, or like 90s, 15m, 24h, 7d)",
-                    a.history_max_age
-                ));
-                Duration::from_secs(1)
-            }
-        };
+        let max_age = duration_flag("--history-max-age", &a.history_max_age, "90s, 15m, 24h, 7d", errors);
         if a.history_max_per_subject == 0 {
             errors.push("--history-max-per-subject must be at least 1".into());
         }
-        let dedup_window = match parse_duration(&a.history_dedup_window) {
-            Some(d) if d >= Duration::from_secs(1) => d.min(max_age),
-            _ => {
-                errors.push(format!(
-                    "--history-dedup-window {:?} is not a duration of at least 1s (seconds, or like 90s, 2m, 1h)",
-                    a.history_dedup_window
-                ));
-                Duration::from_secs(1)
-            }
-        };
+        let dedup_window =
+            duration_flag("--history-dedup-window", &a.history_dedup_window, "90s, 2m, 1h", errors).min(max_age);
         if a.max_replay == 0 {
             errors.push("--max-replay must be at least 1".into());
         }
@@ -361,6 +344,18 @@ impl Settings {
             client_event_max_bytes: a.client_event_max_bytes,
             client_event_rate: a.client_event_rate,
             client_event_burst: a.client_event_burst,
+        }
+    }
+}
+
+/// The value of the duration flag `flag`, at least 1 s; when it is not one, an error that shows
+/// the forms it takes (`examples`), and 1 s.
+fn duration_flag(flag: &str, value: &str, examples: &str, errors: &mut Vec<String>) -> Duration {
+    match parse_duration(value) {
+        Some(d) if d >= Duration::from_secs(1) => d,
+        _ => {
+            errors.push(format!("{flag} {value:?} is not a duration of at least 1s (seconds, or like {examples})"));
+            Duration::from_secs(1)
         }
     }
 }
