@@ -69,19 +69,22 @@ fn run(args: PublishArgs) -> Result<String, String> {
             (None, None) => None,
         };
         let endpoint = format!("{}/v1/publish", url.trim_end_matches('/'));
-        return actix_web::rt::System::new().block_on(async move {
-            let mut req = awc::Client::builder()
+        crate::access::jwks::install_crypto();
+        let runtime = current_thread_runtime()?;
+        return runtime.block_on(async move {
+            let client = reqwest::Client::builder()
                 .timeout(PUBLISH_TIMEOUT)
-                .finish()
-                .post(&endpoint)
-                .content_type("application/json");
+                .user_agent(concat!("herald-gateway/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            let mut req = client.post(&endpoint).header(reqwest::header::CONTENT_TYPE, "application/json");
             if let Some(key) = key {
                 req = req.bearer_auth(key);
             }
-            let mut res = req.send_body(body).await.map_err(|e| format!("POST {endpoint}: {e}"))?;
-            let text = res.body().await.map_err(|e| format!("reading the response: {e}"))?;
-            let text = String::from_utf8_lossy(&text).into_owned();
-            if res.status().is_success() { Ok(text) } else { Err(format!("{}: {text}", res.status())) }
+            let res = req.body(body).send().await.map_err(|e| format!("POST {endpoint}: {}", e.without_url()))?;
+            let status = res.status();
+            let text = res.text().await.map_err(|e| format!("reading the response: {}", e.without_url()))?;
+            if status.is_success() { Ok(text) } else { Err(format!("{status}: {text}")) }
         });
     }
 
@@ -96,8 +99,7 @@ fn run(args: PublishArgs) -> Result<String, String> {
         history: if args.ephemeral { History::Off } else { History::Existing },
         publish_retry: PUBLISH_RETRY,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    runtime.block_on(async move {
+    current_thread_runtime()?.block_on(async move {
         tokio::time::timeout(PUBLISH_TIMEOUT, async move {
             let broker = NatsBroker::connect(&opts).await.map_err(|e| e.to_string())?;
             let ids = broker.publish(valid.targets, valid.event).await.map_err(|e| e.to_string())?;
@@ -107,4 +109,8 @@ fn run(args: PublishArgs) -> Result<String, String> {
         .await
         .map_err(|_| format!("NATS did not accept the event within {}s", PUBLISH_TIMEOUT.as_secs()))?
     })
+}
+
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())
 }

@@ -117,11 +117,16 @@ pub fn run(config: Config) -> std::io::Result<()> {
                     let path = req.path().to_owned();
                     let query = redact_query(req.query_string());
                     let fut = srv.call(req);
-                    async move {
+                    // Boxed: actix-http keeps room for the request's future inside each
+                    // connection for the connection's whole life, and an event stream is one
+                    // request that lasts as long as its connection. Boxed, the future (about
+                    // 330 bytes) is freed once the response starts instead of held by every
+                    // idle stream (docs/benchmarks.md, "Where an idle connection's memory goes").
+                    Box::pin(async move {
                         let res = fut.await?;
                         tracing::debug!(%method, %path, %query, status = res.status().as_u16(), "request");
                         Ok(res)
-                    }
+                    })
                 })
                 .configure(|cfg| http::routes(cfg, dev))
         })
