@@ -172,7 +172,7 @@ impl Dispatcher {
                 });
             }
             Command::Attach(topic, result) => {
-                if matches!(*topic.state.borrow(), TopicState::Closed) {
+                if topic.status.is(|s| matches!(s, TopicState::Closed)) {
                     return; // everyone left while subscribing; dropping the stream unsubscribes
                 }
                 match result {
@@ -187,11 +187,11 @@ impl Dispatcher {
                         topic.slot.store(entry.key(), Ordering::Relaxed);
                         self.by_target.insert(topic.target.clone(), entry.key());
                         entry.insert(Slot { topic: topic.clone(), stream, waker, new: true });
-                        topic.state.send_replace(TopicState::Live);
+                        topic.status.set(TopicState::Live);
                     }
                     Err(e) => {
                         tracing::warn!(target = %topic.target, error = %e, "subscribe failed");
-                        topic.state.send_replace(TopicState::Failed(e.to_string()));
+                        topic.status.set(TopicState::Failed(e.to_string()));
                     }
                 }
             }
@@ -426,7 +426,7 @@ impl Dispatcher {
                         Poll::Ready(None) => {
                             // The broker ended this subscription: its sessions must reconnect.
                             let Some(slot) = self.remove_slot(index) else { break };
-                            slot.topic.state.send_replace(TopicState::Failed("ended by the broker".into()));
+                            slot.topic.status.set(TopicState::Failed("ended by the broker".into()));
                             tracing::warn!(target = %slot.topic.target, "subscription ended by the broker");
                             for (_, outbox) in slot.topic.members.read().iter() {
                                 outbox.close(CloseReason::Error, Some(sse::retry_frame(1000)));

@@ -52,7 +52,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use slab::Slab;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 
 use crate::broker::{Broker, BrokerError, EventStream, Replay};
 use crate::delivery::outbox::Outbox;
@@ -75,6 +75,43 @@ enum TopicState {
     Closed,
 }
 
+/// A topic's [`TopicState`], and a wake-up for the joins waiting on it to settle.
+///
+/// Not a `tokio::sync::watch`: its shared state is about 360 bytes, held by every topic, which
+/// with one user per stream is every stream; this is about 80.
+struct TopicStatus {
+    state: Mutex<TopicState>,
+    changed: Notify,
+}
+
+impl TopicStatus {
+    fn new() -> Self {
+        TopicStatus { state: Mutex::new(TopicState::Pending), changed: Notify::new() }
+    }
+
+    fn is(&self, f: impl FnOnce(&TopicState) -> bool) -> bool {
+        f(&self.state.lock())
+    }
+
+    fn set(&self, state: TopicState) {
+        *self.state.lock() = state;
+        self.changed.notify_waiters();
+    }
+
+    /// The state once it is no longer `Pending`.
+    async fn settled(&self) -> TopicState {
+        loop {
+            // Created before the check: a `set` between the check and the wait still wakes it.
+            let changed = self.changed.notified();
+            match &*self.state.lock() {
+                TopicState::Pending => {}
+                settled => return settled.clone(),
+            }
+            changed.await;
+        }
+    }
+}
+
 /// One subject of this pod, and the sessions that want it.
 pub struct Topic {
     target: Target,
@@ -83,7 +120,7 @@ pub struct Topic {
     /// that the last one to leave and a new one joining agree on whether the topic lives; the
     /// members themselves are added and removed outside it.
     holders: AtomicUsize,
-    state: watch::Sender<TopicState>,
+    status: TopicStatus,
     /// The dispatcher's slot for this topic's subscription (`NO_SLOT` until attached).
     slot: AtomicUsize,
 }
@@ -235,7 +272,7 @@ impl Hub {
                 .map(|target| {
                     let usable = topics
                         .get(target)
-                        .filter(|t| matches!(*t.state.borrow(), TopicState::Pending | TopicState::Live))
+                        .filter(|t| t.status.is(|s| matches!(s, TopicState::Pending | TopicState::Live)))
                         .cloned();
                     let topic = usable.unwrap_or_else(|| {
                         // New, or a failed subscription that a fresh one replaces.
@@ -243,7 +280,7 @@ impl Hub {
                             target: target.clone(),
                             members: RwLock::new(Slab::new()),
                             holders: AtomicUsize::new(0),
-                            state: watch::Sender::new(TopicState::Pending),
+                            status: TopicStatus::new(),
                             slot: AtomicUsize::new(NO_SLOT),
                         });
                         topics.insert(target.clone(), topic.clone());
@@ -257,23 +294,17 @@ impl Hub {
         };
         // Outside the topics lock: a fan-out holding a topic's members must not stall every
         // other join and leave of the pod.
-        let mut pending = Vec::new();
         for topic in held {
             let key = topic.members.write().insert(outbox.clone());
-            if !matches!(*topic.state.borrow(), TopicState::Live) {
-                pending.push(topic.state.subscribe());
-            }
             membership.entries.push((topic, key));
         }
-        for mut state in pending {
-            let settled =
-                tokio::time::timeout(SUBSCRIBE_TIMEOUT, state.wait_for(|s| !matches!(s, TopicState::Pending)))
-                    .await
-                    .map_err(|_| JoinError::Timeout)?
-                    .map_err(|_| JoinError::Closed)?;
-            match &*settled {
+        for (topic, _) in &membership.entries {
+            let settled = tokio::time::timeout(SUBSCRIBE_TIMEOUT, topic.status.settled())
+                .await
+                .map_err(|_| JoinError::Timeout)?;
+            match settled {
                 TopicState::Live => {}
-                TopicState::Failed(e) => return Err(JoinError::Broker(BrokerError::Unavailable(e.clone()))),
+                TopicState::Failed(e) => return Err(JoinError::Broker(BrokerError::Unavailable(e))),
                 TopicState::Pending | TopicState::Closed => return Err(JoinError::Closed),
             }
         }
@@ -302,7 +333,7 @@ impl Hub {
                 topics.remove(&topic.target);
             }
         }
-        topic.state.send_replace(TopicState::Closed);
+        topic.status.set(TopicState::Closed);
         let _ = self.commands.send(Command::Close(topic.clone()));
     }
 }

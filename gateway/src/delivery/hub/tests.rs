@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::*;
 use crate::broker::{Link, Resumption};
@@ -32,6 +32,8 @@ struct Scripted {
     /// already queue their events).
     gated: AtomicBool,
     gate: Arc<tokio::sync::Notify>,
+    /// While set, subscriptions fail (after the gate, when gated).
+    failing: AtomicBool,
     /// Connections made: moves before the link says so, as a NATS client's count does.
     connections: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -78,6 +80,7 @@ impl Script {
             head,
             gated: AtomicBool::new(false),
             gate: Arc::default(),
+            failing: AtomicBool::new(false),
             connections: Arc::new(1.into()),
         });
         Script { broker, replays, link }
@@ -146,9 +149,13 @@ impl Broker for Scripted {
         self.feeds.lock().insert(target, tx);
         let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) });
         let gate = self.gated.load(Ordering::SeqCst).then(|| self.gate.clone());
+        let failing = self.failing.load(Ordering::SeqCst);
         async move {
             if let Some(gate) = gate {
                 gate.notified().await;
+            }
+            if failing {
+                return Err(BrokerError::Unavailable("scripted".into()));
             }
             Ok(Box::pin(stream) as EventStream)
         }
@@ -358,6 +365,63 @@ async fn events_a_subscription_queued_before_it_was_in_place_are_no_new_history(
     script.live(&u, 15);
     assert_eq!(a.until(15).await, [11, 12, 15], "no stream was sent to resume");
     assert_eq!(b.until(14).await, [13, 14]);
+}
+
+/// Every stream that joins while its subject's subscription is being made waits for it and
+/// learns how it ended: all go on once it is in place, all fail when it fails, and the next
+/// join subscribes afresh.
+#[tokio::test]
+async fn every_join_waiting_for_a_subscription_learns_how_it_ended() {
+    let script = Script::new(10);
+    let hub = script.hub();
+    let joining = |target: &Target| {
+        let (hub, target) = (hub.clone(), target.clone());
+        tokio::spawn(async move {
+            let outbox = Outbox::new(1 << 20, Arc::new(Metrics::new()));
+            let joined = hub.join(std::slice::from_ref(&target), &outbox).await;
+            outbox.release([], Some(10));
+            joined.map(|membership| (Reader { outbox, seqs: Vec::new() }, membership))
+        })
+    };
+    // A join is waiting once it holds the topic: it does so in the same poll that starts to wait.
+    let waiting = |target: &Target, n: usize| {
+        hub.topics.lock().get(target).is_some_and(|t| t.holders.load(Ordering::Relaxed) == n)
+    };
+    script.broker.gated.store(true, Ordering::SeqCst);
+
+    let u = user("u");
+    let joins: Vec<_> = (0..3).map(|_| joining(&u)).collect();
+    while !waiting(&u, 3) {
+        tokio::task::yield_now().await;
+    }
+    script.broker.gate.notify_one();
+    let mut streams = Vec::new();
+    for join in joins {
+        streams.push(join.await.unwrap().expect("the subscription is in place"));
+    }
+    script.live(&u, 11);
+    for (reader, _) in &mut streams {
+        assert_eq!(reader.until(11).await, [11]);
+    }
+
+    let v = user("v");
+    script.broker.failing.store(true, Ordering::SeqCst);
+    let joins: Vec<_> = (0..2).map(|_| joining(&v)).collect();
+    while !waiting(&v, 2) {
+        tokio::task::yield_now().await;
+    }
+    script.broker.gate.notify_one();
+    for join in joins {
+        match join.await.unwrap() {
+            Err(JoinError::Broker(BrokerError::Unavailable(e))) => assert!(e.ends_with("scripted"), "{e}"),
+            other => panic!("the join should fail with the subscription, got {:?}", other.map(|_| ())),
+        }
+    }
+    script.broker.failing.store(false, Ordering::SeqCst);
+    script.broker.gated.store(false, Ordering::SeqCst);
+    let (mut b, _b) = joining(&v).await.unwrap().expect("a new subscription replaces the failed one");
+    script.live(&v, 12);
+    assert_eq!(b.until(12).await, [12]);
 }
 
 #[tokio::test]
