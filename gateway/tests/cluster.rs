@@ -285,7 +285,7 @@ async fn clients_of_a_gateway_whose_node_is_cut_off_lose_nothing() {
     let ledger = std::mem::take(&mut *tally.ledger.lock().unwrap());
     assert_exactly_once(&fs, &ledger).await;
     let connects: usize = fs.iter().map(|f| f.seen.lock().unwrap().connects).sum();
-    assert_eq!(connects, ON_A, "every stream stayed open through the partition");
+    assert_eq!(connects, ON_A, "every stream stayed open through the partition; gw-a's log:\n{}", a.log_text());
     a.wait_for_log("cannot store or reach this gateway").await;
 }
 
