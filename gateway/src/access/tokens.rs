@@ -162,7 +162,26 @@ pub struct Verifier {
     remote: Option<Arc<RemoteKeys>>,
     issuer: Option<String>,
     audience: Option<String>,
+    /// The rules for each algorithm, made once: a `Validation` is a handful of hash sets, and
+    /// making one per token cost every connection their allocations and hashing.
+    validations: Vec<(Algorithm, Validation)>,
 }
+
+/// Every algorithm a token's header can name.
+const ALGORITHMS: [Algorithm; 12] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -181,7 +200,9 @@ pub enum KeyError {
 
 impl Verifier {
     pub fn new(issuer: Option<String>, audience: Option<String>) -> Self {
-        Verifier { keys: Vec::new(), remote: None, issuer, audience }
+        let validations =
+            ALGORITHMS.iter().map(|&alg| (alg, validation(alg, issuer.as_deref(), audience.as_deref()))).collect();
+        Verifier { keys: Vec::new(), remote: None, issuer, audience, validations }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -297,10 +318,17 @@ impl Verifier {
             return Err(AuthError::NoKeyForAlgorithm(format!("{:?}", header.alg)));
         }
 
-        let validation = self.validation(header.alg);
+        let made;
+        let validation = match self.validations.iter().find(|(alg, _)| *alg == header.alg) {
+            Some((_, v)) => v,
+            None => {
+                made = validation(header.alg, self.issuer.as_deref(), self.audience.as_deref());
+                &made
+            }
+        };
         let mut last = AuthError::BadSignature;
         for key in candidates {
-            match decode::<Claims>(token, &key.key, &validation) {
+            match decode::<Claims>(token, &key.key, validation) {
                 Ok(data) => return grant_from(data.claims, self.issuer.is_some(), self.audience.is_some()),
                 Err(e) => {
                     last = classify(e.kind());
@@ -313,24 +341,25 @@ impl Verifier {
         }
         Err(last)
     }
+}
 
-    fn validation(&self, alg: Algorithm) -> Validation {
-        let mut v = Validation::new(alg);
-        v.leeway = LEEWAY_SECS;
-        // Presence of `sub`, `exp`, `iss` and `aud` is checked in `grant_from`, in a fixed order:
-        // the library keeps required claims in a hash set, so which missing one it reported
-        // varied between runs (found by fuzzing).
-        v.set_required_spec_claims::<&str>(&[]);
-        v.validate_nbf = true;
-        match &self.audience {
-            Some(aud) => v.set_audience(&[aud]),
-            None => v.validate_aud = false,
-        }
-        if let Some(iss) = &self.issuer {
-            v.set_issuer(&[iss]);
-        }
-        v
+/// The rules a token signed with `alg` is checked against.
+fn validation(alg: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = LEEWAY_SECS;
+    // Presence of `sub`, `exp`, `iss` and `aud` is checked in `grant_from`, in a fixed order:
+    // the library keeps required claims in a hash set, so which missing one it reported
+    // varied between runs (found by fuzzing).
+    v.set_required_spec_claims::<&str>(&[]);
+    v.validate_nbf = true;
+    match audience {
+        Some(aud) => v.set_audience(&[aud]),
+        None => v.validate_aud = false,
     }
+    if let Some(iss) = issuer {
+        v.set_issuer(&[iss]);
+    }
+    v
 }
 
 fn grant_from(claims: Claims, issuer_required: bool, audience_required: bool) -> Result<Grant, AuthError> {
