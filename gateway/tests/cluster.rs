@@ -298,10 +298,24 @@ async fn store_for(js: &jetstream::Context, user: &str, event_type: &str, n: usi
     ack.await.unwrap().sequence
 }
 
-/// Reads `s` up to its marker event, and answers the sequences of the events before it.
-async fn seqs_to_marker(s: &mut Sse) -> Vec<u64> {
-    let (before, _) = s.read_to_marker().await;
-    before.iter().map(|ev| seq_of(ev.id.as_deref().expect("a stored event has an id"))).collect()
+/// Reads `s` up to its marker event, and answers the sequences of the events before it; panics
+/// with `gw`'s log when the stream ends or stays silent for 10 s before the marker.
+async fn seqs_to_marker(s: &mut Sse, gw: &Gateway) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    loop {
+        let Some(ev) = s.next_within(Duration::from_secs(10)).await else {
+            panic!(
+                "no marker: the stream {} after {seqs:?}; the gateway's log:\n{}",
+                if s.ended { "ended" } else { "went silent" },
+                gw.log_text()
+            );
+        };
+        match ev.event.as_str() {
+            "connected" => {}
+            MARKER => return seqs,
+            _ => seqs.push(seq_of(ev.id.as_deref().expect("a stored event has an id"))),
+        }
+    }
 }
 
 /// Two streams open on a gateway connected to a node that does not lead the stream, for
@@ -366,8 +380,8 @@ async fn streams_opened_before_their_subscriptions_reach_the_leaders_node_miss_n
     };
     let (want_late, want_fresh) = (expected("late", before), expected("fresh", fresh_cursor));
     assert!(want_fresh.len() >= 20, "events for the new stream after it opened: {}", want_fresh.len());
-    assert_eq!(seqs_to_marker(&mut late).await, want_late, "the resumed stream");
-    assert_eq!(seqs_to_marker(&mut fresh).await, want_fresh, "the new stream");
+    assert_eq!(seqs_to_marker(&mut late, &gw).await, want_late, "the resumed stream");
+    assert_eq!(seqs_to_marker(&mut fresh, &gw).await, want_fresh, "the new stream");
 }
 
 /// A node is cut off from the others while an HTTP worker's own publisher connection is on it
