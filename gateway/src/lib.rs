@@ -43,3 +43,6 @@ pub mod names;
 pub mod ops;
 /// Who is connected to a channel, fleet-wide.
 pub(crate) mod presence;
+
+/// How the gateway names itself in the requests it makes (key sets, `publish --url`).
+pub(crate) const USER_AGENT: &str = concat!("herald-gateway/", env!("CARGO_PKG_VERSION"));

@@ -301,20 +301,16 @@ async fn store_for(js: &jetstream::Context, user: &str, event_type: &str, n: usi
 /// Reads `s` up to its marker event, and answers the sequences of the events before it; panics
 /// with `gw`'s log when the stream ends or stays silent for 10 s before the marker.
 async fn seqs_to_marker(s: &mut Sse, gw: &Gateway) -> Vec<u64> {
-    let mut seqs = Vec::new();
-    loop {
-        let Some(ev) = s.next_within(Duration::from_secs(10)).await else {
-            panic!(
-                "no marker: the stream {} after {seqs:?}; the gateway's log:\n{}",
-                if s.ended { "ended" } else { "went silent" },
-                gw.log_text()
-            );
-        };
-        match ev.event.as_str() {
-            "connected" => {}
-            MARKER => return seqs,
-            _ => seqs.push(seq_of(ev.id.as_deref().expect("a stored event has an id"))),
+    match s.try_read_to_marker().await {
+        Ok((before, _)) => {
+            before.iter().map(|ev| seq_of(ev.id.as_deref().expect("a stored event has an id"))).collect()
         }
+        Err(before) => panic!(
+            "no marker: the stream {} after {} events; the gateway's log:\n{}",
+            if s.ended { "ended" } else { "went silent" },
+            before.len(),
+            gw.log_text()
+        ),
     }
 }
 

@@ -213,15 +213,22 @@ impl Sse {
     }
 
     /// Reads up to the next [`MARKER`], skipping control events; returns the events before it,
-    /// in order, and the marker.
+    /// in order, and the marker. Panics if the stream ends or nothing arrives for 10 s first.
     pub async fn read_to_marker(&mut self) -> (Vec<Event>, Event) {
+        self.try_read_to_marker().await.unwrap_or_else(|_| panic!("an event within 10 s"))
+    }
+
+    /// [`Sse::read_to_marker`], or, when the stream ends or nothing arrives for 10 s before the
+    /// marker, the events that came before.
+    pub async fn try_read_to_marker(&mut self) -> Result<(Vec<Event>, Event), Vec<Event>> {
         let mut before = Vec::new();
         loop {
-            let ev = self.next_event().await;
-            if ev.event == MARKER {
-                return (before, ev);
+            let Some(ev) = self.next_within(Duration::from_secs(10)).await else { return Err(before) };
+            match ev.event.as_str() {
+                "connected" => {}
+                MARKER => return Ok((before, ev)),
+                _ => before.push(ev),
             }
-            before.push(ev);
         }
     }
 

@@ -86,7 +86,7 @@ impl RemoteKeys {
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .connect_timeout(FETCH_TIMEOUT)
-            .user_agent(concat!("herald-gateway/", env!("CARGO_PKG_VERSION")))
+            .user_agent(crate::USER_AGENT)
             .build()
             .map_err(|e| format!("--jwks-url: cannot build the HTTP client: {e}"))?;
         Ok(RemoteKeys {

@@ -74,7 +74,7 @@ fn run(args: PublishArgs) -> Result<String, String> {
         return runtime.block_on(async move {
             let client = reqwest::Client::builder()
                 .timeout(PUBLISH_TIMEOUT)
-                .user_agent(concat!("herald-gateway/", env!("CARGO_PKG_VERSION")))
+                .user_agent(crate::USER_AGENT)
                 .build()
                 .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
             let mut req = client.post(&endpoint).header(reqwest::header::CONTENT_TYPE, "application/json");

@@ -208,10 +208,15 @@ struct Reader {
 impl Reader {
     /// A stream on `targets` whose client starts at `cursor`.
     async fn join(hub: &Arc<Hub>, targets: &[Target], cursor: u64) -> (Reader, Membership) {
+        Reader::try_join(hub, targets, cursor).await.unwrap()
+    }
+
+    /// [`Reader::join`], or why the hub refused it.
+    async fn try_join(hub: &Arc<Hub>, targets: &[Target], cursor: u64) -> Result<(Reader, Membership), JoinError> {
         let outbox = Outbox::new(1 << 20, Arc::new(Metrics::new()));
-        let membership = hub.join(targets, &outbox).await.unwrap();
+        let membership = hub.join(targets, &outbox).await?;
         outbox.release([], Some(cursor));
-        (Reader { outbox, seqs: Vec::new() }, membership)
+        Ok((Reader { outbox, seqs: Vec::new() }, membership))
     }
 
     fn read(&mut self) -> &[u64] {
@@ -376,12 +381,7 @@ async fn every_join_waiting_for_a_subscription_learns_how_it_ended() {
     let hub = script.hub();
     let joining = |target: &Target| {
         let (hub, target) = (hub.clone(), target.clone());
-        tokio::spawn(async move {
-            let outbox = Outbox::new(1 << 20, Arc::new(Metrics::new()));
-            let joined = hub.join(std::slice::from_ref(&target), &outbox).await;
-            outbox.release([], Some(10));
-            joined.map(|membership| (Reader { outbox, seqs: Vec::new() }, membership))
-        })
+        tokio::spawn(async move { Reader::try_join(&hub, &[target], 10).await })
     };
     // A join is waiting once it holds the topic: it does so in the same poll that starts to wait.
     let waiting = |target: &Target, n: usize| {
