@@ -96,9 +96,6 @@ pub(super) struct Dispatcher {
     catch_up: CatchUp,
     /// Events one subscription queues before the broker drops newer ones (its slow consumer).
     capacity: usize,
-    /// The history started over while events still came under the old epoch: the next epoch
-    /// change is the new history's real name, not another new history.
-    renaming: bool,
     /// Set by a drain that found a subscription's queue full: the broker may have dropped what
     /// came after this sequence on it.
     hole_after: Option<u64>,
@@ -148,7 +145,6 @@ impl Dispatcher {
             watermark: None,
             catch_up: CatchUp::Idle,
             capacity,
-            renaming: false,
             hole_after: None,
             held: Vec::new(),
             refill_failing_since: None,
@@ -272,15 +268,20 @@ impl Dispatcher {
                         self.request_refill(REFILL_RETRY);
                         return;
                     }
-                    other => {
+                    Ok(Replay::Reset(reason, head)) => {
+                        // The history cannot cover the gap, or started over: every stream
+                        // reconnects and resumes alone, from the history as it stands. What was
+                        // held is theirs to resume, and may be named by the old history.
+                        tracing::warn!(reason = reason.as_str(), "cannot refill the gap; every stream resumes");
+                        self.refill_failing_since = None;
+                        self.close_every_stream();
+                        self.held.clear();
+                        self.watermark = head;
+                        return;
+                    }
+                    Err(e) => {
                         // The gap can't be refilled: every stream reconnects and resumes alone.
-                        match other {
-                            Ok(Replay::Reset(reason, _)) => {
-                                tracing::warn!(reason = reason.as_str(), "cannot refill the gap")
-                            }
-                            Err(e) => tracing::warn!(error = %e, "cannot refill the gap"),
-                            Ok(Replay::Events(_)) => {}
-                        }
+                        tracing::warn!(error = %e, "cannot refill the gap");
                         self.refill_failing_since = None;
                         self.close_every_stream();
                     }
@@ -343,28 +344,41 @@ impl Dispatcher {
 
     /// Fans out one event and moves the watermark. With `dedupe` (a refill's events, and the
     /// events held during it), durable events at or below the watermark were already sent and
-    /// are skipped. Outside a refill, sequences only grow within an epoch. Each stream's own
-    /// cursor (`Outbox`) skips what it already has besides.
-    fn dispatch(&mut self, topic: &Topic, delivery: Delivery, dedupe: bool) {
+    /// are skipped. Live events (no `dedupe`) wait behind a refill this one started, and a live
+    /// sequence going back starts one. Each stream's own cursor (`Outbox`) skips what it
+    /// already has besides.
+    fn dispatch(&mut self, topic: &Arc<Topic>, delivery: Delivery, dedupe: bool) {
+        if !dedupe && self.catch_up != CatchUp::Idle {
+            // An event before it in the batch started a refill.
+            self.held.push((topic.clone(), delivery));
+            return;
+        }
         if let Some(id) = &delivery.id {
             if let Some(w) = &self.watermark {
-                let renamed = w.epoch != id.epoch;
-                if renamed && self.renaming {
-                    // The new history's epoch, now that the gateway has read it: the same
-                    // history as the events since it started over, under its real name.
-                    self.renaming = false;
-                } else if renamed || (!dedupe && id.seq < w.seq) {
-                    // Another epoch, or a live sequence going back (the gateway names events
-                    // by the old epoch until it next reads the stream's): the history started
-                    // over, its stream recreated. Every stream's cursor belongs to the old
-                    // history, and the new one's events would be dropped as older than it:
-                    // each stream resumes on its own instead, and gets a `reset`.
+                if w.epoch != id.epoch {
+                    // The history started over (its stream recreated), under a name the gateway
+                    // has read. Every stream's cursor belongs to the old history, and the new
+                    // one's events would be dropped as older than it: each stream resumes on
+                    // its own instead, and gets a `reset`.
                     tracing::warn!(epoch = %id.epoch, seq = id.seq, watermark = %w, "the history started over; every stream resumes");
-                    self.renaming = !renamed;
                     self.watermark = Some(id.clone());
                     self.close_every_stream();
                     return;
-                } else if dedupe && id.seq <= w.seq {
+                }
+                if !dedupe && id.seq < w.seq {
+                    // A live sequence going back: a copy of an event already sent (a newly
+                    // elected stream leader republishes the entries it applies, which its
+                    // predecessor may have republished already), or a history that started
+                    // over under the old name (the gateway names events by the epoch it last
+                    // read). The history tells which: refilled from the watermark, with this
+                    // event and what follows held, a copy is dropped as sent, and a new history
+                    // answers with a reset.
+                    tracing::info!(seq = id.seq, watermark = %w, "a live sequence went back; asking the history why");
+                    self.held.push((topic.clone(), delivery));
+                    self.start_catch_up();
+                    return;
+                }
+                if dedupe && id.seq <= w.seq {
                     return;
                 }
             }
@@ -490,7 +504,9 @@ impl Dispatcher {
             }
         }
         self.held.extend(beyond);
-        self.start_catch_up();
+        if self.catch_up == CatchUp::Idle {
+            self.start_catch_up();
+        }
     }
 }
 

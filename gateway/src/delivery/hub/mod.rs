@@ -28,13 +28,17 @@
 //!   queue is full (NATS's slow consumer), so a drain that finds a queue full dispatches what it
 //!   drained up to that subscription's newest event, and holds what follows for the refill
 //!   from there.
+//! - a live sequence going back within an epoch: a copy of an event already sent (a new stream
+//!   leader republishing what its predecessor did), or a history that started over under the
+//!   epoch the gateway last read. The refill from where the hub is tells which: a copy is
+//!   dropped with the refill's duplicates, a new history answers with a reset.
 //!
 //! A gap that opens while a refill is out gets a refill of its own, from where the first one
 //! ended, before anything held is released. Sessions stay open throughout, and each stream's
 //! own cursor (`Outbox`) drops any durable event at or below what that stream already has: a
 //! stream that joined during a refill starts at the history's head and never receives the
-//! refill's older events. Should the history start over (its stream recreated: another epoch,
-//! or a live sequence going back), every stream is closed to resume on its own.
+//! refill's older events. Should the history start over (its stream recreated: another epoch, or a
+//! refill answered with a reset), every stream is closed to resume on its own.
 //!
 //! Bookkeeping: a subscription's slot and the index from its target to that slot change
 //! together (`Dispatcher::remove_slot`). A topic's holder count changes only under the

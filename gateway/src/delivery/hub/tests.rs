@@ -11,6 +11,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{oneshot, watch};
 
 use super::*;
+use crate::broker::resume::ResetReason;
 use crate::broker::{Link, Resumption};
 use crate::delivery::close_reason::CloseReason;
 use crate::event::Delivery;
@@ -529,18 +530,24 @@ async fn a_refill_the_history_cannot_answer_yet_is_tried_again_with_every_stream
 
 #[tokio::test]
 async fn a_history_that_starts_over_sends_every_stream_to_resume() {
-    // The stream was recreated: its sequences start again from 1, named by the old epoch
-    // until the gateway reads the new one, or by the new one already.
+    // The stream was recreated: its sequences start again from 1, named by the new epoch if
+    // the gateway has read it, else by the old one until the history is asked why the
+    // sequence went back (reading the history renames what comes after).
     for epoch in ["e", "e2"] {
-        let script = Script::new(10);
+        let mut script = Script::new(10);
         let (hub, u, a, _a) = streaming_after_11(&script).await;
         script.send(&u, durable_in(epoch, 1));
+        if epoch == "e" {
+            let (after, reply) = script.next_replay().await;
+            assert_eq!(after, 11);
+            let head = EventId { epoch: Arc::from("e2"), seq: 1 };
+            assert!(reply.send(Ok(Replay::Reset(ResetReason::EpochChanged, Some(head)))).is_ok());
+        }
         // Not dropped silently as older than the stream's cursor: the stream resumes.
         assert_eq!(a.closed().await, CloseReason::Error, "the stream is sent to resume ({epoch})");
-        // A stream that opens afterwards gets the new history's events, also once the
-        // gateway names them by the new epoch.
+        // A stream that opens afterwards, at the new history's head, gets its events.
         let (mut b, _b) = Reader::join(&hub, std::slice::from_ref(&u), 1).await;
-        script.send(&u, durable_in(epoch, 2));
+        script.send(&u, durable_in("e2", 2));
         script.send(&u, durable_in("e2", 3));
         assert_eq!(b.until(3).await, [2, 3], "the new history's events reach a new stream ({epoch})");
         assert_eq!(b.outbox.close_reason(), None);
@@ -564,4 +571,41 @@ async fn a_refill_never_reaches_a_topic_through_a_reused_slot() {
     Script::refill(reply, [(x.clone(), 11), (y.clone(), 12)]);
     script.live(&y, 13);
     assert_eq!(b.until(13).await, [12, 13], "x's event never reaches y's stream");
+}
+
+#[tokio::test]
+async fn a_live_copy_of_an_event_already_sent_is_no_new_history() {
+    // A newly elected stream leader republishes the entries it applies, which its predecessor
+    // may have republished already: 12 comes live again after 13.
+    let mut script = Script::new(10);
+    let (_hub, u, mut a, _a) = streaming_after_11(&script).await;
+    script.live(&u, 12);
+    script.live(&u, 13);
+    assert_eq!(a.until(13).await, [11, 12, 13]);
+    script.live(&u, 12);
+    script.live(&u, 14);
+    // The hub asks the history, which has nothing the stream lacks.
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 13);
+    Script::refill(reply, [(u.clone(), 14)]);
+    script.live(&u, 15);
+    assert_eq!(a.until(15).await, (11..=15).collect::<Vec<_>>(), "every event once, in order");
+    assert_eq!(a.outbox.close_reason(), None, "the stream stayed open");
+}
+
+#[tokio::test]
+async fn a_live_copy_that_comes_after_its_refill_is_no_new_history() {
+    let mut script = Script::new(10);
+    let (_hub, u, mut a, _a, reply) = a_gap_after_11(&mut script).await;
+    Script::refill(reply, [(u.clone(), 12), (u.clone(), 13)]);
+    assert_eq!(a.until(13).await, [11, 12, 13]);
+    // The live copies of 12 and 13 come after the refill that sent them.
+    script.live(&u, 12);
+    script.live(&u, 13);
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 13);
+    Script::refill(reply, []);
+    script.live(&u, 14);
+    assert_eq!(a.until(14).await, [11, 12, 13, 14], "every event once, in order");
+    assert_eq!(a.outbox.close_reason(), None, "the stream stayed open");
 }
