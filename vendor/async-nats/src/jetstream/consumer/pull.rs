@@ -2959,7 +2959,9 @@ async fn recreate_consumer_stream(
 
     let deliver_policy = {
         if sequence == 0 {
-            DeliverPolicy::All
+            // Nothing delivered yet: start where the consumer was asked to, not at the
+            // stream's first message.
+            config.deliver_policy
         } else {
             DeliverPolicy::ByStartSequence {
                 start_sequence: sequence + 1,
