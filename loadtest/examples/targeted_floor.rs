@@ -29,6 +29,13 @@
 //! with the event's id: the floor under publishing over HTTP (`--publish http --durable`), with
 //! no key check, no validation beyond reading the body, and no retry.
 //!
+//! With `--subscribe-each` it subscribes to each subscriber's subjects as the subscriber comes
+//! (and unsubscribes when it goes), instead of holding one wildcard subscription: its channel's
+//! and its user's, as the gateway does, so that a pod gets the events of its own users only. The
+//! floor under targeted delivery with the gateway's subscriptions, whose cost is the NATS
+//! server's: two subscriptions per subscriber in its memory, and in its garbage collector's
+//! work.
+//!
 //! `scripts/bench-vs-nchan` runs it beside Herald and Nchan when `BENCH_FLOOR=1`. Whatever rate
 //! it cannot carry under a p99 of 10 ms, no gateway that takes its events from a nats-server on
 //! the same CPU can.
@@ -53,11 +60,16 @@ fn main() {
     let mut nats = "127.0.0.1:4222".to_owned();
     let mut prefix = "herald".to_owned();
     let mut stream = false;
+    let mut each = false;
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
         if flag == "--stream" {
             stream = true;
+            continue;
+        }
+        if flag == "--subscribe-each" {
+            each = true;
             continue;
         }
         let value = it.next().cloned().unwrap_or_else(|| usage(flag));
@@ -79,24 +91,37 @@ fn main() {
             None
         };
         let sockets: Sockets = Rc::default();
+        // What is written to the NATS connection besides its first lines: PONGs, and with
+        // `--subscribe-each`, each subscriber's SUB and UNSUB.
+        let (to_nats, lines) = mpsc::unbounded_channel();
+        let subscribe =
+            each.then(|| Rc::new(Subscribe { to_nats: to_nats.clone(), prefix: prefix.clone(), next: Cell::new(2) }));
         let listener = TcpListener::bind(&listen).await.expect("listen");
-        tokio::task::spawn_local(accept(listener, sockets.clone(), store));
-        let (sent, dropped) = forward(&nats, &prefix, sockets).await;
+        tokio::task::spawn_local(accept(listener, sockets.clone(), store, subscribe));
+        let (sent, dropped) = forward(&nats, &prefix, sockets, !each, to_nats, lines).await;
         eprintln!("NATS connection closed: {sent} events written, {dropped} dropped");
     });
 }
 
-async fn accept(listener: TcpListener, sockets: Sockets, store: Option<Rc<Store>>) {
+/// With `--subscribe-each`: how a subscriber's subscription is written to the NATS connection.
+struct Subscribe {
+    to_nats: mpsc::UnboundedSender<Vec<u8>>,
+    prefix: String,
+    /// The next subscription id (1 is the wildcard's, when there is one).
+    next: Cell<u64>,
+}
+
+async fn accept(listener: TcpListener, sockets: Sockets, store: Option<Rc<Store>>, subscribe: Option<Rc<Subscribe>>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
-        tokio::task::spawn_local(serve(stream, sockets.clone(), store.clone()));
+        tokio::task::spawn_local(serve(stream, sockets.clone(), store.clone(), subscribe.clone()));
     }
 }
 
 /// One subscriber: reads its request head, answers, and stays registered until it hangs up.
 /// A publisher's connection (a `POST`) is served by [`publishes`] instead.
-async fn serve(mut stream: TcpStream, sockets: Sockets, store: Option<Rc<Store>>) {
+async fn serve(mut stream: TcpStream, sockets: Sockets, store: Option<Rc<Store>>, subscribe: Option<Rc<Subscribe>>) {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -112,14 +137,36 @@ async fn serve(mut stream: TcpStream, sockets: Sockets, store: Option<Rc<Store>>
         let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
         return;
     };
+    let sids: Vec<u64> = match &subscribe {
+        Some(each) => subjects_of(&head)
+            .into_iter()
+            .map(|subject| {
+                let sid = each.next.get();
+                each.next.set(sid + 1);
+                let _ = each.to_nats.send(format!("SUB {}.live.{subject} {sid}\r\n", each.prefix).into_bytes());
+                sid
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let mut hello = RESPONSE_HEAD.to_vec();
     chunk(&mut hello, b"event: connected\ndata: {}\n\n");
-    if stream.write_all(&hello).await.is_err() {
-        return;
+    if stream.write_all(&hello).await.is_ok() {
+        let stream = Rc::new(stream);
+        sockets.borrow_mut().insert(key.clone(), stream.clone());
+        until_hung_up(&stream).await;
+        sockets.borrow_mut().remove(&key);
     }
-    let stream = Rc::new(stream);
-    sockets.borrow_mut().insert(key.clone(), stream.clone());
-    // Until the client hangs up (anything it sends after the head is ignored).
+    if let Some(each) = subscribe {
+        for sid in sids {
+            let _ = each.to_nats.send(format!("UNSUB {sid}\r\n").into_bytes());
+        }
+    }
+}
+
+/// Waits until the client hangs up (anything it sends after the head is ignored).
+async fn until_hung_up(stream: &TcpStream) {
+    let mut buf = [0u8; 1024];
     loop {
         if stream.readable().await.is_err() {
             break;
@@ -131,20 +178,25 @@ async fn serve(mut stream: TcpStream, sockets: Sockets, store: Option<Rc<Store>>
             Err(_) => break,
         }
     }
-    sockets.borrow_mut().remove(&key);
 }
 
 /// The subject suffix a request subscribes to: `channel.NAME` for `channels=NAME` in the request
 /// line's query, else `user.NAME` for `user=NAME`.
 fn key_of(head: &[u8]) -> Option<String> {
-    let line = head.split(|&b| b == b'\r').next()?;
-    let target = std::str::from_utf8(line).ok()?.split(' ').nth(1)?;
-    let query = target.split_once('?')?.1;
-    let param = |name: &str| query.split('&').find_map(|kv| kv.strip_prefix(name));
-    match param("channels=") {
-        Some(channel) => Some(format!("channel.{channel}")),
-        None => param("user=").map(|user| format!("user.{user}")),
-    }
+    subjects_of(head).into_iter().next()
+}
+
+/// The subject suffixes of a request: `channel.NAME` for `channels=NAME`, then `user.NAME` for
+/// `user=NAME`.
+fn subjects_of(head: &[u8]) -> Vec<String> {
+    let query = (|| {
+        let line = head.split(|&b| b == b'\r').next()?;
+        let target = std::str::from_utf8(line).ok()?.split(' ').nth(1)?;
+        Some(target.split_once('?')?.1)
+    })();
+    let param = |name: &str| query?.split('&').find_map(|kv| kv.strip_prefix(name));
+    let channel = param("channels=").map(|channel| format!("channel.{channel}"));
+    channel.into_iter().chain(param("user=").map(|user| format!("user.{user}"))).collect()
 }
 
 /// Appends `event` as one chunk of a chunked body.
@@ -156,13 +208,29 @@ fn chunk(out: &mut Vec<u8>, event: &[u8]) {
 
 /// Reads the NATS connection until it closes, writing each message to its subscriber's socket.
 /// Returns (events written, events dropped).
-async fn forward(addr: &str, prefix: &str, sockets: Sockets) -> (u64, u64) {
-    let mut nats = patiently(addr, || TcpStream::connect(addr)).await;
+/// With `wildcard`, subscribes to every subscriber's subject at once; `to_nats` and `lines` carry
+/// what else is written to the connection.
+async fn forward(
+    addr: &str,
+    prefix: &str,
+    sockets: Sockets,
+    wildcard: bool,
+    to_nats: mpsc::UnboundedSender<Vec<u8>>,
+    mut lines: mpsc::UnboundedReceiver<Vec<u8>>,
+) -> (u64, u64) {
+    let nats = patiently(addr, || TcpStream::connect(addr)).await;
     let _ = nats.set_nodelay(true);
-    let hello = format!(
-        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true}}\r\nSUB {prefix}.live.> 1\r\nPING\r\n"
-    );
-    nats.write_all(hello.as_bytes()).await.expect("subscribe");
+    let (mut nats, mut writer) = nats.into_split();
+    let subscribe = if wildcard { format!("SUB {prefix}.live.> 1\r\n") } else { String::new() };
+    let hello = format!("CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true}}\r\n{subscribe}PING\r\n");
+    writer.write_all(hello.as_bytes()).await.expect("subscribe");
+    tokio::task::spawn_local(async move {
+        while let Some(line) = lines.recv().await {
+            if writer.write_all(&line).await.is_err() {
+                return;
+            }
+        }
+    });
     let key_at = format!("{prefix}.live.").len();
     let (mut sent, mut dropped, mut seq) = (0u64, 0u64, 0u64);
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
@@ -214,7 +282,7 @@ async fn forward(addr: &str, prefix: &str, sockets: Sockets) -> (u64, u64) {
                 at = start + len + 2;
             } else {
                 if line == b"PING" {
-                    let _ = nats.write_all(b"PONG\r\n").await;
+                    let _ = to_nats.send(b"PONG\r\n".to_vec());
                 } else if line.starts_with(b"-ERR") {
                     eprintln!("NATS: {}", String::from_utf8_lossy(line));
                 }
@@ -443,7 +511,7 @@ async fn create_stream(addr: &str, prefix: &str) {
 
 fn usage(flag: &str) -> ! {
     eprintln!(
-        "unknown or incomplete flag {flag}\nusage: targeted_floor [--listen ADDR] [--nats HOST:PORT] [--prefix P] [--stream]"
+        "unknown or incomplete flag {flag}\nusage: targeted_floor [--listen ADDR] [--nats HOST:PORT] [--prefix P] [--stream] [--subscribe-each]"
     );
     std::process::exit(2)
 }
