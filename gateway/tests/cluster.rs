@@ -197,6 +197,13 @@ async fn losing_nodes_of_a_three_node_cluster_loses_nothing() {
     assert_eq!(a.stats().await["connections"], CLIENTS, "B's clients resumed on A");
     let unavailable = tally.unavailable.lock().unwrap();
     assert!(unavailable.is_empty(), "{} of {published} publishes answered 503 with a quorum", unavailable.len());
+    // Every gap was refilled with every stream kept open: none was sent to resume, through a
+    // refill that failed or a live copy of an event (a new leader republishes what its
+    // predecessor did) taken for a history that started over.
+    for gw in [&a, &b] {
+        let log = gw.log_text();
+        assert!(!log.contains("every stream resumes"), "a gateway sent every stream to resume; its log:\n{log}");
+    }
 }
 
 /// With two of three nodes gone there is no quorum: a publish is retried for the retry window,

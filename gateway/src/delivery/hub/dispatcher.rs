@@ -281,7 +281,7 @@ impl Dispatcher {
                     }
                     Err(e) => {
                         // The gap can't be refilled: every stream reconnects and resumes alone.
-                        tracing::warn!(error = %e, "cannot refill the gap");
+                        tracing::warn!(error = %e, "cannot refill the gap; every stream resumes");
                         self.refill_failing_since = None;
                         self.close_every_stream();
                     }
