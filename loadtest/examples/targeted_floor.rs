@@ -133,13 +133,15 @@ async fn serve(mut stream: TcpStream, sockets: Sockets, store: Option<Rc<Store>>
     if let (true, Some(store)) = (head.starts_with(b"POST "), store) {
         return publishes(stream, head, &store).await;
     }
-    let Some(key) = key_of(&head) else {
+    // Events are routed by the first subject: the channel's, else the user's.
+    let subjects = subjects_of(&head);
+    let Some(key) = subjects.first().cloned() else {
         let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
         return;
     };
     let sids: Vec<u64> = match &subscribe {
-        Some(each) => subjects_of(&head)
-            .into_iter()
+        Some(each) => subjects
+            .iter()
             .map(|subject| {
                 let sid = each.next.get();
                 each.next.set(sid + 1);
@@ -180,14 +182,8 @@ async fn until_hung_up(stream: &TcpStream) {
     }
 }
 
-/// The subject suffix a request subscribes to: `channel.NAME` for `channels=NAME` in the request
-/// line's query, else `user.NAME` for `user=NAME`.
-fn key_of(head: &[u8]) -> Option<String> {
-    subjects_of(head).into_iter().next()
-}
-
-/// The subject suffixes of a request: `channel.NAME` for `channels=NAME`, then `user.NAME` for
-/// `user=NAME`.
+/// The subject suffixes of a request, from its request line's query: `channel.NAME` for
+/// `channels=NAME`, then `user.NAME` for `user=NAME`.
 fn subjects_of(head: &[u8]) -> Vec<String> {
     let query = (|| {
         let line = head.split(|&b| b == b'\r').next()?;
