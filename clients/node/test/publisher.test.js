@@ -72,23 +72,36 @@ test('publishing over NATS reaches each target once with its id', async () => {
   }
 });
 
-/** A proxy to the gateway that forwards the first request and closes instead of answering. */
+/**
+ * A proxy to the gateway that relays each request whole but, for the first one, closes as soon
+ * as the answer starts instead of passing it back: the publish is stored, the publisher never
+ * hears so. Bytes are relayed as they come, however either side splits its writes.
+ */
 async function dropFirstAnswer(target) {
   const { hostname, port } = new URL(target);
   let requests = 0;
+  const sockets = new Set();
   const server = createServer((client) => {
     requests += 1;
-    const n = requests;
+    const answer = requests > 1;
     const upstream = tcpConnect(Number(port), hostname);
-    client.once('data', (request) => upstream.write(request));
-    upstream.once('data', (answer) => {
-      if (n > 1) client.end(answer);
-      else client.destroy();
+    const close = () => {
+      client.destroy();
       upstream.destroy();
-    });
+    };
+    sockets.add(close);
+    client.on('error', close);
+    upstream.on('error', close);
+    client.pipe(upstream);
+    if (answer) upstream.pipe(client);
+    else upstream.once('data', close);
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  return { url: `http://127.0.0.1:${server.address().port}`, requests: () => requests, close: () => server.close() };
+  const close = () => {
+    server.close();
+    for (const each of sockets) each();
+  };
+  return { url: `http://127.0.0.1:${server.address().port}`, requests: () => requests, close };
 }
 
 test('a publish whose answer is lost is stored once, with the first ids', async () => {

@@ -6,6 +6,7 @@ granting exactly their channels; refusals as typed errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -87,8 +88,10 @@ def test_publishing_over_nats_reaches_each_target_once_with_its_id(herald: tuple
 
 
 class DropFirstAnswer:
-    """A proxy to the gateway that forwards the first request but closes the connection instead
-    of passing its answer back: the publish is stored, the publisher never hears so."""
+    """A proxy to the gateway that forwards each request whole but, for the first one, closes the
+    connection as soon as the answer starts instead of passing it back: the publish is stored,
+    the publisher never hears so. Bytes are relayed as they come, however the client or the
+    gateway splits its writes."""
 
     def __init__(self, target: str) -> None:
         host, port = target.removeprefix("http://").split(":")
@@ -102,16 +105,35 @@ class DropFirstAnswer:
 
     def serve(self) -> None:
         while True:
-            client, _ = self.listener.accept()
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
             self.requests += 1
-            upstream = socket.create_connection(self.target)
-            request = client.recv(65536)
-            upstream.sendall(request)
-            answer = upstream.recv(65536)
-            if self.requests > 1:
-                client.sendall(answer)
-            client.close()
-            upstream.close()
+            threading.Thread(target=self.relay, args=(client, self.requests > 1), daemon=True).start()
+
+    def relay(self, client: socket.socket, answer: bool) -> None:
+        with client, socket.create_connection(self.target) as upstream:
+            threading.Thread(target=copy, args=(client, upstream), daemon=True).start()
+            try:
+                while chunk := upstream.recv(65536):
+                    if not answer:
+                        break  # the answer started: the request was read and stored
+                    client.sendall(chunk)
+            finally:
+                # shutdown, not only close: the copying thread's recv holds the socket open
+                for each in (client, upstream):
+                    with contextlib.suppress(OSError):  # already gone
+                        each.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def copy(source: socket.socket, to: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # either side closed
+        while chunk := source.recv(65536):
+            to.sendall(chunk)
 
 
 def test_a_publish_whose_answer_is_lost_is_stored_once(herald: tuple[Nats, Gateway]) -> None:
@@ -122,6 +144,7 @@ def test_a_publish_whose_answer_is_lost_is_stored_once(herald: tuple[Nats, Gatew
     assert proxy.requests == 2, "retried after the lost answer"
     Publisher(gateway.url, PUBLISH_KEY).publish_to_user("di", {"type": "marker", "data": None})
     assert [(e["event"], e["id"]) for e in s.until("marker")] == [("once", ids[0])], "stored once, the first ids"
+    proxy.close()
     s.close()
 
 
