@@ -3,7 +3,9 @@
 //!
 //! It answers `GET /events?user=NAME` (or `?channels=NAME`) with the gateway's response head and
 //! a `connected` event, then holds the stream open; each stream has an actor with a heartbeat
-//! timer, as a gateway session does. With `--nats URL` each stream first subscribes to its own
+//! timer, as a gateway session does, which ends the stream (and its subscription) at the first
+//! heartbeat after the client closed its socket, and accepted sockets are tuned as the gateway's
+//! are (no Nagle delay, a TCP user timeout). With `--nats URL` each stream first subscribes to its own
 //! subject and waits until the `SUB` is written to the server (async-nats's `flush` writes; it
 //! does not wait for the server). The gateway also waits for the server to confirm it, so this
 //! floor is lower than what the gateway must do. No authentication, no hub, no history cursor,
@@ -21,12 +23,14 @@
 
 use std::time::Duration;
 
-use actix::{Actor, AsyncContext, Context};
+use actix::{Actor, ActorContext, AsyncContext, Context};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use clap::Parser;
 use futures_util::StreamExt;
+use herald_gateway::delivery::peer::{PeerSocket, on_connect};
 use herald_gateway::delivery::sse::connected_frame;
 use herald_gateway::http::events::stream_response;
+use tokio::sync::oneshot;
 
 /// More than the 20,000 open files a process may hold here: the limit is the kernel's.
 const MAX_CONNECTIONS: usize = 25_000;
@@ -40,6 +44,9 @@ struct Args {
     /// Subscribe each stream to its user's subject on this NATS server.
     #[arg(long)]
     nats: Option<String>,
+    /// Seconds between a stream's heartbeats, as the gateway's `--heartbeat-secs`.
+    #[arg(long, default_value_t = 15)]
+    heartbeat_secs: u64,
 }
 
 #[cfg(not(target_env = "msvc"))]
@@ -48,17 +55,29 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 struct Stream {
     _subscription: Option<async_nats::Subscriber>,
+    peer: Option<PeerSocket>,
+    heartbeat: Duration,
+    /// Dropped with the actor: the response body then ends.
+    _open: oneshot::Sender<()>,
 }
 
 impl Actor for Stream {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(Duration::from_secs(15), |_, _| {});
+        ctx.run_interval(self.heartbeat, |stream, ctx| {
+            if stream.peer.is_some_and(|peer| peer.closed_by_peer()) {
+                ctx.stop();
+            }
+        });
     }
 }
 
-async fn events(req: HttpRequest, nats: web::Data<Option<async_nats::Client>>) -> HttpResponse {
+async fn events(
+    req: HttpRequest,
+    nats: web::Data<Option<async_nats::Client>>,
+    heartbeat: web::Data<Duration>,
+) -> HttpResponse {
     let query = req.query_string();
     // The user's own subject, as the gateway subscribes one per user (the load generator sends
     // a shared channel too, which the gateway subscribes once for all).
@@ -81,12 +100,15 @@ async fn events(req: HttpRequest, nats: web::Data<Option<async_nats::Client>>) -
         }
         None => None,
     };
-    let actor = Stream { _subscription: subscription }.start();
+    let (open, closed) = oneshot::channel();
+    let peer = req.conn_data::<PeerSocket>().copied();
+    let actor = Stream { _subscription: subscription, peer, heartbeat: **heartbeat, _open: open }.start();
     let info = serde_json::json!({"connectionId": "x", "user": name, "channels": [], "resumed": false});
     let connected = connected_frame(3000, None, &info);
     let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(connected) })
-        .chain(futures_util::stream::pending())
-        // The body holds the actor's address: when actix drops the body (the client left), the
+        // Open until the actor stops (the client left).
+        .chain(futures_util::stream::once(closed).filter_map(|_| async { None }))
+        // The body holds the actor's address: when actix drops the body (a write failed), the
         // actor stops and its subscription ends, as a gateway session does.
         .map(move |item| {
             let _ = &actor;
@@ -104,14 +126,19 @@ fn main() -> std::io::Result<()> {
             None => None,
         };
         let nats = web::Data::new(nats);
-        HttpServer::new(move || App::new().app_data(nats.clone()).route("/events", web::get().to(events)))
-            .workers(1)
-            .backlog(4096)
-            .max_connections(MAX_CONNECTIONS)
-            .disable_signals()
-            .bind(&args.listen)?
-            .run()
-            .await
+        let heartbeat = Duration::from_secs(args.heartbeat_secs.max(1));
+        let data = web::Data::new(heartbeat);
+        HttpServer::new(move || {
+            App::new().app_data(nats.clone()).app_data(data.clone()).route("/events", web::get().to(events))
+        })
+        .on_connect(move |conn, ext| on_connect(conn, ext, heartbeat))
+        .workers(1)
+        .backlog(4096)
+        .max_connections(MAX_CONNECTIONS)
+        .disable_signals()
+        .bind(&args.listen)?
+        .run()
+        .await
     })
 }
 

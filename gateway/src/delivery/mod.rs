@@ -8,7 +8,7 @@ pub mod hub;
 /// A stream's bounded queue and the HTTP response body that drains it.
 pub mod outbox;
 /// The client's socket as a session sees it: kernel timeouts and a liveness probe.
-pub(crate) mod peer;
+pub mod peer;
 /// One actor per SSE connection: membership, heartbeats, token expiry.
 pub(crate) mod session;
 /// SSE frame rendering, once per event and pod.
