@@ -365,7 +365,7 @@ impl Broker for NatsBroker {
         let shared = self.shared.clone();
         async move {
             let Some(js) = js else { return Ok(None) };
-            let bounds = shared.bounds.read(Bounds::read(&js, &epoch)).await?;
+            let bounds = shared.bounds.read(|| Bounds::read(&js, &epoch)).await?;
             Ok(Some(EventId { epoch: bounds.epoch, seq: bounds.last }))
         }
         .boxed()

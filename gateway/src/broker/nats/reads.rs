@@ -124,9 +124,14 @@ impl<T> Default for CoalescedRead<T> {
 }
 
 impl<T: Clone> CoalescedRead<T> {
-    pub(super) async fn read<F>(&self, read: F) -> Result<T, BrokerError>
+    /// The value of a read sent after this call began: `read()`'s, made here only when no other
+    /// caller's read will do. It is boxed: a request to the server is a future of kilobytes,
+    /// which would otherwise sit inside every caller's future, and be copied with it, whether
+    /// or not that caller reads.
+    pub(super) async fn read<F, Fut>(&self, read: F) -> Result<T, BrokerError>
     where
-        F: Future<Output = Result<T, BrokerError>>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, BrokerError>>,
     {
         let called = tokio::time::Instant::now();
         // Callers queue here while a read is out; the first of them sends the next one.
@@ -137,7 +142,7 @@ impl<T: Clone> CoalescedRead<T> {
             return value.clone();
         }
         let sent = tokio::time::Instant::now();
-        let value = read.await;
+        let value = Box::pin(read()).await;
         *latest = Some((sent, value.clone()));
         value
     }

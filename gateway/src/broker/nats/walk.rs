@@ -27,7 +27,7 @@ pub(super) async fn resume(
     // Usually a few events on a few subjects, often for thousands of clients at once (a
     // gateway died): the stream-wide reads are shared by the resumes of one moment, and
     // the walk costs no consumer.
-    let bounds = shared.bounds.read(Bounds::read(&js, &epoch)).await?;
+    let bounds = shared.bounds.read(|| Bounds::read(&js, &epoch)).await?;
     let head = Some(EventId { epoch: bounds.epoch.clone(), seq: bounds.last });
     match resume::start(&after, &bounds.view()) {
         Start::Replay => {}
@@ -43,12 +43,12 @@ pub(super) async fn resume(
         let (stream, shared) = (&stream, &shared);
         let subject = target.subject(&prefix, SubjectKind::Events);
         async move {
-            let read = reads.newest(stream, subject.as_str());
+            let read = || reads.newest(stream, subject.as_str());
             let newest = if target == Target::Broadcast {
                 // Every stream carries broadcast: one read for all the resumes of this moment.
                 shared.broadcast_last.read(read).await?
             } else {
-                read.await?
+                read().await?
             };
             Ok::<_, BrokerError>((target, subject, newest))
         }
@@ -194,7 +194,7 @@ impl Pages for Walk {
                 return Ok(Page::Events(page));
             }
             // The gap is walked: did the history keep all of it meanwhile?
-            let now = self.shared.bounds.read(Bounds::read(&self.js, &self.epoch)).await?;
+            let now = self.shared.bounds.read(|| Bounds::read(&self.js, &self.epoch)).await?;
             let most = self.subjects.iter().map(|w| w.read).max().unwrap_or(0);
             Ok(match resume::after_walk(&self.after, &now.view(), most, self.per_subject_cap) {
                 Some(reason) => Page::Reset(reason, self.head.clone()),
