@@ -6,30 +6,15 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use herald_testkit::bins::profile_dir;
+use herald_testkit::Nats;
+use herald_testkit::bins::workspace_example as example;
 use herald_testkit::http::get_blocking;
 use herald_testkit::loadtest::run_ok;
 use herald_testkit::ports::on_free_ports;
 use herald_testkit::process::Process;
 use herald_testkit::wait::{poll, until};
-use herald_testkit::{Nats, workspace_root};
 
 const LIMIT: Duration = Duration::from_secs(90);
-
-/// `target/<profile>/examples/<name>`, built here with the test's profile when missing.
-fn example(package: &str, name: &str) -> PathBuf {
-    let path = profile_dir().join("examples").join(name);
-    if !path.exists() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "-q", "-p", package, "--example", name]).current_dir(workspace_root());
-        if profile_dir().file_name().is_some_and(|p| p == "release") {
-            build.arg("--release");
-        }
-        assert!(build.status().expect("cargo").success(), "{build:?} failed");
-    }
-    path
-}
 
 /// A floor listening on a free port, its address once it accepts connections.
 fn start(bin: &PathBuf, nats: &Nats, flags: &[&str]) -> (Process, String) {
@@ -109,7 +94,12 @@ fn the_connect_floor_opens_every_stream_with_its_subscription() {
     let nats = Nats::start_without_jetstream();
     let before = subscriptions(&nats);
     let (_floor, url) = start(&example("herald-gateway", "connect_floor"), &nats, &["--heartbeat-secs", "1"]);
-    let s = run_ok(&["connect", "--target", &url, "--connections", "40", "--duration", "1"], LIMIT);
+    let run = std::thread::spawn(move || {
+        run_ok(&["connect", "--target", &url, "--connections", "40", "--duration", "3"], LIMIT)
+    });
+    until("a subscription for each open stream", LIMIT, || run.is_finished() || subscriptions(&nats) == before + 40);
+    assert_eq!(subscriptions(&nats), before + 40, "while the streams are open");
+    let s = run.join().expect("the load generator's run");
     assert_eq!(s["connect"]["connected"], 40, "{s:#}");
     assert_eq!(s["connect"]["failed"], 0, "{s:#}");
     until("each stream's subscription to end with it", Duration::from_secs(20), || subscriptions(&nats) == before);

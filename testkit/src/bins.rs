@@ -54,7 +54,7 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     let path = dir.join(bin);
     let _one = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !path.exists() {
-        build(package, bin, &dir);
+        build(package, "--bin", bin, &dir);
     }
     assert!(
         path.exists(),
@@ -64,11 +64,26 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     path
 }
 
-/// `cargo build -p <package> --bin <bin>` with the profile of `dir` (`debug` is the dev profile).
-fn build(package: &str, bin: &str, dir: &Path) {
+/// The example `name` of the workspace package `package`, from this test's profile directory
+/// (`target/<profile>/examples/`), built as [`workspace_bin`] builds a binary when missing.
+pub fn workspace_example(package: &str, name: &str) -> PathBuf {
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let dir = profile_dir();
+    let path = dir.join("examples").join(name);
+    let _one = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !path.exists() {
+        build(package, "--example", name, &dir);
+    }
+    assert!(path.exists(), "{} is not built: cargo build -p {package} --example {name}", path.display());
+    path
+}
+
+/// `cargo build -p <package> <--bin|--example> <name>` with the profile of `dir` (`debug` is the
+/// dev profile).
+fn build(package: &str, kind: &str, name: &str, dir: &Path) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    command.args(["build", "-q", "-p", package, "--bin", bin]).current_dir(workspace_root());
+    command.args(["build", "-q", "-p", package, kind, name]).current_dir(workspace_root());
     match dir.file_name().and_then(|name| name.to_str()) {
         Some("debug") => {}
         Some("release") => {
