@@ -125,9 +125,9 @@ impl<T> Default for CoalescedRead<T> {
 
 impl<T: Clone> CoalescedRead<T> {
     /// The value of a read sent after this call began: `read()`'s, made here only when no other
-    /// caller's read will do. It is boxed: a request to the server is a future of kilobytes,
-    /// which would otherwise sit inside every caller's future, and be copied with it, whether
-    /// or not that caller reads.
+    /// caller's read will do. It is boxed: a request to the server is a large future (1,368
+    /// bytes for the stream's bounds, against 208 for this one), which would otherwise sit
+    /// inside every caller's future, and be copied with it, whether or not that caller reads.
     pub(super) async fn read<F, Fut>(&self, read: F) -> Result<T, BrokerError>
     where
         F: FnOnce() -> Fut,
