@@ -254,7 +254,9 @@ async fn without_a_quorum_publishing_answers_503_after_the_retry_window() {
     let marker = try_publish(gw.addr, &json!({"type":MARKER,"data":0,"users":["q"]})).await.unwrap();
     let marker = marker.json()["ids"][0].as_str().unwrap().to_owned();
 
-    let (before, last) = s.read_to_marker().await;
+    let (before, last) = s.try_read_to_marker().await.unwrap_or_else(|before| {
+        panic!("no marker within 10 s of the last event; before it: {before:?}; the gateway's log:\n{}", gw.log_text())
+    });
     let got: Vec<(String, String)> = before.into_iter().map(|ev| (ev.event, ev.id.unwrap_or_default())).collect();
     assert_eq!((got, last.id), (vec![("order".to_owned(), id)], Some(marker)));
 }
