@@ -256,20 +256,9 @@ async fn without_a_quorum_publishing_answers_503_after_the_retry_window() {
 
     // A hub that saw a gap while the stream had no leader holds live events and refills the gap
     // from the history, trying for up to 30 s (docs/reliability.md): wait past that for each.
-    let mut before = Vec::new();
-    let last = loop {
-        let Some(ev) = s.next_within(Duration::from_secs(40)).await else {
-            panic!(
-                "no marker within 40 s of the last event; before it: {before:?}; the gateway's log:\n{}",
-                gw.log_text()
-            )
-        };
-        match ev.event.as_str() {
-            "connected" => {}
-            MARKER => break ev,
-            _ => before.push(ev),
-        }
-    };
+    let (before, last) = s.read_to_marker_within(Duration::from_secs(40)).await.unwrap_or_else(|before| {
+        panic!("no marker within 40 s of the last event; before it: {before:?}; the gateway's log:\n{}", gw.log_text())
+    });
     let got: Vec<(String, String)> = before.into_iter().map(|ev| (ev.event, ev.id.unwrap_or_default())).collect();
     assert_eq!((got, last.id), (vec![("order".to_owned(), id)], Some(marker)));
 }

@@ -48,34 +48,30 @@ pub fn profile_dir() -> PathBuf {
 /// `cargo test --workspace` builds it along with the tests; a test of another package run on
 /// its own (`cargo test -p …`) builds it here, with the same profile, when it is missing.
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
-    // One build at a time: the test threads of one binary may all ask at once.
-    static BUILDING: Mutex<()> = Mutex::new(());
-    let dir = profile_dir();
-    let path = dir.join(bin);
-    let _one = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !path.exists() {
-        build(package, "--bin", bin, &dir);
-    }
-    assert!(
-        path.exists(),
-        "{} is not built: cargo test --workspace builds it, or cargo build -p {package} with the same profile",
-        path.display()
-    );
-    path
+    built(package, "--bin", bin, &profile_dir().join(bin))
 }
 
 /// The example `name` of the workspace package `package`, from this test's profile directory
 /// (`target/<profile>/examples/`), built as [`workspace_bin`] builds a binary when missing.
 pub fn workspace_example(package: &str, name: &str) -> PathBuf {
+    built(package, "--example", name, &profile_dir().join("examples").join(name))
+}
+
+/// `path`, the target `name` of kind `kind` (`--bin` or `--example`) of `package`, built first
+/// when it is missing.
+fn built(package: &str, kind: &str, name: &str, path: &Path) -> PathBuf {
+    // One build at a time: the test threads of one binary may all ask at once.
     static BUILDING: Mutex<()> = Mutex::new(());
-    let dir = profile_dir();
-    let path = dir.join("examples").join(name);
     let _one = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !path.exists() {
-        build(package, "--example", name, &dir);
+        build(package, kind, name, &profile_dir());
     }
-    assert!(path.exists(), "{} is not built: cargo build -p {package} --example {name}", path.display());
-    path
+    assert!(
+        path.exists(),
+        "{} is not built: cargo build -p {package} {kind} {name} with the same profile",
+        path.display()
+    );
+    path.to_path_buf()
 }
 
 /// `cargo build -p <package> <--bin|--example> <name>` with the profile of `dir` (`debug` is the

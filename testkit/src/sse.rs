@@ -221,9 +221,14 @@ impl Sse {
     /// [`Sse::read_to_marker`], or, when the stream ends or nothing arrives for 10 s before the
     /// marker, the events that came before.
     pub async fn try_read_to_marker(&mut self) -> Result<(Vec<Event>, Event), Vec<Event>> {
+        self.read_to_marker_within(Duration::from_secs(10)).await
+    }
+
+    /// [`Sse::try_read_to_marker`] waiting up to `wait` for each event instead of 10 s.
+    pub async fn read_to_marker_within(&mut self, wait: Duration) -> Result<(Vec<Event>, Event), Vec<Event>> {
         let mut before = Vec::new();
         loop {
-            let Some(ev) = self.next_within(Duration::from_secs(10)).await else { return Err(before) };
+            let Some(ev) = self.next_within(wait).await else { return Err(before) };
             match ev.event.as_str() {
                 "connected" => {}
                 MARKER => return Ok((before, ev)),
