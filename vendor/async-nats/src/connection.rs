@@ -55,6 +55,12 @@ pub(crate) trait AsyncReadWrite: AsyncWrite + AsyncRead + Send + Unpin {}
 /// Blanked implementation that applies to both TLS and non-TLS `TcpStream`.
 impl<T> AsyncReadWrite for T where T: AsyncRead + AsyncWrite + Unpin + Send {}
 
+/// Where the first `\r\n` in `buf` starts. `memchr::memmem::find` built a searcher for the
+/// two bytes on every call, that is for every operation read.
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\r', buf).find(|&at| buf.get(at + 1) == Some(&b'\n'))
+}
+
 /// An enum representing the state of the connection.
 #[derive(Debug, Eq, PartialEq, Clone)]
 pub enum State {
@@ -133,7 +139,7 @@ impl Connection {
     /// Attempts to read a server operation from the read buffer.
     /// Returns `None` if there is not enough data to parse an entire operation.
     pub(crate) fn try_read_op(&mut self) -> Result<Option<ServerOp>, io::Error> {
-        let len = match memchr::memmem::find(&self.read_buf, b"\r\n") {
+        let len = match find_crlf(&self.read_buf) {
             Some(len) => len,
             None => return Ok(None),
         };

@@ -472,6 +472,8 @@ pub(crate) struct ConnectionHandler {
     pending_pings: usize,
     info_sender: tokio::sync::watch::Sender<Option<ServerInfo>>,
     ping_interval: Interval,
+    /// The server sent something since `ping_interval` last ticked: that tick sends no `PING`.
+    heard_from_server: bool,
     should_reconnect: bool,
     flush_observers: Vec<oneshot::Sender<()>>,
     is_draining: bool,
@@ -496,6 +498,7 @@ impl ConnectionHandler {
             pending_pings: 0,
             info_sender,
             ping_interval,
+            heard_from_server: false,
             should_reconnect: false,
             flush_observers: Vec::new(),
             is_draining: false,
@@ -560,6 +563,10 @@ impl ConnectionHandler {
                 // get a `Poll::Pending`. With a sane interval delay, this means that the loop
                 // breaks at the second iteration.
                 while self.handler.ping_interval.poll_tick(cx).is_ready() {
+                    // A server heard from since the last tick is alive: no `PING` needed yet.
+                    if mem::take(&mut self.handler.heard_from_server) {
+                        continue;
+                    }
                     if let Poll::Ready(exit) = self.ping() {
                         return Poll::Ready(exit);
                     }
@@ -712,7 +719,9 @@ impl ConnectionHandler {
     }
 
     fn handle_server_op(&mut self, server_op: ServerOp) {
-        self.ping_interval.reset();
+        // Noted, not `ping_interval.reset()`: resetting the timer read the clock and moved a
+        // timer-wheel entry for every message received.
+        self.heard_from_server = true;
 
         match server_op {
             ServerOp::Ping => {
