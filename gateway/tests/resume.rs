@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use herald_testkit::sse::MARKER;
 use herald_testkit::{Gateway, Nats, Sse, epoch_of, eventually, seq_of, token};
 use serde_json::json;
 
@@ -156,9 +157,17 @@ async fn too_many_missed_events_and_foreign_ids_reset() {
     assert_eq!(again.next().await.json()["resumed"], true);
     assert_eq!(again.next().await.id.as_ref(), Some(&live[0]));
 
+    // An id this service never issued resets to the head too, so that the browser's next
+    // reconnect carries the head's id and resumes instead of resetting again.
     let mut odd = Sse::resume(gw.addr, &t, &[], "not-an-id").await;
     odd.next().await;
-    assert_eq!(odd.next().await.json()["reason"], "epoch_changed");
+    let reset = odd.next().await;
+    assert_eq!((reset.json()["reason"].as_str(), reset.id.as_ref()), (Some("epoch_changed"), Some(&live[0])));
+    drop(odd);
+    let mut after_odd = Sse::resume(gw.addr, &t, &[], &live[0]).await;
+    assert_eq!(after_odd.next().await.json()["resumed"], true);
+    let marker = gw.publish_ids(json!({"type":MARKER,"data":0,"users":["r2"]})).await;
+    after_odd.assert_next_is_marker(Some(&marker[0])).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -211,8 +211,10 @@ enum Resume {
 /// Decides what a client resuming from `raw` (its `Last-Event-ID`) on `targets` is owed.
 async fn start_resume(state: &AppState, targets: &[Target], raw: &str) -> Result<Resume, BrokerError> {
     let Some(after) = EventId::parse(raw) else {
-        // Not an id this service issued: the client's state comes from somewhere else.
-        return Ok(Resume::Reset(ResetReason::EpochChanged, None));
+        // Not an id this service issued: the client's state comes from somewhere else. The
+        // reset names the history's newest event, so that the client's next reconnect resumes
+        // from there instead of sending the foreign id, and resetting, again.
+        return Ok(Resume::Reset(ResetReason::EpochChanged, fresh_cursor(state).await));
     };
     let seq = after.seq;
     Ok(match state.broker.resume(targets.to_vec(), after, state.settings.max_replay).await? {
@@ -274,6 +276,9 @@ impl Replaying {
                                 &delivery.payload,
                             ));
                         }
+                        // Live events held while the page was read count against the queue too:
+                        // the room is measured again before the page is queued.
+                        continue 'pages;
                     }
                     Ok(Page::End) => {
                         self.outbox.release([], Some(self.cursor));
@@ -373,14 +378,9 @@ mod tests {
     use crate::broker::Listed;
     use crate::event::Delivery;
 
-    /// A page is sized by estimate; the queue holds the frames. Small events, whose frames are
-    /// mostly envelope, still keep a replaying stream's queue within its share of the limit.
-    #[tokio::test]
-    async fn a_replay_of_small_events_keeps_to_its_share_of_the_queue() {
-        const LIMIT: usize = 4096;
-        let outbox = Outbox::new(LIMIT, Arc::new(Metrics::new()));
-        outbox.open([Bytes::from_static(b": connected\n\n")]);
-        let events = (1..=200)
+    /// Events `1..=count` of one-byte payloads: frames that are mostly envelope.
+    fn small_events(count: u64) -> std::collections::VecDeque<(Target, Delivery)> {
+        (1..=count)
             .map(|seq| {
                 let delivery = Delivery {
                     event_type: "t".into(),
@@ -392,15 +392,28 @@ mod tests {
                 };
                 (Target::Broadcast, delivery)
             })
-            .collect();
-        let replay = Replaying {
+            .collect()
+    }
+
+    fn replaying(outbox: &Arc<Outbox>, pages: impl Pages + 'static) -> Replaying {
+        Replaying {
             outbox: outbox.clone(),
-            pages: Box::new(Listed(events)),
+            pages: Box::new(pages),
             cursor: 0,
             metrics: Arc::new(Metrics::new()),
             retry_ms: 1000,
             span: None,
-        };
+        }
+    }
+
+    /// A page is sized by estimate; the queue holds the frames. Small events, whose frames are
+    /// mostly envelope, still keep a replaying stream's queue within its share of the limit.
+    #[tokio::test]
+    async fn a_replay_of_small_events_keeps_to_its_share_of_the_queue() {
+        const LIMIT: usize = 4096;
+        let outbox = Outbox::new(LIMIT, Arc::new(Metrics::new()));
+        outbox.open([Bytes::from_static(b": connected\n\n")]);
+        let replay = replaying(&outbox, Listed(small_events(200)));
         let task = tokio::spawn(replay.run());
         let waker = futures_util::task::noop_waker();
         let mut cx = std::task::Context::from_waker(&waker);
@@ -422,5 +435,73 @@ mod tests {
         let frame =
             sse::event_frame(Some(&EventId { epoch: Arc::from("e"), seq: 200 }), "t", &Target::Broadcast, None, b"1");
         assert!(peak <= LIMIT / 2 + frame.len(), "the queue held {peak} bytes, its share is {}", LIMIT / 2);
+    }
+
+    /// Pages that answer the first request only when told to, as a history read of one round
+    /// trip per event answers late.
+    struct Late {
+        asked: Arc<std::sync::atomic::AtomicBool>,
+        answer: Option<tokio::sync::oneshot::Receiver<()>>,
+        pages: Listed,
+    }
+
+    impl Pages for Late {
+        fn next(&mut self, room: usize) -> futures_util::future::BoxFuture<'_, Result<Page, BrokerError>> {
+            self.asked.store(true, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                if let Some(answer) = self.answer.take() {
+                    let _ = answer.await;
+                }
+                self.pages.next(room).await
+            })
+        }
+    }
+
+    /// Live events that arrive while a page is read are held in the queue; the page that comes
+    /// back is queued within the room that is left then, not the room there was when it was
+    /// asked for: the queue never holds more than its limit and one event. Every event arrives
+    /// once, the replayed ones first.
+    #[tokio::test]
+    async fn live_events_held_while_a_page_is_read_leave_it_less_room() {
+        const LIMIT: usize = 4096;
+        let outbox = Outbox::new(LIMIT, Arc::new(Metrics::new()));
+        outbox.open([Bytes::from_static(b": connected\n\n")]);
+        let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let pages = Late { asked: asked.clone(), answer: Some(answered), pages: Listed(small_events(50)) };
+        let task = tokio::spawn(replaying(&outbox, pages).run());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !asked.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the replay asks for a page");
+            tokio::task::yield_now().await;
+        }
+        // Live events fill the queue up to its limit while the page is read.
+        let live = |seq| {
+            let id = EventId { epoch: Arc::from("e"), seq };
+            sse::event_frame(Some(&id), "t", &Target::Broadcast, None, &[b'7'; 300])
+        };
+        let mut seq = 1000;
+        while outbox.queued_bytes() + live(seq).len() <= LIMIT {
+            assert!(outbox.push_event(live(seq), Some(seq), None).is_ok(), "held within the limit");
+            seq += 1;
+        }
+        answer.send(()).unwrap();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let (mut seqs, mut peak) = (Vec::new(), 0);
+        while !task.is_finished() || outbox.queued_bytes() > 0 {
+            assert!(Instant::now() < deadline, "the replay ends; got {} events", seqs.len());
+            tokio::task::yield_now().await;
+            peak = peak.max(outbox.queued_bytes());
+            while let std::task::Poll::Ready(Some(chunk)) = outbox.poll_chunk(&mut cx) {
+                let text = String::from_utf8(chunk.to_vec()).unwrap();
+                seqs.extend(text.lines().filter_map(|l| l.strip_prefix("id: e-")).map(|s| s.parse::<u64>().unwrap()));
+            }
+        }
+        let expected: Vec<u64> = (1..=50).chain(1000..seq).collect();
+        assert_eq!(seqs, expected, "every event once: the replayed ones, then the live ones");
+        let one =
+            sse::event_frame(Some(&EventId { epoch: Arc::from("e"), seq: 50 }), "t", &Target::Broadcast, None, b"1");
+        assert!(peak <= LIMIT + one.len(), "the queue held {peak} bytes, its limit is {LIMIT}");
     }
 }
