@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
         from: parts.get(2).map(|f| text(f)),
         trace: None,
         published_at: None,
+        previous: None,
     };
     let json_ok = serde_json::from_slice::<serde::de::IgnoredAny>(&delivery.payload).is_ok();
     if delivery.problem().is_some() {

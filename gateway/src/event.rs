@@ -153,6 +153,10 @@ pub struct Delivery {
     /// When the publisher published it (Unix nanoseconds), from `Herald-Published-At`: the
     /// start of the delivery latency measured at the socket.
     pub published_at: Option<u64>,
+    /// For a durable event delivered live: the sequence of the event stored before it on the
+    /// same subject, as the stream's republish names it (`Nats-Last-Sequence`). The hub checks
+    /// each subject's chain with it (`delivery/hub`). `None` when unknown.
+    pub previous: Option<u64>,
 }
 
 impl Delivery {
@@ -215,6 +219,7 @@ mod tests {
             from: None,
             trace: None,
             published_at: None,
+            previous: None,
         };
         assert_eq!(delivery(br#"{"a":"b\u00e9"}"#).problem(), None);
         assert_eq!(delivery("\"é\"".as_bytes()).problem(), None);

@@ -218,6 +218,13 @@ impl NatsCluster {
         }
     }
 
+    /// Cuts the routes between nodes `i` and `j` alone; [`NatsCluster::heal`] undoes it.
+    pub fn cut_routes(&self, i: usize, j: usize) {
+        for (a, b) in [(i, j), (j, i)] {
+            self.proxies[a][b].as_ref().expect("a route between two nodes").cut();
+        }
+    }
+
     /// Slows the routes between nodes `i` and `j` by `delay` each way (zero ends it): what one
     /// account's clients subscribe to and publish reaches the other node late, while
     /// JetStream's own requests (the system account's route) go at full speed.

@@ -150,6 +150,7 @@ impl State {
                 from: event.from.clone(),
                 trace: event.trace.clone().map(Box::new),
                 published_at: Some(published_at),
+                previous: None,
             };
             if let Some(id) = &delivery.id {
                 ids.push(id.clone());

@@ -223,6 +223,7 @@ mod tests {
             from: None,
             trace: None,
             published_at: None,
+            previous: None,
         };
         (Target::Broadcast, delivery)
     }

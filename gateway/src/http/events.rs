@@ -389,6 +389,7 @@ mod tests {
                     from: None,
                     trace: None,
                     published_at: None,
+                    previous: None,
                 };
                 (Target::Broadcast, delivery)
             })

@@ -24,6 +24,7 @@ pub const HEADER_TYPE: &str = "Herald-Type";
 pub const HEADER_PUBLISHED_AT: &str = "Herald-Published-At";
 pub const HEADER_FROM: &str = "Herald-From";
 const HEADER_SEQUENCE: &str = "Nats-Sequence";
+const HEADER_LAST_SEQUENCE: &str = "Nats-Last-Sequence";
 const HEADER_STREAM: &str = "Nats-Stream";
 const HEADER_SUBJECT: &str = "Nats-Subject";
 
@@ -60,7 +61,22 @@ fn trace_from(headers: Option<&HeaderMap>) -> Option<Box<TraceContext>> {
 /// id `<epoch>-<seq>` (see `republished_seq`): the epoch is read for those alone.
 pub(super) fn delivery_from(msg: Message, prefix: &str, epoch: &RwLock<Arc<str>>) -> Delivery {
     let seq = msg.headers.as_ref().and_then(|h| republished_seq(h, prefix, &msg.subject));
-    event_from(msg.headers, seq.map(|seq| EventId { epoch: epoch.read().clone(), seq }), msg.payload)
+    let previous = seq.and(msg.headers.as_ref()).and_then(|h| last_number(h, HEADER_LAST_SEQUENCE));
+    let mut delivery =
+        event_from(msg.headers, seq.map(|seq| EventId { epoch: epoch.read().clone(), seq }), msg.payload);
+    delivery.previous = previous;
+    delivery
+}
+
+/// The last value of the header `name` as a positive number: the republish appends its headers
+/// after any a publisher wrote. `None` for no value, `0` (the server's "none"), or anything else.
+fn last_number(headers: &HeaderMap, name: &str) -> Option<u64> {
+    let value = headers.get_last(name)?.as_str();
+    // Digits only: `u64::from_str` would also take a leading `+`.
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok().filter(|&n| n > 0)
 }
 
 /// The stream sequence of a message that the stream `HERALD` republished on the live subject
@@ -83,12 +99,7 @@ fn republished_seq(headers: &HeaderMap, prefix: &str, live: &str) -> Option<u64>
     if stored_rest != rest {
         return None;
     }
-    let seq = last(HEADER_SEQUENCE)?;
-    // Digits only: `u64::from_str` would also take a leading `+`.
-    if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    seq.parse().ok().filter(|&seq| seq > 0)
+    last_number(headers, HEADER_SEQUENCE)
 }
 
 /// A delivery from an event's headers and payload (live, replayed by a walk or by a consumer).
@@ -104,6 +115,7 @@ pub(super) fn event_from(mut headers: Option<HeaderMap>, id: Option<EventId>, pa
         trace,
         published_at,
         payload,
+        previous: None,
     }
 }
 
@@ -135,7 +147,7 @@ mod tests {
         headers.append(HEADER_STREAM, STREAM);
         headers.append(HEADER_SUBJECT, subject);
         headers.append(HEADER_SEQUENCE, seq);
-        headers.append("Nats-Last-Sequence", "0");
+        headers.append(HEADER_LAST_SEQUENCE, "0");
         headers
     }
 
@@ -166,6 +178,15 @@ mod tests {
             republished_seq(&republished(&[], "herald.events.user.u1", "7"), "herald", "herald.events.user.u1"),
             None
         );
+    }
+
+    #[test]
+    fn the_event_before_on_the_subject_is_the_republish_s_last_sequence() {
+        // A publisher's own copy comes first; the server's value, last, says none came before.
+        let mut headers = republished(&[(HEADER_LAST_SEQUENCE, "7")], "herald.events.user.u1", "19");
+        assert_eq!(last_number(&headers, HEADER_LAST_SEQUENCE), None);
+        headers.append(HEADER_LAST_SEQUENCE, "12");
+        assert_eq!(last_number(&headers, HEADER_LAST_SEQUENCE), Some(12));
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub(super) struct Dispatcher {
     /// came after this sequence on it.
     hole_after: Option<u64>,
     held: Vec<(Arc<Topic>, Delivery)>,
+    /// A subject's chain broke (see [`Dispatcher::dispatch`]): the refill starts after this
+    /// sequence, the last one sent on that subject, rather than after the watermark.
+    refill_after: Option<u64>,
     /// When the refills of the current gap started failing with the link up.
     refill_failing_since: Option<std::time::Instant>,
     /// The broker's connection count, read at once (see [`Broker::connections`]), and the
@@ -147,6 +150,7 @@ impl Dispatcher {
             capacity,
             hole_after: None,
             held: Vec::new(),
+            refill_after: None,
             refill_failing_since: None,
             known_connections: 0,
             connections: None,
@@ -224,6 +228,7 @@ impl Dispatcher {
                 match result {
                     Ok(Replay::Events(events)) => {
                         self.refill_failing_since = None;
+                        self.refill_after = None;
                         let seq = |i: Option<&(Target, Delivery)>| i.and_then(|(_, d)| d.id.as_ref()).map(|id| id.seq);
                         let (first, last) = (seq(events.first()), seq(events.last()));
                         tracing::info!(events = events.len(), first, last, held = self.held.len(), "gap refilled");
@@ -274,6 +279,7 @@ impl Dispatcher {
                         // held is theirs to resume, and may be named by the old history.
                         tracing::warn!(reason = reason.as_str(), "cannot refill the gap; every stream resumes");
                         self.refill_failing_since = None;
+                        self.refill_after = None;
                         self.close_every_stream();
                         self.held.clear();
                         self.watermark = head;
@@ -283,6 +289,7 @@ impl Dispatcher {
                         // The gap can't be refilled: every stream reconnects and resumes alone.
                         tracing::warn!(error = %e, "cannot refill the gap; every stream resumes");
                         self.refill_failing_since = None;
+                        self.refill_after = None;
                         self.close_every_stream();
                     }
                 }
@@ -322,7 +329,10 @@ impl Dispatcher {
     /// Asks the broker, after `delay`, for everything after the watermark; the answer comes
     /// back as [`Command::CaughtUp`].
     fn request_refill(&mut self, delay: Duration) {
-        let Some(after) = self.watermark.clone() else { return };
+        let Some(mut after) = self.watermark.clone() else { return };
+        if let Some(seq) = self.refill_after {
+            after.seq = after.seq.min(seq);
+        }
         let broker = self.broker.clone();
         let tx = self.commands_tx.clone();
         tokio::spawn(async move {
@@ -343,13 +353,14 @@ impl Dispatcher {
     }
 
     /// Fans out one event and moves the watermark. With `dedupe` (a refill's events, and the
-    /// events held during it), durable events at or below the watermark were already sent and
-    /// are skipped. Live events (no `dedupe`) wait behind a refill this one started, and a live
-    /// sequence going back starts one. Each stream's own cursor (`Outbox`) skips what it
-    /// already has besides.
+    /// events held during it), durable events at or below the last one sent on their topic were
+    /// already sent and are skipped. Every event waits behind a refill that one before it
+    /// started; a live sequence going back starts one, and so does a live event whose subject's
+    /// chain is broken. Each stream's own cursor (`Outbox`) skips what it already has besides.
     fn dispatch(&mut self, topic: &Arc<Topic>, delivery: Delivery, dedupe: bool) {
-        if !dedupe && self.catch_up != CatchUp::Idle {
-            // An event before it in the batch started a refill.
+        if self.catch_up != CatchUp::Idle {
+            // An event before it in the batch, or before it among the held ones being released,
+            // started a refill.
             self.held.push((topic.clone(), delivery));
             return;
         }
@@ -378,11 +389,31 @@ impl Dispatcher {
                     self.start_catch_up();
                     return;
                 }
-                if dedupe && id.seq <= w.seq {
-                    return;
-                }
             }
-            self.watermark = Some(id.clone());
+            let last_sent = topic.last_sent.load(Ordering::Relaxed);
+            if last_sent > 0 && delivery.previous.is_some_and(|previous| previous > last_sent) {
+                // The subject's chain is broken: the stream stored events on it after the last
+                // one sent here, and they never arrived. A route between this pod's NATS node and
+                // the stream's leader dropped for a moment, and the leader republished them to
+                // no one here; the link's own check may notice that only later, or never. They
+                // are refilled from the history, from that subject's last event, with this event
+                // and what follows held.
+                tracing::info!(target = %topic.target, seq = id.seq, previous = delivery.previous, last_sent, "events on a subject never arrived; refilling them");
+                self.refill_after = Some(self.refill_after.map_or(last_sent, |after| after.min(last_sent)));
+                self.held.push((topic.clone(), delivery));
+                self.start_catch_up();
+                return;
+            }
+            // Sent on this topic already. Per topic, not against the watermark: a refill from a
+            // subject's broken chain goes back before the watermark, and only the events that
+            // never reached their topic go out again.
+            if dedupe && id.seq <= last_sent {
+                return;
+            }
+            topic.last_sent.store(last_sent.max(id.seq), Ordering::Relaxed);
+            if self.watermark.as_ref().is_none_or(|w| id.seq > w.seq) {
+                self.watermark = Some(id.clone());
+            }
         }
         fan_out(topic, &delivery, &self.metrics);
     }

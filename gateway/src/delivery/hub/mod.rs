@@ -28,6 +28,13 @@
 //!   queue is full (NATS's slow consumer), so a drain that finds a queue full dispatches what it
 //!   drained up to that subscription's newest event, and holds what follows for the refill
 //!   from there.
+//! - a subject's broken chain. The stream's republish names, on each event, the event stored
+//!   before it on the same subject (`Nats-Last-Sequence`). One newer than the last event the
+//!   hub sent on that subject means events on it never arrived: a route between the pod's NATS
+//!   node and the stream's leader dropped for a moment, and the leader republished them to no
+//!   one here. The connection never dropped, and the stream-reach check may notice only later,
+//!   or never. The hub holds that event and refills from the subject's last event, sending
+//!   only what never reached its topic (each topic remembers the newest event sent on it).
 //! - a live sequence going back within an epoch: a copy of an event already sent (a new stream
 //!   leader republishing what its predecessor did), or a history that started over under the
 //!   epoch the gateway last read. The refill from where the hub is tells which: a copy is
@@ -50,7 +57,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -127,6 +134,9 @@ pub struct Topic {
     status: TopicStatus,
     /// The dispatcher's slot for this topic's subscription (`NO_SLOT` until attached).
     slot: AtomicUsize,
+    /// The newest durable sequence the dispatcher sent to this topic's members (0: none yet).
+    /// Only the dispatcher's thread reads and writes it.
+    last_sent: AtomicU64,
 }
 
 const NO_SLOT: usize = usize::MAX;
@@ -286,6 +296,7 @@ impl Hub {
                             holders: AtomicUsize::new(0),
                             status: TopicStatus::new(),
                             slot: AtomicUsize::new(NO_SLOT),
+                            last_sent: AtomicU64::new(0),
                         });
                         topics.insert(target.clone(), topic.clone());
                         let _ = self.commands.send(Command::Open(topic.clone()));

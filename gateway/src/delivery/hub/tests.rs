@@ -66,6 +66,7 @@ fn durable_in(epoch: &str, seq: u64) -> Delivery {
         from: None,
         trace: None,
         published_at: None,
+        previous: None,
     }
 }
 
@@ -95,6 +96,11 @@ impl Script {
     /// does, when the subscription already queues `CAPACITY` events.
     fn live(&self, target: &Target, seq: u64) {
         self.send(target, durable(seq));
+    }
+
+    /// [`Script::live`], for event `seq` republished as following `previous` on its subject.
+    fn live_after(&self, target: &Target, seq: u64, previous: u64) {
+        self.send(target, Delivery { previous: Some(previous), ..durable(seq) });
     }
 
     fn send(&self, target: &Target, delivery: Delivery) {
@@ -275,6 +281,40 @@ async fn a_gap_after_11(script: &mut Script) -> (Arc<Hub>, Target, Reader, Membe
     let (after, reply) = script.next_replay().await;
     assert_eq!(after, 11);
     (hub, u, a, membership, reply)
+}
+
+/// A route between the pod's NATS node and the stream's leader dropped for a moment: events 12
+/// and 13 on `u` never arrived, and nothing told the hub. Event 15 names 13 as the event before
+/// it on its subject: the hub holds it, refills from 11 (the last one it sent on `u`, below the
+/// watermark, 14), and sends only what never reached its topic, then 15.
+#[tokio::test]
+async fn a_subject_whose_chain_breaks_is_refilled_from_its_last_event() {
+    let mut script = Script::new(10);
+    let (hub, u, mut a, _on_u) = streaming_after_11(&script).await;
+    let v = user("v");
+    let (mut b, _on_v) = Reader::join(&hub, std::slice::from_ref(&v), 11).await;
+    script.live(&v, 14);
+    assert_eq!(b.until(14).await, [14]);
+
+    script.live_after(&u, 15, 13);
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 11, "from the broken subject's last event, not the watermark");
+    Script::refill(reply, [(u.clone(), 12), (u.clone(), 13), (v.clone(), 14), (u.clone(), 15)]);
+    script.live_after(&u, 16, 15);
+    assert_eq!(a.until(16).await, [11, 12, 13, 15, 16]);
+    script.live(&v, 17);
+    assert_eq!(b.until(17).await, [14, 17], "14 reached `v` once");
+}
+
+/// An unbroken chain asks for no refill: each event names the one sent before it on its subject.
+#[tokio::test]
+async fn a_subject_whose_chain_holds_is_not_refilled() {
+    let mut script = Script::new(10);
+    let (_hub, u, mut a, _on_u) = streaming_after_11(&script).await;
+    script.live_after(&u, 12, 11);
+    script.live_after(&u, 20, 12);
+    assert_eq!(a.until(20).await, [11, 12, 20]);
+    assert!(script.replays.try_recv().is_err(), "no refill was asked for");
 }
 
 #[tokio::test]
