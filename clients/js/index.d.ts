@@ -49,7 +49,7 @@ export interface ConnectedEvent {
 /** The gateway could not resume: the app should refetch its state. */
 export interface ResetEvent {
   type: 'reset';
-  data: { reason: 'history_expired' | 'epoch_changed' | 'too_many' | (string & {}) };
+  data: { reason: 'history_expired' | 'epoch_changed' | 'too_many' | 'missed' | (string & {}) };
 }
 
 /** The token reached its `exp`; the client gets a fresh one from getToken() and resumes. */

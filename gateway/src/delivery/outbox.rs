@@ -60,6 +60,10 @@ pub enum Rejected {
     Full,
     /// The outbox was already closed.
     Closed,
+    /// A durable event this stream never had, arriving after a newer one (its cursor): it can
+    /// no longer go out in order. The caller queues a `reset` naming the cursor
+    /// ([`Outbox::reset_missed`]).
+    Missed { cursor: u64 },
 }
 
 struct State {
@@ -74,6 +78,11 @@ struct State {
     /// client starts (set by [`Outbox::release`]). A durable event at or below it is never
     /// queued again, whatever path it comes by: a replay, a held event, a refill of the hub.
     cursor: Option<u64>,
+    /// Where what the client has stops depending on live delivery: the cursor it started at
+    /// ([`Outbox::release`]: its first cursor, a resume's end, a reset's id), or the last
+    /// [`Outbox::reset_missed`]. A durable event above it and at or below `cursor` came live
+    /// after a newer one, which only a hub refilling events lost in transit sends.
+    covered: Option<u64>,
     /// The opening frames are queued ([`Outbox::open`]): control frames (heartbeats) go out
     /// even while live events are still held behind a replay.
     opened: bool,
@@ -114,6 +123,7 @@ impl Outbox {
                 before_release: Some(Vec::new()),
                 closed: None,
                 cursor: None,
+                covered: None,
                 opened: false,
                 waker: None,
                 room_waker: None,
@@ -134,7 +144,8 @@ impl Outbox {
     /// events, `published_at` its publish stamp (Unix nanoseconds) when it has one. A frame that
     /// would overflow the queue closes the outbox as `slow` and drops what was queued: the
     /// client resumes from its last id. A durable event at or below the stream's cursor is
-    /// skipped: the client has it already.
+    /// skipped when the client has it already, and answered [`Rejected::Missed`] when it
+    /// never had it.
     pub fn push_event(&self, frame: Bytes, seq: Option<u64>, published_at: Option<u64>) -> Result<(), Rejected> {
         self.enqueue(frame, seq, FrameKind::event(published_at))
     }
@@ -149,6 +160,9 @@ impl Outbox {
                 && let (Some(seq), Some(cursor)) = (seq, s.cursor)
                 && seq <= cursor
             {
+                if seq > s.covered.unwrap_or(0) {
+                    return Err(Rejected::Missed { cursor });
+                }
                 return Ok(());
             }
             if s.bytes + frame.len() > self.limit
@@ -187,6 +201,25 @@ impl Outbox {
             w.wake();
         }
         Ok(())
+    }
+
+    /// Queues `reset` (a `reset` frame naming the stream's cursor) after a push answered
+    /// [`Rejected::Missed`]: the client refetches its state, which covers everything up to the
+    /// cursor, so events at or below it are skipped from now on.
+    pub fn reset_missed(&self, reset: Bytes) {
+        let waker = {
+            let mut s = self.state.lock();
+            if s.closed.is_some() {
+                return;
+            }
+            s.bytes += reset.len();
+            s.frames.push_back((reset, FrameKind::CONTROL));
+            s.covered = s.cursor;
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Queues the stream's opening frames (`connected`) while live events stay held behind a
@@ -264,6 +297,7 @@ impl Outbox {
                 s.frames.push_back((frame, FrameKind::CONTROL));
             }
             s.cursor = cursor;
+            s.covered = cursor;
             for (seq, frame, kind) in held {
                 match (seq, s.cursor) {
                     (Some(seq), Some(cursor)) if seq <= cursor => {
@@ -514,13 +548,19 @@ mod tests {
         // The client starts at 10: 9 is behind it, 11 after it.
         ob.release([Bytes::from_static(b"[c]")], Some(10));
         // By any path, an event at or below the last one sent is not sent again; ephemeral
-        // events (no sequence) always are.
-        for (frame, seq) in [(&b"[10]"[..], Some(10)), (b"[11]", Some(11)), (b"[e]", None), (b"[12]", Some(12))] {
-            ob.push_event(Bytes::from_static(frame), seq, None).unwrap();
-        }
-        ob.push_event(Bytes::from_static(b"[12]"), Some(12), None).unwrap();
-        ob.push_event(Bytes::from_static(b"[3]"), Some(3), None).unwrap();
-        assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[c][11][e][12]"))));
+        // events (no sequence) always are. One at or below where the client started is
+        // skipped; one above it came after a newer one (the hub sends every event once per
+        // topic), and is answered `Missed`, until a `reset` moves where the client stands.
+        let push = |frame: &'static [u8], seq| ob.push_event(Bytes::from_static(frame), seq, None);
+        assert_eq!(push(b"[10]", Some(10)), Ok(()));
+        assert_eq!(push(b"[11]", Some(11)), Err(Rejected::Missed { cursor: 11 }));
+        assert_eq!(push(b"[e]", None), Ok(()));
+        assert_eq!(push(b"[12]", Some(12)), Ok(()));
+        assert_eq!(push(b"[12]", Some(12)), Err(Rejected::Missed { cursor: 12 }));
+        ob.reset_missed(Bytes::from_static(b"[reset 12]"));
+        assert_eq!(push(b"[11]", Some(11)), Ok(()), "the client refetched up to 12");
+        assert_eq!(push(b"[3]", Some(3)), Ok(()));
+        assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[c][11][e][12][reset 12]"))));
         assert_eq!(ob.totals().events, 3);
         // A duplicate never counts against the queue limit either.
         assert_eq!(ob.queued_bytes(), 0);

@@ -68,6 +68,10 @@ pub fn control_frame(event: &str, data: &impl Serialize) -> Bytes {
     out.freeze()
 }
 
+/// The `reset` reason of a stream that missed an event lost on its way to the gateway and
+/// refilled after a newer one reached the stream: it can no longer go out in order.
+pub const RESET_MISSED: &str = "missed";
+
 /// `event: reset` with `{"reason":…}`, carrying the history's head as its id when known.
 pub fn reset_frame(reason: &str, head: Option<&EventId>) -> Bytes {
     let control = control_frame("reset", &serde_json::json!({ "reason": reason }));

@@ -404,10 +404,10 @@ impl Dispatcher {
                 self.start_catch_up();
                 return;
             }
-            // Sent on this topic already. Per topic, not against the watermark: a refill from a
-            // subject's broken chain goes back before the watermark, and only the events that
-            // never reached their topic go out again.
-            if dedupe && id.seq <= last_sent {
+            // Sent on this topic already: a copy, live, or a refill's. Per topic, not against the
+            // watermark: a refill from a subject's broken chain goes back before the watermark,
+            // and only the events that never reached their topic go out again.
+            if id.seq <= last_sent {
                 return;
             }
             topic.last_sent.store(last_sent.max(id.seq), Ordering::Relaxed);
@@ -418,9 +418,11 @@ impl Dispatcher {
         fan_out(topic, &delivery, &self.metrics);
     }
 
-    /// Closes every stream of the pod with a `retry:`: each client resumes on its own.
+    /// Closes every stream of the pod with a `retry:`: each client resumes on its own. What each
+    /// topic sent is forgotten with them: it may belong to a history that started over.
     fn close_every_stream(&self) {
         for (_, slot) in self.slots.iter() {
+            slot.topic.last_sent.store(0, Ordering::Relaxed);
             for (_, outbox) in slot.topic.members.read().iter() {
                 outbox.close(CloseReason::Error, Some(sse::retry_frame(1000)));
             }
@@ -597,12 +599,25 @@ fn fan_out_frames(topic: &Topic, delivery: &Delivery, problem: Option<&'static s
     let seq = delivery.id.as_ref().map(|id| id.seq);
     let mut sent = 0;
     let mut slow = 0;
+    let mut missed = 0;
     topic.for_each_member(|outbox| match outbox.push_event(frame.clone(), seq, delivery.published_at) {
         Ok(()) => sent += 1,
         // The outbox closed itself as slow.
         Err(Rejected::Full) => slow += 1,
         // The stream is ending anyway.
         Err(Rejected::Closed) => {}
+        // An event lost in transit, refilled after the stream got a newer one on another
+        // subject: the client refetches instead.
+        Err(Rejected::Missed { cursor }) => {
+            if let Some(id) = &delivery.id {
+                let head = EventId { epoch: id.epoch.clone(), seq: cursor };
+                outbox.reset_missed(sse::reset_frame(sse::RESET_MISSED, Some(&head)));
+                missed += 1;
+            }
+        }
     });
+    if missed > 0 {
+        tracing::warn!(target = %topic.target, seq, streams = missed, "streams got a newer event before this one, lost in transit; sent them a reset");
+    }
     (sent, slow)
 }

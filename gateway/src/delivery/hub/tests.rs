@@ -210,6 +210,8 @@ impl Broker for Scripted {
 struct Reader {
     outbox: Arc<Outbox>,
     seqs: Vec<u64>,
+    /// `reset` frames received (their ids are in `seqs` too).
+    resets: usize,
 }
 
 impl Reader {
@@ -223,7 +225,7 @@ impl Reader {
         let outbox = Outbox::new(1 << 20, Arc::new(Metrics::new()));
         let membership = hub.join(targets, &outbox).await?;
         outbox.release([], Some(cursor));
-        Ok((Reader { outbox, seqs: Vec::new() }, membership))
+        Ok((Reader { outbox, seqs: Vec::new(), resets: 0 }, membership))
     }
 
     fn read(&mut self) -> &[u64] {
@@ -232,6 +234,7 @@ impl Reader {
         while let Poll::Ready(Some(chunk)) = self.outbox.poll_chunk(&mut cx) {
             let text = String::from_utf8(chunk.to_vec()).unwrap();
             for line in text.lines() {
+                self.resets += usize::from(line == "event: reset");
                 if let Some((_, seq)) = line.strip_prefix("id: ").and_then(|id| id.rsplit_once('-')) {
                     self.seqs.push(seq.parse().unwrap());
                 }
@@ -304,6 +307,27 @@ async fn a_subject_whose_chain_breaks_is_refilled_from_its_last_event() {
     assert_eq!(a.until(16).await, [11, 12, 13, 15, 16]);
     script.live(&v, 17);
     assert_eq!(b.until(17).await, [14, 17], "14 reached `v` once");
+}
+
+/// Events 12 and 13 on `u` were lost in transit, and a stream on both `u` and `v` got 14 on `v`
+/// before the hub learnt of the loss (15 on `u` names 13). The refill sends 12 and 13 to `u`:
+/// the stream on `u` alone gets them in order; the one on both no longer can, and gets a
+/// `reset` naming 14 instead (its client refetches), then 15.
+#[tokio::test]
+async fn a_stream_that_got_a_newer_event_before_a_lost_one_is_reset() {
+    let mut script = Script::new(10);
+    let (hub, u, mut a, _on_u) = streaming_after_11(&script).await;
+    let v = user("v");
+    let (mut both, _on_both) = Reader::join(&hub, &[u.clone(), v.clone()], 11).await;
+    script.live(&v, 14);
+    assert_eq!(both.until(14).await, [14]);
+
+    script.live_after(&u, 15, 13);
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 11);
+    Script::refill(reply, [(u.clone(), 12), (u.clone(), 13), (v.clone(), 14), (u.clone(), 15)]);
+    assert_eq!(a.until(15).await, [11, 12, 13, 15]);
+    assert_eq!((both.until(15).await, both.resets), (vec![14, 14, 15], 1), "14, a reset naming 14, then 15");
 }
 
 /// An unbroken chain asks for no refill: each event names the one sent before it on its subject.
