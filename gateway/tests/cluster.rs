@@ -263,20 +263,62 @@ async fn without_a_quorum_publishing_answers_503_after_the_retry_window() {
     assert_eq!((got, last.id), (vec![("order".to_owned(), id)], Some(marker)));
 }
 
+/// Two gateways on every node of `cluster`, ready: `gw-a`, which the clients of
+/// [`Publishing`] stream from, and `gw-b`, which it publishes through.
+async fn two_gateways(cluster: &NatsCluster) -> (Gateway, Gateway) {
+    let a = gateway(cluster, "gw-a", &[]);
+    let b = gateway(cluster, "gw-b", &[]);
+    a.ready().await;
+    b.ready().await;
+    (a, b)
+}
+
+/// 50 clients streaming from one gateway while events are published through another at
+/// [`RATE`], until [`Publishing::finish`].
+struct Publishing {
+    fs: Vec<Follower>,
+    tally: Arc<Tally>,
+    task: tokio::task::JoinHandle<usize>,
+    through: SocketAddr,
+}
+
+impl Publishing {
+    const CLIENTS: usize = 50;
+
+    /// Connects the clients to `a`, starts publishing through `b`, and waits until 500 events
+    /// are acknowledged.
+    async fn start(a: &Gateway, b: &Gateway) -> Publishing {
+        let fs: Vec<Follower> = (0..Self::CLIENTS).map(|i| follower(i, &[a.addr])).collect();
+        all_connected(&fs).await;
+        let tally = Arc::new(Tally::default());
+        let task = tokio::spawn(publisher(vec![b.addr], tally.clone()));
+        acknowledged_more(&tally, 500, "publishing started").await;
+        Publishing { fs, tally, task, through: b.addr }
+    }
+
+    /// Stops publishing, publishes the marker, and asserts that every client got every
+    /// acknowledged event it was owed exactly once, in order; answers the clients.
+    async fn finish(self) -> Vec<Follower> {
+        self.tally.stop.store(true, Ordering::SeqCst);
+        let published = self.task.await.unwrap();
+        let marker = publish_one(&[self.through], published, "marker", &self.tally).await;
+        self.tally.ledger.lock().unwrap().marker = marker;
+        let ledger = std::mem::take(&mut *self.tally.ledger.lock().unwrap());
+        assert_exactly_once(&self.fs, &ledger).await;
+        self.fs
+    }
+}
+
 /// The routes between a gateway's node and the stream's leader drop for 300 ms and come back,
 /// while the other two nodes keep a quorum: what the leader stored meanwhile was republished to
 /// nobody on the gateway's node, and the gateway's connection never dropped. Its clients still
 /// get every acknowledged event exactly once, in order: the first event to arrive after the
 /// blink names an earlier one on its subject that never came, and the gateway refills from
-/// there (before: about 1 s of events, 3,680 deliveries, lost without a word).
+/// there (before: about 1 s of events, 3,630–3,680 deliveries, lost without a word).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_of_a_gateway_whose_routes_to_the_leader_blink_lose_nothing() {
-    const ON_A: usize = 50;
     let cluster = NatsCluster::start(3).await;
-    let a = gateway(&cluster, "gw-a", &[]);
-    let b = gateway(&cluster, "gw-b", &[]);
-    a.ready().await;
-    b.ready().await;
+    let (a, b) = two_gateways(&cluster).await;
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
     let node_a = cluster.node_of("herald-gateway gw-a").await.unwrap();
@@ -291,22 +333,13 @@ async fn clients_of_a_gateway_whose_routes_to_the_leader_blink_lose_nothing() {
         leader = cluster.stream_leader(&js, "HERALD", true).await;
     }
     assert_ne!(leader, node_a, "another node leads the stream");
-    let fs: Vec<Follower> = (0..ON_A).map(|i| follower(i, &[a.addr])).collect();
-    all_connected(&fs).await;
 
-    let tally = Arc::new(Tally::default());
-    let publishing = tokio::spawn(publisher(vec![b.addr], tally.clone()));
-    acknowledged_more(&tally, 500, "publishing started").await;
+    let publishing = Publishing::start(&a, &b).await;
     cluster.cut_routes(node_a, leader);
     tokio::time::sleep(Duration::from_millis(300)).await; // the blink itself
     cluster.heal();
-    acknowledged_more(&tally, 2000, "publishing after the blink").await;
-
-    tally.stop.store(true, Ordering::SeqCst);
-    let published = publishing.await.unwrap();
-    tally.ledger.lock().unwrap().marker = publish_one(&[b.addr], published, "marker", &tally).await;
-    let ledger = std::mem::take(&mut *tally.ledger.lock().unwrap());
-    assert_exactly_once(&fs, &ledger).await;
+    acknowledged_more(&publishing.tally, 2000, "publishing after the blink").await;
+    publishing.finish().await;
 }
 
 /// The node a gateway is connected to is cut off from the other two for 10 s: the gateway's
@@ -315,34 +348,26 @@ async fn clients_of_a_gateway_whose_routes_to_the_leader_blink_lose_nothing() {
 /// reach the stream, holds, and refills once it can).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_of_a_gateway_whose_node_is_cut_off_lose_nothing() {
-    const ON_A: usize = 50;
     let cluster = NatsCluster::start(3).await;
-    let a = gateway(&cluster, "gw-a", &[]);
-    let b = gateway(&cluster, "gw-b", &[]);
-    a.ready().await;
-    b.ready().await;
+    let (a, b) = two_gateways(&cluster).await;
     let js = jetstream::new(cluster.client().await);
     cluster.stream_leader(&js, "HERALD", true).await;
     let node_a = cluster.node_of("herald-gateway gw-a").await.unwrap();
-    let fs: Vec<Follower> = (0..ON_A).map(|i| follower(i, &[a.addr])).collect();
-    all_connected(&fs).await;
 
-    let tally = Arc::new(Tally::default());
-    let publishing = tokio::spawn(publisher(vec![b.addr], tally.clone()));
-    acknowledged_more(&tally, 500, "publishing started").await;
+    let publishing = Publishing::start(&a, &b).await;
     cluster.isolate(node_a);
     tokio::time::sleep(Duration::from_secs(10)).await; // the partition itself
     cluster.heal();
     cluster.formed().await;
-    acknowledged_more(&tally, 1000, "publishing after the partition healed").await;
-
-    tally.stop.store(true, Ordering::SeqCst);
-    let published = publishing.await.unwrap();
-    tally.ledger.lock().unwrap().marker = publish_one(&[b.addr], published, "marker", &tally).await;
-    let ledger = std::mem::take(&mut *tally.ledger.lock().unwrap());
-    assert_exactly_once(&fs, &ledger).await;
+    acknowledged_more(&publishing.tally, 1000, "publishing after the partition healed").await;
+    let fs = publishing.finish().await;
     let connects: usize = fs.iter().map(|f| f.seen.lock().unwrap().connects).sum();
-    assert_eq!(connects, ON_A, "every stream stayed open through the partition; gw-a's log:\n{}", a.log_text());
+    assert_eq!(
+        connects,
+        Publishing::CLIENTS,
+        "every stream stayed open through the partition; gw-a's log:\n{}",
+        a.log_text()
+    );
     a.wait_for_log("cannot store or reach this gateway").await;
 }
 
