@@ -103,6 +103,13 @@ pub(super) struct Dispatcher {
     /// A subject's chain broke (see [`Dispatcher::dispatch`]): the refill starts after this
     /// sequence, the last one sent on that subject, rather than after the watermark.
     refill_after: Option<u64>,
+    /// The sequences the last refill read, after its start and through its end: an event among
+    /// them that never reached its topic is gone from the history (its subject's limit, its
+    /// age), not in transit, and breaks no chain. `reading` is that range for the refill out
+    /// now, its end at least the newest event held when it was asked for (the history holds
+    /// everything up to that one).
+    read: Option<(u64, u64)>,
+    reading: (u64, u64),
     /// When the refills of the current gap started failing with the link up.
     refill_failing_since: Option<std::time::Instant>,
     /// The broker's connection count, read at once (see [`Broker::connections`]), and the
@@ -151,6 +158,8 @@ impl Dispatcher {
             hole_after: None,
             held: Vec::new(),
             refill_after: None,
+            read: None,
+            reading: (0, 0),
             refill_failing_since: None,
             known_connections: 0,
             connections: None,
@@ -231,6 +240,8 @@ impl Dispatcher {
                         self.refill_after = None;
                         let seq = |i: Option<&(Target, Delivery)>| i.and_then(|(_, d)| d.id.as_ref()).map(|id| id.seq);
                         let (first, last) = (seq(events.first()), seq(events.last()));
+                        let (from, through) = self.reading;
+                        self.read = Some((from, through.max(last.unwrap_or(0))));
                         tracing::info!(events = events.len(), first, last, held = self.held.len(), "gap refilled");
                         for (target, delivery) in events {
                             if let Some(topic) = self.by_target.get(&target).and_then(|&i| self.topic_at(i)) {
@@ -333,6 +344,8 @@ impl Dispatcher {
         if let Some(seq) = self.refill_after {
             after.seq = after.seq.min(seq);
         }
+        let held = self.held.iter().filter_map(|(_, d)| d.id.as_ref().map(|id| id.seq)).max();
+        self.reading = (after.seq, held.unwrap_or(0));
         let broker = self.broker.clone();
         let tx = self.commands_tx.clone();
         tokio::spawn(async move {
@@ -391,13 +404,15 @@ impl Dispatcher {
                 }
             }
             let last_sent = topic.last_sent.load(Ordering::Relaxed);
-            if last_sent > 0 && delivery.previous.is_some_and(|previous| previous > last_sent) {
+            let gone = |previous: u64| self.read.is_some_and(|(from, through)| from < previous && previous <= through);
+            if last_sent > 0 && delivery.previous.is_some_and(|previous| previous > last_sent && !gone(previous)) {
                 // The subject's chain is broken: the stream stored events on it after the last
                 // one sent here, and they never arrived. A route between this pod's NATS node and
                 // the stream's leader dropped for a moment, and the leader republished them to
                 // no one here; the link's own check may notice that only later, or never. They
                 // are refilled from the history, from that subject's last event, with this event
-                // and what follows held.
+                // and what follows held. Once the history has been read past the event named,
+                // it is no longer looked for: what the history does not hold cannot be sent.
                 tracing::info!(target = %topic.target, seq = id.seq, previous = delivery.previous, last_sent, "events on a subject never arrived; refilling them");
                 self.refill_after = Some(self.refill_after.map_or(last_sent, |after| after.min(last_sent)));
                 self.held.push((topic.clone(), delivery));

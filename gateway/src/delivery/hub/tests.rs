@@ -330,6 +330,20 @@ async fn a_stream_that_got_a_newer_event_before_a_lost_one_is_reset() {
     assert_eq!((both.until(15).await, both.resets), (vec![14, 14, 15], 1), "14, a reset naming 14, then 15");
 }
 
+/// The events a chain names are gone from the history when the refill reads it (aged out): the
+/// refill brings nothing, the held event goes out, and the hub does not look for them again.
+#[tokio::test]
+async fn events_a_chain_names_that_the_history_no_longer_holds_are_not_looked_for_again() {
+    let mut script = Script::new(10);
+    let (_hub, u, mut a, _on_u) = streaming_after_11(&script).await;
+    script.live_after(&u, 13, 12);
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 11);
+    Script::refill(reply, []);
+    script.live_after(&u, 14, 13);
+    assert_eq!(a.until(14).await, [11, 13, 14]);
+}
+
 /// An unbroken chain asks for no refill: each event names the one sent before it on its subject.
 #[tokio::test]
 async fn a_subject_whose_chain_holds_is_not_refilled() {
