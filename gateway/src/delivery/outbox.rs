@@ -188,7 +188,15 @@ impl Outbox {
             if let Some(held) = &mut s.before_release
                 && !control_goes_out
             {
-                held.push((seq, frame, kind));
+                // Nothing held has gone out yet: an event older than one held (lost in transit,
+                // and refilled by the hub after a newer one on another subject) goes before it,
+                // so that the release queues every held event in order.
+                // Most come in order: the newest held event is found from the end.
+                let newest = || held.iter().rev().find_map(|(h, ..)| *h);
+                let at = seq
+                    .filter(|&seq| newest().is_some_and(|newest| newest > seq))
+                    .and_then(|seq| held.iter().position(|(h, ..)| h.is_some_and(|h| h > seq)));
+                held.insert(at.unwrap_or(held.len()), (seq, frame, kind));
                 return Ok(());
             }
             s.frames.push_back((frame, kind));
@@ -564,6 +572,19 @@ mod tests {
         assert_eq!(ob.totals().events, 3);
         // A duplicate never counts against the queue limit either.
         assert_eq!(ob.queued_bytes(), 0);
+    }
+
+    /// A stream still replaying holds live events; one refilled after a newer one (lost in
+    /// transit on its way to the gateway) is released in its place, not dropped as older.
+    #[test]
+    fn an_older_event_held_after_a_newer_one_is_released_in_order() {
+        let ob = Outbox::new(1024, Arc::new(Metrics::new()));
+        for (frame, seq) in [(&b"[5]"[..], Some(5)), (b"[9]", Some(9)), (b"[e]", None), (b"[7]", Some(7))] {
+            ob.push_event(Bytes::from_static(frame), seq, None).unwrap();
+        }
+        ob.release([Bytes::from_static(b"[c]")], Some(4));
+        assert_eq!(poll(&ob), Poll::Ready(Some(Bytes::from_static(b"[c][5][7][9][e]"))));
+        assert_eq!(ob.push_event(Bytes::from_static(b"[8]"), Some(8), None), Err(Rejected::Missed { cursor: 9 }));
     }
 
     #[test]
