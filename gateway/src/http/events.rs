@@ -217,7 +217,15 @@ async fn start_resume(state: &AppState, targets: &[Target], raw: &str) -> Result
         return Ok(Resume::Reset(ResetReason::EpochChanged, fresh_cursor(state).await));
     };
     let seq = after.seq;
-    Ok(match state.broker.resume(targets.to_vec(), after, state.settings.max_replay).await? {
+    let resumption = state.broker.resume(targets.to_vec(), after.clone(), state.settings.max_replay).await?;
+    // Where the history stood, read after the stream's subscriptions were in place.
+    if let Some(position) = match &resumption {
+        Resumption::Reset(_, head) => head.as_ref(),
+        Resumption::UpToDate | Resumption::Replay(_) => Some(&after),
+    } {
+        state.hub.stream_started_at(position);
+    }
+    Ok(match resumption {
         Resumption::UpToDate => Resume::UpToDate(seq),
         Resumption::Reset(reason, head) => Resume::Reset(reason, head),
         Resumption::Replay(pages) => Resume::Replay { pages, after: seq },
@@ -326,11 +334,17 @@ impl Replaying {
 /// Where a new stream's resume cursor starts: the history's newest event, read after the
 /// stream's subscriptions are in place, so every later event reaches the stream live. A client
 /// that loses the stream before its first event resumes from there, instead of reconnecting
-/// without an id and missing what was published meanwhile. Without history, or when it cannot
-/// be read within `CURSOR_WAIT`, the stream opens without a cursor rather than wait longer.
+/// without an id and missing what was published meanwhile. The hub hears of it too (see
+/// [`crate::delivery::hub::Hub::stream_started_at`]). Without history, or when it cannot be
+/// read within `CURSOR_WAIT`, the stream opens without a cursor rather than wait longer.
 async fn fresh_cursor(state: &AppState) -> Option<EventId> {
     match tokio::time::timeout(CURSOR_WAIT, state.broker.last_id()).await {
-        Ok(Ok(head)) => head,
+        Ok(Ok(head)) => {
+            if let Some(head) = &head {
+                state.hub.stream_started_at(head);
+            }
+            head
+        }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "no resume cursor for a new stream");
             None

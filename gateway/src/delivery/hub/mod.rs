@@ -40,6 +40,10 @@
 //!   epoch the gateway last read. The refill from where the hub is tells which: a copy is
 //!   dropped with the refill's duplicates, a new history answers with a reset.
 //!
+//! A refill starts from the newest durable event the hub dispatched, or, before any, from where
+//! the history stood when the hub started. Should the history not answer then, the first
+//! cursor a stream reads from it takes that place (`Hub::stream_started_at`).
+//!
 //! A gap that opens while a refill is out gets a refill of its own, from where the first one
 //! ended, before anything held is released. Sessions stay open throughout, and each stream's
 //! own cursor (`Outbox`) drops any durable event at or below what that stream already has: a
@@ -57,7 +61,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -171,7 +175,8 @@ enum Command {
     Open(Arc<Topic>),
     Attach(Arc<Topic>, Result<EventStream, BrokerError>),
     Close(Arc<Topic>),
-    /// The newest event id of the history when the hub started.
+    /// The newest event id of the history when the hub started, or (read first) when a stream
+    /// started.
     Position(Option<EventId>),
     /// The broker's connection went down: what is published now is not delivered live.
     LinkDown,
@@ -188,6 +193,8 @@ enum Command {
 pub struct Hub {
     topics: Mutex<HashMap<Target, Arc<Topic>>>,
     commands: mpsc::UnboundedSender<Command>,
+    /// Whether a stream's first cursor went to the dispatcher (see [`Hub::stream_started_at`]).
+    stream_position_sent: AtomicBool,
 }
 
 /// Why a session could not join.
@@ -267,7 +274,19 @@ impl Hub {
                 }
             });
         }
-        Arc::new(Hub { topics: Mutex::new(HashMap::new()), commands: tx })
+        Arc::new(Hub { topics: Mutex::new(HashMap::new()), commands: tx, stream_position_sent: AtomicBool::new(false) })
+    }
+
+    /// The history stood at `id` after a new stream's subscriptions were in place (the stream's
+    /// first cursor, read from the history). Until the hub has read where the history stood
+    /// itself (it may not answer when the pod starts), a gap in live delivery is refilled from
+    /// the first such id: else the gap's events, which that stream is owed, would be lost to it.
+    /// Every stream that opens after it starts at or after it, so its first is the one that
+    /// counts.
+    pub fn stream_started_at(&self, id: &EventId) {
+        if !self.stream_position_sent.swap(true, Ordering::Relaxed) {
+            let _ = self.commands.send(Command::Position(Some(id.clone())));
+        }
     }
 
     /// Subjects this pod is subscribed to.

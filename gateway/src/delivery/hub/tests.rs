@@ -28,7 +28,8 @@ struct Scripted {
     feeds: Mutex<HashMap<Target, mpsc::Sender<Delivery>>>,
     replays: mpsc::UnboundedSender<(Option<EventId>, Reply)>,
     link: watch::Receiver<Link>,
-    head: u64,
+    /// The history's head when the hub starts; `None`: the history does not answer.
+    head: Option<u64>,
     /// While set, subscriptions wait for `gate` before they are in place (the broker may
     /// already queue their events).
     gated: AtomicBool,
@@ -73,6 +74,15 @@ fn durable_in(epoch: &str, seq: u64) -> Delivery {
 impl Script {
     /// A broker whose history's head is `head` when the hub starts.
     fn new(head: u64) -> Script {
+        Script::with_head(Some(head))
+    }
+
+    /// A broker whose history never tells the hub where it stands.
+    fn unreadable() -> Script {
+        Script::with_head(None)
+    }
+
+    fn with_head(head: Option<u64>) -> Script {
         let (replays_tx, replays) = mpsc::unbounded_channel();
         let (link, link_rx) = watch::channel(Link { up: true, connections: 1, restored: 0 });
         let broker = Arc::new(Scripted {
@@ -184,8 +194,10 @@ impl Broker for Scripted {
     }
 
     fn last_id(&self) -> BoxFuture<'static, Result<Option<EventId>, BrokerError>> {
-        let head = self.head;
-        async move { Ok(Some(id(head))) }.boxed()
+        match self.head {
+            Some(head) => async move { Ok(Some(id(head))) }.boxed(),
+            None => futures_util::future::pending().boxed(),
+        }
     }
 
     fn link(&self) -> Option<watch::Receiver<Link>> {
@@ -284,6 +296,26 @@ async fn a_gap_after_11(script: &mut Script) -> (Arc<Hub>, Target, Reader, Membe
     let (after, reply) = script.next_replay().await;
     assert_eq!(after, 11);
     (hub, u, a, membership, reply)
+}
+
+/// The hub could not read where the history stood when it started; a stream that joined
+/// later read its first cursor, 10, from it. The link drops and returns before any durable event
+/// reached the hub, and events 11 and 12 were stored meanwhile: the hub refills the gap from
+/// where that stream started rather than send 13 over it.
+#[tokio::test]
+async fn a_gap_before_the_hub_read_the_history_is_refilled_from_where_a_stream_started() {
+    let mut script = Script::unreadable();
+    let hub = script.hub();
+    let u = user("u");
+    let (mut a, _on_u) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
+    hub.stream_started_at(&id(10)); // as a new stream does, once it has read its first cursor
+    script.down();
+    script.gap();
+    script.live(&u, 13);
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 10);
+    Script::refill(reply, [(u.clone(), 11), (u.clone(), 12), (u.clone(), 13)]);
+    assert_eq!(a.until(13).await, [11, 12, 13]);
 }
 
 /// A route between the pod's NATS node and the stream's leader dropped for a moment: events 12
