@@ -340,6 +340,12 @@ async fn clients_of_a_gateway_whose_routes_to_the_leader_blink_lose_nothing() {
     cluster.heal();
     acknowledged_more(&publishing.tally, 2000, "publishing after the blink").await;
     publishing.finish().await;
+    // And the gateway's metrics show it.
+    let mut gaps = 0.0;
+    for cause in ["broken_chain", "reconnect"] {
+        gaps += a.metric(&format!("herald_live_gaps_total{{cause=\"{cause}\"}}")).await.unwrap();
+    }
+    assert!(gaps >= 1.0, "the gap counted in herald_live_gaps_total");
 }
 
 /// The node a gateway is connected to is cut off from the other two for 10 s: the gateway's

@@ -99,6 +99,8 @@ async fn scrape(addr: SocketAddr) -> Metrics {
         "herald_delivery_latency_seconds",
         "herald_resume_total",
         "herald_replayed_events_total",
+        "herald_live_gaps_total",
+        "herald_missed_resets_total",
         "herald_publish_requests_total",
         "herald_publish_duration_seconds",
         "herald_nats_connected",

@@ -77,6 +77,36 @@ impl ResumeResult {
     }
 }
 
+/// What opened a gap in a gateway's live delivery, which its hub then refilled from the history
+/// (see `delivery/hub/mod.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gap {
+    /// The NATS connection dropped, or the history's stream stopped reaching it for a while.
+    Reconnect,
+    /// A subscription's queue filled up and NATS dropped what followed (its slow consumer).
+    FellBehind,
+    /// A subject's events stopped arriving while the connection held (a route inside the NATS
+    /// cluster dropped for a moment).
+    BrokenChain,
+    /// A live sequence went back (a new stream leader repeating events, or a history that
+    /// started over).
+    SequenceBack,
+}
+
+impl Gap {
+    /// In declaration order: a cause's index is its discriminant.
+    const ALL: [Gap; 4] = [Gap::Reconnect, Gap::FellBehind, Gap::BrokenChain, Gap::SequenceBack];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gap::Reconnect => "reconnect",
+            Gap::FellBehind => "fell_behind",
+            Gap::BrokenChain => "broken_chain",
+            Gap::SequenceBack => "sequence_back",
+        }
+    }
+}
+
 fn close_index(reason: CloseReason) -> usize {
     match reason {
         CloseReason::Client => 0,
@@ -129,6 +159,8 @@ pub struct Metrics {
     delivery_latency: Histogram,
     resume: [IntCounter; 5],
     replayed: IntCounter,
+    gaps: [IntCounter; 4],
+    missed_resets: IntCounter,
     publish_requests: IntCounterVec,
     publish_duration: Histogram,
     presence_writes: IntCounter,
@@ -215,6 +247,16 @@ impl Metrics {
         );
         let resume = ResumeResult::ALL.map(|r| resume_vec.with_label_values(&[r.as_str()]));
         let replayed = counter("herald_replayed_events_total", "Events replayed from the history to resuming streams");
+        let gaps_vec = labelled(
+            "herald_live_gaps_total",
+            "Gaps in live delivery that the hub refilled from the history, by what opened them",
+            "cause",
+        );
+        let gaps = Gap::ALL.map(|g| gaps_vec.with_label_values(&[g.as_str()]));
+        let missed_resets = counter(
+            "herald_missed_resets_total",
+            "Streams sent a `missed` reset: an event lost in transit came back after the stream had a newer one",
+        );
         let publish_requests =
             labelled("herald_publish_requests_total", "POST /v1/publish requests, by HTTP status", "status");
         for status in PUBLISH_STATUSES {
@@ -276,6 +318,8 @@ impl Metrics {
             delivery_latency,
             resume,
             replayed,
+            gaps,
+            missed_resets,
             publish_requests,
             publish_duration,
             presence_writes,
@@ -342,6 +386,16 @@ impl Metrics {
         if replayed_events > 0 {
             self.replayed.inc_by(replayed_events as u64);
         }
+    }
+
+    /// The hub found a gap in live delivery, opened by `cause`.
+    pub fn live_gap(&self, cause: Gap) {
+        self.gaps[cause as usize].inc();
+    }
+
+    /// `streams` streams were sent a `missed` reset.
+    pub fn missed_resets(&self, streams: u64) {
+        self.missed_resets.inc_by(streams);
     }
 
     /// A publish request answered with `status` after `took`.
@@ -456,6 +510,11 @@ mod tests {
             "herald_resume_total{result=\"too_many\"} 0",
             "herald_resume_total{result=\"failed\"} 0",
             "herald_replayed_events_total 0",
+            "herald_live_gaps_total{cause=\"reconnect\"} 0",
+            "herald_live_gaps_total{cause=\"fell_behind\"} 0",
+            "herald_live_gaps_total{cause=\"broken_chain\"} 0",
+            "herald_live_gaps_total{cause=\"sequence_back\"} 0",
+            "herald_missed_resets_total 0",
             "herald_publish_requests_total{status=\"200\"} 0",
             "herald_publish_requests_total{status=\"503\"} 0",
             "herald_publish_duration_seconds_count 0",

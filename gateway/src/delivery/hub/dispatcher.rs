@@ -26,7 +26,7 @@ use crate::delivery::close_reason::CloseReason;
 use crate::delivery::outbox::Rejected;
 use crate::delivery::sse;
 use crate::event::{Delivery, EventId, Target};
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Gap, Metrics};
 use crate::ops::trace;
 
 use super::{Command, NO_SLOT, Topic, TopicState};
@@ -216,9 +216,15 @@ impl Dispatcher {
                 }
             }
             Command::LinkDown => match self.catch_up {
-                CatchUp::Idle => self.catch_up = CatchUp::Holding,
+                CatchUp::Idle => {
+                    self.metrics.live_gap(Gap::Reconnect);
+                    self.catch_up = CatchUp::Holding;
+                }
                 CatchUp::Holding => {}
-                CatchUp::Running { .. } => self.catch_up = CatchUp::Running { again: true },
+                CatchUp::Running { .. } => {
+                    self.metrics.live_gap(Gap::Reconnect);
+                    self.catch_up = CatchUp::Running { again: true };
+                }
             },
             Command::Gap { restored } => {
                 // Word of a reconnect the dispatcher may have found first, from the count; a
@@ -226,8 +232,14 @@ impl Dispatcher {
                 let unseen = self.note_connections() || self.connections.is_none() || restored;
                 match self.catch_up {
                     CatchUp::Holding => self.start_catch_up(),
-                    CatchUp::Idle if unseen => self.start_catch_up(),
-                    CatchUp::Running { .. } if unseen => self.catch_up = CatchUp::Running { again: true },
+                    CatchUp::Idle if unseen => {
+                        self.metrics.live_gap(Gap::Reconnect);
+                        self.start_catch_up();
+                    }
+                    CatchUp::Running { .. } if unseen => {
+                        self.metrics.live_gap(Gap::Reconnect);
+                        self.catch_up = CatchUp::Running { again: true };
+                    }
                     CatchUp::Idle | CatchUp::Running { .. } => {}
                 }
             }
@@ -398,6 +410,7 @@ impl Dispatcher {
                     // event and what follows held, a copy is dropped as sent, and a new history
                     // answers with a reset.
                     tracing::info!(seq = id.seq, watermark = %w, "a live sequence went back; asking the history why");
+                    self.metrics.live_gap(Gap::SequenceBack);
                     self.held.push((topic.clone(), delivery));
                     self.start_catch_up();
                     return;
@@ -414,6 +427,7 @@ impl Dispatcher {
                 // and what follows held. Once the history has been read past the event named,
                 // it is no longer looked for: what the history does not hold cannot be sent.
                 tracing::info!(target = %topic.target, seq = id.seq, previous = delivery.previous, last_sent, "events on a subject never arrived; refilling them");
+                self.metrics.live_gap(Gap::BrokenChain);
                 self.refill_after = Some(self.refill_after.map_or(last_sent, |after| after.min(last_sent)));
                 self.held.push((topic.clone(), delivery));
                 self.start_catch_up();
@@ -515,6 +529,7 @@ impl Dispatcher {
         match self.catch_up {
             CatchUp::Idle if reconnected => {
                 tracing::info!("the broker reconnected before its link said so; refilling first");
+                self.metrics.live_gap(Gap::Reconnect);
                 self.held.extend(topics);
                 self.start_catch_up();
                 return;
@@ -527,6 +542,12 @@ impl Dispatcher {
                 return;
             }
             CatchUp::Running { .. } => {
+                if hole.is_some() {
+                    self.metrics.live_gap(Gap::FellBehind);
+                }
+                if reconnected {
+                    self.metrics.live_gap(Gap::Reconnect);
+                }
                 if hole.is_some() || reconnected {
                     self.catch_up = CatchUp::Running { again: true };
                 }
@@ -543,6 +564,7 @@ impl Dispatcher {
         // A subscription overflowed and the broker dropped what followed sequence `hole` on it:
         // what precedes the hole goes out now, what follows it waits for the refill from there.
         tracing::warn!(after = hole, "a subscription fell behind and the broker dropped events; refilling them");
+        self.metrics.live_gap(Gap::FellBehind);
         let mut beyond = Vec::new();
         for (topic, delivery) in topics {
             if delivery.id.as_ref().is_some_and(|id| id.seq > hole) {
@@ -632,6 +654,7 @@ fn fan_out_frames(topic: &Topic, delivery: &Delivery, problem: Option<&'static s
         }
     });
     if missed > 0 {
+        metrics.missed_resets(missed);
         tracing::warn!(target = %topic.target, seq, streams = missed, "streams got a newer event before this one, lost in transit; sent them a reset");
     }
     (sent, slow)

@@ -43,6 +43,7 @@ struct Scripted {
 /// The test's side of it.
 struct Script {
     broker: Arc<Scripted>,
+    metrics: Arc<Metrics>,
     replays: mpsc::UnboundedReceiver<(Option<EventId>, Reply)>,
     link: watch::Sender<Link>,
 }
@@ -95,11 +96,23 @@ impl Script {
             failing: AtomicBool::new(false),
             connections: Arc::new(1.into()),
         });
-        Script { broker, replays, link }
+        Script { broker, metrics: Arc::new(Metrics::new()), replays, link }
     }
 
     fn hub(&self) -> Arc<Hub> {
-        Hub::start(self.broker.clone(), Arc::new(Metrics::new()), &tokio::runtime::Handle::current())
+        Hub::start(self.broker.clone(), self.metrics.clone(), &tokio::runtime::Handle::current())
+    }
+
+    /// The value of the hub's metric `series` (name and labels, as `/metrics` shows them).
+    fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics.render(&Default::default());
+        let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
+        line.unwrap_or_else(|| panic!("no {series}")).rsplit_once(' ').unwrap().1.parse().unwrap()
+    }
+
+    /// How many gaps in live delivery the hub found, opened by `cause`.
+    fn gaps(&self, cause: &str) -> f64 {
+        self.metric(&format!("herald_live_gaps_total{{cause=\"{cause}\"}}"))
     }
 
     /// Delivers durable event `seq` live on `target`'s subscription; dropped, as a broker
@@ -339,6 +352,7 @@ async fn a_subject_whose_chain_breaks_is_refilled_from_its_last_event() {
     assert_eq!(a.until(16).await, [11, 12, 13, 15, 16]);
     script.live(&v, 17);
     assert_eq!(b.until(17).await, [14, 17], "14 reached `v` once");
+    assert_eq!((script.gaps("broken_chain"), script.gaps("reconnect")), (1.0, 0.0));
 }
 
 /// Events 12 and 13 on `u` were lost in transit, and a stream on both `u` and `v` got 14 on `v`
@@ -360,6 +374,7 @@ async fn a_stream_that_got_a_newer_event_before_a_lost_one_is_reset() {
     Script::refill(reply, [(u.clone(), 12), (u.clone(), 13), (v.clone(), 14), (u.clone(), 15)]);
     assert_eq!(a.until(15).await, [11, 12, 13, 15]);
     assert_eq!((both.until(15).await, both.resets), (vec![14, 14, 15], 1), "14, a reset naming 14, then 15");
+    assert_eq!(script.metric("herald_missed_resets_total"), 1.0);
 }
 
 /// The events a chain names are gone from the history when the refill reads it (aged out): the
@@ -551,6 +566,7 @@ async fn a_gap_that_opens_during_a_refill_is_refilled_too() {
     script.live(&u, 22);
 
     assert_eq!(a.until(22).await, (11..=22).collect::<Vec<_>>(), "every event once, in order");
+    assert_eq!(script.gaps("reconnect"), 2.0);
 }
 
 #[tokio::test]
@@ -570,6 +586,7 @@ async fn events_a_full_subscription_dropped_are_refilled_in_order() {
     Script::refill(reply, [(a.clone(), 19), (a.clone(), 20), (b.clone(), 21)]);
     script.live(&b, 22);
     assert_eq!(s.until(22).await, (11..=22).collect::<Vec<_>>(), "every event once, in order");
+    assert_eq!((script.gaps("fell_behind"), script.gaps("reconnect")), (1.0, 0.0));
 }
 
 #[tokio::test]
@@ -701,6 +718,7 @@ async fn a_live_copy_of_an_event_already_sent_is_no_new_history() {
     script.live(&u, 15);
     assert_eq!(a.until(15).await, (11..=15).collect::<Vec<_>>(), "every event once, in order");
     assert_eq!(a.outbox.close_reason(), None, "the stream stayed open");
+    assert_eq!(script.gaps("sequence_back"), 1.0);
 }
 
 #[tokio::test]
