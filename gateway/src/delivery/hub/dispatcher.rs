@@ -22,7 +22,6 @@ use slab::Slab;
 use tokio::sync::mpsc;
 
 use crate::broker::{Broker, BrokerError, EventStream, Replay};
-use crate::delivery::close_reason::CloseReason;
 use crate::delivery::outbox::Rejected;
 use crate::delivery::sse;
 use crate::event::{Delivery, EventId, Target};
@@ -452,9 +451,7 @@ impl Dispatcher {
     fn close_every_stream(&self) {
         for (_, slot) in self.slots.iter() {
             slot.topic.last_sent.store(0, Ordering::Relaxed);
-            for (_, outbox) in slot.topic.members.read().iter() {
-                outbox.close(CloseReason::Error, Some(sse::retry_frame(1000)));
-            }
+            slot.topic.send_members_to_resume();
         }
     }
 
@@ -504,9 +501,7 @@ impl Dispatcher {
                             let Some(slot) = self.remove_slot(index) else { break };
                             slot.topic.status.set(TopicState::Failed("ended by the broker".into()));
                             tracing::warn!(target = %slot.topic.target, "subscription ended by the broker");
-                            for (_, outbox) in slot.topic.members.read().iter() {
-                                outbox.close(CloseReason::Error, Some(sse::retry_frame(1000)));
-                            }
+                            slot.topic.send_members_to_resume();
                             break;
                         }
                         Poll::Pending => break,

@@ -70,7 +70,9 @@ use slab::Slab;
 use tokio::sync::{Notify, mpsc};
 
 use crate::broker::{Broker, BrokerError, EventStream, Replay};
+use crate::delivery::close_reason::CloseReason;
 use crate::delivery::outbox::Outbox;
+use crate::delivery::sse;
 use crate::event::{EventId, Target};
 use crate::ops::metrics::Metrics;
 
@@ -149,7 +151,18 @@ const NO_SLOT: usize = usize::MAX;
 /// member list (see [`Topic::for_each_member`]).
 const FAN_OUT_STRIDE: usize = 256;
 
+/// How long a stream the hub closes tells its client to wait before it resumes (`retry:`).
+const RESUME_AFTER_MS: u64 = 1000;
+
 impl Topic {
+    /// Closes every stream on this topic with a `retry:`: each client resumes on its own, from
+    /// the last event it got.
+    fn send_members_to_resume(&self) {
+        for (_, outbox) in self.members.read().iter() {
+            outbox.close(CloseReason::Error, Some(sse::retry_frame(RESUME_AFTER_MS)));
+        }
+    }
+
     /// Calls `f` with every member, by key, giving the member list up to a waiting join or
     /// leave every `FAN_OUT_STRIDE` members. A broadcast that held it across every push kept
     /// each join and leave of its topic, on an HTTP worker serving thousands of other streams,
