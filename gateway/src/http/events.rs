@@ -217,13 +217,11 @@ async fn start_resume(state: &AppState, targets: &[Target], raw: &str) -> Result
         return Ok(Resume::Reset(ResetReason::EpochChanged, fresh_cursor(state).await));
     };
     let seq = after.seq;
-    let resumption = state.broker.resume(targets.to_vec(), after.clone(), state.settings.max_replay).await?;
-    // Where the history stood, read after the stream's subscriptions were in place.
-    if let Some(position) = match &resumption {
-        Resumption::Reset(_, head) => head.as_ref(),
-        Resumption::UpToDate | Resumption::Replay(_) => Some(&after),
-    } {
-        state.hub.stream_started_at(position);
+    let resumption = state.broker.resume(targets.to_vec(), after, state.settings.max_replay).await?;
+    // Where the history stood, read after the stream's subscriptions were in place (not the
+    // client's own id, which may be as old as the history).
+    if let Resumption::Reset(_, Some(head)) = &resumption {
+        state.hub.stream_started_at(head);
     }
     Ok(match resumption {
         Resumption::UpToDate => Resume::UpToDate(seq),

@@ -193,6 +193,10 @@ impl Dispatcher {
                         });
                         waker.wake_by_ref(); // poll it once to register the waker
                         topic.slot.store(entry.key(), Ordering::Relaxed);
+                        // Where the topic's chain starts: every member starts at or after where
+                        // the hub stands now (see `Slot::new`), so an event that names an
+                        // earlier one after it names one lost in transit.
+                        topic.last_sent.store(self.watermark.as_ref().map_or(0, |w| w.seq), Ordering::Relaxed);
                         self.by_target.insert(topic.target.clone(), entry.key());
                         entry.insert(Slot { topic: topic.clone(), stream, waker, new: true });
                         topic.status.set(TopicState::Live);
@@ -301,17 +305,15 @@ impl Dispatcher {
                         // held is theirs to resume, and may be named by the old history.
                         tracing::warn!(reason = reason.as_str(), "cannot refill the gap; every stream resumes");
                         self.refill_failing_since = None;
-                        self.refill_after = None;
+                        self.watermark = head;
                         self.close_every_stream();
                         self.held.clear();
-                        self.watermark = head;
                         return;
                     }
                     Err(e) => {
                         // The gap can't be refilled: every stream reconnects and resumes alone.
                         tracing::warn!(error = %e, "cannot refill the gap; every stream resumes");
                         self.refill_failing_since = None;
-                        self.refill_after = None;
                         self.close_every_stream();
                     }
                 }
@@ -447,12 +449,17 @@ impl Dispatcher {
     }
 
     /// Closes every stream of the pod with a `retry:`: each client resumes on its own. What each
-    /// topic sent is forgotten with them: it may belong to a history that started over.
-    fn close_every_stream(&self) {
+    /// topic sent, and what the last refill read, are forgotten with them: they may belong to a
+    /// history that started over. Each topic's chain starts again at the watermark, as for a new
+    /// topic.
+    fn close_every_stream(&mut self) {
+        let from = self.watermark.as_ref().map_or(0, |w| w.seq);
         for (_, slot) in self.slots.iter() {
-            slot.topic.last_sent.store(0, Ordering::Relaxed);
+            slot.topic.last_sent.store(from, Ordering::Relaxed);
             slot.topic.send_members_to_resume();
         }
+        self.read = None;
+        self.refill_after = None;
     }
 
     /// The topic whose subscription is in `index`, if it still is.

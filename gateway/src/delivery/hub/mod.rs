@@ -81,6 +81,9 @@ mod dispatcher;
 
 use dispatcher::Dispatcher;
 
+/// How often the hub asks where the history stands until it answers.
+const POSITION_RETRY: Duration = Duration::from_millis(250);
+
 /// How long a join waits for a new subject's subscription before giving up.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -259,7 +262,7 @@ impl Hub {
                     }
                     Err(e) => tracing::debug!(error = %e, "history position not readable yet"),
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(POSITION_RETRY).await;
                 position = broker.last_id();
             }
         });
@@ -291,7 +294,7 @@ impl Hub {
     }
 
     /// The history stood at `id` after a new stream's subscriptions were in place (the stream's
-    /// first cursor, read from the history). Until the hub has read where the history stood
+    /// first cursor, or its reset's, read from the history's head). Until the hub has read where the history stood
     /// itself (it may not answer when the pod starts), a gap in live delivery is refilled from
     /// the first such id: else the gap's events, which that stream is owed, would be lost to it.
     /// Every stream that opens after it starts at or after it, so its first is the one that

@@ -391,6 +391,73 @@ async fn events_a_chain_names_that_the_history_no_longer_holds_are_not_looked_fo
     assert_eq!(a.until(14).await, [11, 13, 14]);
 }
 
+/// The first event a new topic gets is chain-checked too: a stream's own user subject is new
+/// when the stream opens, and 11, lost in transit, is named by 12. The refill starts where the
+/// hub stood when the topic's subscription was in place (every member starts there or later).
+#[tokio::test]
+async fn the_first_event_of_a_new_topic_is_chain_checked_too() {
+    let mut script = Script::new(10);
+    let hub = script.hub();
+    let u = user("u");
+    let (mut a, _on_u) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
+    script.live_after(&u, 12, 11);
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 10);
+    Script::refill(reply, [(u.clone(), 11), (u.clone(), 12)]);
+    assert_eq!(a.until(12).await, [11, 12]);
+}
+
+/// The history started over under a running hub (its first event comes under a new epoch, and
+/// every stream resumes): the first event of the new history that names a lost one is
+/// chain-checked too, from where the new history stood.
+#[tokio::test]
+async fn after_the_history_started_over_the_first_broken_chain_is_refilled() {
+    let mut script = Script::new(10);
+    let (hub, u, a, _on_u) = streaming_after_11(&script).await;
+    script.send(&u, durable_in("e2", 1));
+    a.closed().await;
+    let (mut b, _on_u) = Reader::join(&hub, std::slice::from_ref(&u), 1).await;
+    // e2-2 lost in transit, named by e2-3.
+    script.send(&u, Delivery { previous: Some(2), ..durable_in("e2", 3) });
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 1);
+    assert!(
+        reply
+            .send(Ok(Replay::Events(vec![(u.clone(), durable_in("e2", 2)), (u.clone(), durable_in("e2", 3))])))
+            .is_ok()
+    );
+    assert_eq!(b.until(3).await, [2, 3]);
+}
+
+/// The range a refill read in the old history (its sequences) does not excuse a broken chain
+/// of the new one as gone from the history.
+#[tokio::test]
+async fn what_a_refill_read_in_an_old_history_excuses_no_broken_chain_in_the_new() {
+    let mut script = Script::new(10);
+    let (hub, u, mut a, _on_u) = streaming_after_11(&script).await;
+    // The old history: a chain names 50, which it no longer holds; the refill reads (11, 100].
+    script.live_after(&u, 100, 50);
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 11);
+    Script::refill(reply, []);
+    assert_eq!(a.until(100).await, [11, 100]);
+    script.send(&u, durable_in("e2", 1));
+    a.closed().await;
+    let (mut b, _on_u) = Reader::join(&hub, std::slice::from_ref(&u), 1).await;
+    script.send(&u, Delivery { previous: Some(1), ..durable_in("e2", 20) });
+    assert_eq!(b.until(20).await, [20]);
+    // e2-30 lost in transit, named by e2-40.
+    script.send(&u, Delivery { previous: Some(30), ..durable_in("e2", 40) });
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 20);
+    assert!(
+        reply
+            .send(Ok(Replay::Events(vec![(u.clone(), durable_in("e2", 30)), (u.clone(), durable_in("e2", 40))])))
+            .is_ok()
+    );
+    assert_eq!(b.until(40).await, [20, 30, 40]);
+}
+
 /// An unbroken chain asks for no refill: each event names the one sent before it on its subject.
 #[tokio::test]
 async fn a_subject_whose_chain_holds_is_not_refilled() {
