@@ -76,21 +76,32 @@ pub fn may_exceed(after: u64, last: u64, per_subject_cap: u64, subjects: usize, 
     last.saturating_sub(after).min(held) > max as u64
 }
 
-/// Whether a replay that read every event of the gap, at most `most_on_a_subject` of them on
-/// one subject, still covers it, the history now being `now`: when it no longer reaches back to
-/// the client's id an event may have aged out unread, and a subject that had as many events in
-/// the gap as the history keeps per subject may have lost older ones to that limit.
-pub fn after_walk(
-    after: &EventId,
-    now: &Bounds<'_>,
-    most_on_a_subject: u64,
-    per_subject_cap: u64,
-) -> Option<ResetReason> {
+/// Whether a replay that read every event of the gap still covers it, the history now being
+/// `now`: when it no longer reaches back to the client's id, an event may have aged out unread.
+/// (The per-subject limit is [`dropped_by_limit`]'s.)
+pub fn after_walk(after: &EventId, now: &Bounds<'_>) -> Option<ResetReason> {
     if *after.epoch != *now.epoch {
         return Some(ResetReason::EpochChanged);
     }
-    let truncated = per_subject_cap > 0 && most_on_a_subject >= per_subject_cap;
-    (after.seq.saturating_add(1) < now.first || truncated).then_some(ResetReason::HistoryExpired)
+    (after.seq.saturating_add(1) < now.first).then_some(ResetReason::HistoryExpired)
+}
+
+/// Whether any subject can have dropped an event after `after` to the per-subject limit
+/// `per_subject` (0: none), the history's head now being `last`: only one that got more events
+/// after it than the limit keeps, and the whole history has not had that many.
+pub fn may_have_dropped(after: u64, last: u64, per_subject: u64) -> bool {
+    per_subject > 0 && last.saturating_sub(after) > per_subject
+}
+
+/// Whether a subject dropped an event after `after` to the per-subject limit `per_subject`,
+/// now that the oldest event it keeps is `oldest` and it holds `held`. The limit drops a
+/// subject's oldest events first, and only when it is full: one that keeps an event at or
+/// before the first after `after` dropped none of them, and one holding fewer than the limit
+/// never dropped anything that the history's own first sequence would not show. Events read
+/// before they were dropped count here too: a replay read while a busy subject drops events
+/// cannot tell which it read in time.
+pub fn dropped_by_limit(after: u64, oldest: Option<u64>, held: u64, per_subject: u64) -> bool {
+    per_subject > 0 && oldest.is_some_and(|oldest| oldest > after.saturating_add(1)) && held >= per_subject
 }
 
 /// Why a resume could not be served from history.
@@ -186,17 +197,39 @@ mod tests {
     fn after_a_walk() {
         use ResetReason::*;
         let now = |first, last| Bounds { epoch: "e1", first, last };
-        // (client's id, history now, most events read on one subject, cap) -> reset?
-        for (after, bounds, most, cap, want) in [
-            (id("e1", 10), now(1, 50), 5, 1000, None),
-            (id("e1", 10), now(11, 50), 5, 1000, None),
-            (id("e1", 10), now(12, 50), 5, 1000, Some(HistoryExpired)),
-            (id("e1", 10), now(1, 50), 1000, 1000, Some(HistoryExpired)),
-            (id("e1", 10), now(1, 50), 999, 1000, None),
-            (id("e1", 10), now(1, 50), 5000, 0, None),
-            (id("e2", 10), now(1, 50), 5, 1000, Some(EpochChanged)),
+        // (client's id, history now) -> reset?
+        for (after, bounds, want) in [
+            (id("e1", 10), now(1, 50), None),
+            (id("e1", 10), now(11, 50), None),
+            (id("e1", 10), now(12, 50), Some(HistoryExpired)),
+            (id("e2", 10), now(1, 50), Some(EpochChanged)),
         ] {
-            assert_eq!(after_walk(&after, &bounds, most, cap), want, "{after} {bounds:?} {most} {cap}");
+            assert_eq!(after_walk(&after, &bounds), want, "{after} {bounds:?}");
+        }
+    }
+
+    #[test]
+    fn events_dropped_by_the_per_subject_limit() {
+        // (client at, history's head now, limit) -> must a subject be checked?
+        for (after, last, limit, want) in [
+            (10, 13, 3, false),
+            (10, 14, 3, true),
+            (10, 5_000, 0, false),
+            (10, 1_010, 1_000, false),
+            (10, 1_011, 1_000, true),
+        ] {
+            assert_eq!(may_have_dropped(after, last, limit), want, "{after} {last} {limit}");
+        }
+        // (client at, subject's oldest kept, held, limit) -> dropped one after the client's id?
+        for (after, oldest, held, limit, want) in [
+            (10, Some(11), 3, 3, false), // keeps the first event after the id: dropped none of the gap
+            (10, Some(5), 3, 3, false),  // keeps one from before
+            (10, Some(12), 3, 3, true),  // full, and its oldest is past the first after the id
+            (10, Some(12), 2, 3, false), // never full: its events after the id began at 12
+            (10, None, 0, 3, false),
+            (10, Some(12), 3, 0, false), // no limit
+        ] {
+            assert_eq!(dropped_by_limit(after, oldest, held, limit), want, "{after} {oldest:?} {held} {limit}");
         }
     }
 }

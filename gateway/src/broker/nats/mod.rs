@@ -49,6 +49,8 @@ mod replay;
 mod store;
 /// The stream's configuration and epoch, and whether it can store and reach this gateway.
 mod stream;
+#[cfg(test)]
+mod tests;
 /// A resuming client's gap, one read per event and subject, a page at a time.
 mod walk;
 
@@ -112,8 +114,6 @@ pub struct NatsBroker {
     link: watch::Receiver<Link>,
     /// Set once the stream exists with our configuration (always, without history).
     stream_ready: Arc<std::sync::atomic::AtomicBool>,
-    /// Events the stream keeps per subject (0 when this process does not configure it).
-    per_subject_cap: u64,
     /// Reads shared by the new streams and resumes of one moment.
     shared: Arc<ResumeReads>,
     /// See [`NatsOptions::publish_retry`].
@@ -200,10 +200,6 @@ impl NatsBroker {
             epoch: Arc::new(RwLock::new(Arc::from("0"))),
             link,
             stream_ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            per_subject_cap: match opts.history {
-                History::Ensure(stream) => stream.limits.max_per_subject,
-                _ => 0,
-            },
             shared: Arc::default(),
             publish_retry: opts.publish_retry,
             options: opts.clone(),
@@ -259,7 +255,6 @@ impl NatsBroker {
             prefix: self.prefix.clone(),
             epoch: self.epoch.clone(),
             shared: self.shared.clone(),
-            per_subject_cap: self.per_subject_cap,
         })
     }
 

@@ -17,8 +17,6 @@ pub(super) struct StreamAccess {
     pub prefix: Arc<str>,
     pub epoch: Arc<RwLock<Arc<str>>>,
     pub shared: Arc<ResumeReads>,
-    /// Events the stream keeps per subject (0 when this process does not configure it).
-    pub per_subject_cap: u64,
 }
 
 /// The stream's first and last sequences and epoch, as one read saw them.
@@ -28,6 +26,9 @@ pub(super) struct Bounds {
     pub last: u64,
     pub epoch: Arc<str>,
     pub reads: Reads,
+    /// Events the stream keeps per subject (0: no limit). The stream's own setting, not this
+    /// gateway's flag: the gateway that set the stream up last decided it.
+    pub per_subject: u64,
 }
 
 /// How a replay reads one event: by direct get while the stream has a single replica (served
@@ -103,8 +104,27 @@ impl Bounds {
             last: info.state.last_sequence,
             epoch: current,
             reads: Reads::of(&info),
+            per_subject: per_subject_limit(&info),
         })
     }
+}
+
+/// Events `info`'s stream keeps per subject (0: no limit).
+pub(super) fn per_subject_limit(info: &jetstream::stream::Info) -> u64 {
+    u64::try_from(info.config.max_messages_per_subject).unwrap_or(0)
+}
+
+/// How many events the stream holds on `subject`.
+pub(super) async fn held_on(stream: &jetstream::stream::Stream<()>, subject: &str) -> Result<u64, BrokerError> {
+    use futures_util::TryStreamExt;
+    let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(format!("replay: {e}"));
+    let mut subjects = stream.info_with_subjects(subject).await.map_err(|e| unavailable(&e))?;
+    while let Some((name, held)) = subjects.try_next().await.map_err(|e| unavailable(&e))? {
+        if name == subject {
+            return Ok(held as u64);
+        }
+    }
+    Ok(0)
 }
 
 /// One read of the server for every caller waiting at the same moment. Each new stream asks for

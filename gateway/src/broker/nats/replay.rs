@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 
 use super::barrier::Barrier;
 use super::headers::event_from;
-use super::reads::StreamAccess;
+use super::reads::{StreamAccess, per_subject_limit};
 use super::stream::stream_info;
 use crate::broker::resume::{self, ResetReason, Start};
 use crate::broker::{BrokerError, Replay};
@@ -31,7 +31,7 @@ pub(super) async fn replay(
     after: EventId,
     max: usize,
 ) -> Result<Replay, BrokerError> {
-    let StreamAccess { js, prefix, epoch, per_subject_cap, .. } = access;
+    let StreamAccess { js, prefix, epoch, .. } = access;
     let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
     // Make sure the resubscriptions after a reconnect are in place at the server first,
     // so that nothing falls between the replay and live delivery.
@@ -67,8 +67,10 @@ pub(super) async fn replay(
         // `pending` read means the rest vanished (aged out or evicted) mid-replay.
         let mut left = None;
         let mut last_read = 0;
+        // Messages read, events or not: one on a subject that names no target counts as read.
+        let mut read = 0;
         let mut quiet_since = tokio::time::Instant::now();
-        while events.len() < pending {
+        while read < pending {
             if left == Some(0) {
                 return Ok(Replay::Reset(ResetReason::HistoryExpired, head));
             }
@@ -93,6 +95,7 @@ pub(super) async fn replay(
             let seq = meta.stream_sequence;
             left = Some(meta.pending);
             last_read = seq;
+            read += 1;
             let Some(target) = Target::from_subject(&prefix, SubjectKind::Events, &msg.subject) else {
                 continue;
             };
@@ -114,7 +117,8 @@ pub(super) async fn replay(
             *per_subject.entry(target).or_default() += 1;
         }
         let most = per_subject.values().copied().max().unwrap_or(0);
-        if per_subject_cap > 0 && most >= per_subject_cap {
+        let per_subject = per_subject_limit(&info);
+        if per_subject > 0 && most >= per_subject {
             return Ok(Replay::Reset(ResetReason::HistoryExpired, head));
         }
     }

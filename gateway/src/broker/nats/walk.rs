@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use parking_lot::RwLock;
 
 use super::headers::event_from;
-use super::reads::{Bounds, Reads, ResumeReads, StreamAccess};
+use super::reads::{Bounds, Reads, ResumeReads, StreamAccess, held_on};
 use super::replay::count_after;
 use super::stream::STREAM;
 use crate::broker::resume::{self, ResetReason, Start};
@@ -23,7 +23,7 @@ pub(super) async fn resume(
     after: EventId,
     max: usize,
 ) -> Result<Resumption, BrokerError> {
-    let StreamAccess { js, prefix, epoch, shared, per_subject_cap } = access;
+    let StreamAccess { js, prefix, epoch, shared } = access;
     // Usually a few events on a few subjects, often for thousands of clients at once (a
     // gateway died): the stream-wide reads are shared by the resumes of one moment, and
     // the walk costs no consumer.
@@ -58,31 +58,20 @@ pub(super) async fn resume(
         let (target, subject, newest) = found?;
         if let Some(end) = resume::walk_end(after.seq, newest, bounds.last) {
             let next = after.seq + 1;
-            subjects.push(Walking { target, subject, next, end, ahead: None, done: false, read: 0 });
+            subjects.push(Walking { target, subject, next, end, ahead: None, done: false });
         }
     }
     if subjects.is_empty() {
         return Ok(Resumption::UpToDate);
     }
     // More than `max` missed? When it may be, one consumer counts them.
-    if resume::may_exceed(after.seq, bounds.last, per_subject_cap, subjects.len(), max) {
+    if resume::may_exceed(after.seq, bounds.last, bounds.per_subject, subjects.len(), max) {
         let filters = subjects.iter().map(|w| w.subject.clone()).collect();
         if count_after(&stream, filters, after.seq).await? > max as u64 {
             return Ok(Resumption::Reset(ResetReason::TooMany, head));
         }
     }
-    Ok(Resumption::Replay(Box::new(Walk {
-        stream,
-        js,
-        shared,
-        epoch,
-        after,
-        head,
-        subjects,
-        reads,
-        per_subject_cap,
-        started: false,
-    })))
+    Ok(Resumption::Replay(Box::new(Walk { stream, js, shared, epoch, after, head, subjects, reads, started: false })))
 }
 
 /// A client's replay, walked one read per event ([`Reads`]) and sent a page at a time.
@@ -97,9 +86,10 @@ pub(super) async fn resume(
 /// whole gap. The held live events continue from `L`.
 ///
 /// After the last page, the bounds are read again: if the history no longer reaches back to the
-/// client's id, an event of the gap may have aged out unread; and a subject that had as many
-/// events in the gap as the per-subject limit keeps may have lost older ones to it. Either way
-/// the client gets a `reset` after what it was sent.
+/// client's id, an event of the gap may have aged out unread; and a subject that the
+/// per-subject limit made drop an event after the client's id may have dropped it before it
+/// was read (events published while the replay is read count towards the limit too). Either
+/// way the client gets a `reset` after what it was sent.
 struct Walk {
     stream: jetstream::stream::Stream<()>,
     js: jetstream::Context,
@@ -110,8 +100,6 @@ struct Walk {
     head: Option<EventId>,
     subjects: Vec<Walking>,
     reads: Reads,
-    /// Events the stream keeps per subject (0: unknown).
-    per_subject_cap: u64,
     started: bool,
 }
 
@@ -126,8 +114,6 @@ struct Walking {
     /// The subject's next event and its sequence, read and not yet handed out.
     ahead: Option<(u64, Delivery)>,
     done: bool,
-    /// Events of the gap read on this subject.
-    read: u64,
 }
 
 impl Walking {
@@ -186,7 +172,6 @@ impl Pages for Walk {
                 }
                 let Some((_, delivery)) = w.ahead.take() else { break };
                 bytes += size;
-                w.read += 1;
                 page.push((w.target.clone(), delivery));
                 w.fill(&self.stream, self.reads, &epoch).await?;
             }
@@ -195,11 +180,27 @@ impl Pages for Walk {
             }
             // The gap is walked: did the history keep all of it meanwhile?
             let now = self.shared.bounds.read(|| Bounds::read(&self.js, &self.epoch)).await?;
-            let most = self.subjects.iter().map(|w| w.read).max().unwrap_or(0);
-            Ok(match resume::after_walk(&self.after, &now.view(), most, self.per_subject_cap) {
-                Some(reason) => Page::Reset(reason, self.head.clone()),
-                None => Page::End,
-            })
+            if let Some(reason) = resume::after_walk(&self.after, &now.view()) {
+                return Ok(Page::Reset(reason, self.head.clone()));
+            }
+            if resume::may_have_dropped(self.after.seq, now.last, now.per_subject) {
+                let (stream, reads, after) = (&self.stream, self.reads, self.after.seq);
+                let checks = self.subjects.iter().map(|w| async move {
+                    let oldest = reads.first_from(stream, &w.subject, 1).await?.map(|m| m.sequence);
+                    // Counted only when its oldest event leaves the question open.
+                    let held = match oldest {
+                        Some(oldest) if oldest > after + 1 => held_on(stream, &w.subject).await?,
+                        _ => 0,
+                    };
+                    Ok::<_, BrokerError>(resume::dropped_by_limit(after, oldest, held, now.per_subject))
+                });
+                for dropped in futures_util::future::join_all(checks).await {
+                    if dropped? {
+                        return Ok(Page::Reset(ResetReason::HistoryExpired, self.head.clone()));
+                    }
+                }
+            }
+            Ok(Page::End)
         }
         .boxed()
     }

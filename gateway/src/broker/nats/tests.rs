@@ -1,0 +1,159 @@
+//! The NATS broker's reads of the history against a real nats-server: a client's resume (the
+//! walk) and the hub's refill of a gap.
+
+use std::time::{Duration, Instant};
+
+use super::{History, NatsBroker, NatsOptions, StreamOptions};
+use crate::broker::resume::ResetReason;
+use crate::broker::{Broker, HistoryLimits, Page, Replay, Resumption};
+use crate::event::{EventId, Outgoing, Target};
+use crate::names::Name;
+
+/// A gateway's broker on `nats` that sets the stream up to keep `per_subject` events per
+/// subject.
+async fn broker(nats: &herald_testkit::Nats, per_subject: u64) -> NatsBroker {
+    let limits = HistoryLimits {
+        max_age: Duration::from_secs(3600),
+        max_per_subject: per_subject,
+        dedup_window: Duration::from_secs(60),
+    };
+    let broker = NatsBroker::connect(&NatsOptions {
+        url: nats.url(),
+        credentials: None,
+        prefix: "herald".into(),
+        name: "walk".into(),
+        history: History::Ensure(StreamOptions { limits, replicas: 1 }),
+        publish_retry: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !broker.is_connected() {
+        assert!(Instant::now() < deadline, "the broker sets the stream up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    broker
+}
+
+async fn publish(broker: &NatsBroker, target: &Target) -> EventId {
+    let event = Outgoing {
+        event_type: "t".into(),
+        payload: bytes::Bytes::from_static(b"1"),
+        durable: true,
+        trace: None,
+        from: None,
+        id: None,
+    };
+    broker.publish(vec![target.clone()], event).await.unwrap().remove(0)
+}
+
+/// Resumes a client on user `u` and channel `c` from `after`, publishing `meanwhile` on `c`
+/// once the replay is decided; the sequences replayed, and how the replay ended.
+async fn resume(broker: &NatsBroker, after: &EventId, meanwhile: usize) -> (Vec<u64>, Page) {
+    let targets = vec![user(), channel(), Target::Broadcast];
+    let Resumption::Replay(mut pages) = broker.resume(targets, after.clone(), 10_000).await.unwrap() else {
+        panic!("a replay")
+    };
+    for _ in 0..meanwhile {
+        publish(broker, &channel()).await;
+    }
+    let mut replayed = Vec::new();
+    loop {
+        match pages.next(1 << 20).await.unwrap() {
+            Page::Events(events) => replayed.extend(events.iter().map(|(_, d)| d.id.as_ref().unwrap().seq)),
+            end => return (replayed, end),
+        }
+    }
+}
+
+/// How a replay ended, in words.
+fn ending(page: &Page) -> String {
+    match page {
+        Page::Events(events) => format!("{} more events", events.len()),
+        Page::End => "the end".into(),
+        Page::Reset(reason, _) => format!("a reset, {}", reason.as_str()),
+    }
+}
+
+fn user() -> Target {
+    Target::User(Name::parse("u").unwrap())
+}
+
+fn channel() -> Target {
+    Target::Channel(Name::parse("c").unwrap())
+}
+
+/// The stream keeps 3 events per subject. The client saw 1 (on its user subject, still
+/// kept, so the stream reaches back to it); its channel then got 2..=5, and the limit
+/// dropped 2. One more event on the busy channel while the replay is read drops 3 as well:
+/// the client is owed a `reset`, not 4 and 5 alone (before: 4, 5 and the end of the replay,
+/// 2 and 3 lost without a word).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_a_subject_drops_while_its_replay_is_read_end_it_in_a_reset() {
+    let nats = herald_testkit::Nats::start();
+    let broker = broker(&nats, 3).await;
+    let seen = publish(&broker, &user()).await;
+    for _ in 0..4 {
+        publish(&broker, &channel()).await;
+    }
+    for meanwhile in [0, 1] {
+        let (replayed, end) = resume(&broker, &seen, meanwhile).await;
+        assert!(
+            matches!(end, Page::Reset(ResetReason::HistoryExpired, _)),
+            "{meanwhile} published meanwhile: replayed {replayed:?}, then {}",
+            ending(&end)
+        );
+    }
+}
+
+/// A subject that got as many events as the limit keeps, none of them dropped, is replayed
+/// whole: nothing older than the client's id was kept to show it, yet nothing is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_that_kept_every_event_of_the_gap_is_replayed_whole() {
+    let nats = herald_testkit::Nats::start();
+    let broker = broker(&nats, 3).await;
+    let seen = publish(&broker, &user()).await;
+    let mut published = Vec::new();
+    for _ in 0..3 {
+        published.push(publish(&broker, &channel()).await.seq);
+    }
+    let (replayed, end) = resume(&broker, &seen, 0).await;
+    assert_eq!((replayed, ending(&end)), (published, "the end".into()));
+}
+
+/// The limit a resume checks against is the stream's, not this gateway's flag: another
+/// gateway started later with a lower `--history-max-per-subject` set the stream to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_subject_limit_is_read_from_the_stream() {
+    let nats = herald_testkit::Nats::start();
+    let older = broker(&nats, 1000).await;
+    let _newer = broker(&nats, 3).await;
+    let seen = publish(&older, &user()).await;
+    for _ in 0..4 {
+        publish(&older, &channel()).await;
+    }
+    let (replayed, end) = resume(&older, &seen, 0).await;
+    assert!(matches!(end, Page::Reset(ResetReason::HistoryExpired, _)), "replayed {replayed:?}, then {}", ending(&end));
+}
+
+/// A message stored on a subject of the stream that names no target (`herald.events.junk`: a
+/// backend's typo) inside the range a refill reads is skipped, and the refill still answers
+/// with the events around it (before: it was never counted, the refill waited for one more
+/// message than the history held and answered `history_expired`, and the hub sent every stream
+/// of the gateway to resume).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_on_a_subject_of_no_target_does_not_end_a_refill_in_a_reset() {
+    let nats = herald_testkit::Nats::start();
+    let broker = broker(&nats, 1000).await;
+    let seen = publish(&broker, &user()).await;
+    let js = broker.jetstream().unwrap().clone();
+    js.publish("herald.events.junk", bytes::Bytes::from_static(b"{}")).await.unwrap().await.unwrap();
+    let next = publish(&broker, &user()).await;
+    match broker.replay(seen, 10_000).await.unwrap() {
+        Replay::Events(events) => {
+            let seqs: Vec<u64> = events.iter().map(|(_, d)| d.id.as_ref().unwrap().seq).collect();
+            assert_eq!(seqs, [next.seq]);
+        }
+        Replay::Reset(reason, _) => panic!("the refill was answered with a reset, {}", reason.as_str()),
+    }
+}
