@@ -33,6 +33,10 @@ use super::{Command, NO_SLOT, Topic, TopicState};
 /// Most events replayed to refill one outage; beyond it, sessions are closed to resume alone.
 const CATCH_UP_MAX: usize = 100_000;
 
+/// Farthest behind the watermark a subject's broken chain is refilled from; beyond it, that
+/// subject's streams resume on their own (see [`Dispatcher::dispatch`]).
+const CHAIN_REFILL_MAX: u64 = 10_000;
+
 /// How long a refill that the history cannot answer (a NATS cluster electing the stream's
 /// leader takes seconds) is tried again, every [`REFILL_RETRY`], with every stream kept open
 /// and live events held, before every stream is sent to resume on its own.
@@ -427,8 +431,18 @@ impl Dispatcher {
                 // are refilled from the history, from that subject's last event, with this event
                 // and what follows held. Once the history has been read past the event named,
                 // it is no longer looked for: what the history does not hold cannot be sent.
-                tracing::info!(target = %topic.target, seq = id.seq, previous = delivery.previous, last_sent, "events on a subject never arrived; refilling them");
                 self.metrics.live_gap(Gap::BrokenChain);
+                if self.watermark.as_ref().is_some_and(|w| w.seq.saturating_sub(last_sent) > CHAIN_REFILL_MAX) {
+                    // A subject quiet for long: a refill from its last event would read every
+                    // subject's events since, and past `CATCH_UP_MAX` send every stream of the
+                    // pod to resume. Its own streams resume instead, each from its own id,
+                    // this event included.
+                    tracing::info!(target = %topic.target, seq = id.seq, previous = delivery.previous, last_sent, "events on a quiet subject never arrived; its streams resume");
+                    topic.last_sent.store(id.seq, Ordering::Relaxed);
+                    topic.send_members_to_resume();
+                    return;
+                }
+                tracing::info!(target = %topic.target, seq = id.seq, previous = delivery.previous, last_sent, "events on a subject never arrived; refilling them");
                 self.refill_after = Some(self.refill_after.map_or(last_sent, |after| after.min(last_sent)));
                 self.held.push((topic.clone(), delivery));
                 self.start_catch_up();

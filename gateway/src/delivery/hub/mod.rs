@@ -34,7 +34,10 @@
 //!   node and the stream's leader dropped for a moment, and the leader republished them to no
 //!   one here. The connection never dropped, and the stream-reach check may notice only later,
 //!   or never. The hub holds that event and refills from the subject's last event, sending
-//!   only what never reached its topic (each topic remembers the newest event sent on it).
+//!   only what never reached its topic (each topic remembers the newest event sent on it, and
+//!   starts where the hub stood when its subscription was in place). A subject quiet for so
+//!   long that a refill from its last event would read far back sends its own streams to
+//!   resume instead.
 //! - a live sequence going back within an epoch: a copy of an event already sent (a new stream
 //!   leader republishing what its predecessor did), or a history that started over under the
 //!   epoch the gateway last read. The refill from where the hub is tells which: a copy is

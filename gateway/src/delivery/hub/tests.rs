@@ -458,6 +458,31 @@ async fn what_a_refill_read_in_an_old_history_excuses_no_broken_chain_in_the_new
     assert_eq!(b.until(40).await, [20, 30, 40]);
 }
 
+/// A broken chain on a subject that was quiet for long (its last event far behind where the hub
+/// stands) is not refilled from there, which would read every subject's events since and, past
+/// the most a refill reads, send every stream of the pod to resume: that topic's streams alone
+/// resume, and every other stream goes on.
+#[tokio::test]
+async fn a_broken_chain_far_behind_sends_only_its_topics_streams_to_resume() {
+    let mut script = Script::new(10);
+    let (hub, u, a, _on_u) = streaming_after_11(&script).await;
+    let v = user("v");
+    let (mut b, _on_v) = Reader::join(&hub, std::slice::from_ref(&v), 11).await;
+    // The hub moves far on: a refill brings one event on `v`, 20,000 events later.
+    script.gap();
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 11);
+    Script::refill(reply, [(v.clone(), 20_011)]);
+    assert_eq!(b.until(20_011).await, [20_011]);
+    // An event on `u` names one lost in transit.
+    script.live_after(&u, 20_013, 20_012);
+    assert_eq!(a.closed().await, CloseReason::Error, "u's stream resumes on its own");
+    script.live(&v, 20_014);
+    assert_eq!(b.until(20_014).await, [20_011, 20_014], "v's stream goes on");
+    assert!(script.replays.try_recv().is_err(), "no refill was asked for");
+    assert_eq!(script.gaps("broken_chain"), 1.0);
+}
+
 /// An unbroken chain asks for no refill: each event names the one sent before it on its subject.
 #[tokio::test]
 async fn a_subject_whose_chain_holds_is_not_refilled() {
