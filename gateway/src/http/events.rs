@@ -97,12 +97,15 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
         tracing::warn!(error = %e, "could not subscribe a new stream");
         ApiError::unavailable(format!("cannot subscribe right now: {e}"))
     })?;
+    // The header (a browser's own reconnect) first, the query (a page's reload) else; a blank
+    // one is no id.
+    let given = |id: &&str| !id.trim().is_empty();
     let resume_from = req
         .headers()
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .or(query.last_event_id.as_deref())
-        .filter(|id| !id.trim().is_empty());
+        .filter(given)
+        .or(query.last_event_id.as_deref().filter(given));
     // While traces are on, a resume is a `resume` span inside the connection's, which ends when
     // its replay has been queued.
     let resume_span = (resume_from.is_some() && trace::on()).then(trace::resume_span);
