@@ -168,7 +168,12 @@ impl Script {
 
     /// Answers a refill with `events`.
     fn refill(reply: Reply, events: impl IntoIterator<Item = (Target, u64)>) {
-        let events = events.into_iter().map(|(t, seq)| (t, durable(seq))).collect();
+        Script::refill_in("e", reply, events);
+    }
+
+    /// [`Script::refill`], with events of the history named `epoch`.
+    fn refill_in(epoch: &str, reply: Reply, events: impl IntoIterator<Item = (Target, u64)>) {
+        let events = events.into_iter().map(|(t, seq)| (t, durable_in(epoch, seq))).collect();
         assert!(reply.send(Ok(Replay::Events(events))).is_ok(), "the hub waits for its refill");
     }
 }
@@ -421,11 +426,7 @@ async fn after_the_history_started_over_the_first_broken_chain_is_refilled() {
     script.send(&u, Delivery { previous: Some(2), ..durable_in("e2", 3) });
     let (after, reply) = script.next_replay().await;
     assert_eq!(after, 1);
-    assert!(
-        reply
-            .send(Ok(Replay::Events(vec![(u.clone(), durable_in("e2", 2)), (u.clone(), durable_in("e2", 3))])))
-            .is_ok()
-    );
+    Script::refill_in("e2", reply, [(u.clone(), 2), (u.clone(), 3)]);
     assert_eq!(b.until(3).await, [2, 3]);
 }
 
@@ -450,11 +451,7 @@ async fn what_a_refill_read_in_an_old_history_excuses_no_broken_chain_in_the_new
     script.send(&u, Delivery { previous: Some(30), ..durable_in("e2", 40) });
     let (after, reply) = script.next_replay().await;
     assert_eq!(after, 20);
-    assert!(
-        reply
-            .send(Ok(Replay::Events(vec![(u.clone(), durable_in("e2", 30)), (u.clone(), durable_in("e2", 40))])))
-            .is_ok()
-    );
+    Script::refill_in("e2", reply, [(u.clone(), 30), (u.clone(), 40)]);
     assert_eq!(b.until(40).await, [20, 30, 40]);
 }
 
