@@ -19,7 +19,7 @@ const SUBSCRIBER_CAPACITY: usize = 64 * 1024;
 enum Command {
     Subscribe { target: Target, reply: oneshot::Sender<EventStream> },
     Publish { targets: Vec<Target>, event: Outgoing, reply: oneshot::Sender<Vec<EventId>> },
-    Replay { after: EventId, max: usize, reply: oneshot::Sender<Replay> },
+    Replay { targets: Vec<Target>, after: EventId, max: usize, reply: oneshot::Sender<Replay> },
     Resume { targets: Vec<Target>, after: EventId, max: usize, reply: oneshot::Sender<Resumption> },
     LastId { reply: oneshot::Sender<Option<EventId>> },
 }
@@ -102,8 +102,7 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, mut state: State) {
             Command::Publish { targets, event, reply } => {
                 let _ = reply.send(state.publish(targets, event));
             }
-            Command::Replay { after, max, reply } => {
-                let targets: Vec<Target> = state.history.keys().cloned().collect();
+            Command::Replay { targets, after, max, reply } => {
                 let _ = reply.send(state.replay(&targets, &after, max));
             }
             Command::Resume { targets, after, max, reply } => {
@@ -215,8 +214,13 @@ impl Broker for MemoryBroker {
         self.call(|reply| Command::Publish { targets, event, reply })
     }
 
-    fn replay(&self, after: EventId, max: usize) -> BoxFuture<'static, Result<Replay, BrokerError>> {
-        self.call(|reply| Command::Replay { after, max, reply })
+    fn replay(
+        &self,
+        targets: Vec<Target>,
+        after: EventId,
+        max: usize,
+    ) -> BoxFuture<'static, Result<Replay, BrokerError>> {
+        self.call(|reply| Command::Replay { targets, after, max, reply })
     }
 
     fn resume(

@@ -158,9 +158,16 @@ pub trait Broker: Send + Sync + 'static {
         max: usize,
     ) -> BoxFuture<'static, Result<Resumption, BrokerError>>;
 
-    /// Every retained event published after `after`, on any subject, at most `max` of them:
-    /// what the hub refills a gap in live delivery with (a reconnect, a slow-consumer drop).
-    fn replay(&self, after: EventId, max: usize) -> BoxFuture<'static, Result<Replay, BrokerError>>;
+    /// Every retained event published after `after` for `targets` (the pod's subscriptions), at
+    /// most `max` of them: what the hub refills a gap in live delivery with (a reconnect, a
+    /// slow-consumer drop). Other subjects' events are neither returned nor counted against the
+    /// per-subject limit.
+    fn replay(
+        &self,
+        targets: Vec<Target>,
+        after: EventId,
+        max: usize,
+    ) -> BoxFuture<'static, Result<Replay, BrokerError>>;
 
     /// The id of the newest event in the history now (sequence 0 when it is empty; `None`
     /// without history).

@@ -346,9 +346,14 @@ impl Broker for NatsBroker {
         }
     }
 
-    fn replay(&self, after: EventId, max: usize) -> BoxFuture<'static, Result<Replay, BrokerError>> {
+    fn replay(
+        &self,
+        targets: Vec<Target>,
+        after: EventId,
+        max: usize,
+    ) -> BoxFuture<'static, Result<Replay, BrokerError>> {
         match self.access() {
-            Some(access) => replay::replay(access, self.barrier.clone(), after, max).boxed(),
+            Some(access) => replay::replay(access, self.barrier.clone(), targets, after, max).boxed(),
             // Live-only: there is no history to resume from.
             None => std::future::ready(Ok(Replay::Reset(ResetReason::HistoryExpired, None))).boxed(),
         }

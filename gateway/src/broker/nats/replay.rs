@@ -1,7 +1,7 @@
 //! Reads with an ordered consumer: the replay of everything after an id (the hub's refill of a
 //! gap in live delivery), and the count of events after an id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,14 +23,17 @@ const REPLAY_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// expects has aged out meanwhile.
 const VANISHED_CHECK: Duration = Duration::from_millis(250);
 
-/// Every event after `after` on every subject, in the stream's order; a reset when more than
-/// `max` are owed or some of them are gone.
+/// Every event after `after` for `targets`, in the stream's order; a reset when more than
+/// `max` are owed or some of them are gone. The consumer reads every subject (one filter for
+/// thousands of subscriptions); the others' events are skipped as they come.
 pub(super) async fn replay(
     access: StreamAccess,
     barrier: Arc<Barrier>,
+    targets: Vec<Target>,
     after: EventId,
     max: usize,
 ) -> Result<Replay, BrokerError> {
+    let wanted: HashSet<Target> = targets.into_iter().collect();
     let StreamAccess { js, prefix, epoch, .. } = access;
     let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
     // Make sure the resubscriptions after a reconnect are in place at the server first,
@@ -99,6 +102,9 @@ pub(super) async fn replay(
             let Some(target) = Target::from_subject(&prefix, SubjectKind::Events, &msg.subject) else {
                 continue;
             };
+            if !wanted.contains(&target) {
+                continue;
+            }
             let id = EventId { epoch: current.clone(), seq };
             events.push((target, event_from(msg.message.headers.take(), Some(id), msg.payload.clone())));
         }

@@ -149,7 +149,29 @@ async fn a_message_on_a_subject_of_no_target_does_not_end_a_refill_in_a_reset() 
     let js = broker.jetstream().unwrap().clone();
     js.publish("herald.events.junk", bytes::Bytes::from_static(b"{}")).await.unwrap().await.unwrap();
     let next = publish(&broker, &user()).await;
-    match broker.replay(seen, 10_000).await.unwrap() {
+    match broker.replay(vec![user(), Target::Broadcast], seen, 10_000).await.unwrap() {
+        Replay::Events(events) => {
+            let seqs: Vec<u64> = events.iter().map(|(_, d)| d.id.as_ref().unwrap().seq).collect();
+            assert_eq!(seqs, [next.seq]);
+        }
+        Replay::Reset(reason, _) => panic!("the refill was answered with a reset, {}", reason.as_str()),
+    }
+}
+
+/// A refill reads only what the pod's streams want: a busy channel that nobody on this gateway
+/// listens to, with more events in the gap than the history keeps per subject, does not end
+/// the refill in a reset (before: `history_expired`, and every stream of the gateway resumed),
+/// and its events are not handed to the hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refill_reads_only_the_subjects_it_is_asked_for() {
+    let nats = herald_testkit::Nats::start();
+    let broker = broker(&nats, 3).await;
+    let seen = publish(&broker, &user()).await;
+    for _ in 0..4 {
+        publish(&broker, &channel()).await;
+    }
+    let next = publish(&broker, &user()).await;
+    match broker.replay(vec![user(), Target::Broadcast], seen, 10_000).await.unwrap() {
         Replay::Events(events) => {
             let seqs: Vec<u64> = events.iter().map(|(_, d)| d.id.as_ref().unwrap().seq).collect();
             assert_eq!(seqs, [next.seq]);

@@ -363,11 +363,13 @@ impl Dispatcher {
         }
         let held = self.held.iter().filter_map(|(_, d)| d.id.as_ref().map(|id| id.seq)).max();
         self.reading = (after.seq, held.unwrap_or(0));
+        // The subjects subscribed now: one subscribed later starts its streams at the head.
+        let targets = self.by_target.keys().cloned().collect();
         let broker = self.broker.clone();
         let tx = self.commands_tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let _ = tx.send(Command::CaughtUp(broker.replay(after, CATCH_UP_MAX).await));
+            let _ = tx.send(Command::CaughtUp(broker.replay(targets, after, CATCH_UP_MAX).await));
         });
     }
 

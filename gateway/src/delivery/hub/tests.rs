@@ -205,7 +205,7 @@ impl Broker for Scripted {
         async { Err(BrokerError::Rejected("scripted".into())) }.boxed()
     }
 
-    fn replay(&self, after: EventId, _max: usize) -> BoxFuture<'static, Result<Replay, BrokerError>> {
+    fn replay(&self, _: Vec<Target>, after: EventId, _max: usize) -> BoxFuture<'static, Result<Replay, BrokerError>> {
         let (tx, rx) = oneshot::channel();
         let _ = self.replays.send((Some(after), tx));
         async move { rx.await.unwrap_or_else(|_| Err(BrokerError::Unavailable("dropped".into()))) }.boxed()
