@@ -141,6 +141,14 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
         Resume::Fresh => fresh_cursor(state).await,
         _ => None, // the client's own id, or the reset's, or the replayed events' ids
     };
+    // The history's head as this stream found it, its subscriptions in place (not a client's
+    // own id, which may be as old as the history): where its topics' chains start.
+    if let Some(head) = first_cursor.as_ref().or(match &resume {
+        Resume::Reset(_, head) => head.as_ref(),
+        _ => None,
+    }) {
+        membership.started_at(head);
+    }
     let connected = sse::connected_frame(state.settings.retry_ms, first_cursor.as_ref(), &connected);
     // Where the client's cursor stands after the opening frames: no durable event at or below
     // it is sent on this stream, whichever way it comes.
@@ -220,13 +228,7 @@ async fn start_resume(state: &AppState, targets: &[Target], raw: &str) -> Result
         return Ok(Resume::Reset(ResetReason::EpochChanged, fresh_cursor(state).await));
     };
     let seq = after.seq;
-    let resumption = state.broker.resume(targets.to_vec(), after, state.settings.max_replay).await?;
-    // Where the history stood, read after the stream's subscriptions were in place (not the
-    // client's own id, which may be as old as the history).
-    if let Resumption::Reset(_, Some(head)) = &resumption {
-        state.hub.stream_started_at(head);
-    }
-    Ok(match resumption {
+    Ok(match state.broker.resume(targets.to_vec(), after, state.settings.max_replay).await? {
         Resumption::UpToDate => Resume::UpToDate(seq),
         Resumption::Reset(reason, head) => Resume::Reset(reason, head),
         Resumption::Replay(pages) => Resume::Replay { pages, after: seq },
@@ -335,17 +337,12 @@ impl Replaying {
 /// Where a new stream's resume cursor starts: the history's newest event, read after the
 /// stream's subscriptions are in place, so every later event reaches the stream live. A client
 /// that loses the stream before its first event resumes from there, instead of reconnecting
-/// without an id and missing what was published meanwhile. The hub hears of it too (see
-/// [`crate::delivery::hub::Hub::stream_started_at`]). Without history, or when it cannot be
+/// without an id and missing what was published meanwhile. The hub hears of it too
+/// ([`crate::delivery::hub::Membership::started_at`]). Without history, or when it cannot be
 /// read within `CURSOR_WAIT`, the stream opens without a cursor rather than wait longer.
 async fn fresh_cursor(state: &AppState) -> Option<EventId> {
     match tokio::time::timeout(CURSOR_WAIT, state.broker.last_id()).await {
-        Ok(Ok(head)) => {
-            if let Some(head) = &head {
-                state.hub.stream_started_at(head);
-            }
-            head
-        }
+        Ok(Ok(head)) => head,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "no resume cursor for a new stream");
             None

@@ -77,8 +77,9 @@ impl ResumeResult {
     }
 }
 
-/// What opened a gap in a gateway's live delivery, which its hub then refilled from the history
-/// (see `delivery/hub/mod.rs`).
+/// What showed a gap in a gateway's live delivery, which its hub then refilled from the history
+/// or, for a subject quiet for long, sent that subject's streams to resume over (see
+/// `delivery/hub/mod.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Gap {
     /// The NATS connection dropped, or the history's stream stopped reaching it for a while.
@@ -249,7 +250,7 @@ impl Metrics {
         let replayed = counter("herald_replayed_events_total", "Events replayed from the history to resuming streams");
         let gaps_vec = labelled(
             "herald_live_gaps_total",
-            "Gaps in live delivery that the hub refilled from the history, by what opened them",
+            "Gaps in live delivery the hub acted on (a refill from the history, or a quiet subject's streams sent to resume), by what showed them",
             "cause",
         );
         let gaps = Gap::ALL.map(|g| gaps_vec.with_label_values(&[g.as_str()]));

@@ -28,7 +28,7 @@ use crate::event::{Delivery, EventId, Target};
 use crate::ops::metrics::{Gap, Metrics};
 use crate::ops::trace;
 
-use super::{Command, NO_SLOT, Topic, TopicState};
+use super::{Command, NO_SLOT, Topic, TopicState, UNKNOWN};
 
 /// Most events replayed to refill one outage; beyond it, sessions are closed to resume alone.
 const CATCH_UP_MAX: usize = 100_000;
@@ -197,10 +197,6 @@ impl Dispatcher {
                         });
                         waker.wake_by_ref(); // poll it once to register the waker
                         topic.slot.store(entry.key(), Ordering::Relaxed);
-                        // Where the topic's chain starts: every member starts at or after where
-                        // the hub stands now (see `Slot::new`), so an event that names an
-                        // earlier one after it names one lost in transit.
-                        topic.last_sent.store(self.watermark.as_ref().map_or(0, |w| w.seq), Ordering::Relaxed);
                         self.by_target.insert(topic.target.clone(), entry.key());
                         entry.insert(Slot { topic: topic.clone(), stream, waker, new: true });
                         topic.status.set(TopicState::Live);
@@ -424,8 +420,14 @@ impl Dispatcher {
                 }
             }
             let last_sent = topic.last_sent.load(Ordering::Relaxed);
+            // The newest event of the subject that every member has: the last one sent here,
+            // or, before any, where the first member found the history (see `Topic::chain_start`).
+            let anchor = match topic.chain_start.load(Ordering::Relaxed) {
+                UNKNOWN => last_sent,
+                start => last_sent.max(start),
+            };
             let gone = |previous: u64| self.read.is_some_and(|(from, through)| from < previous && previous <= through);
-            if last_sent > 0 && delivery.previous.is_some_and(|previous| previous > last_sent && !gone(previous)) {
+            if anchor > 0 && delivery.previous.is_some_and(|previous| previous > anchor && !gone(previous)) {
                 // The subject's chain is broken: the stream stored events on it after the last
                 // one sent here, and they never arrived. A route between this pod's NATS node and
                 // the stream's leader dropped for a moment, and the leader republished them to
@@ -434,18 +436,18 @@ impl Dispatcher {
                 // and what follows held. Once the history has been read past the event named,
                 // it is no longer looked for: what the history does not hold cannot be sent.
                 self.metrics.live_gap(Gap::BrokenChain);
-                if self.watermark.as_ref().is_some_and(|w| w.seq.saturating_sub(last_sent) > CHAIN_REFILL_MAX) {
+                if self.watermark.as_ref().is_some_and(|w| w.seq.saturating_sub(anchor) > CHAIN_REFILL_MAX) {
                     // A subject quiet for long: a refill from its last event would read every
                     // subject's events since, and past `CATCH_UP_MAX` send every stream of the
                     // pod to resume. Its own streams resume instead, each from its own id,
                     // this event included.
-                    tracing::info!(target = %topic.target, seq = id.seq, previous = delivery.previous, last_sent, "events on a quiet subject never arrived; its streams resume");
+                    tracing::info!(target = %topic.target, seq = id.seq, previous = delivery.previous, anchor, "events on a quiet subject never arrived; its streams resume");
                     topic.last_sent.store(id.seq, Ordering::Relaxed);
                     topic.send_members_to_resume();
                     return;
                 }
-                tracing::info!(target = %topic.target, seq = id.seq, previous = delivery.previous, last_sent, "events on a subject never arrived; refilling them");
-                self.refill_after = Some(self.refill_after.map_or(last_sent, |after| after.min(last_sent)));
+                tracing::info!(target = %topic.target, seq = id.seq, previous = delivery.previous, anchor, "events on a subject never arrived; refilling them");
+                self.refill_after = Some(self.refill_after.map_or(anchor, |after| after.min(anchor)));
                 self.held.push((topic.clone(), delivery));
                 self.start_catch_up();
                 return;
@@ -465,13 +467,13 @@ impl Dispatcher {
     }
 
     /// Closes every stream of the pod with a `retry:`: each client resumes on its own. What each
-    /// topic sent, and what the last refill read, are forgotten with them: they may belong to a
-    /// history that started over. Each topic's chain starts again at the watermark, as for a new
-    /// topic.
+    /// topic sent, where its chain started, and what the last refill read, are forgotten with
+    /// them: they may belong to a history that started over. The streams that join next start
+    /// each topic's chain again.
     fn close_every_stream(&mut self) {
-        let from = self.watermark.as_ref().map_or(0, |w| w.seq);
         for (_, slot) in self.slots.iter() {
-            slot.topic.last_sent.store(from, Ordering::Relaxed);
+            slot.topic.last_sent.store(0, Ordering::Relaxed);
+            slot.topic.chain_start.store(UNKNOWN, Ordering::Relaxed);
             slot.topic.send_members_to_resume();
         }
         self.read = None;

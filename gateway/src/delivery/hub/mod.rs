@@ -35,7 +35,7 @@
 //!   one here. The connection never dropped, and the stream-reach check may notice only later,
 //!   or never. The hub holds that event and refills from the subject's last event, sending
 //!   only what never reached its topic (each topic remembers the newest event sent on it, and
-//!   starts where the hub stood when its subscription was in place). A subject quiet for so
+//!   starts where its first stream found the history's head). A subject quiet for so
 //!   long that a refill from its last event would read far back sends its own streams to
 //!   resume instead.
 //! - a live sequence going back within an epoch: a copy of an event already sent (a new stream
@@ -45,7 +45,7 @@
 //!
 //! A refill starts from the newest durable event the hub dispatched, or, before any, from where
 //! the history stood when the hub started. Should the history not answer then, the first
-//! cursor a stream reads from it takes that place (`Hub::stream_started_at`).
+//! cursor a stream reads from it takes that place (`Membership::started_at`).
 //!
 //! A gap that opens while a refill is out gets a refill of its own, from where the first one
 //! ended, before anything held is released. Sessions stay open throughout, and each stream's
@@ -149,9 +149,19 @@ pub struct Topic {
     /// The newest durable sequence the dispatcher sent to this topic's members (0: none yet).
     /// Only the dispatcher's thread reads and writes it.
     last_sent: AtomicU64,
+    /// Where the history stood when the first of its members read it, after the topic's
+    /// subscription was in place (`UNKNOWN` until one did): every member has every event of
+    /// the subject up to it (its cursor, or its replay, covers them), and every later one must
+    /// arrive live. So before any event is sent here, an event naming an earlier one after it
+    /// names one lost in transit. The lowest such read counts, so that a member that read early
+    /// is never taken for one that has more.
+    chain_start: AtomicU64,
 }
 
 const NO_SLOT: usize = usize::MAX;
+
+/// A [`Topic::chain_start`] no member has set.
+const UNKNOWN: u64 = u64::MAX;
 
 /// Members a fan-out pushes to between two chances for a waiting join or leave to take the
 /// member list (see [`Topic::for_each_member`]).
@@ -234,6 +244,19 @@ pub struct Membership {
     entries: Vec<(Arc<Topic>, usize)>,
 }
 
+impl Membership {
+    /// The stream holding this membership found the history's head at `head`, after its
+    /// subscriptions were in place (its first cursor, or the head its `reset` names): where the
+    /// chain of each of its topics starts, if it is the first to say so, and where the hub
+    /// refills a gap from until it has read the history itself (see [`Hub::stream_started_at`]).
+    pub fn started_at(&self, head: &EventId) {
+        for (topic, _) in &self.entries {
+            topic.chain_start.fetch_min(head.seq, Ordering::Relaxed);
+        }
+        self.hub.stream_started_at(head);
+    }
+}
+
 impl Drop for Membership {
     fn drop(&mut self) {
         for (topic, key) in self.entries.drain(..) {
@@ -302,7 +325,7 @@ impl Hub {
     /// the first such id: else the gap's events, which that stream is owed, would be lost to it.
     /// Every stream that opens after it starts at or after it, so its first is the one that
     /// counts.
-    pub fn stream_started_at(&self, id: &EventId) {
+    fn stream_started_at(&self, id: &EventId) {
         if !self.stream_position_sent.swap(true, Ordering::Relaxed) {
             let _ = self.commands.send(Command::Position(Some(id.clone())));
         }
@@ -335,6 +358,7 @@ impl Hub {
                             status: TopicStatus::new(),
                             slot: AtomicUsize::new(NO_SLOT),
                             last_sent: AtomicU64::new(0),
+                            chain_start: AtomicU64::new(UNKNOWN),
                         });
                         topics.insert(target.clone(), topic.clone());
                         let _ = self.commands.send(Command::Open(topic.clone()));

@@ -325,8 +325,8 @@ async fn a_gap_before_the_hub_read_the_history_is_refilled_from_where_a_stream_s
     let mut script = Script::unreadable();
     let hub = script.hub();
     let u = user("u");
-    let (mut a, _on_u) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
-    hub.stream_started_at(&id(10)); // as a new stream does, once it has read its first cursor
+    let (mut a, on_u) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
+    on_u.started_at(&id(10)); // as a new stream does, once it has read its first cursor
     script.down();
     script.gap();
     script.live(&u, 13);
@@ -398,13 +398,14 @@ async fn events_a_chain_names_that_the_history_no_longer_holds_are_not_looked_fo
 
 /// The first event a new topic gets is chain-checked too: a stream's own user subject is new
 /// when the stream opens, and 11, lost in transit, is named by 12. The refill starts where the
-/// hub stood when the topic's subscription was in place (every member starts there or later).
+/// stream found the history once the topic's subscription was in place.
 #[tokio::test]
 async fn the_first_event_of_a_new_topic_is_chain_checked_too() {
     let mut script = Script::new(10);
     let hub = script.hub();
     let u = user("u");
-    let (mut a, _on_u) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
+    let (mut a, on_u) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
+    on_u.started_at(&id(10));
     script.live_after(&u, 12, 11);
     let (after, reply) = script.next_replay().await;
     assert_eq!(after, 10);
@@ -421,7 +422,8 @@ async fn after_the_history_started_over_the_first_broken_chain_is_refilled() {
     let (hub, u, a, _on_u) = streaming_after_11(&script).await;
     script.send(&u, durable_in("e2", 1));
     a.closed().await;
-    let (mut b, _on_u) = Reader::join(&hub, std::slice::from_ref(&u), 1).await;
+    let (mut b, on_u) = Reader::join(&hub, std::slice::from_ref(&u), 1).await;
+    on_u.started_at(&EventId { epoch: Arc::from("e2"), seq: 1 });
     // e2-2 lost in transit, named by e2-3.
     script.send(&u, Delivery { previous: Some(2), ..durable_in("e2", 3) });
     let (after, reply) = script.next_replay().await;
@@ -444,7 +446,8 @@ async fn what_a_refill_read_in_an_old_history_excuses_no_broken_chain_in_the_new
     assert_eq!(a.until(100).await, [11, 100]);
     script.send(&u, durable_in("e2", 1));
     a.closed().await;
-    let (mut b, _on_u) = Reader::join(&hub, std::slice::from_ref(&u), 1).await;
+    let (mut b, on_u) = Reader::join(&hub, std::slice::from_ref(&u), 1).await;
+    on_u.started_at(&EventId { epoch: Arc::from("e2"), seq: 1 });
     script.send(&u, Delivery { previous: Some(1), ..durable_in("e2", 20) });
     assert_eq!(b.until(20).await, [20]);
     // e2-30 lost in transit, named by e2-40.
@@ -478,6 +481,42 @@ async fn a_broken_chain_far_behind_sends_only_its_topics_streams_to_resume() {
     assert_eq!(b.until(20_014).await, [20_011, 20_014], "v's stream goes on");
     assert!(script.replays.try_recv().is_err(), "no refill was asked for");
     assert_eq!(script.gaps("broken_chain"), 1.0);
+}
+
+/// The first event a new topic gets names one stored after where the hub last dispatched (a
+/// notification the user got while away), but before the stream found the history's head: the
+/// stream has it (its cursor covers it), and nothing is refilled.
+#[tokio::test]
+async fn an_event_the_first_member_already_has_breaks_no_chain() {
+    let script = Script::new(10);
+    let hub = script.hub();
+    let (v, w) = (user("v"), user("w"));
+    let (mut b, _on_v) = Reader::join(&hub, std::slice::from_ref(&v), 10).await;
+    let (mut a, on_w) = Reader::join(&hub, std::slice::from_ref(&w), 45).await;
+    on_w.started_at(&id(45));
+    script.live_after(&w, 50, 40);
+    assert_eq!(a.until(50).await, [50]);
+    script.live(&v, 51);
+    assert_eq!(b.until(51).await, [51], "the other stream goes on");
+    assert_eq!(script.gaps("broken_chain"), 0.0);
+}
+
+/// A refill that fails sends every stream to resume and releases what it held; an event it
+/// held naming one in the unfilled gap does not ask for the same refill again, and a stream
+/// that joins afterwards gets live events.
+#[tokio::test]
+async fn a_failed_refill_does_not_start_itself_again() {
+    let mut script = Script::new(10);
+    let (hub, u, a, _on_u, first) = a_gap_after_11(&mut script).await;
+    // 16 names 15, in the gap: held behind the refill.
+    script.live_after(&u, 16, 15);
+    assert!(first.send(Err(BrokerError::Rejected("gone".into()))).is_ok());
+    assert_eq!(a.closed().await, CloseReason::Error);
+    let (mut c, on_u) = Reader::join(&hub, std::slice::from_ref(&u), 16).await;
+    on_u.started_at(&id(16));
+    script.live_after(&u, 17, 16);
+    assert_eq!(c.until(17).await, [17]);
+    assert!(script.replays.try_recv().is_err(), "no refill was asked for again");
 }
 
 /// An unbroken chain asks for no refill: each event names the one sent before it on its subject.
