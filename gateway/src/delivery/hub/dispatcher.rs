@@ -427,7 +427,13 @@ impl Dispatcher {
                 start => last_sent.max(start),
             };
             let gone = |previous: u64| self.read.is_some_and(|(from, through)| from < previous && previous <= through);
-            if anchor > 0 && delivery.previous.is_some_and(|previous| previous > anchor && !gone(previous)) {
+            // Without a watermark there is nowhere to refill from (a reset that named no head):
+            // the chain goes unchecked until an event sets one.
+            let refillable = self.watermark.is_some();
+            if refillable
+                && anchor > 0
+                && delivery.previous.is_some_and(|previous| previous > anchor && !gone(previous))
+            {
                 // The subject's chain is broken: the stream stored events on it after the last
                 // one sent here, and they never arrived. A route between this pod's NATS node and
                 // the stream's leader dropped for a moment, and the leader republished them to

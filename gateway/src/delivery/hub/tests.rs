@@ -519,6 +519,25 @@ async fn a_failed_refill_does_not_start_itself_again() {
     assert!(script.replays.try_recv().is_err(), "no refill was asked for again");
 }
 
+/// A refill answered with a reset that names no head leaves the hub without a position, while
+/// the next stream sets its topic's chain start: a broken chain then cannot be refilled (there
+/// is nowhere to refill from) and goes out as it is, rather than asking again and again (before:
+/// the hub held it, released it for want of a position, held it again, and overflowed its stack).
+#[tokio::test]
+async fn a_broken_chain_with_no_position_to_refill_from_goes_out() {
+    let mut script = Script::new(10);
+    let (hub, u, a, on_u) = streaming_after_11(&script).await;
+    on_u.started_at(&id(10)); // the hub has its position: this one tells it nothing new
+    script.gap();
+    let (_, reply) = script.next_replay().await;
+    assert!(reply.send(Ok(Replay::Reset(ResetReason::HistoryExpired, None))).is_ok());
+    assert_eq!(a.closed().await, CloseReason::Error);
+    let (mut b, on_u) = Reader::join(&hub, std::slice::from_ref(&u), 20).await;
+    on_u.started_at(&id(20));
+    script.live_after(&u, 22, 21);
+    assert_eq!(b.until(22).await, [22]);
+}
+
 /// An unbroken chain asks for no refill: each event names the one sent before it on its subject.
 #[tokio::test]
 async fn a_subject_whose_chain_holds_is_not_refilled() {
