@@ -248,7 +248,7 @@ impl Membership {
     /// The stream holding this membership found the history's head at `head`, after its
     /// subscriptions were in place (its first cursor, or the head its `reset` names): where the
     /// chain of each of its topics starts, if it is the first to say so, and where the hub
-    /// refills a gap from until it has read the history itself (see [`Hub::stream_started_at`]).
+    /// refills a gap from until it has read the history itself.
     pub fn started_at(&self, head: &EventId) {
         for (topic, _) in &self.entries {
             topic.chain_start.fetch_min(head.seq, Ordering::Relaxed);
@@ -320,11 +320,11 @@ impl Hub {
     }
 
     /// The history stood at `id` after a new stream's subscriptions were in place (the stream's
-    /// first cursor, or its reset's, read from the history's head). Until the hub has read where the history stood
-    /// itself (it may not answer when the pod starts), a gap in live delivery is refilled from
-    /// the first such id: else the gap's events, which that stream is owed, would be lost to it.
-    /// Every stream that opens after it starts at or after it, so its first is the one that
-    /// counts.
+    /// first cursor, or its reset's, read from the history's head). Until the hub has read
+    /// where the history stood itself (it may not answer when the pod starts), a gap in live
+    /// delivery is refilled from the first such id: else the gap's events, which that stream is
+    /// owed, would be lost to it. Every stream that opens after it starts at or after it, so
+    /// its first is the one that counts.
     fn stream_started_at(&self, id: &EventId) {
         if !self.stream_position_sent.swap(true, Ordering::Relaxed) {
             let _ = self.commands.send(Command::Position(Some(id.clone())));
