@@ -113,6 +113,10 @@ pub(super) struct Dispatcher {
     /// everything up to that one).
     read: Option<(u64, u64)>,
     reading: (u64, u64),
+    /// The newest durable event held for a subscribed subject when the refill out now was
+    /// asked for: the history stored it before it was republished, so a refill's answer that
+    /// ends before it was read from a stale view.
+    held_through: u64,
     /// When the refills of the current gap started failing with the link up.
     refill_failing_since: Option<std::time::Instant>,
     /// The broker's connection count, read at once (see [`Broker::connections`]), and the
@@ -163,6 +167,7 @@ impl Dispatcher {
             refill_after: None,
             read: None,
             reading: (0, 0),
+            held_through: 0,
             refill_failing_since: None,
             known_connections: 0,
             connections: None,
@@ -249,11 +254,36 @@ impl Dispatcher {
             Command::CaughtUp(result) => {
                 let again = self.catch_up == CatchUp::Running { again: true };
                 self.catch_up = CatchUp::Idle;
+                let seq = |i: Option<&(Target, Delivery)>| i.and_then(|(_, d)| d.id.as_ref()).map(|id| id.seq);
                 match result {
+                    Ok(Replay::Events(events))
+                        if seq(events.last()).unwrap_or(0) < self.held_through
+                            && self.refill_failing_since.get_or_insert_with(std::time::Instant::now).elapsed()
+                                < REFILL_PATIENCE =>
+                    {
+                        // The history's answer lacks events the hub holds, which it stored
+                        // before they were republished: it was read from a stale view (on a NATS
+                        // cluster, a replica still catching up right after a partition healed).
+                        // Released now, the held events would go out over the gap, which the
+                        // answer says holds nothing. Asked again a little later instead.
+                        tracing::info!(
+                            events = events.len(),
+                            last = seq(events.last()),
+                            held_through = self.held_through,
+                            "the refill lacks events held; asking the history again shortly"
+                        );
+                        self.catch_up = CatchUp::Running { again };
+                        self.request_refill(REFILL_RETRY);
+                        return;
+                    }
+                    Ok(Replay::Events(events)) if seq(events.last()).unwrap_or(0) < self.held_through => {
+                        tracing::warn!("the history keeps answering without events it holds; every stream resumes");
+                        self.refill_failing_since = None;
+                        self.close_every_stream();
+                    }
                     Ok(Replay::Events(events)) => {
                         self.refill_failing_since = None;
                         self.refill_after = None;
-                        let seq = |i: Option<&(Target, Delivery)>| i.and_then(|(_, d)| d.id.as_ref()).map(|id| id.seq);
                         let (first, last) = (seq(events.first()), seq(events.last()));
                         let (from, through) = self.reading;
                         self.read = Some((from, through.max(last.unwrap_or(0))));
@@ -359,6 +389,17 @@ impl Dispatcher {
         }
         let held = self.held.iter().filter_map(|(_, d)| d.id.as_ref().map(|id| id.seq)).max();
         self.reading = (after.seq, held.unwrap_or(0));
+        let subscribed =
+            |topic: &Arc<Topic>| self.by_target.get(&topic.target) == Some(&topic.slot.load(Ordering::Relaxed));
+        self.held_through = self
+            .held
+            .iter()
+            .filter(|(topic, d)| {
+                subscribed(topic) && d.id.as_ref().is_some_and(|id| id.epoch == after.epoch && id.seq > after.seq)
+            })
+            .filter_map(|(_, d)| d.id.as_ref().map(|id| id.seq))
+            .max()
+            .unwrap_or(0);
         // The subjects subscribed now: one subscribed later starts its streams at the head.
         let targets = self.by_target.keys().cloned().collect();
         let broker = self.broker.clone();

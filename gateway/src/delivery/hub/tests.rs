@@ -383,7 +383,8 @@ async fn a_stream_that_got_a_newer_event_before_a_lost_one_is_reset() {
 }
 
 /// The events a chain names are gone from the history when the refill reads it (aged out): the
-/// refill brings nothing, the held event goes out, and the hub does not look for them again.
+/// refill brings only the held event itself, which goes out, and the hub does not look for them
+/// again.
 #[tokio::test]
 async fn events_a_chain_names_that_the_history_no_longer_holds_are_not_looked_for_again() {
     let mut script = Script::new(10);
@@ -391,7 +392,7 @@ async fn events_a_chain_names_that_the_history_no_longer_holds_are_not_looked_fo
     script.live_after(&u, 13, 12);
     let (after, reply) = script.next_replay().await;
     assert_eq!(after, 11);
-    Script::refill(reply, []);
+    Script::refill(reply, [(u.clone(), 13)]);
     script.live_after(&u, 14, 13);
     assert_eq!(a.until(14).await, [11, 13, 14]);
 }
@@ -442,7 +443,7 @@ async fn what_a_refill_read_in_an_old_history_excuses_no_broken_chain_in_the_new
     script.live_after(&u, 100, 50);
     let (after, reply) = script.next_replay().await;
     assert_eq!(after, 11);
-    Script::refill(reply, []);
+    Script::refill(reply, [(u.clone(), 100)]);
     assert_eq!(a.until(100).await, [11, 100]);
     script.send(&u, durable_in("e2", 1));
     a.closed().await;
@@ -536,6 +537,26 @@ async fn a_broken_chain_with_no_position_to_refill_from_goes_out() {
     on_u.started_at(&id(20));
     script.live_after(&u, 22, 21);
     assert_eq!(b.until(22).await, [22]);
+}
+
+/// A refill answered from a stale view of the history (on a NATS cluster, a replica that
+/// still lags right after a partition heals) lacks events the hub holds, which the history
+/// must have stored before they were republished: the hub asks again instead of releasing
+/// what it held over the gap (before: "gap refilled events=0", and the gap was lost for good).
+#[tokio::test]
+async fn a_refill_that_lacks_the_events_held_is_asked_again() {
+    let mut script = Script::new(10);
+    let (_hub, u, mut a, _on_u) = streaming_after_11(&script).await;
+    script.down();
+    // The first event after the link is back: held, and the refill asked for.
+    script.live_after(&u, 14, 13);
+    let (after, first) = script.next_replay().await;
+    assert_eq!(after, 11);
+    Script::refill(first, []);
+    let (after, second) = script.next_replay().await;
+    assert_eq!(after, 11);
+    Script::refill(second, [(u.clone(), 12), (u.clone(), 13), (u.clone(), 14)]);
+    assert_eq!(a.until(14).await, [11, 12, 13, 14]);
 }
 
 /// An unbroken chain asks for no refill: each event names the one sent before it on its subject.
@@ -796,7 +817,7 @@ async fn a_refill_the_history_cannot_answer_yet_is_tried_again_with_every_stream
     assert!(first.send(Err(BrokerError::Unavailable("no stream leader".into()))).is_ok());
     let (after, second) = script.next_replay().await;
     assert_eq!(after, 11, "asked again from where the hub was");
-    Script::refill(second, (12..=15).map(|seq| (u.clone(), seq)));
+    Script::refill(second, (12..=16).map(|seq| (u.clone(), seq)));
     script.live(&u, 17);
     assert_eq!(s.until(17).await, (11..=17).collect::<Vec<_>>(), "every event once, in order");
     assert_eq!(s.outbox.close_reason(), None, "the stream stayed open");
