@@ -108,15 +108,10 @@ pub(super) struct Dispatcher {
     refill_after: Option<u64>,
     /// The sequences the last refill read, after its start and through its end: an event among
     /// them that never reached its topic is gone from the history (its subject's limit, its
-    /// age), not in transit, and breaks no chain. `reading` is that range for the refill out
-    /// now, its end at least the newest event held when it was asked for (the history holds
-    /// everything up to that one).
+    /// age), not in transit, and breaks no chain. `reading_from` is where the refill out now
+    /// starts.
     read: Option<(u64, u64)>,
-    reading: (u64, u64),
-    /// The newest durable event held for a subscribed subject when the refill out now was
-    /// asked for: the history stored it before it was republished, so a refill's answer that
-    /// ends before it was read from a stale view.
-    held_through: u64,
+    reading_from: u64,
     /// When the refills of the current gap started failing with the link up.
     refill_failing_since: Option<std::time::Instant>,
     /// The broker's connection count, read at once (see [`Broker::connections`]), and the
@@ -166,8 +161,7 @@ impl Dispatcher {
             held: Vec::new(),
             refill_after: None,
             read: None,
-            reading: (0, 0),
-            held_through: 0,
+            reading_from: 0,
             refill_failing_since: None,
             known_connections: 0,
             connections: None,
@@ -254,39 +248,19 @@ impl Dispatcher {
             Command::CaughtUp(result) => {
                 let again = self.catch_up == CatchUp::Running { again: true };
                 self.catch_up = CatchUp::Idle;
-                let seq = |i: Option<&(Target, Delivery)>| i.and_then(|(_, d)| d.id.as_ref()).map(|id| id.seq);
                 match result {
-                    Ok(Replay::Events(events))
-                        if seq(events.last()).unwrap_or(0) < self.held_through
-                            && self.refill_failing_since.get_or_insert_with(std::time::Instant::now).elapsed()
-                                < REFILL_PATIENCE =>
-                    {
-                        // The history's answer lacks events the hub holds, which it stored
-                        // before they were republished: it was read from a stale view (on a NATS
-                        // cluster, a replica still catching up right after a partition healed).
-                        // Released now, the held events would go out over the gap, which the
-                        // answer says holds nothing. Asked again a little later instead.
-                        tracing::info!(
-                            events = events.len(),
-                            last = seq(events.last()),
-                            held_through = self.held_through,
-                            "the refill lacks events held; asking the history again shortly"
-                        );
-                        self.catch_up = CatchUp::Running { again };
-                        self.request_refill(REFILL_RETRY);
-                        return;
-                    }
-                    Ok(Replay::Events(events)) if seq(events.last()).unwrap_or(0) < self.held_through => {
-                        tracing::warn!("the history keeps answering without events it holds; every stream resumes");
-                        self.refill_failing_since = None;
-                        self.close_every_stream();
-                    }
                     Ok(Replay::Events(events)) => {
                         self.refill_failing_since = None;
                         self.refill_after = None;
+                        let seq = |i: Option<&(Target, Delivery)>| i.and_then(|(_, d)| d.id.as_ref()).map(|id| id.seq);
                         let (first, last) = (seq(events.first()), seq(events.last()));
-                        let (from, through) = self.reading;
-                        self.read = Some((from, through.max(last.unwrap_or(0))));
+                        // What the refill read: up to its last event, not up to the newest one
+                        // held. Every held event was stored before it was republished, so a true
+                        // answer reaches it; one from a stale view of the history (on a NATS
+                        // cluster, a replica still catching up right after a partition healed)
+                        // may stop short, and what it did not reach must still be looked for.
+                        let from = self.reading_from;
+                        self.read = Some((from, last.unwrap_or(from)));
                         tracing::info!(events = events.len(), first, last, held = self.held.len(), "gap refilled");
                         for (target, delivery) in events {
                             if let Some(topic) = self.by_target.get(&target).and_then(|&i| self.topic_at(i)) {
@@ -387,19 +361,7 @@ impl Dispatcher {
         if let Some(seq) = self.refill_after {
             after.seq = after.seq.min(seq);
         }
-        let held = self.held.iter().filter_map(|(_, d)| d.id.as_ref().map(|id| id.seq)).max();
-        self.reading = (after.seq, held.unwrap_or(0));
-        let subscribed =
-            |topic: &Arc<Topic>| self.by_target.get(&topic.target) == Some(&topic.slot.load(Ordering::Relaxed));
-        self.held_through = self
-            .held
-            .iter()
-            .filter(|(topic, d)| {
-                subscribed(topic) && d.id.as_ref().is_some_and(|id| id.epoch == after.epoch && id.seq > after.seq)
-            })
-            .filter_map(|(_, d)| d.id.as_ref().map(|id| id.seq))
-            .max()
-            .unwrap_or(0);
+        self.reading_from = after.seq;
         // The subjects subscribed now: one subscribed later starts its streams at the head.
         let targets = self.by_target.keys().cloned().collect();
         let broker = self.broker.clone();
