@@ -19,6 +19,9 @@ pub struct Seen {
     /// When each stream that had been connected ended.
     pub ends: Vec<Instant>,
     pub resets: Vec<String>,
+    /// The ids of its `missed` resets: it refetched its state up to each of them, so events at
+    /// or below one that it lacks are no loss (see docs/protocol.md).
+    pub refetched: Vec<u64>,
     pub last_id: Option<String>,
     /// The cursor its first stream opened with (`connected`'s id): it is owed every event
     /// after it.
@@ -68,7 +71,15 @@ impl Follower {
                                 s.first_cursor = ev.id.as_deref().map(seq_of);
                             }
                         }
-                        "reset" => s.resets.push(ev.json()["reason"].as_str().unwrap_or("").to_owned()),
+                        "reset" => {
+                            let reason = ev.json()["reason"].as_str().unwrap_or("").to_owned();
+                            if reason == "missed"
+                                && let Some(id) = &ev.id
+                            {
+                                s.refetched.push(seq_of(id));
+                            }
+                            s.resets.push(reason);
+                        }
                         _ => {
                             if let Some(id) = &ev.id {
                                 s.seqs.push(seq_of(id));
