@@ -66,6 +66,14 @@ async fn resume(broker: &NatsBroker, after: &EventId, meanwhile: usize) -> (Vec<
     }
 }
 
+/// The sequences a refill after `after` for user `u` and broadcast brings; a reset fails.
+async fn refill_for_user(broker: &NatsBroker, after: EventId) -> Vec<u64> {
+    match broker.replay(vec![user(), Target::Broadcast], after, 10_000).await.unwrap() {
+        Replay::Events(events) => events.iter().map(|(_, d)| d.id.as_ref().unwrap().seq).collect(),
+        Replay::Reset(reason, _) => panic!("the refill was answered with a reset, {}", reason.as_str()),
+    }
+}
+
 /// How a replay ended, in words.
 fn ending(page: &Page) -> String {
     match page {
@@ -151,13 +159,7 @@ async fn a_message_on_a_subject_of_no_target_does_not_end_a_refill_in_a_reset() 
     let js = broker.jetstream().unwrap().clone();
     js.publish("herald.events.junk", bytes::Bytes::from_static(b"{}")).await.unwrap().await.unwrap();
     let next = publish(&broker, &user()).await;
-    match broker.replay(vec![user(), Target::Broadcast], seen, 10_000).await.unwrap() {
-        Replay::Events(events) => {
-            let seqs: Vec<u64> = events.iter().map(|(_, d)| d.id.as_ref().unwrap().seq).collect();
-            assert_eq!(seqs, [next.seq]);
-        }
-        Replay::Reset(reason, _) => panic!("the refill was answered with a reset, {}", reason.as_str()),
-    }
+    assert_eq!(refill_for_user(&broker, seen).await, [next.seq]);
 }
 
 /// A refill reads only what the pod's streams want: a busy channel that nobody on this gateway
@@ -173,11 +175,5 @@ async fn a_refill_reads_only_the_subjects_it_is_asked_for() {
         publish(&broker, &channel()).await;
     }
     let next = publish(&broker, &user()).await;
-    match broker.replay(vec![user(), Target::Broadcast], seen, 10_000).await.unwrap() {
-        Replay::Events(events) => {
-            let seqs: Vec<u64> = events.iter().map(|(_, d)| d.id.as_ref().unwrap().seq).collect();
-            assert_eq!(seqs, [next.seq]);
-        }
-        Replay::Reset(reason, _) => panic!("the refill was answered with a reset, {}", reason.as_str()),
-    }
+    assert_eq!(refill_for_user(&broker, seen).await, [next.seq]);
 }
