@@ -160,8 +160,8 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Every retained event published after `after` for `targets` (the pod's subscriptions), at
     /// most `max` of them: what the hub refills a gap in live delivery with (a reconnect, a
-    /// slow-consumer drop). Other subjects' events are neither returned nor counted against the
-    /// per-subject limit.
+    /// slow-consumer drop). Other subjects' events are neither returned nor counted against
+    /// `max` or the per-subject limit.
     fn replay(
         &self,
         targets: Vec<Target>,

@@ -16,6 +16,9 @@ use crate::broker::resume::{self, ResetReason, Start};
 use crate::broker::{BrokerError, Replay};
 use crate::event::{EventId, SubjectKind, Target};
 
+/// Most messages a refill reads per event it may owe: it reads every subject (see [`replay`]).
+pub(super) const REFILL_READS_PER_EVENT: usize = 10;
+
 /// Longest wait for the next message of a replay.
 const REPLAY_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -25,7 +28,9 @@ const VANISHED_CHECK: Duration = Duration::from_millis(250);
 
 /// Every event after `after` for `targets`, in the stream's order; a reset when more than
 /// `max` are owed or some of them are gone. The consumer reads every subject (one filter for
-/// thousands of subscriptions); the others' events are skipped as they come.
+/// thousands of subscriptions); the others' events are skipped as they come, and count only
+/// against what the refill may read, [`REFILL_READS_PER_EVENT`] times `max`: on a stream
+/// shared by a whole fleet, most of a gap's events are other pods' users'.
 pub(super) async fn replay(
     access: StreamAccess,
     barrier: Arc<Barrier>,
@@ -57,10 +62,10 @@ pub(super) async fn replay(
         .await
         .map_err(|e| unavailable(&e))?;
     let pending = usize::try_from(consumer.cached_info().num_pending).unwrap_or(usize::MAX);
-    if pending > max {
+    if pending > max.saturating_mul(REFILL_READS_PER_EVENT) {
         return Ok(Replay::Reset(ResetReason::TooMany, head));
     }
-    let mut events = Vec::with_capacity(pending);
+    let mut events = Vec::with_capacity(pending.min(max));
     // Events read per subject: one that had as many in the gap as the history keeps per
     // subject may have lost older ones to that limit before they were read.
     let mut per_subject: HashMap<&Target, u64> = HashMap::new();
@@ -104,6 +109,9 @@ pub(super) async fn replay(
             };
             if !wanted.contains(&target) {
                 continue;
+            }
+            if events.len() == max {
+                return Ok(Replay::Reset(ResetReason::TooMany, head));
             }
             let id = EventId { epoch: current.clone(), seq };
             events.push((target, event_from(msg.message.headers.take(), Some(id), msg.payload.clone())));

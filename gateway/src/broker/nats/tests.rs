@@ -177,3 +177,47 @@ async fn a_refill_reads_only_the_subjects_it_is_asked_for() {
     let next = publish(&broker, &user()).await;
     assert_eq!(refill_for_user(&broker, seen).await, [next.seq]);
 }
+
+/// A refill for user `u` and broadcast after `after`, at most `max` events owed: the sequences
+/// it brings, or the reason of its reset.
+async fn refill_at_most(broker: &NatsBroker, after: EventId, max: usize) -> Result<Vec<u64>, &'static str> {
+    match broker.replay(vec![user(), Target::Broadcast], after, max).await.unwrap() {
+        Replay::Events(events) => Ok(events.iter().map(|(_, d)| d.id.as_ref().unwrap().seq).collect()),
+        Replay::Reset(reason, _) => Err(reason.as_str()),
+    }
+}
+
+/// A refill's ceiling counts the events the pod's streams are owed, not every event the
+/// history took meanwhile: on a stream that the whole fleet shares, a gap of a few seconds
+/// holds many more events of other pods' users than of this pod's (before: 30 events on a
+/// channel nobody here listens to passed a ceiling of 10, and every stream of the pod was
+/// sent to resume). The events owed still have their ceiling, and so does what the refill
+/// reads to find them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refills_ceiling_counts_only_the_events_its_streams_are_owed() {
+    let nats = herald_testkit::Nats::start();
+    let broker = broker(&nats, 1000).await;
+    let seen = publish(&broker, &user()).await;
+    for _ in 0..30 {
+        publish(&broker, &channel()).await;
+    }
+    let next = publish(&broker, &user()).await;
+    assert_eq!(refill_at_most(&broker, seen.clone(), 10).await, Ok(vec![next.seq]));
+
+    let mut owed = vec![next.seq];
+    for _ in 0..10 {
+        owed.push(publish(&broker, &user()).await.seq);
+    }
+    assert_eq!(refill_at_most(&broker, seen.clone(), 11).await, Ok(owed));
+    assert_eq!(refill_at_most(&broker, seen.clone(), 10).await, Err("too_many"));
+
+    // What it reads to find them: at most `REFILL_READS_PER_EVENT` times the events owed.
+    let read = super::replay::REFILL_READS_PER_EVENT * 11;
+    let pending = 30 + 11;
+    for _ in pending..read {
+        publish(&broker, &channel()).await;
+    }
+    assert_eq!(refill_at_most(&broker, seen.clone(), 11).await.map(|s| s.len()), Ok(11), "{read} to read");
+    publish(&broker, &channel()).await;
+    assert_eq!(refill_at_most(&broker, seen, 11).await, Err("too_many"), "{} to read", read + 1);
+}
