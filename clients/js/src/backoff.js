@@ -6,6 +6,8 @@
 // does not bring every browser back in the same millisecond. `base` is the server's `retry:` value
 // when it sent one (the gateway's `--retry-ms`), else the client's default.
 
+import { LONGEST_TIMEOUT_MS } from './timer.js';
+
 /** The real clock: `Date.now` and the global timers. */
 export const systemClock = Object.freeze({
   now: () => Date.now(),
@@ -99,10 +101,13 @@ export class Backoff {
         this.clock.clearTimeout(id);
         reject(abortError(signal));
       };
-      const id = this.clock.setTimeout(() => {
-        signal?.removeEventListener('abort', onAbort);
-        resolve();
-      }, ms);
+      const id = this.clock.setTimeout(
+        () => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        },
+        Math.min(ms, LONGEST_TIMEOUT_MS),
+      );
       signal?.addEventListener('abort', onAbort, { once: true });
     });
   }

@@ -135,7 +135,7 @@ export class HeraldClient {
     this.#debounce = new Debounce(this.#clock, options.debounceMs ?? 50, options.maxDebounceMs ?? 500);
     this.#idleMs = options.idleTimeoutMs ?? 45000;
     this.#onComment = typeof options.onComment === 'function' ? options.onComment : null;
-    if (options.lastEventId) this.#lastEventId = String(options.lastEventId);
+    if (options.lastEventId && isCursor(String(options.lastEventId))) this.#lastEventId = String(options.lastEventId);
     if (typeof options.onStateChange === 'function') this.#stateListeners.add(options.onStateChange);
 
     for (const ch of channelsInUrl(this.#base)) this.#subscriptions.addStatic(ch);
@@ -346,6 +346,13 @@ export class HeraldClient {
     const attempt = new Attempt(this.#desiredChannels(), this.#clock);
     this.#attempt = attempt;
     this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
+    // Counted from the attempt's start: a token that never comes, or a request that nobody
+    // answers (a half-open connection, a proxy that swallows it), is as dead as a stream that
+    // went quiet.
+    attempt.watchSilence(this.#idleMs, () => {
+      this.#endAttempt();
+      this.#retryAfterFailure(null);
+    });
 
     let token;
     if (this.#getToken) {
@@ -442,18 +449,15 @@ export class HeraldClient {
       this.#streamEnded(attempt);
       return;
     }
-    attempt.watchSilence(this.#idleMs, () => {
-      // Nothing, not even a heartbeat, for too long: the connection is dead without knowing.
-      this.#endAttempt();
-      this.#retryAfterFailure(null);
-    });
-    const ended = await attempt.read(response.body, (chunk) => {
-      parser.feed(chunk);
-      if (!attempt.ended) this.#lastEventId = parser.lastEventId;
-    });
+    // The response came; from here on, its silence watch (started with the attempt) counts
+    // what the stream sends, heartbeats included.
+    attempt.heard();
+    // The cursor moves with the frames handed on (#deliver), not with the parser's last event
+    // id: an `id:` in a block that is never dispatched (no `data:`) moves no cursor past
+    // anything the application did not get.
+    const ended = await attempt.read(response.body, (chunk) => parser.feed(chunk));
     if (!ended) return;
     parser.end();
-    this.#lastEventId = parser.lastEventId;
     this.#streamEnded(attempt);
   }
 
@@ -472,7 +476,7 @@ export class HeraldClient {
       attempt.tokenExpired = true;
     }
     if (this.#role === LEADER) this.#group?.post({ kind: 'frame', frame });
-    this.#deliver(frame, attempt);
+    this.#deliver(frame);
   }
 
   /**
@@ -481,32 +485,49 @@ export class HeraldClient {
    * id seen lately is dropped: a new leader resumes from the last id it saw, which can be a few
    * behind another tab's.
    *
-   * `from` is the attempt whose stream the frame came on, null for a frame of the leader's. A
-   * handler that closes the client or ends that stream (reconnect(), …) stops the frame there.
+   * Control frames are never dropped so: a `reset` names the newest event the client has (a
+   * `missed` one) or the history's head, ids it may well have seen, and must reach the
+   * application all the same, moving the cursor to its id even if that is back. After
+   * `epoch_changed` the history started over, and its ids may repeat ones seen before.
+   *
+   * An id that could not be sent back in `Last-Event-ID` (empty, or not a header value) counts
+   * as none: it neither moves the cursor nor drops a later frame as a repeat.
+   *
+   * A handler that closes the client stops the frame there. One that ends its stream
+   * (reconnect(), a channel change) does not: the frame was taken, the cursor is past it, and
+   * the resume starts after it, so every other handler still gets it.
    */
-  #deliver(frame, from = null) {
-    if (frame.hasId) {
-      if (this.#seen.has(frame.lastEventId)) return;
-      this.#remember(frame.lastEventId);
+  #deliver(frame) {
+    const id = frame.hasId && isCursor(frame.lastEventId) ? frame.lastEventId : null;
+    const control = frame.type === 'connected' || frame.type === 'reset' || frame.type === 'token_expired';
+    const data = control ? parseJson(frame.data) : undefined;
+    if (id !== null) {
+      if (!control) {
+        if (this.#seen.has(id)) return;
+        this.#remember(id);
+      } else if (frame.type === 'reset' && data?.reason === 'epoch_changed') {
+        this.#seen.clear();
+        this.#seenOrder = [];
+      }
       // Only a frame with an id moves the cursor: the others carry the stream's, which a new
       // leader resuming from an older cursor would move back.
-      this.#lastEventId = frame.lastEventId;
-    } else if (!this.#lastEventId) {
+      this.#lastEventId = id;
+    } else if (!this.#lastEventId && isCursor(frame.lastEventId)) {
       this.#lastEventId = frame.lastEventId;
     }
     switch (frame.type) {
       case 'connected':
-        this.#connection = parseJson(frame.data);
-        this.#emit('connected', { type: 'connected', data: this.#connection });
+        this.#connection = data;
+        this.#emit('connected', { type: 'connected', data });
         return;
       case 'token_expired':
       case 'reset':
-        this.#emit(frame.type, { type: frame.type, data: parseJson(frame.data) });
+        this.#emit(frame.type, { type: frame.type, data });
         return;
       default:
         break;
     }
-    this.#subscriptions.dispatch(toEvent(frame), () => this.#closed || this.#attempt !== from);
+    this.#subscriptions.dispatch(toEvent(frame), () => this.#closed);
   }
 
   #remember(id) {
@@ -819,6 +840,11 @@ export class HeraldClient {
 
 /** How many recent ids a client remembers to drop repeats after a change of leader. */
 const SEEN_IDS = 2048;
+
+/** Whether `id` can be a resume cursor: something `Last-Event-ID` can carry back (visible ASCII). */
+function isCursor(id) {
+  return typeof id === 'string' && /^[\x21-\x7e]{1,128}$/.test(id);
+}
 
 /** How long the token a tab asked for when it joined is used for its first connection. */
 const FIRST_TOKEN_MS = 5000;

@@ -2,6 +2,9 @@
 // most one pending at a time and is named by the field that holds it; a Debounce (a change of
 // channels) waits for a quiet moment, but not for ever.
 
+/** The longest delay setTimeout holds (2^31 - 1 ms); a longer one fires at once. */
+export const LONGEST_TIMEOUT_MS = 2 ** 31 - 1;
+
 export class Timer {
   #clock;
   #id = null;
@@ -16,13 +19,19 @@ export class Timer {
     return this.#id !== null;
   }
 
-  /** Runs `fn` once after `ms`, in place of whatever was set before. */
+  /**
+   * Runs `fn` once after `ms` (at most about 24 days, the longest setTimeout holds: a longer
+   * delay, a server's `retry:` say, would fire at once), in place of whatever was set before.
+   */
   set(ms, fn) {
     this.clear();
-    this.#id = this.#clock.setTimeout(() => {
-      this.#id = null;
-      fn();
-    }, ms);
+    this.#id = this.#clock.setTimeout(
+      () => {
+        this.#id = null;
+        fn();
+      },
+      Math.min(ms, LONGEST_TIMEOUT_MS),
+    );
   }
 
   clear() {

@@ -84,6 +84,19 @@ describe('reconnecting and resuming', () => {
     client.close();
   });
 
+  test('a retry: longer than a timer can wait stays away, not comes back at once', async () => {
+    const env = setup({ random: () => 0.9 });
+    const { clock, fetch, client } = env;
+    clock.advance(50);
+    const call = await fetch.nextCall();
+    const body = call.open();
+    body.push('retry: 4294967296\n\n');
+    body.end();
+    const timer = await clock.waitForTimer();
+    client.close();
+    assert.equal(timer.delay, 2 ** 31 - 1, 'about 24 days, the longest a timer holds');
+  });
+
   test('a retry: after `connected` (drain) is honoured as the minimum delay', async () => {
     const env = setup({ random: () => 0 });
     const { clock, fetch, client } = env;
@@ -232,4 +245,40 @@ describe('channel changes', () => {
     assert.deepEqual(call2.channels, ['x']);
     client.close();
   });
+});
+
+test('reconnect() from a channel handler: the event still reaches the other handlers', async () => {
+  const env = setup();
+  const { clock, fetch, client } = env;
+  const { body } = await connect(env);
+  const star = [];
+  client.subscribe('room:1', (e) => {
+    if (e.data === 'rotate') client.reconnect();
+  });
+  client.on('*', (e) => star.push(e.id));
+  clock.advance(50); // the debounced channel change reconnects once
+  const call2 = await fetch.nextCall();
+  const b2 = call2.open();
+  b2.push(connectedFrame({ resumed: true }));
+  await nextState(client, 'open');
+  b2.push(eventFrame({ id: 'ep-7', channel: 'room:1', data: 'rotate' }));
+  const call3 = await fetch.nextCall();
+  client.close();
+  assert.ok(
+    star.includes('ep-7') || call3.headers.get('last-event-id') !== 'ep-7',
+    `on('*') never got ep-7 (got ${JSON.stringify(star)}) and the resume starts after it (${call3.headers.get('last-event-id')})`,
+  );
+});
+
+test('a request that never answers is given up after idleTimeoutMs', async () => {
+  const env = setup({ idleTimeoutMs: 45000 });
+  const { clock, fetch, client } = env;
+  clock.advance(50);
+  await fetch.nextCall(); // never answered: a proxy or half-open socket swallowing the request
+  clock.advance(45000 * 10);
+  await new Promise((r) => setImmediate(r));
+  const n = fetch.calls.length;
+  const state = client.state;
+  client.close();
+  assert.ok(n > 1, `still waiting on the first request after 450 s (${n} request(s), state ${state})`);
 });

@@ -14,7 +14,8 @@ export class FakeClock {
 
   setTimeout = (fn, ms = 0) => {
     const id = ++this.#seq;
-    const delay = Math.max(0, Number(ms) || 0);
+    // As browsers and Node do: a delay setTimeout cannot hold (above 2^31 - 1 ms) fires at once.
+    const delay = Number(ms) > 2 ** 31 - 1 ? 1 : Math.max(0, Number(ms) || 0);
     const timer = { id, fn, delay, at: this.#now + delay };
     this.#timers.set(id, timer);
     this.#waiters = this.#waiters.filter((w) => {

@@ -312,3 +312,30 @@ test('a member says bye when it closes or its page closes, and joins again when 
     else delete globalThis.window;
   }
 });
+
+test('a `missed` reset naming an id both tabs saw reaches the app of the leader and of the follower', async () => {
+  const env = browserEnv();
+  const a = tab(env, ['room:a']);
+  await flush();
+  const b = tab(env, ['room:a']);
+  await flush();
+  assert.equal(b.client.role, 'follower');
+  b.clock.advance(500);
+  await flush();
+  a.clock.advance(500);
+  const call = await a.fetch.nextCall();
+  const body = call.open();
+  const bOpen = nextState(b.client, 'open');
+  body.push(connectedFrame());
+  await bOpen;
+  const resets = { a: [], b: [] };
+  a.client.on('reset', (e) => resets.a.push(e.data.reason));
+  b.client.on('reset', (e) => resets.b.push(e.data.reason));
+  const bLast = nextEvent(b.client, 'last');
+  body.push(eventFrame({ id: 'e-12', channel: 'room:a', data: 12 }) + 'id: e-12\nevent: reset\ndata: {"reason":"missed"}\n\n' + 'event: last\ndata: {"channel":null,"target":"user","data":0}\n\n');
+  await bLast;
+  await flush();
+  a.client.close();
+  b.client.close();
+  assert.deepEqual(resets, { a: ['missed'], b: ['missed'] });
+});
