@@ -20,6 +20,7 @@ use tracing::{Instrument, Span};
 use super::{ApiError, AppState, read_body, same_site_write};
 use crate::access::publish_keys::KeyAuth;
 use crate::access::tokens::{TokenSources, pick_token};
+use crate::broker::BrokerError;
 use crate::event::{Outgoing, Target, validate_publish_id};
 use crate::names::{DEFAULT_EVENT_TYPE, Name, validate_event_type};
 use crate::ops::trace;
@@ -209,9 +210,14 @@ async fn handle(
         // The event carries this span's context: each gateway's `deliver` span is its child.
         valid.event.trace = TraceContext::of(span);
     }
-    let ids = state.broker.publish(valid.targets, valid.event).await.map_err(|e| {
-        tracing::warn!(error = %e, "publish failed");
-        ApiError::unavailable(e.to_string())
+    let ids = state.broker.publish(valid.targets, valid.event).await.map_err(|e| match e {
+        // Refused before anything was sent (too large for NATS with its headers): a retry
+        // cannot cure it.
+        BrokerError::Rejected(reason) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", reason),
+        BrokerError::Unavailable(_) => {
+            tracing::warn!(error = %e, "publish failed");
+            ApiError::unavailable(e.to_string())
+        }
     })?;
     let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "ids": ids })))

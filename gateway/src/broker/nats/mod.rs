@@ -310,6 +310,7 @@ impl Broker for NatsBroker {
             }
             let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
             let Some(js) = durable else {
+                store::check_size(client.server_info().max_payload, &headers, &event.payload, std::iter::empty())?;
                 for target in &targets {
                     let subject = target.subject(&prefix, SubjectKind::Live);
                     client

@@ -31,10 +31,14 @@ const STORE_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Attempts take the connections in `via` in turn (a worker's own, then the hub's): a node cut
 /// off from the others cannot reach the stream's leader, and a connection to it would fail
 /// every attempt until the partition heals, while another connection, on another node, stores
-/// the event at once. A connection seen down leaves the turn for the rest of this store: an
-/// attempt queued on it would go out whenever it is back, maybe after the request was answered
-/// through another, and past the duplicate window it would be stored again. (With none up, the
-/// last one, the hub's, is used, as the only one was before.)
+/// the event at once. Nothing is ever sent on a connection that is down: the NATS client would
+/// queue it and send it whenever the connection is back, maybe long after the publisher had its
+/// answer (and retried elsewhere), and past the duplicate window it would be stored again. A
+/// connection seen down leaves the turn for the rest of this store; with none up, an attempt
+/// sends nothing and the next looks again, until the retry window ends.
+///
+/// A copy too large for the NATS server (its headers count) refuses the whole event before any
+/// copy is sent ([`check_size`]).
 pub(super) async fn store(
     all: &[&jetstream::Context],
     prefix: &str,
@@ -54,32 +58,51 @@ pub(super) async fn store(
                 | PublishErrorKind::WrongLastSequence
         )
     };
+    if let Some(js) = all.first() {
+        let id_header =
+            |target: &Target| header_line_len(async_nats::header::NATS_MESSAGE_ID.as_ref(), &target.dedup_key(id));
+        check_size(js.client().server_info().max_payload, headers, payload, targets.iter().map(id_header))?;
+    }
     let deadline = tokio::time::Instant::now() + retry;
     let mut sequences: Vec<Option<u64>> = vec![None; targets.len()];
     let mut backoff = STORE_BACKOFF;
+    let up = |js: &jetstream::Context| js.client().connection_state() == async_nats::connection::State::Connected;
     let mut via: Vec<&jetstream::Context> = all.to_vec();
     let mut attempt = 0usize;
     loop {
-        if via.len() > 1 {
-            via.retain(|js| js.client().connection_state() == async_nats::connection::State::Connected);
-            if via.is_empty() {
-                via.extend(all.last());
-            }
+        via.retain(|js| up(js));
+        if via.is_empty() {
+            // Every connection was seen down: those back up take their turns again.
+            via.extend(all.iter().filter(|js| up(js)));
         }
-        let js = via[attempt % via.len()];
+        let turn = attempt % via.len().max(1);
         attempt += 1;
-        let mut last_error = String::new();
+        let mut last_error = String::from("no connection to NATS is up");
         let mut acks = Vec::new();
-        for (i, target) in targets.iter().enumerate().filter(|(i, _)| sequences[*i].is_none()) {
-            let mut headers = headers.clone();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, target.dedup_key(id).as_str());
-            match js.publish_with_headers(target.subject(prefix, SubjectKind::Events), headers, payload.clone()).await {
-                Ok(ack) => acks.push((i, ack)),
-                Err(e) if lasting(e.kind()) => return Err(BrokerError::Rejected(e.to_string())),
-                Err(e) => last_error = e.to_string(),
+        if let Some(&js) = via.get(turn) {
+            for (i, target) in targets.iter().enumerate().filter(|(i, _)| sequences[*i].is_none()) {
+                if !up(js) {
+                    // It dropped during this attempt: what is left waits for the next.
+                    break;
+                }
+                let mut headers = headers.clone();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, target.dedup_key(id).as_str());
+                let subject = target.subject(prefix, SubjectKind::Events);
+                // Bounded: with the connection's queue full, the NATS client waits for room.
+                match tokio::time::timeout_at(deadline, js.publish_with_headers(subject, headers, payload.clone()))
+                    .await
+                {
+                    Ok(Ok(ack)) => acks.push((i, ack)),
+                    Ok(Err(e)) if lasting(e.kind()) => return Err(BrokerError::Rejected(e.to_string())),
+                    Ok(Err(e)) => last_error = e.to_string(),
+                    Err(_) => {
+                        last_error = "the NATS connection took no more messages in time".into();
+                        break;
+                    }
+                }
             }
         }
-        let attempt_ends = tokio::time::Instant::now() + STORE_ATTEMPT_TIMEOUT;
+        let attempt_ends = (tokio::time::Instant::now() + STORE_ATTEMPT_TIMEOUT).min(deadline);
         for (i, ack) in acks {
             match tokio::time::timeout_at(attempt_ends, ack.into_future()).await {
                 Ok(Ok(ack)) => sequences[i] = Some(ack.sequence),
@@ -99,10 +122,41 @@ pub(super) async fn store(
             )));
         }
         tracing::debug!(id, error = %last_error, "the stream did not store an event yet; trying again");
-        if attempt.is_multiple_of(via.len()) {
+        if attempt.is_multiple_of(via.len().max(1)) {
             // Every connection has had its try: wait before the next round.
             tokio::time::sleep(backoff.min(deadline - now)).await;
             backoff = (backoff * 2).min(STORE_BACKOFF_MAX);
         }
     }
+}
+
+/// The length of the header line `name: value` in a message's header block.
+pub(super) fn header_line_len(name: &str, value: &str) -> usize {
+    name.len() + b": ".len() + value.len() + b"\r\n".len()
+}
+
+/// Refuses an event whose copy for some target, with `headers` and that target's own header
+/// line (`per_target`, in bytes), would exceed the NATS server's `max_payload`: the publish goes
+/// target by target, so the copies before the first too large would be stored or delivered,
+/// and the publisher then answered an error it cannot cure by retrying.
+pub(super) fn check_size(
+    max_payload: usize,
+    headers: &HeaderMap,
+    payload: &Bytes,
+    per_target: impl Iterator<Item = usize>,
+) -> Result<(), BrokerError> {
+    let block = b"NATS/1.0\r\n".len()
+        + b"\r\n".len()
+        + headers
+            .iter()
+            .map(|(name, values)| values.iter().map(|v| header_line_len(name.as_ref(), v.as_str())).sum::<usize>())
+            .sum::<usize>();
+    let largest = per_target.max().unwrap_or(0);
+    let size = block + largest + payload.len();
+    if max_payload > 0 && size > max_payload {
+        return Err(BrokerError::Rejected(format!(
+            "the event takes {size} bytes with its headers, over the NATS server's limit of {max_payload}"
+        )));
+    }
+    Ok(())
 }

@@ -12,18 +12,20 @@ use crate::names::Name;
 /// A gateway's broker on `nats` that sets the stream up to keep `per_subject` events per
 /// subject.
 async fn broker(nats: &herald_testkit::Nats, per_subject: u64) -> NatsBroker {
-    let limits = HistoryLimits {
-        max_age: Duration::from_secs(3600),
-        max_per_subject: per_subject,
-        dedup_window: Duration::from_secs(60),
-    };
+    broker_at(nats.url(), per_subject, Duration::from_secs(60), Duration::from_secs(5)).await
+}
+
+/// A gateway's broker on the NATS at `url`, its stream keeping `per_subject` events per subject
+/// and repeats of a message id for `dedup_window`, storing each event for up to `retry`.
+async fn broker_at(url: String, per_subject: u64, dedup_window: Duration, retry: Duration) -> NatsBroker {
+    let limits = HistoryLimits { max_age: Duration::from_secs(3600), max_per_subject: per_subject, dedup_window };
     let broker = NatsBroker::connect(&NatsOptions {
-        url: nats.url(),
+        url,
         credentials: None,
         prefix: "herald".into(),
         name: "walk".into(),
         history: History::Ensure(StreamOptions { limits, replicas: 1 }),
-        publish_retry: Duration::from_secs(5),
+        publish_retry: retry,
     })
     .await
     .unwrap();
@@ -36,15 +38,28 @@ async fn broker(nats: &herald_testkit::Nats, per_subject: u64) -> NatsBroker {
 }
 
 async fn publish(broker: &NatsBroker, target: &Target) -> EventId {
-    let event = Outgoing {
+    broker.publish(vec![target.clone()], durable(None, b"1".to_vec())).await.unwrap().remove(0)
+}
+
+/// A durable event of `payload`, with the publisher's message id `id` if any.
+fn durable(id: Option<&str>, payload: Vec<u8>) -> Outgoing {
+    Outgoing {
         event_type: "t".into(),
-        payload: bytes::Bytes::from_static(b"1"),
+        payload: payload.into(),
         durable: true,
         trace: None,
         from: None,
-        id: None,
-    };
-    broker.publish(vec![target.clone()], event).await.unwrap().remove(0)
+        id: id.map(Into::into),
+    }
+}
+
+/// How many events the stream holds on `subject`, read past any proxy.
+async fn stored_on(nats: &herald_testkit::Nats, subject: &str) -> usize {
+    use futures_util::StreamExt;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stream = js.get_stream("HERALD").await.unwrap();
+    let info = stream.info_with_subjects(subject).await.unwrap();
+    info.map(|entry| entry.unwrap().1).collect::<Vec<_>>().await.into_iter().sum()
 }
 
 /// Resumes a client on user `u` and channel `c` from `after`, publishing `meanwhile` on `c`
@@ -220,4 +235,94 @@ async fn a_refills_ceiling_counts_only_the_events_its_streams_are_owed() {
     assert_eq!(refill_at_most(&broker, seen.clone(), 11).await.map(|s| s.len()), Ok(11), "{read} to read");
     publish(&broker, &channel()).await;
     assert_eq!(refill_at_most(&broker, seen, 11).await, Err("too_many"), "{} to read", read + 1);
+}
+
+/// A store answered `unavailable` (its acknowledgement lost with the link) sends nothing while
+/// the link is down, so nothing of it goes out once the link is back (before: each retry queued
+/// a copy on the dropped connection, which the NATS client sent after it reconnected, past the
+/// stream's duplicate window: a second event, after the publisher had its 503 and may well have
+/// published again elsewhere). A marker published once the link is back goes out after anything
+/// still queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_answered_unavailable_is_not_stored_again_once_the_link_is_back() {
+    let nats = herald_testkit::Nats::start();
+    let proxy = herald_testkit::proxy::Proxy::start(nats.port).await;
+    let window = Duration::from_secs(3);
+    let broker = broker_at(proxy.url(), 1000, window, window).await;
+    // The acknowledgement comes back a second late, and the link is cut before it does.
+    proxy.delay(Duration::from_secs(1));
+    let started = tokio::time::Instant::now();
+    let publishing = tokio::spawn(broker.publish(vec![user()], durable(Some("order-1"), b"1".to_vec())));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored_on(&nats, "herald.events.user.u").await == 0 {
+        assert!(Instant::now() < deadline, "the first copy is stored");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.cut();
+    let answer = publishing.await.unwrap();
+    assert!(matches!(answer, Err(crate::broker::BrokerError::Unavailable(_))), "{answer:?}");
+
+    // The link comes back once the stream's duplicate window is over.
+    tokio::time::sleep_until(started + window + Duration::from_secs(1)).await;
+    proxy.delay(Duration::ZERO);
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !broker.is_connected() {
+        assert!(Instant::now() < deadline, "the broker reconnects");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publish(&broker, &channel()).await;
+    assert_eq!(
+        stored_on(&nats, "herald.events.user.u").await,
+        1,
+        "order-1, answered 503 and never retried, is stored once"
+    );
+}
+
+/// An event whose copy for one of its targets is too large for the NATS server once its
+/// headers are counted (the message id names the target, so a long name can tip it over) is
+/// refused before any copy is sent: nothing is stored for any target, and the answer says it is
+/// too large (before: the copy for the short name was stored, then the publisher was answered
+/// 503, "retry with the same id", which could never succeed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_for_one_target_stores_nothing() {
+    let nats = herald_testkit::Nats::start();
+    let broker = broker(&nats, 1000).await;
+    let max_payload = broker.client.server_info().max_payload;
+    let long = Target::User(Name::parse(&"x".repeat(128)).unwrap());
+    let event = durable(Some("big"), vec![b'1'; max_payload - 150]);
+    let answer = broker.publish(vec![user(), long], event.clone()).await;
+    assert!(matches!(&answer, Err(crate::broker::BrokerError::Rejected(_))), "{answer:?}");
+    assert_eq!(stored_on(&nats, "herald.events.>").await, 0, "nothing stored for any target");
+    // The short name alone fits.
+    assert!(broker.publish(vec![user()], event).await.is_ok());
+}
+
+/// While the link is down, a publish is answered when its retry window ends, however many
+/// targets it has, and the next one too (before: the copies of each target were queued on the
+/// dropped connection, and once the NATS client's queue was full each target's send waited for
+/// room: a 1,000-target publish with a 3 s window was not answered within a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_while_the_link_is_down_ends_with_its_retry_window() {
+    let nats = herald_testkit::Nats::start();
+    let proxy = herald_testkit::proxy::Proxy::start(nats.port).await;
+    let retry = Duration::from_secs(3);
+    let broker = broker_at(proxy.url(), 1000, Duration::from_secs(60), retry).await;
+    proxy.cut();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broker.is_connected() {
+        assert!(Instant::now() < deadline, "the broker sees the link down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let targets: Vec<Target> = (0..1000).map(|i| Target::User(Name::parse(&format!("u{i}")).unwrap())).collect();
+    for round in 0..2 {
+        let started = Instant::now();
+        let answer =
+            tokio::time::timeout(retry * 5, broker.publish(targets.clone(), durable(None, b"1".to_vec()))).await;
+        assert!(
+            matches!(answer, Ok(Err(crate::broker::BrokerError::Unavailable(_)))),
+            "round {round}: {answer:?} after {:?}",
+            started.elapsed()
+        );
+    }
 }
