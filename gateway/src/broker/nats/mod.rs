@@ -100,6 +100,49 @@ pub enum History {
     Ensure(StreamOptions),
 }
 
+/// How long a durable publish is repeated: the configured time, but never as long as the
+/// stream's duplicate window, which another gateway's `--history-dedup-window` may have set
+/// shorter than this one's. A repeat that reaches the stream after the window of its first
+/// copy is stored again, as a second event.
+struct PublishRetry {
+    configured: Duration,
+    /// Milliseconds.
+    now: std::sync::atomic::AtomicU64,
+}
+
+impl PublishRetry {
+    fn new(configured: Duration) -> Self {
+        PublishRetry { configured, now: std::sync::atomic::AtomicU64::new(millis(configured)) }
+    }
+
+    fn get(&self) -> Duration {
+        Duration::from_millis(self.now.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The stream keeps message ids for `window`: repeats end a tenth of it (at least a second)
+    /// before it does, counted from the publish's start, when the first copy can be stored.
+    fn within(&self, window: Duration) {
+        if window.is_zero() {
+            return;
+        }
+        let margin = (window / 10).max(Duration::from_secs(1));
+        let retry = self.configured.min(window.saturating_sub(margin));
+        if retry < self.configured {
+            tracing::info!(
+                configured = ?self.configured,
+                window = ?window,
+                retry = ?retry,
+                "publishes are repeated for less than configured: the stream's duplicate window is shorter"
+            );
+        }
+        self.now.store(millis(retry), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A NATS-backed broker. Cheap to share; the connection lives on the hub runtime.
 pub struct NatsBroker {
     client: Client,
@@ -116,8 +159,9 @@ pub struct NatsBroker {
     stream_ready: Arc<std::sync::atomic::AtomicBool>,
     /// Reads shared by the new streams and resumes of one moment.
     shared: Arc<ResumeReads>,
-    /// See [`NatsOptions::publish_retry`].
-    publish_retry: Duration,
+    /// See [`NatsOptions::publish_retry`], cut short of the stream's duplicate window once read
+    /// ([`PublishRetry::within`]).
+    publish_retry: Arc<PublishRetry>,
     /// What the HTTP workers' own connections are opened with ([`Broker::attach_worker`]).
     options: NatsOptions,
 }
@@ -201,25 +245,27 @@ impl NatsBroker {
             link,
             stream_ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             shared: Arc::default(),
-            publish_retry: opts.publish_retry,
+            publish_retry: Arc::new(PublishRetry::new(opts.publish_retry)),
             options: opts.clone(),
         };
         match (&broker.jetstream, opts.history) {
             (Some(js), History::Ensure(stream)) => {
                 // The gateway starts (unready) while NATS is unreachable, and sets the stream up
                 // as soon as it can.
-                let (js, config, epoch, ready, client) = (
+                let (js, config, epoch, ready, client, retry) = (
                     js.clone(),
                     stream_config(&opts.prefix, stream),
                     broker.epoch.clone(),
                     broker.stream_ready.clone(),
                     broker.client.clone(),
+                    broker.publish_retry.clone(),
                 );
                 tokio::spawn(async move {
                     loop {
                         match ensure_stream(&js, config.clone()).await {
                             Ok(info) => {
                                 *epoch.write() = epoch_in(&info);
+                                retry.within(info.config.duplicate_window);
                                 ready.store(true, std::sync::atomic::Ordering::Release);
                                 tracing::info!(stream = STREAM, epoch = %epoch.read(), messages = info.state.messages, "history stream ready");
                                 watch_reach(&js, &epoch, &client, &probe_link).await;
@@ -234,8 +280,10 @@ impl NatsBroker {
                 });
             }
             (Some(js), _) => {
-                // Publishing to the stream as it is: its epoch names the ids we hand out.
-                stream_info(js, &broker.epoch).await?;
+                // Publishing to the stream as it is: its epoch names the ids we hand out, and its
+                // duplicate window bounds how long a publish may be repeated.
+                let (_, info, _) = stream_info(js, &broker.epoch).await?;
+                broker.publish_retry.within(info.config.duplicate_window);
                 broker.stream_ready.store(true, std::sync::atomic::Ordering::Release);
             }
             (None, _) => broker.stream_ready.store(true, std::sync::atomic::Ordering::Release),
@@ -301,7 +349,7 @@ impl Broker for NatsBroker {
         let prefix = self.prefix.clone();
         let durable = event.durable.then(|| self.jetstream.clone()).flatten();
         let epoch = self.epoch.clone();
-        let publish_retry = self.publish_retry;
+        let publish_retry = self.publish_retry.get();
         let owner = self.owner();
         async move {
             let mut headers = event_headers(&event.event_type, event.trace.as_ref());

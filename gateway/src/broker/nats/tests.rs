@@ -326,3 +326,42 @@ async fn a_publish_while_the_link_is_down_ends_with_its_retry_window() {
         );
     }
 }
+
+/// A publisher whose retry window is longer than the stream's duplicate window (the `publish`
+/// command retries for 20 s; another gateway set the stream's window to 1 s) repeats a publish
+/// only within the window, so a repeat is never stored as a second event (before: an attempt
+/// whose acknowledgement was slow was repeated after the first copy's window had passed, and
+/// the stream stored both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_is_repeated_only_within_the_streams_duplicate_window() {
+    let nats = herald_testkit::Nats::start();
+    let _gateway = broker_at(nats.url(), 1000, Duration::from_secs(1), Duration::from_secs(1)).await;
+    let proxy = herald_testkit::proxy::Proxy::start(nats.port).await;
+    let command = NatsBroker::connect(&NatsOptions {
+        url: proxy.url(),
+        credentials: None,
+        prefix: "herald".into(),
+        name: "publish".into(),
+        history: History::Existing,
+        publish_retry: Duration::from_secs(20),
+    })
+    .await
+    .unwrap();
+    // Its copy takes 2.5 s to reach the stream, and its acknowledgement as long to come back.
+    proxy.delay(Duration::from_millis(2500));
+    let answer = command.publish(vec![user()], durable(Some("order-3"), b"1".to_vec())).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored_on(&nats, "herald.events.user.u").await == 0 {
+        assert!(Instant::now() < deadline, "the first copy is stored (answered {answer:?})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A marker sent after it on the same connection: once it is stored, so is any repeat sent
+    // before it. (Its own acknowledgement waits behind the slow one: its answer does not count.)
+    proxy.delay(Duration::ZERO);
+    let _ = command.publish(vec![channel()], durable(None, b"marker".to_vec())).await;
+    while stored_on(&nats, "herald.events.channel.c").await == 0 {
+        assert!(Instant::now() < deadline, "the marker is stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored_on(&nats, "herald.events.user.u").await, 1, "order-3 stored once (answered {answer:?})");
+}
