@@ -92,6 +92,8 @@ export class HeraldError extends Error {
   /** Herald's `error` code, e.g. `invalid_channel`. */
   readonly code: string;
   readonly detail: string;
+  /** The publish's idempotency key (yours, or the one made up for it): publish again with it. */
+  readonly id?: string;
 }
 export class BadRequestError extends HeraldError {}
 export class UnauthorizedError extends HeraldError {}

@@ -7,14 +7,19 @@
 
 import { createPrivateKey, randomUUID, sign as nodeSign } from 'node:crypto';
 
-/** A publish Herald refused or could not take: `status` and Herald's `code`. */
+/**
+ * A publish Herald refused or could not take: `status` and Herald's `code`; `id` the publish's
+ * idempotency key (yours, or the one made up for it): publish again with it, and the event is
+ * stored once however many attempts reached the history.
+ */
 export class HeraldError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, id) {
     super(`${status} ${code}: ${message}`);
     this.name = new.target.name;
     this.status = status;
     this.code = code;
     this.detail = message;
+    this.id = id;
   }
 }
 /** 400: the event or its targets are malformed (`code` says which, e.g. `invalid_channel`). */
@@ -26,11 +31,31 @@ export class PayloadTooLargeError extends HeraldError {}
 /** 503, or no answer, after every retry: publish again later with the same `id`. */
 export class UnavailableError extends HeraldError {}
 
-function errorFor(status, code, message) {
+function errorFor(status, code, message, id) {
   const Kind =
     { 400: BadRequestError, 401: UnauthorizedError, 413: PayloadTooLargeError, 503: UnavailableError }[status] ??
     HeraldError;
-  return new Kind(status, code, message);
+  return new Kind(status, code, message, id);
+}
+
+// What the gateways accept, as `POST /v1/publish` checks it: an event stored in NATS with
+// another name or type would be acknowledged there and then dropped by every gateway.
+const NAME = /^[A-Za-z0-9_\-:@=+~]+(?:\.[A-Za-z0-9_\-:@=+~]+)*$/;
+const TYPE = /^[A-Za-z0-9_\-:.]{1,64}$/;
+const RESERVED_TYPES = new Set(['connected', 'reset', 'token_expired', 'presence', 'error']);
+
+/** Throws a BadRequestError (the gateway's codes) for a type or name no gateway would deliver. */
+function check({ type, users = [], channels = [] }) {
+  if (typeof type !== 'string' || !TYPE.test(type) || RESERVED_TYPES.has(type)) {
+    throw new BadRequestError(400, 'invalid_type', `${JSON.stringify(type)}: 1-64 of A-Z a-z 0-9 _ - : ., not a reserved type`);
+  }
+  for (const [kind, names] of [['user', users], ['channel', channels]]) {
+    for (const name of names) {
+      if (typeof name !== 'string' || name.length > 128 || !NAME.test(name)) {
+        throw new BadRequestError(400, `invalid_${kind}`, `${JSON.stringify(name)}: 1-128 of A-Z a-z 0-9 _ - : @ = + ~, dot-separated`);
+      }
+    }
+  }
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -80,7 +105,9 @@ function httpPublisher({ url, key, retries = 4, backoffMs = 250, timeoutMs = 300
           signal: AbortSignal.timeout(timeoutMs),
         });
       } catch (e) {
-        if (last) throw new UnavailableError(0, 'unreachable', `${endpoint}: ${e?.cause?.code ?? e?.message ?? e}`);
+        if (last) {
+          throw new UnavailableError(0, 'unreachable', `${endpoint}: ${e?.cause?.code ?? e?.message ?? e}`, body.id);
+        }
         await sleep(wait);
         wait = Math.min(wait * 2, 4000);
         continue;
@@ -95,7 +122,7 @@ function httpPublisher({ url, key, retries = 4, backoffMs = 250, timeoutMs = 300
       } catch {
         // not JSON: keep the status text
       }
-      if (response.status !== 503 || last) throw errorFor(response.status, code, message);
+      if (response.status !== 503 || last) throw errorFor(response.status, code, message, body.id);
       await sleep(wait);
       wait = Math.min(wait * 2, 4000);
     }
@@ -118,6 +145,8 @@ function natsPublisher({ nats, prefix = 'herald', retries = 4, timeoutMs = 10000
     return epoch;
   };
   return api(async (publish) => {
+    const type = publish.type ?? 'message';
+    check({ ...publish, type });
     const targets = targetsOf(publish);
     if (targets.length === 0) throw new BadRequestError(400, 'no_targets', 'name at least one user, channel or broadcast');
     const id = publish.id ?? randomUUID();
@@ -127,7 +156,7 @@ function natsPublisher({ nats, prefix = 'herald', retries = 4, timeoutMs = 10000
     const ids = [];
     for (const target of targets) {
       const h = headers();
-      h.set('Herald-Type', publish.type ?? 'message');
+      h.set('Herald-Type', type);
       let wait = 250;
       for (let attempt = 0; ; attempt++) {
         try {
@@ -135,7 +164,9 @@ function natsPublisher({ nats, prefix = 'herald', retries = 4, timeoutMs = 10000
           ids.push(`${current}-${ack.seq}`);
           break;
         } catch (e) {
-          if (attempt >= retries) throw new UnavailableError(503, 'unavailable', `${prefix}.events.${target}: ${e?.message ?? e}`);
+          if (attempt >= retries) {
+            throw new UnavailableError(503, 'unavailable', `${prefix}.events.${target}: ${e?.message ?? e}`, id);
+          }
           await sleep(wait);
           wait = Math.min(wait * 2, 4000);
         }

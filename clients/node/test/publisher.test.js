@@ -164,3 +164,37 @@ test('refusals are typed errors', async () => {
     UnavailableError,
   );
 });
+
+test('the NATS publisher refuses what no gateway would deliver, before anything is stored', async () => {
+  // Before: a reserved or malformed type, or a name the gateways refuse, was stored and
+  // acknowledged with an id, then dropped by every gateway.
+  const nc = await connect({ servers: herald.natsUrl });
+  try {
+    const jsm = await nc.jetstreamManager();
+    const before = (await jsm.streams.info('HERALD')).state.messages;
+    const viaNats = createPublisher({ nats: nc });
+    const codes = [];
+    for (const publish of [
+      () => viaNats.publishToUser('cy', { type: 'connected', data: 1 }),
+      () => viaNats.publishToUser('cy', { type: 'bad type', data: 1 }),
+      () => viaNats.publish({ type: 'ok', data: 1, users: ['cy', 'not valid'] }),
+      () => viaNats.publishToChannel('room 1', { type: 'ok', data: 1 }),
+    ]) {
+      await assert.rejects(publish(), (e) => {
+        codes.push(e.code);
+        return e instanceof BadRequestError;
+      });
+    }
+    assert.deepEqual(codes, ['invalid_type', 'invalid_type', 'invalid_user', 'invalid_channel']);
+    assert.equal((await jsm.streams.info('HERALD')).state.messages, before, 'nothing stored');
+  } finally {
+    await nc.close();
+  }
+});
+
+test('an error carries the publish id to publish again with', async () => {
+  const closed = await freePort();
+  const publisher = createPublisher({ url: `http://127.0.0.1:${closed}`, key: PUBLISH_KEY, retries: 1, backoffMs: 5 });
+  await assert.rejects(publisher.broadcast({ type: 'x' }, { id: 'order-9' }), (e) => e instanceof UnavailableError && e.id === 'order-9');
+  await assert.rejects(publisher.broadcast({ type: 'x' }), (e) => e instanceof UnavailableError && /^[0-9a-f-]{36}$/.test(e.id));
+});

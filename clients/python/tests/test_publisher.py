@@ -181,6 +181,54 @@ def test_refusals_are_typed_errors(herald: tuple[Nats, Gateway]) -> None:
         Publisher(f"http://127.0.0.1:{port}", PUBLISH_KEY, retries=1, backoff=0.01).broadcast({"type": "x", "data": 1})
 
 
+def test_the_nats_publisher_refuses_what_no_gateway_would_deliver(herald: tuple[Nats, Gateway]) -> None:
+    """A reserved or malformed type, or a name the gateways refuse, was stored and acknowledged
+    with an id, then dropped by every gateway (or, for a name NATS itself refuses, part stored
+    and reported as retryable): now a `BadRequest` before anything is stored."""
+    import nats as nats_py
+
+    server, _ = herald
+
+    async def run() -> tuple[list[str], int, int]:
+        nc = await nats_py.connect(server.url)
+        try:
+            js = nc.jetstream()
+            before = (await js.stream_info("HERALD")).state.messages
+            publisher = NatsPublisher(nc)
+            codes = []
+            for publish in (
+                lambda: publisher.publish_to_user("cy", {"type": "connected", "data": 1}),
+                lambda: publisher.publish_to_user("cy", {"type": "bad type", "data": 1}),
+                lambda: publisher.publish({"type": "ok", "data": 1}, users=["cy", "not valid"]),
+                lambda: publisher.publish_to_channel("room 1", {"type": "ok", "data": 1}),
+            ):
+                with pytest.raises(BadRequest) as bad:
+                    await publish()
+                codes.append(bad.value.code)
+            after = (await js.stream_info("HERALD")).state.messages
+            return codes, before, after
+        finally:
+            await nc.close()
+
+    codes, before, after = asyncio.run(run())
+    assert codes == ["invalid_type", "invalid_type", "invalid_user", "invalid_channel"]
+    assert after == before, "nothing stored"
+
+
+def test_an_error_carries_the_publish_id_to_publish_again_with() -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    publisher = Publisher(f"http://127.0.0.1:{port}", PUBLISH_KEY, retries=1, backoff=0.01)
+    with pytest.raises(Unavailable) as yours:
+        publisher.broadcast({"type": "x", "data": 1}, id="order-9")
+    assert yours.value.id == "order-9"
+    with pytest.raises(Unavailable) as made_up:
+        publisher.broadcast({"type": "x", "data": 1})
+    assert isinstance(made_up.value.id, str) and len(made_up.value.id) == 32
+
+
 def test_the_built_wheel_installs_and_publishes(herald: tuple[Nats, Gateway], tmp_path: Any) -> None:
     import subprocess
     import sys

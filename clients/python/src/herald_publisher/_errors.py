@@ -4,13 +4,16 @@ from __future__ import annotations
 
 
 class HeraldError(Exception):
-    """A publish Herald refused or could not take. `code` is Herald's `error` field."""
+    """A publish Herald refused or could not take. `code` is Herald's `error` field; `id` the
+    publish's idempotency key (yours, or the one made up for it): publish again with it, and
+    the event is stored once however many attempts reached the history."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, id: str | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.id = id
 
 
 class BadRequest(HeraldError):
@@ -30,6 +33,6 @@ class Unavailable(HeraldError):
     later with the same `id` stores it once."""
 
 
-def error_for(status: int, code: str, message: str) -> HeraldError:
+def error_for(status: int, code: str, message: str, id: str | None = None) -> HeraldError:
     kind = {400: BadRequest, 401: Unauthorized, 413: PayloadTooLarge, 503: Unavailable}.get(status, HeraldError)
-    return kind(status, code, message)
+    return kind(status, code, message, id)

@@ -87,18 +87,18 @@ class Publisher:
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                return self._post(payload)
+                return self._post(payload, body["id"])
             except Unavailable:
                 if last:
                     raise
             except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as e:
                 if last:
-                    raise Unavailable(0, "unreachable", f"{self.endpoint}: {getattr(e, 'reason', e)}") from e
+                    raise Unavailable(0, "unreachable", f"{self.endpoint}: {getattr(e, 'reason', e)}", body["id"]) from e
             time.sleep(wait)
             wait = min(wait * 2, 4.0)
         raise AssertionError("unreachable")
 
-    def _post(self, payload: bytes) -> list[str]:
+    def _post(self, payload: bytes, id: str) -> list[str]:
         request = urllib.request.Request(
             self.endpoint,
             data=payload,
@@ -110,16 +110,16 @@ class Publisher:
                 answer = json.loads(response.read())
                 return [str(i) for i in answer.get("ids", [])]
         except urllib.error.HTTPError as e:
-            raise _refusal(e) from None
+            raise _refusal(e, id) from None
 
 
-def _refusal(e: urllib.error.HTTPError) -> HeraldError:
+def _refusal(e: urllib.error.HTTPError, id: str) -> HeraldError:
     try:
         answer = json.loads(e.read())
         code, message = str(answer.get("error", "")), str(answer.get("message", ""))
     except (ValueError, OSError):
         code, message = "", e.reason if isinstance(e.reason, str) else ""
-    return error_for(e.code, code or "error", message)
+    return error_for(e.code, code or "error", message, id)
 
 
 class AsyncPublisher:

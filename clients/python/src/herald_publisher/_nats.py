@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,22 @@ from ._errors import BadRequest, Unavailable
 from ._http import Event, new_id
 
 STREAM = "HERALD"
+
+# What the gateways accept, as `POST /v1/publish` checks it: an event stored with another name
+# or type would be acknowledged here and then dropped by every gateway.
+_NAME = re.compile(r"[A-Za-z0-9_\-:@=+~]+(?:\.[A-Za-z0-9_\-:@=+~]+)*")
+_TYPE = re.compile(r"[A-Za-z0-9_\-:.]{1,64}")
+_RESERVED_TYPES = frozenset({"connected", "reset", "token_expired", "presence", "error"})
+
+
+def _check(event_type: str, users: Sequence[str], channels: Sequence[str]) -> None:
+    """Raises `BadRequest` (the gateway's codes) for a type or name no gateway would deliver."""
+    if not (isinstance(event_type, str) and _TYPE.fullmatch(event_type)) or event_type in _RESERVED_TYPES:
+        raise BadRequest(400, "invalid_type", f"{event_type!r}: 1-64 of A-Z a-z 0-9 _ - : ., not a reserved type")
+    for kind, names in (("user", users), ("channel", channels)):
+        for name in names:
+            if not (isinstance(name, str) and len(name) <= 128 and _NAME.fullmatch(name)):
+                raise BadRequest(400, f"invalid_{kind}", f"{name!r}: 1-128 of A-Z a-z 0-9 _ - : @ = + ~, dot-separated")
 
 
 class NatsPublisher:
@@ -47,7 +64,11 @@ class NatsPublisher:
         id: str | None = None,
     ) -> list[str]:
         """Stores the event for every target (durable: over NATS, events are always stored;
-        publish to `<prefix>.live.…` yourself for ephemeral ones)."""
+        publish to `<prefix>.live.…` yourself for ephemeral ones). A type or name the gateways
+        would refuse raises `BadRequest` before anything is stored; an `Unavailable` carries
+        the publish's `id`, to publish again with."""
+        event_type = event.get("type", "message")
+        _check(event_type, users, channels)
         targets = [f"user.{u}" for u in users] + [f"channel.{c}" for c in channels] + (["broadcast"] if broadcast else [])
         if not targets:
             raise BadRequest(400, "no_targets", "name at least one user, channel or broadcast")
@@ -56,12 +77,12 @@ class NatsPublisher:
         epoch = await self.epoch()
         ids = []
         for target in targets:
-            headers = {"Herald-Type": str(event.get("type", "message")), "Nats-Msg-Id": f"{key}/{target}"}
-            ack = await self._store(f"{self.prefix}.events.{target}", payload, headers)
+            headers = {"Herald-Type": event_type, "Nats-Msg-Id": f"{key}/{target}"}
+            ack = await self._store(f"{self.prefix}.events.{target}", payload, headers, key)
             ids.append(f"{epoch}-{ack}")
         return ids
 
-    async def _store(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
+    async def _store(self, subject: str, payload: bytes, headers: dict[str, str], key: str) -> int:
         wait = 0.25
         for attempt in range(self.retries + 1):
             try:
@@ -69,7 +90,7 @@ class NatsPublisher:
                 return int(ack.seq)
             except Exception as e:  # nats-py's timeouts, no responders, lost connections
                 if attempt == self.retries:
-                    raise Unavailable(503, "unavailable", f"{subject}: {e!r}") from e
+                    raise Unavailable(503, "unavailable", f"{subject}: {e!r}", key) from e
             await asyncio.sleep(wait)
             wait = min(wait * 2, 4.0)
         raise AssertionError("unreachable")
