@@ -193,11 +193,21 @@ async fn reconcile_inner(rtgw: &RealtimeGateway, ctx: &Context, ns: &str, key: &
     let ready_replicas = existing.as_ref().and_then(|d| d.status.as_ref()?.ready_replicas).unwrap_or(0).max(0) as u32;
 
     let pod_list = pods.list(&ListParams::default().labels(&resources::selector(rtgw))).await?;
-    let addresses: Vec<String> = pod_list.items.iter().filter_map(stats::ready_address).collect();
-    let counts: Vec<Option<u64>> = futures_util::future::join_all(addresses.iter().map(|a| stats::fetch(a)))
-        .await
+    // Every pod with an address, ready or not: one that is not ready still holds its streams
+    // (its readiness fails while NATS is unreachable), and counting it as empty would scale
+    // down pods full of clients. A ready pod that does not answer is missing (it blocks scaling
+    // down); one that is not ready and does not answer serves nobody (starting, crashing).
+    let scraped: Vec<(String, bool)> =
+        pod_list.items.iter().filter_map(|pod| Some((stats::address(pod)?, stats::is_ready(pod)))).collect();
+    let answers = futures_util::future::join_all(scraped.iter().map(|(a, _)| stats::fetch(a))).await;
+    let counts: Vec<Option<u64>> = answers
         .into_iter()
-        .map(|s| s.map(|s| s.connections))
+        .zip(&scraped)
+        .filter_map(|(answer, (_, ready))| match answer {
+            Some(stats) => Some(Some(stats.connections)),
+            None if *ready => Some(None),
+            None => None,
+        })
         .collect();
 
     let keep =
@@ -248,7 +258,7 @@ async fn reconcile_inner(rtgw: &RealtimeGateway, ctx: &Context, ns: &str, key: &
             rtgw,
             &previous.conditions,
             &decision,
-            counts.len(),
+            Reports { pods: counts.len(), answered: counts.iter().flatten().count() },
             existing.is_some().then_some(ready_replicas),
         ),
     };
@@ -257,13 +267,20 @@ async fn reconcile_inner(rtgw: &RealtimeGateway, ctx: &Context, ns: &str, key: &
     Ok(Action::requeue(ctx.interval))
 }
 
+/// How many pods the operator asked for their connections, and how many answered.
+#[derive(Clone, Copy)]
+struct Reports {
+    pods: usize,
+    answered: usize,
+}
+
 /// The status conditions: `Ready` (the Deployment had `desired` replicas ready when read; `ready`
 /// is `None` before it exists), and HPA's AbleToScale, ScalingActive, ScalingLimited.
 fn conditions(
     rtgw: &RealtimeGateway,
     previous: &[Condition],
     d: &Decision,
-    pods_reporting: usize,
+    reports: Reports,
     ready: Option<u32>,
 ) -> Vec<Condition> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -274,7 +291,11 @@ fn conditions(
         Some(Limit::ScaleDownLimit) => ("True", "ScaleDownLimit"),
         None => ("False", "DesiredWithinRange"),
     };
-    let active = if pods_reporting > 0 { ("True", "ValidMetricFound") } else { ("False", "NoReadyPods") };
+    let active = match reports {
+        Reports { answered: 1.., .. } => ("True", "ValidMetricFound"),
+        Reports { pods: 0, .. } => ("False", "NoReadyPods"),
+        Reports { .. } => ("False", "FailedGetMetrics"),
+    };
     let (is_ready, ready_message) = match ready {
         None => (("False", "Creating"), "the gateway Deployment is being created".to_owned()),
         Some(n) if n >= d.desired => (("True", "ReplicasReady"), format!("{n} of {} gateways ready", d.desired)),

@@ -45,11 +45,11 @@ pub struct RealtimeGatewaySpec {
     /// Bounds of the replica count the operator chooses.
     pub replicas: ReplicaBounds,
     /// Connections per pod the operator aims for: replicas = ceil(total / target).
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10000000))]
     pub target_connections_per_pod: u32,
     /// Hard limit per pod (the gateways' `--max-connections`); above it a pod answers
     /// "come back later". Must be at least the target.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10000000))]
     pub max_connections_per_pod: u32,
     /// How fast to scale up.
     #[serde(default = "ScalePolicy::default_up")]
@@ -168,9 +168,9 @@ pub const MANAGED_ENV: [&str; 4] = ["HERALD_LISTEN", "HERALD_NATS_URL", "HERALD_
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[x_kube(validation = Rule::new(MAX_AT_LEAST_MIN.0).message(MAX_AT_LEAST_MIN.1))]
 pub struct ReplicaBounds {
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10000))]
     pub min: u32,
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10000))]
     pub max: u32,
 }
 
@@ -183,7 +183,7 @@ pub struct ScalePolicy {
     #[schemars(range(min = 0, max = 86400))]
     pub stabilization_seconds: u32,
     /// Most pods added or removed in one step.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10000))]
     pub max_step: u32,
 }
 
@@ -270,6 +270,7 @@ pub struct GatewaySettings {
     pub max_channels: Option<u32>,
     /// Streams one user may hold on one pod (`--max-connections-per-user`; 0 = unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000000))]
     pub max_connections_per_user: Option<u32>,
     /// Origins allowed by CORS.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -281,7 +282,7 @@ pub struct GatewaySettings {
     pub history_max_age: Option<String>,
     /// Events kept per subject (`--history-max-per-subject`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000000000))]
     pub history_max_per_subject: Option<u32>,
     /// Replicas of the JetStream stream (`--history-replicas`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -289,7 +290,7 @@ pub struct GatewaySettings {
     pub history_replicas: Option<u32>,
     /// Bytes queued per stream before a slow client is disconnected (`--client-queue-bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 4096))]
+    #[schemars(range(min = 4096, max = 1073741824))]
     pub client_queue_bytes: Option<u64>,
     /// Log lines as `text` or `json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -344,6 +345,9 @@ pub const A_TOKEN_KEY: (&str, &str) = (
     "auth needs jwtSecret, jwks or jwksUrls: gateways refuse to run without a client-token key",
 );
 
+/// The most replicas (and the largest step) the schema allows.
+const MAX_REPLICAS: u32 = 10_000;
+
 /// Checks what the schema and its CEL rules say, for objects the API server did not check (stored
 /// before the CRD had the rule). Returns every problem, not just the first.
 pub fn validate(spec: &RealtimeGatewaySpec) -> Result<(), Vec<String>> {
@@ -359,6 +363,11 @@ pub fn validate(spec: &RealtimeGatewaySpec) -> Result<(), Vec<String>> {
     check(spec.max_connections_per_pod >= spec.target_connections_per_pod, MAX_AT_LEAST_TARGET.1);
     check(spec.auth.jwt_secret.is_some() || spec.auth.jwks.is_some() || !spec.auth.jwks_urls.is_empty(), A_TOKEN_KEY.1);
     check(spec.scale_up.max_step >= 1 && spec.scale_down.max_step >= 1, "scaleUp/scaleDown.maxStep must be at least 1");
+    check(
+        spec.scale_up.max_step <= MAX_REPLICAS && spec.scale_down.max_step <= MAX_REPLICAS,
+        "scaleUp/scaleDown.maxStep must be at most 10000",
+    );
+    check(spec.replicas.max <= MAX_REPLICAS, "replicas.max must be at most 10000");
     check(spec.drain_seconds <= 3600, "drainSeconds must be at most 3600");
     for var in &spec.pod.env {
         check(
@@ -379,7 +388,7 @@ pub struct RealtimeGatewayStatus {
     pub ready_replicas: u32,
     #[serde(default)]
     pub desired_replicas: u32,
-    /// Open streams across the ready pods that reported.
+    /// Open streams across the pods that reported, ready or not.
     #[serde(default)]
     pub connections: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,7 +3,7 @@
 //!
 //! Data flow: the controller ([`controller`]) watches `RealtimeGateway`s and the objects it owns;
 //! each reconcile applies the Deployment, Service and PodDisruptionBudget ([`resources`]),
-//! reads every ready pod's `/stats` ([`stats`]), asks the pure [`scaling::decide`] for a replica
+//! reads every pod's `/stats` ([`stats`]), asks the pure [`scaling::decide`] for a replica
 //! count, and writes it and the status back. A [`lease`] makes sure only one operator replica
 //! acts at a time.
 

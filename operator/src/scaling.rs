@@ -1,5 +1,5 @@
 //! Who decides the replica count: [`decide`], a pure function of the policy, the current replica
-//! count, each ready pod's connection count, and recent recommendations.
+//! count, each pod's connection count (ready or not), and recent recommendations.
 //!
 //! 1. The recommendation is `ceil(total connections / target)`, clamped to `[min, max]`.
 //! 2. Up: act on the lowest recommendation seen within the up-stabilization window (0 = now),
@@ -68,8 +68,8 @@ pub struct Decision {
     pub limit: Option<Limit>,
 }
 
-/// Decides the replica count. `connections` has one entry per ready pod, `None` where its
-/// count could not be read.
+/// Decides the replica count. `connections` has one entry per pod asked (every ready pod, and
+/// each pod not ready that answered), `None` where a ready pod's count could not be read.
 pub fn decide(policy: &Policy, current: u32, connections: &[Option<u64>], history: &[Recommendation]) -> Decision {
     let total: u64 = connections.iter().flatten().sum();
     let missing = connections.iter().filter(|c| c.is_none()).count();
@@ -119,7 +119,8 @@ pub fn decide(policy: &Policy, current: u32, connections: &[Option<u64>], histor
                 limit,
             );
         }
-        let step = current + policy.up.max_step;
+        // Saturating: a step near u32::MAX wrapped around to fewer pods than there are.
+        let step = current.saturating_add(policy.up.max_step).min(policy.max);
         if stabilized > step {
             return decision(
                 step,
@@ -284,6 +285,17 @@ mod tests {
             let d = decide(&p, current, &conns, &history);
             assert_eq!((d.desired, d.limit), (want, want_limit), "{name}: {}", d.reason);
         }
+    }
+
+    /// The schema bounds `maxStep` now, but a resource stored before it was bounded can still
+    /// carry any u32 (before: `current + maxStep` overflowed, a panic in a debug build, and in
+    /// a release build a wrap to 0 replicas).
+    #[test]
+    fn an_up_step_as_large_as_a_u32_stays_within_the_bounds() {
+        let mut p = policy();
+        p.up.max_step = u32::MAX;
+        let d = decide(&p, 2, &[Some(2500), Some(2500)], &[]);
+        assert_eq!((d.desired, d.limit), (5, None), "{}", d.reason);
     }
 
     #[test]

@@ -22,12 +22,18 @@ pub struct Stats {
     pub draining: bool,
 }
 
-/// A ready pod's address (`ip:port`, port from the container port named `http`), or `None` for
-/// a pod that is not ready or has no IP yet.
-pub fn ready_address(pod: &Pod) -> Option<String> {
+/// Whether a pod is Ready.
+pub fn is_ready(pod: &Pod) -> bool {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A pod's address (`ip:port`, port from the container port named `http`), or `None` for a pod
+/// that has no IP yet or is being deleted. Ready or not: a gateway whose readiness fails (NATS
+/// unreachable, say) still holds its streams, and they count.
+pub fn address(pod: &Pod) -> Option<String> {
     let status = pod.status.as_ref()?;
-    let ready = status.conditions.as_ref()?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-    if !ready || pod.metadata.deletion_timestamp.is_some() {
+    if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
     let ip = status.pod_ip.as_ref()?;

@@ -447,3 +447,61 @@ async fn a_fleet_with_its_replicas_ready_is_ready() {
     let since = ready["lastTransitionTime"].as_str().unwrap();
     assert!(since.ends_with('Z') && since.contains('T'), "RFC 3339: {since}");
 }
+
+/// `pods` with each pod's Ready condition set to `ready` ("True" or "False").
+fn pods_ready(addrs: &[(String, i32)], ready: &str) -> Value {
+    let mut v = pods(addrs);
+    for pod in v["items"].as_array_mut().unwrap() {
+        pod["status"]["conditions"][0]["status"] = json!(ready);
+    }
+    v
+}
+
+/// A port nobody listens on: a pod whose `/stats` never answers.
+fn dead_port() -> i32 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    i32::from(listener.local_addr().unwrap().port())
+}
+
+/// Ready pods that all fail to answer are no report: `ScalingActive` is False, with its own
+/// reason (before: True, `ValidMetricFound`, from the count of pods asked).
+#[tokio::test]
+async fn scaling_is_not_active_while_no_pod_answers() {
+    let (ctx, mut handle) = context();
+    let dead = dead_port();
+    let run = tokio::spawn(controller::reconcile(Arc::new(rtgw(None)), ctx.clone()));
+    let (_, _, _, send) = next(&mut handle).await;
+    send.send_response(respond(StatusCode::OK, &deployment(2)));
+    let (_, _, _, send) = next(&mut handle).await;
+    send.send_response(respond(StatusCode::OK, &pods(&[("127.0.0.1".into(), dead), ("127.0.0.1".into(), dead)])));
+    let writes = serve_writes(&mut handle).await;
+    run.await.unwrap().unwrap();
+    let active = condition(&writes.status, "ScalingActive");
+    assert_eq!((&active["status"], &active["reason"]), (&json!("False"), &json!("FailedGetMetrics")), "{active}");
+    assert_eq!(writes.deployment["spec"]["replicas"], 2, "no scale-down on counts nobody gave");
+}
+
+/// Gateways whose readiness fails (NATS unreachable) keep their streams: 4 pods with 140
+/// connections each, none Ready, are 560 connections, not 0 (before: only Ready pods were
+/// asked, the fleet counted as empty, and it was scaled down, pods full of clients first).
+#[tokio::test]
+async fn pods_that_are_not_ready_still_count_their_connections() {
+    let (ctx, mut handle) = context();
+    let mut r = rtgw(None);
+    r.spec.scale_down.stabilization_seconds = 0;
+    let ports = [stats_server(140).await, stats_server(140).await, stats_server(140).await, stats_server(140).await];
+    let run = tokio::spawn(controller::reconcile(Arc::new(r), ctx.clone()));
+    let (_, _, _, send) = next(&mut handle).await;
+    let mut d = deployment(4);
+    d["status"]["readyReplicas"] = json!(0);
+    send.send_response(respond(StatusCode::OK, &d));
+    let (_, _, _, send) = next(&mut handle).await;
+    let mut addrs: Vec<(String, i32)> = ports.iter().map(|p| ("127.0.0.1".to_owned(), *p)).collect();
+    // A fifth, starting and not answering yet: not Ready, so it serves nobody and blocks nothing.
+    addrs.push(("127.0.0.1".to_owned(), dead_port()));
+    send.send_response(respond(StatusCode::OK, &pods_ready(&addrs, "False")));
+    let writes = serve_writes(&mut handle).await;
+    run.await.unwrap().unwrap();
+    assert_eq!(writes.status["connections"], 560, "{}", writes.status);
+    assert_eq!(writes.deployment["spec"]["replicas"], 6, "560 / 100 per pod, up: {}", writes.status);
+}
