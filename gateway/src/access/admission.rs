@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use slab::Slab;
 
+use crate::delivery::close_reason::CloseReason;
 use crate::delivery::outbox::Outbox;
+use crate::delivery::sse;
 use crate::names::Name;
 
 /// Pod-wide connection accounting, shared by every worker.
@@ -20,6 +22,8 @@ pub struct Admission {
     draining: AtomicBool,
     /// The outbox of every open stream, for draining.
     streams: Mutex<Slab<Arc<Outbox>>>,
+    /// The `retry:` a drained stream's client waits around (`--retry-ms`).
+    retry_ms: u64,
 }
 
 /// Why a connection was not admitted.
@@ -39,7 +43,7 @@ pub struct Permit {
 }
 
 impl Admission {
-    pub fn new(max_connections: usize, max_per_user: usize) -> Arc<Self> {
+    pub fn new(max_connections: usize, max_per_user: usize, retry_ms: u64) -> Arc<Self> {
         Arc::new(Admission {
             max_connections,
             max_per_user,
@@ -47,6 +51,7 @@ impl Admission {
             per_user: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             streams: Mutex::new(Slab::new()),
+            retry_ms,
         })
     }
 
@@ -95,12 +100,28 @@ impl Admission {
     pub fn open_streams(&self) -> Vec<Arc<Outbox>> {
         self.streams.lock().iter().map(|(_, o)| o.clone()).collect()
     }
+
+    /// Closes a stream of a draining pod: its client comes back, maybe elsewhere, after a
+    /// `retry:` jittered around `--retry-ms` (half to one and a half of it), so that the
+    /// clients of a pod do not all come back at once.
+    pub fn close_for_drain(&self, outbox: &Outbox) {
+        let retry = rand::Rng::random_range(&mut rand::rng(), self.retry_ms / 2..=self.retry_ms + self.retry_ms / 2);
+        outbox.close(CloseReason::Drain, Some(sse::retry_frame(retry)));
+    }
 }
 
 impl Permit {
-    /// Registers the stream this permit admitted, so a drain can close it.
+    /// Registers the stream this permit admitted, so a drain can close it. A stream admitted
+    /// before the drain began that registers after it (it was still reading its first cursor,
+    /// or its resume) is past the drain's list: it is closed as the drain closes streams.
     pub fn attach(&mut self, outbox: Arc<Outbox>) {
-        self.stream = Some(self.admission.streams.lock().insert(outbox));
+        let mut streams = self.admission.streams.lock();
+        if self.admission.draining() {
+            drop(streams);
+            self.admission.close_for_drain(&outbox);
+            return;
+        }
+        self.stream = Some(streams.insert(outbox));
     }
 }
 
@@ -128,7 +149,7 @@ mod tests {
 
     #[test]
     fn pod_and_user_limits() {
-        let a = Admission::new(3, 2);
+        let a = Admission::new(3, 2, 1000);
         let u1 = Name::parse("u1").unwrap();
         let u2 = Name::parse("u2").unwrap();
         let p1 = a.admit(&u1).unwrap();
@@ -143,5 +164,23 @@ mod tests {
         assert_eq!(a.connections(), 2, "the permit was dropped at once");
         a.start_draining();
         assert_eq!(a.admit(&u2).err(), Some(Refusal::Capacity));
+    }
+
+    /// A stream admitted just before the drain began, which registers after the drain took its
+    /// list of open streams (it was reading its first cursor meanwhile), is closed as the
+    /// drain closes streams (before: it stayed open, outside the drain's spreading, until the
+    /// server stopped and cut it).
+    #[test]
+    fn a_stream_admitted_just_before_the_drain_is_closed_by_it() {
+        let a = Admission::new(10, 0, 1000);
+        let mut permit = a.admit(&Name::parse("u").unwrap()).unwrap();
+        a.start_draining();
+        let taken = a.open_streams();
+        let outbox = Outbox::new(1 << 16, std::sync::Arc::new(crate::ops::metrics::Metrics::new()));
+        permit.attach(outbox.clone());
+        for o in taken {
+            a.close_for_drain(&o);
+        }
+        assert_eq!(outbox.close_reason(), Some(CloseReason::Drain));
     }
 }

@@ -70,7 +70,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
         &handle,
     );
 
-    let admission = Admission::new(settings.max_connections, settings.max_connections_per_user);
+    let admission = Admission::new(settings.max_connections, settings.max_connections_per_user, settings.retry_ms);
     let state = web::Data::new(AppState {
         hub,
         broker,
@@ -154,12 +154,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
             warn_dev_mode(&server.addrs(), allow_remote);
         }
         let server = server.run();
-        actix_web::rt::spawn(crate::ops::drain::on_signal(
-            admission,
-            settings.drain,
-            settings.retry_ms,
-            server.handle(),
-        ));
+        actix_web::rt::spawn(crate::ops::drain::on_signal(admission, settings.drain, server.handle()));
         server.await
     })?;
     // Streams are closed: take this pod's members out of presence now rather than after the TTL.

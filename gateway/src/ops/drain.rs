@@ -6,6 +6,8 @@
 //! 2. Open streams are closed one at a time, in random order, spread evenly over
 //!    `--drain-secs`, each with its own jittered `retry:` hint: their reconnects land on other
 //!    pods as a trickle, not a stampede, and resume from their last event id (nothing is lost).
+//!    A stream admitted before the drain began that registers after it is closed the same way
+//!    as it registers ([`crate::access::admission::Permit::attach`]).
 //! 3. Once every stream is closed (or after a short grace), the HTTP server stops and the
 //!    process exits 0. A second signal exits at once.
 
@@ -15,18 +17,15 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use actix_web::rt::signal::unix::{SignalKind, signal};
 use actix_web::rt::time::{Instant, sleep, sleep_until};
-use rand::Rng;
 use rand::seq::SliceRandom;
 
 use crate::access::admission::Admission;
-use crate::delivery::close_reason::CloseReason;
-use crate::delivery::sse;
 
 /// How long closed streams get to flush their last frames before the server stops.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
 /// Waits for a termination signal, then drains. Runs on the HTTP server's system.
-pub async fn on_signal(admission: Arc<Admission>, drain: Duration, retry_ms: u64, server: ServerHandle) {
+pub async fn on_signal(admission: Arc<Admission>, drain: Duration, server: ServerHandle) {
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot listen for signals; drain on shutdown is off");
         return;
@@ -53,8 +52,7 @@ pub async fn on_signal(admission: Arc<Admission>, drain: Duration, retry_ms: u64
     let n = streams.len().max(1) as u32;
     for (i, outbox) in streams.into_iter().enumerate() {
         sleep_until(start + drain * i as u32 / n).await;
-        let retry = rand::rng().random_range(retry_ms / 2..=retry_ms + retry_ms / 2);
-        outbox.close(CloseReason::Drain, Some(sse::retry_frame(retry)));
+        admission.close_for_drain(&outbox);
     }
     let deadline = Instant::now() + FLUSH_GRACE;
     while admission.connections() > 0 && Instant::now() < deadline {
