@@ -36,6 +36,8 @@ export interface HttpPublisherOptions {
   retries?: number;
   backoffMs?: number;
   timeoutMs?: number;
+  /** No attempt starts or lasts past this many ms from the first (90000): keep it below the gateways' `--history-dedup-window`. */
+  retryForMs?: number;
   fetch?: typeof fetch;
 }
 

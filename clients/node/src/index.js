@@ -85,7 +85,18 @@ function api(publish) {
   };
 }
 
-function httpPublisher({ url, key, retries = 4, backoffMs = 250, timeoutMs = 30000, fetch: fetchImpl = fetch }) {
+// No attempt starts, or lasts, past `retryForMs` from the first (90 s): the history stores an
+// event once however many attempts reach it only within its duplicate window (the gateways'
+// `--history-dedup-window`, 2 minutes by default), and a later one could store it again.
+function httpPublisher({
+  url,
+  key,
+  retries = 4,
+  backoffMs = 250,
+  timeoutMs = 30000,
+  retryForMs = 90000,
+  fetch: fetchImpl = fetch,
+}) {
   const endpoint = `${url.replace(/\/+$/, '')}/v1/publish`;
   return api(async (publish) => {
     const body = { type: publish.type ?? 'message', data: publish.data ?? null, id: publish.id ?? randomUUID() };
@@ -94,17 +105,19 @@ function httpPublisher({ url, key, retries = 4, backoffMs = 250, timeoutMs = 300
     if (publish.broadcast) body.broadcast = true;
     if (publish.durable !== undefined) body.durable = publish.durable;
     let wait = backoffMs;
+    const deadline = Date.now() + retryForMs;
     for (let attempt = 0; ; attempt++) {
-      const last = attempt >= retries;
+      const left = Math.max(1, Math.min(timeoutMs, deadline - Date.now()));
       let response;
       try {
         response = await fetchImpl(endpoint, {
           method: 'POST',
           headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
           body: JSON.stringify(body),
-          signal: AbortSignal.timeout(timeoutMs),
+          signal: AbortSignal.timeout(left),
         });
       } catch (e) {
+        const last = attempt >= retries || Date.now() + wait >= deadline;
         if (last) {
           throw new UnavailableError(0, 'unreachable', `${endpoint}: ${e?.cause?.code ?? e?.message ?? e}`, body.id);
         }
@@ -122,6 +135,7 @@ function httpPublisher({ url, key, retries = 4, backoffMs = 250, timeoutMs = 300
       } catch {
         // not JSON: keep the status text
       }
+      const last = attempt >= retries || Date.now() + wait >= deadline;
       if (response.status !== 503 || last) throw errorFor(response.status, code, message, body.id);
       await sleep(wait);
       wait = Math.min(wait * 2, 4000);

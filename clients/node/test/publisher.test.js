@@ -198,3 +198,25 @@ test('an error carries the publish id to publish again with', async () => {
   await assert.rejects(publisher.broadcast({ type: 'x' }, { id: 'order-9' }), (e) => e instanceof UnavailableError && e.id === 'order-9');
   await assert.rejects(publisher.broadcast({ type: 'x' }), (e) => e instanceof UnavailableError && /^[0-9a-f-]{36}$/.test(e.id));
 });
+
+test('no attempt outlasts the retry window', async () => {
+  // A gateway that takes requests and never answers: each attempt waited its 30 s timeout, so
+  // five attempts could reach the history 150 s after the first, past the 120 s duplicate
+  // window, and store the event twice.
+  const silent = createServer(() => {});
+  await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  try {
+    const publisher = createPublisher({
+      url: `http://127.0.0.1:${silent.address().port}`,
+      key: PUBLISH_KEY,
+      retries: 100,
+      retryForMs: 1000,
+    });
+    const started = Date.now();
+    await assert.rejects(publisher.broadcast({ type: 'x' }, { id: 'order-7' }), (e) => e instanceof UnavailableError && e.id === 'order-7');
+    assert.ok(Date.now() - started < 10000, 'gave up within its window, not after 100 attempts of 30 s');
+  } finally {
+    silent.closeAllConnections?.();
+    silent.close();
+  }
+});

@@ -229,6 +229,27 @@ def test_an_error_carries_the_publish_id_to_publish_again_with() -> None:
     assert isinstance(made_up.value.id, str) and len(made_up.value.id) == 32
 
 
+def test_no_attempt_outlasts_the_retry_window() -> None:
+    """A gateway that takes requests and never answers (overloaded, or storing and then stuck):
+    each attempt waited its full 30 s timeout, so the five attempts could reach the history
+    150 s after the first, past the 120 s duplicate window, and store the event twice. Attempts
+    stop, and are cut short, at `retry_for` from the first."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    try:
+        publisher = Publisher(
+            f"http://127.0.0.1:{silent.getsockname()[1]}", PUBLISH_KEY, timeout=30, retries=100, retry_for=1.0
+        )
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as gave_up:
+            publisher.broadcast({"type": "x", "data": 1}, id="order-7")
+        assert time.monotonic() - started < 10, "gave up within its window, not after 100 attempts of 30 s"
+        assert gave_up.value.id == "order-7"
+    finally:
+        silent.close()
+
+
 def test_the_built_wheel_installs_and_publishes(herald: tuple[Nats, Gateway], tmp_path: Any) -> None:
     import subprocess
     import sys

@@ -52,15 +52,27 @@ class Publisher:
     Each call resolves to the ids Herald stored the event under, one per target, in the order
     users, channels, broadcast. A 503 or a connection that fails is retried `retries` times
     with backoff, with the same `id`: the history stores the event once however many attempts
-    reach it.
+    reach it, as long as they reach it within its duplicate window (the gateways'
+    `--history-dedup-window`, 2 minutes by default). So no attempt starts, or lasts, past
+    `retry_for` seconds (90) from the first: a later one could store the event again.
     """
 
-    def __init__(self, url: str, key: str, *, timeout: float = 30.0, retries: int = 4, backoff: float = 0.25) -> None:
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 4,
+        backoff: float = 0.25,
+        retry_for: float = 90.0,
+    ) -> None:
         self.endpoint = url.rstrip("/") + "/v1/publish"
         self.key = key
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.retry_for = retry_for
 
     def publish_to_user(self, user: str, event: Event, **options: Any) -> list[str]:
         return self.publish(event, users=[user], **options)
@@ -84,21 +96,23 @@ class Publisher:
         body = publish_body(event, users=users, channels=channels, broadcast=broadcast, durable=durable, id=id)
         payload = json.dumps(body).encode()
         wait = self.backoff
+        deadline = time.monotonic() + self.retry_for
         for attempt in range(self.retries + 1):
-            last = attempt == self.retries
+            left = deadline - time.monotonic()
             try:
-                return self._post(payload, body["id"])
-            except Unavailable:
-                if last:
-                    raise
+                return self._post(payload, body["id"], max(0.001, min(self.timeout, left)))
+            except Unavailable as e:
+                error = e
             except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as e:
-                if last:
-                    raise Unavailable(0, "unreachable", f"{self.endpoint}: {getattr(e, 'reason', e)}", body["id"]) from e
+                error = Unavailable(0, "unreachable", f"{self.endpoint}: {getattr(e, 'reason', e)}", body["id"])
+                error.__cause__ = e
+            if attempt == self.retries or time.monotonic() + wait >= deadline:
+                raise error
             time.sleep(wait)
             wait = min(wait * 2, 4.0)
         raise AssertionError("unreachable")
 
-    def _post(self, payload: bytes, id: str) -> list[str]:
+    def _post(self, payload: bytes, id: str, timeout: float) -> list[str]:
         request = urllib.request.Request(
             self.endpoint,
             data=payload,
@@ -106,7 +120,7 @@ class Publisher:
             headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 answer = json.loads(response.read())
                 return [str(i) for i in answer.get("ids", [])]
         except urllib.error.HTTPError as e:
