@@ -46,10 +46,12 @@ pub struct RealtimeGatewaySpec {
     pub replicas: ReplicaBounds,
     /// Connections per pod the operator aims for: replicas = ceil(total / target).
     #[schemars(range(min = 1, max = 10000000))]
+    #[serde(deserialize_with = "lenient::u32")]
     pub target_connections_per_pod: u32,
     /// Hard limit per pod (the gateways' `--max-connections`); above it a pod answers
     /// "come back later". Must be at least the target.
     #[schemars(range(min = 1, max = 10000000))]
+    #[serde(deserialize_with = "lenient::u32")]
     pub max_connections_per_pod: u32,
     /// How fast to scale up.
     #[serde(default = "ScalePolicy::default_up")]
@@ -169,8 +171,10 @@ pub const MANAGED_ENV: [&str; 4] = ["HERALD_LISTEN", "HERALD_NATS_URL", "HERALD_
 #[x_kube(validation = Rule::new(MAX_AT_LEAST_MIN.0).message(MAX_AT_LEAST_MIN.1))]
 pub struct ReplicaBounds {
     #[schemars(range(min = 1, max = 10000))]
+    #[serde(deserialize_with = "lenient::u32")]
     pub min: u32,
     #[schemars(range(min = 1, max = 10000))]
+    #[serde(deserialize_with = "lenient::u32")]
     pub max: u32,
 }
 
@@ -184,6 +188,7 @@ pub struct ScalePolicy {
     pub stabilization_seconds: u32,
     /// Most pods added or removed in one step.
     #[schemars(range(min = 1, max = 10000))]
+    #[serde(deserialize_with = "lenient::u32")]
     pub max_step: u32,
 }
 
@@ -269,7 +274,7 @@ pub struct GatewaySettings {
     #[schemars(range(min = 1, max = 1024))]
     pub max_channels: Option<u32>,
     /// Streams one user may hold on one pod (`--max-connections-per-user`; 0 = unlimited).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::optional")]
     #[schemars(range(min = 0, max = 10000000))]
     pub max_connections_per_user: Option<u32>,
     /// Origins allowed by CORS.
@@ -281,7 +286,7 @@ pub struct GatewaySettings {
     #[schemars(regex(pattern = r"^[0-9]+[smhd]?$"))]
     pub history_max_age: Option<String>,
     /// Events kept per subject (`--history-max-per-subject`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::optional")]
     #[schemars(range(min = 1, max = 1000000000))]
     pub history_max_per_subject: Option<u32>,
     /// Replicas of the JetStream stream (`--history-replicas`).
@@ -289,7 +294,7 @@ pub struct GatewaySettings {
     #[schemars(range(min = 1, max = 5))]
     pub history_replicas: Option<u32>,
     /// Bytes queued per stream before a slow client is disconnected (`--client-queue-bytes`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::optional")]
     #[schemars(range(min = 4096, max = 1073741824))]
     pub client_queue_bytes: Option<u64>,
     /// Log lines as `text` or `json`.
@@ -348,6 +353,44 @@ pub const A_TOKEN_KEY: (&str, &str) = (
 /// The most replicas (and the largest step) the schema allows.
 const MAX_REPLICAS: u32 = 10_000;
 
+/// The most connections per pod the schema allows.
+const MAX_CONNECTIONS_PER_POD: u32 = 10_000_000;
+
+/// Integers read leniently. The API server checks an integer's type and, where the schema has
+/// them, its bounds, but not that it fits the operator's type (`format: uint32` is not
+/// enforced). Before the schema bounded these fields, one resource holding a number that did
+/// not fit failed the whole list the operator watches, and no resource was reconciled. Such a
+/// number saturates here instead, and [`validate`] reports it (`InvalidSpec`).
+mod lenient {
+    use serde::{Deserialize, Deserializer};
+
+    /// Numbers that saturate into an unsigned integer type.
+    pub trait Saturating: Sized {
+        fn saturate(value: f64) -> Self;
+    }
+
+    impl Saturating for u32 {
+        fn saturate(value: f64) -> Self {
+            // `as` saturates, and takes NaN to 0.
+            value as u32
+        }
+    }
+
+    impl Saturating for u64 {
+        fn saturate(value: f64) -> Self {
+            value as u64
+        }
+    }
+
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        f64::deserialize(d).map(u32::saturate)
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>, T: Saturating>(d: D) -> Result<Option<T>, D::Error> {
+        Option::<f64>::deserialize(d).map(|v| v.map(T::saturate))
+    }
+}
+
 /// Checks what the schema and its CEL rules say, for objects the API server did not check (stored
 /// before the CRD had the rule). Returns every problem, not just the first.
 pub fn validate(spec: &RealtimeGatewaySpec) -> Result<(), Vec<String>> {
@@ -368,6 +411,17 @@ pub fn validate(spec: &RealtimeGatewaySpec) -> Result<(), Vec<String>> {
         "scaleUp/scaleDown.maxStep must be at most 10000",
     );
     check(spec.replicas.max <= MAX_REPLICAS, "replicas.max must be at most 10000");
+    check(spec.max_connections_per_pod <= MAX_CONNECTIONS_PER_POD, "maxConnectionsPerPod must be at most 10000000");
+    let gateway = &spec.gateway;
+    check(
+        gateway.max_connections_per_user.is_none_or(|n| n <= MAX_CONNECTIONS_PER_POD),
+        "gateway.maxConnectionsPerUser must be at most 10000000",
+    );
+    check(
+        gateway.history_max_per_subject.is_none_or(|n| n <= 1_000_000_000),
+        "gateway.historyMaxPerSubject must be at most 1000000000",
+    );
+    check(gateway.client_queue_bytes.is_none_or(|n| n <= 1 << 30), "gateway.clientQueueBytes must be at most 1 GiB");
     check(spec.drain_seconds <= 3600, "drainSeconds must be at most 3600");
     for var in &spec.pod.env {
         check(

@@ -505,3 +505,64 @@ async fn pods_that_are_not_ready_still_count_their_connections() {
     assert_eq!(writes.status["connections"], 560, "{}", writes.status);
     assert_eq!(writes.deployment["spec"]["replicas"], 6, "560 / 100 per pod, up: {}", writes.status);
 }
+
+/// Runs the whole controller on a namespace holding `good` and, with `with_bad`, a resource
+/// stored before the schema bounded `scaleUp.maxStep`, holding 5,000,000,000 (more than a u32).
+/// Answers whether `good` was reconciled (its Deployment read), and the status `bad` was given.
+async fn reconciles_beside(with_bad: bool) -> (bool, Option<Value>) {
+    let (ctx, mut handle) = context();
+    let mut good = serde_json::to_value(rtgw(None)).unwrap();
+    good["metadata"]["name"] = json!("good");
+    let mut bad = good.clone();
+    bad["metadata"]["name"] = json!("bad");
+    bad["metadata"]["uid"] = json!("99999999-2222-3333-4444-555555555555");
+    bad["spec"]["scaleUp"]["maxStep"] = json!(5_000_000_000u64);
+    let items = if with_bad { vec![bad, good] } else { vec![good] };
+    let list = json!({"apiVersion": "herald.dev/v1alpha1", "kind": "RealtimeGatewayList",
+        "metadata": {"resourceVersion": "11"}, "items": items});
+    let empty =
+        json!({"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {"resourceVersion": "11"}, "items": []});
+    let not_found =
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+    let run = tokio::spawn(controller::run(ctx.clone(), Some("default".into())));
+    let mut watches = Vec::new(); // held open, as a watch is
+    let (mut good_reconciled, mut bad_status) = (false, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(good_reconciled && (bad_status.is_some() || !with_bad)) {
+        let Ok(Some((req, send))) = tokio::time::timeout_at(deadline, handle.next_request()).await else { break };
+        let (method, uri, body) = kube_api::read(req).await;
+        if uri.contains("watch=true") {
+            watches.push(send);
+        } else if uri.starts_with("/apis/herald.dev/v1alpha1/namespaces/default/realtimegateways?") {
+            send.send_response(respond(StatusCode::OK, &list));
+        } else if uri.starts_with("/apis/apps/v1/namespaces/default/deployments?") {
+            send.send_response(respond(StatusCode::OK, &empty));
+        } else if method == "GET" && uri.starts_with("/apis/apps/v1/namespaces/default/deployments/good") {
+            good_reconciled = true;
+            send.send_response(respond(StatusCode::NOT_FOUND, &not_found));
+        } else if method == "PATCH"
+            && uri.starts_with("/apis/herald.dev/v1alpha1/namespaces/default/realtimegateways/bad/status")
+        {
+            bad_status = Some(body["status"].clone());
+            send.send_response(respond(StatusCode::OK, &list["items"][0]));
+        } else {
+            send.send_response(respond(StatusCode::NOT_FOUND, &not_found));
+        }
+    }
+    run.abort();
+    (good_reconciled, bad_status)
+}
+
+/// One resource holding a number its field's type cannot hold (stored before the schema
+/// bounded it) is reported `InvalidSpec`, and every other resource is reconciled (before: the
+/// list the operator watches failed as a whole, and no resource was reconciled at all).
+#[tokio::test]
+async fn a_resource_with_a_number_too_large_stops_nobody_else() {
+    assert!(reconciles_beside(false).await.0, "the harness reconciles `good` alone");
+    let (good, bad) = reconciles_beside(true).await;
+    assert!(good, "`good` was reconciled beside `bad`");
+    let bad = bad.expect("`bad` was given a status");
+    let active = condition(&bad, "ScalingActive");
+    assert_eq!(active["reason"], "InvalidSpec", "{bad}");
+    assert!(active["message"].as_str().unwrap().contains("maxStep must be at most 10000"), "{bad}");
+}
