@@ -28,12 +28,13 @@ pub fn is_ready(pod: &Pod) -> bool {
     conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// A pod's address (`ip:port`, port from the container port named `http`), or `None` for a pod
-/// that has no IP yet or is being deleted. Ready or not: a gateway whose readiness fails (NATS
+/// A running pod's address (`ip:port`, port from the container port named `http`), or `None`
+/// for a pod that has no IP yet, is being deleted, or no longer runs (evicted or failed: its
+/// IP may be another pod's by now). Ready or not: a gateway whose readiness fails (NATS
 /// unreachable, say) still holds its streams, and they count.
 pub fn address(pod: &Pod) -> Option<String> {
     let status = pod.status.as_ref()?;
-    if pod.metadata.deletion_timestamp.is_some() {
+    if pod.metadata.deletion_timestamp.is_some() || status.phase.as_deref() != Some("Running") {
         return None;
     }
     let ip = status.pod_ip.as_ref()?;

@@ -63,7 +63,7 @@ fn pods(addrs: &[(String, i32)]) -> Value {
             json!({
                 "metadata": {"name": format!("demo-{i}"), "namespace": "default"},
                 "spec": {"containers": [{"name": "gateway", "ports": [{"name": "http", "containerPort": port}]}]},
-                "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}
+                "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}
             })
         })
         .collect();
@@ -499,7 +499,13 @@ async fn pods_that_are_not_ready_still_count_their_connections() {
     let mut addrs: Vec<(String, i32)> = ports.iter().map(|p| ("127.0.0.1".to_owned(), *p)).collect();
     // A fifth, starting and not answering yet: not Ready, so it serves nobody and blocks nothing.
     addrs.push(("127.0.0.1".to_owned(), dead_port()));
-    send.send_response(respond(StatusCode::OK, &pods_ready(&addrs, "False")));
+    let mut listed = pods_ready(&addrs, "False");
+    // An evicted pod whose IP another pod took (it answers for that pod): not asked.
+    let mut evicted = listed["items"][0].clone();
+    evicted["metadata"]["name"] = json!("demo-evicted");
+    evicted["status"]["phase"] = json!("Failed");
+    listed["items"].as_array_mut().unwrap().push(evicted);
+    send.send_response(respond(StatusCode::OK, &listed));
     let writes = serve_writes(&mut handle).await;
     run.await.unwrap().unwrap();
     assert_eq!(writes.status["connections"], 560, "{}", writes.status);

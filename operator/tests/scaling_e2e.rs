@@ -45,7 +45,7 @@ fn mock_api(ports: Vec<u16>, applied: Arc<Mutex<Vec<(Instant, u64)>>>) -> kube::
                     let items: Vec<Value> = ports.iter().enumerate().map(|(i, port)| json!({
                         "metadata": {"name": format!("demo-{i}"), "namespace": "default"},
                         "spec": {"containers": [{"name": "gateway", "ports": [{"name": "http", "containerPort": port}]}]},
-                        "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
+                        "status": {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
                     })).collect();
                     (StatusCode::OK, json!({"apiVersion":"v1","kind":"PodList","metadata":{},"items":items}))
                 }

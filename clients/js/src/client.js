@@ -841,9 +841,12 @@ export class HeraldClient {
 /** How many recent ids a client remembers to drop repeats after a change of leader. */
 const SEEN_IDS = 2048;
 
-/** Whether `id` can be a resume cursor: something `Last-Event-ID` can carry back (visible ASCII). */
+/**
+ * Whether `id` can be a resume cursor: something `Last-Event-ID` can carry back as it is (visible
+ * ASCII, spaces inside only: a header value loses its outer ones), up to 128 characters.
+ */
 function isCursor(id) {
-  return typeof id === 'string' && /^[\x21-\x7e]{1,128}$/.test(id);
+  return typeof id === 'string' && id.length <= 128 && /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/.test(id);
 }
 
 /** How long the token a tab asked for when it joined is used for its first connection. */

@@ -81,3 +81,10 @@ test('an id that cannot be sent back as a header (not Latin-1) does not stall th
   assert.deepEqual(got, [5, 6, null], 'both events, then the marker');
   assert.equal(call.headers.get('last-event-id'), 'ep-5', 'the reconnect is sent, resuming from the last id it can carry');
 });
+
+test('a foreign cursor with a space inside it is kept and sent back', async () => {
+  const env = setup({ lastEventId: 'order 42' });
+  const { call } = await connect(env);
+  env.client.close();
+  assert.equal(call.headers.get('last-event-id'), 'order 42');
+});

@@ -43,9 +43,13 @@ function errorFor(status, code, message, id) {
 const NAME = /^[A-Za-z0-9_\-:@=+~]+(?:\.[A-Za-z0-9_\-:@=+~]+)*$/;
 const TYPE = /^[A-Za-z0-9_\-:.]{1,64}$/;
 const RESERVED_TYPES = new Set(['connected', 'reset', 'token_expired', 'presence', 'error']);
+const ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 
 /** Throws a BadRequestError (the gateway's codes) for a type or name no gateway would deliver. */
-function check({ type, users = [], channels = [] }) {
+function check({ type, users = [], channels = [], id }) {
+  if (id !== undefined && (typeof id !== 'string' || !ID.test(id))) {
+    throw new BadRequestError(400, 'invalid_id', `${JSON.stringify(id)}: 1-128 of A-Z a-z 0-9 _ . : -`);
+  }
   if (typeof type !== 'string' || !TYPE.test(type) || RESERVED_TYPES.has(type)) {
     throw new BadRequestError(400, 'invalid_type', `${JSON.stringify(type)}: 1-64 of A-Z a-z 0-9 _ - : ., not a reserved type`);
   }

@@ -179,13 +179,14 @@ test('the NATS publisher refuses what no gateway would deliver, before anything 
       () => viaNats.publishToUser('cy', { type: 'bad type', data: 1 }),
       () => viaNats.publish({ type: 'ok', data: 1, users: ['cy', 'not valid'] }),
       () => viaNats.publishToChannel('room 1', { type: 'ok', data: 1 }),
+      () => viaNats.publishToUser('cy', { type: 'ok', data: 1 }, { id: 'order 1' }),
     ]) {
       await assert.rejects(publish(), (e) => {
         codes.push(e.code);
         return e instanceof BadRequestError;
       });
     }
-    assert.deepEqual(codes, ['invalid_type', 'invalid_type', 'invalid_user', 'invalid_channel']);
+    assert.deepEqual(codes, ['invalid_type', 'invalid_type', 'invalid_user', 'invalid_channel', 'invalid_id']);
     assert.equal((await jsm.streams.info('HERALD')).state.messages, before, 'nothing stored');
   } finally {
     await nc.close();

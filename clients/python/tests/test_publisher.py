@@ -201,6 +201,7 @@ def test_the_nats_publisher_refuses_what_no_gateway_would_deliver(herald: tuple[
                 lambda: publisher.publish_to_user("cy", {"type": "bad type", "data": 1}),
                 lambda: publisher.publish({"type": "ok", "data": 1}, users=["cy", "not valid"]),
                 lambda: publisher.publish_to_channel("room 1", {"type": "ok", "data": 1}),
+                lambda: publisher.publish_to_user("cy", {"type": "ok", "data": 1}, id="order 1"),
             ):
                 with pytest.raises(BadRequest) as bad:
                     await publish()
@@ -211,7 +212,7 @@ def test_the_nats_publisher_refuses_what_no_gateway_would_deliver(herald: tuple[
             await nc.close()
 
     codes, before, after = asyncio.run(run())
-    assert codes == ["invalid_type", "invalid_type", "invalid_user", "invalid_channel"]
+    assert codes == ["invalid_type", "invalid_type", "invalid_user", "invalid_channel", "invalid_id"]
     assert after == before, "nothing stored"
 
 

@@ -22,10 +22,14 @@ STREAM = "HERALD"
 _NAME = re.compile(r"[A-Za-z0-9_\-:@=+~]+(?:\.[A-Za-z0-9_\-:@=+~]+)*")
 _TYPE = re.compile(r"[A-Za-z0-9_\-:.]{1,64}")
 _RESERVED_TYPES = frozenset({"connected", "reset", "token_expired", "presence", "error"})
+_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
 
-def _check(event_type: str, users: Sequence[str], channels: Sequence[str]) -> None:
-    """Raises `BadRequest` (the gateway's codes) for a type or name no gateway would deliver."""
+def _check(event_type: str, users: Sequence[str], channels: Sequence[str], id: str | None) -> None:
+    """Raises `BadRequest` (the gateway's codes) for a type or name no gateway would deliver, or
+    an `id` the gateways would refuse."""
+    if id is not None and not (isinstance(id, str) and _ID.fullmatch(id)):
+        raise BadRequest(400, "invalid_id", f"{id!r}: 1-128 of A-Z a-z 0-9 _ . : -")
     if not (isinstance(event_type, str) and _TYPE.fullmatch(event_type)) or event_type in _RESERVED_TYPES:
         raise BadRequest(400, "invalid_type", f"{event_type!r}: 1-64 of A-Z a-z 0-9 _ - : ., not a reserved type")
     for kind, names in (("user", users), ("channel", channels)):
@@ -68,7 +72,7 @@ class NatsPublisher:
         would refuse raises `BadRequest` before anything is stored; an `Unavailable` carries
         the publish's `id`, to publish again with."""
         event_type = event.get("type", "message")
-        _check(event_type, users, channels)
+        _check(event_type, users, channels, id)
         targets = [f"user.{u}" for u in users] + [f"channel.{c}" for c in channels] + (["broadcast"] if broadcast else [])
         if not targets:
             raise BadRequest(400, "no_targets", "name at least one user, channel or broadcast")

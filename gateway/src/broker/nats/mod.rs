@@ -104,7 +104,7 @@ pub enum History {
 /// stream's duplicate window, which another gateway's `--history-dedup-window` may have set
 /// shorter than this one's. A repeat that reaches the stream after the window of its first
 /// copy is stored again, as a second event.
-struct PublishRetry {
+pub(super) struct PublishRetry {
     configured: Duration,
     /// Milliseconds.
     now: std::sync::atomic::AtomicU64,
@@ -121,13 +121,14 @@ impl PublishRetry {
 
     /// The stream keeps message ids for `window`: repeats end a tenth of it (at least a second)
     /// before it does, counted from the publish's start, when the first copy can be stored.
-    fn within(&self, window: Duration) {
+    pub(super) fn within(&self, window: Duration) {
         if window.is_zero() {
             return;
         }
         let margin = (window / 10).max(Duration::from_secs(1));
         let retry = self.configured.min(window.saturating_sub(margin));
-        if retry < self.configured {
+        let before = self.now.swap(millis(retry), std::sync::atomic::Ordering::Relaxed);
+        if before != millis(retry) && retry < self.configured {
             tracing::info!(
                 configured = ?self.configured,
                 window = ?window,
@@ -135,7 +136,6 @@ impl PublishRetry {
                 "publishes are repeated for less than configured: the stream's duplicate window is shorter"
             );
         }
-        self.now.store(millis(retry), std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -268,7 +268,7 @@ impl NatsBroker {
                                 retry.within(info.config.duplicate_window);
                                 ready.store(true, std::sync::atomic::Ordering::Release);
                                 tracing::info!(stream = STREAM, epoch = %epoch.read(), messages = info.state.messages, "history stream ready");
-                                watch_reach(&js, &epoch, &client, &probe_link).await;
+                                watch_reach(&js, &epoch, &client, &probe_link, &retry).await;
                                 return;
                             }
                             Err(e) => {

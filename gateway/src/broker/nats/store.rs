@@ -63,11 +63,10 @@ pub(super) async fn store(
             |target: &Target| header_line_len(async_nats::header::NATS_MESSAGE_ID.as_ref(), &target.dedup_key(id));
         check_size(js.client().server_info().max_payload, headers, payload, targets.iter().map(id_header))?;
     }
-    let started = tokio::time::Instant::now();
-    // No copy is sent again after `deadline`; the answer comes by `answer_by`, so that the first
-    // attempt has its time even when the retry window is shorter.
-    let deadline = started + retry;
-    let answer_by = deadline.max(started + STORE_ATTEMPT_TIMEOUT);
+    // No copy is sent after `deadline`; an attempt sent by then has its full time to be
+    // acknowledged (the last one starts at the deadline): a copy the stream stored must not be
+    // answered `unavailable`, or a publisher without an id of its own would store it again.
+    let deadline = tokio::time::Instant::now() + retry;
     let mut sequences: Vec<Option<u64>> = vec![None; targets.len()];
     let mut backoff = STORE_BACKOFF;
     let up = |js: &jetstream::Context| js.client().connection_state() == async_nats::connection::State::Connected;
@@ -93,8 +92,8 @@ pub(super) async fn store(
                 headers.insert(async_nats::header::NATS_MESSAGE_ID, target.dedup_key(id).as_str());
                 let subject = target.subject(prefix, SubjectKind::Events);
                 // Bounded: with the connection's queue full, the NATS client waits for room.
-                match tokio::time::timeout_at(answer_by, js.publish_with_headers(subject, headers, payload.clone()))
-                    .await
+                let sent_by = deadline.max(tokio::time::Instant::now());
+                match tokio::time::timeout_at(sent_by, js.publish_with_headers(subject, headers, payload.clone())).await
                 {
                     Ok(Ok(ack)) => acks.push((i, ack)),
                     Ok(Err(e)) if lasting(e.kind()) => return Err(BrokerError::Rejected(e.to_string())),
@@ -106,7 +105,7 @@ pub(super) async fn store(
                 }
             }
         }
-        let attempt_ends = (tokio::time::Instant::now() + STORE_ATTEMPT_TIMEOUT).min(answer_by);
+        let attempt_ends = tokio::time::Instant::now() + STORE_ATTEMPT_TIMEOUT;
         for (i, ack) in acks {
             match tokio::time::timeout_at(attempt_ends, ack.into_future()).await {
                 Ok(Ok(ack)) => sequences[i] = Some(ack.sequence),

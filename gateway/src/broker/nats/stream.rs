@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::broker::{BrokerError, Link};
 
-use super::StreamOptions;
+use super::{PublishRetry, StreamOptions};
 
 /// The stream holding every durable event.
 pub const STREAM: &str = "HERALD";
@@ -137,11 +137,15 @@ const REPLICA_SILENT: Duration = Duration::from_secs(3);
 /// a quorum, the link is reported back up and restored: the hub refills the gap from the
 /// history. (Between the cut and its detection nothing arrives either, so nothing is delivered
 /// ahead of the gap.)
+///
+/// Each read also tells `retry` the stream's duplicate window, which a gateway started later
+/// with another `--history-dedup-window` may have changed.
 pub(super) async fn watch_reach(
     js: &jetstream::Context,
     epoch: &RwLock<Arc<str>>,
     client: &Client,
     link: &watch::Sender<Link>,
+    retry: &PublishRetry,
 ) {
     let mut cut_off = false;
     loop {
@@ -150,7 +154,11 @@ pub(super) async fn watch_reach(
             continue; // the connection's own events report that
         }
         // `stream_info` answers only from a leader that can store.
-        let reached = matches!(tokio::time::timeout(REACH_TIMEOUT, stream_info(js, epoch)).await, Ok(Ok(_)));
+        let read = tokio::time::timeout(REACH_TIMEOUT, stream_info(js, epoch)).await;
+        if let Ok(Ok((_, info, _))) = &read {
+            retry.within(info.config.duplicate_window);
+        }
+        let reached = matches!(read, Ok(Ok(_)));
         if reached == cut_off {
             cut_off = !reached;
             if cut_off {

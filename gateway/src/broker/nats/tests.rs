@@ -365,3 +365,42 @@ async fn a_publish_is_repeated_only_within_the_streams_duplicate_window() {
     }
     assert_eq!(stored_on(&nats, "herald.events.user.u").await, 1, "order-3 stored once (answered {answer:?})");
 }
+
+/// The last attempt of a store goes out at the end of its retry window, and it still has its
+/// time to be acknowledged: a copy the stream stored is answered with its id, not
+/// `unavailable` (which a publisher without an id of its own would answer by publishing again).
+/// Here the stream is back (a leader elected) just before the window ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_attempt_at_the_end_of_the_window_has_its_time_to_be_acknowledged() {
+    let nats = herald_testkit::Nats::start();
+    let retry = Duration::from_secs(3);
+    let broker = broker_at(nats.url(), 1000, Duration::from_secs(60), retry).await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let config = js.get_stream("HERALD").await.unwrap().cached_info().config.clone();
+    js.delete_stream("HERALD").await.unwrap();
+    let started = tokio::time::Instant::now();
+    let publishing = tokio::spawn(broker.publish(vec![user()], durable(Some("late-1"), b"1".to_vec())));
+    // Not synchronisation: the moment in the window this test is about.
+    tokio::time::sleep_until(started + retry - Duration::from_millis(300)).await;
+    js.create_stream(config).await.unwrap();
+    let answer = publishing.await.unwrap();
+    let stored = stored_on(&nats, "herald.events.user.u").await;
+    assert!(answer.is_ok() || stored == 0, "answered {answer:?} though the stream stored it ({stored} stored)");
+}
+
+/// A gateway learns the stream's duplicate window again as it watches the stream, so another
+/// gateway started later with a shorter `--history-dedup-window` shortens its retries too
+/// (before: it read the window once, as it set the stream up with its own, and went on
+/// repeating publishes for 20 s against a 1 s window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_window_set_by_a_later_gateway_shortens_the_retries() {
+    let nats = herald_testkit::Nats::start();
+    let first = broker_at(nats.url(), 1000, Duration::from_secs(60), Duration::from_secs(20)).await;
+    assert_eq!(first.publish_retry.get(), Duration::from_secs(20));
+    let _later = broker_at(nats.url(), 1000, Duration::from_secs(5), Duration::from_secs(5)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first.publish_retry.get() != Duration::from_secs(4) {
+        assert!(Instant::now() < deadline, "retrying for {:?} against a 5 s window", first.publish_retry.get());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

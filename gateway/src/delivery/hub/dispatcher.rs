@@ -447,9 +447,10 @@ impl Dispatcher {
                 self.metrics.live_gap(Gap::BrokenChain);
                 if self.watermark.as_ref().is_some_and(|w| w.seq.saturating_sub(anchor) > CHAIN_REFILL_MAX) {
                     // A subject quiet for long: a refill from its last event would read every
-                    // subject's events since, and past `CATCH_UP_MAX` send every stream of the
-                    // pod to resume. Its own streams resume instead, each from its own id,
-                    // this event included.
+                    // subject's events since (past ten times `CATCH_UP_MAX` of them, or
+                    // `CATCH_UP_MAX` owed here, it would send every stream of the pod to
+                    // resume). Its own streams resume instead, each from its own id, this
+                    // event included.
                     tracing::info!(target = %topic.target, seq = id.seq, previous = delivery.previous, anchor, "events on a quiet subject never arrived; its streams resume");
                     topic.last_sent.store(id.seq, Ordering::Relaxed);
                     topic.send_members_to_resume();
