@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use super::Series;
 use super::fleet::Fleet;
 use super::publisher::EventTarget;
-use super::reconcile::Delivery;
+use super::reconcile::{Delivery, stream_seq};
 use crate::http::{BodyReader, Target, parse_head, write_request};
 use crate::payload;
 use crate::sse;
@@ -75,6 +75,9 @@ pub struct State {
     pub resumes: u64,
     pub deliberate: u64,
     pub resets: u64,
+    /// The highest id (epoch, sequence) a `missed` reset named: the client was told to refetch
+    /// its state up to there.
+    pub refetched: Option<(String, u64)>,
     /// Streams opened with an id whose `connected` said `"resumed": false`.
     pub not_resumed: u64,
     /// Durable-looking events without an id.
@@ -246,7 +249,7 @@ struct Stream<'a> {
 /// An event copied out of the parser's buffers.
 enum Seen {
     Connected { resumed: Option<bool> },
-    Reset,
+    Reset { missed: bool, id: String },
     Event { id: String, data: Vec<u8> },
 }
 
@@ -300,7 +303,11 @@ impl Stream<'_> {
                             .ok()
                             .and_then(|v| v["resumed"].as_bool()),
                     },
-                    b"reset" => Seen::Reset,
+                    b"reset" => Seen::Reset {
+                        missed: serde_json::from_slice::<serde_json::Value>(ev.data)
+                            .is_ok_and(|v| v["reason"] == "missed"),
+                        id: String::from_utf8_lossy(ev.last_id).into_owned(),
+                    },
                     _ => Seen::Event { id: String::from_utf8_lossy(ev.last_id).into_owned(), data: ev.data.to_vec() },
                 });
             })
@@ -323,7 +330,14 @@ impl Stream<'_> {
                     st.not_resumed += 1;
                 }
             }
-            Seen::Reset => st.resets += 1,
+            Seen::Reset { missed, id } => {
+                st.resets += 1;
+                if let Some((epoch, seq)) = missed.then(|| stream_seq(&id)).flatten()
+                    && st.refetched.as_ref().is_none_or(|(e, s)| e != epoch || *s < seq)
+                {
+                    st.refetched = Some((epoch.to_owned(), seq));
+                }
+            }
             Seen::Event { id, data } => {
                 let Ok(env) = serde_json::from_slice::<Envelope>(&data) else { return };
                 if id.is_empty() {

@@ -133,13 +133,14 @@ fn write(args: &ChaosArgs, summary: &Value) -> i32 {
     let t = &summary["totals"];
     eprintln!(
         "herald-loadtest chaos: {} published, {} acknowledged ({} retries, {} answered 503), {} delivered; \
-         lost {}, duplicates {}, out of order {}; faults: {} gateway, {} NATS",
+         lost {}, refetched after a missed reset {}, duplicates {}, out of order {}; faults: {} gateway, {} NATS",
         t["published"],
         t["acknowledged"],
         t["publish_retries"],
         t["publish_503"],
         t["delivered"],
         t["lost"],
+        t["refetched_after_missed_reset"],
         t["duplicates"],
         t["out_of_order"],
         summary["faults_by_kind"]["gateway"],
@@ -286,8 +287,10 @@ async fn run(args: &ChaosArgs, dir: &std::path::Path) -> Result<Value, String> {
     let targets: Vec<Vec<EventTarget>> = specs.iter().map(Spec::targets).collect();
     let complete = loop {
         let expected = reconcile::expected_by_target(&publisher.acked.borrow());
-        let done =
-            (0..specs.len()).all(|k| reconcile::complete(&expected, &targets[k], &clients.states[k].borrow().seen));
+        let done = (0..specs.len()).all(|k| {
+            let st = clients.states[k].borrow();
+            reconcile::complete(&expected, &targets[k], &st.seen, st.refetched.as_ref())
+        });
         if done || Instant::now() > settle_end {
             break done;
         }
@@ -363,13 +366,14 @@ fn summary(r: Report<'_>) -> Value {
     let mut problems = Vec::new();
     for (k, spec) in r.clients.specs.iter().enumerate() {
         let st = r.clients.states[k].borrow();
-        let res = reconcile::client(&expected, &r.targets[k], &st.deliveries);
+        let res = reconcile::client(&expected, &r.targets[k], &st.deliveries, st.refetched.as_ref());
         totals.expected += res.expected;
         totals.delivered += res.delivered;
         totals.lost += res.lost;
         totals.duplicates += res.duplicates;
         totals.out_of_order += res.out_of_order;
         totals.unacknowledged += res.unacknowledged;
+        totals.refetched += res.refetched;
         resumes += st.resumes;
         deliberate += st.deliberate;
         resets += st.resets;
@@ -389,6 +393,7 @@ fn summary(r: Report<'_>) -> Value {
             "streams": st.streams.len(),
             "resumes": st.resumes,
             "resets": st.resets,
+            "refetched": res.refetched,
         }));
         if res.lost + res.duplicates + res.out_of_order > 0 {
             // Everything needed to tell what happened: the events, and every stream the client
@@ -473,6 +478,7 @@ fn summary(r: Report<'_>) -> Value {
             "expected": totals.expected,
             "delivered": totals.delivered,
             "lost": totals.lost,
+            "refetched_after_missed_reset": totals.refetched,
             "duplicates": totals.duplicates,
             "out_of_order": totals.out_of_order,
             "unacknowledged_delivered": totals.unacknowledged,

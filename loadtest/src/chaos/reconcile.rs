@@ -1,7 +1,13 @@
 //! Reconciliation: what each client should have received (every acknowledged event whose target
 //! it subscribes to: its user, its channels, broadcast) against what it did receive, in order.
 //!
-//! - **lost**: an acknowledged event of the client's whose id it never received.
+//! - **lost**: an acknowledged event of the client's whose id it never received, unless a
+//!   `missed` reset the client got covers it (below).
+//! - **refetched**: an acknowledged event the client never received, at or below the id of a
+//!   `missed` reset it got: an event lost in transit inside the NATS cluster came back to its
+//!   gateway after a newer one had gone out on another of the client's subjects, and the reset
+//!   told the client to refetch its state up to there (docs/reliability.md, guarantee 14). Never
+//!   silent, and counted apart.
 //! - **duplicate**: a delivery repeating an event id the client already had, or repeating the
 //!   publish (its payload sequence) and target of one it had under another id: the second is
 //!   what a publish stored twice looks like, however the ids came out.
@@ -73,6 +79,7 @@ pub struct ClientResult {
     pub duplicates: u64,
     pub out_of_order: u64,
     pub unacknowledged: u64,
+    pub refetched: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lost_examples: Vec<Expected>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -95,11 +102,21 @@ pub struct Example {
     pub after_stream: u32,
 }
 
-/// Reconciles one client subscribed to `targets` (its user, its channels and broadcast).
+/// Whether a `missed` reset up to `refetched` (an id's epoch and sequence) covers `id`.
+fn covered(id: &str, refetched: Option<&(String, u64)>) -> bool {
+    match (stream_seq(id), refetched) {
+        (Some((epoch, seq)), Some((reset_epoch, up_to))) => epoch == reset_epoch && seq <= *up_to,
+        _ => false,
+    }
+}
+
+/// Reconciles one client subscribed to `targets` (its user, its channels and broadcast), which
+/// got `missed` resets up to `refetched`, if any.
 pub fn client(
     expected: &HashMap<EventTarget, Vec<Expected>>,
     targets: &[EventTarget],
     deliveries: &[Delivery],
+    refetched: Option<&(String, u64)>,
 ) -> ClientResult {
     let mut r = ClientResult::default();
     let known: HashSet<&str> =
@@ -155,7 +172,12 @@ pub fn client(
     let mut lost = Vec::new();
     for e in targets.iter().flat_map(|t| expected.get(t).into_iter().flatten()) {
         r.expected += 1;
-        if !by_id.contains_key(e.id.as_str()) {
+        if by_id.contains_key(e.id.as_str()) {
+            continue;
+        }
+        if covered(&e.id, refetched) {
+            r.refetched += 1;
+        } else {
             lost.push(e);
         }
     }
@@ -166,13 +188,18 @@ pub fn client(
     r
 }
 
-/// Whether every acknowledged event of the client has arrived (the end of the run waits for it).
+/// Whether every acknowledged event of the client has arrived, or is covered by a `missed`
+/// reset it got (the end of the run waits for it).
 pub fn complete(
     expected: &HashMap<EventTarget, Vec<Expected>>,
     targets: &[EventTarget],
     seen: &HashSet<String>,
+    refetched: Option<&(String, u64)>,
 ) -> bool {
-    targets.iter().flat_map(|t| expected.get(t).into_iter().flatten()).all(|e| seen.contains(&e.id))
+    targets
+        .iter()
+        .flat_map(|t| expected.get(t).into_iter().flatten())
+        .all(|e| seen.contains(&e.id) || covered(&e.id, refetched))
 }
 
 #[cfg(test)]
@@ -220,10 +247,10 @@ mod tests {
             d("e-6", 5, u1.clone(), 1),
             d("e-8", 6, u1.clone(), 1),
         ];
-        let r = client(&exp, &subs, &perfect);
+        let r = client(&exp, &subs, &perfect, None);
         assert_eq!((r.expected, r.delivered, r.lost, r.duplicates, r.out_of_order), (6, 6, 0, 0, 0), "{r:?}");
         let seen: HashSet<String> = perfect.iter().map(|d| d.id.clone()).collect();
-        assert!(complete(&exp, &subs, &seen));
+        assert!(complete(&exp, &subs, &seen, None));
 
         let bad = [
             d("e-1", 1, u1.clone(), 0),
@@ -234,7 +261,7 @@ mod tests {
             d("e-9", 5, u1.clone(), 1), // and a third copy: a duplicate by publish
             d("e-8", 6, u1.clone(), 1),
         ];
-        let r = client(&exp, &subs, &bad);
+        let r = client(&exp, &subs, &bad, None);
         assert_eq!(r.duplicates, 2, "{r:?}");
         assert_eq!(r.out_of_order, 1, "{r:?}");
         assert_eq!(r.lost, 2, "e-4 and e-6: {r:?}");
@@ -242,7 +269,15 @@ mod tests {
         assert_eq!(r.lost_examples.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e-4", "e-6"]);
         assert_eq!(r.out_of_order_examples[0].after_id, "e-3");
         let seen: HashSet<String> = bad.iter().map(|d| d.id.clone()).collect();
-        assert!(!complete(&exp, &subs, &seen));
+        assert!(!complete(&exp, &subs, &seen, None));
         assert_eq!(stream_seq("dn6k5qv18fbf-4210"), Some(("dn6k5qv18fbf", 4210)));
+
+        // A `missed` reset up to e-4 covers e-4, not e-6 (above it), nor an id of another epoch.
+        let r = client(&exp, &subs, &bad, Some(&("e".to_owned(), 4)));
+        assert_eq!((r.lost, r.refetched), (1, 1), "{r:?}");
+        assert_eq!(r.lost_examples.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e-6"]);
+        assert!(!complete(&exp, &subs, &seen, Some(&("e".to_owned(), 4))));
+        assert!(complete(&exp, &subs, &seen, Some(&("e".to_owned(), 6))));
+        assert_eq!(client(&exp, &subs, &bad, Some(&("f".to_owned(), 9))).refetched, 0);
     }
 }
