@@ -58,10 +58,11 @@ pub(super) async fn store(
                 | PublishErrorKind::WrongLastSequence
         )
     };
+    // Each target's message id, made once for the size check and every attempt.
+    let keys: Vec<String> = targets.iter().map(|target| target.dedup_key(id)).collect();
     if let Some(js) = all.first() {
-        let id_header =
-            |target: &Target| header_line_len(async_nats::header::NATS_MESSAGE_ID.as_ref(), &target.dedup_key(id));
-        check_size(js.client().server_info().max_payload, headers, payload, targets.iter().map(id_header))?;
+        let id_header = |key: &String| header_line_len(async_nats::header::NATS_MESSAGE_ID.as_ref(), key);
+        check_size(js.client().server_info().max_payload, headers, payload, keys.iter().map(id_header))?;
     }
     // No copy is sent after `deadline`; an attempt sent by then has its full time to be
     // acknowledged (the last one starts at the deadline): a copy the stream stored must not be
@@ -89,7 +90,7 @@ pub(super) async fn store(
                     break;
                 }
                 let mut headers = headers.clone();
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, target.dedup_key(id).as_str());
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, keys[i].as_str());
                 let subject = target.subject(prefix, SubjectKind::Events);
                 // Bounded: with the connection's queue full, the NATS client waits for room.
                 let sent_by = deadline.max(tokio::time::Instant::now());
