@@ -216,7 +216,7 @@ async fn metrics_count_a_scripted_workload() {
     // A stalled client on a firehose channel, next to a reader that keeps up: the stalled one
     // is cut off as slow, and only what reached its socket counts as sent.
     let mut reader = connect(gw.addr, "reader", &["firehose"]).await;
-    let stalled = herald_testkit::sse::firehose_client(gw.addr, "stalled").await;
+    let stalled = herald_testkit::sse::firehose_client(gw.addr, "stalled", herald_testkit::sse::SMALL_WINDOW).await;
     let before = scrape(gw.addr).await;
     let publisher = nats.client().await;
     let payload = Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(PAD)));

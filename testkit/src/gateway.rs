@@ -251,3 +251,18 @@ impl Gateway {
         self.process.kill();
     }
 }
+
+/// How many of its last log lines a gateway prints when a test fails while it runs.
+const LOG_TAIL_ON_FAILURE: usize = 80;
+
+impl Drop for Gateway {
+    /// A failing test shows what the gateway said last: a failure seen only in CI can be read
+    /// from its output.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let tail = &log[log.len().saturating_sub(LOG_TAIL_ON_FAILURE)..];
+            eprintln!("--- the last {} lines of gateway {} ---\n{}", tail.len(), self.addr, tail.join("\n"));
+        }
+    }
+}

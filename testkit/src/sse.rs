@@ -277,12 +277,19 @@ impl Sse {
     }
 }
 
-/// Opens a firehose stream for `user` on a raw socket with a small receive window (as on a
-/// slow mobile link; on loopback the kernel would otherwise buffer tens of megabytes) and reads
-/// until the stream is open. What the caller then reads, or never reads, is up to it.
-pub async fn firehose_client(addr: SocketAddr, user: &str) -> TcpStream {
+/// The receive buffer of a client on a slow mobile link: on loopback the kernel would otherwise
+/// buffer tens of megabytes before a client that stopped reading fills its queue.
+pub const SMALL_WINDOW: u32 = 16 * 1024;
+
+/// The largest receive buffer a socket may ask for here (`net.core.rmem_max` by default): a
+/// reader that keeps up rides out a pause of its own process without being cut as slow.
+pub const WIDE_WINDOW: u32 = 4 << 20;
+
+/// Opens a firehose stream for `user` on a raw socket with a receive buffer of `window` bytes
+/// and reads until the stream is open. What the caller then reads, or never reads, is up to it.
+pub async fn firehose_client(addr: SocketAddr, user: &str, window: u32) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    socket.set_recv_buffer_size(window).unwrap();
     let mut tcp = socket.connect(addr).await.unwrap();
     let t = token(user, &["firehose"], 3600);
     let req = format!("GET /events?channels=firehose HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n");
