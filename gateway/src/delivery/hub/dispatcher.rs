@@ -43,6 +43,57 @@ const CHAIN_REFILL_MAX: u64 = 10_000;
 const REFILL_PATIENCE: Duration = Duration::from_secs(30);
 const REFILL_RETRY: Duration = Duration::from_millis(500);
 
+/// Most bytes of live events held while a gap is refilled, an eighth of a gateway's default
+/// memory limit; beyond it, every stream is sent to resume on its own. Ephemeral events flow
+/// while the history cannot be read (a NATS cluster without a quorum), and a refill may wait
+/// 30 s for it: without a bound a busy pod would hold them until it ran out of memory.
+pub(super) const HELD_MAX_BYTES: usize = 128 << 20;
+
+/// Live events waiting for a refill, and about how much memory they take.
+#[derive(Default)]
+struct Held {
+    events: Vec<(Arc<Topic>, Delivery)>,
+    bytes: usize,
+}
+
+impl Held {
+    fn push(&mut self, held: (Arc<Topic>, Delivery)) {
+        self.bytes += held_size(&held.1);
+        self.events.push(held);
+    }
+
+    fn extend(&mut self, held: impl IntoIterator<Item = (Arc<Topic>, Delivery)>) {
+        for h in held {
+            self.push(h);
+        }
+    }
+
+    fn take(&mut self) -> Vec<(Arc<Topic>, Delivery)> {
+        self.bytes = 0;
+        std::mem::take(&mut self.events)
+    }
+
+    fn clear(&mut self) {
+        self.take();
+    }
+
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+}
+
+/// What holding `delivery` costs: its buffers and its place in the list.
+fn held_size(delivery: &Delivery) -> usize {
+    std::mem::size_of::<(Arc<Topic>, Delivery)>()
+        + delivery.payload.len()
+        + delivery.event_type.len()
+        + delivery.from.as_deref().map_or(0, str::len)
+        + delivery
+            .trace
+            .as_deref()
+            .map_or(0, |t| std::mem::size_of_val(t) + t.traceparent.len() + t.tracestate.as_deref().map_or(0, str::len))
+}
+
 /// Indices of subscriptions that have events queued, filled by their wakers.
 #[derive(Default)]
 struct ReadyQueue {
@@ -102,7 +153,11 @@ pub(super) struct Dispatcher {
     /// Set by a drain that found a subscription's queue full: the broker may have dropped what
     /// came after this sequence on it.
     hole_after: Option<u64>,
-    held: Vec<(Arc<Topic>, Delivery)>,
+    held: Held,
+    /// [`HELD_MAX_BYTES`], lower in tests.
+    held_max_bytes: usize,
+    /// Counts the refills given up on: the answer of one asked for before is not waited for.
+    refill_generation: u64,
     /// A subject's chain broke (see [`Dispatcher::dispatch`]): the refill starts after this
     /// sequence, the last one sent on that subject, rather than after the watermark.
     refill_after: Option<u64>,
@@ -143,6 +198,7 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
         commands: mpsc::UnboundedReceiver<Command>,
         commands_tx: mpsc::UnboundedSender<Command>,
+        held_max_bytes: usize,
     ) -> Self {
         let capacity = broker.subscription_capacity().max(1);
         let mut dispatcher = Dispatcher {
@@ -158,7 +214,9 @@ impl Dispatcher {
             catch_up: CatchUp::Idle,
             capacity,
             hole_after: None,
-            held: Vec::new(),
+            held: Held::default(),
+            held_max_bytes,
+            refill_generation: 0,
             refill_after: None,
             read: None,
             reading_from: 0,
@@ -245,7 +303,10 @@ impl Dispatcher {
                     CatchUp::Idle | CatchUp::Running { .. } => {}
                 }
             }
-            Command::CaughtUp(result) => {
+            Command::CaughtUp(generation, _) if generation != self.refill_generation => {
+                // A refill given up on (see `give_up_holding`): its streams resume on their own.
+            }
+            Command::CaughtUp(_, result) => {
                 let again = self.catch_up == CatchUp::Running { again: true };
                 self.catch_up = CatchUp::Idle;
                 match result {
@@ -321,7 +382,7 @@ impl Dispatcher {
                         self.close_every_stream();
                     }
                 }
-                for (topic, delivery) in std::mem::take(&mut self.held) {
+                for (topic, delivery) in self.held.take() {
                     self.dispatch(&topic, delivery, true);
                 }
             }
@@ -344,7 +405,7 @@ impl Dispatcher {
         let Some(after) = self.watermark.clone() else {
             // Nothing to refill from: send on what was held.
             self.catch_up = CatchUp::Idle;
-            for (topic, delivery) in std::mem::take(&mut self.held) {
+            for (topic, delivery) in self.held.take() {
                 self.dispatch(&topic, delivery, false);
             }
             return;
@@ -366,10 +427,29 @@ impl Dispatcher {
         let targets = self.by_target.keys().cloned().collect();
         let broker = self.broker.clone();
         let tx = self.commands_tx.clone();
+        let generation = self.refill_generation;
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let _ = tx.send(Command::CaughtUp(broker.replay(targets, after, CATCH_UP_MAX).await));
+            let _ = tx.send(Command::CaughtUp(generation, broker.replay(targets, after, CATCH_UP_MAX).await));
         });
+    }
+
+    /// Gives up the refill under way once what it holds passes `held_max_bytes`: every stream
+    /// resumes on its own, from its own id, and the refill's answer is not waited for.
+    fn bound_held(&mut self) {
+        if self.held.bytes <= self.held_max_bytes {
+            return;
+        }
+        tracing::warn!(
+            events = self.held.len(),
+            bytes = self.held.bytes,
+            "too many live events held while refilling a gap; every stream resumes"
+        );
+        self.held.clear();
+        self.close_every_stream();
+        self.catch_up = CatchUp::Idle;
+        self.refill_failing_since = None;
+        self.refill_generation += 1;
     }
 
     /// Forgets the subscription in `index`, with the target index that routes to it: both change
@@ -623,11 +703,13 @@ impl Future for Dispatcher {
                     None => return Poll::Ready(()),
                 }
             }
+            this.bound_held();
             this.drain_ready();
             if this.batch.is_empty() {
                 return Poll::Pending;
             }
             this.dispatch_batch();
+            this.bound_held();
         }
     }
 }

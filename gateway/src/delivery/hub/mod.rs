@@ -52,7 +52,8 @@
 //! own cursor (`Outbox`) drops any durable event at or below what that stream already has: a
 //! stream that joined during a refill starts at the history's head and never receives the
 //! refill's older events. Should the history start over (its stream recreated: another epoch, or a
-//! refill answered with a reset), every stream is closed to resume on its own.
+//! refill answered with a reset), or the live events held pass their bound (`HELD_MAX_BYTES`),
+//! every stream is closed to resume on its own.
 //!
 //! Bookkeeping: a subscription's slot and the index from its target to that slot change
 //! together (`Dispatcher::remove_slot`). A topic's holder count changes only under the
@@ -214,8 +215,8 @@ enum Command {
     Gap {
         restored: bool,
     },
-    /// The replay that refills the gap.
-    CaughtUp(Result<Replay, BrokerError>),
+    /// The replay that refills the gap, asked for in the dispatcher's refill generation named.
+    CaughtUp(u64, Result<Replay, BrokerError>),
 }
 
 /// The per-pod hub. Shared by all HTTP workers.
@@ -269,8 +270,18 @@ impl Hub {
     /// Creates the hub and starts its dispatcher on `runtime` (single-threaded; the broker's
     /// streams must be fed from it).
     pub fn start(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, runtime: &tokio::runtime::Handle) -> Arc<Self> {
+        Hub::start_holding(broker, metrics, runtime, dispatcher::HELD_MAX_BYTES)
+    }
+
+    /// [`Hub::start`], holding at most `held_max_bytes` of live events while it refills a gap.
+    fn start_holding(
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        runtime: &tokio::runtime::Handle,
+        held_max_bytes: usize,
+    ) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let dispatcher = Dispatcher::new(broker.clone(), metrics, rx, tx.clone());
+        let dispatcher = Dispatcher::new(broker.clone(), metrics, rx, tx.clone(), held_max_bytes);
         let position = broker.last_id();
         let link = broker.link();
         // Unconstrained: tokio's cooperative budget would otherwise make a subscription's queue

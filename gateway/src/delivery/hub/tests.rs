@@ -103,6 +103,11 @@ impl Script {
         Hub::start(self.broker.clone(), self.metrics.clone(), &tokio::runtime::Handle::current())
     }
 
+    /// [`Script::hub`], holding at most `bytes` of live events while it refills a gap.
+    fn hub_holding(&self, bytes: usize) -> Arc<Hub> {
+        Hub::start_holding(self.broker.clone(), self.metrics.clone(), &tokio::runtime::Handle::current(), bytes)
+    }
+
     /// The value of the hub's metric `series` (name and labels, as `/metrics` shows them).
     fn metric(&self, series: &str) -> f64 {
         let text = self.metrics.render(&Default::default());
@@ -904,4 +909,50 @@ async fn a_live_copy_that_comes_after_its_refill_is_no_new_history() {
     script.live(&u, 14);
     assert_eq!(a.until(14).await, [11, 12, 13, 14], "every event once, in order");
     assert_eq!(a.outbox.close_reason(), None, "the stream stayed open");
+}
+
+/// The history cannot be read (a NATS cluster without a quorum) while ephemeral events keep
+/// coming: the hub holds them for its refill only up to its bound, then sends every stream to
+/// resume and holds nothing more. The answer of the refill it gave up on is not taken for the
+/// next one's.
+#[tokio::test]
+async fn live_events_held_past_the_bound_send_every_stream_to_resume() {
+    const BOUND: usize = 64 << 10;
+    let mut script = Script::new(10);
+    let hub = script.hub_holding(BOUND);
+    let u = user("u");
+    let (mut a, _a) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
+    script.live(&u, 11);
+    assert_eq!(a.until(11).await, [11]);
+    script.gap();
+    let (after, given_up) = script.next_replay().await;
+    assert_eq!(after, 11);
+
+    let ephemeral = Delivery { id: None, payload: Bytes::from(vec![b'1'; 4096]), ..durable(0) };
+    let mut sent = 0;
+    while a.outbox.close_reason().is_none() {
+        assert!(sent < 4 * BOUND / 4096, "still open after {sent} events of 4 KiB held");
+        script.send(&u, ephemeral.clone());
+        sent += 1;
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        if sent * 4096 <= BOUND / 2 {
+            assert_eq!(a.outbox.close_reason(), None, "held {sent} events of 4 KiB, half the bound");
+        }
+    }
+    assert_eq!(a.closed().await, CloseReason::Error, "sent to resume");
+    assert!(sent * 4096 > BOUND / 2, "closed by the bound, after {sent} events");
+
+    // The client resumes, with 11. Another gap opens, and the given-up refill answers first:
+    // only the new refill's answer releases what is held.
+    let (mut b, _b) = Reader::join(&hub, std::slice::from_ref(&u), 11).await;
+    script.gap();
+    let (after, refill) = script.next_replay().await;
+    assert_eq!(after, 11);
+    script.live(&u, 14);
+    Script::refill(given_up, []);
+    Script::refill(refill, [(u.clone(), 12), (u.clone(), 13)]);
+    assert_eq!(b.until(14).await, [12, 13, 14], "every event once, in order");
+    assert_eq!(b.outbox.close_reason(), None);
 }
