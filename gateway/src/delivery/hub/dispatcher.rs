@@ -304,7 +304,7 @@ impl Dispatcher {
                 }
             }
             Command::CaughtUp(generation, _) if generation != self.refill_generation => {
-                // A refill given up on (see `give_up_holding`): its streams resume on their own.
+                // A refill given up on (see `bound_held`): its streams resume on their own.
             }
             Command::CaughtUp(_, result) => {
                 let again = self.catch_up == CatchUp::Running { again: true };
