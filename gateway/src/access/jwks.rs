@@ -50,7 +50,7 @@ struct Source {
     shown: String,
     keys: RwLock<Arc<Vec<VerifyKey>>>,
     loaded: AtomicBool,
-    /// When this URL was last fetched for an unknown key id. Held across that fetch, so that
+    /// When this URL's last fetch for an unknown key id ended. Held across that fetch, so that
     /// the tokens arriving meanwhile wait for its keys instead of fetching again.
     on_demand: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -62,7 +62,8 @@ impl RemoteKeys {
         install_crypto();
         let mut sources = Vec::with_capacity(urls.len());
         for raw in urls {
-            let url = reqwest::Url::parse(raw.trim()).map_err(|e| format!("--jwks-url {raw:?}: {e}"))?;
+            // Not named whole: user info or a query may hold a credential, as in every log line.
+            let url = reqwest::Url::parse(raw.trim()).map_err(|e| format!("--jwks-url {}: {e}", shown_raw(raw)))?;
             let shown = shown(&url);
             match url.scheme() {
                 "https" => {}
@@ -137,10 +138,12 @@ impl RemoteKeys {
                 fetched |= last.is_some_and(|t| t >= asked);
                 continue;
             }
-            *last = Some(Instant::now());
             let this = self.clone();
             // On the keys' runtime: the HTTP client's connections live there.
             fetched |= runtime.spawn(async move { this.fetch(index).await }).await.unwrap_or(false);
+            // Stamped as the fetch ends, not as it starts: every caller that waited for it asked
+            // before this, and verifies its token again with the keys it brought.
+            *last = Some(Instant::now());
         }
         fetched
     }
@@ -232,12 +235,28 @@ fn describe(e: reqwest::Error) -> String {
 }
 
 fn shown(url: &reqwest::Url) -> String {
+    if !url.has_host() {
+        // Not a URL of a server (`user:pw@host`): its path may be anything.
+        return format!("{}:…", url.scheme());
+    }
     format!(
         "{}://{}{}",
         url.scheme(),
         url.host_str().unwrap_or(""),
         url.port().map(|p| format!(":{p}")).unwrap_or_default()
     ) + url.path()
+}
+
+/// A URL that does not parse, as errors show it: without what may be user info, a query or a
+/// fragment (quoted, so that stray spaces show).
+fn shown_raw(raw: &str) -> String {
+    let raw = raw.trim();
+    let raw = raw.split(['?', '#']).next().unwrap_or_default();
+    let (scheme, rest) = raw.split_once("://").map_or(("", raw), |(scheme, rest)| (scheme, rest));
+    let (authority, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let shown = if scheme.is_empty() { format!("{host}{path}") } else { format!("{scheme}://{host}{path}") };
+    format!("{shown:?}")
 }
 
 fn is_loopback(url: &reqwest::Url) -> bool {
@@ -314,9 +333,104 @@ mod tests {
         assert!(RemoteKeys::new(&["not a url".into()], every, true).is_err());
     }
 
+    /// "logs name a JWKS URL without its user info or query" (docs/security.md): also when the
+    /// URL is refused at start. A URL that does not parse (here: a port out of range) is echoed
+    /// whole, credentials and query included, into the start-up error.
+    #[test]
+    fn a_refused_url_is_reported_without_its_credentials() {
+        let raw = "https://user:s3cret@id.example:99999/jwks?token=abc";
+        let err = RemoteKeys::new(&[raw.into()], Duration::from_secs(300), false).err().unwrap();
+        assert!(!err.contains("s3cret") && !err.contains("token=abc"), "{err}");
+        assert!(err.contains("\"https://id.example:99999/jwks\""), "{err}");
+        let err = RemoteKeys::new(&["user:pw@host:x/k?q".into()], Duration::from_secs(300), false).err().unwrap();
+        assert!(!err.contains("pw") && !err.contains("?q"), "{err}");
+    }
+
     #[test]
     fn logs_show_no_credentials_or_query() {
         let url = reqwest::Url::parse("https://user:secret@id.example:8443/jwks?token=abc#x").unwrap();
         assert_eq!(shown(&url), "https://id.example:8443/jwks");
+    }
+
+    /// A JWKS server on loopback that answers `doc` after `delay_ms`.
+    async fn key_server(
+        doc: Arc<parking_lot::Mutex<String>>,
+        delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    ) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (doc, delay_ms) = (doc.clone(), delay_ms.clone());
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(delay_ms.load(Ordering::SeqCst))).await;
+                    let body = doc.lock().clone();
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn oct(kid: &str, secret: &[u8]) -> String {
+        use base64::Engine;
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        format!(r#"{{"keys":[{{"kty":"oct","kid":"{kid}","k":"{k}"}}]}}"#)
+    }
+
+    /// Two browsers arrive with a token signed by a key the provider has just added: the first
+    /// starts the on-demand fetch; the second arrives while that fetch is under way, waits for
+    /// it ("the tokens arriving meanwhile wait for its keys instead of fetching again"), and
+    /// should then be verified with the new keys. It is refused instead: `fetched` is true only
+    /// when the fetch started after the waiter asked, and the fetch it waited for started
+    /// before.
+    #[tokio::test]
+    async fn a_token_arriving_during_an_on_demand_fetch_is_verified_with_its_keys() {
+        use crate::access::tokens::Verifier;
+        use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+        const OLD: &[u8] = b"old-secret-old-secret-old-secret";
+        const NEW: &[u8] = b"new-secret-new-secret-new-secret";
+        let doc = Arc::new(parking_lot::Mutex::new(oct("old", OLD)));
+        let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let addr = key_server(doc.clone(), delay.clone()).await;
+        let remote =
+            Arc::new(RemoteKeys::new(&[format!("http://{addr}/jwks")], Duration::from_secs(300), false).unwrap());
+        remote.start(Arc::new(Metrics::new())).unwrap();
+        while !remote.loaded() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut verifier = Verifier::new(None, None);
+        verifier.set_remote(remote.clone());
+        let verifier = Arc::new(verifier);
+
+        // The provider rotates in a new key; its JWKS answers in 1 s.
+        *doc.lock() = oct("new", NEW);
+        delay.store(1000, Ordering::SeqCst);
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("new".into());
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let token =
+            encode(&header, &serde_json::json!({"sub":"u1","exp":exp}), &EncodingKey::from_secret(NEW)).unwrap();
+
+        let (v1, t1) = (verifier.clone(), token.clone());
+        let first = tokio::spawn(async move { v1.verify_or_refresh(&t1).await.map(|g| g.user.to_string()) });
+        tokio::time::sleep(Duration::from_millis(300)).await; // the first one's fetch is under way
+        let second = verifier.verify_or_refresh(&token).await.map(|g| g.user.to_string());
+        let first = first.await.unwrap();
+        assert_eq!(first, Ok("u1".to_string()), "the token that started the fetch");
+        assert_eq!(second, Ok("u1".to_string()), "the token that waited for the same fetch");
     }
 }
