@@ -335,3 +335,47 @@ async fn cross_site_client_events_are_refused() {
     assert_eq!(sub.next_event().await.event, "from_app");
     sub.assert_next_is_marker(None).await;
 }
+
+/// The cookie authenticates reads too. A page on another site that makes a signed-in browser
+/// read presence or open a stream with it (it need not see the answer) would spend the user's
+/// read budget, so that the user's own app was answered 429, and open streams as the user.
+/// Such a request, its `Origin` foreign, is refused with 403 before either; the user's own
+/// requests (the app's origin, the gateway's own, or none) go through, the budget whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_reads_with_the_cookie_are_refused() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats)
+        .args(&["--presence-channels", "doc:*", "--allowed-origins", "https://app.example.com"])
+        .start();
+    gw.ready().await;
+    let ana = token_with(json!({"sub": "ana", "channels": ["doc:*"]}));
+    let cookie = format!("herald_token={ana}");
+    let from = |origin: Option<String>| {
+        let mut headers = vec![("Cookie".to_owned(), cookie.clone())];
+        headers.extend(origin.map(|o| ("Origin".to_owned(), o)));
+        headers
+    };
+    let get = |path: &'static str, headers: Vec<(String, String)>| async move {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        herald_testkit::http(gw.addr, "GET", path, &headers, None).await
+    };
+    let foreign = || from(Some("https://evil.example".into()));
+    for _ in 0..30 {
+        let res = get("/v1/presence/doc:1", foreign()).await;
+        assert_eq!((res.status, res.json()["error"].clone()), (403, json!("origin_not_allowed")));
+    }
+    let res = get("/events?channels=doc:1", foreign()).await;
+    assert_eq!((res.status, res.json()["error"].clone()), (403, json!("origin_not_allowed")));
+    assert_eq!(gw.stats().await["connections"], 0, "no stream was opened as the user");
+
+    // Bursts of 20: every read of the user's own is answered.
+    for n in 0..20 {
+        let origin = match n % 3 {
+            0 => Some("https://app.example.com".to_owned()),
+            1 => Some(gw.url()),
+            _ => None,
+        };
+        let res = get("/v1/presence/doc:1", from(origin.clone())).await;
+        assert_eq!(res.status, 200, "read {n} from {origin:?}: {}", String::from_utf8_lossy(&res.body));
+    }
+}

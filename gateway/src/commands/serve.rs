@@ -175,9 +175,7 @@ fn cors(origins: &[String]) -> Cors {
         .supports_credentials()
         .max_age(3600);
     for origin in origins {
-        cors = if origin == "*" {
-            cors.allow_any_origin()
-        } else if origin == LOOPBACK_ORIGINS {
+        cors = if origin == LOOPBACK_ORIGINS {
             cors.allowed_origin_fn(|origin, _| origin.to_str().is_ok_and(is_loopback_origin))
         } else {
             cors.allowed_origin(origin)

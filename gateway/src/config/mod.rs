@@ -317,7 +317,14 @@ impl Settings {
         }
         let mut origins = Vec::new();
         for o in a.allowed_origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
-            if o == "*" || url::Url::parse(o).is_ok_and(|u| u.has_host() && u.path() == "/" && !o.ends_with('/')) {
+            if o == "*" {
+                // CORS's own `*` never admits credentials; the gateway's streams take a cookie.
+                errors.push(
+                    "--allowed-origins: \"*\" would let every site a signed-in user visits read their \
+                     streams with the herald_token cookie; list the origins of your app"
+                        .into(),
+                );
+            } else if url::Url::parse(o).is_ok_and(|u| u.has_host() && u.path() == "/" && !o.ends_with('/')) {
                 origins.push(o.to_owned());
             } else {
                 errors.push(format!("--allowed-origins: {o:?} is not an origin like https://app.example.com"));
@@ -465,6 +472,13 @@ mod tests {
         for bad in ["", "m", "1.5h", "-1", "10 m", "1w", "99999999999999999999d"] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn any_origin_is_refused() {
+        // CORS's `*` with credentials: every site could read a signed-in user's streams.
+        let errs = serve(&["--allowed-origins", "https://app.example.com,*"]).err().unwrap();
+        assert!(errs.iter().any(|e| e.contains("\"*\"") && e.contains("cookie")), "{errs:?}");
     }
 
     #[test]

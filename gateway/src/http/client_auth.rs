@@ -1,7 +1,8 @@
 //! Who a browser's request is: its query, its client token (from the `Authorization` header,
 //! the query or the `herald_token` cookie) verified, or in `dev` mode the user it names; and
 //! which of the channels it asks for it may have. `/events`, `/v1/client-events` and
-//! `/v1/presence` share it.
+//! `/v1/presence` share it. A request authenticated by the cookie alone must come from this
+//! gateway's own origin or one of `--allowed-origins` when it names one.
 
 use actix_web::HttpRequest;
 use actix_web::http::StatusCode;
@@ -69,6 +70,12 @@ pub(crate) async fn authenticate(req: &HttpRequest, query: &EventsQuery, state: 
                 cookie: cookie.as_ref().map(|c| c.value()),
             };
             let token = pick_token(&sources).ok_or_else(|| ApiError::unauthorized(AuthError::Missing.to_string()))?;
+            if sources.cookie.is_some_and(|cookie| std::ptr::eq(cookie, token)) {
+                // The browser sends the cookie whichever site made the request: a page of
+                // another site must not open streams, spend the user's budgets or read as them.
+                let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+                super::check_origin(header(header::ORIGIN), header(header::HOST), &state.settings.allowed_origins)?;
+            }
             verifier.verify_or_refresh(token).await.map_err(|e| ApiError::unauthorized(e.to_string()))
         }
     }
