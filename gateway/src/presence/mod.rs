@@ -35,6 +35,7 @@ use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
 use crate::access::tokens::ChannelPattern;
+use crate::broker::BrokerError;
 use crate::delivery::hub::Hub;
 use crate::delivery::sse;
 use crate::event::Target;
@@ -264,7 +265,11 @@ impl Presence {
         let n = batch.len();
         match tokio::time::timeout(wait, self.store.write(&self.pod, batch)).await {
             Ok(Ok(())) => self.metrics.presence_written(n),
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not remove this gateway's presence entries"),
+            Ok(Err(unwritten)) => {
+                self.metrics.presence_written(n - unwritten.len());
+                let (_, e) = &unwritten[0];
+                tracing::warn!(error = %e, channels = unwritten.len(), "could not remove this gateway's presence entries");
+            }
             Err(_) => tracing::warn!("timed out removing this gateway's presence entries"),
         }
     }
@@ -296,15 +301,25 @@ impl Presence {
             if batch.is_empty() {
                 continue;
             }
-            let channels: Vec<Name> = batch.iter().map(|(c, _)| c.clone()).collect();
             let n = batch.len();
             match self.store.write(&self.pod, batch).await {
                 Ok(()) => self.metrics.presence_written(n),
-                Err(e) => {
-                    tracing::warn!(error = %e, channels = n, "could not write presence; retrying");
-                    self.inner.lock().dirty.extend(channels);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    self.changed.notify_one();
+                Err(unwritten) => {
+                    self.metrics.presence_written(n - unwritten.len());
+                    // An entry the store refuses (too large for NATS) is tried again with every
+                    // entry's rewrite, or as its channel changes; one it could not reach, in a
+                    // second. Either way the other channels' entries were written.
+                    let (refused, retry): (Vec<_>, Vec<_>) =
+                        unwritten.into_iter().partition(|(_, e)| matches!(e, BrokerError::Rejected(_)));
+                    for (channel, e) in &refused {
+                        tracing::warn!(channel = %channel, error = %e, "presence on this channel cannot be written");
+                    }
+                    if let Some((_, e)) = retry.first() {
+                        tracing::warn!(error = %e, channels = retry.len(), "could not write presence; retrying");
+                        self.inner.lock().dirty.extend(retry.into_iter().map(|(channel, _)| channel));
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        self.changed.notify_one();
+                    }
                 }
             }
         }

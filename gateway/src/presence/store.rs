@@ -32,10 +32,14 @@ pub type Updates = Pin<Box<dyn Stream<Item = Update> + Send>>;
 /// Every pod's entry for a channel: (pod, value, age).
 pub type Snapshot = Vec<(String, Bytes, Duration)>;
 
+/// The channels of a batch that were not written, each with why.
+pub type Unwritten = Vec<(Name, BrokerError)>;
+
 /// A shared store of presence entries.
 pub trait PresenceStore: Send + Sync + 'static {
-    /// Writes this pod's entries: a value per channel, or `None` to delete it.
-    fn write(&self, pod: &str, batch: Vec<(Name, Option<Bytes>)>) -> BoxFuture<'static, Result<(), BrokerError>>;
+    /// Writes this pod's entries: a value per channel, or `None` to delete it. Each channel is
+    /// written or not on its own: one the store refuses keeps none of the others from it.
+    fn write(&self, pod: &str, batch: Vec<(Name, Option<Bytes>)>) -> BoxFuture<'static, Result<(), Unwritten>>;
 
     /// Every pod's current entry for `channel`, then each change after it.
     fn watch(&self, channel: &Name) -> BoxFuture<'static, Result<(Snapshot, Updates), BrokerError>>;
@@ -121,18 +125,30 @@ impl NatsPresence {
 }
 
 impl PresenceStore for NatsPresence {
-    fn write(&self, pod: &str, batch: Vec<(Name, Option<Bytes>)>) -> BoxFuture<'static, Result<(), BrokerError>> {
+    fn write(&self, pod: &str, batch: Vec<(Name, Option<Bytes>)>) -> BoxFuture<'static, Result<(), Unwritten>> {
         let js = self.js.clone();
         let pod = key_part(pod);
         let ready = self.ensure();
         async move {
-            ready.await?;
+            if let Err(e) = ready.await {
+                return Err(batch.into_iter().map(|(channel, _)| (channel, e.clone())).collect());
+            }
             let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+            let max_payload = js.client().server_info().max_payload;
+            let mut unwritten = Vec::new();
             // Every write first, then every acknowledgement: one round trip for the batch.
             let mut acks = Vec::with_capacity(batch.len());
             for (channel, value) in batch {
                 let subject = format!("$KV.{BUCKET}.{}.{pod}", key_part(channel.as_str()));
                 let ack = match value {
+                    Some(value) if max_payload > 0 && value.len() > max_payload => {
+                        let too_large = format!(
+                            "its entry of {} bytes exceeds the NATS server's max_payload ({max_payload})",
+                            value.len()
+                        );
+                        unwritten.push((channel, BrokerError::Rejected(too_large)));
+                        continue;
+                    }
                     Some(value) => js.publish(subject, value).await,
                     None => {
                         let mut headers = async_nats::HeaderMap::new();
@@ -140,12 +156,17 @@ impl PresenceStore for NatsPresence {
                         js.publish_with_headers(subject, headers, Bytes::new()).await
                     }
                 };
-                acks.push(ack.map_err(|e| unavailable(&e))?);
+                match ack {
+                    Ok(ack) => acks.push((channel, ack)),
+                    Err(e) => unwritten.push((channel, unavailable(&e))),
+                }
             }
-            for ack in acks {
-                ack.await.map_err(|e| unavailable(&e))?;
+            for (channel, ack) in acks {
+                if let Err(e) = ack.await {
+                    unwritten.push((channel, unavailable(&e)));
+                }
             }
-            Ok(())
+            if unwritten.is_empty() { Ok(()) } else { Err(unwritten) }
         }
         .boxed()
     }
@@ -216,7 +237,7 @@ impl MemoryPresence {
 }
 
 impl PresenceStore for MemoryPresence {
-    fn write(&self, pod: &str, batch: Vec<(Name, Option<Bytes>)>) -> BoxFuture<'static, Result<(), BrokerError>> {
+    fn write(&self, pod: &str, batch: Vec<(Name, Option<Bytes>)>) -> BoxFuture<'static, Result<(), Unwritten>> {
         let mut inner = self.inner.lock();
         for (channel, value) in batch {
             let entries = inner.entries.entry(channel.clone()).or_default();
@@ -269,5 +290,33 @@ mod tests {
         assert_eq!(key_part("doc:1"), "doc=3A1");
         assert_eq!(unkey_part("=Z1"), None);
         assert_eq!(unkey_part("abc="), None);
+    }
+
+    /// A pod writes all its dirty channels in one batch (`Presence::flush`), and retries the
+    /// whole batch when the write fails. One channel whose entry NATS refuses (larger than the
+    /// server's `max_payload`: docs/presence.md's "past about 30,000 users of one channel",
+    /// or far fewer under a lowered `max_payload`) must not keep the pod's other channels from
+    /// being written: theirs would expire after the TTL and their members `leave` on every
+    /// other gateway.
+    #[tokio::test]
+    async fn one_oversized_entry_does_not_keep_the_other_channels_from_being_written() {
+        let nats = herald_testkit::Nats::start();
+        let js = async_nats::jetstream::new(nats.client().await);
+        let store = NatsPresence::new(js.clone(), Duration::from_secs(30), 1);
+        let big = Name::parse("doc:big").unwrap();
+        let small = Name::parse("doc:small").unwrap();
+        let huge = Bytes::from(vec![b' '; 2 * 1024 * 1024]);
+        let entry = Bytes::from_static(br#"{"users":{"ana":{"connections":1}}}"#);
+        let result = store.write("pod-1", vec![(big.clone(), Some(huge)), (small.clone(), Some(entry))]).await;
+        let unwritten = result.expect_err("the oversized entry is refused");
+        assert_eq!(unwritten.len(), 1, "{unwritten:?}");
+        assert_eq!(unwritten[0].0, big);
+        assert!(matches!(unwritten[0].1, BrokerError::Rejected(_)), "{unwritten:?}");
+        let stream = js.get_stream(format!("KV_{BUCKET}")).await.unwrap();
+        let subject = format!("$KV.{BUCKET}.{}.{}", key_part(small.as_str()), key_part("pod-1"));
+        assert!(
+            stream.get_last_raw_message_by_subject(&subject).await.is_ok(),
+            "doc:small was never written: one oversized channel blocks the pod's other channels"
+        );
     }
 }
