@@ -91,3 +91,17 @@ pub async fn stream(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
         stream::once(async move { bytes::Bytes::from(opening) }).chain(next).map(Ok::<_, std::convert::Infallible>);
     Ok(super::events::stream_response().streaming(body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PAGE;
+
+    /// The dashboard takes a dashboard key and refuses publisher keys, so that "the key that
+    /// publishes to every user is never typed into a browser" (docs/security.md). The page's own
+    /// notice, shown when its stream is refused, tells the operator to do exactly that.
+    #[test]
+    fn the_page_never_asks_for_a_publisher_key() {
+        assert!(!PAGE.contains("<publisher key>"), "the dashboard page asks for a publisher key in its URL");
+        assert!(PAGE.contains("?key=<dashboard key>"), "it names the key it takes");
+    }
+}

@@ -160,15 +160,17 @@ impl Fleet {
         let mut buckets = vec![0u64; metrics::LATENCY_BUCKETS.len() + 1];
         for v in views.iter().filter(|v| !v.stale) {
             let r = &v.report;
+            // Saturating: a report is whatever was published on the internal subject, and a
+            // forged one must not wrap (or, in a debug build, panic) the sums of the real ones.
             fleet.pods += 1;
-            fleet.connections += r.connections;
-            fleet.max_connections += r.max_connections;
+            fleet.connections = fleet.connections.saturating_add(r.connections);
+            fleet.max_connections = fleet.max_connections.saturating_add(r.max_connections);
             fleet.deliveries_per_sec += r.deliveries_per_sec;
-            fleet.slow_closes += r.slow_closes;
+            fleet.slow_closes = fleet.slow_closes.saturating_add(r.slow_closes);
             fleet.nats_connected += usize::from(r.nats_connected);
             fleet.draining += usize::from(r.draining);
             for (sum, n) in buckets.iter_mut().zip(&r.latency_buckets) {
-                *sum += n;
+                *sum = sum.saturating_add(*n);
             }
         }
         fleet.p99_seconds = metrics::quantile(0.99, &buckets);
@@ -334,5 +336,20 @@ mod tests {
     fn subject_tokens_are_single_tokens() {
         assert_eq!(subject_token("gw-7d9f.ns.svc:8080"), "gw-7d9f_ns_svc:8080");
         assert_eq!(subject_token("a b*>"), "a_b__");
+    }
+
+    /// Reports come from the internal NATS subject, which anything allowed to publish to NATS
+    /// can write: a forged report's counts must not break the view for the real pods.
+    #[test]
+    fn a_forged_report_does_not_break_the_view() {
+        let fleet = Fleet::new();
+        let t0 = Instant::now();
+        let mut forged = report("forged", usize::MAX, &[(0, u64::MAX)]);
+        forged.max_connections = usize::MAX;
+        fleet.record_raw(&serde_json::to_vec(&forged).unwrap(), t0);
+        fleet.record(report("real", 3, &[(0, 5)]), t0);
+        let view = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fleet.view(t0)));
+        assert!(view.is_ok(), "a forged report panics the view (and the task that renders it)");
+        assert!(view.unwrap().fleet.connections >= 3, "the fleet's connections wrapped around");
     }
 }
