@@ -107,10 +107,11 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, mut state: State) {
             }
             Command::Resume { targets, after, max, reply } => {
                 // The history is in memory already: the pages only hand it out.
+                let head = Some(EventId { epoch: state.epoch.clone(), seq: state.seq });
                 let resumption = match state.replay(&targets, &after, max) {
                     Replay::Reset(reason, head) => Resumption::Reset(reason, head),
-                    Replay::Events(events) if events.is_empty() => Resumption::UpToDate,
-                    Replay::Events(events) => Resumption::Replay(Box::new(Listed(events.into()))),
+                    Replay::Events(events) if events.is_empty() => Resumption::UpToDate { head },
+                    Replay::Events(events) => Resumption::Replay { pages: Box::new(Listed(events.into())), head },
                 };
                 let _ = reply.send(resumption);
             }

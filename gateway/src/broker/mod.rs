@@ -72,14 +72,18 @@ pub enum Replay {
 }
 
 /// Where a resuming client stands (see `resume.rs`), with what it is owed.
+///
+/// `head` is the history's newest event as the resume read it, the stream's subscriptions in
+/// place: every event after it comes live, so that is where the chains of the topics it opens
+/// start (`Membership::started_at`). `None` without history.
 pub enum Resumption {
     /// It missed nothing on its subjects: live events continue after its id.
-    UpToDate,
+    UpToDate { head: Option<EventId> },
     /// The history cannot cover the gap: the client must refetch its state. Carries the id of
     /// the newest event in the history, where the client's cursor moves (none without history).
     Reset(ResetReason, Option<EventId>),
     /// It missed events: read them page by page, as its stream drains.
-    Replay(Box<dyn Pages>),
+    Replay { pages: Box<dyn Pages>, head: Option<EventId> },
 }
 
 /// A client's replay, read a page at a time, so that a stream holds no more of it than its

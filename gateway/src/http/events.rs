@@ -135,18 +135,17 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
         connection_id: &connection_id,
         user: grant.user.as_str(),
         channels: channels.iter().map(Name::as_str).collect(),
-        resumed: matches!(resume, Resume::UpToDate(_) | Resume::Replay { .. }),
+        resumed: matches!(resume, Resume::UpToDate { .. } | Resume::Replay { .. }),
     };
     let first_cursor = match resume {
         Resume::Fresh => fresh_cursor(state).await,
         _ => None, // the client's own id, or the reset's, or the replayed events' ids
     };
     // The history's head as this stream found it, its subscriptions in place (not a client's
-    // own id, which may be as old as the history): where its topics' chains start.
-    if let Some(head) = first_cursor.as_ref().or(match &resume {
-        Resume::Reset(_, head) => head.as_ref(),
-        _ => None,
-    }) {
+    // own id, which may be as old as the history): where its topics' chains start. A resume
+    // reads it as a fresh stream does: every event after it comes live, every one up to it is
+    // the client's or replayed.
+    if let Some(head) = first_cursor.as_ref().or(resume.head()) {
         membership.started_at(head);
     }
     let connected = sse::connected_frame(state.settings.retry_ms, first_cursor.as_ref(), &connected);
@@ -154,7 +153,7 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
     // it is sent on this stream, whichever way it comes.
     match resume {
         Resume::Fresh => outbox.release([connected], first_cursor.map(|id| id.seq)),
-        Resume::UpToDate(after) => {
+        Resume::UpToDate { after, .. } => {
             state.metrics.resumed(ResumeResult::Replayed, 0);
             if let Some(span) = &resume_span {
                 trace::record_resume(span, "replayed", 0, std::iter::empty());
@@ -168,7 +167,7 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
             }
             outbox.release([connected, sse::reset_frame(reason.as_str(), head.as_ref())], head.map(|id| id.seq));
         }
-        Resume::Replay { pages, after } => {
+        Resume::Replay { pages, after, .. } => {
             // `connected` goes out now; the missed events follow as the client reads them, and
             // the live events held meanwhile after them.
             outbox.open([connected]);
@@ -211,12 +210,24 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
 enum Resume {
     /// No `Last-Event-ID`: live events only.
     Fresh,
-    /// The client missed nothing after its id (the sequence here).
-    UpToDate(u64),
+    /// The client missed nothing after its id (sequence `after`); `head` is the history's
+    /// newest event as the resume read it.
+    UpToDate { after: u64, head: Option<EventId> },
     /// The history can't cover the gap: a `reset` (moving the cursor to `head`), then live events.
     Reset(ResetReason, Option<EventId>),
     /// The client missed events after sequence `after`: replay them, then live events.
-    Replay { pages: Box<dyn Pages>, after: u64 },
+    Replay { pages: Box<dyn Pages>, after: u64, head: Option<EventId> },
+}
+
+impl Resume {
+    /// The history's newest event as the resume read it, its subscriptions in place (a fresh
+    /// stream reads its own first cursor).
+    fn head(&self) -> Option<&EventId> {
+        match self {
+            Resume::Reset(_, head) | Resume::UpToDate { head, .. } | Resume::Replay { head, .. } => head.as_ref(),
+            Resume::Fresh => None,
+        }
+    }
 }
 
 /// Decides what a client resuming from `raw` (its `Last-Event-ID`) on `targets` is owed.
@@ -229,9 +240,9 @@ async fn start_resume(state: &AppState, targets: &[Target], raw: &str) -> Result
     };
     let seq = after.seq;
     Ok(match state.broker.resume(targets.to_vec(), after, state.settings.max_replay).await? {
-        Resumption::UpToDate => Resume::UpToDate(seq),
+        Resumption::UpToDate { head } => Resume::UpToDate { after: seq, head },
         Resumption::Reset(reason, head) => Resume::Reset(reason, head),
-        Resumption::Replay(pages) => Resume::Replay { pages, after: seq },
+        Resumption::Replay { pages, head } => Resume::Replay { pages, after: seq, head },
     })
 }
 
@@ -417,6 +428,19 @@ mod tests {
             retry_ms: 1000,
             span: None,
         }
+    }
+
+    /// Every resume names where its chains start, not only a reset: a topic a resume opens is
+    /// checked for events lost in transit from its first live event on.
+    #[test]
+    fn every_resume_names_the_head_it_read() {
+        let id = |seq| EventId { epoch: Arc::from("e"), seq };
+        let head = Some(id(9));
+        assert_eq!(Resume::UpToDate { after: 9, head: head.clone() }.head(), head.as_ref());
+        let replay = Resume::Replay { pages: Box::new(Listed(small_events(2))), after: 7, head: head.clone() };
+        assert_eq!(replay.head(), head.as_ref());
+        assert_eq!(Resume::Reset(ResetReason::TooMany, head.clone()).head(), head.as_ref());
+        assert_eq!(Resume::Fresh.head(), None);
     }
 
     /// A page is sized by estimate; the queue holds the frames. Small events, whose frames are

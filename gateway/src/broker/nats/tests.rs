@@ -66,7 +66,7 @@ async fn stored_on(nats: &herald_testkit::Nats, subject: &str) -> usize {
 /// once the replay is decided; the sequences replayed, and how the replay ended.
 async fn resume(broker: &NatsBroker, after: &EventId, meanwhile: usize) -> (Vec<u64>, Page) {
     let targets = vec![user(), channel(), Target::Broadcast];
-    let Resumption::Replay(mut pages) = broker.resume(targets, after.clone(), 10_000).await.unwrap() else {
+    let Resumption::Replay { mut pages, .. } = broker.resume(targets, after.clone(), 10_000).await.unwrap() else {
         panic!("a replay")
     };
     for _ in 0..meanwhile {
@@ -144,6 +144,30 @@ async fn a_subject_that_kept_the_first_event_after_the_id_is_replayed_whole() {
     published.push(publish(&broker, &user()).await.seq);
     let (replayed, end) = resume(&broker, &seen, 0).await;
     assert_eq!((replayed, ending(&end)), (published, "the end".into()));
+}
+
+/// A resume names the history's newest event as it read it, whether the client is owed events
+/// or none, and whatever subjects they are on: where the chains of the subjects its stream
+/// opens start (before: only a fresh stream and a reset told the hub, so a topic a resume opened
+/// had no chain to check until its first live event, and an event lost in transit before it
+/// was lost without a word).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_names_the_head_it_read() {
+    let nats = herald_testkit::Nats::start();
+    let broker = broker(&nats, 100).await;
+    let seen = publish(&broker, &user()).await;
+    publish(&broker, &channel()).await;
+    let other = Target::User(Name::parse("someone-else").unwrap());
+    let head = publish(&broker, &other).await;
+    let targets = vec![user(), channel(), Target::Broadcast];
+    let replay = broker.resume(targets.clone(), seen.clone(), 10_000).await.unwrap();
+    let Resumption::Replay { head: named, .. } = replay else { panic!("a replay") };
+    assert_eq!(named, Some(head.clone()), "owed events");
+    let last_own = publish(&broker, &channel()).await;
+    let head = publish(&broker, &other).await;
+    let up_to_date = broker.resume(targets, last_own, 10_000).await.unwrap();
+    let Resumption::UpToDate { head: named } = up_to_date else { panic!("up to date") };
+    assert_eq!(named, Some(head), "owed nothing: its subjects hold nothing after its id");
 }
 
 /// The limit a resume checks against is the stream's, not this gateway's flag: another

@@ -31,7 +31,7 @@ pub(super) async fn resume(
     let head = Some(EventId { epoch: bounds.epoch.clone(), seq: bounds.last });
     match resume::start(&after, &bounds.view()) {
         Start::Replay => {}
-        Start::UpToDate => return Ok(Resumption::UpToDate),
+        Start::UpToDate => return Ok(Resumption::UpToDate { head }),
         Start::Reset(reason) => return Ok(Resumption::Reset(reason, head)),
     }
     let stream = js.get_stream_no_info(STREAM).await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
@@ -62,7 +62,7 @@ pub(super) async fn resume(
         }
     }
     if subjects.is_empty() {
-        return Ok(Resumption::UpToDate);
+        return Ok(Resumption::UpToDate { head });
     }
     // More than `max` missed? When it may be, one consumer counts them.
     if resume::may_exceed(after.seq, bounds.last, bounds.per_subject, subjects.len(), max) {
@@ -71,7 +71,8 @@ pub(super) async fn resume(
             return Ok(Resumption::Reset(ResetReason::TooMany, head));
         }
     }
-    Ok(Resumption::Replay(Box::new(Walk { stream, js, shared, epoch, after, head, subjects, reads, started: false })))
+    let walk = Walk { stream, js, shared, epoch, after, head: head.clone(), subjects, reads, started: false };
+    Ok(Resumption::Replay { pages: Box::new(walk), head })
 }
 
 /// A client's replay, walked one read per event ([`Reads`]) and sent a page at a time.
