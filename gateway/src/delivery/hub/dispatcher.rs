@@ -158,21 +158,31 @@ pub(super) struct Dispatcher {
     held_max_bytes: usize,
     /// Counts the refills given up on: the answer of one asked for before is not waited for.
     refill_generation: u64,
+    /// The hub's flag of a stream's first cursor sent as the position (`Hub::stream_started_at`).
+    stream_position_sent: Arc<AtomicBool>,
     /// A subject's chain broke (see [`Dispatcher::dispatch`]): the refill starts after this
     /// sequence, the last one sent on that subject, rather than after the watermark.
     refill_after: Option<u64>,
-    /// The sequences the last refill read, after its start and through its end: an event among
-    /// them that never reached its topic is gone from the history (its subject's limit, its
-    /// age), not in transit, and breaks no chain. `reading_from` is where the refill out now
-    /// starts.
-    read: Option<(u64, u64)>,
+    /// What the last refill read: an event it covered that never reached its topic is gone
+    /// from the history (its subject's limit, its age), not in transit, and breaks no chain.
+    /// `reading_from` is where the refill out now starts.
+    read: Option<Read>,
     reading_from: u64,
+    /// The subjects the refill out now reads: those subscribed when it was asked for.
+    reading: Arc<std::collections::HashSet<Target>>,
     /// When the refills of the current gap started failing with the link up.
     refill_failing_since: Option<std::time::Instant>,
     /// The broker's connection count, read at once (see [`Broker::connections`]), and the
     /// count the hub last accounted for: a difference is a reconnect, a gap to refill.
     connections: Option<crate::broker::ConnectionCount>,
     known_connections: u64,
+}
+
+/// The sequences a refill read, after its start and through its end, on the subjects it read.
+struct Read {
+    from: u64,
+    through: u64,
+    subjects: Arc<std::collections::HashSet<Target>>,
 }
 
 /// Whether the hub is refilling a gap in live delivery.
@@ -199,6 +209,7 @@ impl Dispatcher {
         commands: mpsc::UnboundedReceiver<Command>,
         commands_tx: mpsc::UnboundedSender<Command>,
         held_max_bytes: usize,
+        stream_position_sent: Arc<AtomicBool>,
     ) -> Self {
         let capacity = broker.subscription_capacity().max(1);
         let mut dispatcher = Dispatcher {
@@ -217,9 +228,11 @@ impl Dispatcher {
             held: Held::default(),
             held_max_bytes,
             refill_generation: 0,
+            stream_position_sent,
             refill_after: None,
             read: None,
             reading_from: 0,
+            reading: Arc::default(),
             refill_failing_since: None,
             known_connections: 0,
             connections: None,
@@ -321,7 +334,8 @@ impl Dispatcher {
                         // cluster, a replica still catching up right after a partition healed)
                         // may stop short, and what it did not reach must still be looked for.
                         let from = self.reading_from;
-                        self.read = Some((from, last.unwrap_or(from)));
+                        let subjects = self.reading.clone();
+                        self.read = Some(Read { from, through: last.unwrap_or(from), subjects });
                         tracing::info!(events = events.len(), first, last, held = self.held.len(), "gap refilled");
                         for (target, delivery) in events {
                             if let Some(topic) = self.by_target.get(&target).and_then(|&i| self.topic_at(i)) {
@@ -424,7 +438,8 @@ impl Dispatcher {
         }
         self.reading_from = after.seq;
         // The subjects subscribed now: one subscribed later starts its streams at the head.
-        let targets = self.by_target.keys().cloned().collect();
+        let targets: Vec<Target> = self.by_target.keys().cloned().collect();
+        self.reading = Arc::new(targets.iter().cloned().collect());
         let broker = self.broker.clone();
         let tx = self.commands_tx.clone();
         let generation = self.refill_generation;
@@ -450,6 +465,10 @@ impl Dispatcher {
         self.catch_up = CatchUp::Idle;
         self.refill_failing_since = None;
         self.refill_generation += 1;
+        // Where the gap began is no place to refill the next one from: every stream resumes
+        // past it. The next to open (or the next durable event) tells where the history is.
+        self.watermark = None;
+        self.stream_position_sent.store(false, Ordering::Relaxed);
     }
 
     /// Forgets the subscription in `index`, with the target index that routes to it: both change
@@ -509,7 +528,12 @@ impl Dispatcher {
                 UNKNOWN => last_sent,
                 start => last_sent.max(start),
             };
-            let gone = |previous: u64| self.read.is_some_and(|(from, through)| from < previous && previous <= through);
+            // Only on a subject the refill read: one subscribed while it was out was not.
+            let gone = |previous: u64| {
+                self.read
+                    .as_ref()
+                    .is_some_and(|r| r.from < previous && previous <= r.through && r.subjects.contains(&topic.target))
+            };
             // Without a watermark there is nowhere to refill from (a reset that named no head):
             // the chain goes unchecked until an event sets one.
             let refillable = self.watermark.is_some();

@@ -223,8 +223,9 @@ enum Command {
 pub struct Hub {
     topics: Mutex<HashMap<Target, Arc<Topic>>>,
     commands: mpsc::UnboundedSender<Command>,
-    /// Whether a stream's first cursor went to the dispatcher (see [`Hub::stream_started_at`]).
-    stream_position_sent: AtomicBool,
+    /// Whether a stream's first cursor went to the dispatcher (see [`Hub::stream_started_at`]);
+    /// cleared by the dispatcher when it forgets where it was (`Dispatcher::bound_held`).
+    stream_position_sent: Arc<AtomicBool>,
 }
 
 /// Why a session could not join.
@@ -281,7 +282,9 @@ impl Hub {
         held_max_bytes: usize,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let dispatcher = Dispatcher::new(broker.clone(), metrics, rx, tx.clone(), held_max_bytes);
+        let stream_position_sent = Arc::new(AtomicBool::new(false));
+        let dispatcher =
+            Dispatcher::new(broker.clone(), metrics, rx, tx.clone(), held_max_bytes, stream_position_sent.clone());
         let position = broker.last_id();
         let link = broker.link();
         // Unconstrained: tokio's cooperative budget would otherwise make a subscription's queue
@@ -327,7 +330,7 @@ impl Hub {
                 }
             });
         }
-        Arc::new(Hub { topics: Mutex::new(HashMap::new()), commands: tx, stream_position_sent: AtomicBool::new(false) })
+        Arc::new(Hub { topics: Mutex::new(HashMap::new()), commands: tx, stream_position_sent })
     }
 
     /// The history stood at `id` after a new stream's subscriptions were in place (the stream's

@@ -944,9 +944,11 @@ async fn live_events_held_past_the_bound_send_every_stream_to_resume() {
     assert_eq!(a.closed().await, CloseReason::Error, "sent to resume");
     assert!(sent * 4096 > BOUND / 2, "closed by the bound, after {sent} events");
 
-    // The client resumes, with 11. Another gap opens, and the given-up refill answers first:
-    // only the new refill's answer releases what is held.
-    let (mut b, _b) = Reader::join(&hub, std::slice::from_ref(&u), 11).await;
+    // The client resumes, with 11, the history's head as its resume read it. Another gap
+    // opens, and the given-up refill answers first: only the new refill's answer releases
+    // what is held.
+    let (mut b, on_u) = Reader::join(&hub, std::slice::from_ref(&u), 11).await;
+    on_u.started_at(&id(11));
     script.gap();
     let (after, refill) = script.next_replay().await;
     assert_eq!(after, 11);
@@ -955,4 +957,59 @@ async fn live_events_held_past_the_bound_send_every_stream_to_resume() {
     Script::refill(refill, [(u.clone(), 12), (u.clone(), 13)]);
     assert_eq!(b.until(14).await, [12, 13, 14], "every event once, in order");
     assert_eq!(b.outbox.close_reason(), None);
+}
+
+/// A refill is asked for while the pod subscribes to `u` only; a stream then opens on `v` (a
+/// new topic, its chain starting at 13). The refill reads `u`'s events through 15. Event 14 on
+/// `v` was lost in transit, and 16 names it: it lies in the range the refill read, but on a
+/// subject the refill never read, so it is looked for (before: excused as gone from the
+/// history, and lost without a word).
+#[tokio::test]
+async fn a_refill_excuses_no_broken_chain_on_a_subject_it_did_not_read() {
+    let mut script = Script::new(10);
+    let (hub, u, _a, _on_u, reply) = a_gap_after_11(&mut script).await;
+    let v = user("v");
+    let (mut b, on_v) = Reader::join(&hub, std::slice::from_ref(&v), 13).await;
+    on_v.started_at(&id(13));
+    // The refill was asked for with the targets subscribed then: `u` alone.
+    Script::refill(reply, [(u.clone(), 12), (u.clone(), 13), (u.clone(), 15)]);
+    script.live_after(&v, 16, 14);
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 13, "refilled from v's last event");
+    Script::refill(reply, [(v.clone(), 14), (v.clone(), 16)]);
+    assert_eq!(b.until(16).await, [14, 16], "every event once, in order");
+}
+
+/// After the hold bound gives up a refill, the next gap is refilled from where the streams that
+/// opened since found the history (30), not from where the given-up gap began (11): that would
+/// read the whole given-up period again and, past the refill's ceiling, send every stream, all
+/// of them current, to resume a second time.
+#[tokio::test]
+async fn after_giving_up_the_next_refill_starts_where_the_streams_are() {
+    const BOUND: usize = 64 << 10;
+    let mut script = Script::new(10);
+    let hub = script.hub_holding(BOUND);
+    let u = user("u");
+    let (mut a, _a) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
+    script.live(&u, 11);
+    assert_eq!(a.until(11).await, [11]);
+    script.gap();
+    let (_, _given_up) = script.next_replay().await;
+    let ephemeral = Delivery { id: None, payload: Bytes::from(vec![b'1'; 4096]), ..durable(0) };
+    while a.outbox.close_reason().is_none() {
+        script.send(&u, ephemeral.clone());
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // 12..=30 were stored meanwhile; a stream opens at the head, 30.
+    let (mut c, on_u) = Reader::join(&hub, std::slice::from_ref(&u), 30).await;
+    on_u.started_at(&id(30));
+    script.gap();
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 30, "refilled from where the open stream started");
+    Script::refill(reply, [(u.clone(), 31)]);
+    script.live(&u, 32);
+    assert_eq!(c.until(32).await, [31, 32]);
+    assert_eq!(c.outbox.close_reason(), None);
 }
