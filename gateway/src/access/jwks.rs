@@ -138,11 +138,14 @@ impl RemoteKeys {
                 fetched |= last.is_some_and(|t| t >= asked);
                 continue;
             }
+            // Stamped as the fetch starts, so that one whose caller goes away (its future
+            // dropped mid-fetch) still counts against the limit; and again as it ends, so that
+            // every caller that waited for it asked before the stamp, and verifies its token
+            // again with the keys it brought.
+            *last = Some(Instant::now());
             let this = self.clone();
             // On the keys' runtime: the HTTP client's connections live there.
             fetched |= runtime.spawn(async move { this.fetch(index).await }).await.unwrap_or(false);
-            // Stamped as the fetch ends, not as it starts: every caller that waited for it asked
-            // before this, and verifies its token again with the keys it brought.
             *last = Some(Instant::now());
         }
         fetched
@@ -247,15 +250,15 @@ fn shown(url: &reqwest::Url) -> String {
     ) + url.path()
 }
 
-/// A URL that does not parse, as errors show it: without what may be user info, a query or a
-/// fragment (quoted, so that stray spaces show).
+/// A URL that does not parse, as errors show it: its scheme and host only (quoted, so that
+/// stray spaces show). User info ends at the last `@`, since a password that makes the URL
+/// unparsable may well hold a `/`, `?` or `#`.
 fn shown_raw(raw: &str) -> String {
     let raw = raw.trim();
-    let raw = raw.split(['?', '#']).next().unwrap_or_default();
-    let (scheme, rest) = raw.split_once("://").map_or(("", raw), |(scheme, rest)| (scheme, rest));
-    let (authority, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    let shown = if scheme.is_empty() { format!("{host}{path}") } else { format!("{scheme}://{host}{path}") };
+    let (scheme, rest) = raw.split_once("://").unwrap_or(("", raw));
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let shown = if scheme.is_empty() { host.to_owned() } else { format!("{scheme}://{host}") };
     format!("{shown:?}")
 }
 
@@ -341,9 +344,18 @@ mod tests {
         let raw = "https://user:s3cret@id.example:99999/jwks?token=abc";
         let err = RemoteKeys::new(&[raw.into()], Duration::from_secs(300), false).err().unwrap();
         assert!(!err.contains("s3cret") && !err.contains("token=abc"), "{err}");
-        assert!(err.contains("\"https://id.example:99999/jwks\""), "{err}");
+        assert!(err.contains("\"https://id.example:99999\""), "{err}");
         let err = RemoteKeys::new(&["user:pw@host:x/k?q".into()], Duration::from_secs(300), false).err().unwrap();
         assert!(!err.contains("pw") && !err.contains("?q"), "{err}");
+        // A password with a character reserved in URLs is what makes one unparsable.
+        for raw in [
+            "https://ana:s3cr#et@id.example/jwks",
+            "https://ana:s3cr/et@id.example/jwks",
+            "https://ana:s3cr?et@id.example/jwks",
+        ] {
+            let err = RemoteKeys::new(&[raw.into()], Duration::from_secs(300), false).err().unwrap();
+            assert!(!err.contains("s3cr") && !err.contains("ana"), "{raw} -> {err}");
+        }
     }
 
     #[test]
@@ -440,5 +452,40 @@ mod tests {
         let first = first.await.unwrap();
         assert_eq!(first, Ok("u1".to_string()), "the token that started the fetch");
         assert_eq!(second, Ok("u1".to_string()), "the token that waited for the same fetch");
+    }
+
+    /// A token naming an unknown `kid` whose client goes away while the fetch it started is out
+    /// (its request's future dropped) still spends the URL's one fetch per 10 s: the tokens
+    /// after it do not fetch again (before: each such client, signing nothing, made the gateway
+    /// fetch the provider's keys again).
+    #[tokio::test]
+    async fn a_fetch_whose_caller_went_away_still_counts_against_the_limit() {
+        async fn until(what: &str, cond: impl Fn() -> bool) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !cond() {
+                assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let doc = Arc::new(parking_lot::Mutex::new(oct("old", b"old-secret-old-secret-old-secret")));
+        let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let addr = key_server(doc, delay.clone(), asked.clone()).await;
+        let remote =
+            Arc::new(RemoteKeys::new(&[format!("http://{addr}/jwks")], Duration::from_secs(300), false).unwrap());
+        remote.start(Arc::new(Metrics::new())).unwrap();
+        until("the first keys", || remote.loaded()).await;
+        delay.store(1000, Ordering::SeqCst);
+        let gone = tokio::spawn({
+            let remote = remote.clone();
+            async move { remote.refresh_for_unknown_kid().await }
+        });
+        until("the fetch is out", || asked.load(Ordering::SeqCst) == 2).await;
+        gone.abort();
+        let _ = gone.await;
+        for _ in 0..5 {
+            assert!(!remote.refresh_for_unknown_kid().await, "no fetch within 10 s of the last");
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "one on-demand fetch");
     }
 }
