@@ -51,6 +51,7 @@ BAD_VALUES = {
     "heartbeat zero": {"gateway": {"settings": {"heartbeatSecs": 0}}},
     "image pull policy": {"image": {"pullPolicy": "Sometimes"}},
     "url not a string": {"nats": {"url": 4222}},
+    "any origin": {"gateway": {"settings": {"allowedOrigins": ["*"]}}},
 }
 
 

@@ -366,6 +366,13 @@ async fn cross_site_reads_with_the_cookie_are_refused() {
     }
     let res = get("/events?channels=doc:1", foreign()).await;
     assert_eq!((res.status, res.json()["error"].clone()), (403, json!("origin_not_allowed")));
+    // No `Origin` (an image or a script of another site), as the browser marks it.
+    let mut no_cors = from(None);
+    no_cors.push(("Sec-Fetch-Site".to_owned(), "cross-site".to_owned()));
+    let res = get("/events?channels=doc:1", no_cors.clone()).await;
+    assert_eq!((res.status, res.json()["error"].clone()), (403, json!("origin_not_allowed")));
+    let res = get("/v1/presence/doc:1", no_cors).await;
+    assert_eq!(res.status, 403);
     assert_eq!(gw.stats().await["connections"], 0, "no stream was opened as the user");
 
     // Bursts of 20: every read of the user's own is answered.

@@ -423,6 +423,10 @@ pub fn validate(spec: &RealtimeGatewaySpec) -> Result<(), Vec<String>> {
     );
     check(gateway.client_queue_bytes.is_none_or(|n| n <= 1 << 30), "gateway.clientQueueBytes must be at most 1 GiB");
     check(spec.drain_seconds <= 3600, "drainSeconds must be at most 3600");
+    check(
+        !gateway.allowed_origins.iter().any(|o| o.trim() == "*"),
+        "gateway.allowedOrigins must list origins, not \"*\" (with credentials it would admit every site)",
+    );
     for var in &spec.pod.env {
         check(
             !MANAGED_ENV.contains(&var.name.as_str()),
@@ -480,5 +484,15 @@ mod tests {
         assert_eq!(problems, ["pod.env must not set HERALD_LISTEN: the operator sets it from the resource"]);
         rtgw.spec.pod.env.pop();
         assert!(validate(&rtgw.spec).is_ok());
+    }
+
+    /// The gateway refuses `*` at start: the resource is refused instead of rolling out pods
+    /// that never start.
+    #[test]
+    fn any_origin_is_refused() {
+        let mut rtgw: RealtimeGateway = serde_yaml::from_str(include_str!("../../docs/examples/rtgw.yaml")).unwrap();
+        rtgw.spec.gateway.allowed_origins = vec!["https://app.example.com".into(), "*".into()];
+        let problems = validate(&rtgw.spec).unwrap_err();
+        assert!(problems[0].starts_with("gateway.allowedOrigins must list origins"), "{problems:?}");
     }
 }

@@ -434,17 +434,29 @@ pub struct TokenSources<'a> {
 
 /// Picks the token: `Authorization: Bearer`, else `?token=`, else the `herald_token` cookie.
 pub fn pick_token<'a>(sources: &TokenSources<'a>) -> Option<&'a str> {
-    if let Some(h) = sources.authorization {
-        let h = h.trim();
-        // `get`, not slicing: the 7th byte may fall inside a multi-byte character.
-        if h.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer ")) {
-            let t = h[7..].trim();
-            if !t.is_empty() {
-                return Some(t);
-            }
-        }
+    bearer(sources.authorization)
+        .or(sources.query.filter(|t| !t.is_empty()))
+        .or(sources.cookie.filter(|t| !t.is_empty()))
+}
+
+impl TokenSources<'_> {
+    /// Whether [`pick_token`] picks the cookie: the one credential a browser sends whichever
+    /// site made the request.
+    pub fn picks_cookie(&self) -> bool {
+        bearer(self.authorization).is_none()
+            && self.query.is_none_or(str::is_empty)
+            && self.cookie.is_some_and(|c| !c.is_empty())
     }
-    sources.query.filter(|t| !t.is_empty()).or(sources.cookie.filter(|t| !t.is_empty()))
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(header: Option<&str>) -> Option<&str> {
+    let h = header?.trim();
+    // `get`, not slicing: the 7th byte may fall inside a multi-byte character.
+    if !h.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer ")) {
+        return None;
+    }
+    Some(h[7..].trim()).filter(|t| !t.is_empty())
 }
 
 /// Replaces the values of credential-bearing query parameters with `REDACTED`, so URLs can be
@@ -578,6 +590,7 @@ mod tests {
         assert_eq!(pick_token(&basic), Some("q"));
         let cookie = TokenSources { authorization: None, query: Some(""), cookie: Some("c") };
         assert_eq!(pick_token(&cookie), Some("c"));
+        assert!(cookie.picks_cookie() && !all.picks_cookie() && !basic.picks_cookie());
         let none = TokenSources { authorization: None, query: None, cookie: None };
         assert_eq!(pick_token(&none), None);
         // Found by fuzzing: a multi-byte character across the scheme's end must not panic.

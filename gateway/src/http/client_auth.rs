@@ -70,11 +70,22 @@ pub(crate) async fn authenticate(req: &HttpRequest, query: &EventsQuery, state: 
                 cookie: cookie.as_ref().map(|c| c.value()),
             };
             let token = pick_token(&sources).ok_or_else(|| ApiError::unauthorized(AuthError::Missing.to_string()))?;
-            if sources.cookie.is_some_and(|cookie| std::ptr::eq(cookie, token)) {
+            if sources.picks_cookie() {
                 // The browser sends the cookie whichever site made the request: a page of
                 // another site must not open streams, spend the user's budgets or read as them.
                 let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
                 super::check_origin(header(header::ORIGIN), header(header::HOST), &state.settings.allowed_origins)?;
+                // A request without an `Origin` (an image, a script, a prefetch) from another
+                // site, as the browser tells it.
+                if header(header::ORIGIN).is_none()
+                    && header(header::HeaderName::from_static("sec-fetch-site")) == Some("cross-site")
+                {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "origin_not_allowed",
+                        "a request from another site is not authenticated by the cookie",
+                    ));
+                }
             }
             verifier.verify_or_refresh(token).await.map_err(|e| ApiError::unauthorized(e.to_string()))
         }
