@@ -299,3 +299,38 @@ async fn dev_mode_resumes_with_the_same_semantics() {
     assert_eq!(s.next().await.json()["resumed"], false);
     assert_eq!(s.next().await.json()["reason"], "epoch_changed");
 }
+
+/// A stream that resumes opens its subjects' subscriptions on this gateway as a new stream
+/// does, and the hub checks each one's chain from the history's head the resume read: the
+/// first live event that names an earlier event on its subject that never arrived is held and
+/// the gap refilled, counted in `herald_live_gaps_total{cause="broken_chain"}` (before: a
+/// subject a resume opened went unchecked until its first live event, so such a loss went
+/// unnoticed; after a gateway dies, every client comes back this way). The lost event is made
+/// here by a trusted publisher writing the republish's headers itself (guarantee 10 of
+/// docs/reliability.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_a_resume_opens_has_its_chain_checked() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats).start();
+    gw.ready().await;
+    let t = token("ann", &[], 600);
+    let id = gw.publish_ids(json!({"type": "n", "data": 1, "users": ["ann"]})).await.remove(0);
+    let seq = seq_of(&id);
+    let mut s = Sse::resume(gw.addr, &t, &[], &id).await;
+    assert_eq!(s.next().await.json()["resumed"], true);
+
+    let client = nats.client().await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Herald-Type", "n");
+    headers.insert("Nats-Stream", "HERALD");
+    headers.insert("Nats-Subject", "herald.events.user.ann");
+    headers.insert("Nats-Sequence", (seq + 2).to_string());
+    headers.insert("Nats-Last-Sequence", (seq + 1).to_string());
+    client.publish_with_headers("herald.live.user.ann", headers, "2".into()).await.unwrap();
+    client.flush().await.unwrap();
+    eventually("the broken chain is noticed", Duration::from_secs(10), || async {
+        gw.metric("herald_live_gaps_total{cause=\"broken_chain\"}").await == Some(1.0)
+    })
+    .await;
+    drop(s);
+}

@@ -248,11 +248,17 @@ pub struct Membership {
 
 impl Membership {
     /// The stream holding this membership found the history's head at `head`, after its
-    /// subscriptions were in place (its first cursor, or the head its `reset` names): where the
-    /// chain of each of its topics starts, if it is the first to say so, and where the hub
-    /// refills a gap from until it has read the history itself.
+    /// subscriptions were in place (its first cursor, the head its resume read, or the one its
+    /// `reset` names): where the chain of each of its topics starts, if it is the first to say
+    /// so, and where the hub refills a gap from until it has read the history itself. A topic
+    /// that has sent events already, with no start set (its first members could not read the
+    /// head), keeps its chain where its last event is: a later head would hide from those
+    /// members an event lost in transit since.
     pub fn started_at(&self, head: &EventId) {
         for (topic, _) in &self.entries {
+            if topic.chain_start.load(Ordering::Relaxed) == UNKNOWN && topic.last_sent.load(Ordering::Relaxed) > 0 {
+                continue;
+            }
             topic.chain_start.fetch_min(head.seq, Ordering::Relaxed);
         }
         self.hub.stream_started_at(head);

@@ -1013,3 +1013,25 @@ async fn after_giving_up_the_next_refill_starts_where_the_streams_are() {
     assert_eq!(c.until(32).await, [31, 32]);
     assert_eq!(c.outbox.close_reason(), None);
 }
+
+/// A stream opened with no first cursor (the history did not answer) has received 11 on `u`;
+/// a second stream opens on `u` at the history's head, 20. Event 15 on `u` never arrived, and
+/// 22 names it: the first stream lacks it, so it is refilled, though the second stream's head
+/// is past it (before: the second stream's head became the chain's start, and 15 was lost to
+/// the first without a word).
+#[tokio::test]
+async fn a_later_streams_head_hides_no_event_an_earlier_one_lacks() {
+    let mut script = Script::new(10);
+    let hub = script.hub();
+    let u = user("u");
+    let (mut a, _a) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
+    script.live(&u, 11);
+    assert_eq!(a.until(11).await, [11]);
+    let (_b, on_b) = Reader::join(&hub, std::slice::from_ref(&u), 20).await;
+    on_b.started_at(&id(20));
+    script.live_after(&u, 22, 15);
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 11, "refilled from u's last event");
+    Script::refill(reply, [(u.clone(), 15), (u.clone(), 22)]);
+    assert_eq!(a.until(22).await, [11, 15, 22], "every event once, in order");
+}
