@@ -344,7 +344,7 @@ mod tests {
     fn a_forged_report_does_not_break_the_view() {
         let fleet = Fleet::new();
         let t0 = Instant::now();
-        let mut forged = report("forged", usize::MAX, &[(0, u64::MAX)]);
+        let mut forged = report("forged", usize::MAX, &[(0, u64::MAX), (3, u64::MAX)]);
         forged.max_connections = usize::MAX;
         fleet.record_raw(&serde_json::to_vec(&forged).unwrap(), t0);
         fleet.record(report("real", 3, &[(0, 5)]), t0);

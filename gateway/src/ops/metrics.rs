@@ -460,14 +460,16 @@ pub fn unix_nanos() -> u64 {
 /// overflow bucket), interpolated linearly within its bucket as PromQL's `histogram_quantile`
 /// does. `None` without deliveries.
 pub fn quantile(q: f64, buckets: &[u64]) -> Option<f64> {
-    let total: u64 = buckets.iter().sum();
+    // Saturating: the fleet's buckets add up reports from the internal subject, which anything
+    // allowed to publish there can forge.
+    let total = buckets.iter().fold(0u64, |sum, &n| sum.saturating_add(n));
     if total == 0 {
         return None;
     }
     let rank = q.clamp(0.0, 1.0) * total as f64;
     let mut below = 0u64;
     for (i, &n) in buckets.iter().enumerate() {
-        if n > 0 && (below + n) as f64 >= rank {
+        if n > 0 && below.saturating_add(n) as f64 >= rank {
             let Some(&upper) = LATENCY_BUCKETS.get(i) else {
                 // Above the largest bound: all we know is that it is at least that.
                 return LATENCY_BUCKETS.last().copied();
@@ -476,7 +478,7 @@ pub fn quantile(q: f64, buckets: &[u64]) -> Option<f64> {
             let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
             return Some(lower + (upper - lower) * within);
         }
-        below += n;
+        below = below.saturating_add(n);
     }
     LATENCY_BUCKETS.last().copied()
 }
