@@ -278,18 +278,23 @@ impl Sse {
 }
 
 /// The receive buffer of a client on a slow mobile link: on loopback the kernel would otherwise
-/// buffer tens of megabytes before a client that stopped reading fills its queue.
-pub const SMALL_WINDOW: u32 = 16 * 1024;
+/// buffer megabytes before a client that stopped reading fills its queue.
+pub const SMALL_WINDOW: Option<u32> = Some(16 * 1024);
 
-/// The largest receive buffer a socket may ask for here (`net.core.rmem_max` by default): a
-/// reader that keeps up rides out a pause of its own process without being cut as slow.
-pub const WIDE_WINDOW: u32 = 4 << 20;
+/// A wide receive buffer: 4 MiB asked for, which the kernel caps at `net.core.rmem_max` and
+/// then doubles (8 MiB where that is 4 MiB), so that a reader that keeps up rides out a pause of
+/// its own process of a second at 8 MB/s without being cut as slow. Left to grow on its own,
+/// the buffer did not: the same test, its reader paused for 1 s, cut it.
+pub const WIDE_WINDOW: Option<u32> = Some(4 << 20);
 
 /// Opens a firehose stream for `user` on a raw socket with a receive buffer of `window` bytes
-/// and reads until the stream is open. What the caller then reads, or never reads, is up to it.
-pub async fn firehose_client(addr: SocketAddr, user: &str, window: u32) -> TcpStream {
+/// (the kernel's own without one) and reads until the stream is open. What the caller then
+/// reads, or never reads, is up to it.
+pub async fn firehose_client(addr: SocketAddr, user: &str, window: Option<u32>) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(window).unwrap();
+    if let Some(window) = window {
+        socket.set_recv_buffer_size(window).unwrap();
+    }
     let mut tcp = socket.connect(addr).await.unwrap();
     let t = token(user, &["firehose"], 3600);
     let req = format!("GET /events?channels=firehose HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n");
