@@ -101,6 +101,7 @@ async fn scrape(addr: SocketAddr) -> Metrics {
         "herald_replayed_events_total",
         "herald_live_gaps_total",
         "herald_missed_resets_total",
+        "herald_refills_given_up_total",
         "herald_publish_requests_total",
         "herald_publish_duration_seconds",
         "herald_nats_connected",

@@ -162,6 +162,7 @@ pub struct Metrics {
     replayed: IntCounter,
     gaps: [IntCounter; 4],
     missed_resets: IntCounter,
+    refills_given_up: IntCounter,
     publish_requests: IntCounterVec,
     publish_duration: Histogram,
     presence_writes: IntCounter,
@@ -258,6 +259,10 @@ impl Metrics {
             "herald_missed_resets_total",
             "Streams sent a `missed` reset: an event lost in transit came back after the stream had a newer one",
         );
+        let refills_given_up = counter(
+            "herald_refills_given_up_total",
+            "Refills of a gap given up as the live events held meanwhile passed their bound: every stream of the pod resumed",
+        );
         let publish_requests =
             labelled("herald_publish_requests_total", "POST /v1/publish requests, by HTTP status", "status");
         for status in PUBLISH_STATUSES {
@@ -321,6 +326,7 @@ impl Metrics {
             replayed,
             gaps,
             missed_resets,
+            refills_given_up,
             publish_requests,
             publish_duration,
             presence_writes,
@@ -397,6 +403,11 @@ impl Metrics {
     /// `streams` streams were sent a `missed` reset.
     pub fn missed_resets(&self, streams: u64) {
         self.missed_resets.inc_by(streams);
+    }
+
+    /// A refill was given up: what it held passed its bound.
+    pub fn refill_given_up(&self) {
+        self.refills_given_up.inc();
     }
 
     /// A publish request answered with `status` after `took`.
@@ -518,6 +529,7 @@ mod tests {
             "herald_live_gaps_total{cause=\"broken_chain\"} 0",
             "herald_live_gaps_total{cause=\"sequence_back\"} 0",
             "herald_missed_resets_total 0",
+            "herald_refills_given_up_total 0",
             "herald_publish_requests_total{status=\"200\"} 0",
             "herald_publish_requests_total{status=\"503\"} 0",
             "herald_publish_duration_seconds_count 0",

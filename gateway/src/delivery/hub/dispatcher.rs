@@ -460,6 +460,7 @@ impl Dispatcher {
             bytes = self.held.bytes,
             "too many live events held while refilling a gap; every stream resumes"
         );
+        self.metrics.refill_given_up();
         self.held.clear();
         self.close_every_stream();
         self.catch_up = CatchUp::Idle;

@@ -943,6 +943,7 @@ async fn live_events_held_past_the_bound_send_every_stream_to_resume() {
     }
     assert_eq!(a.closed().await, CloseReason::Error, "sent to resume");
     assert!(sent * 4096 > BOUND / 2, "closed by the bound, after {sent} events");
+    assert_eq!(script.metric("herald_refills_given_up_total"), 1.0);
 
     // The client resumes, with 11, the history's head as its resume read it. Another gap
     // opens, and the given-up refill answers first: only the new refill's answer releases
