@@ -188,6 +188,8 @@ export interface ClientOptions {
   retryCapMs?: number;
   /** Reconnect when nothing (not even a heartbeat) arrives for this long (ms, default 45000; 0 = off). */
   idleTimeoutMs?: number;
+  /** The longest line, and the longest data of one event, the stream may send (characters, default 16 MiB); past it the client drops the stream and resumes. */
+  maxEventLength?: number;
   /** Channel changes within this window share one reconnect (ms, default 50). */
   debounceMs?: number;
   /** Upper bound of the debounce when changes keep coming (ms, default 500). */

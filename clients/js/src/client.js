@@ -63,6 +63,7 @@ export class HeraldClient {
   #backoff;
   #credentials;
   #idleMs;
+  #maxEventLength;
   #onComment;
   #api; // what publish() and presence() request with
   #doc = null;
@@ -134,6 +135,7 @@ export class HeraldClient {
     };
     this.#debounce = new Debounce(this.#clock, options.debounceMs ?? 50, options.maxDebounceMs ?? 500);
     this.#idleMs = options.idleTimeoutMs ?? 45000;
+    this.#maxEventLength = options.maxEventLength;
     this.#onComment = typeof options.onComment === 'function' ? options.onComment : null;
     if (options.lastEventId && isCursor(String(options.lastEventId))) this.#lastEventId = String(options.lastEventId);
     if (typeof options.onStateChange === 'function') this.#stateListeners.add(options.onStateChange);
@@ -425,7 +427,10 @@ export class HeraldClient {
   }
 
   async #stream(attempt, response) {
+    // A line or an event past `maxEventLength` throws out of `feed`: the read ends there, and
+    // the stream with it, as a broken connection's does, and the client resumes.
     const parser = createParser({
+      maxEventLength: this.#maxEventLength,
       lastEventId: this.#lastEventId,
       onEvent: (ev) => this.#frame(attempt, ev),
       onRetry: (ms) => {

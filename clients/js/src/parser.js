@@ -11,6 +11,9 @@ const COLON = 58;
 const SPACE = 32;
 const DIGITS = /^[0-9]+$/;
 
+/** Longest line, and longest event's data, in characters, unless the caller says otherwise. */
+export const MAX_EVENT_LENGTH = 16 * 1024 * 1024;
+
 /**
  * Creates a parser. Feed it the bytes (Uint8Array / ArrayBuffer) or text of one response body, in
  * whatever pieces they arrive; call `end()` when the body ends.
@@ -25,10 +28,16 @@ const DIGITS = /^[0-9]+$/;
  * @param {(ms: number) => void} [options.onRetry] called for each valid `retry:` field.
  * @param {string} [options.lastEventId] the initial last event ID (a reconnecting client passes
  *   the id it resumes from, so events without `id:` keep reporting it).
+ * @param {number} [options.maxEventLength] the longest line, and the longest data of one event,
+ *   in characters (default `MAX_EVENT_LENGTH`). A body that goes past it makes `feed` throw a
+ *   `RangeError`: a server that never ends a line or an event would otherwise grow them without
+ *   bound. The parser is not to be fed again after that.
  */
 export function createParser(options = {}) {
   const { onEvent, onComment, onRetry } = options;
   const initialId = options.lastEventId == null ? '' : String(options.lastEventId);
+  const maxLength = options.maxEventLength > 0 ? options.maxEventLength : MAX_EVENT_LENGTH;
+  const tooLong = (what) => new RangeError(`event stream ${what} longer than ${maxLength} characters`);
 
   let decoder;
   let bomChecked;
@@ -102,6 +111,7 @@ export function createParser(options = {}) {
         break;
       case 'data':
         data += value + '\n';
+        if (data.length > maxLength) throw tooLong('event data');
         break;
       case 'id':
         if (value.indexOf('\0') === -1) {
@@ -145,9 +155,11 @@ export function createParser(options = {}) {
       }
       if (j === len) {
         line += text.slice(i);
+        if (line.length > maxLength) throw tooLong('line');
         return;
       }
       const complete = line === '' ? text.slice(i, j) : line + text.slice(i, j);
+      if (complete.length > maxLength) throw tooLong('line');
       line = '';
       if (text.charCodeAt(j) === CR) {
         if (j + 1 === len) pendingCR = true;

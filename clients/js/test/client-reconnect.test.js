@@ -123,6 +123,20 @@ describe('reconnecting and resuming', () => {
     client.close();
   });
 
+  test('a line longer than maxEventLength ends the stream, and the client resumes', async () => {
+    const env = setup({ maxEventLength: 1000 });
+    const { clock, fetch, client } = env;
+    const got = [];
+    client.on('a', (e) => got.push(e.id));
+    const { body } = await connect(env);
+    await pushAndFlush(client, body, eventFrame({ id: 'ep-1', type: 'a', data: 1 }));
+    body.push('data: ' + 'x'.repeat(2000)); // never ended
+    const { call } = await nextReconnect(clock, fetch);
+    assert.equal(call.headers.get('last-event-id'), 'ep-1');
+    assert.deepEqual(got, ['ep-1']);
+    client.close();
+  });
+
   test('no data at all for idleTimeoutMs (not even a heartbeat) reconnects', async () => {
     let onComment;
     const env = setup({ idleTimeoutMs: 45000, onComment: (c) => onComment?.(c) });

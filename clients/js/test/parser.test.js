@@ -308,3 +308,23 @@ describe('chunking does not change the result', () => {
     }
   });
 });
+
+describe('bounds', () => {
+  test('a line longer than maxEventLength throws instead of growing without end', () => {
+    const parser = createParser({ maxEventLength: 100, onEvent: () => {} });
+    parser.feed(enc.encode('data: ' + 'x'.repeat(50)));
+    assert.throws(() => parser.feed(enc.encode('x'.repeat(60))), RangeError);
+    const whole = createParser({ maxEventLength: 100, onEvent: () => {} });
+    assert.throws(() => whole.feed(enc.encode('data: ' + 'x'.repeat(200) + '\n')), RangeError);
+  });
+
+  test("an event's data longer than maxEventLength throws, however short its lines", () => {
+    const parser = createParser({ maxEventLength: 100, onEvent: () => {} });
+    assert.throws(() => parser.feed(enc.encode('data: 0123456789\n'.repeat(20))), RangeError);
+  });
+
+  test('events up to the bound are dispatched', () => {
+    const { events } = parse(['data: ' + 'x'.repeat(93) + '\n\n'], { maxEventLength: 100 });
+    assert.equal(events.length, 1);
+  });
+});
