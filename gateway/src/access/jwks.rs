@@ -50,8 +50,9 @@ struct Source {
     shown: String,
     keys: RwLock<Arc<Vec<VerifyKey>>>,
     loaded: AtomicBool,
-    /// When this URL's last fetch for an unknown key id ended. Held across that fetch, so that
-    /// the tokens arriving meanwhile wait for its keys instead of fetching again.
+    /// When this URL's last fetch for an unknown key id started, then when it ended. Held
+    /// across that fetch, so that the tokens arriving meanwhile wait for its keys instead of
+    /// fetching again.
     on_demand: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -337,8 +338,8 @@ mod tests {
     }
 
     /// "logs name a JWKS URL without its user info or query" (docs/security.md): also when the
-    /// URL is refused at start. A URL that does not parse (here: a port out of range) is echoed
-    /// whole, credentials and query included, into the start-up error.
+    /// URL is refused at start because it does not parse (here: a port out of range; before, it
+    /// was echoed whole, credentials and query included, into the start-up error).
     #[test]
     fn a_refused_url_is_reported_without_its_credentials() {
         let raw = "https://user:s3cret@id.example:99999/jwks?token=abc";
@@ -400,6 +401,15 @@ mod tests {
         addr
     }
 
+    /// Waits, with a deadline, until `cond` holds.
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn oct(kid: &str, secret: &[u8]) -> String {
         use base64::Engine;
         let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
@@ -420,14 +430,6 @@ mod tests {
         let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let addr = key_server(doc.clone(), delay.clone(), asked.clone()).await;
-        // Waits, with a deadline, until `cond` holds.
-        async fn until(what: &str, cond: impl Fn() -> bool) {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while !cond() {
-                assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
         let remote =
             Arc::new(RemoteKeys::new(&[format!("http://{addr}/jwks")], Duration::from_secs(300), false).unwrap());
         remote.start(Arc::new(Metrics::new())).unwrap();
@@ -460,13 +462,6 @@ mod tests {
     /// fetch the provider's keys again).
     #[tokio::test]
     async fn a_fetch_whose_caller_went_away_still_counts_against_the_limit() {
-        async fn until(what: &str, cond: impl Fn() -> bool) {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while !cond() {
-                assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
         let doc = Arc::new(parking_lot::Mutex::new(oct("old", b"old-secret-old-secret-old-secret")));
         let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
