@@ -1,5 +1,6 @@
 //! A client that stops reading is cut off once its queue is full; nobody else notices.
 
+use std::io::Read;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -7,7 +8,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use herald_testkit::sse::{SMALL_WINDOW, WIDE_WINDOW};
 use herald_testkit::{Gateway, Nats, Sse, eventually, token};
-use std::io::Read;
 
 const READERS: usize = 200;
 const RATE: u64 = 2000;
@@ -66,9 +66,9 @@ async fn a_stalled_client_is_disconnected_without_slowing_the_others() {
 
     // Baseline: the same load, with a firehose subscriber that keeps up. It stays connected and
     // reading through both phases, so the only difference between them is the stalled client.
-    // It reads on a thread of its own, with a wide receive buffer: at 8 MB/s
-    // a queue of 256 KiB and a small window last tens of milliseconds, and a busy machine can
-    // pause the test's own tasks longer than that. Only the stalled client is to be cut.
+    // It reads on a thread of its own, with a wide receive buffer: at 8 MB/s a queue of 256 KiB
+    // and a small window last tens of milliseconds, and a busy machine can pause the test's own
+    // tasks longer than that. Only the stalled client is to be cut.
     let reader = herald_testkit::sse::firehose_client(gw.addr, "reader", WIDE_WINDOW).await;
     let mut reader = reader.into_std().unwrap();
     reader.set_nonblocking(false).unwrap();

@@ -292,12 +292,12 @@ mod tests {
         assert_eq!(unkey_part("abc="), None);
     }
 
-    /// A pod writes all its dirty channels in one batch (`Presence::flush`), and retries the
-    /// whole batch when the write fails. One channel whose entry NATS refuses (larger than the
-    /// server's `max_payload`: docs/presence.md's "past about 30,000 users of one channel",
-    /// or far fewer under a lowered `max_payload`) must not keep the pod's other channels from
-    /// being written: theirs would expire after the TTL and their members `leave` on every
-    /// other gateway.
+    /// A pod writes all its dirty channels in one batch (`Presence::flush`). One channel whose
+    /// entry NATS refuses (larger than the server's `max_payload`: docs/presence.md's "past
+    /// about 30,000 users of one channel", or far fewer under a lowered `max_payload`) keeps
+    /// none of the pod's other channels from being written (before: the batch stopped there and
+    /// was retried whole every second, so theirs expired after the TTL and their members left
+    /// on every other gateway).
     #[tokio::test]
     async fn one_oversized_entry_does_not_keep_the_other_channels_from_being_written() {
         let nats = herald_testkit::Nats::start();
