@@ -451,6 +451,10 @@ def test_notes_give_copy_paste_commands(values):
     assert "{{" not in text and "<no value>" not in text
     if "publishKeys" in rtgw["spec"]["auth"]:
         assert "/v1/publish" in text
+        # The dashboard takes its own key: the notes never put the publisher key in its URL.
+        assert "dashboard?key=$KEY" not in text
+        if "dashboardKeys" in rtgw["spec"]["auth"]:
+            assert "dashboard?key=$DASHBOARD_KEY" in text
     if "jwtSecret" in rtgw["spec"]["auth"]:
         assert "curl -N" in text and "/events?channels=" in text
     if values.get("tests", {}).get("enabled", True):
@@ -498,6 +502,8 @@ def test_dashboard_keys_are_their_own():
     values["auth"]["dashboardKeys"] = [{"name": "ops", "secret": "ci-dashboard-key-0123456789abcdef"}]
     objects = render(values)
     assert decoded(one(objects, "Secret"))["dashboard-keys"] == "ops:ci-dashboard-key-0123456789abcdef\n"
+    text = notes(copy.deepcopy(values))
+    assert "dashboard?key=$DASHBOARD_KEY" in text and "get secret" in text, text
     auth = one(objects, "RealtimeGateway")["spec"]["auth"]
     assert auth["dashboardKeys"] == {"name": f"{RELEASE}-auth", "key": "dashboard-keys"}
     # Without any, the dashboard is off: no key in the Secret, none in the resource.
