@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, KeyToPath, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -61,12 +61,19 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
 }
 
-/// Mounts `secret` as a file and returns the file's path.
+/// Mounts `secret`'s one key as a file and returns the file's path. Only that key: the Secret
+/// may hold others (a test's publisher key, another service's credentials) the gateway must
+/// not see.
 fn mount(volumes: &mut Vec<Volume>, mounts: &mut Vec<VolumeMount>, name: &str, secret: &SecretKeyRef) -> String {
     let dir = format!("/etc/herald/{name}");
+    let only = KeyToPath { key: secret.key.clone(), path: secret.key.clone(), ..Default::default() };
     volumes.push(Volume {
         name: name.into(),
-        secret: Some(SecretVolumeSource { secret_name: Some(secret.name.clone()), ..Default::default() }),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.name.clone()),
+            items: Some(vec![only]),
+            ..Default::default()
+        }),
         ..Default::default()
     });
     mounts.push(VolumeMount {

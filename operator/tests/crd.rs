@@ -61,3 +61,24 @@ spec:
     let settings = 14;
     assert!(env.len() >= settings + 4, "{env:?}");
 }
+
+/// Each Secret is mounted with only the key the gateway reads: a Secret shared with other
+/// things (a test's publisher key, another service's credentials) shows the gateway nothing
+/// else (before: every key of it, in every volume).
+#[test]
+fn secrets_are_mounted_one_key_each() {
+    let rtgw: herald_operator::crd::RealtimeGateway =
+        serde_yaml::from_str(include_str!("../../docs/examples/rtgw.yaml")).unwrap();
+    let deployment = herald_operator::resources::deployment(&rtgw, 2);
+    let pod = deployment.spec.template.spec.unwrap();
+    let volumes = pod.volumes.unwrap();
+    assert!(!volumes.is_empty());
+    let env: Vec<String> = pod.containers[0].env.iter().flatten().filter_map(|e| e.value.clone()).collect();
+    for volume in volumes {
+        let secret = volume.secret.unwrap();
+        let items = secret.items.unwrap_or_default();
+        assert_eq!(items.len(), 1, "{}: {items:?}", volume.name);
+        let file = format!("/etc/herald/{}/{}", volume.name, items[0].path);
+        assert!(env.contains(&file), "the gateway reads {file}: {env:?}");
+    }
+}
