@@ -437,6 +437,20 @@ def test_network_policy_allows_http_in_and_nats_and_dns_out():
     assert {p["port"] for p in dns["ports"]} == {53}
 
 
+def test_network_policy_lets_the_gateways_fetch_their_keys():
+    # A gateway is not ready until it has fetched every JWKS URL once: with only NATS and DNS
+    # allowed out, none ever was (before).
+    values = load_values(CHART / "ci" / "monitoring-values.yaml")
+    values["auth"]["jwksUrls"] = ["https://id.example/jwks", "https://keys.example:8443/k", "https://id2.example/j"]
+    collector = {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "otel"}}}],
+                 "ports": [{"port": 4317, "protocol": "TCP"}]}
+    values["networkPolicy"]["extraEgress"] = [collector]
+    np = one(render(values), "NetworkPolicy")["spec"]
+    nats, dns, keys, extra = np["egress"]
+    assert keys == {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 8443, "protocol": "TCP"}]}
+    assert extra == collector
+
+
 # ---- NOTES.txt --------------------------------------------------------------------------------
 
 
