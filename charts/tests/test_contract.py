@@ -509,6 +509,16 @@ def test_an_identity_providers_jwks_url_reaches_the_gateways():
         "issuer": "https://example.eu.auth0.com/",
         "audience": "herald",
     }
+    # Keys in the clear are refused at render, as the gateways would refuse them at start
+    # (before: a release whose pods never started), unless allowed or on this machine.
+    values = load_values(CHART / "ci" / "jwks-url-values.yaml")
+    values["auth"]["jwksUrls"] = ["http://keycloak.auth.svc/jwks"]
+    assert "is plain http" in render_error(values)
+    values["auth"]["jwksAllowHttp"] = True
+    assert one(render(copy.deepcopy(values)), "RealtimeGateway")["spec"]["auth"]["jwksAllowHttp"] is True
+    values["auth"]["jwksAllowHttp"] = False
+    values["auth"]["jwksUrls"] = ["http://127.0.0.1:8080/jwks"]
+    render(values)
 
 
 def test_dashboard_keys_are_their_own():

@@ -52,6 +52,9 @@ BAD_VALUES = {
     "image pull policy": {"image": {"pullPolicy": "Sometimes"}},
     "url not a string": {"nats": {"url": 4222}},
     "any origin": {"gateway": {"settings": {"allowedOrigins": ["*"]}}},
+    "an origin without its scheme": {"gateway": {"settings": {"allowedOrigins": ["app.example.com"]}}},
+    "an origin with a path": {"gateway": {"settings": {"allowedOrigins": ["https://app.example.com/"]}}},
+    "history kept for no time": {"gateway": {"settings": {"historyMaxAge": "0"}}},
 }
 
 

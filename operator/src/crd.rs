@@ -283,7 +283,7 @@ pub struct GatewaySettings {
     /// How long events stay resumable (`--history-max-age`): seconds, or like `90s`, `15m`,
     /// `24h`, `7d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+[smhd]?$"))]
+    #[schemars(regex(pattern = r"^0*[1-9][0-9]*[smhd]?$"))]
     pub history_max_age: Option<String>,
     /// Events kept per subject (`--history-max-per-subject`).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::optional")]
@@ -427,6 +427,25 @@ pub fn validate(spec: &RealtimeGatewaySpec) -> Result<(), Vec<String>> {
         !gateway.allowed_origins.iter().any(|o| o.trim() == "*"),
         "gateway.allowedOrigins must list origins, not \"*\" (with credentials it would admit every site)",
     );
+    // What the gateway refuses at start, refused here: else its pods would never start.
+    for origin in gateway.allowed_origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty() && *o != "*") {
+        check(
+            is_origin(origin),
+            &format!("gateway.allowedOrigins: {origin:?} is not an origin like https://app.example.com"),
+        );
+    }
+    check(
+        gateway
+            .history_max_age
+            .as_deref()
+            .is_none_or(|age| age.trim_start_matches('0').starts_with(|c: char| c.is_ascii_digit() && c != '0')),
+        "gateway.historyMaxAge must be at least 1s",
+    );
+    if !spec.auth.jwks_allow_http.unwrap_or(false) {
+        for url in spec.auth.jwks_urls.iter().filter(|u| u.trim().starts_with("http://") && !is_loopback_url(u)) {
+            check(false, &format!("auth.jwksUrls: {url} is plain http; use https, or set auth.jwksAllowHttp"));
+        }
+    }
     for var in &spec.pod.env {
         check(
             !MANAGED_ENV.contains(&var.name.as_str()),
@@ -434,6 +453,28 @@ pub fn validate(spec: &RealtimeGatewaySpec) -> Result<(), Vec<String>> {
         );
     }
     if problems.is_empty() { Ok(()) } else { Err(problems) }
+}
+
+/// `scheme://host[:port]`, nothing after: an origin as browsers send it.
+fn is_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else { return false };
+    !scheme.is_empty()
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' '])
+}
+
+/// An `http://` URL to this machine (the gateway lets keys come in the clear from there).
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.trim().trim_start_matches("http://");
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = if host.starts_with('[') {
+        host.split(']').next().unwrap_or_default().trim_start_matches('[')
+    } else {
+        host.split(':').next().unwrap_or_default()
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// What the operator observed and decided.
@@ -484,6 +525,27 @@ mod tests {
         assert_eq!(problems, ["pod.env must not set HERALD_LISTEN: the operator sets it from the resource"]);
         rtgw.spec.pod.env.pop();
         assert!(validate(&rtgw.spec).is_ok());
+    }
+
+    /// What the gateway refuses at start is refused here, instead of rolling out pods that never
+    /// start: a malformed origin, a history kept for no time, keys fetched in the clear.
+    #[test]
+    fn what_the_gateway_would_refuse_is_refused() {
+        let rtgw: RealtimeGateway = serde_yaml::from_str(include_str!("../../docs/examples/rtgw.yaml")).unwrap();
+        let mut bad = rtgw.clone();
+        bad.spec.gateway.allowed_origins = vec!["https://app.example.com".into(), "app.example.com".into()];
+        bad.spec.gateway.allowed_origins.push("https://app.example.com/".into());
+        bad.spec.gateway.history_max_age = Some("0".into());
+        bad.spec.auth.jwks_urls = vec!["http://keycloak.auth.svc/jwks".into(), "http://127.0.0.1:8080/jwks".into()];
+        let problems = validate(&bad.spec).unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        bad.spec.auth.jwks_allow_http = Some(true);
+        assert_eq!(validate(&bad.spec).unwrap_err().len(), 3);
+        let mut good = rtgw;
+        good.spec.gateway.allowed_origins = vec!["https://app.example.com".into(), "http://localhost:3000".into()];
+        good.spec.gateway.history_max_age = Some("90s".into());
+        good.spec.auth.jwks_urls = vec!["https://id.example/jwks".into(), "http://[::1]:9000/k".into()];
+        assert!(validate(&good.spec).is_ok(), "{:?}", validate(&good.spec));
     }
 
     /// The gateway refuses `*` at start: the resource is refused instead of rolling out pods

@@ -155,6 +155,15 @@ says what to set. Included by the templates that need them.
 */}}
 {{- define "herald.validate" -}}
 {{- if .Values.gateway.enabled }}
+{{- if not .Values.auth.jwksAllowHttp }}
+{{- range .Values.auth.jwksUrls }}
+{{- $url := urlParse . }}
+{{- $host := regexReplaceAll ":[0-9]+$" $url.host "" | trimPrefix "[" | trimSuffix "]" }}
+{{- if and (eq $url.scheme "http") (not (has $host (list "localhost" "127.0.0.1" "::1"))) }}
+{{- fail (printf "herald: auth.jwksUrls %q is plain http, which the gateways refuse (anyone on the path could swap the keys): use https, or set auth.jwksAllowHttp" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if not .Values.nats.url }}
 {{- fail "herald: nats.url is required: the URL of your NATS server with JetStream, e.g. --set nats.url=nats://nats.nats.svc.cluster.local:4222 (see docs/helm.md for installing the official NATS chart alongside)" }}
 {{- end }}
