@@ -179,6 +179,11 @@ pub fn deployment(rtgw: &RealtimeGateway, replicas: u32) -> Deployment {
         spec: DeploymentSpec {
             replicas: Some(replicas as i32),
             selector: LabelSelector { match_labels: Some(selector_labels(rtgw)), ..Default::default() },
+            // A new pod counts as available only `drainSeconds` after it is ready, and an old
+            // pod is stopped only once its replacement is available: so the next old pod starts
+            // draining as the last one's drain ends, not seconds later on top of it (a stopping
+            // pod no longer counts, whatever it is still doing).
+            min_ready_seconds: Some(spec.drain_seconds as i32),
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 // One pod at a time: each drained pod's clients reconnect elsewhere before the next.

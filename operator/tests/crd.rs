@@ -82,3 +82,18 @@ fn secrets_are_mounted_one_key_each() {
         assert!(env.contains(&file), "the gateway reads {file}: {env:?}");
     }
 }
+
+/// A rolling update drains one gateway after another, not on top of each other: a new pod
+/// counts as available only `drainSeconds` after it is ready, and the Deployment stops an old
+/// pod only once its replacement is available (before: seconds after, while the last one still
+/// drained, since a stopping pod no longer counts).
+#[test]
+fn a_rollout_waits_out_each_drain() {
+    let rtgw: herald_operator::crd::RealtimeGateway =
+        serde_yaml::from_str(include_str!("../../docs/examples/rtgw.yaml")).unwrap();
+    let deployment = herald_operator::resources::deployment(&rtgw, 2);
+    assert_eq!(deployment.spec.min_ready_seconds, Some(rtgw.spec.drain_seconds as i32));
+    let rolling = deployment.spec.strategy.unwrap().rolling_update.unwrap();
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!((rolling.max_surge, rolling.max_unavailable), (Some(IntOrString::Int(1)), Some(IntOrString::Int(0))));
+}
