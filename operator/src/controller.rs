@@ -16,7 +16,7 @@ use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use crate::crd::{Condition, RealtimeGateway, RealtimeGatewayStatus};
 use crate::metrics::Metrics;
@@ -133,6 +133,16 @@ where
     resources.predicate_filter(predicates::generation, Default::default())
 }
 
+/// Whether `rtgw` is the controller owner `meta` names.
+fn owned_by(meta: &ObjectMeta, rtgw: &RealtimeGateway) -> bool {
+    meta.owner_references.iter().flatten().any(|owner| {
+        owner.controller == Some(true)
+            && owner.kind == "RealtimeGateway"
+            && owner.name == rtgw.name_any()
+            && rtgw.uid().is_none_or(|uid| owner.uid == uid)
+    })
+}
+
 fn key_of(rtgw: &RealtimeGateway) -> String {
     format!("{}/{}", rtgw.namespace().unwrap_or_default(), rtgw.name_any())
 }
@@ -216,14 +226,31 @@ async fn reconcile_inner(rtgw: &RealtimeGateway, ctx: &Context, ns: &str, key: &
     let decision = scaling::decide(&policy, current, &counts, &history);
     ctx.remember(key, decision.recommendation);
 
+    // An object of one of these names that is not this resource's belongs to something else:
+    // applying ours would take it over (a Service's selector merged with ours, this resource as
+    // its owner, so that deleting the resource deletes it). Nothing is applied then.
+    let services = Api::<Service>::namespaced(ctx.client.clone(), ns);
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), ns);
+    let service = services.get_opt(&name).await?;
+    let pdb = pdbs.get_opt(&name).await?;
+    let foreign = [
+        ("Deployment", existing.as_ref().map(|d| &d.metadata)),
+        ("Service", service.as_ref().map(|s| &s.metadata)),
+        ("PodDisruptionBudget", pdb.as_ref().map(|p| &p.metadata)),
+    ]
+    .into_iter()
+    .find_map(|(kind, meta)| meta.filter(|meta| !owned_by(meta, rtgw)).map(|_| kind));
+    if let Some(kind) = foreign {
+        let message = format!(
+            "a {kind} named {name} exists in {ns} and is not this resource's: rename the RealtimeGateway, or remove that {kind}"
+        );
+        return report_invalid(rtgw, ctx, ns, message).await;
+    }
+
     let apply = PatchParams::apply(MANAGER).force();
     deployments.patch(&name, &apply, &Patch::Apply(resources::deployment(rtgw, decision.desired))).await?;
-    Api::<Service>::namespaced(ctx.client.clone(), ns)
-        .patch(&name, &apply, &Patch::Apply(resources::service(rtgw)))
-        .await?;
-    Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), ns)
-        .patch(&name, &apply, &Patch::Apply(resources::pdb(rtgw)))
-        .await?;
+    services.patch(&name, &apply, &Patch::Apply(resources::service(rtgw))).await?;
+    pdbs.patch(&name, &apply, &Patch::Apply(resources::pdb(rtgw))).await?;
 
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let previous = rtgw.status.clone().unwrap_or_default();

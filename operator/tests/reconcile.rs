@@ -50,9 +50,30 @@ fn condition(status: &Value, type_: &str) -> Value {
     conditions.iter().find(|c| c["type"] == type_).unwrap_or_else(|| panic!("no {type_} in {conditions:?}")).clone()
 }
 
+/// The owner reference of what the operator creates for `rtgw(..)`.
+fn owned() -> Value {
+    json!([{"apiVersion":"herald.dev/v1alpha1","kind":"RealtimeGateway","name":"demo",
+            "uid":"11111111-2222-3333-4444-555555555555","controller":true}])
+}
+
 fn deployment(replicas: u32) -> Value {
-    json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"demo","namespace":"default"},
+    json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"demo","namespace":"default","ownerReferences":owned()},
            "spec":{"replicas":replicas,"selector":{},"template":{}},"status":{"readyReplicas":replicas}})
+}
+
+fn not_found() -> Value {
+    json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"not found"})
+}
+
+/// Serves the reads of the Service and PodDisruptionBudget before the writes: none yet.
+async fn serve_owned_reads(handle: &mut Handle) {
+    for path in
+        ["/api/v1/namespaces/default/services/demo", "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo"]
+    {
+        let (method, uri, _, send) = next(handle).await;
+        assert_eq!((method.as_str(), uri.as_str()), ("GET", path));
+        send.send_response(respond(StatusCode::NOT_FOUND, &not_found()));
+    }
 }
 
 fn pods(addrs: &[(String, i32)]) -> Value {
@@ -98,6 +119,7 @@ struct Writes {
 
 /// Serves the apply/status requests of one reconcile after the GET and LIST.
 async fn serve_writes(handle: &mut Handle) -> Writes {
+    serve_owned_reads(handle).await;
     let (method, uri, applied, send) = next(handle).await;
     assert_eq!(method, "PATCH");
     assert!(uri.starts_with("/apis/apps/v1/namespaces/default/deployments/demo?"), "{uri}");
@@ -571,4 +593,44 @@ async fn a_resource_with_a_number_too_large_stops_nobody_else() {
     let active = condition(&bad, "ScalingActive");
     assert_eq!(active["reason"], "InvalidSpec", "{bad}");
     assert!(active["message"].as_str().unwrap().contains("maxStep must be at most 10000"), "{bad}");
+}
+
+/// A Service of the resource's name that something else made is left alone: applying ours
+/// would merge our selector into it (so it matches no pod of its own) and make this resource
+/// its owner (so deleting the resource deletes it). Nothing is applied, and the status says
+/// why (before: it was taken over).
+#[tokio::test]
+async fn a_service_of_the_same_name_that_is_not_ours_is_left_alone() {
+    let (ctx, mut handle) = context();
+    let run = tokio::spawn(controller::reconcile(Arc::new(rtgw(None)), ctx.clone()));
+    let (method, uri, _, send) = next(&mut handle).await;
+    assert_eq!((method.as_str(), uri.as_str()), ("GET", "/apis/apps/v1/namespaces/default/deployments/demo"));
+    send.send_response(respond(StatusCode::NOT_FOUND, &not_found()));
+    let (_, uri, _, send) = next(&mut handle).await;
+    assert!(uri.starts_with("/api/v1/namespaces/default/pods?"), "{uri}");
+    send.send_response(respond(StatusCode::OK, &pods(&[])));
+    let (method, uri, _, send) = next(&mut handle).await;
+    assert_eq!((method.as_str(), uri.as_str()), ("GET", "/api/v1/namespaces/default/services/demo"));
+    let theirs = json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"demo","namespace":"default"},
+        "spec":{"selector":{"app":"billing"},"ports":[{"port":80}]}});
+    send.send_response(respond(StatusCode::OK, &theirs));
+    let (_, uri, _, send) = next(&mut handle).await;
+    assert_eq!(uri, "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo");
+    send.send_response(respond(StatusCode::NOT_FOUND, &not_found()));
+
+    let (method, uri, body, send) = next(&mut handle).await;
+    assert_eq!(method, "PATCH", "nothing applied: {uri}");
+    assert!(uri.starts_with("/apis/herald.dev/v1alpha1/namespaces/default/realtimegateways/demo/status"), "{uri}");
+    let ready = condition(&body["status"], "Ready");
+    assert_eq!(ready["reason"], "InvalidSpec");
+    assert!(ready["message"].as_str().unwrap().contains("a Service named demo exists in default"), "{ready}");
+    send.send_response(respond(
+        StatusCode::OK,
+        &json!({"apiVersion":"herald.dev/v1alpha1","kind":"RealtimeGateway",
+        "metadata":{"name":"demo","namespace":"default"},"spec": serde_json::to_value(&rtgw(None).spec).unwrap()}),
+    ));
+    let (method, _, event, send) = next(&mut handle).await;
+    assert_eq!((method.as_str(), event["reason"].as_str()), ("POST", Some("InvalidSpec")));
+    send.send_response(respond(StatusCode::CREATED, &event));
+    assert!(run.await.unwrap().is_err());
 }

@@ -34,13 +34,23 @@ fn mock_api(ports: Vec<u16>, applied: Arc<Mutex<Vec<(Instant, u64)>>>) -> kube::
                 ("GET", "/apis/apps/v1/namespaces/default/deployments/demo") => match replicas {
                     Some(r) => (
                         StatusCode::OK,
-                        json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"demo","namespace":"default"},"spec":{"replicas":r,"selector":{},"template":{}}}),
+                        json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"demo","namespace":"default",
+                            "ownerReferences":[{"apiVersion":"herald.dev/v1alpha1","kind":"RealtimeGateway","name":"demo","uid":"0c6f0f3e-0000-4000-8000-000000000001","controller":true}]},
+                            "spec":{"replicas":r,"selector":{},"template":{}}}),
                     ),
                     None => (
                         StatusCode::NOT_FOUND,
                         json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}),
                     ),
                 },
+                (
+                    "GET",
+                    "/api/v1/namespaces/default/services/demo"
+                    | "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
+                ) => (
+                    StatusCode::NOT_FOUND,
+                    json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}),
+                ),
                 ("GET", "/api/v1/namespaces/default/pods") => {
                     let items: Vec<Value> = ports.iter().enumerate().map(|(i, port)| json!({
                         "metadata": {"name": format!("demo-{i}"), "namespace": "default"},
