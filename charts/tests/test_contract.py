@@ -102,8 +102,8 @@ OPERATOR_RULES = {
     ("herald.dev", "realtimegateways"): {"list", "watch"},
     ("herald.dev", "realtimegateways/status"): {"patch"},
     ("apps", "deployments"): {"get", "list", "watch", "patch"},
-    ("", "services"): {"patch"},
-    ("policy", "poddisruptionbudgets"): {"patch"},
+    ("", "services"): {"get", "patch"},
+    ("policy", "poddisruptionbudgets"): {"get", "patch"},
     ("", "pods"): {"list"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
