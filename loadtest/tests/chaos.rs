@@ -51,7 +51,13 @@ fn a_short_chaos_run_kills_gateways_and_nats_nodes_and_loses_nothing() {
     assert_eq!(t["abandoned"], 0, "{t:#}");
     assert!(t["acknowledged"].as_u64().unwrap() >= 300, "20 s at 20/s: {t:#}");
     assert_eq!(t["acknowledged"], t["published"], "{t:#}");
-    assert_eq!(t["delivered"], t["expected"], "{t:#}");
+    // Every owed event delivered, but those lost in transit inside the cluster and recovered
+    // after a newer one on another of the client's subjects: those reach it as a `missed` reset
+    // naming the newest event it has, and it refetches its state (guarantee 14 of
+    // docs/reliability.md). The run above, seed 1, has shown both outcomes.
+    let (delivered, refetched) =
+        (t["delivered"].as_u64().unwrap(), t["refetched_after_missed_reset"].as_u64().unwrap());
+    assert_eq!(delivered + refetched, t["expected"].as_u64().unwrap(), "{t:#}");
     assert!(t["resumes"].as_u64().unwrap() > 0, "{t:#}");
     assert_eq!(s["config"]["seed"], 1);
     assert_eq!(s["config"]["history_replicas"], 3);
