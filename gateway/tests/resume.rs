@@ -328,8 +328,10 @@ async fn a_subject_a_resume_opens_has_its_chain_checked() {
     headers.insert("Nats-Last-Sequence", (seq + 1).to_string());
     client.publish_with_headers("herald.live.user.ann", headers, "2".into()).await.unwrap();
     client.flush().await.unwrap();
+    // (The forged event names an event no history holds, so the hub keeps looking for it: the
+    // count goes on rising.)
     eventually("the broken chain is noticed", Duration::from_secs(10), || async {
-        gw.metric("herald_live_gaps_total{cause=\"broken_chain\"}").await == Some(1.0)
+        gw.metric("herald_live_gaps_total{cause=\"broken_chain\"}").await.is_some_and(|n| n >= 1.0)
     })
     .await;
     drop(s);
