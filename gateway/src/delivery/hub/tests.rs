@@ -321,6 +321,19 @@ async fn a_gap_after_11(script: &mut Script) -> (Arc<Hub>, Target, Reader, Membe
     (hub, u, a, membership, reply)
 }
 
+/// [`a_gap_after_11`], on a hub that holds at most `bound` bytes of live events meanwhile.
+async fn a_gap_after_11_holding(script: &mut Script, bound: usize) -> (Arc<Hub>, Target, Reader, Membership, Reply) {
+    let hub = script.hub_holding(bound);
+    let u = user("u");
+    let (mut a, membership) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
+    script.live(&u, 11);
+    assert_eq!(a.until(11).await, [11]);
+    script.gap();
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 11);
+    (hub, u, a, membership, reply)
+}
+
 /// The hub could not read where the history stood when it started; a stream that joined
 /// later read its first cursor, 10, from it. The link drops and returns before any durable event
 /// reached the hub, and events 11 and 12 were stored meanwhile: the hub refills the gap from
@@ -919,14 +932,7 @@ async fn a_live_copy_that_comes_after_its_refill_is_no_new_history() {
 async fn live_events_held_past_the_bound_send_every_stream_to_resume() {
     const BOUND: usize = 64 << 10;
     let mut script = Script::new(10);
-    let hub = script.hub_holding(BOUND);
-    let u = user("u");
-    let (mut a, _a) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
-    script.live(&u, 11);
-    assert_eq!(a.until(11).await, [11]);
-    script.gap();
-    let (after, given_up) = script.next_replay().await;
-    assert_eq!(after, 11);
+    let (hub, u, a, _a, given_up) = a_gap_after_11_holding(&mut script, BOUND).await;
 
     let ephemeral = Delivery { id: None, payload: Bytes::from(vec![b'1'; 4096]), ..durable(0) };
     let mut sent = 0;
@@ -989,13 +995,7 @@ async fn a_refill_excuses_no_broken_chain_on_a_subject_it_did_not_read() {
 async fn after_giving_up_the_next_refill_starts_where_the_streams_are() {
     const BOUND: usize = 64 << 10;
     let mut script = Script::new(10);
-    let hub = script.hub_holding(BOUND);
-    let u = user("u");
-    let (mut a, _a) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
-    script.live(&u, 11);
-    assert_eq!(a.until(11).await, [11]);
-    script.gap();
-    let (_, _given_up) = script.next_replay().await;
+    let (hub, u, a, _a, _given_up) = a_gap_after_11_holding(&mut script, BOUND).await;
     let ephemeral = Delivery { id: None, payload: Bytes::from(vec![b'1'; 4096]), ..durable(0) };
     while a.outbox.close_reason().is_none() {
         script.send(&u, ephemeral.clone());
