@@ -168,6 +168,11 @@ pub(super) struct Dispatcher {
     /// `reading_from` is where the refill out now starts.
     read: Option<Read>,
     reading_from: u64,
+    /// The live events held because their subject's chain broke, by sequence, until a refill
+    /// answers; then `looked_for`, until the held events are released: one still broken then
+    /// names an event the history, as read, does not hold, and is not looked for again.
+    looking_for: Vec<u64>,
+    looked_for: Vec<u64>,
     /// The subjects the refill out now reads: those subscribed when it was asked for.
     reading: Arc<std::collections::HashSet<Target>>,
     /// When the refills of the current gap started failing with the link up.
@@ -232,6 +237,8 @@ impl Dispatcher {
             refill_after: None,
             read: None,
             reading_from: 0,
+            looking_for: Vec::new(),
+            looked_for: Vec::new(),
             reading: Arc::default(),
             refill_failing_since: None,
             known_connections: 0,
@@ -326,6 +333,7 @@ impl Dispatcher {
                     Ok(Replay::Events(events)) => {
                         self.refill_failing_since = None;
                         self.refill_after = None;
+                        self.looked_for.append(&mut self.looking_for);
                         let seq = |i: Option<&(Target, Delivery)>| i.and_then(|(_, d)| d.id.as_ref()).map(|id| id.seq);
                         let (first, last) = (seq(events.first()), seq(events.last()));
                         // What the refill read: up to its last event, not up to the newest one
@@ -399,6 +407,7 @@ impl Dispatcher {
                 for (topic, delivery) in self.held.take() {
                     self.dispatch(&topic, delivery, true);
                 }
+                self.looked_for.clear();
             }
         }
     }
@@ -548,7 +557,19 @@ impl Dispatcher {
                 // no one here; the link's own check may notice that only later, or never. They
                 // are refilled from the history, from that subject's last event, with this event
                 // and what follows held. Once the history has been read past the event named,
-                // it is no longer looked for: what the history does not hold cannot be sent.
+                // it is no longer looked for: what the history does not hold cannot be sent. Nor
+                // is it looked for twice.
+                if self.looked_for.contains(&id.seq) {
+                    // Looked for already: the refill this event waited for read its subject
+                    // from the last event sent on it, and the event named was not there. The
+                    // answer of a replica still catching up, or headers no stream wrote; a
+                    // refill again would answer the same, at once, with every live event of
+                    // the pod held behind it. The subject's streams resume instead, each from
+                    // its own id, from the history as it then stands.
+                    tracing::warn!(target = %topic.target, seq = id.seq, previous = delivery.previous, anchor, "an event names one its subject's history does not hold; its streams resume");
+                    topic.send_members_to_resume();
+                    return;
+                }
                 self.metrics.live_gap(Gap::BrokenChain);
                 if self.watermark.as_ref().is_some_and(|w| w.seq.saturating_sub(anchor) > CHAIN_REFILL_MAX) {
                     // A subject quiet for long: a refill from its last event would read every
@@ -563,6 +584,7 @@ impl Dispatcher {
                 }
                 tracing::info!(target = %topic.target, seq = id.seq, previous = delivery.previous, anchor, "events on a subject never arrived; refilling them");
                 self.refill_after = Some(self.refill_after.map_or(anchor, |after| after.min(anchor)));
+                self.looking_for.push(id.seq);
                 self.held.push((topic.clone(), delivery));
                 self.start_catch_up();
                 return;
@@ -593,6 +615,8 @@ impl Dispatcher {
         }
         self.read = None;
         self.refill_after = None;
+        self.looking_for.clear();
+        self.looked_for.clear();
     }
 
     /// The topic whose subscription is in `index`, if it still is.

@@ -577,6 +577,27 @@ async fn a_refill_that_lacks_the_events_held_is_asked_again() {
     assert_eq!(a.until(14).await, [11, 12, 13, 14]);
 }
 
+/// A broken chain whose refill comes back without the event it names (a replica still
+/// catching up, or headers no stream wrote) is not looked for again: the subject's streams
+/// resume, each from its own id, and live delivery goes on for every other one (before: the
+/// hub asked again at once, for as long as the answer stayed the same, and held every live
+/// event of the pod meanwhile).
+#[tokio::test]
+async fn a_chain_the_refill_cannot_mend_sends_its_streams_to_resume() {
+    let mut script = Script::new(10);
+    let (hub, u, a, _on_u) = streaming_after_11(&script).await;
+    let v = user("v");
+    let (mut b, _on_v) = Reader::join(&hub, std::slice::from_ref(&v), 11).await;
+    script.live_after(&u, 14, 13);
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 11);
+    Script::refill(reply, []);
+    assert_eq!(a.closed().await, CloseReason::Error);
+    script.live_after(&v, 15, 11);
+    assert_eq!(b.until(15).await, [15]);
+    assert!(script.replays.try_recv().is_err(), "the event named was looked for once");
+}
+
 /// An unbroken chain asks for no refill: each event names the one sent before it on its subject.
 #[tokio::test]
 async fn a_subject_whose_chain_holds_is_not_refilled() {
