@@ -2,8 +2,11 @@
 // NATS, and mint the client tokens browsers open their streams with. No runtime dependency for
 // HTTP and tokens (fetch and WebCrypto); the `nats` package for the NATS transport.
 //
-// Every publish carries an idempotency `id` (the caller's, or a fresh one): a 503 or a failed
-// connection is retried with it, and the history stores the event once whatever the attempts.
+// Every publish carries an idempotency `id` (the caller's, or a fresh one): a 503 (or a proxy's
+// 502 or 504), a failed connection or an answer cut off is retried with it, and the history
+// stores the event once whatever the attempts. An ephemeral event (`durable: false`) has no
+// history to store it once: it is sent again only when nothing was published (a 503, or a
+// connection refused). A redirect is an error: the key goes to the URL given, and nowhere else.
 
 import { createPrivateKey, randomUUID, sign as nodeSign } from 'node:crypto';
 
@@ -28,13 +31,17 @@ export class BadRequestError extends HeraldError {}
 export class UnauthorizedError extends HeraldError {}
 /** 413: the event is larger than the gateways accept. */
 export class PayloadTooLargeError extends HeraldError {}
-/** 503, or no answer, after every retry: publish again later with the same `id`. */
+/**
+ * 503 (or a proxy's 502 or 504), no answer, or one cut off, after every retry: publish again
+ * later with the same `id`.
+ */
 export class UnavailableError extends HeraldError {}
 
 function errorFor(status, code, message, id) {
   const Kind =
-    { 400: BadRequestError, 401: UnauthorizedError, 413: PayloadTooLargeError, 503: UnavailableError }[status] ??
-    HeraldError;
+    { 400: BadRequestError, 401: UnauthorizedError, 413: PayloadTooLargeError, 502: UnavailableError, 503: UnavailableError, 504: UnavailableError }[
+      status
+    ] ?? HeraldError;
   return new Kind(status, code, message, id);
 }
 
@@ -112,35 +119,51 @@ function httpPublisher({
     const deadline = Date.now() + retryForMs;
     for (let attempt = 0; ; attempt++) {
       const left = Math.max(1, Math.min(timeoutMs, deadline - Date.now()));
-      let response;
+      let error;
+      // Whether the attempt surely published nothing: only then is an ephemeral event sent again.
+      let unsent = false;
       try {
-        response = await fetchImpl(endpoint, {
+        const response = await fetchImpl(endpoint, {
           method: 'POST',
           headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
           body: JSON.stringify(body),
+          // Not followed: fetch would send the body, and to the same origin the key, wherever
+          // the `Location` points.
+          redirect: 'manual',
           signal: AbortSignal.timeout(left),
         });
-      } catch (e) {
-        const last = attempt >= retries || Date.now() + wait >= deadline;
-        if (last) {
-          throw new UnavailableError(0, 'unreachable', `${endpoint}: ${e?.cause?.code ?? e?.message ?? e}`, body.id);
+        if (response.ok) {
+          // Read here, where a body cut off is retried: the event may be stored, its ids lost.
+          let ids;
+          try {
+            ids = (await response.json())?.ids;
+          } catch (e) {
+            ids = e;
+          }
+          if (Array.isArray(ids)) return ids;
+          error = new UnavailableError(response.status, 'unreadable_answer', `${endpoint}: ${ids?.message ?? 'an answer without ids'}`, body.id);
+        } else {
+          let code = 'error';
+          let message = response.statusText;
+          if (response.status >= 300 && response.status < 400) {
+            message = `redirected to ${response.headers.get('location')}: publish to the gateways' own URL`;
+          }
+          try {
+            const answer = await response.json();
+            code = answer.error ?? code;
+            message = answer.message ?? message;
+          } catch {
+            // not JSON: keep the status text
+          }
+          error = errorFor(response.status, code, message, body.id);
+          unsent = response.status === 503;
         }
-        await sleep(wait);
-        wait = Math.min(wait * 2, 4000);
-        continue;
-      }
-      if (response.ok) return (await response.json()).ids;
-      let code = 'error';
-      let message = response.statusText;
-      try {
-        const answer = await response.json();
-        code = answer.error ?? code;
-        message = answer.message ?? message;
-      } catch {
-        // not JSON: keep the status text
+      } catch (e) {
+        error = new UnavailableError(0, 'unreachable', `${endpoint}: ${e?.cause?.code ?? e?.message ?? e}`, body.id);
+        unsent = e?.cause?.code === 'ECONNREFUSED';
       }
       const last = attempt >= retries || Date.now() + wait >= deadline;
-      if (response.status !== 503 || last) throw errorFor(response.status, code, message, body.id);
+      if (!(error instanceof UnavailableError) || last || (body.durable === false && !unsent)) throw error;
       await sleep(wait);
       wait = Math.min(wait * 2, 4000);
     }

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { connect } from 'nats';
 import {
   BadRequestError,
+  HeraldError,
   UnauthorizedError,
   UnavailableError,
   createPublisher,
@@ -219,5 +220,92 @@ test('no attempt outlasts the retry window', async () => {
   } finally {
     silent.closeAllConnections?.();
     silent.close();
+  }
+});
+
+// An HTTP server on loopback that answers each request, one per connection, with the next of
+// `answers` (raw text, sent as it is, then the connection closed), and keeps each request's
+// head and the publish's `id`.
+async function scripted(answers) {
+  const seen = { heads: [], ids: [] };
+  const server = createServer((socket) => {
+    let data = Buffer.alloc(0);
+    socket.on('data', (chunk) => {
+      data = Buffer.concat([data, chunk]);
+      const end = data.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const head = data.subarray(0, end).toString();
+      const length = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+      const body = data.subarray(end + 4);
+      if (body.length < length) return;
+      seen.heads.push(head);
+      seen.ids.push(length ? JSON.parse(body.toString()).id : undefined);
+      socket.end(answers.shift() ?? 'HTTP/1.1 500 Nothing scripted\r\ncontent-length: 0\r\n\r\n');
+    });
+    socket.on('error', () => {});
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { url: `http://127.0.0.1:${server.address().port}`, seen, close: () => server.close() };
+}
+
+const answer = (status, body, length = Buffer.byteLength(body)) =>
+  `HTTP/1.1 ${status}\r\ncontent-type: application/json\r\ncontent-length: ${length}\r\n\r\n${body}`;
+const STORED = answer('200 OK', '{"ids":["e-1"]}');
+
+test('a redirect is refused, and the key goes to no other host', async () => {
+  const elsewhere = await scripted([answer('200 OK', '{}')]);
+  const redirecting = await scripted([`HTTP/1.1 307 Temporary Redirect\r\nlocation: ${elsewhere.url}/steal\r\ncontent-length: 0\r\n\r\n`]);
+  try {
+    const publisher = createPublisher({ url: redirecting.url, key: PUBLISH_KEY, retries: 0 });
+    await assert.rejects(
+      publisher.broadcast({ type: 'x' }, { id: 'order-3' }),
+      (e) => e instanceof HeraldError && e.status === 307 && e.id === 'order-3' && e.message.includes(elsewhere.url),
+    );
+    await fetch(`${elsewhere.url}/marker`, { method: 'POST', body: '{}' });
+    assert.deepEqual(elsewhere.seen.heads.map((h) => h.split('\r\n')[0]), ['POST /marker HTTP/1.1']);
+  } finally {
+    elsewhere.close();
+    redirecting.close();
+  }
+});
+
+test('an answer cut off is retried with the same id', async () => {
+  // A 200 whose body breaks off: the event was stored and its ids lost. The error that escaped
+  // carried no id and was not retried, so the caller's own retry stored the event twice.
+  const server = await scripted([answer('200 OK', '{"ids":["e-', 40), answer('200 OK', 'not json'), STORED]);
+  try {
+    const ids = await createPublisher({ url: server.url, key: PUBLISH_KEY, backoffMs: 5 }).broadcast({ type: 'x' });
+    assert.deepEqual(ids, ['e-1']);
+    assert.equal(server.seen.ids.length, 3);
+    assert.equal(new Set(server.seen.ids).size, 1, 'every attempt with the same id');
+  } finally {
+    server.close();
+  }
+});
+
+test("a proxy's 502 and 504 are retried with the same id", async () => {
+  const server = await scripted([answer('502 Bad Gateway', '<html>'), answer('504 Gateway Timeout', ''), STORED]);
+  try {
+    assert.deepEqual(await createPublisher({ url: server.url, key: PUBLISH_KEY, backoffMs: 5 }).broadcast({ type: 'x' }), ['e-1']);
+    assert.equal(server.seen.ids.length, 3);
+    assert.equal(new Set(server.seen.ids).size, 1);
+  } finally {
+    server.close();
+  }
+});
+
+test('an ephemeral publish is not sent twice', async () => {
+  // No history stores it once: an attempt whose answer is lost may have been delivered. A 503,
+  // where the gateway published nothing, is retried.
+  const server = await scripted([answer('503 Service Unavailable', '{"error":"unavailable"}'), answer('502 Bad Gateway', '')]);
+  try {
+    const publisher = createPublisher({ url: server.url, key: PUBLISH_KEY, backoffMs: 5 });
+    await assert.rejects(
+      publisher.broadcast({ type: 'x' }, { durable: false }),
+      (e) => e instanceof UnavailableError && e.status === 502 && e.id === server.seen.ids[0],
+    );
+    assert.equal(server.seen.ids.length, 2, 'the 503 retried, the 502 not');
+  } finally {
+    server.close();
   }
 });

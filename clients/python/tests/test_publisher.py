@@ -10,6 +10,7 @@ import contextlib
 import socket
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from conftest import KEYS, PUBLISH_KEY, SECRET, Gateway, Nats, Stream
 from herald_publisher import (
     AsyncPublisher,
     BadRequest,
+    HeraldError,
     NatsPublisher,
     Publisher,
     Unauthorized,
@@ -283,3 +285,110 @@ def test_the_built_wheel_installs_and_publishes(herald: tuple[Nats, Gateway], tm
     event = s.next()
     assert (event["event"], event["id"]) == ("installed", out.stdout.strip())
     s.close()
+
+
+class Scripted:
+    """An HTTP server on loopback that answers each request, one per connection, with the next
+    of `answers` (raw bytes, sent as they are, then the connection closed), and keeps what each
+    request said: its head and the publish's `id`."""
+
+    def __init__(self, answers: list[bytes]) -> None:
+        self.answers = list(answers)
+        self.heads: list[str] = []
+        self.ids: list[str | None] = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import json
+
+        while self.answers:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(
+                    (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")),
+                    0,
+                )
+                while len(body) < length and (chunk := conn.recv(65536)):
+                    body += chunk
+                self.heads.append(head.decode())
+                self.ids.append(json.loads(body).get("id") if body else None)
+                conn.sendall(self.answers.pop(0))
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def answer(status: str, body: bytes, length: int | None = None) -> bytes:
+    size = len(body) if length is None else length
+    return f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n".encode() + body
+
+
+STORED = answer("200 OK", b'{"ids":["e-1"]}')
+
+
+def test_a_redirect_is_refused_and_the_key_goes_to_no_other_host() -> None:
+    """urllib follows a redirect, as a GET, with every header but the body's: the publisher key
+    went to whatever host the `Location` named (a misconfigured ingress, an open redirect).
+    A publish endpoint is never redirected: the 3xx is an error, and the key stays here."""
+    elsewhere = Scripted([answer("200 OK", b"{}")])
+    redirecting = Scripted([f"HTTP/1.1 302 Found\r\nLocation: {elsewhere.url}/steal\r\nContent-Length: 0\r\n\r\n".encode()])
+    try:
+        with pytest.raises(HeraldError) as refused:
+            Publisher(redirecting.url, PUBLISH_KEY, retries=0).broadcast({"type": "x", "data": 1}, id="order-3")
+        assert refused.value.status == 302 and refused.value.id == "order-3"
+        assert elsewhere.url in str(refused.value), "the error names where it was sent"
+        urllib.request.urlopen(urllib.request.Request(elsewhere.url + "/marker", data=b"{}", method="POST"))
+        assert [h.split("\r\n")[0] for h in elsewhere.heads] == ["POST /marker HTTP/1.1"]
+        assert all(PUBLISH_KEY not in h for h in elsewhere.heads)
+    finally:
+        elsewhere.close()
+        redirecting.close()
+
+
+def test_an_answer_cut_off_is_retried_with_the_same_id() -> None:
+    """A 200 whose body breaks off: the event was stored, and the answer is lost. The error
+    that escaped carried no `id` and was not retried, so the caller's own retry stored the
+    event a second time. It is an answer lost, retried with the same `id`."""
+    server = Scripted([answer("200 OK", b'{"ids":["e-', length=40), answer("200 OK", b"not json"), STORED])
+    try:
+        ids = Publisher(server.url, PUBLISH_KEY, backoff=0.01).broadcast({"type": "x", "data": 1})
+        assert ids == ["e-1"]
+        assert len(server.ids) == 3 and len(set(server.ids)) == 1, server.ids
+    finally:
+        server.close()
+
+
+def test_a_proxy_with_no_gateway_behind_it_is_retried() -> None:
+    """502 and 504 come from a proxy in front of the gateways (one killed by a rollout): as
+    unsure as a 503, and retried with the same `id`."""
+    server = Scripted([answer("502 Bad Gateway", b"<html>"), answer("504 Gateway Timeout", b""), STORED])
+    try:
+        assert Publisher(server.url, PUBLISH_KEY, backoff=0.01).broadcast({"type": "x", "data": 1}) == ["e-1"]
+        assert len(server.ids) == 3 and len(set(server.ids)) == 1, server.ids
+    finally:
+        server.close()
+
+
+def test_an_ephemeral_publish_is_not_sent_twice() -> None:
+    """An ephemeral event has no history to store it once: an attempt whose answer is lost may
+    have been delivered, so it is not sent again. A 503, where the gateway published nothing,
+    is retried."""
+    server = Scripted([answer("503 Service Unavailable", b'{"error":"unavailable"}'), answer("502 Bad Gateway", b"")])
+    try:
+        with pytest.raises(Unavailable) as lost:
+            Publisher(server.url, PUBLISH_KEY, backoff=0.01).broadcast({"type": "x", "data": 1}, durable=False)
+        assert lost.value.status == 502 and lost.value.id == server.ids[0]
+        assert len(server.ids) == 2, "the 503 retried, the lost answer not"
+    finally:
+        server.close()

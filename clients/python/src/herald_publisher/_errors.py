@@ -29,10 +29,11 @@ class PayloadTooLarge(HeraldError):
 
 
 class Unavailable(HeraldError):
-    """503, or no answer, after every retry: the history could not store the event. Retrying
-    later with the same `id` stores it once."""
+    """503 (or a proxy's 502 or 504), no answer, or one cut off, after every retry: the event
+    may not be stored. Retrying later with the same `id` stores it once."""
 
 
 def error_for(status: int, code: str, message: str, id: str | None = None) -> HeraldError:
-    kind = {400: BadRequest, 401: Unauthorized, 413: PayloadTooLarge, 503: Unavailable}.get(status, HeraldError)
+    kinds = {400: BadRequest, 401: Unauthorized, 413: PayloadTooLarge, 502: Unavailable, 503: Unavailable, 504: Unavailable}
+    kind = kinds.get(status, HeraldError)
     return kind(status, code, message, id)

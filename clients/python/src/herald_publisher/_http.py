@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import socket
 import time
@@ -50,11 +51,16 @@ class Publisher:
     """Publishes through a gateway's (or the gateway Service's) `POST /v1/publish`.
 
     Each call resolves to the ids Herald stored the event under, one per target, in the order
-    users, channels, broadcast. A 503 or a connection that fails is retried `retries` times
-    with backoff, with the same `id`: the history stores the event once however many attempts
-    reach it, as long as they reach it within its duplicate window (the gateways'
-    `--history-dedup-window`, 2 minutes by default). So no attempt starts, or lasts, past
-    `retry_for` seconds (90) from the first: a later one could store the event again.
+    users, channels, broadcast. A 503 (or a proxy's 502 or 504), a connection that fails, or an
+    answer cut off, is retried `retries` times with backoff, with the same `id`: the history
+    stores the event once however many attempts reach it, as long as they reach it within its
+    duplicate window (the gateways' `--history-dedup-window`, 2 minutes by default). So no
+    attempt starts, or lasts, past `retry_for` seconds (90) from the first: a later one could
+    store the event again. An ephemeral event (`durable=False`) has no history to store it once:
+    it is sent again only when nothing was published (a 503, or a connection refused).
+
+    A redirect is refused (a `HeraldError` with its 3xx status): the publisher key is sent to
+    the URL given, and to no host a `Location` names.
     """
 
     def __init__(
@@ -99,13 +105,24 @@ class Publisher:
         deadline = time.monotonic() + self.retry_for
         for attempt in range(self.retries + 1):
             left = deadline - time.monotonic()
+            # Whether the attempt published nothing, surely: only then is an ephemeral event
+            # sent again.
+            unsent = False
             try:
                 return self._post(payload, body["id"], max(0.001, min(self.timeout, left)))
             except Unavailable as e:
-                error = e
+                error, unsent = e, e.status == 503
             except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as e:
                 error = Unavailable(0, "unreachable", f"{self.endpoint}: {getattr(e, 'reason', e)}", body["id"])
                 error.__cause__ = e
+                unsent = isinstance(getattr(e, "reason", e), ConnectionRefusedError)
+            except (http.client.HTTPException, ValueError) as e:
+                # An answer cut off, or not the JSON a gateway answers: the event may have been
+                # stored, and the ids were lost.
+                error = Unavailable(0, "unreadable_answer", f"{self.endpoint}: {e!r}", body["id"])
+                error.__cause__ = e
+            if durable is False and not unsent:
+                raise error
             if attempt == self.retries or time.monotonic() + wait >= deadline:
                 raise error
             time.sleep(wait)
@@ -120,18 +137,34 @@ class Publisher:
             headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with _OPENER.open(request, timeout=timeout) as response:
                 answer = json.loads(response.read())
-                return [str(i) for i in answer.get("ids", [])]
+                ids = answer.get("ids") if isinstance(answer, dict) else None
+                if not isinstance(ids, list):
+                    raise ValueError(f"an answer without ids: {answer!r}"[:200])
+                return [str(i) for i in ids]
         except urllib.error.HTTPError as e:
             raise _refusal(e, id) from None
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Refuses every redirect: urllib would follow it with the `Authorization` header, to any
+    host. The 3xx comes back as an `HTTPError`, naming where it pointed."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        raise urllib.error.HTTPError(
+            req.full_url, code, f"redirected to {newurl}: publish to the gateways' own URL", headers, fp
+        )
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def _refusal(e: urllib.error.HTTPError, id: str) -> HeraldError:
     try:
         answer = json.loads(e.read())
         code, message = str(answer.get("error", "")), str(answer.get("message", ""))
-    except (ValueError, OSError):
+    except (ValueError, OSError, http.client.HTTPException):
         code, message = "", e.reason if isinstance(e.reason, str) else ""
     return error_for(e.code, code or "error", message, id)
 
