@@ -58,14 +58,22 @@ export interface TokenExpiredEvent {
   data: { reason: 'token_expired' | (string & {}) };
 }
 
-/** A refused connection or a failed getToken(). */
+/** What a token endpoint answers, e.g. herald-server's tokenHandler: `{ token, expiresIn }`. */
+export interface TokenAnswer {
+  token: string;
+  [more: string]: unknown;
+}
+
+/** A refused connection, a failed getToken(), or an event past `maxEventLength`. */
 export interface HeraldErrorEvent {
   type: 'error';
   /** The HTTP status (0 when no response was involved). */
   status: number;
   /** The gateway's error code ("unauthorized", "channel_not_allowed", …), or `http_<status>`,
-   * "token_unavailable", "bad_content_type", "invalid_url". */
+   * "token_unavailable", "bad_content_type", "invalid_url", "event_too_large". */
   error: string;
+  /** With "event_too_large": the id of the event stepped over (null when it had none). */
+  id?: string | null;
   message: string;
   /** The parsed JSON body of the refusal, when there was one. */
   body?: unknown;
@@ -158,8 +166,11 @@ export interface ClientOptions {
   url: string;
   /** Returns the client token (a JWT) sent as `Authorization: Bearer`. Called before every
    * connection attempt; `refresh` is true after a 401 or token_expired. Without it the client
-   * relies on the `herald_token` cookie or a `token` in `url`. */
-  getToken?: (context: GetTokenContext) => string | null | undefined | Promise<string | null | undefined>;
+   * relies on the `herald_token` cookie or a `token` in `url`. It may answer a token endpoint's
+   * JSON, `{ token, … }`, as herald-server's tokenHandler does. */
+  getToken?: (
+    context: GetTokenContext,
+  ) => string | TokenAnswer | null | undefined | Promise<string | TokenAnswer | null | undefined>;
   /** Channels always carried, besides those with subscribe() handlers. */
   channels?: string[];
   /** Close the connection while the page is hidden; reconnect (resuming) when it is visible.

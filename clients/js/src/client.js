@@ -363,7 +363,7 @@ export class HeraldClient {
         const first = this.#firstToken;
         const fresh = first !== null && this.#clock.now() - this.#firstTokenAt < FIRST_TOKEN_MS;
         this.#firstToken = null;
-        token = fresh && !refresh ? first : await this.#getToken({ refresh });
+        token = fresh && !refresh ? first : tokenOf(await this.#getToken({ refresh }));
       } catch (err) {
         if (attempt.ended) return;
         this.#emitError({ status: 0, error: 'token_unavailable', message: messageOf(err), fatal: false, cause: err });
@@ -460,7 +460,14 @@ export class HeraldClient {
     // The cursor moves with the frames handed on (#deliver), not with the parser's last event
     // id: an `id:` in a block that is never dispatched (no `data:`) moves no cursor past
     // anything the application did not get.
-    const ended = await attempt.read(response.body, (chunk) => parser.feed(chunk));
+    const ended = await attempt.read(response.body, (chunk) => {
+      try {
+        parser.feed(chunk);
+      } catch (err) {
+        if (err instanceof RangeError) this.#tooLong(attempt, err);
+        throw err;
+      }
+    });
     if (!ended) return;
     parser.end();
     this.#streamEnded(attempt);
@@ -533,6 +540,22 @@ export class HeraldClient {
         break;
     }
     this.#subscriptions.dispatch(toEvent(frame), () => this.#closed);
+  }
+
+  /**
+   * An event past `maxEventLength` ended the stream. When its id is known, the cursor moves past
+   * it: resuming from the event before, the gateway would send it again, and again, and nothing
+   * after it would ever arrive. The application hears of it (an `error`, `event_too_large`, with
+   * the id) and refetches what it shows, as after a `reset`.
+   */
+  #tooLong(attempt, err) {
+    if (attempt.ended) return;
+    const id = isCursor(err.eventId) ? err.eventId : null;
+    if (id !== null) {
+      this.#remember(id);
+      this.#lastEventId = id;
+    }
+    this.#emitError({ status: 0, error: 'event_too_large', message: err.message, id, fatal: false });
   }
 
   #remember(id) {
@@ -664,7 +687,7 @@ export class HeraldClient {
     } else if (this.#getToken) {
       let token;
       try {
-        token = await this.#getToken({ refresh: false });
+        token = tokenOf(await this.#getToken({ refresh: false }));
       } catch {
         token = null;
       }
@@ -852,6 +875,14 @@ const SEEN_IDS = 2048;
  */
 function isCursor(id) {
   return typeof id === 'string' && id.length <= 128 && /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/.test(id);
+}
+
+/**
+ * The token of what `getToken` answered: a token, or the JSON of a token endpoint (herald-server's
+ * `tokenHandler` answers `{ token, expiresIn }`).
+ */
+function tokenOf(answer) {
+  return answer !== null && typeof answer === 'object' && typeof answer.token === 'string' ? answer.token : answer;
 }
 
 /** How long the token a tab asked for when it joined is used for its first connection. */

@@ -31,13 +31,19 @@ export const MAX_EVENT_LENGTH = 16 * 1024 * 1024;
  * @param {number} [options.maxEventLength] the longest line, and the longest data of one event,
  *   in characters (default `MAX_EVENT_LENGTH`). A body that goes past it makes `feed` throw a
  *   `RangeError`: a server that never ends a line or an event would otherwise grow them without
- *   bound. The parser is not to be fed again after that.
+ *   bound. The parser is not to be fed again after that. Its `eventId` is the id of the event it
+ *   cut off when that event's `id:` came before the long line, `null` otherwise.
  */
 export function createParser(options = {}) {
   const { onEvent, onComment, onRetry } = options;
   const initialId = options.lastEventId == null ? '' : String(options.lastEventId);
   const maxLength = options.maxEventLength > 0 ? options.maxEventLength : MAX_EVENT_LENGTH;
-  const tooLong = (what) => new RangeError(`event stream ${what} longer than ${maxLength} characters`);
+  // The error names the id of the event it cut off, when that event's own `id:` came first (as
+  // the gateway writes it): a client resumes after it rather than have it sent again.
+  const tooLong = (what) =>
+    Object.assign(new RangeError(`event stream ${what} longer than ${maxLength} characters`), {
+      eventId: blockHasId ? idBuffer : null,
+    });
 
   let decoder;
   let bomChecked;

@@ -32,6 +32,15 @@ describe('tokens and refusals', () => {
     client.close();
   });
 
+  test("getToken may answer the token endpoint's JSON, { token, expiresIn }", async () => {
+    // What herald-server's tokenHandler answers. Sent as it was, the header read
+    // `Bearer {"token":…}`: a 401, a fresh token of the same shape, and so on without end.
+    const env = setup({ getToken: async () => ({ token: 'tok-1', expiresIn: 600 }) });
+    const { call } = await connect(env);
+    assert.equal(call.headers.get('authorization'), 'Bearer tok-1');
+    env.client.close();
+  });
+
   test('401 with getToken: a non-fatal error, a fresh token, a retry', async () => {
     const asked = [];
     const { clock, fetch, client } = setup({

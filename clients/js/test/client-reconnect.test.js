@@ -137,6 +137,32 @@ describe('reconnecting and resuming', () => {
     client.close();
   });
 
+  test('an event longer than maxEventLength is stepped over, with an error naming it, not replayed forever', async () => {
+    // Its id comes before its data: the client resumes after it. Before, it resumed from the
+    // event before, the gateway sent the same event again, and so on without end, with no
+    // error, and nothing after it ever arrived.
+    const env = setup({ maxEventLength: 1000 });
+    const { clock, fetch, client } = env;
+    const got = [];
+    const errors = [];
+    client.on('a', (e) => got.push(e.id));
+    client.on('error', (e) => errors.push(e));
+    const { body } = await connect(env);
+    await pushAndFlush(client, body, eventFrame({ id: 'ep-1', type: 'a', data: 1 }));
+    body.push(eventFrame({ id: 'ep-2', type: 'a', data: 'x'.repeat(2000) }) + eventFrame({ id: 'ep-3', type: 'a', data: 3 }));
+    const { call } = await nextReconnect(clock, fetch);
+    assert.equal(call.headers.get('last-event-id'), 'ep-2');
+    assert.deepEqual(
+      errors.map((e) => [e.error, e.id, e.fatal]),
+      [['event_too_large', 'ep-2', false]],
+    );
+    const next = call.open();
+    next.push(connectedFrame({ resumed: true }));
+    await pushAndFlush(client, next, eventFrame({ id: 'ep-3', type: 'a', data: 3 }));
+    assert.deepEqual(got, ['ep-1', 'ep-3']);
+    client.close();
+  });
+
   test('no data at all for idleTimeoutMs (not even a heartbeat) reconnects', async () => {
     let onComment;
     const env = setup({ idleTimeoutMs: 45000, onComment: (c) => onComment?.(c) });

@@ -10,6 +10,7 @@ import {
   type HeraldEvent,
   type PresenceChange,
   type ShareRole,
+  type TokenAnswer,
 } from 'herald-client';
 import * as declared from 'herald-client';
 import * as declaredReact from 'herald-client/react';
@@ -36,6 +37,10 @@ const client = createClient({
   channels: ['news'],
   onStateChange: (state: ConnectionState, previous: ConnectionState) => console.log(previous, '->', state),
 });
+
+// A token endpoint's JSON (herald-server's tokenHandler) is taken as it is.
+const fromEndpoint: TokenAnswer = { token: 'ey…', expiresIn: 600 };
+createClient({ url: 'https://realtime.example.com', getToken: () => fromEndpoint }).close();
 
 const role: ShareRole = client.role;
 const stop = client.subscribe<BookingUpdate>('booking:42', (event: HeraldEvent<BookingUpdate>) => {

@@ -1,5 +1,7 @@
 // GET /api/herald-token: the browser client's getToken. A client token for the signed-in user,
-// allowed on their bookings' channels, for ten minutes (the client fetches a new one in time).
+// allowed on their bookings' channels, for ten minutes (when it expires, the gateway says
+// `token_expired` and the client asks for a fresh one and resumes). The client takes this JSON as
+// it is: `getToken: async () => (await fetch('/api/herald-token')).json()`.
 import { tokenHandler } from 'herald-server';
 
 export const GET = tokenHandler({
