@@ -100,6 +100,7 @@ export class HeraldClient {
 
   // timers (on the clock, so set in the constructor)
   #retry; // the next attempt after a failure
+  #leaderWatch; // a follower's: its leader's silence while it says the stream is open
   #debounce; // a change of channels
 
   /**
@@ -115,6 +116,7 @@ export class HeraldClient {
     this.#fetch = typeof f === 'function' ? f : (...args) => globalThis.fetch(...args);
     this.#clock = options.clock ?? systemClock;
     this.#retry = new Timer(this.#clock);
+    this.#leaderWatch = new Timer(this.#clock);
     this.#backoff = new Backoff({
       base: options.retryBaseMs,
       cap: options.retryCapMs,
@@ -441,7 +443,10 @@ export class HeraldClient {
         attempt.retryHint = ms;
       },
       onComment: (text) => {
-        if (attempt.ended || !this.#onComment) return;
+        if (attempt.ended) return;
+        // The followers hear the stream's heartbeats too: their leader is alive (#watchLeader).
+        if (this.#role === LEADER) this.#group?.post({ kind: 'alive' });
+        if (!this.#onComment) return;
         try {
           this.#onComment(text);
         } catch (err) {
@@ -742,6 +747,7 @@ export class HeraldClient {
   }
 
   #leave() {
+    this.#leaderWatch.clear();
     const group = this.#group;
     if (!group) return;
     this.#group = null;
@@ -768,6 +774,7 @@ export class HeraldClient {
   async #lead() {
     if (this.#closed || !this.#group) return;
     this.#role = LEADER;
+    this.#leaderWatch.clear();
     this.#leaderId = this.#group.id;
     this.#firstToken = this.#clock.now() - this.#firstTokenAt < FIRST_TOKEN_MS ? this.#firstToken : null;
     this.#group.post({ kind: 'leader' });
@@ -813,6 +820,7 @@ export class HeraldClient {
         } else if (wasLeader) {
           this.#leaderId = null;
           if (!this.#stopped) this.#setState(this.#everOpen ? RECONNECTING : CONNECTING);
+          this.#watchLeader();
         }
         return;
       }
@@ -832,6 +840,27 @@ export class HeraldClient {
     if (this.#role !== FOLLOWER) return;
     // What the leader's stream does.
     this.#leaderId = from;
+    this.#follow(msg);
+    this.#watchLeader();
+  }
+
+  /**
+   * A follower watches its leader while the leader says the stream is open: nothing from it (a
+   * frame, a heartbeat it passes on) for `idleTimeoutMs` means the leader's tab stopped running
+   * (suspended in the background, a hung page) with the lock still held, and this tab streams
+   * on its own, from its cursor. While the leader reconnects it is not watched: its own attempts
+   * are, and every tab retrying on its own would only add to an outage.
+   */
+  #watchLeader() {
+    if (this.#role !== FOLLOWER || this.#state !== OPEN || !(this.#idleMs > 0)) {
+      this.#leaderWatch.clear();
+      return;
+    }
+    this.#leaderWatch.set(this.#idleMs, () => this.#goSolo());
+  }
+
+  /** A message of the leader, to a follower. */
+  #follow(msg) {
     switch (msg.kind) {
       case 'frame':
         if (msg.frame && typeof msg.frame.type === 'string') this.#deliver(msg.frame);

@@ -339,3 +339,38 @@ test('a `missed` reset naming an id both tabs saw reaches the app of the leader 
   b.client.close();
   assert.deepEqual(resets, { a: ['missed'], b: ['missed'] });
 });
+
+test('a follower whose leader falls silent while its stream is open streams on its own; heartbeats passed on keep it following', async () => {
+  // A leader tab that stops running (suspended in the background, a hung page) keeps its lock:
+  // the follower said `open` for ever and got nothing, with no error and no end.
+  const env = browserEnv();
+  const a = tab(env, ['room:a'], { idleTimeoutMs: 45000 });
+  await flush();
+  const b = tab(env, ['room:b'], { idleTimeoutMs: 45000 });
+  await flush();
+  assert.deepEqual([a.client.role, b.client.role], ['leader', 'follower']);
+  b.clock.advance(500);
+  await flush();
+  a.clock.advance(500);
+  const body = (await a.fetch.nextCall()).open();
+  const open = nextState(b.client, 'open');
+  body.push(connectedFrame({ channels: ['room:a', 'room:b'] }));
+  await open;
+  // The gateway's heartbeats, every 15 s, passed on: a minute and a half of following.
+  for (let i = 0; i < 6; i++) {
+    b.clock.advance(15000);
+    body.push(': heartbeat\n\n');
+    await flush();
+  }
+  assert.equal(b.client.role, 'follower');
+  assert.equal(b.fetch.calls.length, 0);
+  // Then the leader stops: 45 s of nothing, and the follower opens its own stream, from its cursor.
+  b.clock.advance(45000);
+  await flush();
+  assert.equal(b.client.role, 'solo');
+  b.clock.advance(5000);
+  const own = await b.fetch.nextCall();
+  assert.equal(own.url.searchParams.get('channels'), 'room:b');
+  a.client.close();
+  b.client.close();
+});
