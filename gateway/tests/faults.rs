@@ -289,3 +289,31 @@ async fn publish_to_capped(nats: &Nats, count: usize) {
         js.publish("herald.events.user.capped", Bytes::from(format!("{n}"))).await.unwrap().await.unwrap();
     }
 }
+
+/// An ephemeral publish while the gateway's NATS link is down is answered 503 at once, and never
+/// sent later (before: the request hung until NATS was back, and then the event went out, long
+/// after its sender had given up, and perhaps sent it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_publish_while_nats_is_down_is_refused_and_never_sent() {
+    let mut nats = Nats::start();
+    let gw = Gateway::serve(&nats).start();
+    gw.ready().await;
+    let mut s = Sse::with_token(gw.addr, &token("eph", &[], 600), &[]).await;
+    assert_eq!(s.next().await.json()["resumed"], false);
+
+    nats.stop();
+    herald_testkit::eventually("the gateway is unready", Duration::from_secs(10), || async {
+        herald_testkit::http(gw.addr, "GET", "/readyz", &[], None).await.status == 503
+    })
+    .await;
+    let refused =
+        gw.publish(serde_json::json!({"type": "typing", "data": 1, "users": ["eph"], "durable": false})).await;
+    assert_eq!((refused.status, refused.json()["error"].as_str()), (503, Some("unavailable")));
+
+    nats.restart();
+    gw.ready().await;
+    let marker = gw.publish_marker("eph").await;
+    let (before, got) = s.read_to_marker().await;
+    assert_eq!(got.id.as_deref(), Some(marker.as_str()));
+    assert!(before.iter().all(|e| e.event != "typing"), "the refused event was never sent: {before:?}");
+}

@@ -60,6 +60,9 @@ pub use stream::{STREAM, stream_config};
 /// Messages one subscription queues before async-nats drops newer ones (a slow consumer).
 const SUBSCRIPTION_CAPACITY: usize = 256 * 1024;
 
+/// Longest an ephemeral publish waits for NATS to take it before it is answered as unsure (503).
+const EPHEMERAL_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where each gateway publishes its stats for the fleet's dashboards, under the prefix:
 /// `herald.internal.stats.<pod>`.
 pub const STATS_SUBJECT: &str = "internal.stats";
@@ -359,14 +362,28 @@ impl Broker for NatsBroker {
             let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
             let Some(js) = durable else {
                 store::check_size(client.server_info().max_payload, &headers, &event.payload, std::iter::empty())?;
-                for target in &targets {
-                    let subject = target.subject(&prefix, SubjectKind::Live);
-                    client
-                        .publish_with_headers(subject, headers.clone(), event.payload.clone())
-                        .await
-                        .map_err(|e| unavailable(&e))?;
+                // Nothing is queued while the link is down: the client would send it once NATS is
+                // back, long after the caller was answered, who may have sent it again. A link
+                // that drops meanwhile may still carry what was queued: the caller learns that
+                // it is unsure (a 503) within `EPHEMERAL_PUBLISH_TIMEOUT`, not when NATS is back.
+                if client.connection_state() != async_nats::connection::State::Connected {
+                    return Err(BrokerError::Unavailable("not connected to NATS".into()));
                 }
-                client.flush().await.map_err(|e| unavailable(&e))?;
+                let send = async {
+                    for target in &targets {
+                        let subject = target.subject(&prefix, SubjectKind::Live);
+                        client
+                            .publish_with_headers(subject, headers.clone(), event.payload.clone())
+                            .await
+                            .map_err(|e| unavailable(&e))?;
+                    }
+                    client.flush().await.map_err(|e| unavailable(&e))
+                };
+                tokio::time::timeout(EPHEMERAL_PUBLISH_TIMEOUT, send).await.map_err(|_| {
+                    BrokerError::Unavailable(format!(
+                        "NATS did not take the event within {EPHEMERAL_PUBLISH_TIMEOUT:?}"
+                    ))
+                })??;
                 return Ok(Vec::new());
             };
             // Every stored event carries a message id (the publisher's, or one made up here), so
