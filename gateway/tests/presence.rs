@@ -325,3 +325,24 @@ async fn presence_reads_share_one_watch_per_channel_and_are_rate_limited() {
     assert!(limited.header("retry-after").is_some());
     assert!((20..40).contains(&ok), "{ok} of 40 reads answered");
 }
+
+/// The presence bucket is kept in memory: a NATS restart empties it of everything, itself
+/// included. The gateway makes it again when a write or a read finds it gone (before: once per
+/// process, so presence answered 503, and no join or leave went out, until a gateway restarted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_comes_back_after_a_nats_restart() {
+    let mut nats = Nats::start();
+    let gw = serve(&nats);
+    gw.ready().await;
+    let mut ana = open(&gw, "ana", &["doc:1"]).await;
+    assert_eq!(next_presence(&mut ana, Duration::from_secs(5)).await, Some(("join".into(), "ana".into())));
+
+    nats.stop();
+    nats.restart();
+    gw.ready().await;
+    let _ben = open(&gw, "ben", &["doc:1"]).await;
+    assert_eq!(next_presence(&mut ana, Duration::from_secs(10)).await, Some(("join".into(), "ben".into())));
+    let other = serve(&nats);
+    other.ready().await;
+    assert_eq!(users(&members(&other, PUBLISH_KEY).await), [("ana".to_owned(), 1), ("ben".to_owned(), 1)]);
+}

@@ -365,16 +365,19 @@ impl Presence {
         self.ttl - (self.ttl / 10)
     }
 
-    /// Follows one channel's entries while this pod has connections on it.
+    /// Follows one channel's entries while this pod has connections on it. A watch that hears
+    /// nothing for `ttl`, while every pod with members rewrites its entry every `ttl / 3`, is
+    /// deaf (a NATS restart emptied the bucket, and the consumer behind the watch with it,
+    /// without a word) or watches a channel nobody is on: either way it starts again.
     async fn watch(self: Arc<Self>, channel: Name) {
         loop {
             match self.store.watch(&channel).await {
                 Ok((snapshot, mut updates)) => {
                     self.load(&channel, snapshot);
-                    while let Some(update) = updates.next().await {
+                    while let Ok(Some(update)) = tokio::time::timeout(self.ttl, updates.next()).await {
                         self.apply(&channel, update);
                     }
-                    tracing::debug!(channel = %channel, "presence watch ended; watching again");
+                    tracing::debug!(channel = %channel, "presence watch ended or fell silent; watching again");
                 }
                 Err(e) => tracing::warn!(channel = %channel, error = %e, "cannot watch presence yet; retrying"),
             }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
@@ -41,7 +42,8 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// written or not on its own: one the store refuses keeps none of the others from it.
     fn write(&self, pod: &str, batch: Vec<(Name, Option<Bytes>)>) -> BoxFuture<'static, Result<(), Unwritten>>;
 
-    /// Every pod's current entry for `channel`, then each change after it.
+    /// Every pod's current entry for `channel`, then each change after it, until the watch fails:
+    /// the caller watches again.
     fn watch(&self, channel: &Name) -> BoxFuture<'static, Result<(Snapshot, Updates), BrokerError>>;
 }
 
@@ -77,11 +79,14 @@ pub fn unkey_part(key: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The bucket in JetStream, created (or updated) on first use: NATS may be down at start.
+/// The bucket in JetStream, created (or updated) on first use: NATS may be down at start. It is
+/// kept in memory, so a NATS restart empties it of everything, itself included: a write or a
+/// read that fails makes it again the next time.
 pub struct NatsPresence {
     js: jetstream::Context,
     config: jetstream::stream::Config,
-    ready: Arc<tokio::sync::OnceCell<()>>,
+    /// The bucket was made (or found), and nothing has failed since.
+    ready: Arc<AtomicBool>,
 }
 
 const KV_OPERATION: &str = "KV-Operation";
@@ -105,21 +110,20 @@ impl NatsPresence {
             allow_direct: true,
             ..Default::default()
         };
-        NatsPresence { js, config, ready: Arc::new(tokio::sync::OnceCell::new()) }
+        NatsPresence { js, config, ready: Arc::new(AtomicBool::new(false)) }
     }
 
     fn ensure(&self) -> impl std::future::Future<Output = Result<(), BrokerError>> + Send + 'static {
         let (js, config, ready) = (self.js.clone(), self.config.clone(), self.ready.clone());
         async move {
-            ready
-                .get_or_try_init(|| async {
-                    js.create_or_update_stream(config)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| BrokerError::Unavailable(format!("the presence bucket {BUCKET}: {e}")))
-                })
+            if ready.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            js.create_or_update_stream(config)
                 .await
-                .map(|_| ())
+                .map_err(|e| BrokerError::Unavailable(format!("the presence bucket {BUCKET}: {e}")))?;
+            ready.store(true, Ordering::Release);
+            Ok(())
         }
     }
 }
@@ -128,9 +132,9 @@ impl PresenceStore for NatsPresence {
     fn write(&self, pod: &str, batch: Vec<(Name, Option<Bytes>)>) -> BoxFuture<'static, Result<(), Unwritten>> {
         let js = self.js.clone();
         let pod = key_part(pod);
-        let ready = self.ensure();
+        let (ensure, ready) = (self.ensure(), self.ready.clone());
         async move {
-            if let Err(e) = ready.await {
+            if let Err(e) = ensure.await {
                 return Err(batch.into_iter().map(|(channel, _)| (channel, e.clone())).collect());
             }
             let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
@@ -166,6 +170,10 @@ impl PresenceStore for NatsPresence {
                     unwritten.push((channel, unavailable(&e)));
                 }
             }
+            if unwritten.iter().any(|(_, e)| matches!(e, BrokerError::Unavailable(_))) {
+                // Perhaps the bucket is gone (NATS restarted): made again before the retry.
+                ready.store(false, Ordering::Release);
+            }
             if unwritten.is_empty() { Ok(()) } else { Err(unwritten) }
         }
         .boxed()
@@ -174,10 +182,15 @@ impl PresenceStore for NatsPresence {
     fn watch(&self, channel: &Name) -> BoxFuture<'static, Result<(Snapshot, Updates), BrokerError>> {
         let js = self.js.clone();
         let prefix = format!("$KV.{BUCKET}.{}.", key_part(channel.as_str()));
-        let ready = self.ensure();
+        let (ensure, ready) = (self.ensure(), self.ready.clone());
+        let unready = move |e: &dyn std::fmt::Display| {
+            // Perhaps the bucket is gone (NATS restarted): made again before the next watch.
+            ready.store(false, Ordering::Release);
+            BrokerError::Unavailable(e.to_string())
+        };
         async move {
-            ready.await?;
-            let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+            ensure.await?;
+            let unavailable = &unready;
             let stream = js.get_stream(format!("KV_{BUCKET}")).await.map_err(|e| unavailable(&e))?;
             let consumer = stream
                 .create_consumer(pull::OrderedConfig {
@@ -201,10 +214,20 @@ impl PresenceStore for NatsPresence {
                     snapshot.push((pod, value, age));
                 }
             }
-            let updates = messages.filter_map(move |msg| {
-                let update = msg.ok().and_then(|msg| update_of(&prefix, &msg));
-                async move { update }
-            });
+            // An error ends the watch, which starts again (see `PresenceStore::watch`): an ordered
+            // consumer whose stream is gone fails for ever, and the watch went on, deaf, until the
+            // pod restarted.
+            let updates = messages
+                .take_while(|msg| {
+                    if let Err(e) = msg {
+                        tracing::debug!(error = %e, "the presence watch failed");
+                    }
+                    std::future::ready(msg.is_ok())
+                })
+                .filter_map(move |msg| {
+                    let update = msg.ok().and_then(|msg| update_of(&prefix, &msg));
+                    async move { update }
+                });
             Ok((snapshot, Box::pin(updates) as Updates))
         }
         .boxed()
