@@ -383,3 +383,36 @@ async fn a_chain_the_history_cannot_mend_holds_up_no_other_stream() {
     assert_eq!(gw.metric("herald_live_gaps_total{cause=\"broken_chain\"}").await, gaps);
     assert_eq!(gaps, Some(1.0));
 }
+
+/// The stream is deleted under a running gateway and nobody else makes it again (NATS on storage
+/// that did not survive its restart, or `nats stream rm`): the gateway makes it again itself,
+/// under a new epoch, stores what is published next there, and sends its clients to resume
+/// (before: every durable publish failed with 503, for good, and `/readyz` said ready).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_under_a_running_gateway_is_made_again() {
+    let nats = Nats::start();
+    let a = Gateway::serve(&nats).args(&["--publish-retry-secs", "5"]).start();
+    a.ready().await;
+    let t = token("r6", &[], 600);
+    let mut s = Sse::with_token(a.addr, &t, &[]).await;
+    assert_eq!(s.next().await.event, "connected");
+    let old = a.publish_ids(json!({"data": 1, "users": ["r6"]})).await;
+    assert_eq!(s.next_event().await.id, Some(old[0].clone()));
+
+    let js = async_nats::jetstream::new(nats.client().await);
+    js.delete_stream("HERALD").await.unwrap();
+    let new = a.publish(json!({"data": "new", "users": ["r6"]})).await;
+    assert_eq!(new.status, 200, "stored in the stream made again: {}", String::from_utf8_lossy(&new.body));
+    let new = new.json()["ids"][0].as_str().unwrap().to_owned();
+    assert_ne!(epoch_of(&new), epoch_of(&old[0]), "a new epoch");
+
+    let rest = s.read_to_end(Duration::from_secs(10)).await;
+    assert!(s.ended, "the stream was closed for its client to resume");
+    assert!(rest.iter().all(|ev| ev.id.is_none()), "no event of the new history under the old epoch: {rest:?}");
+    let mut back = Sse::resume(a.addr, &t, &[], &old[0]).await;
+    assert_eq!(back.next().await.json()["resumed"], false);
+    let reset = back.next().await;
+    assert_eq!((reset.event.as_str(), reset.json()["reason"].as_str()), ("reset", Some("epoch_changed")));
+    let marker = a.publish_marker("r6").await;
+    back.assert_next_is_marker(Some(&marker)).await;
+}

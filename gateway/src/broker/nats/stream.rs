@@ -2,6 +2,7 @@
 //! this gateway.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::Client;
@@ -91,6 +92,17 @@ pub(super) async fn ensure_stream(
     js.create_or_update_stream(config).await.map_err(|e| e.to_string())
 }
 
+/// Creates the stream anew, under a new epoch. Only creates: a node that said the stream was
+/// gone may be behind the others (just restarted, on a cluster), and an update would give a
+/// stream that exists a new epoch, and every client of the fleet a reset.
+pub(super) async fn make_stream_again(
+    js: &jetstream::Context,
+    mut config: jetstream::stream::Config,
+) -> Result<jetstream::stream::Info, String> {
+    config.metadata.insert(EPOCH_METADATA.into(), epoch_of(&time::OffsetDateTime::now_utc()).to_string());
+    js.create_stream(config).await.map(|stream| stream.cached_info().clone()).map_err(|e| e.to_string())
+}
+
 /// The epoch of the stream `info` describes: from its metadata, or else its creation time.
 pub(super) fn epoch_in(info: &jetstream::stream::Info) -> Arc<str> {
     match info.config.metadata.get(EPOCH_METADATA) {
@@ -140,9 +152,17 @@ const REPLICA_SILENT: Duration = Duration::from_secs(3);
 ///
 /// Each read also tells `retry` the stream's duplicate window, which a gateway started later
 /// with another `--history-dedup-window` may have changed.
+///
+/// A stream that JetStream says is gone (deleted, or lost with storage that did not survive a
+/// NATS restart) is made again with `config`, under a new epoch, with the gateway unready
+/// (`ready`) until it is: nobody else may ever make it, and every durable publish would fail.
+/// The hub learns of the new history from the refill that follows, and sends every stream to
+/// resume.
 pub(super) async fn watch_reach(
     js: &jetstream::Context,
+    config: &jetstream::stream::Config,
     epoch: &RwLock<Arc<str>>,
+    ready: &AtomicBool,
     client: &Client,
     link: &watch::Sender<Link>,
     retry: &PublishRetry,
@@ -154,9 +174,24 @@ pub(super) async fn watch_reach(
             continue; // the connection's own events report that
         }
         // `stream_info` answers only from a leader that can store.
-        let read = tokio::time::timeout(REACH_TIMEOUT, stream_info(js, epoch)).await;
+        let mut read = tokio::time::timeout(REACH_TIMEOUT, stream_info(js, epoch)).await;
+        if matches!(read, Ok(Err(_))) && is_gone(js).await {
+            ready.store(false, Ordering::Release);
+            tracing::warn!(stream = STREAM, "the history's stream is gone; making it again");
+            match make_stream_again(js, config.clone()).await {
+                Ok(info) => {
+                    *epoch.write() = epoch_in(&info);
+                    tracing::warn!(stream = STREAM, epoch = %epoch.read(), "the history's stream was made again; its history starts over");
+                    read = tokio::time::timeout(REACH_TIMEOUT, stream_info(js, epoch)).await;
+                }
+                // Another gateway made it meanwhile, or NATS does not answer: looked at again next time.
+                Err(e) => tracing::warn!(stream = STREAM, error = %e, "cannot make the history's stream yet"),
+            }
+        }
         if let Ok(Ok((_, info, _))) = &read {
             retry.within(info.config.duplicate_window);
+            // Found again (made by another gateway, or it was never gone: a node behind).
+            ready.store(true, Ordering::Release);
         }
         let reached = matches!(read, Ok(Ok(_)));
         if reached == cut_off {
@@ -175,6 +210,17 @@ pub(super) async fn watch_reach(
                 });
             }
         }
+    }
+}
+
+/// Whether JetStream says the stream does not exist (not merely that it cannot be read now).
+async fn is_gone(js: &jetstream::Context) -> bool {
+    match tokio::time::timeout(REACH_TIMEOUT, js.get_stream(STREAM)).await {
+        Ok(Err(e)) => matches!(
+            e.kind(),
+            jetstream::context::GetStreamErrorKind::JetStream(e) if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+        ),
+        _ => false,
     }
 }
 

@@ -428,3 +428,23 @@ async fn a_shorter_window_set_by_a_later_gateway_shortens_the_retries() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Making the stream again never touches one that exists: a node that said it was gone may be
+/// behind the others, and an update would give the fleet's history a new epoch, and every
+/// client a reset.
+#[tokio::test]
+async fn making_the_stream_again_leaves_an_existing_one_and_its_epoch_alone() {
+    let nats = herald_testkit::Nats::start();
+    let b = broker(&nats, 100).await;
+    let epoch = b.epoch.read().clone();
+    let js = async_nats::jetstream::new(nats.client().await);
+    let limits = HistoryLimits {
+        max_age: Duration::from_secs(3600),
+        max_per_subject: 100,
+        dedup_window: Duration::from_secs(60),
+    };
+    let config = super::stream_config("herald", StreamOptions { limits, replicas: 1 });
+    assert!(super::stream::make_stream_again(&js, config).await.is_err());
+    let (_, _, now) = super::stream::stream_info(&js, &b.epoch).await.unwrap();
+    assert_eq!(now, epoch);
+}
