@@ -187,3 +187,55 @@ async fn malformed_requests_do_not_log_errors() {
     let log = gw.log_text();
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+/// A request body that never finishes is given up after 10 s with a 408, and its connection
+/// closed: without a deadline, one publisher key or one client token held any number of
+/// connections open this way, none of them counted against any limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_finishes_is_answered_408() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats).start();
+    gw.ready().await;
+    let requests = [
+        format!(
+            "POST /v1/publish HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {PUBLISH_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+        ),
+        format!(
+            "POST /v1/client-events HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+            token("slow", &[], 600)
+        ),
+    ];
+    let answers = futures_util::future::join_all(requests.iter().map(|request| async move {
+        let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut conn, request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut answer))
+            .await
+            .expect("answered and closed within 20 s")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }))
+    .await;
+    for answer in answers {
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("\"error\":\"request_timeout\""), "{answer}");
+    }
+}
+
+/// A known path asked with a method it does not take is answered 405 with `Allow` and a JSON
+/// error, an unknown path 404 with one (before: both a bare 404 with no body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_methods_and_unknown_paths_get_json_errors() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats).start();
+    gw.ready().await;
+    for (method, target, allow) in
+        [("GET", "/v1/publish", "POST"), ("PUT", "/v1/client-events", "POST"), ("POST", "/events", "GET")]
+    {
+        let res = http(gw.addr, method, target, &[], None).await;
+        assert_eq!((res.status, res.json()["error"].as_str()), (405, Some("method_not_allowed")), "{method} {target}");
+        assert_eq!(res.header("allow"), Some(allow), "{method} {target}");
+    }
+    let res = http(gw.addr, "GET", "/v2/publish", &[], None).await;
+    assert_eq!((res.status, res.json()["error"].as_str()), (404, Some("not_found")));
+}

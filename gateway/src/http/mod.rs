@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpResponse, ResponseError, web};
 use serde::Serialize;
 
@@ -61,25 +61,57 @@ pub struct AppState {
     pub presence_reads: RateLimiter,
 }
 
-/// Registers every route.
+/// Registers every route. A known path asked with another method is answered 405 with `Allow`,
+/// an unknown one 404, each with a JSON error.
 pub fn routes(cfg: &mut web::ServiceConfig, dev: bool) {
-    cfg.route("/events", web::get().to(events::events))
-        .route("/v1/publish", web::post().to(publish::publish))
-        .route("/v1/client-events", web::post().to(client_events::client_events))
-        .route("/v1/presence/{channel}", web::get().to(presence::presence))
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/stats", web::get().to(health::stats))
-        .route("/metrics", web::get().to(metrics::metrics))
-        .route("/dashboard", web::get().to(dashboard::page))
-        .route("/dashboard/stream", web::get().to(dashboard::stream));
+    cfg.service(only(Method::GET, "/events", web::get().to(events::events)))
+        .service(only(Method::POST, "/v1/publish", web::post().to(publish::publish)))
+        .service(only(Method::POST, "/v1/client-events", web::post().to(client_events::client_events)))
+        .service(only(Method::GET, "/v1/presence/{channel}", web::get().to(presence::presence)))
+        .service(only(Method::GET, "/healthz", web::get().to(health::healthz)))
+        .service(only(Method::GET, "/readyz", web::get().to(health::readyz)))
+        .service(only(Method::GET, "/stats", web::get().to(health::stats)))
+        .service(only(Method::GET, "/metrics", web::get().to(metrics::metrics)))
+        .service(only(Method::GET, "/dashboard", web::get().to(dashboard::page)))
+        .service(only(Method::GET, "/dashboard/stream", web::get().to(dashboard::stream)));
     if dev {
-        cfg.route("/", web::get().to(dev::index)).route("/client/{name}", web::get().to(dev::client_module));
+        cfg.service(only(Method::GET, "/", web::get().to(dev::index))).service(only(
+            Method::GET,
+            "/client/{name}",
+            web::get().to(dev::client_module),
+        ));
     }
+    cfg.default_service(web::to(|req: actix_web::HttpRequest| async move {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such path: {}", req.path())).error_response()
+    }));
 }
 
+/// `path`, answered by `route` for `method`, and 405 for any other method.
+fn only(method: Method, path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path).route(route).default_service(web::to(move || {
+        let method = method.clone();
+        async move {
+            let mut res = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("this path takes {method} requests"),
+            )
+            .error_response();
+            if let Ok(allow) = HeaderValue::from_str(method.as_str()) {
+                res.headers_mut().insert(header::ALLOW, allow);
+            }
+            res
+        }
+    }))
+}
+
+/// Longest a request body may take to arrive, from the handler's first read.
+pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Reads a request body of at most `limit` bytes; a longer one (by `Content-Length`, or as it
-/// arrives) is refused with `too_large()` before more of it is read.
+/// arrives) is refused with `too_large()` before more of it is read. One not whole within
+/// [`BODY_DEADLINE`] is answered 408, and its connection closed: a body that never finishes
+/// held its connection for ever, and anyone with one key or token could hold any number.
 pub async fn read_body(
     req: &actix_web::HttpRequest,
     mut payload: web::Payload,
@@ -93,7 +125,16 @@ pub async fn read_body(
         return Err(too_large());
     }
     let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    let deadline = tokio::time::Instant::now() + BODY_DEADLINE;
+    loop {
+        let Ok(next) = tokio::time::timeout_at(deadline, payload.next()).await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not arrive within {} s", BODY_DEADLINE.as_secs()),
+            ));
+        };
+        let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the body: {e}")))?;
         if body.len() + chunk.len() > limit {
@@ -219,6 +260,10 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(self.status);
         if self.status == StatusCode::UNAUTHORIZED {
             res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may never come: the connection cannot carry another request.
+            res.force_close();
         }
         res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
         res.json(ErrorBody { error: self.code, message: &self.message })
