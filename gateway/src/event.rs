@@ -90,13 +90,14 @@ impl Target {
 
 /// Checks a publisher's idempotency key: 1–128 characters of ASCII letters, digits and `_ . : -`.
 pub fn validate_publish_id(id: &str) -> Result<(), String> {
+    if let Some(at) = id.chars().position(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))) {
+        return Err(format!("has a character other than letters, digits and _ . : - at position {at}"));
+    }
+    // All ASCII by now: bytes are characters.
     if id.is_empty() || id.len() > 128 {
         return Err(format!("must be 1 to 128 characters long, not {}", id.len()));
     }
-    match id.chars().position(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))) {
-        Some(at) => Err(format!("has a character other than letters, digits and _ . : - at position {at}")),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 impl fmt::Display for Target {
@@ -290,6 +291,12 @@ mod tests {
         for bad in ["", "a b", "a/b", "é", "a*", &"x".repeat(129)] {
             assert!(validate_publish_id(bad).is_err(), "{bad:?}");
         }
+        // Too long in bytes, not in characters: the character is what is wrong (before: "must
+        // be 1 to 128 characters long, not 140").
+        assert_eq!(
+            validate_publish_id(&"é".repeat(70)),
+            Err("has a character other than letters, digits and _ . : - at position 0".to_owned())
+        );
         let c = Target::Channel(Name::parse("booking:42").unwrap());
         assert_eq!(c.dedup_key("k1"), "k1/channel.booking:42");
         assert_eq!(Target::Broadcast.dedup_key("k1"), "k1/broadcast");

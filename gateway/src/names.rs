@@ -61,9 +61,6 @@ pub fn validate_name(s: &str) -> Result<(), NameError> {
     if s.is_empty() {
         return Err(NameError::Empty);
     }
-    if s.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong(s.chars().count(), MAX_NAME_LEN));
-    }
     let bytes = s.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
         if b == b'.' {
@@ -75,6 +72,11 @@ pub fn validate_name(s: &str) -> Result<(), NameError> {
             return Err(NameError::InvalidChar(ch, i));
         }
     }
+    // After the characters: every one allowed is ASCII, so the length in bytes checked here is
+    // the length in characters the error reports.
+    if s.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong(s.len(), MAX_NAME_LEN));
+    }
     Ok(())
 }
 
@@ -83,14 +85,14 @@ pub fn validate_event_type(s: &str) -> Result<(), NameError> {
     if s.is_empty() {
         return Err(NameError::Empty);
     }
-    if s.len() > MAX_TYPE_LEN {
-        return Err(NameError::TooLong(s.chars().count(), MAX_TYPE_LEN));
-    }
     for (i, b) in s.bytes().enumerate() {
         if !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.')) {
             let ch = s[i..].chars().next().unwrap_or('?');
             return Err(NameError::InvalidTypeChar(ch, i));
         }
+    }
+    if s.len() > MAX_TYPE_LEN {
+        return Err(NameError::TooLong(s.len(), MAX_TYPE_LEN));
     }
     if RESERVED_EVENT_TYPES.contains(&s) {
         return Err(NameError::Reserved);
@@ -142,6 +144,10 @@ mod tests {
             ("a,b", Err(NameError::InvalidChar(',', 1))),
             ("é", Err(NameError::InvalidChar('é', 0))),
             ("a/b", Err(NameError::InvalidChar('/', 1))),
+            // Too long in bytes, not in characters: the character is what is wrong (before:
+            // "65 characters long (at most 128 allowed)").
+            (&"é".repeat(65), Err(NameError::InvalidChar('é', 0))),
+            (&format!("{}é", "a".repeat(MAX_NAME_LEN)), Err(NameError::InvalidChar('é', MAX_NAME_LEN))),
         ];
         for (input, want) in cases {
             assert_eq!(&validate_name(input), want, "input {input:?}");
@@ -161,5 +167,6 @@ mod tests {
         let e = validate_event_type("a@b").unwrap_err();
         assert_eq!(e.to_string(), "contains '@' at position 1; allowed are ASCII letters, digits and _ - : .");
         assert!(validate_event_type(&"x".repeat(65)).is_err());
+        assert_eq!(validate_event_type(&"é".repeat(33)), Err(NameError::InvalidTypeChar('é', 0)));
     }
 }
