@@ -346,3 +346,36 @@ async fn presence_comes_back_after_a_nats_restart() {
     other.ready().await;
     assert_eq!(users(&members(&other, PUBLISH_KEY).await), [("ana".to_owned(), 1), ("ben".to_owned(), 1)]);
 }
+
+/// A second tab of a user counts at once, and the presence object shown is that of an open tab
+/// (before: a count that stayed at 0 or 1 was written only with the TTL's rewrite, a third of
+/// it later, and a closed tab's object stayed on show).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_tab_counts_at_once_and_a_closed_tabs_presence_goes_with_it() {
+    let nats = Nats::start();
+    // A long TTL: its rewrites, every 20 s, are not what the test sees.
+    let gw = Gateway::serve(&nats).args(&["--presence-channels", "doc:*", "--presence-ttl-secs", "60"]).start();
+    gw.ready().await;
+    let tab = |status: &str| token_with(json!({"sub": "ana", "channels": ["doc:*"], "presence": {"status": status}}));
+    let shown = || async {
+        let listed = members(&gw, PUBLISH_KEY).await;
+        (users(&listed), listed["members"][0]["presence"]["status"].as_str().map(str::to_owned))
+    };
+    let mut away = Sse::with_token(gw.addr, &tab("away"), &["doc:1"]).await;
+    assert_eq!(away.next().await.event, "connected");
+    eventually("one tab", Duration::from_secs(5), || async {
+        shown().await == (vec![("ana".to_owned(), 1)], Some("away".to_owned()))
+    })
+    .await;
+    let mut busy = Sse::with_token(gw.addr, &tab("busy"), &["doc:1"]).await;
+    assert_eq!(busy.next().await.event, "connected");
+    eventually("two tabs, the newest one's presence", Duration::from_secs(5), || async {
+        shown().await == (vec![("ana".to_owned(), 2)], Some("busy".to_owned()))
+    })
+    .await;
+    drop(busy);
+    eventually("one tab again, its own presence", Duration::from_secs(5), || async {
+        shown().await == (vec![("ana".to_owned(), 1)], Some("away".to_owned()))
+    })
+    .await;
+}

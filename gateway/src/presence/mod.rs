@@ -61,6 +61,14 @@ struct Member {
     presence: Option<Box<RawValue>>,
 }
 
+/// One user's connections on one channel of this pod: their count, and the presence objects of
+/// those that carry one, oldest first (the newest open one is shown).
+#[derive(Default)]
+struct Local {
+    connections: u32,
+    presences: Vec<Box<RawValue>>,
+}
+
 /// A pod's entry for a channel.
 #[derive(Serialize, Deserialize, Default, Debug)]
 struct Entry {
@@ -95,8 +103,8 @@ struct View {
 
 #[derive(Default)]
 struct Inner {
-    /// This pod's connections: channel → user → member.
-    local: HashMap<Name, BTreeMap<String, Member>>,
+    /// This pod's connections: channel → user → theirs.
+    local: HashMap<Name, BTreeMap<String, Local>>,
     dirty: HashSet<Name>,
     views: HashMap<Name, View>,
 }
@@ -121,11 +129,13 @@ pub struct PresenceGuard {
     presence: Arc<Presence>,
     user: String,
     channels: Vec<Name>,
+    /// Its presence object, which leaves with it.
+    info: Option<Box<RawValue>>,
 }
 
 impl Drop for PresenceGuard {
     fn drop(&mut self) {
-        self.presence.leave(&self.user, &self.channels);
+        self.presence.leave(&self.user, &self.channels, self.info.as_deref());
     }
 }
 
@@ -178,32 +188,38 @@ impl Presence {
         let mut inner = self.inner.lock();
         for channel in &channels {
             let users = inner.local.entry(channel.clone()).or_default();
-            let member = users.entry(user.as_str().to_owned()).or_insert(Member { connections: 0, presence: None });
-            member.connections += 1;
-            if info.is_some() {
-                member.presence = info.map(ToOwned::to_owned);
+            let local = users.entry(user.as_str().to_owned()).or_default();
+            local.connections += 1;
+            if let Some(info) = info {
+                local.presences.push(info.to_owned());
             }
-            if member.connections == 1 {
-                inner.dirty.insert(channel.clone());
-            }
+            // Every change of a count is written (batched, see `flush`): counts are exact.
+            inner.dirty.insert(channel.clone());
             self.watched(&mut inner, channel);
         }
         drop(inner);
         self.changed.notify_one();
-        Some(PresenceGuard { presence: self.clone(), user: user.as_str().to_owned(), channels })
+        let info = info.map(ToOwned::to_owned);
+        Some(PresenceGuard { presence: self.clone(), user: user.as_str().to_owned(), channels, info })
     }
 
-    fn leave(&self, user: &str, channels: &[Name]) {
-        let mut inner = self.inner.lock();
+    fn leave(&self, user: &str, channels: &[Name], info: Option<&RawValue>) {
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
         for channel in channels {
             let Some(users) = inner.local.get_mut(channel) else { continue };
-            let Some(member) = users.get_mut(user) else { continue };
-            member.connections -= 1;
-            if member.connections > 0 {
+            let Some(local) = users.get_mut(user) else { continue };
+            local.connections -= 1;
+            if let Some(info) = info
+                && let Some(i) = local.presences.iter().position(|p| p.get() == info.get())
+            {
+                local.presences.remove(i);
+            }
+            inner.dirty.insert(channel.clone());
+            if local.connections > 0 {
                 continue;
             }
             users.remove(user);
-            inner.dirty.insert(channel.clone());
             if inner.local.get(channel).is_some_and(BTreeMap::is_empty) {
                 // Nobody here is left to tell: stop watching the channel, unless it is read.
                 inner.local.remove(channel);
@@ -213,7 +229,7 @@ impl Presence {
                 }
             }
         }
-        drop(inner);
+        drop(guard);
         self.changed.notify_one();
     }
 
@@ -451,8 +467,12 @@ const MAX_ENTRY_BYTES: usize = 256 * 1024;
 /// A pod's entry for a channel, as stored. Thousands of users with large presence objects would
 /// outgrow a NATS message: past [`MAX_ENTRY_BYTES`] the objects are left out (members and
 /// counts stay exact).
-fn render(users: &BTreeMap<String, Member>) -> Bytes {
-    let full = serde_json::to_vec(&Entry { users: users.clone() }).unwrap_or_default();
+fn render(users: &BTreeMap<String, Local>) -> Bytes {
+    let members = users
+        .iter()
+        .map(|(user, l)| (user.clone(), Member { connections: l.connections, presence: l.presences.last().cloned() }))
+        .collect();
+    let full = serde_json::to_vec(&Entry { users: members }).unwrap_or_default();
     if full.len() <= MAX_ENTRY_BYTES {
         return Bytes::from(full);
     }
@@ -499,10 +519,10 @@ mod tests {
     #[test]
     fn a_large_entry_keeps_its_members_and_drops_their_presence_objects() {
         let big = format!("{{\"bio\":\"{}\"}}", "x".repeat(1000));
-        let users: BTreeMap<String, Member> = (0..400)
+        let users: BTreeMap<String, Local> = (0..400)
             .map(|i| {
-                let presence = Some(RawValue::from_string(big.clone()).unwrap());
-                (format!("u{i}"), Member { connections: 2, presence })
+                let presences = vec![RawValue::from_string(big.clone()).unwrap()];
+                (format!("u{i}"), Local { connections: 2, presences })
             })
             .collect();
         let bytes = render(&users);
@@ -510,7 +530,7 @@ mod tests {
         let entry: Entry = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(entry.users.len(), 400);
         assert!(entry.users.values().all(|m| m.connections == 2 && m.presence.is_none()));
-        let small: BTreeMap<String, Member> = users.into_iter().take(10).collect();
+        let small: BTreeMap<String, Local> = users.into_iter().take(10).collect();
         let entry: Entry = serde_json::from_slice(&render(&small)).unwrap();
         assert!(entry.users.values().all(|m| m.presence.is_some()), "small entries keep them");
     }
