@@ -58,10 +58,38 @@ export function eventsUrl(base, channels) {
   return u.toString();
 }
 
-/** A response's body as JSON, or null when it is empty, unreadable or not JSON. */
+/** The most of a refusal's body read: a gateway's fits many times over. */
+export const MAX_REFUSAL_BYTES = 64 * 1024;
+
+/** The most of a presence list read (about 100,000 members). */
+export const MAX_PRESENCE_BYTES = 16 * 1024 * 1024;
+
+/**
+ * A response's body as text, or null past `max` bytes: what was read is dropped and the rest
+ * not read, so a server or proxy cannot make it grow without bound.
+ */
+export async function boundedText(response, max) {
+  const reader = response.body?.getReader?.();
+  if (!reader) return response.text();
+  const decoder = new TextDecoder();
+  let text = '';
+  let bytes = 0;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return text + decoder.decode();
+    bytes += value.byteLength;
+    if (bytes > max) {
+      reader.cancel().catch(() => {});
+      return null;
+    }
+    text += decoder.decode(value, { stream: true });
+  }
+}
+
+/** A response's body as JSON, or null when it is empty, unreadable, too long or not JSON. */
 export async function jsonBody(response) {
   try {
-    const text = await response.text();
+    const text = await boundedText(response, MAX_REFUSAL_BYTES);
     return text ? JSON.parse(text) : null;
   } catch {
     return null;
@@ -161,7 +189,9 @@ export async function fetchPresence(api, channel, { signal } = {}) {
   const response = await request(api, 'GET', `v1/presence/${encodeURIComponent(channel)}`, { signal });
   if (!response.ok) throw await requestError(response);
   try {
-    return JSON.parse(await response.text());
+    const text = await boundedText(response, MAX_PRESENCE_BYTES);
+    if (text === null) throw new RangeError(`longer than ${MAX_PRESENCE_BYTES} bytes`);
+    return JSON.parse(text);
   } catch (err) {
     if (err?.name === 'AbortError') throw err;
     throw new HeraldRequestError({

@@ -116,6 +116,21 @@ describe('tokens and refusals', () => {
     client.close();
   });
 
+  test('a refusal whose body never ends is read only so far: the error comes, the body is dropped', async () => {
+    // Read whole, it grew for as long as the server sent it (with idleTimeoutMs 0, for ever),
+    // and the error never came.
+    const { clock, fetch, client } = setup({ idleTimeoutMs: 0 });
+    const error = nextEvent(client, 'error');
+    clock.advance(50);
+    const call = await fetch.nextCall();
+    const body = call.open({ status: 503, contentType: 'text/html' });
+    for (let i = 0; i < 8; i++) body.push('x'.repeat(16 * 1024));
+    const e = await error;
+    assert.deepEqual([e.status, e.error, e.fatal], [503, 'http_503', false]);
+    assert.equal(call.cancelled, true, 'the rest of the body is not read');
+    client.close();
+  });
+
   test('a non-JSON refusal body still yields an error event', async () => {
     const { clock, fetch, client } = setup();
     const error = nextEvent(client, 'error');

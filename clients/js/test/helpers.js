@@ -134,8 +134,8 @@ class FakeCall {
     return v === null ? [] : v.split(',');
   }
 
-  /** Answers 200 text/event-stream with a body the returned handle writes to. */
-  open({ contentType = 'text/event-stream' } = {}) {
+  /** Answers 200 (or `status`) text/event-stream with a body the returned handle writes to. */
+  open({ contentType = 'text/event-stream', status = 200 } = {}) {
     const stream = new ReadableStream({
       start: (c) => {
         this.#controller = c;
@@ -144,7 +144,7 @@ class FakeCall {
         this.cancelled = true;
       },
     });
-    this.#settle(new Response(stream, { status: 200, headers: { 'content-type': contentType } }));
+    this.#settle(new Response(stream, { status, headers: { 'content-type': contentType } }));
     const controller = () => this.#controller;
     return {
       /** Enqueues text (encoded as UTF-8) or bytes. */
