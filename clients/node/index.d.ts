@@ -32,7 +32,7 @@ export interface HttpPublisherOptions {
   url: string;
   /** A publisher key of the gateways' `--publish-keys-file`. */
   key: string;
-  /** Attempts after the first for a 502, 503 or 504, a failed connection or an answer cut off (default 4); an ephemeral publish only after a 503 or a refused connection. */
+  /** Attempts after the first for a 408, 502, 503 or 504, a failed connection or an answer cut off (default 4); an ephemeral publish only after a 503, a 408 or a refused connection. */
   retries?: number;
   backoffMs?: number;
   timeoutMs?: number;

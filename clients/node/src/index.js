@@ -2,11 +2,11 @@
 // NATS, and mint the client tokens browsers open their streams with. No runtime dependency for
 // HTTP and tokens (fetch and WebCrypto); the `nats` package for the NATS transport.
 //
-// Every publish carries an idempotency `id` (the caller's, or a fresh one): a 503 (or a proxy's
-// 502 or 504), a failed connection or an answer cut off is retried with it, and the history
+// Every publish carries an idempotency `id` (the caller's, or a fresh one): a 503, 504 or 408 (or
+// a proxy's 502), a failed connection or an answer cut off is retried with it, and the history
 // stores the event once whatever the attempts. An ephemeral event (`durable: false`) has no
-// history to store it once: it is sent again only when nothing was published (a 503, or a
-// connection refused). A redirect is an error: the key goes to the URL given, and nowhere else.
+// history to store it once: it is sent again only when nothing was published (a 503, a 408, or
+// a connection refused). A redirect is an error: the key goes to the URL given, and nowhere else.
 
 import { createPrivateKey, randomUUID, sign as nodeSign } from 'node:crypto';
 
@@ -32,16 +32,22 @@ export class UnauthorizedError extends HeraldError {}
 /** 413: the event is larger than the gateways accept. */
 export class PayloadTooLargeError extends HeraldError {}
 /**
- * 503 (or a proxy's 502 or 504), no answer, or one cut off, after every retry: publish again
- * later with the same `id`.
+ * 503, 504 or 408 (or a proxy's 502), no answer, or one cut off, after every retry: publish
+ * again later with the same `id`.
  */
 export class UnavailableError extends HeraldError {}
 
 function errorFor(status, code, message, id) {
   const Kind =
-    { 400: BadRequestError, 401: UnauthorizedError, 413: PayloadTooLargeError, 502: UnavailableError, 503: UnavailableError, 504: UnavailableError }[
-      status
-    ] ?? HeraldError;
+    {
+      400: BadRequestError,
+      401: UnauthorizedError,
+      408: UnavailableError,
+      413: PayloadTooLargeError,
+      502: UnavailableError,
+      503: UnavailableError,
+      504: UnavailableError,
+    }[status] ?? HeraldError;
   return new Kind(status, code, message, id);
 }
 
@@ -156,7 +162,8 @@ function httpPublisher({
             // not JSON: keep the status text
           }
           error = errorFor(response.status, code, message, body.id);
-          unsent = response.status === 503;
+          // 503: the gateway published nothing; 408: it did not get the whole body.
+          unsent = response.status === 503 || response.status === 408;
         }
       } catch (e) {
         error = new UnavailableError(0, 'unreachable', `${endpoint}: ${e?.cause?.code ?? e?.message ?? e}`, body.id);
@@ -172,9 +179,16 @@ function httpPublisher({
 
 function natsPublisher({ nats, prefix = 'herald', retries = 4, timeoutMs = 10000 }) {
   const js = nats.jetstream({ timeout: timeoutMs });
+  // The history's epoch names every id. Read again when it may have changed: an acknowledgement
+  // (not of a repeat) whose sequence is below one seen before comes from a stream made anew, and
+  // one made anew since the last read may not have caught up yet (so no read is older than
+  // EPOCH_TTL_MS).
   let epoch;
-  const readEpoch = async () => {
-    if (epoch === undefined) {
+  let readAt = 0;
+  let highest = 0;
+  const readEpoch = async (again = false) => {
+    if (epoch === undefined || again || Date.now() - readAt > EPOCH_TTL_MS) {
+      readAt = Date.now();
       const reply = await nats.request('$JS.API.STREAM.INFO.HERALD', new Uint8Array(), { timeout: timeoutMs });
       const info = JSON.parse(new TextDecoder().decode(reply.data));
       const found = info?.config?.metadata?.['herald.epoch'];
@@ -192,9 +206,10 @@ function natsPublisher({ nats, prefix = 'herald', retries = 4, timeoutMs = 10000
     if (targets.length === 0) throw new BadRequestError(400, 'no_targets', 'name at least one user, channel or broadcast');
     const id = publish.id ?? randomUUID();
     const payload = new TextEncoder().encode(JSON.stringify(publish.data ?? null));
-    const current = await readEpoch();
+    await readEpoch();
     const { headers } = await import('nats');
-    const ids = [];
+    const seqs = [];
+    let startedOver = false;
     for (const target of targets) {
       const h = headers();
       h.set('Herald-Type', type);
@@ -202,7 +217,11 @@ function natsPublisher({ nats, prefix = 'herald', retries = 4, timeoutMs = 10000
       for (let attempt = 0; ; attempt++) {
         try {
           const ack = await js.publish(`${prefix}.events.${target}`, payload, { headers: h, msgID: `${id}/${target}` });
-          ids.push(`${current}-${ack.seq}`);
+          seqs.push(ack.seq);
+          if (!ack.duplicate) {
+            startedOver ||= ack.seq <= highest;
+            highest = Math.max(highest, ack.seq);
+          }
           break;
         } catch (e) {
           if (attempt >= retries) {
@@ -213,9 +232,15 @@ function natsPublisher({ nats, prefix = 'herald', retries = 4, timeoutMs = 10000
         }
       }
     }
-    return ids;
+    if (startedOver) highest = Math.max(...seqs);
+    // The events are stored: a read that fails now names them by the epoch read before.
+    const current = await readEpoch(startedOver).catch(() => epoch);
+    return seqs.map((seq) => `${current}-${seq}`);
   });
 }
+
+/** Longest the NATS publisher names ids by an epoch it read (see natsPublisher). */
+const EPOCH_TTL_MS = 10000;
 
 const b64url = (bytes) => Buffer.from(bytes).toString('base64url');
 

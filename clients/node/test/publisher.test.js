@@ -283,11 +283,11 @@ test('an answer cut off is retried with the same id', async () => {
   }
 });
 
-test("a proxy's 502 and 504 are retried with the same id", async () => {
-  const server = await scripted([answer('502 Bad Gateway', '<html>'), answer('504 Gateway Timeout', ''), STORED]);
+test("a proxy's 502 and 504, and a 408, are retried with the same id", async () => {
+  const server = await scripted([answer('502 Bad Gateway', '<html>'), answer('504 Gateway Timeout', ''), answer('408 Request Timeout', '{"error":"request_timeout"}'), STORED]);
   try {
     assert.deepEqual(await createPublisher({ url: server.url, key: PUBLISH_KEY, backoffMs: 5 }).broadcast({ type: 'x' }), ['e-1']);
-    assert.equal(server.seen.ids.length, 3);
+    assert.equal(server.seen.ids.length, 4);
     assert.equal(new Set(server.seen.ids).size, 1);
   } finally {
     server.close();
@@ -296,16 +296,47 @@ test("a proxy's 502 and 504 are retried with the same id", async () => {
 
 test('an ephemeral publish is not sent twice', async () => {
   // No history stores it once: an attempt whose answer is lost may have been delivered. A 503,
-  // where the gateway published nothing, is retried.
-  const server = await scripted([answer('503 Service Unavailable', '{"error":"unavailable"}'), answer('502 Bad Gateway', '')]);
+  // where the gateway published nothing, and a 408, where it did not get the whole body, are
+  // retried; the gateway's 504 `unconfirmed` (NATS did not take it in time) is not.
+  const server = await scripted([
+    answer('503 Service Unavailable', '{"error":"unavailable"}'),
+    answer('408 Request Timeout', '{"error":"request_timeout"}'),
+    answer('504 Gateway Timeout', '{"error":"unconfirmed"}'),
+  ]);
   try {
     const publisher = createPublisher({ url: server.url, key: PUBLISH_KEY, backoffMs: 5 });
     await assert.rejects(
       publisher.broadcast({ type: 'x' }, { durable: false }),
-      (e) => e instanceof UnavailableError && e.status === 502 && e.id === server.seen.ids[0],
+      (e) => e instanceof UnavailableError && e.status === 504 && e.code === 'unconfirmed' && e.id === server.seen.ids[0],
     );
-    assert.equal(server.seen.ids.length, 2, 'the 503 retried, the 502 not');
+    assert.equal(server.seen.ids.length, 3, 'the 503 and the 408 retried, the 504 not');
   } finally {
     server.close();
+  }
+});
+
+test('the NATS publisher names its ids by the history it stored them in, after the stream is made anew', async () => {
+  // It read the epoch once, for good: after the stream was deleted and made again, every id it
+  // answered named the old history, where no such event is.
+  const own = await startHerald();
+  const nc = await connect({ servers: own.natsUrl });
+  try {
+    const viaNats = createPublisher({ nats: nc });
+    const [before] = await viaNats.publishToUser('dee', { type: 'notice', data: 1 });
+    const jsm = await nc.jetstreamManager();
+    const epochOf = (id) => id.slice(0, id.lastIndexOf('-'));
+    await jsm.streams.delete('HERALD');
+    let remade;
+    for (const deadline = Date.now() + 10000; !remade; ) {
+      assert.ok(Date.now() < deadline, 'the gateway makes the stream again');
+      remade = await jsm.streams.info('HERALD').then((info) => info.config.metadata?.['herald.epoch']).catch(() => undefined);
+      if (!remade) await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.notEqual(remade, epochOf(before));
+    const [after] = await viaNats.publishToUser('dee', { type: 'notice', data: 2 });
+    assert.equal(epochOf(after), remade);
+  } finally {
+    await nc.close();
+    own.stop();
   }
 });

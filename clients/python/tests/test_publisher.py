@@ -371,24 +371,83 @@ def test_an_answer_cut_off_is_retried_with_the_same_id() -> None:
 
 def test_a_proxy_with_no_gateway_behind_it_is_retried() -> None:
     """502 and 504 come from a proxy in front of the gateways (one killed by a rollout): as
-    unsure as a 503, and retried with the same `id`."""
-    server = Scripted([answer("502 Bad Gateway", b"<html>"), answer("504 Gateway Timeout", b""), STORED])
+    unsure as a 503, and retried with the same `id`; so is a 408 (a body that did not arrive
+    whole: nothing was stored)."""
+    server = Scripted(
+        [
+            answer("502 Bad Gateway", b"<html>"),
+            answer("504 Gateway Timeout", b""),
+            answer("408 Request Timeout", b'{"error":"request_timeout"}'),
+            STORED,
+        ]
+    )
     try:
         assert Publisher(server.url, PUBLISH_KEY, backoff=0.01).broadcast({"type": "x", "data": 1}) == ["e-1"]
-        assert len(server.ids) == 3 and len(set(server.ids)) == 1, server.ids
+        assert len(server.ids) == 4 and len(set(server.ids)) == 1, server.ids
     finally:
         server.close()
 
 
 def test_an_ephemeral_publish_is_not_sent_twice() -> None:
     """An ephemeral event has no history to store it once: an attempt whose answer is lost may
-    have been delivered, so it is not sent again. A 503, where the gateway published nothing,
-    is retried."""
-    server = Scripted([answer("503 Service Unavailable", b'{"error":"unavailable"}'), answer("502 Bad Gateway", b"")])
+    have been delivered, so it is not sent again, nor after the gateway's 504 `unconfirmed`
+    (NATS did not take it in time). A 503, where the gateway published nothing, and a 408,
+    where it did not get the whole body, are retried."""
+    server = Scripted(
+        [
+            answer("503 Service Unavailable", b'{"error":"unavailable"}'),
+            answer("408 Request Timeout", b'{"error":"request_timeout"}'),
+            answer("504 Gateway Timeout", b'{"error":"unconfirmed"}'),
+        ]
+    )
     try:
         with pytest.raises(Unavailable) as lost:
             Publisher(server.url, PUBLISH_KEY, backoff=0.01).broadcast({"type": "x", "data": 1}, durable=False)
-        assert lost.value.status == 502 and lost.value.id == server.ids[0]
-        assert len(server.ids) == 2, "the 503 retried, the lost answer not"
+        assert (lost.value.status, lost.value.code, lost.value.id) == (504, "unconfirmed", server.ids[0])
+        assert len(server.ids) == 3, "the 503 and the 408 retried, the 504 not"
     finally:
         server.close()
+
+
+def test_the_nats_publisher_names_its_ids_by_the_history_it_stored_them_in(tmp_path: Any) -> None:
+    """It read the epoch once, for good: after the stream was deleted and made again (by the
+    gateway), every id it answered named the old history, where no such event is."""
+    import nats as nats_py
+
+    from conftest import Gateway, Nats
+
+    (tmp_path / "nats").mkdir()
+    (tmp_path / "gateway").mkdir()
+    server = Nats(tmp_path / "nats")
+    gateway = Gateway(server, tmp_path / "gateway")
+
+    def epoch_of(id: str) -> str:
+        return id.rsplit("-", 1)[0]
+
+    async def run() -> tuple[str, str, str]:
+        nc = await nats_py.connect(server.url)
+        try:
+            publisher = NatsPublisher(nc)
+            (before,) = await publisher.publish_to_user("dee", {"type": "notice", "data": 1})
+            js = nc.jetstream()
+            await js.delete_stream("HERALD")
+            deadline = time.monotonic() + 10
+            remade = None
+            while remade is None:
+                assert time.monotonic() < deadline, "the gateway makes the stream again"
+                try:
+                    remade = (await js.stream_info("HERALD")).config.metadata.get("herald.epoch")
+                except Exception:
+                    await asyncio.sleep(0.05)
+            (after,) = await publisher.publish_to_user("dee", {"type": "notice", "data": 2})
+            return epoch_of(before), remade, epoch_of(after)
+        finally:
+            await nc.close()
+
+    try:
+        before, remade, after = asyncio.run(run())
+        assert remade != before
+        assert after == remade
+    finally:
+        gateway.stop()
+        server.stop()

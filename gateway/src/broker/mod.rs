@@ -60,6 +60,10 @@ pub enum BrokerError {
     /// The broker refused the operation.
     #[error("message broker refused the request: {0}")]
     Rejected(String),
+    /// The broker did not confirm the operation in time: it may yet happen, or not. (An
+    /// ephemeral publish: an attempt again may deliver it twice.)
+    #[error("message broker did not confirm in time: {0}")]
+    Unsure(String),
 }
 
 /// What a resuming client gets.

@@ -115,7 +115,7 @@ async fn handle(req: &HttpRequest, payload: web::Payload, state: &AppState) -> R
     };
     state.broker.publish(vec![Target::Channel(event.channel)], outgoing).await.map_err(|e| {
         tracing::warn!(error = %e, "could not publish a client event");
-        ApiError::unavailable(format!("cannot publish right now: {e}"))
+        ApiError::of_publish(&e)
     })?;
     Ok(HttpResponse::Accepted()
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -172,6 +172,22 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
+
+    /// What a failed publish answers: 503 `unavailable` when nothing was sent, 504 `unconfirmed`
+    /// when NATS did not confirm in time (an ephemeral event may yet be delivered: sent again, it
+    /// may arrive twice), 413 when NATS refused it as too large.
+    pub fn of_publish(e: &crate::broker::BrokerError) -> Self {
+        use crate::broker::BrokerError;
+        match e {
+            // Refused before anything was sent (too large for NATS with its headers): a retry
+            // cannot cure it.
+            BrokerError::Rejected(reason) => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", reason.clone())
+            }
+            BrokerError::Unavailable(_) => Self::unavailable(e.to_string()),
+            BrokerError::Unsure(_) => Self::new(StatusCode::GATEWAY_TIMEOUT, "unconfirmed", e.to_string()),
+        }
+    }
 }
 
 /// 429 `rate_limited` with `Retry-After` (whole seconds, at least 1, until the next token):
@@ -273,6 +289,18 @@ impl ResponseError for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_publish_says_whether_anything_was_sent() {
+        use crate::broker::BrokerError;
+        let answer = |e: BrokerError| {
+            let e = ApiError::of_publish(&e);
+            (e.status.as_u16(), e.code)
+        };
+        assert_eq!(answer(BrokerError::Unavailable("down".into())), (503, "unavailable"));
+        assert_eq!(answer(BrokerError::Unsure("slow".into())), (504, "unconfirmed"));
+        assert_eq!(answer(BrokerError::Rejected("big".into())), (413, "payload_too_large"));
+    }
 
     #[test]
     fn writes_from_other_sites_are_refused() {

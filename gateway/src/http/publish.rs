@@ -210,14 +210,11 @@ async fn handle(
         // The event carries this span's context: each gateway's `deliver` span is its child.
         valid.event.trace = TraceContext::of(span);
     }
-    let ids = state.broker.publish(valid.targets, valid.event).await.map_err(|e| match e {
-        // Refused before anything was sent (too large for NATS with its headers): a retry
-        // cannot cure it.
-        BrokerError::Rejected(reason) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", reason),
-        BrokerError::Unavailable(_) => {
+    let ids = state.broker.publish(valid.targets, valid.event).await.map_err(|e| {
+        if !matches!(e, BrokerError::Rejected(_)) {
             tracing::warn!(error = %e, "publish failed");
-            ApiError::unavailable(e.to_string())
         }
+        ApiError::of_publish(&e)
     })?;
     let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "ids": ids })))

@@ -29,11 +29,19 @@ class PayloadTooLarge(HeraldError):
 
 
 class Unavailable(HeraldError):
-    """503 (or a proxy's 502 or 504), no answer, or one cut off, after every retry: the event
-    may not be stored. Retrying later with the same `id` stores it once."""
+    """503, 504 or 408 (or a proxy's 502), no answer, or one cut off, after every retry: the
+    event may not be stored. Retrying later with the same `id` stores it once."""
 
 
 def error_for(status: int, code: str, message: str, id: str | None = None) -> HeraldError:
-    kinds = {400: BadRequest, 401: Unauthorized, 413: PayloadTooLarge, 502: Unavailable, 503: Unavailable, 504: Unavailable}
+    kinds = {
+        400: BadRequest,
+        401: Unauthorized,
+        408: Unavailable,
+        413: PayloadTooLarge,
+        502: Unavailable,
+        503: Unavailable,
+        504: Unavailable,
+    }
     kind = kinds.get(status, HeraldError)
     return kind(status, code, message, id)

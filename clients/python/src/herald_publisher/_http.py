@@ -51,13 +51,13 @@ class Publisher:
     """Publishes through a gateway's (or the gateway Service's) `POST /v1/publish`.
 
     Each call resolves to the ids Herald stored the event under, one per target, in the order
-    users, channels, broadcast. A 503 (or a proxy's 502 or 504), a connection that fails, or an
-    answer cut off, is retried `retries` times with backoff, with the same `id`: the history
+    users, channels, broadcast. A 503, 504 or 408 (or a proxy's 502), a connection that fails,
+    or an answer cut off, is retried `retries` times with backoff, with the same `id`: the history
     stores the event once however many attempts reach it, as long as they reach it within its
     duplicate window (the gateways' `--history-dedup-window`, 2 minutes by default). So no
     attempt starts, or lasts, past `retry_for` seconds (90) from the first: a later one could
     store the event again. An ephemeral event (`durable=False`) has no history to store it once:
-    it is sent again only when nothing was published (a 503, or a connection refused).
+    it is sent again only when nothing was published (a 503, a 408, or a connection refused).
 
     A redirect is refused (a `HeraldError` with its 3xx status): the publisher key is sent to
     the URL given, and to no host a `Location` names.
@@ -111,7 +111,8 @@ class Publisher:
             try:
                 return self._post(payload, body["id"], max(0.001, min(self.timeout, left)))
             except Unavailable as e:
-                error, unsent = e, e.status == 503
+                # 503: the gateway published nothing; 408: it did not get the whole body.
+                error, unsent = e, e.status in (503, 408)
             except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as e:
                 error = Unavailable(0, "unreachable", f"{self.endpoint}: {getattr(e, 'reason', e)}", body["id"])
                 error.__cause__ = e

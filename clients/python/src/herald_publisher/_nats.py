@@ -7,8 +7,10 @@ stream stores the event and republishes it to every gateway. Ids are the ones HT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +18,8 @@ from ._errors import BadRequest, Unavailable
 from ._http import Event, new_id
 
 STREAM = "HERALD"
+# Longest a NatsPublisher names ids by an epoch it read, in seconds.
+EPOCH_TTL = 10.0
 
 # What the gateways accept, as `POST /v1/publish` checks it: an event stored with another name
 # or type would be acknowledged here and then dropped by every gateway.
@@ -47,7 +51,13 @@ class NatsPublisher:
         self.prefix = prefix
         self.timeout = timeout
         self.retries = retries
+        # The history's epoch names every id. Read again when it may have changed: an
+        # acknowledgement (not of a repeat) whose sequence is below one seen before comes from a
+        # stream made anew, and one made anew since the last read may not have caught up yet
+        # (so no read is older than EPOCH_TTL seconds).
         self._epoch: str | None = None
+        self._read_at = 0.0
+        self._highest = 0
 
     async def publish_to_user(self, user: str, event: Event, **options: Any) -> list[str]:
         return await self.publish(event, users=[user], **options)
@@ -79,19 +89,27 @@ class NatsPublisher:
         key = id or new_id()
         payload = json.dumps(event.get("data")).encode()
         epoch = await self.epoch()
-        ids = []
+        seqs = []
+        started_over = False
         for target in targets:
             headers = {"Herald-Type": event_type, "Nats-Msg-Id": f"{key}/{target}"}
-            ack = await self._store(f"{self.prefix}.events.{target}", payload, headers, key)
-            ids.append(f"{epoch}-{ack}")
-        return ids
+            seq, duplicate = await self._store(f"{self.prefix}.events.{target}", payload, headers, key)
+            seqs.append(seq)
+            if not duplicate:
+                started_over = started_over or seq <= self._highest
+                self._highest = max(self._highest, seq)
+        if started_over:
+            self._highest = max(seqs)
+        # The events are stored: a read that fails now names them by the epoch read before.
+        epoch = await self.epoch(again=started_over)
+        return [f"{epoch}-{seq}" for seq in seqs]
 
-    async def _store(self, subject: str, payload: bytes, headers: dict[str, str], key: str) -> int:
+    async def _store(self, subject: str, payload: bytes, headers: dict[str, str], key: str) -> tuple[int, bool]:
         wait = 0.25
         for attempt in range(self.retries + 1):
             try:
                 ack = await self._js.publish(subject, payload, headers=headers, timeout=self.timeout)
-                return int(ack.seq)
+                return int(ack.seq), bool(getattr(ack, "duplicate", False))
             except Exception as e:  # nats-py's timeouts, no responders, lost connections
                 if attempt == self.retries:
                     raise Unavailable(503, "unavailable", f"{subject}: {e!r}", key) from e
@@ -99,15 +117,25 @@ class NatsPublisher:
             wait = min(wait * 2, 4.0)
         raise AssertionError("unreachable")
 
-    async def epoch(self) -> str:
-        """The history's epoch (the first part of every id), read once from the stream."""
-        if self._epoch is None:
-            reply = await self._nc.request(f"$JS.API.STREAM.INFO.{STREAM}", b"", timeout=self.timeout)
-            info = json.loads(reply.data)
-            if "error" in info:
-                raise Unavailable(503, "unavailable", f"stream {STREAM}: {info['error'].get('description')}")
-            epoch = info.get("config", {}).get("metadata", {}).get("herald.epoch")
-            if not (isinstance(epoch, str) and 0 < len(epoch) <= 32 and epoch.isalnum() and epoch == epoch.lower()):
-                raise Unavailable(503, "unavailable", f"stream {STREAM} has no herald.epoch: start a gateway first")
-            self._epoch = epoch
-        return self._epoch
+    async def epoch(self, *, again: bool = False) -> str:
+        """The history's epoch (the first part of every id), read from the stream when not read
+        for `EPOCH_TTL` seconds, or `again`. Once one was read, a read that fails answers it."""
+        cached = self._epoch
+        if cached is None:
+            return await self._read_epoch()
+        if again or time.monotonic() - self._read_at > EPOCH_TTL:
+            with contextlib.suppress(Exception):
+                return await self._read_epoch()
+        return cached
+
+    async def _read_epoch(self) -> str:
+        self._read_at = time.monotonic()
+        reply = await self._nc.request(f"$JS.API.STREAM.INFO.{STREAM}", b"", timeout=self.timeout)
+        info = json.loads(reply.data)
+        if "error" in info:
+            raise Unavailable(503, "unavailable", f"stream {STREAM}: {info['error'].get('description')}")
+        epoch = info.get("config", {}).get("metadata", {}).get("herald.epoch")
+        if not (isinstance(epoch, str) and 0 < len(epoch) <= 32 and epoch.isalnum() and epoch == epoch.lower()):
+            raise Unavailable(503, "unavailable", f"stream {STREAM} has no herald.epoch: start a gateway first")
+        self._epoch = epoch
+        return epoch

@@ -379,11 +379,16 @@ impl Broker for NatsBroker {
                     }
                     client.flush().await.map_err(|e| unavailable(&e))
                 };
-                tokio::time::timeout(EPHEMERAL_PUBLISH_TIMEOUT, send).await.map_err(|_| {
-                    BrokerError::Unavailable(format!(
-                        "NATS did not take the event within {EPHEMERAL_PUBLISH_TIMEOUT:?}"
-                    ))
-                })??;
+                tokio::time::timeout(EPHEMERAL_PUBLISH_TIMEOUT, send)
+                    .await
+                    .map_err(|_| {
+                        BrokerError::Unsure(format!("NATS did not take the event within {EPHEMERAL_PUBLISH_TIMEOUT:?}"))
+                    })?
+                    // Some copies may be on their way already.
+                    .map_err(|e| match e {
+                        BrokerError::Unavailable(e) => BrokerError::Unsure(e),
+                        other => other,
+                    })?;
                 return Ok(Vec::new());
             };
             // Every stored event carries a message id (the publisher's, or one made up here), so
