@@ -831,6 +831,10 @@ export class HeraldClient {
       case 'reconnect':
         if (this.#role === LEADER) this.reconnect();
         return;
+      case 'ping':
+        // A follower that heard nothing for a while asks (#watchLeader).
+        if (this.#role === LEADER) this.#group.post({ kind: 'alive' });
+        return;
       case 'dissolve':
         this.#goSolo();
         return;
@@ -845,18 +849,24 @@ export class HeraldClient {
   }
 
   /**
-   * A follower watches its leader while the leader says the stream is open: nothing from it (a
-   * frame, a heartbeat it passes on) for `idleTimeoutMs` means the leader's tab stopped running
-   * (suspended in the background, a hung page) with the lock still held, and this tab streams
-   * on its own, from its cursor. While the leader reconnects it is not watched: its own attempts
-   * are, and every tab retrying on its own would only add to an outage.
+   * A follower watches its leader while the leader says the stream is open: after nothing from it
+   * (a frame, a heartbeat it passes on) for `idleTimeoutMs`, the follower asks whether it is
+   * there. A leader that does not answer within LEADER_ANSWER_MS stopped running (a tab
+   * suspended in the background, a hung page) with the lock still held, and this tab streams on
+   * its own, from its cursor. One that answers is only quiet (a long event arriving slowly, or
+   * heartbeats slower than `idleTimeoutMs`), or this tab was the one suspended. While the leader
+   * reconnects it is not watched: its own attempts are, and every tab retrying on its own would
+   * only add to an outage.
    */
   #watchLeader() {
     if (this.#role !== FOLLOWER || this.#state !== OPEN || !(this.#idleMs > 0)) {
       this.#leaderWatch.clear();
       return;
     }
-    this.#leaderWatch.set(this.#idleMs, () => this.#goSolo());
+    this.#leaderWatch.set(this.#idleMs, () => {
+      this.#group?.post({ kind: 'ping' });
+      this.#leaderWatch.set(LEADER_ANSWER_MS, () => this.#goSolo());
+    });
   }
 
   /** A message of the leader, to a follower. */
@@ -911,8 +921,14 @@ function isCursor(id) {
  * `tokenHandler` answers `{ token, expiresIn }`).
  */
 function tokenOf(answer) {
-  return answer !== null && typeof answer === 'object' && typeof answer.token === 'string' ? answer.token : answer;
+  if (answer === null || typeof answer !== 'object') return answer;
+  if (typeof answer.token === 'string') return answer.token;
+  // A token endpoint's refusal, `{ error: 'unauthorized' }` say: no token to send.
+  throw new TypeError(`getToken answered an object without a token: ${JSON.stringify(answer).slice(0, 200)}`);
 }
+
+/** How long a follower waits for its silent leader to answer before it streams on its own. */
+const LEADER_ANSWER_MS = 5000;
 
 /** How long the token a tab asked for when it joined is used for its first connection. */
 const FIRST_TOKEN_MS = 5000;

@@ -41,6 +41,17 @@ describe('tokens and refusals', () => {
     env.client.close();
   });
 
+  test('getToken answering JSON without a token (a signed-out user) is a token_unavailable error', async () => {
+    // Sent as it was, the header read `Bearer [object Object]`: a 401, and another, for ever.
+    const { clock, fetch, client } = setup({ getToken: async () => ({ error: 'unauthorized' }) });
+    const error = nextEvent(client, 'error');
+    clock.advance(50);
+    const e = await error;
+    assert.deepEqual([e.error, e.fatal], ['token_unavailable', false]);
+    assert.equal(fetch.calls.length, 0, 'no request with it');
+    client.close();
+  });
+
   test('401 with getToken: a non-fatal error, a fresh token, a retry', async () => {
     const asked = [];
     const { clock, fetch, client } = setup({

@@ -49,22 +49,30 @@ class FakeLocks {
   }
 }
 
-/** BroadcastChannel in one process: messages reach the other open channels of the name, in order. */
+/**
+ * BroadcastChannel in one process: messages reach the other open channels of the name, in order.
+ * `frozen` channels (a tab that stopped running) neither send nor hear anything.
+ */
 function fakeBroadcastChannel() {
   const open = new Map();
   return class {
+    static created = [];
+
     constructor(name) {
       this.name = name;
       this.onmessage = null;
+      this.frozen = false;
       if (!open.has(name)) open.set(name, new Set());
       open.get(name).add(this);
+      this.constructor.created.push(this);
     }
 
     postMessage(data) {
+      if (this.frozen) return;
       for (const other of open.get(this.name) ?? []) {
         if (other === this) continue;
         const copy = structuredClone(data);
-        queueMicrotask(() => other.onmessage?.({ data: copy }));
+        queueMicrotask(() => other.frozen || other.onmessage?.({ data: copy }));
       }
     }
 
@@ -346,6 +354,7 @@ test('a follower whose leader falls silent while its stream is open streams on i
   const env = browserEnv();
   const a = tab(env, ['room:a'], { idleTimeoutMs: 45000 });
   await flush();
+  const leaderChannels = env.BroadcastChannel.created.slice();
   const b = tab(env, ['room:b'], { idleTimeoutMs: 45000 });
   await flush();
   assert.deepEqual([a.client.role, b.client.role], ['leader', 'follower']);
@@ -364,13 +373,44 @@ test('a follower whose leader falls silent while its stream is open streams on i
   }
   assert.equal(b.client.role, 'follower');
   assert.equal(b.fetch.calls.length, 0);
-  // Then the leader stops: 45 s of nothing, and the follower opens its own stream, from its cursor.
+  // Then the leader's tab stops: 45 s of nothing, the follower asks it whether it is there, and
+  // with no answer within 5 s opens its own stream, from its cursor.
+  for (const channel of leaderChannels) channel.frozen = true;
   b.clock.advance(45000);
+  await flush();
+  assert.equal(b.client.role, 'follower', 'asked, not yet answered');
+  b.clock.advance(5000);
   await flush();
   assert.equal(b.client.role, 'solo');
   b.clock.advance(5000);
   const own = await b.fetch.nextCall();
   assert.equal(own.url.searchParams.get('channels'), 'room:b');
+  a.client.close();
+  b.client.close();
+});
+
+test('a follower that hears nothing for a while asks its leader, and one that answers keeps it', async () => {
+  // A leader whose stream sends nothing for idleTimeoutMs (its heartbeats slower than that, or a
+  // long event arriving slowly) is alive: it answers, and the follower stays.
+  const env = browserEnv();
+  const a = tab(env, ['room:a'], { idleTimeoutMs: 45000 });
+  await flush();
+  const b = tab(env, ['room:b'], { idleTimeoutMs: 45000 });
+  await flush();
+  b.clock.advance(500);
+  await flush();
+  a.clock.advance(500);
+  const body = (await a.fetch.nextCall()).open();
+  const open = nextState(b.client, 'open');
+  body.push(connectedFrame({ channels: ['room:a', 'room:b'] }));
+  await open;
+  // Three minutes, a second at a time: three times 45 s of silence, each asked and answered.
+  for (let i = 0; i < 180; i++) {
+    b.clock.advance(1000);
+    await flush();
+  }
+  assert.equal(b.client.role, 'follower');
+  assert.equal(b.fetch.calls.length, 0);
   a.client.close();
   b.client.close();
 });
