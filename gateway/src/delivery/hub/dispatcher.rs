@@ -332,8 +332,13 @@ impl Dispatcher {
                 match result {
                     Ok(Replay::Events(events)) => {
                         self.refill_failing_since = None;
-                        self.refill_after = None;
-                        self.looked_for.append(&mut self.looking_for);
+                        if !again {
+                            // Another refill follows this one otherwise: it reads the broken
+                            // chains' subjects from their last events again, and only its
+                            // answer tells that an event they name is not in the history.
+                            self.refill_after = None;
+                            self.looked_for.append(&mut self.looking_for);
+                        }
                         let seq = |i: Option<&(Target, Delivery)>| i.and_then(|(_, d)| d.id.as_ref()).map(|id| id.seq);
                         let (first, last) = (seq(events.first()), seq(events.last()));
                         // What the refill read: up to its last event, not up to the newest one
@@ -565,7 +570,11 @@ impl Dispatcher {
                     // answer of a replica still catching up, or headers no stream wrote; a
                     // refill again would answer the same, at once, with every live event of
                     // the pod held behind it. The subject's streams resume instead, each from
-                    // its own id, from the history as it then stands.
+                    // its own id, from the history as it then stands. The topic's last event
+                    // sent stays where it was: moved to a sequence no history holds, it would
+                    // drop every real event below it for the streams that come back. So while
+                    // the history stays behind, each later event on the subject costs one refill
+                    // and one resume, no more.
                     tracing::warn!(target = %topic.target, seq = id.seq, previous = delivery.previous, anchor, "an event names one its subject's history does not hold; its streams resume");
                     topic.send_members_to_resume();
                     return;

@@ -598,6 +598,36 @@ async fn a_chain_the_refill_cannot_mend_sends_its_streams_to_resume() {
     assert!(script.replays.try_recv().is_err(), "the event named was looked for once");
 }
 
+/// A chain's refill that a reconnect overtakes, and that comes back without the event named
+/// (a stale answer), is followed by one that again reads the subject from its last event, not
+/// from the watermark, and mends the chain (before: the second read from the watermark, past
+/// the missing events, and the subject's streams were sent to resume).
+#[tokio::test]
+async fn a_chain_refill_overtaken_by_a_reconnect_reads_again_from_the_subjects_last_event() {
+    let mut script = Script::new(10);
+    let (hub, u, mut a, _on_u) = streaming_after_11(&script).await;
+    let v = user("v");
+    let (mut b, _on_v) = Reader::join(&hub, std::slice::from_ref(&v), 11).await;
+    script.live(&v, 20);
+    assert_eq!(b.until(20).await, [20]);
+    script.live_after(&u, 24, 23);
+    let (after, first) = script.next_replay().await;
+    assert_eq!(after, 11);
+    script.gap();
+    script.live(&v, 25);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while script.gaps("reconnect") < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the hub notices the reconnect");
+        tokio::task::yield_now().await;
+    }
+    Script::refill(first, []);
+    let (after, second) = script.next_replay().await;
+    assert_eq!(after, 11, "from u's last event again, not from the watermark (20)");
+    Script::refill(second, [(u.clone(), 23), (u.clone(), 24), (v.clone(), 25)]);
+    assert_eq!(a.until(24).await, [11, 23, 24]);
+    assert_eq!(b.until(25).await, [20, 25]);
+}
+
 /// An unbroken chain asks for no refill: each event names the one sent before it on its subject.
 #[tokio::test]
 async fn a_subject_whose_chain_holds_is_not_refilled() {
