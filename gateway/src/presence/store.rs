@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
@@ -81,12 +80,13 @@ pub fn unkey_part(key: &str) -> Option<String> {
 
 /// The bucket in JetStream, created (or updated) on first use: NATS may be down at start. It is
 /// kept in memory, so a NATS restart empties it of everything, itself included: a write or a
-/// read that fails makes it again the next time.
+/// read that JetStream answers "no such stream" makes it again the next time (one at a time:
+/// after a restart every watched channel finds it gone at once).
 pub struct NatsPresence {
     js: jetstream::Context,
     config: jetstream::stream::Config,
-    /// The bucket was made (or found), and nothing has failed since.
-    ready: Arc<AtomicBool>,
+    /// The bucket was made (or found), and JetStream has not said it is gone since.
+    ready: Arc<tokio::sync::Mutex<bool>>,
 }
 
 const KV_OPERATION: &str = "KV-Operation";
@@ -110,22 +110,27 @@ impl NatsPresence {
             allow_direct: true,
             ..Default::default()
         };
-        NatsPresence { js, config, ready: Arc::new(AtomicBool::new(false)) }
+        NatsPresence { js, config, ready: Arc::new(tokio::sync::Mutex::new(false)) }
     }
 
     fn ensure(&self) -> impl std::future::Future<Output = Result<(), BrokerError>> + Send + 'static {
         let (js, config, ready) = (self.js.clone(), self.config.clone(), self.ready.clone());
         async move {
-            if ready.load(Ordering::Acquire) {
-                return Ok(());
+            let mut made = ready.lock().await;
+            if !*made {
+                js.create_or_update_stream(config)
+                    .await
+                    .map_err(|e| BrokerError::Unavailable(format!("the presence bucket {BUCKET}: {e}")))?;
+                *made = true;
             }
-            js.create_or_update_stream(config)
-                .await
-                .map_err(|e| BrokerError::Unavailable(format!("the presence bucket {BUCKET}: {e}")))?;
-            ready.store(true, Ordering::Release);
             Ok(())
         }
     }
+}
+
+/// JetStream says the bucket is gone: it is made again before the next write or read.
+async fn forget(ready: &tokio::sync::Mutex<bool>) {
+    *ready.lock().await = false;
 }
 
 impl PresenceStore for NatsPresence {
@@ -137,7 +142,11 @@ impl PresenceStore for NatsPresence {
             if let Err(e) = ensure.await {
                 return Err(batch.into_iter().map(|(channel, _)| (channel, e.clone())).collect());
             }
-            let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+            let mut gone = false;
+            let mut unavailable = |e: &jetstream::context::PublishError| {
+                gone |= e.kind() == jetstream::context::PublishErrorKind::StreamNotFound;
+                BrokerError::Unavailable(e.to_string())
+            };
             let max_payload = js.client().server_info().max_payload;
             let mut unwritten = Vec::new();
             // Every write first, then every acknowledgement: one round trip for the batch.
@@ -170,9 +179,8 @@ impl PresenceStore for NatsPresence {
                     unwritten.push((channel, unavailable(&e)));
                 }
             }
-            if unwritten.iter().any(|(_, e)| matches!(e, BrokerError::Unavailable(_))) {
-                // Perhaps the bucket is gone (NATS restarted): made again before the retry.
-                ready.store(false, Ordering::Release);
+            if gone {
+                forget(&ready).await;
             }
             if unwritten.is_empty() { Ok(()) } else { Err(unwritten) }
         }
@@ -183,15 +191,20 @@ impl PresenceStore for NatsPresence {
         let js = self.js.clone();
         let prefix = format!("$KV.{BUCKET}.{}.", key_part(channel.as_str()));
         let (ensure, ready) = (self.ensure(), self.ready.clone());
-        let unready = move |e: &dyn std::fmt::Display| {
-            // Perhaps the bucket is gone (NATS restarted): made again before the next watch.
-            ready.store(false, Ordering::Release);
-            BrokerError::Unavailable(e.to_string())
-        };
         async move {
             ensure.await?;
-            let unavailable = &unready;
-            let stream = js.get_stream(format!("KV_{BUCKET}")).await.map_err(|e| unavailable(&e))?;
+            let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+            let stream = match js.get_stream(format!("KV_{BUCKET}")).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
+                        if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+                    {
+                        forget(&ready).await;
+                    }
+                    return Err(unavailable(&e));
+                }
+            };
             let consumer = stream
                 .create_consumer(pull::OrderedConfig {
                     filter_subject: format!("{prefix}*"),
