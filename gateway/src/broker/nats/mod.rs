@@ -271,7 +271,7 @@ impl NatsBroker {
                                 retry.within(info.config.duplicate_window);
                                 ready.store(true, std::sync::atomic::Ordering::Release);
                                 tracing::info!(stream = STREAM, epoch = %epoch.read(), messages = info.state.messages, "history stream ready");
-                                watch_reach(&js, &config, &epoch, &ready, &client, &probe_link, &retry).await;
+                                watch_reach(&js, &config, &epoch, &client, &probe_link, &retry).await;
                                 return;
                             }
                             Err(e) => {

@@ -2,7 +2,6 @@
 //! this gateway.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::Client;
@@ -154,15 +153,15 @@ const REPLICA_SILENT: Duration = Duration::from_secs(3);
 /// with another `--history-dedup-window` may have changed.
 ///
 /// A stream that JetStream says is gone (deleted, or lost with storage that did not survive a
-/// NATS restart) is made again with `config`, under a new epoch, with the gateway unready
-/// (`ready`) until it is: nobody else may ever make it, and every durable publish would fail.
-/// The hub learns of the new history from the refill that follows, and sends every stream to
-/// resume.
+/// NATS restart) is made again with `config`, under a new epoch: nobody else may ever make it,
+/// and every durable publish would fail. The gateway stays ready meanwhile (its streams and
+/// ephemeral events do not need the history). The hub learns of the new history from the first
+/// event under the new epoch (or from a refill, if the link was reported down meanwhile), and
+/// sends every stream to resume.
 pub(super) async fn watch_reach(
     js: &jetstream::Context,
     config: &jetstream::stream::Config,
     epoch: &RwLock<Arc<str>>,
-    ready: &AtomicBool,
     client: &Client,
     link: &watch::Sender<Link>,
     retry: &PublishRetry,
@@ -176,7 +175,6 @@ pub(super) async fn watch_reach(
         // `stream_info` answers only from a leader that can store.
         let mut read = tokio::time::timeout(REACH_TIMEOUT, stream_info(js, epoch)).await;
         if matches!(read, Ok(Err(_))) && is_gone(js).await {
-            ready.store(false, Ordering::Release);
             tracing::warn!(stream = STREAM, "the history's stream is gone; making it again");
             match make_stream_again(js, config.clone()).await {
                 Ok(info) => {
@@ -190,8 +188,6 @@ pub(super) async fn watch_reach(
         }
         if let Ok(Ok((_, info, _))) = &read {
             retry.within(info.config.duplicate_window);
-            // Found again (made by another gateway, or it was never gone: a node behind).
-            ready.store(true, Ordering::Release);
         }
         let reached = matches!(read, Ok(Ok(_)));
         if reached == cut_off {
