@@ -80,19 +80,19 @@ pub(super) async fn ensure_stream(
             jetstream::context::GetStreamErrorKind::JetStream(e)
                 if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
             {
-                epoch_of(&time::OffsetDateTime::now_utc())
+                // Two gateways creating the stream at once: one of the creates fails (another
+                // epoch), and the caller's retry finds the stream and keeps its epoch.
+                return make_stream_again(js, config).await;
             }
             _ => return Err(e.to_string()),
         },
     };
     config.metadata.insert(EPOCH_METADATA.into(), epoch.to_string());
-    // Two gateways creating the stream at once: one of the creates fails (another epoch), and
-    // the caller's retry finds the stream and keeps its epoch.
     js.create_or_update_stream(config).await.map_err(|e| e.to_string())
 }
 
-/// Creates the stream anew, under a new epoch. Only creates: a node that said the stream was
-/// gone may be behind the others (just restarted, on a cluster), and an update would give a
+/// Creates the stream, under a new epoch. Only creates: a node that said the stream was not
+/// there may be behind the others (just restarted, on a cluster), and an update would give a
 /// stream that exists a new epoch, and every client of the fleet a reset.
 pub(super) async fn make_stream_again(
     js: &jetstream::Context,
