@@ -60,7 +60,7 @@ pub use stream::{STREAM, stream_config};
 /// Messages one subscription queues before async-nats drops newer ones (a slow consumer).
 const SUBSCRIPTION_CAPACITY: usize = 256 * 1024;
 
-/// Longest an ephemeral publish waits for NATS to take it before it is answered as unsure (503).
+/// Longest an ephemeral publish waits for NATS to take it before it is answered as unsure (504).
 const EPHEMERAL_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where each gateway publishes its stats for the fleet's dashboards, under the prefix:
@@ -365,7 +365,7 @@ impl Broker for NatsBroker {
                 // Nothing is queued while the link is down: the client would send it once NATS is
                 // back, long after the caller was answered, who may have sent it again. A link
                 // that drops meanwhile may still carry what was queued: the caller learns that
-                // it is unsure (a 503) within `EPHEMERAL_PUBLISH_TIMEOUT`, not when NATS is back.
+                // it is unsure (a 504) within `EPHEMERAL_PUBLISH_TIMEOUT`, not when NATS is back.
                 if client.connection_state() != async_nats::connection::State::Connected {
                     return Err(BrokerError::Unavailable("not connected to NATS".into()));
                 }
