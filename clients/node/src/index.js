@@ -186,9 +186,11 @@ function natsPublisher({ nats, prefix = 'herald', retries = 4, timeoutMs = 10000
   let epoch;
   let readAt = 0;
   let highest = 0;
+  // Once one was read, a read that fails answers it.
   const readEpoch = async (again = false) => {
-    if (epoch === undefined || again || Date.now() - readAt > EPOCH_TTL_MS) {
-      readAt = Date.now();
+    if (epoch !== undefined && !again && Date.now() - readAt <= EPOCH_TTL_MS) return epoch;
+    readAt = Date.now();
+    try {
       const reply = await nats.request('$JS.API.STREAM.INFO.HERALD', new Uint8Array(), { timeout: timeoutMs });
       const info = JSON.parse(new TextDecoder().decode(reply.data));
       const found = info?.config?.metadata?.['herald.epoch'];
@@ -196,6 +198,8 @@ function natsPublisher({ nats, prefix = 'herald', retries = 4, timeoutMs = 10000
         throw new UnavailableError(503, 'unavailable', 'the stream HERALD has no herald.epoch: start a gateway first');
       }
       epoch = found;
+    } catch (e) {
+      if (epoch === undefined) throw e;
     }
     return epoch;
   };
@@ -234,7 +238,7 @@ function natsPublisher({ nats, prefix = 'herald', retries = 4, timeoutMs = 10000
     }
     if (startedOver) highest = Math.max(...seqs);
     // The events are stored: a read that fails now names them by the epoch read before.
-    const current = await readEpoch(startedOver).catch(() => epoch);
+    const current = await readEpoch(startedOver);
     return seqs.map((seq) => `${current}-${seq}`);
   });
 }

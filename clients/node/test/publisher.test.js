@@ -340,3 +340,27 @@ test('the NATS publisher names its ids by the history it stored them in, after t
     own.stop();
   }
 });
+
+test('a NATS publisher whose epoch cannot be read again names its ids by the one it has', async (t) => {
+  // A read of the epoch that fails, before a publish or after it, fails no publish: the one read
+  // before names its ids.
+  t.mock.timers.enable({ apis: ['Date'], now: 1_000_000 });
+  const acks = [5, 6, 1];
+  let reads = 0;
+  const nats = {
+    jetstream: () => ({ publish: async () => ({ seq: acks.shift(), duplicate: false }) }),
+    request: async () => {
+      reads += 1;
+      if (reads > 1) throw new Error('timeout');
+      return { data: new TextEncoder().encode(JSON.stringify({ config: { metadata: { 'herald.epoch': 'e1' } } })) };
+    },
+  };
+  const viaNats = createPublisher({ nats });
+  assert.deepEqual(await viaNats.publishToUser('u', { type: 'n' }), ['e1-5']);
+  // Read again once 10 s old: the read fails.
+  t.mock.timers.tick(11_000);
+  assert.deepEqual(await viaNats.publishToUser('u', { type: 'n' }), ['e1-6']);
+  // A sequence going back: read again at once, and that read fails too.
+  assert.deepEqual(await viaNats.publishToUser('u', { type: 'n' }), ['e1-1']);
+  assert.equal(reads, 3);
+});

@@ -451,3 +451,44 @@ def test_the_nats_publisher_names_its_ids_by_the_history_it_stored_them_in(tmp_p
     finally:
         gateway.stop()
         server.stop()
+
+
+def test_a_nats_publisher_whose_epoch_cannot_be_read_again_names_its_ids_by_the_one_it_has(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read of the epoch that fails, before a publish or after it, fails no publish: the one
+    read before names its ids."""
+    import json as json_
+    import types
+
+    from herald_publisher import _nats
+
+    clock = [1000.0]
+    monkeypatch.setattr(_nats.time, "monotonic", lambda: clock[0])
+    acks = [5, 6, 1]
+    reads = []
+
+    class Js:
+        async def publish(self, *args: Any, **kwargs: Any) -> Any:
+            return types.SimpleNamespace(seq=acks.pop(0), duplicate=False)
+
+    class Nc:
+        def jetstream(self, **kwargs: Any) -> Js:
+            return Js()
+
+        async def request(self, *args: Any, **kwargs: Any) -> Any:
+            reads.append(1)
+            if len(reads) > 1:
+                raise TimeoutError("timeout")
+            return types.SimpleNamespace(data=json_.dumps({"config": {"metadata": {"herald.epoch": "e1"}}}).encode())
+
+    async def run() -> list[list[str]]:
+        publisher = NatsPublisher(Nc())
+        first = await publisher.publish_to_user("u", {"type": "n", "data": 1})
+        clock[0] += 11  # read again once 10 s old: the read fails
+        second = await publisher.publish_to_user("u", {"type": "n", "data": 2})
+        third = await publisher.publish_to_user("u", {"type": "n", "data": 3})  # a sequence going back
+        return [first, second, third]
+
+    assert asyncio.run(run()) == [["e1-5"], ["e1-6"], ["e1-1"]]
+    assert len(reads) == 3
