@@ -348,9 +348,11 @@ test('a `missed` reset naming an id both tabs saw reaches the app of the leader 
   assert.deepEqual(resets, { a: ['missed'], b: ['missed'] });
 });
 
-test('a follower whose leader falls silent while its stream is open streams on its own; heartbeats passed on keep it following', async () => {
-  // A leader tab that stops running (suspended in the background, a hung page) keeps its lock:
-  // the follower said `open` for ever and got nothing, with no error and no end.
+/**
+ * Two tabs watching for a silent leader (idleTimeoutMs 45 s): `a` leads, with its stream open
+ * (`body`), `b` follows it; `leaderChannels` are the leader's BroadcastChannels.
+ */
+async function followingAnOpenStream() {
   const env = browserEnv();
   const a = tab(env, ['room:a'], { idleTimeoutMs: 45000 });
   await flush();
@@ -365,6 +367,13 @@ test('a follower whose leader falls silent while its stream is open streams on i
   const open = nextState(b.client, 'open');
   body.push(connectedFrame({ channels: ['room:a', 'room:b'] }));
   await open;
+  return { a, b, body, leaderChannels };
+}
+
+test('a follower whose leader falls silent while its stream is open streams on its own; heartbeats passed on keep it following', async () => {
+  // A leader tab that stops running (suspended in the background, a hung page) keeps its lock:
+  // the follower said `open` for ever and got nothing, with no error and no end.
+  const { a, b, body, leaderChannels } = await followingAnOpenStream();
   // The gateway's heartbeats, every 15 s, passed on: a minute and a half of following.
   for (let i = 0; i < 6; i++) {
     b.clock.advance(15000);
@@ -392,18 +401,7 @@ test('a follower whose leader falls silent while its stream is open streams on i
 test('a follower that hears nothing for a while asks its leader, and one that answers keeps it', async () => {
   // A leader whose stream sends nothing for idleTimeoutMs (its heartbeats slower than that, or a
   // long event arriving slowly) is alive: it answers, and the follower stays.
-  const env = browserEnv();
-  const a = tab(env, ['room:a'], { idleTimeoutMs: 45000 });
-  await flush();
-  const b = tab(env, ['room:b'], { idleTimeoutMs: 45000 });
-  await flush();
-  b.clock.advance(500);
-  await flush();
-  a.clock.advance(500);
-  const body = (await a.fetch.nextCall()).open();
-  const open = nextState(b.client, 'open');
-  body.push(connectedFrame({ channels: ['room:a', 'room:b'] }));
-  await open;
+  const { a, b } = await followingAnOpenStream();
   // Three minutes, a second at a time: three times 45 s of silence, each asked and answered.
   for (let i = 0; i < 180; i++) {
     b.clock.advance(1000);

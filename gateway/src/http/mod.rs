@@ -64,21 +64,21 @@ pub struct AppState {
 /// Registers every route. A known path asked with another method is answered 405 with `Allow`,
 /// an unknown one 404, each with a JSON error.
 pub fn routes(cfg: &mut web::ServiceConfig, dev: bool) {
-    cfg.service(only(Method::GET, "/events", web::get().to(events::events)))
-        .service(only(Method::POST, "/v1/publish", web::post().to(publish::publish)))
-        .service(only(Method::POST, "/v1/client-events", web::post().to(client_events::client_events)))
-        .service(only(Method::GET, "/v1/presence/{channel}", web::get().to(presence::presence)))
-        .service(only(Method::GET, "/healthz", web::get().to(health::healthz)))
-        .service(only(Method::GET, "/readyz", web::get().to(health::readyz)))
-        .service(only(Method::GET, "/stats", web::get().to(health::stats)))
-        .service(only(Method::GET, "/metrics", web::get().to(metrics::metrics)))
-        .service(only(Method::GET, "/dashboard", web::get().to(dashboard::page)))
-        .service(only(Method::GET, "/dashboard/stream", web::get().to(dashboard::stream)));
+    cfg.service(only(Method::GET, "/events", events::events))
+        .service(only(Method::POST, "/v1/publish", publish::publish))
+        .service(only(Method::POST, "/v1/client-events", client_events::client_events))
+        .service(only(Method::GET, "/v1/presence/{channel}", presence::presence))
+        .service(only(Method::GET, "/healthz", health::healthz))
+        .service(only(Method::GET, "/readyz", health::readyz))
+        .service(only(Method::GET, "/stats", health::stats))
+        .service(only(Method::GET, "/metrics", metrics::metrics))
+        .service(only(Method::GET, "/dashboard", dashboard::page))
+        .service(only(Method::GET, "/dashboard/stream", dashboard::stream));
     if dev {
-        cfg.service(only(Method::GET, "/", web::get().to(dev::index))).service(only(
+        cfg.service(only(Method::GET, "/", dev::index)).service(only(
             Method::GET,
             "/client/{name}",
-            web::get().to(dev::client_module),
+            dev::client_module,
         ));
     }
     cfg.default_service(web::to(|req: actix_web::HttpRequest| async move {
@@ -86,8 +86,14 @@ pub fn routes(cfg: &mut web::ServiceConfig, dev: bool) {
     }));
 }
 
-/// `path`, answered by `route` for `method`, and 405 for any other method.
-fn only(method: Method, path: &str, route: actix_web::Route) -> actix_web::Resource {
+/// `path`, answered by `handler` for `method`, and 405 for any other method.
+fn only<F, Args>(method: Method, path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    let route = web::method(method.clone()).to(handler);
     web::resource(path).route(route).default_service(web::to(move || {
         let method = method.clone();
         async move {

@@ -197,9 +197,7 @@ impl PresenceStore for NatsPresence {
             let stream = match js.get_stream(format!("KV_{BUCKET}")).await {
                 Ok(stream) => stream,
                 Err(e) => {
-                    if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
-                        if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
-                    {
+                    if crate::broker::nats::is_not_found(&e) {
                         forget(&ready).await;
                     }
                     return Err(unavailable(&e));

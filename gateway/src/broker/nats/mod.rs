@@ -55,6 +55,7 @@ mod tests;
 mod walk;
 
 pub use headers::{HEADER_FROM, HEADER_PUBLISHED_AT, HEADER_TYPE, event_headers};
+pub(crate) use stream::is_not_found;
 pub use stream::{STREAM, stream_config};
 
 /// Messages one subscription queues before async-nats drops newer ones (a slow consumer).
@@ -359,7 +360,6 @@ impl Broker for NatsBroker {
             if let Some(from) = &event.from {
                 headers.insert(HEADER_FROM, from.as_str());
             }
-            let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
             let Some(js) = durable else {
                 store::check_size(client.server_info().max_payload, &headers, &event.payload, std::iter::empty())?;
                 // Nothing is queued while the link is down: the client would send it once NATS is
@@ -369,26 +369,21 @@ impl Broker for NatsBroker {
                 if client.connection_state() != async_nats::connection::State::Connected {
                     return Err(BrokerError::Unavailable("not connected to NATS".into()));
                 }
+                // Past the check, a failure is unsure too: some copies may be on their way already.
+                let unsure = |e: &dyn std::fmt::Display| BrokerError::Unsure(e.to_string());
                 let send = async {
                     for target in &targets {
                         let subject = target.subject(&prefix, SubjectKind::Live);
                         client
                             .publish_with_headers(subject, headers.clone(), event.payload.clone())
                             .await
-                            .map_err(|e| unavailable(&e))?;
+                            .map_err(|e| unsure(&e))?;
                     }
-                    client.flush().await.map_err(|e| unavailable(&e))
+                    client.flush().await.map_err(|e| unsure(&e))
                 };
-                tokio::time::timeout(EPHEMERAL_PUBLISH_TIMEOUT, send)
-                    .await
-                    .map_err(|_| {
-                        BrokerError::Unsure(format!("NATS did not take the event within {EPHEMERAL_PUBLISH_TIMEOUT:?}"))
-                    })?
-                    // Some copies may be on their way already.
-                    .map_err(|e| match e {
-                        BrokerError::Unavailable(e) => BrokerError::Unsure(e),
-                        other => other,
-                    })?;
+                tokio::time::timeout(EPHEMERAL_PUBLISH_TIMEOUT, send).await.map_err(|_| {
+                    unsure(&format_args!("NATS did not take the event within {EPHEMERAL_PUBLISH_TIMEOUT:?}"))
+                })??;
                 return Ok(Vec::new());
             };
             // Every stored event carries a message id (the publisher's, or one made up here), so

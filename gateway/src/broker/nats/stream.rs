@@ -76,16 +76,10 @@ pub(super) async fn ensure_stream(
 ) -> Result<jetstream::stream::Info, String> {
     let epoch = match js.get_stream(STREAM).await {
         Ok(stream) => epoch_in(stream.cached_info()),
-        Err(e) => match e.kind() {
-            jetstream::context::GetStreamErrorKind::JetStream(e)
-                if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-            {
-                // Two gateways creating the stream at once: one of the creates fails (another
-                // epoch), and the caller's retry finds the stream and keeps its epoch.
-                return make_stream_again(js, config).await;
-            }
-            _ => return Err(e.to_string()),
-        },
+        // Two gateways creating the stream at once: one of the creates fails (another epoch),
+        // and the caller's retry finds the stream and keeps its epoch.
+        Err(e) if is_not_found(&e) => return make_stream_again(js, config).await,
+        Err(e) => return Err(e.to_string()),
     };
     config.metadata.insert(EPOCH_METADATA.into(), epoch.to_string());
     js.create_or_update_stream(config).await.map_err(|e| e.to_string())
@@ -211,13 +205,13 @@ pub(super) async fn watch_reach(
 
 /// Whether JetStream says the stream does not exist (not merely that it cannot be read now).
 async fn is_gone(js: &jetstream::Context) -> bool {
-    match tokio::time::timeout(REACH_TIMEOUT, js.get_stream(STREAM)).await {
-        Ok(Err(e)) => matches!(
-            e.kind(),
-            jetstream::context::GetStreamErrorKind::JetStream(e) if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-        ),
-        _ => false,
-    }
+    matches!(tokio::time::timeout(REACH_TIMEOUT, js.get_stream(STREAM)).await, Ok(Err(e)) if is_not_found(&e))
+}
+
+/// Whether a stream's lookup failed because JetStream has no such stream.
+pub(crate) fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
+        if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// Whether the stream, as its leader describes it, can store events: it has a leader, and that
