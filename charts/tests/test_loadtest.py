@@ -51,6 +51,30 @@ def test_enabled_renders_workers_and_a_coordinator():
         assert job["spec"]["activeDeadlineSeconds"] == 1800
 
 
+def test_the_gateways_nats_credentials_reach_workers_and_coordinator():
+    values = copy.deepcopy(VALUES)
+    plain = jobs(copy.deepcopy(values))
+    for job in plain.values():
+        pod = job["spec"]["template"]["spec"]
+        assert "--nats-creds" not in pod["containers"][0]["args"]
+        assert [v["name"] for v in pod["volumes"]] == ["keys"]
+    values["nats"]["credentialsSecret"] = {"name": "nats-user", "key": "user.creds"}
+    found = jobs(values)
+    assert set(found) == {"herald-loadtest", "herald-loadtest-workers"}
+    for job in found.values():
+        pod = job["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        args = container["args"]
+        path = args[args.index("--nats-creds") + 1]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "nats-creds")
+        assert mount["readOnly"] is True
+        volume = next(v for v in pod["volumes"] if v["name"] == "nats-creds")
+        assert volume["secret"]["secretName"] == "nats-user"
+        assert volume["secret"]["items"] == [{"key": "user.creds", "path": "nats.creds"}]
+        assert path == f"{mount['mountPath']}/nats.creds"
+        kubernetes_validate.validate(strip(job), kubernetes_validate.latest_version(), strict=True)
+
+
 def test_without_an_hs256_secret_the_render_says_why():
     values = copy.deepcopy(VALUES)
     del values["auth"]["jwtSecret"]

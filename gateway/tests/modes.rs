@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use herald_testkit::sse::MARKER;
-use herald_testkit::{Gateway, Nats, Sse, eventually, http, token};
+use herald_testkit::{Gateway, Nats, NatsWithCredentials, Sse, eventually, http, token};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,6 +27,32 @@ async fn history_off_runs_live_only_against_a_nats_without_jetstream() {
     assert_eq!(reset.json()["reason"], "history_expired");
     gw.publish(json!({"type":"n","data":2,"users":["l1"]})).await;
     assert_eq!(r.next().await.json()["data"], 2);
+}
+
+/// A NATS that admits only holders of a credentials file (decentralized authentication): the
+/// gateway and the `publish` command reach it with `--nats-creds`; a gateway without it is
+/// refused and never reports ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_credentials_admit_the_gateway_and_the_publish_command() {
+    let nats = NatsWithCredentials::start();
+    let creds = nats.creds_file().display().to_string();
+    let refused = Gateway::serve(&nats.url()).start();
+    refused.wait_for_log("authorization violation").await;
+    assert_eq!(http(refused.addr, "GET", "/readyz", &[], None).await.status, 503);
+
+    let gw = Gateway::serve(&nats.url()).args(&["--nats-creds", &creds]).start();
+    gw.ready().await;
+    let mut s = Sse::with_token(gw.addr, &token("creds", &["jobs:*"], 600), &["jobs:1"]).await;
+    s.next().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald-gateway"))
+        .args(["publish", "--nats-url", &nats.url(), "--nats-creds", &creds, "--channel", "jobs:1", "--data", "7"])
+        .env_remove("HERALD_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ids: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ev = s.next_event().await;
+    assert_eq!((ev.id.as_deref(), ev.json()["data"].clone()), (ids["ids"][0].as_str(), json!(7)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,6 +73,10 @@ pub struct RunArgs {
     /// NATS URL, for publishing through NATS and for the gateways `resume` starts.
     #[arg(long, env = "HERALD_LOADTEST_NATS_URL")]
     pub nats_url: Option<String>,
+    /// NATS credentials file (.creds) for every NATS connection of the run: publishing,
+    /// reaching the workers, and the gateways `resume` starts.
+    #[arg(long, env = "HERALD_LOADTEST_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
     /// The gateways' HS256 client-token secret; clients get tokens signed with it. Without it,
     /// Herald mode expects a `dev` gateway and sends `?user=`.
     #[arg(long, env = "HERALD_LOADTEST_JWT_SECRET_FILE")]
@@ -218,6 +222,9 @@ pub struct WorkerArgs {
     /// NATS to receive jobs over.
     #[arg(long, env = "HERALD_LOADTEST_NATS_URL")]
     pub nats_url: String,
+    /// NATS credentials file (.creds).
+    #[arg(long, env = "HERALD_LOADTEST_NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
     /// Subject prefix for coordination.
     #[arg(long, env = "HERALD_LOADTEST_COORD_SUBJECT", default_value = "herald-loadtest")]
     pub coord_subject: String,
@@ -415,7 +422,7 @@ impl RunArgs {
         if !crate::names::valid(&self.prefix) {
             p.push(format!("--prefix {:?} is not a valid name prefix", self.prefix));
         }
-        for path in [&self.jwt_secret_file, &self.publish_keys_file].into_iter().flatten() {
+        for path in [&self.jwt_secret_file, &self.publish_keys_file, &self.nats_creds].into_iter().flatten() {
             if std::fs::metadata(path).is_err() {
                 p.push(format!("cannot read {}", path.display()));
             }

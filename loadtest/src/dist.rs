@@ -15,15 +15,8 @@ use tokio::sync::mpsc;
 use crate::cli::{CoordinateArgs, WorkerArgs, check_loopback_url};
 use crate::payload;
 use crate::proto::{FromShare, Job, Scenario, ToShare};
+use crate::publish::connect_nats;
 use crate::run::{Links, coordinate, finish, jobs};
-
-async fn connect(url: &str) -> Result<async_nats::Client, String> {
-    async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))
-}
 
 /// `herald-loadtest worker`.
 pub async fn worker_main(args: WorkerArgs) -> i32 {
@@ -34,7 +27,7 @@ pub async fn worker_main(args: WorkerArgs) -> i32 {
         return 2;
     }
     crate::sys::raise_nofile();
-    let client = match connect(&args.nats_url).await {
+    let client = match connect_nats(&args.nats_url, args.nats_creds.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("herald-loadtest worker: {e}");
@@ -142,7 +135,7 @@ pub async fn coordinate_main(a: CoordinateArgs) -> i32 {
 }
 
 async fn coordinate_workers(a: &CoordinateArgs, url: &str) -> Result<serde_json::Value, String> {
-    let client = connect(url).await?;
+    let client = connect_nats(url, a.run.nats_creds.as_deref()).await?;
     let prefix = &a.coord_subject;
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await.map_err(|e| format!("cannot subscribe: {e}"))?;

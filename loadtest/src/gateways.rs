@@ -173,7 +173,7 @@ impl LocalGateways {
             nats,
             credentials: credentials.clone(),
             max_connections: args.connections,
-            extra: Vec::new(),
+            extra: args.nats_creds.iter().flat_map(|c| ["--nats-creds".into(), c.display().to_string()]).collect(),
             log: None,
         };
         let mut g = LocalGateways {

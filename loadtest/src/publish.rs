@@ -12,6 +12,7 @@
 //! always sending one target's publishes over the same connection.
 
 use std::cell::Cell;
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,18 +95,30 @@ pub struct HttpPublish {
     pub lanes: usize,
 }
 
+/// A NATS connection for the run, with the credentials file (`--nats-creds`) when one is given.
+pub async fn connect_nats(url: &str, creds: Option<&Path>) -> Result<async_nats::Client, String> {
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(path) = creds {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| format!("cannot use the NATS credentials in {}: {e}", path.display()))?;
+    }
+    options
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))
+}
+
 pub struct Counters {
     pub sent: Rc<Cell<u64>>,
     pub errors: Rc<Cell<u64>>,
 }
 
 impl Publisher {
-    pub async fn nats(url: &str, prefix: &str, durable: bool) -> Result<Publisher, String> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
+    pub async fn nats(url: &str, creds: Option<&Path>, prefix: &str, durable: bool) -> Result<Publisher, String> {
+        let client = connect_nats(url, creds).await?;
         Ok(if durable {
             Publisher::Jetstream {
                 js: async_nats::jetstream::new(client),

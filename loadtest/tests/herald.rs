@@ -6,7 +6,7 @@ use std::time::Duration;
 use herald_testkit::http::get_blocking;
 use herald_testkit::loadtest::{Run, run, run_ok};
 use herald_testkit::process::Process;
-use herald_testkit::{Gateway, Nats, bins, ports};
+use herald_testkit::{Gateway, Nats, NatsWithCredentials, bins, ports};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -305,4 +305,51 @@ fn a_run_that_connects_nothing_fails_and_https_is_refused_up_front() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--target \"https://herald.example.com\"") && stderr.contains("plain HTTP"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(5), "refused before the run");
+}
+
+/// A NATS that admits only holders of a credentials file (decentralized authentication): the
+/// gateway reaches it with `--nats-creds`, and so do a coordinator and its worker given the
+/// same file, as the chart's load-test Jobs are; a run without it is refused by NATS and says so.
+#[test]
+fn a_nats_that_requires_credentials_is_reached_with_nats_creds() {
+    let nats = NatsWithCredentials::start();
+    let (nats_url, creds) = (nats.url(), nats.creds_file().display().to_string());
+    let gw = Gateway::serve(&nats_url).args(&["--nats-creds", &creds]).start();
+    gw.wait_ready();
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_herald-loadtest"));
+    worker
+        .args(["worker", "--nats-url", &nats_url, "--nats-creds", &creds, "--once", "--idle-exit", "120"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let worker = Process::spawn(&mut worker, "a herald-loadtest worker");
+    let (url, secret) = (gw.url(), gw.keys().jwt_secret());
+    let run_args = [
+        "--target",
+        &url,
+        "--nats-url",
+        &nats_url,
+        "--publish",
+        "jetstream",
+        "--jwt-secret-file",
+        &secret,
+        "--connections",
+        "20",
+        "--rate",
+        "40",
+        "--duration",
+        "2",
+    ];
+    let mut coordinated = vec!["run", "targeted", "--workers", "1", "--worker-wait", "30", "--nats-creds", &creds];
+    coordinated.extend(run_args);
+    let s = run_ok(&coordinated, LIMIT);
+    assert_complete(&s);
+    assert_eq!(s["publish"]["via"], "jetstream", "{s:#}");
+    assert_eq!(s["expected"], 80, "{s:#}");
+    drop(worker);
+
+    let mut alone = vec!["targeted"];
+    alone.extend(run_args);
+    let Run { code, stderr, .. } = run(&alone, LIMIT);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("cannot connect to NATS") && stderr.to_lowercase().contains("authorization"), "{stderr}");
 }

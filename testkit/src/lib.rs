@@ -10,6 +10,7 @@
 //! - [`ports`]: a port nothing listens on, and free ports for the one server that cannot
 //!   choose its own.
 //! - [`nats`]: a nats-server on the ports it picks itself.
+//! - [`nats_auth`]: a nats-server that admits only the holders of a credentials file.
 //! - [`cluster`]: a three-node NATS cluster whose routes can be cut and slowed.
 //! - [`proxy`]: a TCP proxy that cuts, refuses and delays what passes through it.
 //! - [`tokens`]: the test secret, publisher and dashboard keys, and client tokens.
@@ -34,6 +35,7 @@ pub mod http;
 pub mod kube_api;
 pub mod loadtest;
 pub mod nats;
+pub mod nats_auth;
 pub mod ports;
 pub mod process;
 pub mod proxy;
@@ -46,6 +48,7 @@ pub use cluster::NatsCluster;
 pub use follower::Follower;
 pub use gateway::Gateway;
 pub use nats::{Nats, subscribe_confirmed};
+pub use nats_auth::NatsWithCredentials;
 pub use proxy::Proxy;
 pub use sse::{Event, Sse, epoch_of, seq_of};
 pub use tokens::{DASHBOARD_KEY, PUBLISH_KEY, SECRET, token, token_with};

@@ -407,8 +407,13 @@ async fn make_publisher(
 ) -> Result<Publisher, String> {
     match via {
         Via::Nats | Via::Jetstream => {
-            Publisher::nats(args.nats_url.as_deref().unwrap_or_default(), &args.subject_prefix, via == Via::Jetstream)
-                .await
+            Publisher::nats(
+                args.nats_url.as_deref().unwrap_or_default(),
+                args.nats_creds.as_deref(),
+                &args.subject_prefix,
+                via == Via::Jetstream,
+            )
+            .await
         }
         Via::Http => {
             let key = match &args.publish_keys_file {
