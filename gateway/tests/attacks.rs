@@ -366,23 +366,31 @@ async fn cross_site_reads_with_the_cookie_are_refused() {
     }
     let res = get("/events?channels=doc:1", foreign()).await;
     assert_eq!((res.status, res.json()["error"].clone()), (403, json!("origin_not_allowed")));
-    // No `Origin` (an image or a script of another site), as the browser marks it.
-    let mut no_cors = from(None);
-    no_cors.push(("Sec-Fetch-Site".to_owned(), "cross-site".to_owned()));
-    let res = get("/events?channels=doc:1", no_cors.clone()).await;
-    assert_eq!((res.status, res.json()["error"].clone()), (403, json!("origin_not_allowed")));
-    let res = get("/v1/presence/doc:1", no_cors).await;
-    assert_eq!(res.status, 403);
+    // No `Origin` (an image or a script of another site, or of a sibling subdomain, which may
+    // be anybody's page), as the browser marks it.
+    for site in ["cross-site", "same-site"] {
+        let mut no_cors = from(None);
+        no_cors.push(("Sec-Fetch-Site".to_owned(), site.to_owned()));
+        let res = get("/events?channels=doc:1", no_cors.clone()).await;
+        assert_eq!((res.status, res.json()["error"].clone()), (403, json!("origin_not_allowed")), "{site}");
+        let res = get("/v1/presence/doc:1", no_cors).await;
+        assert_eq!(res.status, 403, "{site}");
+    }
     assert_eq!(gw.stats().await["connections"], 0, "no stream was opened as the user");
 
-    // Bursts of 20: every read of the user's own is answered.
+    // Bursts of 20: every read of the user's own is answered (without an `Origin`: the
+    // gateway's own page, or the user typing the address).
     for n in 0..20 {
         let origin = match n % 3 {
             0 => Some("https://app.example.com".to_owned()),
             1 => Some(gw.url()),
             _ => None,
         };
-        let res = get("/v1/presence/doc:1", from(origin.clone())).await;
+        let mut headers = from(origin.clone());
+        if origin.is_none() {
+            headers.push(("Sec-Fetch-Site".to_owned(), ["same-origin", "none"][n % 2].to_owned()));
+        }
+        let res = get("/v1/presence/doc:1", headers).await;
         assert_eq!(res.status, 200, "read {n} from {origin:?}: {}", String::from_utf8_lossy(&res.body));
     }
 }

@@ -75,10 +75,12 @@ pub(crate) async fn authenticate(req: &HttpRequest, query: &EventsQuery, state: 
                 // another site must not open streams, spend the user's budgets or read as them.
                 let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
                 super::check_origin(header(header::ORIGIN), header(header::HOST), &state.settings.allowed_origins)?;
-                // A request without an `Origin` (an image, a script, a prefetch) from another
-                // site, as the browser tells it.
+                // A request without an `Origin` (an image, a script, a prefetch) that the
+                // browser says came from anywhere but the gateway's own origin or the user
+                // (`same-site` too: a sibling subdomain may be anybody's page).
                 if header(header::ORIGIN).is_none()
-                    && header(header::HeaderName::from_static("sec-fetch-site")) == Some("cross-site")
+                    && header(header::HeaderName::from_static("sec-fetch-site"))
+                        .is_some_and(|site| !matches!(site, "same-origin" | "none"))
                 {
                     return Err(ApiError::new(
                         StatusCode::FORBIDDEN,
