@@ -422,9 +422,14 @@ impl RunArgs {
         if !crate::names::valid(&self.prefix) {
             p.push(format!("--prefix {:?} is not a valid name prefix", self.prefix));
         }
-        for path in [&self.jwt_secret_file, &self.publish_keys_file, &self.nats_creds].into_iter().flatten() {
+        let files = [
+            ("--jwt-secret-file", &self.jwt_secret_file),
+            ("--publish-keys-file", &self.publish_keys_file),
+            ("--nats-creds", &self.nats_creds),
+        ];
+        for (flag, path) in files.into_iter().filter_map(|(flag, path)| Some((flag, path.as_ref()?))) {
             if std::fs::metadata(path).is_err() {
-                p.push(format!("cannot read {}", path.display()));
+                p.push(format!("{flag}: cannot read {}", path.display()));
             }
         }
         if !self.allow_remote {

@@ -146,7 +146,9 @@ pub async fn wait_ready(url: &str, limit: Duration) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() > end {
-            return Err(format!("the gateway at {url} did not become ready within {limit:?}"));
+            return Err(format!(
+                "the gateway at {url} did not become ready within {limit:?} (does its NATS need --nats-creds?)"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -104,11 +104,15 @@ pub async fn connect_nats(url: &str, creds: Option<&Path>) -> Result<async_nats:
             .await
             .map_err(|e| format!("cannot use the NATS credentials in {}: {e}", path.display()))?;
     }
-    options
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))
+    options.connection_timeout(Duration::from_secs(5)).connect(url).await.map_err(|e| {
+        let hint = match e.kind() {
+            async_nats::ConnectErrorKind::AuthorizationViolation if creds.is_none() => {
+                " (a NATS that requires credentials: --nats-creds)"
+            }
+            _ => "",
+        };
+        format!("cannot connect to NATS at {url}: {e}{hint}")
+    })
 }
 
 pub struct Counters {

@@ -9,6 +9,7 @@
 //! seed by signing the nonce of the server's `INFO`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -94,9 +95,12 @@ impl NatsWithCredentials {
 /// A NATS JWT (version 2): `subject`'s claims, signed by `issuer`.
 fn jwt(issuer: &KeyPair, subject: &KeyPair, name: &str, nats: Value) -> String {
     let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    static ISSUED: AtomicU64 = AtomicU64::new(0);
     let iat = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // Unique per JWT (nats-server reads it but checks nothing of it; `nsc` puts a hash here).
+    let jti = format!("{iat:X}-{:X}-{}", std::process::id(), ISSUED.fetch_add(1, Ordering::Relaxed));
     let claims = json!({
-        "jti": format!("{:032X}", u128::from(iat) << 64 | u128::from(std::process::id())),
+        "jti": jti,
         "iat": iat,
         "iss": issuer.public_key(),
         "name": name,
