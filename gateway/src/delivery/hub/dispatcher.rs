@@ -422,7 +422,9 @@ impl Dispatcher {
     fn note_connections(&mut self) -> bool {
         let Some(count) = &self.connections else { return false };
         let now = count();
-        let moved = now != self.known_connections;
+        // The client's first connection, made after the hub started (it connects in the
+        // background), is no gap: nothing came before it, and the position read covers it.
+        let moved = now != self.known_connections && !(self.known_connections == 0 && now == 1);
         self.known_connections = now;
         moved
     }

@@ -84,8 +84,18 @@ impl Script {
     }
 
     fn with_head(head: Option<u64>) -> Script {
+        Script::made(head, 1)
+    }
+
+    /// A broker whose client has not connected yet when the hub starts, as a gateway's NATS
+    /// client connects in the background.
+    fn not_yet_connected(head: u64) -> Script {
+        Script::made(Some(head), 0)
+    }
+
+    fn made(head: Option<u64>, connections: u64) -> Script {
         let (replays_tx, replays) = mpsc::unbounded_channel();
-        let (link, link_rx) = watch::channel(Link { up: true, connections: 1, restored: 0 });
+        let (link, link_rx) = watch::channel(Link { up: connections > 0, connections, restored: 0 });
         let broker = Arc::new(Scripted {
             feeds: Mutex::default(),
             replays: replays_tx,
@@ -94,7 +104,7 @@ impl Script {
             gated: AtomicBool::new(false),
             gate: Arc::default(),
             failing: AtomicBool::new(false),
-            connections: Arc::new(1.into()),
+            connections: Arc::new(connections.into()),
         });
         Script { broker, metrics: Arc::new(Metrics::new()), replays, link }
     }
@@ -677,6 +687,38 @@ async fn events_of_a_new_connection_wait_for_the_refill_when_word_of_the_reconne
     script.live(&u, 14);
     assert_eq!(a.until(14).await, [11, 12, 13, 14]);
     assert!(script.replays.try_recv().is_err(), "one refill for one reconnect");
+}
+
+/// The hub starts before its NATS client's first connection, which it hears of from the
+/// client's count first. That connection is no gap (the position read covers what came before
+/// it): before, the hub refilled from the history's start at its first event, and a burst that
+/// had put more events on a subject than the history keeps per subject closed every stream.
+#[tokio::test]
+async fn the_first_connection_after_the_hub_started_is_no_gap() {
+    let mut script = Script::not_yet_connected(10);
+    let hub = script.hub();
+    let u = user("u");
+    let (mut a, _a) = Reader::join(&hub, std::slice::from_ref(&u), 10).await;
+    script.reconnected_unannounced();
+    script.live(&u, 11);
+    assert_eq!(a.until(11).await, [11]);
+    // The link's word of it comes now.
+    script.link.send_modify(|l| {
+        l.up = true;
+        l.connections += 1;
+    });
+    script.live(&u, 12);
+    assert_eq!(a.until(12).await, [11, 12]);
+    assert!(script.replays.try_recv().is_err(), "no refill");
+    assert_eq!(script.gaps("reconnect"), 0.0);
+
+    // A reconnect after it is still one.
+    script.reconnected_unannounced();
+    script.live(&u, 14);
+    let (after, reply) = script.next_replay().await;
+    assert_eq!(after, 12);
+    Script::refill(reply, [(u.clone(), 13), (u.clone(), 14)]);
+    assert_eq!(a.until(14).await, [11, 12, 13, 14]);
 }
 
 /// A NATS node cut off from the others leaves the connection up: the broker says the link is
