@@ -146,9 +146,7 @@ pub async fn wait_ready(url: &str, limit: Duration) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() > end {
-            return Err(format!(
-                "the gateway at {url} did not become ready within {limit:?} (does its NATS need --nats-creds?)"
-            ));
+            return Err(format!("the gateway at {url} did not become ready within {limit:?}"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -191,7 +189,10 @@ impl LocalGateways {
             g.addrs.push(addr);
         }
         for url in g.urls() {
-            wait_ready(&url, Duration::from_secs(20)).await?;
+            wait_ready(&url, Duration::from_secs(20)).await.map_err(|e| match args.nats_creds {
+                None => format!("{e} (does its NATS need --nats-creds?)"),
+                Some(_) => e,
+            })?;
         }
         Ok(g)
     }
