@@ -454,3 +454,48 @@ async fn making_the_stream_again_leaves_an_existing_one_and_its_epoch_alone() {
     let (_, _, now) = super::stream::stream_info(&js, &b.epoch).await.unwrap();
     assert_eq!(now, epoch);
 }
+
+/// A burst of new subscriptions shares its confirmations: the round trips to the stream's
+/// leader go at most one per `SPACING` however fast callers come (each is a JetStream publish
+/// the leader refuses, the largest per-connection cost nats-server had in a connect storm), and
+/// every caller is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_confirmations_of_a_burst_of_subscriptions_are_shared_and_spaced() {
+    use futures_util::StreamExt;
+    let nats = herald_testkit::Nats::start();
+    let b = broker(&nats, 100).await;
+    let watcher = nats.client().await;
+    let mut seen = watcher.subscribe("herald.events._barrier").await.unwrap();
+    let mut marker = watcher.subscribe("herald.test.marker").await.unwrap();
+    watcher.flush().await.unwrap();
+
+    // Callers come one after another, far faster than a round trip, for 60 ms.
+    let started = Instant::now();
+    let mut callers = Vec::new();
+    while started.elapsed() < Duration::from_millis(60) {
+        let barrier = b.barrier.clone();
+        callers.push(tokio::spawn(async move { barrier.pass().await }));
+        tokio::task::yield_now().await;
+    }
+    for caller in futures_util::future::join_all(callers).await {
+        caller.unwrap().expect("every caller is confirmed");
+    }
+    let elapsed = started.elapsed();
+
+    // Sent after every confirmation on the same connection: the watcher has them all once it
+    // has this.
+    b.client.publish("herald.test.marker", "end".into()).await.unwrap();
+    b.client.flush().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), marker.next()).await.unwrap().unwrap();
+    let mut round_trips = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, seen.next()).await {
+        round_trips += 1;
+    }
+    let at_most = elapsed.as_millis() / super::barrier::SPACING.as_millis() + 1;
+    assert!(round_trips >= 1, "the callers were confirmed by a round trip");
+    assert!(
+        round_trips as u128 <= at_most,
+        "{round_trips} round trips in {elapsed:?}: at most one per {:?}",
+        super::barrier::SPACING
+    );
+}
