@@ -51,8 +51,8 @@ struct Waiting {
 /// is sent at once. Each round trip is a request the stream's leader answers (a JetStream
 /// publish it refuses): during a burst of connections, one every 2 ms instead of one per
 /// round-trip time took about 6 µs (9%) off each connection's CPU, the gateway's and
-/// nats-server's (docs/benchmarks.md), for at most 2 ms more before a new stream's first byte
-/// (about 3 ms: the timer's resolution is 1 ms).
+/// nats-server's (docs/benchmarks.md), for 2–3 ms more at most before a new stream's first
+/// byte (the timer's resolution is 1 ms).
 pub(super) const SPACING: Duration = Duration::from_millis(2);
 
 /// What a confirmation's `Nats-Expected-Stream` names: not a valid stream name (it has a dot),
