@@ -396,3 +396,66 @@ async fn cross_site_reads_with_the_cookie_are_refused() {
         assert_eq!(res.status, 200, "read {n} from {origin:?}: {}", String::from_utf8_lossy(&res.body));
     }
 }
+
+/// A client that resumes in a loop (a `Last-Event-ID` on every reconnect) has the history read
+/// at most `--resume-burst` times at once and `--resume-rate` times a second after: beyond its
+/// budget a stream is answered with a `retry:` and ends, before anything is read. Another
+/// user's resume is not affected, and the throttled client, coming back with the same id,
+/// misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_resuming_in_a_loop_is_told_to_come_back_later_and_misses_nothing() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats).args(&["--resume-burst", "3", "--resume-rate", "1", "--retry-ms", "200"]).start();
+    gw.ready().await;
+    let looper = token("looper", &[], 600);
+    let (mut ids, mut others) = (Vec::new(), Vec::new());
+    for i in 0..5 {
+        ids.extend(gw.publish_ids(json!({"type":"t","data":{"i":i},"users":["looper"]})).await);
+        others.extend(gw.publish_ids(json!({"type":"t","data":{"i":i},"users":["other"]})).await);
+    }
+    let before = format!("{}-{}", epoch_of(&ids[0]), seq_of(&ids[0]) - 1);
+    let replayed = |events: &[herald_testkit::Event]| events.iter().filter_map(|e| e.id.clone()).collect::<Vec<_>>();
+
+    // Three resumes at once, each replaying the five events.
+    for turn in 0..3 {
+        let mut s = Sse::resume(gw.addr, &looper, &[], &before).await;
+        assert_eq!(s.next().await.event, "connected", "resume {turn}");
+        let mut got = Vec::new();
+        for _ in 0..ids.len() {
+            got.push(s.next().await);
+        }
+        assert_eq!(replayed(&got), ids, "resume {turn}");
+    }
+    // The fourth, at once: a retry hint and the end, no `connected`, nothing replayed.
+    let mut s = Sse::resume(gw.addr, &looper, &[], &before).await;
+    let events = s.read_to_end(Duration::from_secs(5)).await;
+    assert!(s.ended, "the throttled stream is closed by the server");
+    assert!(events.is_empty(), "no events, only a retry hint: {events:?}");
+    assert_eq!(gw.metric("herald_connections_closed_total{reason=\"throttled\"}").await, Some(1.0));
+
+    // Another user resumes as usual meanwhile.
+    let mut other = Sse::resume(gw.addr, &token("other", &[], 600), &[], &before).await;
+    assert_eq!(other.next().await.event, "connected");
+    let mut got = Vec::new();
+    for _ in 0..others.len() {
+        got.push(other.next().await);
+    }
+    assert_eq!(replayed(&got), others, "another user's resume");
+
+    // The throttled client comes back with the same id, as EventSource does after `retry:`, and
+    // once its budget has refilled (a resume a second) it gets every event it missed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut back = loop {
+        let mut s = Sse::resume(gw.addr, &looper, &[], &before).await;
+        if s.next_within(Duration::from_secs(5)).await.is_some_and(|ev| ev.event == "connected") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "a resume within the budget again after 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await; // the client's pace: its retry hint
+    };
+    let mut got = Vec::new();
+    for _ in 0..ids.len() {
+        got.push(back.next().await);
+    }
+    assert_eq!(replayed(&got), ids, "the resume after the throttle");
+}

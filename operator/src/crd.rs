@@ -319,6 +319,15 @@ pub struct GatewaySettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub client_event_burst: Option<u32>,
+    /// Resumes (streams opened with a `Last-Event-ID`) each user may start per second on one
+    /// pod (`--resume-rate`); beyond the budget a stream is told to come back later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub resume_rate: Option<u32>,
+    /// Resumes a user may start at once on one pod (`--resume-burst`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub resume_burst: Option<u32>,
 }
 
 /// The gateways' `--log-format`.

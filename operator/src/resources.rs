@@ -133,6 +133,8 @@ pub fn deployment(rtgw: &RealtimeGateway, replicas: u32) -> Deployment {
         ("HERALD_CLIENT_EVENT_MAX_BYTES", g.client_event_max_bytes.map(|v| v.to_string())),
         ("HERALD_CLIENT_EVENT_RATE", g.client_event_rate.map(|v| v.to_string())),
         ("HERALD_CLIENT_EVENT_BURST", g.client_event_burst.map(|v| v.to_string())),
+        ("HERALD_RESUME_RATE", g.resume_rate.map(|v| v.to_string())),
+        ("HERALD_RESUME_BURST", g.resume_burst.map(|v| v.to_string())),
     ];
     envs.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| env(k, v))));
     // The resource's own environment last: an entry replaces the operator's of the same name

@@ -40,6 +40,8 @@ spec:
     clientEventMaxBytes: 1024
     clientEventRate: 10
     clientEventBurst: 30
+    resumeRate: 4
+    resumeBurst: 50
 "#;
     let rtgw: herald_operator::crd::RealtimeGateway = serde_yaml::from_str(yaml).unwrap();
     let deployment = herald_operator::resources::deployment(&rtgw, 2);
@@ -56,9 +58,10 @@ spec:
     assert_eq!(env["HERALD_PRESENCE_CHANNELS"], "doc:*,room:*");
     assert_eq!(env["HERALD_PRESENCE_TTL_SECS"], "20");
     assert_eq!(env["HERALD_CLIENT_EVENT_BURST"], "30");
+    assert_eq!((env["HERALD_RESUME_RATE"].as_str(), env["HERALD_RESUME_BURST"].as_str()), ("4", "50"));
     assert_eq!(env["HERALD_LOG_FORMAT"], "json");
     // One variable per setting in the spec above, plus the ones every pod gets.
-    let settings = 14;
+    let settings = 16;
     assert!(env.len() >= settings + 4, "{env:?}");
 }
 

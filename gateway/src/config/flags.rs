@@ -217,6 +217,15 @@ pub struct CommonArgs {
     /// Client events a user may send in a burst above the sustained rate.
     #[arg(long, env = "HERALD_CLIENT_EVENT_BURST", default_value_t = 40)]
     pub client_event_burst: u32,
+    /// Resumes (streams opened with a `Last-Event-ID`) each user may start per second on this
+    /// gateway, sustained. Each reads the history; beyond the budget a stream is answered with a
+    /// `retry:` and ends, and the client comes back later with the same id.
+    #[arg(long, env = "HERALD_RESUME_RATE", default_value_t = 2)]
+    pub resume_rate: u32,
+    /// Resumes a user may start at once above the sustained rate: enough for every stream of a
+    /// user on a gateway that died to resume here together.
+    #[arg(long, env = "HERALD_RESUME_BURST", default_value_t = 100)]
+    pub resume_burst: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -49,6 +49,8 @@ pub struct Settings {
     pub client_event_max_bytes: usize,
     pub client_event_rate: u32,
     pub client_event_burst: u32,
+    pub resume_rate: u32,
+    pub resume_burst: u32,
 }
 
 /// The entry of `--allowed-origins` that dev mode uses by default: any page served from this
@@ -315,6 +317,12 @@ impl Settings {
         if a.client_event_burst == 0 || a.client_event_burst > 100_000 {
             errors.push(format!("--client-event-burst must be 1..=100000, got {}", a.client_event_burst));
         }
+        if a.resume_rate == 0 || a.resume_rate > 10_000 {
+            errors.push(format!("--resume-rate must be 1..=10000, got {}", a.resume_rate));
+        }
+        if a.resume_burst == 0 || a.resume_burst > 100_000 {
+            errors.push(format!("--resume-burst must be 1..=100000, got {}", a.resume_burst));
+        }
         let mut origins = Vec::new();
         for o in a.allowed_origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
             if o == "*" {
@@ -351,6 +359,8 @@ impl Settings {
             client_event_max_bytes: a.client_event_max_bytes,
             client_event_rate: a.client_event_rate,
             client_event_burst: a.client_event_burst,
+            resume_rate: a.resume_rate,
+            resume_burst: a.resume_burst,
         }
     }
 }

@@ -14,6 +14,8 @@ pub enum CloseReason {
     Drain,
     /// The gateway was at capacity.
     Overload,
+    /// The user started more resumes than `--resume-rate` and `--resume-burst` allow.
+    Throttled,
     /// The subscription behind the stream failed.
     Error,
 }
@@ -26,6 +28,7 @@ impl CloseReason {
             CloseReason::TokenExpired => "token_expired",
             CloseReason::Drain => "drain",
             CloseReason::Overload => "overload",
+            CloseReason::Throttled => "throttled",
             CloseReason::Error => "error",
         }
     }

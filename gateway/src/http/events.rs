@@ -63,6 +63,24 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
     let query = parse_query(req.query_string());
     let grant = authenticate(req, &query, state).await?;
     let channels = authorize_channels(&query.channels, &grant, state.settings.max_channels)?;
+    // The header (a browser's own reconnect) first, the query (a page's reload) else; a blank
+    // one is no id.
+    let given = |id: &&str| !id.trim().is_empty();
+    let resume_from = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(given)
+        .or(query.last_event_id.as_deref().filter(given));
+    // Each resume reads the history (up to `--max-replay` events): a client reconnecting in a
+    // loop would have it read on every turn. Beyond the user's budget it comes back later, with
+    // the same id, and misses nothing.
+    if resume_from.is_some() && state.resumes.take(grant.user.as_str(), Instant::now()).is_err() {
+        if let Some(span) = &span {
+            span.set_attribute("herald.close_reason", CloseReason::Throttled.as_str());
+        }
+        return Ok(refused_for_now(state, CloseReason::Throttled));
+    }
 
     let mut permit = match state.admission.admit(&grant.user) {
         Ok(permit) => permit,
@@ -97,15 +115,6 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
         tracing::warn!(error = %e, "could not subscribe a new stream");
         ApiError::unavailable(format!("cannot subscribe right now: {e}"))
     })?;
-    // The header (a browser's own reconnect) first, the query (a page's reload) else; a blank
-    // one is no id.
-    let given = |id: &&str| !id.trim().is_empty();
-    let resume_from = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(given)
-        .or(query.last_event_id.as_deref().filter(given));
     // While traces are on, a resume is a `resume` span inside the connection's, which ends when
     // its replay has been queued.
     let resume_span = (resume_from.is_some() && trace::on()).then(trace::resume_span);

@@ -31,13 +31,14 @@ const PUBLISH_STATUSES: &[&str] = &["200", "400", "401", "413", "503"];
 const CLIENT_EVENT_STATUSES: &[&str] = &["202", "400", "401", "403", "413", "429", "503"];
 
 /// Every close reason, in the order of [`close_index`].
-const CLOSE_REASONS: [CloseReason; 6] = [
+const CLOSE_REASONS: [CloseReason; 7] = [
     CloseReason::Client,
     CloseReason::Slow,
     CloseReason::Drain,
     CloseReason::TokenExpired,
     CloseReason::Overload,
     CloseReason::Error,
+    CloseReason::Throttled,
 ];
 
 /// How a resume went: replayed, one of the reset reasons, or failed (the history could not be
@@ -116,6 +117,7 @@ fn close_index(reason: CloseReason) -> usize {
         CloseReason::TokenExpired => 3,
         CloseReason::Overload => 4,
         CloseReason::Error => 5,
+        CloseReason::Throttled => 6,
     }
 }
 
@@ -152,7 +154,7 @@ pub struct Metrics {
     queue_max: IntGauge,
     queue_total: IntGauge,
     opened: IntCounter,
-    closed: [IntCounter; 6],
+    closed: [IntCounter; 7],
     received: [IntCounter; 3],
     invalid: IntCounter,
     frames_sent: IntCounter,
@@ -215,7 +217,7 @@ impl Metrics {
         let queue_total = gauge("herald_queued_bytes", "Bytes waiting in all session queues together");
         let opened = counter(
             "herald_connections_opened_total",
-            "SSE streams answered 200, including those ended at once with a retry hint (overload, drain)",
+            "SSE streams answered 200, including those ended at once with a retry hint (overload, drain, throttled)",
         );
         let closed_vec = labelled("herald_connections_closed_total", "SSE streams ended, by reason", "reason");
         let closed = CLOSE_REASONS.map(|r| closed_vec.with_label_values(&[r.as_str()]));
@@ -512,6 +514,7 @@ mod tests {
             "herald_connections_closed_total{reason=\"token_expired\"} 0",
             "herald_connections_closed_total{reason=\"overload\"} 0",
             "herald_connections_closed_total{reason=\"error\"} 0",
+            "herald_connections_closed_total{reason=\"throttled\"} 0",
             "herald_events_received_total{target=\"user\"} 0",
             "herald_events_received_total{target=\"channel\"} 0",
             "herald_events_received_total{target=\"broadcast\"} 0",
