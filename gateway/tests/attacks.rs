@@ -416,9 +416,15 @@ async fn a_user_resuming_in_a_loop_is_told_to_come_back_later_and_misses_nothing
     let before = format!("{}-{}", epoch_of(&ids[0]), seq_of(&ids[0]) - 1);
     let replayed = |events: &[herald_testkit::Event]| events.iter().filter_map(|e| e.id.clone()).collect::<Vec<_>>();
 
-    // Three resumes at once, each replaying the five events.
-    for turn in 0..3 {
-        let mut s = Sse::resume(gw.addr, &looper, &[], &before).await;
+    // Four resumes at once (opened before anything is read, so that no token refills between
+    // them): the first three replay the five events, the fourth gets a retry hint and the end,
+    // no `connected`, nothing replayed.
+    let mut opened = Vec::new();
+    for _ in 0..4 {
+        opened.push(Sse::resume(gw.addr, &looper, &[], &before).await);
+    }
+    let mut throttled = opened.pop().unwrap();
+    for (turn, s) in opened.iter_mut().enumerate() {
         assert_eq!(s.next().await.event, "connected", "resume {turn}");
         let mut got = Vec::new();
         for _ in 0..ids.len() {
@@ -426,10 +432,8 @@ async fn a_user_resuming_in_a_loop_is_told_to_come_back_later_and_misses_nothing
         }
         assert_eq!(replayed(&got), ids, "resume {turn}");
     }
-    // The fourth, at once: a retry hint and the end, no `connected`, nothing replayed.
-    let mut s = Sse::resume(gw.addr, &looper, &[], &before).await;
-    let events = s.read_to_end(Duration::from_secs(5)).await;
-    assert!(s.ended, "the throttled stream is closed by the server");
+    let events = throttled.read_to_end(Duration::from_secs(10)).await;
+    assert!(throttled.ended, "the throttled stream is closed by the server");
     assert!(events.is_empty(), "no events, only a retry hint: {events:?}");
     assert_eq!(gw.metric("herald_connections_closed_total{reason=\"throttled\"}").await, Some(1.0));
 

@@ -147,7 +147,7 @@ async fn metrics_count_a_scripted_workload() {
 
     // Before any traffic: every series exists, at 0.
     let m = scrape(gw.addr).await;
-    for reason in ["client", "slow", "drain", "token_expired", "overload", "error"] {
+    for reason in ["client", "slow", "drain", "token_expired", "overload", "error", "throttled"] {
         assert_eq!(m.closed(reason), 0.0, "{reason}");
     }
     for target in ["user", "channel", "broadcast"] {
@@ -296,8 +296,10 @@ async fn metrics_count_a_scripted_workload() {
     })
     .await;
     let m = scrape(gw.addr).await;
-    let closed: f64 =
-        ["client", "slow", "drain", "token_expired", "overload", "error"].iter().map(|r| m.closed(r)).sum();
+    let closed: f64 = ["client", "slow", "drain", "token_expired", "overload", "error", "throttled"]
+        .iter()
+        .map(|r| m.closed(r))
+        .sum();
     assert_eq!(m.one("herald_connections_opened_total"), 8.0, "u1 to u5, the reader, the stalled one, the late one");
     assert_eq!(m.one("herald_connections_opened_total") - closed, m.one("herald_connections"));
     assert_eq!((m.closed("overload"), m.closed("error"), m.closed("token_expired")), (0.0, 0.0, 0.0));

@@ -324,7 +324,8 @@ pub struct GatewaySettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub resume_rate: Option<u32>,
-    /// Resumes a user may start at once on one pod (`--resume-burst`).
+    /// Resumes a user may start at once on one pod (`--resume-burst`; by default
+    /// `maxConnectionsPerUser`, at least 100, and no budget when that is 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub resume_burst: Option<u32>,

@@ -83,7 +83,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
         presence: presence.clone(),
         client_events: crate::access::rate::RateLimiter::new(settings.client_event_rate, settings.client_event_burst),
         presence_reads: crate::access::rate::RateLimiter::new(http::presence::READ_RATE, http::presence::READ_BURST),
-        resumes: crate::access::rate::RateLimiter::new(settings.resume_rate, settings.resume_burst),
+        resumes: settings.resume_budget.map(|(rate, burst)| crate::access::rate::RateLimiter::new(rate, burst)),
         next_connection: AtomicU64::new(0),
         metrics: metrics.clone(),
         fleet: fleet.clone(),

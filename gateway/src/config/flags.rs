@@ -222,10 +222,11 @@ pub struct CommonArgs {
     /// `retry:` and ends, and the client comes back later with the same id.
     #[arg(long, env = "HERALD_RESUME_RATE", default_value_t = 2)]
     pub resume_rate: u32,
-    /// Resumes a user may start at once above the sustained rate: enough for every stream of a
-    /// user on a gateway that died to resume here together.
-    #[arg(long, env = "HERALD_RESUME_BURST", default_value_t = 100)]
-    pub resume_burst: u32,
+    /// Resumes a user may start at once above the sustained rate, so that every stream of a
+    /// user on a gateway that died resumes here together. Default: `--max-connections-per-user`,
+    /// at least 100; no budget at all when that is 0 (unlimited).
+    #[arg(long, env = "HERALD_RESUME_BURST")]
+    pub resume_burst: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

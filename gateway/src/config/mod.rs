@@ -49,9 +49,12 @@ pub struct Settings {
     pub client_event_max_bytes: usize,
     pub client_event_rate: u32,
     pub client_event_burst: u32,
-    pub resume_rate: u32,
-    pub resume_burst: u32,
+    /// Resumes per user: (sustained per second, burst); `None`: no budget.
+    pub resume_budget: Option<(u32, u32)>,
 }
+
+/// The least `--resume-burst` by default (the default `--max-connections-per-user`).
+const DEFAULT_RESUME_BURST: u32 = 100;
 
 /// The entry of `--allowed-origins` that dev mode uses by default: any page served from this
 /// machine (`http://localhost:*`, `http://127.0.0.1:*`, `http://[::1]:*`, and https).
@@ -320,9 +323,17 @@ impl Settings {
         if a.resume_rate == 0 || a.resume_rate > 10_000 {
             errors.push(format!("--resume-rate must be 1..=10000, got {}", a.resume_rate));
         }
-        if a.resume_burst == 0 || a.resume_burst > 100_000 {
-            errors.push(format!("--resume-burst must be 1..=100000, got {}", a.resume_burst));
+        if let Some(burst) = a.resume_burst
+            && (burst == 0 || burst > 100_000)
+        {
+            errors.push(format!("--resume-burst must be 1..=100000, got {burst}"));
         }
+        // By default as many resumes at once as one user may hold streams, so that a gateway's
+        // death never throttles its clients' return; none with no per-user limit.
+        let resume_burst = a.resume_burst.or_else(|| {
+            (a.max_connections_per_user > 0)
+                .then(|| u32::try_from(a.max_connections_per_user).unwrap_or(u32::MAX).max(DEFAULT_RESUME_BURST))
+        });
         let mut origins = Vec::new();
         for o in a.allowed_origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
             if o == "*" {
@@ -359,8 +370,7 @@ impl Settings {
             client_event_max_bytes: a.client_event_max_bytes,
             client_event_rate: a.client_event_rate,
             client_event_burst: a.client_event_burst,
-            resume_rate: a.resume_rate,
-            resume_burst: a.resume_burst,
+            resume_budget: resume_burst.map(|burst| (a.resume_rate, burst)),
         }
     }
 }
@@ -471,6 +481,31 @@ mod tests {
         assert!(all.contains("no client-token key"), "{all}");
         assert!(all.contains("--heartbeat-secs"), "{all}");
         assert!(all.contains("--max-channels"), "{all}");
+    }
+
+    /// The settings of `serve` with `args`, and the errors they make.
+    fn settings(args: &[&str]) -> (Settings, Vec<String>) {
+        let mut argv = vec!["herald-gateway", "serve"];
+        argv.extend_from_slice(args);
+        let Command::Serve(a) = Cli::try_parse_from(argv).expect("flags parse").command else { unreachable!() };
+        let mut errors = Vec::new();
+        (Settings::from_args(a.common, &mut errors), errors)
+    }
+
+    /// The resume budget's burst lets every stream a user may hold resume at once (a gateway
+    /// died), at least 100; with no per-user limit there is no budget unless one is asked for.
+    #[test]
+    fn the_resume_burst_follows_the_per_user_limit() {
+        let budget = |args: &[&str]| settings(args).0.resume_budget;
+        assert_eq!(budget(&[]), Some((2, 100)));
+        assert_eq!(budget(&["--max-connections-per-user", "5"]), Some((2, 100)));
+        assert_eq!(budget(&["--max-connections-per-user", "2000"]), Some((2, 2000)));
+        assert_eq!(budget(&["--max-connections-per-user", "0"]), None);
+        assert_eq!(budget(&["--max-connections-per-user", "0", "--resume-burst", "7"]), Some((2, 7)));
+        assert_eq!(budget(&["--resume-rate", "5", "--resume-burst", "10"]), Some((5, 10)));
+        let (_, errors) = settings(&["--resume-rate", "0", "--resume-burst", "0"]);
+        assert!(errors.iter().any(|e| e.contains("--resume-rate must be 1..=10000")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("--resume-burst must be 1..=100000")), "{errors:?}");
     }
 
     #[test]

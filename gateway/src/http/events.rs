@@ -72,15 +72,6 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
         .and_then(|v| v.to_str().ok())
         .filter(given)
         .or(query.last_event_id.as_deref().filter(given));
-    // Each resume reads the history (up to `--max-replay` events): a client reconnecting in a
-    // loop would have it read on every turn. Beyond the user's budget it comes back later, with
-    // the same id, and misses nothing.
-    if resume_from.is_some() && state.resumes.take(grant.user.as_str(), Instant::now()).is_err() {
-        if let Some(span) = &span {
-            span.set_attribute("herald.close_reason", CloseReason::Throttled.as_str());
-        }
-        return Ok(refused_for_now(state, CloseReason::Throttled));
-    }
 
     let mut permit = match state.admission.admit(&grant.user) {
         Ok(permit) => permit,
@@ -99,6 +90,20 @@ async fn open(req: &HttpRequest, state: &AppState, span: Option<Span>) -> Result
             ));
         }
     };
+
+    // Each resume reads the history (up to `--max-replay` events): a client reconnecting in a
+    // loop would have it read on every turn. Beyond the user's budget it comes back later, with
+    // the same id, and misses nothing. Counted only once admitted: a stream turned away at
+    // capacity, or while draining, spends nothing of it.
+    if let (Some(_), Some(budget)) = (resume_from, &state.resumes)
+        && budget.take(grant.user.as_str(), Instant::now()).is_err()
+    {
+        tracing::debug!(user = %grant.user, "a resume beyond the user's budget; told to come back later");
+        if let Some(span) = &span {
+            span.set_attribute("herald.close_reason", CloseReason::Throttled.as_str());
+        }
+        return Ok(refused_for_now(state, CloseReason::Throttled));
+    }
 
     let mut targets = Vec::with_capacity(channels.len() + 2);
     targets.push(Target::User(grant.user.clone()));

@@ -59,8 +59,8 @@ pub struct AppState {
     pub client_events: RateLimiter,
     /// Presence reads per user (`presence::READ_RATE`).
     pub presence_reads: RateLimiter,
-    /// Resumes per user (`--resume-rate`, `--resume-burst`).
-    pub resumes: RateLimiter,
+    /// Resumes per user (`--resume-rate`, `--resume-burst`); `None`: no budget.
+    pub resumes: Option<RateLimiter>,
 }
 
 /// Registers every route. A known path asked with another method is answered 405 with `Allow`,
