@@ -462,14 +462,16 @@ mod tests {
         }
     }
 
-    fn serve(args: &[&str]) -> Result<Config, Vec<String>> {
+    /// `herald-gateway serve` with `args`, parsed.
+    fn serve_args(args: &[&str]) -> Box<ServeArgs> {
         let mut argv = vec!["herald-gateway", "serve"];
         argv.extend_from_slice(args);
-        let cli = Cli::try_parse_from(argv).expect("flags parse");
-        match cli.command {
-            Command::Serve(a) => Config::serve(a),
-            _ => unreachable!(),
-        }
+        let Command::Serve(a) = Cli::try_parse_from(argv).expect("flags parse").command else { unreachable!() };
+        a
+    }
+
+    fn serve(args: &[&str]) -> Result<Config, Vec<String>> {
+        Config::serve(serve_args(args))
     }
 
     #[test]
@@ -485,11 +487,8 @@ mod tests {
 
     /// The settings of `serve` with `args`, and the errors they make.
     fn settings(args: &[&str]) -> (Settings, Vec<String>) {
-        let mut argv = vec!["herald-gateway", "serve"];
-        argv.extend_from_slice(args);
-        let Command::Serve(a) = Cli::try_parse_from(argv).expect("flags parse").command else { unreachable!() };
         let mut errors = Vec::new();
-        (Settings::from_args(a.common, &mut errors), errors)
+        (Settings::from_args(serve_args(args).common, &mut errors), errors)
     }
 
     /// The resume budget's burst lets every stream a user may hold resume at once (a gateway
