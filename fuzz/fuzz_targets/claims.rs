@@ -1,12 +1,15 @@
 //! Token claims (and headers) behind a valid signature: the fuzzer's bytes are the JWT payload,
 //! signed with the verifier's secret, so every input reaches the claims parser and the checks
-//! on `sub`, `exp`, `nbf`, `iss`, `aud` and `channels`.
+//! on `sub`, `exp`, `nbf`, `iss`, `aud` and `channels`; each verdict must be the one
+//! jsonwebtoken's `decode` gives (the gateway checks HMAC-signed tokens in one pass of its own).
 //!
 //! Input: `payload` (header `{"alg":"HS256","typ":"JWT"}`), or `header\0payload`.
 #![no_main]
 
 use herald_gateway::access::tokens::AuthError;
-use herald_gateway_fuzz::{AUDIENCE, ISSUER, check_grant, fields, plain_verifier, sign, strict_verifier};
+use herald_gateway_fuzz::{
+    AUDIENCE, ISSUER, check_grant, check_same_as_library, fields, plain_verifier, sign, strict_verifier,
+};
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use serde_json::Value;
@@ -35,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let token = sign(header, payload);
     let plain = plain_verifier().verify(&token);
+    check_same_as_library(plain_verifier(), &token, &plain);
     for _ in 0..3 {
         assert_eq!(plain.as_ref().err(), plain_verifier().verify(&token).as_ref().err(), "verify is not deterministic");
     }
@@ -56,7 +60,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    if let Ok(grant) = strict_verifier().verify(&token) {
+    let strict = strict_verifier().verify(&token);
+    check_same_as_library(strict_verifier(), &token, &strict);
+    if let Ok(grant) = strict {
         check_grant(&grant);
         let claims: Registered = serde_json::from_slice(payload).expect("accepted claims without readable iss / aud");
         // A string, or (as jsonwebtoken allows) an array that contains the expected value.

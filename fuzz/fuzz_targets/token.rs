@@ -5,7 +5,7 @@
 #![no_main]
 
 use herald_gateway::access::tokens::{TokenSources, pick_token};
-use herald_gateway_fuzz::{check_grant, fields, plain_verifier, strict_verifier, text};
+use herald_gateway_fuzz::{check_grant, check_same_as_library, fields, plain_verifier, strict_verifier, text};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
     for token in parts.iter().map(String::as_str).chain(picked) {
         for verifier in [plain_verifier(), strict_verifier()] {
             let first = verifier.verify(token);
+            check_same_as_library(verifier, token, &first);
             if let Ok(grant) = &first {
                 check_grant(grant);
             }

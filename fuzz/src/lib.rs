@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use herald_gateway::access::tokens::{ChannelPattern, Grant, Verifier};
+use herald_gateway::access::tokens::{AuthError, ChannelPattern, Grant, Verifier};
 use herald_gateway::event::EventId;
 use herald_gateway::names::validate_name;
 use hmac::{Hmac, Mac};
@@ -19,6 +19,22 @@ pub const ISSUER: &str = "https://issuer.example";
 pub const AUDIENCE: &str = "herald";
 /// Key id of the strict verifier's key.
 pub const KID: &str = "k1";
+
+/// Checks that `verifier` decided `token` as jsonwebtoken's `decode` does: the one-pass check of
+/// HMAC-signed tokens (`access/tokens/hmac.rs`) must refuse a token for the same reason, and grant
+/// the same, as the library path it replaces.
+pub fn check_same_as_library(verifier: &Verifier, token: &str, decided: &Result<Grant, AuthError>) {
+    let library = verifier.verify_by_library(token);
+    match (decided, &library) {
+        (Ok(a), Ok(b)) => {
+            let seen = |g: &Grant| (g.user.as_str().to_owned(), g.channels.clone(), g.publish.clone(), g.expires_at);
+            assert_eq!(seen(a), seen(b), "one-pass and library grants differ");
+            assert_eq!(a.presence.as_ref().map(|p| p.get()), b.presence.as_ref().map(|p| p.get()), "presence differs");
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b, "one-pass and library refuse for different reasons"),
+        _ => panic!("one-pass {decided:?}, library {library:?}"),
+    }
+}
 
 /// A verifier with one unnamed HMAC key and no issuer or audience, like `--jwt-secret-file`.
 pub fn plain_verifier() -> &'static Verifier {

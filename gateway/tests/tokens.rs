@@ -88,3 +88,58 @@ fn key_files_that_are_not_keys_are_reported() {
     let err = v.add_jwks_file(&key("rsa.pem")).unwrap_err().to_string();
     assert!(err.contains("not a JWKS document"), "{err}");
 }
+
+/// HMAC secrets of a JWKS document (`oct` keys) take the one-pass check, selected by `kid` as
+/// other keys are, and decide each token as jsonwebtoken's `decode` does.
+#[test]
+fn oct_keys_of_a_key_set_are_checked_in_one_pass_as_the_library_would() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    let k = |secret: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    let old: &[u8] = b"old-secret-old-secret-old-secret";
+    let new: &[u8] = b"new-secret-new-secret-new-secret";
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"keys":[{{"kty":"oct","kid":"old","k":"{}"}},{{"kty":"oct","kid":"new","k":"{}"}}]}}"#,
+            k(old),
+            k(new)
+        ),
+    )
+    .unwrap();
+    let mut v = Verifier::new(None, None);
+    assert_eq!(v.add_jwks_file(&path).unwrap(), 2);
+    let hs = |kid: Option<&str>, secret: &[u8], exp: u64| {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = kid.map(str::to_owned);
+        let claims = json!({"sub":"u1","exp":exp,"channels":["booking:*"]});
+        encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap()
+    };
+    let now = get_current_timestamp();
+    let cases = [
+        (hs(Some("new"), new, now + 60), Ok("u1")),
+        (hs(Some("old"), old, now + 60), Ok("u1")),
+        (hs(Some("old"), new, now + 60), Err(AuthError::BadSignature)),
+        (hs(Some("new"), new, now - 600), Err(AuthError::Expired)),
+        (hs(Some("gone"), new, now + 60), Err(AuthError::UnknownKeyId("gone".into()))),
+        // No kid: every HMAC key is tried in turn.
+        (hs(None, new, now + 60), Ok("u1")),
+    ];
+    for (token, want) in cases {
+        let fast = v.verify(&token).map(|g| g.user);
+        assert_eq!(fast.as_ref().map(|user| user.as_str()).map_err(Clone::clone), want);
+        assert_eq!(fast, v.verify_by_library(&token).map(|g| g.user));
+    }
+}
+
+/// The measurement docs/benchmarks.md quotes runs, and both paths accept the load generator's
+/// tokens.
+#[test]
+fn the_verify_cost_example_measures_both_paths() {
+    let bin = herald_testkit::bins::workspace_example("herald-gateway", "verify_cost");
+    let out = std::process::Command::new(bin).args(["--rounds", "1", "--tokens", "20"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("sub, exp, channels") && text.contains("and iss, aud checked"), "{text}");
+}

@@ -18,10 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
+use jsonwebtoken::{AlgorithmFamily, DecodingKey};
 use parking_lot::RwLock;
 
+use crate::access::tokens::HmacKey;
 use crate::ops::metrics::Metrics;
 
 /// Least time between two fetches of one URL for tokens naming unknown key ids.
@@ -282,6 +283,18 @@ pub fn install_crypto() {
 pub(crate) struct VerifyKey {
     pub(crate) kid: Option<String>,
     pub(crate) key: DecodingKey,
+    /// An HMAC secret, keyed for the one-pass check (`tokens/hmac.rs`).
+    pub(crate) hmac: Option<Box<HmacKey>>,
+}
+
+impl VerifyKey {
+    pub(crate) fn new(kid: Option<String>, key: DecodingKey) -> Self {
+        let hmac = match key.try_get_as_bytes() {
+            Ok(secret) if key.family() == AlgorithmFamily::Hmac => HmacKey::new(secret).map(Box::new),
+            _ => None,
+        };
+        VerifyKey { kid, key, hmac }
+    }
 }
 
 /// The keys of a JWKS document. `lenient` (a provider's document, fetched): keys that cannot
@@ -301,7 +314,7 @@ pub(crate) fn keys_of_jwks(text: &[u8], lenient: bool) -> Result<Vec<VerifyKey>,
                 return Err(format!("key {:?} is for encryption", jwk.common.key_id));
             }
             let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {:?}: {e}", jwk.common.key_id))?;
-            Ok(VerifyKey { kid: jwk.common.key_id.clone(), key })
+            Ok(VerifyKey::new(jwk.common.key_id.clone(), key))
         };
         match usable() {
             Ok(key) => keys.push(key),
