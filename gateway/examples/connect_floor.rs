@@ -20,17 +20,35 @@
 //!
 //! What it costs per connection is what any gateway built this way pays before doing anything
 //! of its own; docs/benchmarks.md compares it with Nchan and the gateway.
+//!
+//! With `--fanout` (and `--nats`) it is also the floor under a broadcast made of these blocks:
+//! one subscription to every channel's live subject, and each message, rendered once as the
+//! gateway renders an event, queued on every open stream's body (an unbounded channel per
+//! stream), all on the HTTP worker's thread. No hub thread, no outbox, no ordering, no limits:
+//! what is left of a broadcast's latency is actix-web's path from a body to the socket and the
+//! write itself. The load generator's fanout scenario runs against it as against a gateway:
+//!
+//! ```sh
+//! taskset -c 0 target/release/examples/connect_floor --listen 127.0.0.1:18160 \
+//!   --nats nats://127.0.0.1:4222 --fanout &
+//! taskset -c 1 target/release/herald-loadtest fanout --target http://127.0.0.1:18160 \
+//!   --nats-url nats://127.0.0.1:4222 --connections 10000 --rate 5
+//! ```
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use actix::{Actor, ActorContext, AsyncContext, Context};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use bytes::Bytes;
 use clap::Parser;
 use futures_util::StreamExt;
 use herald_gateway::delivery::peer::{PeerSocket, on_connect};
-use herald_gateway::delivery::sse::connected_frame;
+use herald_gateway::delivery::sse::{connected_frame, event_frame};
+use herald_gateway::event::{SubjectKind, Target};
 use herald_gateway::http::events::stream_response;
-use tokio::sync::oneshot;
+use slab::Slab;
+use tokio::sync::{mpsc, oneshot};
 
 /// More than the 20,000 open files a process may hold here: the limit is the kernel's.
 const MAX_CONNECTIONS: usize = 25_000;
@@ -47,6 +65,40 @@ struct Args {
     /// Seconds between a stream's heartbeats, as the gateway's `--heartbeat-secs`.
     #[arg(long, default_value_t = 15)]
     heartbeat_secs: u64,
+    /// Also deliver what is published to any channel's live subject to every open stream.
+    #[arg(long, requires = "nats")]
+    fanout: bool,
+}
+
+thread_local! {
+    /// The open streams' bodies, on the worker's thread (`--fanout`).
+    static BODIES: RefCell<Slab<mpsc::UnboundedSender<Bytes>>> = const { RefCell::new(Slab::new()) };
+}
+
+/// Takes a stream's body out of [`BODIES`] when the body is dropped.
+struct Listed(usize);
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        BODIES.with(|bodies| bodies.borrow_mut().try_remove(self.0));
+    }
+}
+
+/// Queues every message of the channels' live subjects on every open stream (`--fanout`).
+async fn fan_out(client: async_nats::Client) {
+    let Ok(mut messages) = client.subscribe("herald.live.channel.*").await else {
+        eprintln!("cannot subscribe to the channels");
+        return;
+    };
+    while let Some(message) = messages.next().await {
+        let Some(target) = Target::from_subject("herald", SubjectKind::Live, &message.subject) else { continue };
+        let frame = event_frame(None, "message", &target, None, &message.payload);
+        BODIES.with(|bodies| {
+            for (_, body) in bodies.borrow().iter() {
+                let _ = body.send(frame.clone());
+            }
+        });
+    }
 }
 
 #[cfg(not(target_env = "msvc"))]
@@ -77,6 +129,7 @@ async fn events(
     req: HttpRequest,
     nats: web::Data<Option<async_nats::Client>>,
     heartbeat: web::Data<Duration>,
+    fanout: web::Data<bool>,
 ) -> HttpResponse {
     let query = req.query_string();
     // The user's own subject, as the gateway subscribes one per user (the load generator sends
@@ -105,7 +158,19 @@ async fn events(
     let actor = Stream { _subscription: subscription, peer, heartbeat: **heartbeat, _open: open }.start();
     let info = serde_json::json!({"connectionId": "x", "user": name, "channels": [], "resumed": false});
     let connected = connected_frame(3000, None, &info);
+    let events = match **fanout {
+        true => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let listed = Listed(BODIES.with(|bodies| bodies.borrow_mut().insert(tx)));
+            futures_util::stream::unfold((rx, listed), |(mut rx, listed)| async move {
+                rx.recv().await.map(|frame| (Ok(frame), (rx, listed)))
+            })
+            .boxed_local()
+        }
+        false => futures_util::stream::empty().boxed_local(),
+    };
     let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(connected) })
+        .chain(events)
         // Open until the actor stops (the client left).
         .chain(futures_util::stream::once(closed).filter_map(|_| async { None }))
         // The body holds the actor's address: when actix drops the body (a write failed), the
@@ -128,8 +193,17 @@ fn main() -> std::io::Result<()> {
         let nats = web::Data::new(nats);
         let heartbeat = Duration::from_secs(args.heartbeat_secs.max(1));
         let data = web::Data::new(heartbeat);
+        let fanout = web::Data::new(args.fanout);
         HttpServer::new(move || {
-            App::new().app_data(nats.clone()).app_data(data.clone()).route("/events", web::get().to(events))
+            // Called on the worker's thread: the fan-out runs beside the streams it feeds.
+            if let (true, Some(client)) = (**fanout, nats.get_ref()) {
+                actix_web::rt::spawn(fan_out(client.clone()));
+            }
+            App::new()
+                .app_data(nats.clone())
+                .app_data(data.clone())
+                .app_data(fanout.clone())
+                .route("/events", web::get().to(events))
         })
         .on_connect(move |conn, ext| on_connect(conn, ext, heartbeat))
         .workers(1)

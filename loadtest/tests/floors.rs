@@ -106,6 +106,18 @@ fn the_connect_floor_opens_every_stream_with_its_subscription() {
 }
 
 #[test]
+fn the_fanout_floor_carries_every_broadcast_to_every_stream() {
+    let nats = Nats::start_without_jetstream();
+    let (_floor, url) = start(&example("herald-gateway", "connect_floor"), &nats, &["--fanout"]);
+    let nats_url = nats.url();
+    let s = run_ok(
+        &["fanout", "--target", &url, "--nats-url", &nats_url, "--connections", "30", "--rate", "5", "--duration", "2"],
+        LIMIT,
+    );
+    assert_complete(&s, 300);
+}
+
+#[test]
 fn the_broadcast_floor_walks_every_connection() {
     let out = Command::new(example("herald-loadtest", "broadcast_floor"))
         .args([
