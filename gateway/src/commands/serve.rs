@@ -114,9 +114,10 @@ pub fn run(config: Config) -> std::io::Result<()> {
                     actix_web::middleware::from_fn(loopback_host_only),
                 ))
                 .wrap_fn(|req, srv| {
-                    let method = req.method().clone();
-                    let path = req.path().to_owned();
-                    let query = redact_query(req.query_string());
+                    // Copied (and the query redacted) only while the request log is on: every
+                    // new stream paid for them.
+                    let logged = tracing::enabled!(tracing::Level::DEBUG)
+                        .then(|| (req.method().clone(), req.path().to_owned(), redact_query(req.query_string())));
                     let fut = srv.call(req);
                     // Boxed: actix-http keeps room for the request's future inside each
                     // connection for the connection's whole life, and an event stream is one
@@ -125,7 +126,9 @@ pub fn run(config: Config) -> std::io::Result<()> {
                     // idle stream (docs/benchmarks.md, "Where an idle connection's memory goes").
                     Box::pin(async move {
                         let res = fut.await?;
-                        tracing::debug!(%method, %path, %query, status = res.status().as_u16(), "request");
+                        if let Some((method, path, query)) = logged {
+                            tracing::debug!(%method, %path, %query, status = res.status().as_u16(), "request");
+                        }
                         Ok(res)
                     })
                 })
