@@ -34,6 +34,11 @@
 //! taskset -c 1 target/release/herald-loadtest fanout --target http://127.0.0.1:18160 \
 //!   --nats-url nats://127.0.0.1:4222 --connections 10000 --rate 5
 //! ```
+//!
+//! With `--targeted` (and `--nats`) each stream subscribes to its user's and its channel's live
+//! subjects, as the gateway does, and its body carries what they bring, rendered as the gateway
+//! renders an event: the floor under targeted delivery through actix-web (the load generator's
+//! `targeted` scenario).
 
 use std::cell::RefCell;
 use std::time::Duration;
@@ -66,8 +71,23 @@ struct Args {
     #[arg(long, default_value_t = 15)]
     heartbeat_secs: u64,
     /// Also deliver what is published to any channel's live subject to every open stream.
-    #[arg(long, requires = "nats")]
+    #[arg(long, requires = "nats", conflicts_with = "targeted")]
     fanout: bool,
+    /// Subscribe each stream to its user's and its channel's live subjects, as the gateway
+    /// does, and deliver what arrives on them to that stream alone.
+    #[arg(long, requires = "nats")]
+    targeted: bool,
+}
+
+/// What a stream carries after its `connected` event.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Nothing: the stream holds its user's subscription, unread.
+    Connect,
+    /// Every message of every channel (`--fanout`).
+    Fanout,
+    /// What its own subscriptions bring (`--targeted`).
+    Targeted,
 }
 
 thread_local! {
@@ -106,7 +126,8 @@ async fn fan_out(client: async_nats::Client) {
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 struct Stream {
-    _subscription: Option<async_nats::Subscriber>,
+    /// The stream's subscriptions while nothing reads them (without `--targeted`).
+    _subscriptions: Vec<async_nats::Subscriber>,
     peer: Option<PeerSocket>,
     heartbeat: Duration,
     /// Dropped with the actor: the response body then ends.
@@ -129,37 +150,42 @@ async fn events(
     req: HttpRequest,
     nats: web::Data<Option<async_nats::Client>>,
     heartbeat: web::Data<Duration>,
-    fanout: web::Data<bool>,
+    mode: web::Data<Mode>,
 ) -> HttpResponse {
     let query = req.query_string();
     // The user's own subject, as the gateway subscribes one per user (the load generator sends
     // a shared channel too, which the gateway subscribes once for all).
     let param = |key: &str| query.split('&').find_map(|kv| kv.strip_prefix(key)).map(str::to_owned);
-    let name = param("user=").or_else(|| param("channels="));
+    let channel = param("channels=");
+    let name = param("user=").or_else(|| channel.clone());
     let valid =
         |n: &str| !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
     let Some(name) = name.filter(|n| valid(n)) else {
         return HttpResponse::BadRequest().body("?user=NAME or ?channels=NAME (letters, digits, _ and -)");
     };
-    let subscription = match nats.get_ref() {
-        Some(client) => {
-            let Ok(sub) = client.subscribe(format!("herald.live.user.{name}")).await else {
+    let mut subjects = vec![format!("herald.live.user.{name}")];
+    if **mode == Mode::Targeted
+        && let Some(channel) = channel.filter(|c| valid(c))
+    {
+        subjects.push(format!("herald.live.channel.{channel}"));
+    }
+    let mut subscriptions = Vec::new();
+    if let Some(client) = nats.get_ref() {
+        for subject in subjects {
+            let Ok(sub) = client.subscribe(subject).await else {
                 return HttpResponse::ServiceUnavailable().finish();
             };
-            if client.flush().await.is_err() {
-                return HttpResponse::ServiceUnavailable().finish();
-            }
-            Some(sub)
+            subscriptions.push(sub);
         }
-        None => None,
-    };
+        if client.flush().await.is_err() {
+            return HttpResponse::ServiceUnavailable().finish();
+        }
+    }
     let (open, closed) = oneshot::channel();
     let peer = req.conn_data::<PeerSocket>().copied();
-    let actor = Stream { _subscription: subscription, peer, heartbeat: **heartbeat, _open: open }.start();
-    let info = serde_json::json!({"connectionId": "x", "user": name, "channels": [], "resumed": false});
-    let connected = connected_frame(3000, None, &info);
-    let events = match **fanout {
-        true => {
+    let events = match **mode {
+        Mode::Connect => futures_util::stream::pending().boxed_local(),
+        Mode::Fanout => {
             let (tx, rx) = mpsc::unbounded_channel();
             let listed = Listed(BODIES.with(|bodies| bodies.borrow_mut().insert(tx)));
             futures_util::stream::unfold((rx, listed), |(mut rx, listed)| async move {
@@ -167,12 +193,19 @@ async fn events(
             })
             .boxed_local()
         }
-        false => futures_util::stream::empty().boxed_local(),
+        Mode::Targeted => futures_util::stream::select_all(std::mem::take(&mut subscriptions))
+            .filter_map(|message| async move {
+                let target = Target::from_subject("herald", SubjectKind::Live, &message.subject)?;
+                Some(Ok(event_frame(None, "message", &target, None, &message.payload)))
+            })
+            .boxed_local(),
     };
+    let actor = Stream { _subscriptions: subscriptions, peer, heartbeat: **heartbeat, _open: open }.start();
+    let info = serde_json::json!({"connectionId": "x", "user": name, "channels": [], "resumed": false});
+    let connected = connected_frame(3000, None, &info);
     let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(connected) })
-        .chain(events)
         // Open until the actor stops (the client left).
-        .chain(futures_util::stream::once(closed).filter_map(|_| async { None }))
+        .chain(events.take_until(closed))
         // The body holds the actor's address: when actix drops the body (a write failed), the
         // actor stops and its subscription ends, as a gateway session does.
         .map(move |item| {
@@ -193,16 +226,20 @@ fn main() -> std::io::Result<()> {
         let nats = web::Data::new(nats);
         let heartbeat = Duration::from_secs(args.heartbeat_secs.max(1));
         let data = web::Data::new(heartbeat);
-        let fanout = web::Data::new(args.fanout);
+        let mode = web::Data::new(match (args.fanout, args.targeted) {
+            (true, _) => Mode::Fanout,
+            (_, true) => Mode::Targeted,
+            _ => Mode::Connect,
+        });
         HttpServer::new(move || {
             // Called on the worker's thread: the fan-out runs beside the streams it feeds.
-            if let (true, Some(client)) = (**fanout, nats.get_ref()) {
+            if let (Mode::Fanout, Some(client)) = (**mode, nats.get_ref()) {
                 actix_web::rt::spawn(fan_out(client.clone()));
             }
             App::new()
                 .app_data(nats.clone())
                 .app_data(data.clone())
-                .app_data(fanout.clone())
+                .app_data(mode.clone())
                 .route("/events", web::get().to(events))
         })
         .on_connect(move |conn, ext| on_connect(conn, ext, heartbeat))

@@ -118,6 +118,20 @@ fn the_fanout_floor_carries_every_broadcast_to_every_stream() {
 }
 
 #[test]
+fn the_actix_targeted_floor_carries_every_event_and_unsubscribes_its_streams() {
+    let nats = Nats::start_without_jetstream();
+    let before = subscriptions(&nats);
+    let (_floor, url) =
+        start(&example("herald-gateway", "connect_floor"), &nats, &["--targeted", "--heartbeat-secs", "1"]);
+    assert_complete(&targeted(&url, &nats, &[]), 120);
+    // Published to the users' subjects this time: each stream's other subscription.
+    assert_complete(&targeted(&url, &nats, &["--by", "user"]), 120);
+    until("the floor's subscriptions to end with its streams", Duration::from_secs(20), || {
+        subscriptions(&nats) == before
+    });
+}
+
+#[test]
 fn the_broadcast_floor_walks_every_connection() {
     let out = Command::new(example("herald-loadtest", "broadcast_floor"))
         .args([
