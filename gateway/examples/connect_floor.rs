@@ -24,9 +24,11 @@
 //! With `--fanout` (and `--nats`) it is also the floor under a broadcast made of these blocks:
 //! one subscription to every channel's live subject, and each message, rendered once as the
 //! gateway renders an event, queued on every open stream's body (an unbounded channel per
-//! stream), all on the HTTP worker's thread. No hub thread, no outbox, no ordering, no limits:
-//! what is left of a broadcast's latency is actix-web's path from a body to the socket and the
-//! write itself. The load generator's fanout scenario runs against it as against a gateway:
+//! stream). Everything runs on the HTTP worker's thread, the NATS connection's reads included
+//! (the worker opens its own), so no delivery crosses a thread. No hub thread, no outbox, no
+//! ordering, no limits: what is left of a broadcast's latency is actix-web's path from a body
+//! to the socket and the write itself. The load generator's fanout scenario runs against it as
+//! against a gateway:
 //!
 //! ```sh
 //! taskset -c 0 target/release/examples/connect_floor --listen 127.0.0.1:18160 \
@@ -37,10 +39,13 @@
 //!
 //! With `--targeted` (and `--nats`) each stream subscribes to its user's and its channel's live
 //! subjects, as the gateway does, and its body carries what they bring, rendered as the gateway
-//! renders an event: the floor under targeted delivery through actix-web (the load generator's
-//! `targeted` scenario).
+//! renders an event, on the worker's own NATS connection as with `--fanout`: the floor under
+//! targeted delivery through actix-web (the load generator's `targeted` scenario). Without
+//! either, the streams subscribe on a connection opened before the server starts, on the main
+//! thread, as the connect floor always has.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::time::Duration;
 
 use actix::{Actor, ActorContext, AsyncContext, Context};
@@ -93,6 +98,33 @@ enum Mode {
 thread_local! {
     /// The open streams' bodies, on the worker's thread (`--fanout`).
     static BODIES: RefCell<Slab<mpsc::UnboundedSender<Bytes>>> = const { RefCell::new(Slab::new()) };
+    /// The worker's own NATS connection (`--fanout`, `--targeted`): its reads, and every
+    /// delivery, stay on the worker's thread.
+    static WORKER_NATS: Rc<tokio::sync::OnceCell<async_nats::Client>> = Rc::new(tokio::sync::OnceCell::new());
+    /// Whether this worker started its fan-out (actix builds the app once per bound address).
+    static FANNING_OUT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Where the floor reaches NATS.
+struct Nats {
+    url: Option<String>,
+    /// The connection made before the server started, on the main thread (the connect floor,
+    /// as measured since 2026-12-02).
+    shared: Option<async_nats::Client>,
+}
+
+impl Nats {
+    /// The connection a stream in `mode` subscribes with: the worker's own when it delivers.
+    async fn client(&self, mode: Mode) -> Option<async_nats::Client> {
+        match mode {
+            Mode::Connect => self.shared.clone(),
+            Mode::Fanout | Mode::Targeted => {
+                let url = self.url.as_deref()?;
+                let cell = WORKER_NATS.with(Rc::clone);
+                cell.get_or_try_init(|| connect(url)).await.ok().cloned()
+            }
+        }
+    }
 }
 
 /// Takes a stream's body out of [`BODIES`] when the body is dropped.
@@ -100,16 +132,22 @@ struct Listed(usize);
 
 impl Drop for Listed {
     fn drop(&mut self) {
-        BODIES.with(|bodies| bodies.borrow_mut().try_remove(self.0));
+        // `try_with`: a body dropped while the thread's locals are torn down has nothing to leave.
+        let _ = BODIES.try_with(|bodies| bodies.borrow_mut().try_remove(self.0));
     }
 }
 
 /// Queues every message of the channels' live subjects on every open stream (`--fanout`).
-async fn fan_out(client: async_nats::Client) {
-    let Ok(mut messages) = client.subscribe("herald.live.channel.*").await else {
-        eprintln!("cannot subscribe to the channels");
-        return;
+async fn fan_out(nats: web::Data<Nats>) {
+    let subscribed = match nats.client(Mode::Fanout).await {
+        Some(client) => client.subscribe("herald.live.channel.*").await.ok().zip(Some(client)),
+        None => None,
     };
+    let Some((mut messages, client)) = subscribed else {
+        eprintln!("connect_floor: cannot subscribe to the channels");
+        std::process::exit(1);
+    };
+    let _ = client.flush().await;
     while let Some(message) = messages.next().await {
         let Some(target) = Target::from_subject("herald", SubjectKind::Live, &message.subject) else { continue };
         let frame = event_frame(None, "message", &target, None, &message.payload);
@@ -148,7 +186,7 @@ impl Actor for Stream {
 
 async fn events(
     req: HttpRequest,
-    nats: web::Data<Option<async_nats::Client>>,
+    nats: web::Data<Nats>,
     heartbeat: web::Data<Duration>,
     mode: web::Data<Mode>,
 ) -> HttpResponse {
@@ -170,7 +208,10 @@ async fn events(
         subjects.push(format!("herald.live.channel.{channel}"));
     }
     let mut subscriptions = Vec::new();
-    if let Some(client) = nats.get_ref() {
+    if nats.url.is_some() {
+        let Some(client) = nats.client(**mode).await else {
+            return HttpResponse::ServiceUnavailable().finish();
+        };
         for subject in subjects {
             let Ok(sub) = client.subscribe(subject).await else {
                 return HttpResponse::ServiceUnavailable().finish();
@@ -219,11 +260,11 @@ fn main() -> std::io::Result<()> {
     let args = Args::parse();
     herald_gateway::commands::serve::raise_open_files_limit(MAX_CONNECTIONS);
     actix_web::rt::System::new().block_on(async move {
-        let nats = match args.nats {
-            Some(url) => Some(connect(&url).await?),
-            None => None,
+        let shared = match &args.nats {
+            Some(url) if !args.fanout && !args.targeted => Some(connect(url).await?),
+            _ => None,
         };
-        let nats = web::Data::new(nats);
+        let nats = web::Data::new(Nats { url: args.nats.clone(), shared });
         let heartbeat = Duration::from_secs(args.heartbeat_secs.max(1));
         let data = web::Data::new(heartbeat);
         let mode = web::Data::new(match (args.fanout, args.targeted) {
@@ -233,8 +274,8 @@ fn main() -> std::io::Result<()> {
         });
         HttpServer::new(move || {
             // Called on the worker's thread: the fan-out runs beside the streams it feeds.
-            if let (Mode::Fanout, Some(client)) = (**mode, nats.get_ref()) {
-                actix_web::rt::spawn(fan_out(client.clone()));
+            if **mode == Mode::Fanout && !FANNING_OUT.replace(true) {
+                actix_web::rt::spawn(fan_out(nats.clone()));
             }
             App::new()
                 .app_data(nats.clone())

@@ -108,13 +108,20 @@ fn the_connect_floor_opens_every_stream_with_its_subscription() {
 #[test]
 fn the_fanout_floor_carries_every_broadcast_to_every_stream() {
     let nats = Nats::start_without_jetstream();
-    let (_floor, url) = start(&example("herald-gateway", "connect_floor"), &nats, &["--fanout"]);
+    let before = subscriptions(&nats);
+    let (_floor, url) =
+        start(&example("herald-gateway", "connect_floor"), &nats, &["--fanout", "--heartbeat-secs", "1"]);
     let nats_url = nats.url();
     let s = run_ok(
         &["fanout", "--target", &url, "--nats-url", &nats_url, "--connections", "30", "--rate", "5", "--duration", "2"],
         LIMIT,
     );
+    // Every event once to every stream: a second fan-out would repeat each.
     assert_complete(&s, 300);
+    // The fan-out's own subscription stays; each stream's ends with it.
+    until("the streams' subscriptions to end with them", Duration::from_secs(20), || {
+        subscriptions(&nats) == before + 1
+    });
 }
 
 #[test]

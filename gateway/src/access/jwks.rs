@@ -429,6 +429,18 @@ mod tests {
         format!(r#"{{"keys":[{{"kty":"oct","kid":"{kid}","k":"{k}"}}]}}"#)
     }
 
+    /// HMAC secrets, from a key set or not, are keyed for the one-pass check; public keys are not.
+    #[test]
+    fn hmac_keys_and_only_they_are_keyed_for_the_one_pass_check() {
+        let octs = keys_of_jwks(oct("k", b"0123456789abcdef0123456789abcdef").as_bytes(), false).unwrap();
+        assert!(octs[0].hmac.is_some());
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/jwks.json");
+        let public = keys_of_jwks(&std::fs::read(fixtures).unwrap(), false).unwrap();
+        assert!(!public.is_empty() && public.iter().all(|k| k.hmac.is_none()));
+        let secret = VerifyKey::new(None, DecodingKey::from_secret(b"0123456789abcdef"));
+        assert!(secret.hmac.is_some());
+    }
+
     /// Two browsers arrive with a token signed by a key the provider has just added: the first
     /// starts the on-demand fetch; the second arrives while that fetch is out, waits for it,
     /// and is verified with the keys it brought (before: refused, as the fetch it waited for

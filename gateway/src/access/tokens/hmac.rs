@@ -1,7 +1,7 @@
 //! Tokens signed with an HMAC secret (HS256, HS384, HS512), checked in one pass.
 //!
 //! jsonwebtoken's `decode` decodes a token's header twice and its claims twice, and keys a new
-//! HMAC for every token, hashing the secret again each time: together about two thirds of what
+//! HMAC for every token, hashing the secret again each time: together about half of what
 //! verifying a token cost each new stream (docs/benchmarks.md, "Opening a connection beside its
 //! floor"). For HMAC keys the verifier takes this path instead: each part is decoded once, and
 //! the HMAC starts from the secret keyed once, when the key was loaded.
