@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
-use jsonwebtoken::{AlgorithmFamily, DecodingKey};
 use parking_lot::RwLock;
 
-use crate::access::tokens::HmacKey;
+use crate::access::keys::VerifyKey;
 use crate::ops::metrics::Metrics;
 
 /// Least time between two fetches of one URL for tokens naming unknown key ids.
@@ -277,24 +277,6 @@ fn is_loopback(url: &reqwest::Url) -> bool {
 /// exporter build their TLS on it). Idempotent.
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// A key tokens are verified with: from a file, a secret or a key set; `kid` selects it.
-pub(crate) struct VerifyKey {
-    pub(crate) kid: Option<String>,
-    pub(crate) key: DecodingKey,
-    /// An HMAC secret, keyed for the one-pass check (`tokens/hmac.rs`).
-    pub(crate) hmac: Option<Box<HmacKey>>,
-}
-
-impl VerifyKey {
-    pub(crate) fn new(kid: Option<String>, key: DecodingKey) -> Self {
-        let hmac = match key.try_get_as_bytes() {
-            Ok(secret) if key.family() == AlgorithmFamily::Hmac => HmacKey::new(secret).map(Box::new),
-            _ => None,
-        };
-        VerifyKey { kid, key, hmac }
-    }
 }
 
 /// The keys of a JWKS document. `lenient` (a provider's document, fetched): keys that cannot

@@ -15,46 +15,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
 use jsonwebtoken::Algorithm;
-use sha2::{Sha256, Sha384, Sha512};
 
 use super::{AuthError, Claims, LEEWAY_SECS};
-
-/// An HMAC secret keyed once for each of the three hashes: verifying a token clones a keyed
-/// state instead of hashing the secret again.
-pub(crate) struct HmacKey {
-    hs256: Hmac<Sha256>,
-    hs384: Hmac<Sha384>,
-    hs512: Hmac<Sha512>,
-}
-
-impl HmacKey {
-    /// `None` only if the hmac crate refuses the secret's length, which HMAC itself never does.
-    pub(crate) fn new(secret: &[u8]) -> Option<Self> {
-        Some(HmacKey {
-            hs256: Hmac::new_from_slice(secret).ok()?,
-            hs384: Hmac::new_from_slice(secret).ok()?,
-            hs512: Hmac::new_from_slice(secret).ok()?,
-        })
-    }
-
-    /// Whether `signature` is `message`'s under `alg` (compared in constant time).
-    fn signed(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
-        match alg {
-            Algorithm::HS256 => mac_matches(&self.hs256, message, signature),
-            Algorithm::HS384 => mac_matches(&self.hs384, message, signature),
-            Algorithm::HS512 => mac_matches(&self.hs512, message, signature),
-            _ => false,
-        }
-    }
-}
-
-fn mac_matches<M: Mac + Clone>(keyed: &M, message: &[u8], signature: &[u8]) -> bool {
-    let mut mac = keyed.clone();
-    mac.update(message);
-    mac.verify_slice(signature).is_ok()
-}
+use crate::access::keys::HmacKey;
 
 /// `token`'s claims, if it is signed with `key` under `alg` (the algorithm its header names) and
 /// its `exp`, `nbf`, `iss` and `aud` pass: what jsonwebtoken's `decode` returns for it, or why

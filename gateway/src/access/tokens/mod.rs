@@ -23,13 +23,12 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation, decode, 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::access::jwks::{RemoteKeys, VerifyKey, keys_of_jwks};
+use crate::access::jwks::{RemoteKeys, keys_of_jwks};
+use crate::access::keys::VerifyKey;
 use crate::names::{Name, NameError, validate_name};
 
 /// HMAC-signed tokens checked in one pass.
 mod hmac;
-
-pub(crate) use hmac::HmacKey;
 
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 5;
