@@ -82,13 +82,17 @@ mod tests {
     fn sign(header: &str, claims: &str, secret: &[u8]) -> String {
         let message = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
         let signature = if header.contains("HS384") {
-            Hmac::<Sha384>::new_from_slice(secret).unwrap().chain_update(&message).finalize().into_bytes().to_vec()
+            tag::<Hmac<Sha384>>(secret, &message)
         } else if header.contains("HS512") {
-            Hmac::<Sha512>::new_from_slice(secret).unwrap().chain_update(&message).finalize().into_bytes().to_vec()
+            tag::<Hmac<Sha512>>(secret, &message)
         } else {
-            Hmac::<Sha256>::new_from_slice(secret).unwrap().chain_update(&message).finalize().into_bytes().to_vec()
+            tag::<Hmac<Sha256>>(secret, &message)
         };
         format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+
+    fn tag<M: Mac + hmac::digest::KeyInit>(secret: &[u8], message: &str) -> Vec<u8> {
+        <M as Mac>::new_from_slice(secret).unwrap().chain_update(message).finalize().into_bytes().to_vec()
     }
 
     fn verifiers() -> Vec<(&'static str, Verifier)> {
