@@ -180,6 +180,51 @@ async fn keys_from_a_jwks_url_rotate_without_a_restart_and_outlive_the_provider(
     assert!(fast.metric("herald_jwks_fetches_total{result=\"ok\"}").await.unwrap_or(0.0) >= 2.0);
 }
 
+/// A JWK holding the HMAC secret `secret` (`kty` `oct`) under key id `kid`.
+fn oct(kid: &str, secret: &[u8]) -> String {
+    use base64::Engine;
+    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    format!(r#"{{"kty":"oct","kid":"{kid}","k":"{k}"}}"#)
+}
+
+/// A key set at a URL is a public document: a shared secret in it (`kty` `oct`) would let anyone
+/// who reads it sign tokens for any user. The gateway skips such keys and says so, keeps the
+/// provider's public keys, and a URL with nothing but secrets never makes it ready (before: a
+/// token signed with the published secret opened anyone's stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_secret_published_at_a_jwks_url_signs_no_token() {
+    const PUBLISHED: &[u8] = b"published-secret-published-secret";
+    let forged = |user: &str| {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("shared".into());
+        let claims = json!({"sub": user, "exp": get_current_timestamp() + 600});
+        encode(&header, &claims, &EncodingKey::from_secret(PUBLISHED)).unwrap()
+    };
+    let nats = Nats::start();
+    let keys = KeyServer::start().await;
+    keys.serve(&[&oct("shared", PUBLISHED), RSA_A]);
+    let gw = Gateway::serve(&nats).args(&["--jwks-url", &keys.url()]).start();
+    gw.ready().await;
+    let (status, body) = open(&gw, &forged("mallory")).await;
+    assert_eq!(status, 401, "a token signed with the published secret: {body}");
+    assert_eq!(open(&gw, &signed(Algorithm::RS256, Some("rsa-jwks"), "ann")).await, (200, "connected".into()));
+    gw.wait_for_log("skipping the shared secrets").await;
+    let log = gw.log_text();
+    let warning = log.lines().find(|l| l.contains("skipping the shared secrets")).unwrap();
+    assert!(warning.contains(&keys.url()) && warning.contains("\"shared\""), "names the URL and the kid: {warning}");
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, PUBLISHED);
+    assert!(!log.contains("published-secret") && !log.contains(&encoded), "no secret in the log");
+
+    // Nothing but a secret: no key to verify tokens with, so never ready.
+    let only = KeyServer::start().await;
+    only.serve(&[&oct("shared", PUBLISHED)]);
+    let lone = Gateway::serve(&nats).args(&["--jwks-url", &only.url(), "--jwks-refresh-secs", "1"]).start();
+    lone.wait_for_log("a published key set may hold public keys only").await;
+    let (status, body) = readyz(&lone).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(open(&lone, &forged("mallory")).await.0, 401);
+}
+
 #[tokio::test]
 async fn a_jwks_url_in_the_clear_beyond_loopback_is_refused() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald-gateway"))

@@ -12,7 +12,8 @@
 //!
 //! Fetches run on a thread of their own ("herald-keys"), outside the HTTP workers and the hub.
 //!
-//! The keys of a JWKS document, a file's or a URL's, are read here too ([`keys_of_jwks`]).
+//! The keys of a JWKS document, a file's or a URL's, are read here too ([`keys_of_jwks`]). A URL's
+//! document is public: the shared secrets in it are skipped ([`KeySet::Published`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -171,9 +172,11 @@ impl RemoteKeys {
     /// Fetches URL `index` and, on success, replaces its keys. Answers whether it succeeded.
     async fn fetch(&self, index: usize) -> bool {
         let source = &self.sources[index];
-        let result = fetch_document(&self.client, &source.url)
-            .await
-            .and_then(|body| keys_of_jwks(&body, true).map_err(|e| format!("not a usable key set: {e}")));
+        let result = fetch_document(&self.client, &source.url).await.and_then(|body| {
+            // The reading's own warnings (a shared secret skipped) name the URL too.
+            let _url = tracing::warn_span!("jwks", url = %source.shown).entered();
+            keys_of_jwks(&body, KeySet::Published).map_err(|e| format!("not a usable key set: {e}"))
+        });
         let ok = result.is_ok();
         if let Some(metrics) = self.metrics.get() {
             metrics.jwks_fetched(ok);
@@ -279,13 +282,28 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The keys of a JWKS document. `lenient` (a provider's document, fetched): keys that cannot
-/// verify tokens here (encryption keys, unsupported curves) are skipped rather than refused; at
-/// least one must remain.
-pub(crate) fn keys_of_jwks(text: &[u8], lenient: bool) -> Result<Vec<VerifyKey>, String> {
+/// Where a JWKS document comes from, which decides what it may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeySet {
+    /// The operator's own file (`--jwks-file`): every key must be usable, HMAC secrets included.
+    File,
+    /// An identity provider's document, fetched from `--jwks-url`: a public document. Keys that
+    /// cannot verify tokens here (encryption keys, unsupported curves) are skipped rather than
+    /// refused, and so is every shared secret (`kty` `oct`): published there, it would let
+    /// anyone who reads the document sign tokens for any user. At least one key must remain.
+    Published,
+}
+
+/// The keys of a JWKS document from `origin`.
+pub(crate) fn keys_of_jwks(text: &[u8], origin: KeySet) -> Result<Vec<VerifyKey>, String> {
     let set: JwkSet = serde_json::from_slice(text).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = Vec::with_capacity(set.keys.len());
+    let mut secrets = Vec::new();
     for jwk in &set.keys {
+        if origin == KeySet::Published && matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+            secrets.push(jwk.common.key_id.clone().unwrap_or_default());
+            continue;
+        }
         let usable = || -> Result<VerifyKey, String> {
             if let AlgorithmParameters::EllipticCurve(p) = &jwk.algorithm
                 && !matches!(p.curve, EllipticCurve::P256 | EllipticCurve::P384)
@@ -300,12 +318,24 @@ pub(crate) fn keys_of_jwks(text: &[u8], lenient: bool) -> Result<Vec<VerifyKey>,
         };
         match usable() {
             Ok(key) => keys.push(key),
-            Err(e) if lenient => tracing::debug!(error = %e, "skipping a key of the key set"),
+            Err(e) if origin == KeySet::Published => tracing::debug!(error = %e, "skipping a key of the key set"),
             Err(e) => return Err(e),
         }
     }
+    if !secrets.is_empty() {
+        // Named by key id only: the secret itself is public already, but logs never carry keys.
+        tracing::warn!(
+            kids = ?secrets,
+            "skipping the shared secrets (kty \"oct\") of a published key set: anyone who can read it could sign \
+             tokens with them; give HMAC secrets to the gateway with --jwt-secret-file or --jwks-file"
+        );
+    }
     if keys.is_empty() {
-        return Err("the key set has no key to verify tokens with".into());
+        let skipped = match secrets.len() {
+            0 => String::new(),
+            n => format!(" ({n} shared secret(s) skipped: a published key set may hold public keys only)"),
+        };
+        return Err(format!("the key set has no key to verify tokens with{skipped}"));
     }
     Ok(keys)
 }
@@ -405,19 +435,60 @@ mod tests {
         }
     }
 
-    fn oct(kid: &str, secret: &[u8]) -> String {
+    /// A JWK holding the HMAC secret `secret` under key id `kid`.
+    fn oct(kid: &str, secret: &[u8]) -> serde_json::Value {
         use base64::Engine;
         let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
-        format!(r#"{{"keys":[{{"kty":"oct","kid":"{kid}","k":"{k}"}}]}}"#)
+        serde_json::json!({ "kty": "oct", "kid": kid, "k": k })
+    }
+
+    /// The fixture key set's keys with these key ids.
+    fn fixture_keys(kids: &[&str]) -> Vec<serde_json::Value> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/jwks.json");
+        let set: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let keys = set["keys"].as_array().unwrap().iter();
+        keys.filter(|k| kids.contains(&k["kid"].as_str().unwrap())).cloned().collect()
+    }
+
+    /// The fixture key set's keys with these key ids, as a JWKS document.
+    fn published(kids: &[&str]) -> String {
+        serde_json::json!({ "keys": fixture_keys(kids) }).to_string()
+    }
+
+    /// A token for user `u1` signed with the fixture Ed25519 key, naming its key id.
+    fn ed_token() -> String {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+        let pem = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/ed-private.pem");
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("ed-jwks".into());
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let key = EncodingKey::from_ed_pem(&std::fs::read(pem).unwrap()).unwrap();
+        encode(&header, &serde_json::json!({"sub":"u1","exp":exp}), &key).unwrap()
+    }
+
+    /// A shared secret is the operator's to give in a file; in a published key set it is public,
+    /// and is skipped, the set's public keys kept. A published set of secrets alone is refused.
+    #[test]
+    fn a_published_key_set_keeps_its_public_keys_and_skips_its_secrets() {
+        let secret = oct("s", b"0123456789abcdef0123456789abcdef");
+        let mixed = serde_json::json!({ "keys": [secret.clone(), fixture_keys(&["rsa-jwks"])[0].clone()] }).to_string();
+        let keys = keys_of_jwks(mixed.as_bytes(), KeySet::Published).unwrap();
+        assert_eq!(keys.iter().map(|k| k.kid.as_deref()).collect::<Vec<_>>(), [Some("rsa-jwks")]);
+        assert!(keys[0].hmac.is_none());
+        assert_eq!(keys_of_jwks(mixed.as_bytes(), KeySet::File).unwrap().len(), 2, "a file's secrets are kept");
+        let alone = serde_json::json!({ "keys": [secret] }).to_string();
+        let err = keys_of_jwks(alone.as_bytes(), KeySet::Published).err().unwrap();
+        assert!(err.contains("public keys only"), "{err}");
     }
 
     /// HMAC secrets, from a key set or not, are keyed for the one-pass check; public keys are not.
     #[test]
     fn hmac_keys_and_only_they_are_keyed_for_the_one_pass_check() {
-        let octs = keys_of_jwks(oct("k", b"0123456789abcdef0123456789abcdef").as_bytes(), false).unwrap();
+        let octs = serde_json::json!({ "keys": [oct("k", b"0123456789abcdef0123456789abcdef")] }).to_string();
+        let octs = keys_of_jwks(octs.as_bytes(), KeySet::File).unwrap();
         assert!(octs[0].hmac.is_some());
         let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/jwks.json");
-        let public = keys_of_jwks(&std::fs::read(fixtures).unwrap(), false).unwrap();
+        let public = keys_of_jwks(&std::fs::read(fixtures).unwrap(), KeySet::File).unwrap();
         assert!(!public.is_empty() && public.iter().all(|k| k.hmac.is_none()));
         let secret = VerifyKey::new(None, DecodingKey::from_secret(b"0123456789abcdef"));
         assert!(secret.hmac.is_some());
@@ -430,10 +501,7 @@ mod tests {
     #[tokio::test]
     async fn a_token_arriving_during_an_on_demand_fetch_is_verified_with_its_keys() {
         use crate::access::tokens::Verifier;
-        use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-        const OLD: &[u8] = b"old-secret-old-secret-old-secret";
-        const NEW: &[u8] = b"new-secret-new-secret-new-secret";
-        let doc = Arc::new(parking_lot::Mutex::new(oct("old", OLD)));
+        let doc = Arc::new(parking_lot::Mutex::new(published(&["rsa-jwks"])));
         let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let addr = key_server(doc.clone(), delay.clone(), asked.clone()).await;
@@ -446,13 +514,9 @@ mod tests {
         let verifier = Arc::new(verifier);
 
         // The provider rotates in a new key; its JWKS answers in 1 s.
-        *doc.lock() = oct("new", NEW);
+        *doc.lock() = published(&["rsa-jwks", "ed-jwks"]);
         delay.store(1000, Ordering::SeqCst);
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some("new".into());
-        let exp = jsonwebtoken::get_current_timestamp() + 600;
-        let token =
-            encode(&header, &serde_json::json!({"sub":"u1","exp":exp}), &EncodingKey::from_secret(NEW)).unwrap();
+        let token = ed_token();
 
         let (v1, t1) = (verifier.clone(), token.clone());
         let first = tokio::spawn(async move { v1.verify_or_refresh(&t1).await.map(|g| g.user.to_string()) });
@@ -469,7 +533,7 @@ mod tests {
     /// fetch the provider's keys again).
     #[tokio::test]
     async fn a_fetch_whose_caller_went_away_still_counts_against_the_limit() {
-        let doc = Arc::new(parking_lot::Mutex::new(oct("old", b"old-secret-old-secret-old-secret")));
+        let doc = Arc::new(parking_lot::Mutex::new(published(&["rsa-jwks"])));
         let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let addr = key_server(doc, delay.clone(), asked.clone()).await;

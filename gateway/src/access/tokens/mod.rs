@@ -23,7 +23,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation, decode, 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::access::jwks::{RemoteKeys, keys_of_jwks};
+use crate::access::jwks::{KeySet, RemoteKeys, keys_of_jwks};
 use crate::access::keys::VerifyKey;
 use crate::names::{Name, NameError, validate_name};
 
@@ -295,7 +295,7 @@ impl Verifier {
     /// Adds every key of a JWKS document (RSA, EC, OKP/Ed25519 and oct keys).
     pub fn add_jwks_file(&mut self, path: &Path) -> Result<usize, KeyError> {
         let text = read(path)?;
-        let keys = keys_of_jwks(&text, false)
+        let keys = keys_of_jwks(&text, KeySet::File)
             .map_err(|reason| KeyError::Invalid { path: path.display().to_string(), reason })?;
         let added = keys.len();
         self.keys.extend(keys);
