@@ -53,7 +53,7 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use bytes::Bytes;
 use clap::Parser;
 use futures_util::StreamExt;
-use herald_gateway::delivery::peer::{PeerSocket, on_connect};
+use herald_gateway::delivery::peer::{PeerSocket, listener, on_connect};
 use herald_gateway::delivery::sse::{connected_frame, event_frame};
 use herald_gateway::event::{SubjectKind, Target};
 use herald_gateway::http::events::stream_response;
@@ -68,7 +68,7 @@ const MAX_CONNECTIONS: usize = 25_000;
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:18160")]
-    listen: String,
+    listen: std::net::SocketAddr,
     /// Subscribe each stream to its user's subject on this NATS server.
     #[arg(long)]
     nats: Option<String>,
@@ -283,12 +283,12 @@ fn main() -> std::io::Result<()> {
                 .app_data(mode.clone())
                 .route("/events", web::get().to(events))
         })
-        .on_connect(move |conn, ext| on_connect(conn, ext, heartbeat))
+        .on_connect(on_connect)
         .workers(1)
-        .backlog(4096)
         .max_connections(MAX_CONNECTIONS)
         .disable_signals()
-        .bind(&args.listen)?
+        // The gateway's listener: its connections get their socket options as the gateway's do.
+        .listen(listener(args.listen, 4096, heartbeat)?)?
         .run()
         .await
     })

@@ -134,19 +134,20 @@ pub fn run(config: Config) -> std::io::Result<()> {
                 })
                 .configure(|cfg| http::routes(cfg, dev))
         })
-        .on_connect(move |conn, ext| crate::delivery::peer::on_connect(conn, ext, heartbeat))
+        .on_connect(crate::delivery::peer::on_connect)
         // A client that closes its side of the connection is gone: its stream ends at once and
         // frees its slot, instead of at its next heartbeat (a browser reloading a page closes
         // the old stream as it opens the new one). Nobody half-closes a request to Herald.
         .h1_allow_half_closed(false)
-        .backlog(4096)
         .max_connections(settings.max_connections.max(1024))
         .shutdown_timeout(1)
         .disable_signals();
         if settings.workers > 0 {
             server = server.workers(settings.workers);
         }
-        let server = server.bind(listen)?;
+        let listener = crate::delivery::peer::listener(listen, 4096, heartbeat)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
+        let server = server.listen(listener)?;
         for addr in server.addrs() {
             tracing::info!("listening on http://{addr}");
         }

@@ -1,4 +1,5 @@
-//! The client's socket as a session sees it: kernel timeouts set at accept, and a liveness probe.
+//! The client's socket as a session sees it: kernel options inherited from the listener, and a
+//! liveness probe.
 //!
 //! A browser that goes away usually closes its socket (FIN). HTTP allows a half-closed client,
 //! so actix keeps streaming to it, and the first write after the FIN still succeeds locally:
@@ -7,10 +8,12 @@
 //! (a dropped network) is cut by `TCP_USER_TIMEOUT` once its heartbeats stay unacknowledged.
 
 use std::any::Any;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use actix_web::dev::Extensions;
+use socket2::{Domain, Protocol, Socket, Type};
 
 /// The raw descriptor of the connection a request arrived on.
 ///
@@ -20,13 +23,33 @@ use actix_web::dev::Extensions;
 #[derive(Clone, Copy, Debug)]
 pub struct PeerSocket(RawFd);
 
-/// `HttpServer::on_connect` hook: tunes the accepted socket and records its descriptor.
-pub fn on_connect(conn: &dyn Any, ext: &mut Extensions, heartbeat: Duration) {
+/// The gateway's listening socket, with the options every client connection needs set on it
+/// once: Linux copies a listener's TCP options into each connection it accepts, so no connection
+/// pays for its own `setsockopt` calls as it opens (two per connection before, about 2% of the
+/// gateway's CPU in opening one: docs/benchmarks.md).
+///
+/// - `TCP_NODELAY`: events are small and latency matters: never wait to coalesce segments.
+/// - `TCP_USER_TIMEOUT`: a client that vanished without a FIN is cut once data (a heartbeat)
+///   stays unacknowledged this long.
+pub fn listener(addr: SocketAddr, backlog: i32, heartbeat: Duration) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nodelay(true)?;
+    socket.set_tcp_user_timeout(Some(user_timeout(heartbeat)))?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+/// How long a connection's data may stay unacknowledged before the kernel drops it.
+fn user_timeout(heartbeat: Duration) -> Duration {
+    heartbeat * 2 + Duration::from_secs(10)
+}
+
+/// `HttpServer::on_connect` hook: records the accepted socket's descriptor (its options come
+/// from the [`listener`]).
+pub fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
     if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        let sock = socket2::SockRef::from(tcp);
-        // Events are small and latency matters: never wait to coalesce segments.
-        let _ = sock.set_nodelay(true);
-        let _ = sock.set_tcp_user_timeout(Some(heartbeat * 2 + Duration::from_secs(10)));
         ext.insert(PeerSocket(tcp.as_raw_fd()));
     }
 }
@@ -53,6 +76,25 @@ impl PeerSocket {
                 let err = std::io::Error::last_os_error();
                 !matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection the listener accepts has both options, though nothing sets them on it.
+    #[test]
+    fn accepted_connections_inherit_the_listeners_options() {
+        let heartbeat = Duration::from_secs(15);
+        let listener = listener("127.0.0.1:0".parse().unwrap(), 16, heartbeat).unwrap();
+        for _ in 0..3 {
+            let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (accepted, _) = listener.accept().unwrap();
+            let accepted = socket2::SockRef::from(&accepted);
+            assert!(accepted.nodelay().unwrap(), "TCP_NODELAY");
+            assert_eq!(accepted.tcp_user_timeout().unwrap(), Some(user_timeout(heartbeat)), "TCP_USER_TIMEOUT");
         }
     }
 }
