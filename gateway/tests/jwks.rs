@@ -203,7 +203,7 @@ async fn a_shared_secret_published_at_a_jwks_url_signs_no_token() {
     let nats = Nats::start();
     let keys = KeyServer::start().await;
     keys.serve(&[&oct("shared", PUBLISHED), RSA_A]);
-    let gw = Gateway::serve(&nats).args(&["--jwks-url", &keys.url()]).start();
+    let gw = Gateway::serve(&nats).args(&["--jwks-url", &keys.url(), "--jwks-refresh-secs", "1"]).start();
     gw.ready().await;
     let (status, body) = open(&gw, &forged("mallory")).await;
     assert_eq!(status, 401, "a token signed with the published secret: {body}");
@@ -214,6 +214,15 @@ async fn a_shared_secret_published_at_a_jwks_url_signs_no_token() {
     assert!(warning.contains(&keys.url()) && warning.contains("\"shared\""), "names the URL and the kid: {warning}");
     let encoded = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, PUBLISHED);
     assert!(!log.contains("published-secret") && !log.contains(&encoded), "no secret in the log");
+    // Said once, not at every refresh: two more fetches, then a stream's close as the marker
+    // that the log has been read past them.
+    eventually("two more fetches", Duration::from_secs(10), || async {
+        gw.metric("herald_jwks_fetches_total{result=\"ok\"}").await.unwrap_or(0.0) >= 3.0
+    })
+    .await;
+    assert_eq!(open(&gw, &signed(Algorithm::RS256, Some("rsa-jwks"), "marker")).await.0, 200);
+    gw.wait_for_log("user=marker").await;
+    assert_eq!(gw.log_text().matches("skipping the shared secrets").count(), 1, "warned once");
 
     // Nothing but a secret: no key to verify tokens with, so never ready.
     let only = KeyServer::start().await;

@@ -1,5 +1,7 @@
 //! Connections come and go: dead clients are found by heartbeats, and churn leaks nothing.
 
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use herald_testkit::{Gateway, Nats, Sse, eventually, token};
@@ -73,4 +75,58 @@ async fn an_expiring_token_ends_the_stream_with_token_expired() {
     assert!(opened.elapsed() >= Duration::from_secs(1), "not before the token's exp");
     eventually("the session is gone", Duration::from_secs(5), || async { gw.stats().await["connections"] == 0 }).await;
     gw.wait_for_log("reason=\"token_expired\"").await;
+}
+
+/// Every connection the gateway accepts sends each event at once (`TCP_NODELAY`) and is cut by
+/// the kernel once its data stays unacknowledged for two heartbeats and 10 s
+/// (`TCP_USER_TIMEOUT`, for a client gone without a FIN). Read from the gateway's own sockets,
+/// so it holds whichever way the gateway sets them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_connection_has_no_nagle_delay_and_a_user_timeout() {
+    let nats = Nats::start();
+    let gw = Gateway::serve(&nats).args(&["--heartbeat-secs", "7"]).start();
+    gw.ready().await;
+    let _a = Sse::with_token(gw.addr, &token("a", &[], 600), &[]).await;
+    let _b = Sse::with_token(gw.addr, &token("b", &[], 600), &[]).await;
+    let accepted = accepted_sockets(gw.pid(), gw.addr);
+    assert!(accepted.len() >= 2, "the two streams' sockets among the gateway's: {accepted:?}");
+    for (peer, nodelay, user_timeout) in accepted {
+        assert!(nodelay, "TCP_NODELAY on the connection from {peer}");
+        assert_eq!(
+            user_timeout,
+            Some(Duration::from_secs(7 * 2 + 10)),
+            "TCP_USER_TIMEOUT on the connection from {peer}"
+        );
+    }
+}
+
+/// The sockets of process `pid` that its listener at `addr` accepted: each one's peer, and its
+/// `TCP_NODELAY` and `TCP_USER_TIMEOUT`, read from a copy of the descriptor (`pidfd_getfd`).
+fn accepted_sockets(pid: u32, addr: SocketAddr) -> Vec<(SocketAddr, bool, Option<Duration>)> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor, owned here.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    assert!(pidfd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    // SAFETY: a descriptor just opened, owned by nothing else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let socket = std::fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if !socket {
+            continue;
+        }
+        // SAFETY: pidfd_getfd duplicates the target's descriptor into this process; on
+        // success the copy is a new descriptor, owned here.
+        let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+        if copy < 0 {
+            continue; // closed meanwhile
+        }
+        // SAFETY: as above.
+        let sock = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(copy as i32) });
+        let (Ok(local), Ok(peer)) = (sock.local_addr(), sock.peer_addr()) else { continue };
+        if local.as_socket() == Some(addr) {
+            found.push((peer.as_socket().unwrap(), sock.nodelay().unwrap(), sock.tcp_user_timeout().unwrap()));
+        }
+    }
+    found
 }

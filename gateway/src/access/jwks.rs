@@ -56,6 +56,9 @@ struct Source {
     /// across that fetch, so that the tokens arriving meanwhile wait for its keys instead of
     /// fetching again.
     on_demand: tokio::sync::Mutex<Option<Instant>>,
+    /// The key ids of the shared secrets its last good document held (and this gateway
+    /// skipped): warned of when they change, not at every fetch.
+    secrets_skipped: parking_lot::Mutex<Vec<String>>,
 }
 
 impl RemoteKeys {
@@ -85,6 +88,7 @@ impl RemoteKeys {
                 keys: RwLock::new(Arc::new(Vec::new())),
                 loaded: AtomicBool::new(false),
                 on_demand: tokio::sync::Mutex::new(None),
+                secrets_skipped: Default::default(),
             });
         }
         let client = reqwest::Client::builder()
@@ -172,17 +176,27 @@ impl RemoteKeys {
     /// Fetches URL `index` and, on success, replaces its keys. Answers whether it succeeded.
     async fn fetch(&self, index: usize) -> bool {
         let source = &self.sources[index];
-        let result = fetch_document(&self.client, &source.url).await.and_then(|body| {
-            // The reading's own warnings (a shared secret skipped) name the URL too.
-            let _url = tracing::warn_span!("jwks", url = %source.shown).entered();
-            keys_of_jwks(&body, KeySet::Published).map_err(|e| format!("not a usable key set: {e}"))
-        });
+        let result = fetch_document(&self.client, &source.url)
+            .await
+            .and_then(|body| keys_of_jwks(&body, KeySet::Published).map_err(|e| format!("not a usable key set: {e}")));
         let ok = result.is_ok();
         if let Some(metrics) = self.metrics.get() {
             metrics.jwks_fetched(ok);
         }
         match result {
-            Ok(keys) => {
+            Ok(Keys { keys, secrets_skipped }) => {
+                let mut skipped = source.secrets_skipped.lock();
+                if !secrets_skipped.is_empty() && *skipped != secrets_skipped {
+                    // Named by key id only: logs never carry keys, published or not.
+                    tracing::warn!(
+                        url = %source.shown,
+                        kids = ?secrets_skipped,
+                        "skipping the shared secrets (kty \"oct\") of a published key set: anyone who can read it \
+                         could sign tokens with them; give HMAC secrets to the gateway with --jwt-secret-file or --jwks-file"
+                    );
+                }
+                *skipped = secrets_skipped;
+                drop(skipped);
                 let kids = |keys: &[VerifyKey]| {
                     let mut kids: Vec<String> = keys.iter().map(|k| k.kid.clone().unwrap_or_default()).collect();
                     kids.sort();
@@ -294,8 +308,15 @@ pub(crate) enum KeySet {
     Published,
 }
 
+/// What a JWKS document yields.
+pub(crate) struct Keys {
+    pub keys: Vec<VerifyKey>,
+    /// The key ids of the shared secrets a [`KeySet::Published`] document held, skipped.
+    pub secrets_skipped: Vec<String>,
+}
+
 /// The keys of a JWKS document from `origin`.
-pub(crate) fn keys_of_jwks(text: &[u8], origin: KeySet) -> Result<Vec<VerifyKey>, String> {
+pub(crate) fn keys_of_jwks(text: &[u8], origin: KeySet) -> Result<Keys, String> {
     let set: JwkSet = serde_json::from_slice(text).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = Vec::with_capacity(set.keys.len());
     let mut secrets = Vec::new();
@@ -322,14 +343,6 @@ pub(crate) fn keys_of_jwks(text: &[u8], origin: KeySet) -> Result<Vec<VerifyKey>
             Err(e) => return Err(e),
         }
     }
-    if !secrets.is_empty() {
-        // Named by key id only: the secret itself is public already, but logs never carry keys.
-        tracing::warn!(
-            kids = ?secrets,
-            "skipping the shared secrets (kty \"oct\") of a published key set: anyone who can read it could sign \
-             tokens with them; give HMAC secrets to the gateway with --jwt-secret-file or --jwks-file"
-        );
-    }
     if keys.is_empty() {
         let skipped = match secrets.len() {
             0 => String::new(),
@@ -337,7 +350,7 @@ pub(crate) fn keys_of_jwks(text: &[u8], origin: KeySet) -> Result<Vec<VerifyKey>
         };
         return Err(format!("the key set has no key to verify tokens with{skipped}"));
     }
-    Ok(keys)
+    Ok(Keys { keys, secrets_skipped: secrets })
 }
 
 #[cfg(test)]
@@ -472,10 +485,12 @@ mod tests {
     fn a_published_key_set_keeps_its_public_keys_and_skips_its_secrets() {
         let secret = oct("s", b"0123456789abcdef0123456789abcdef");
         let mixed = serde_json::json!({ "keys": [secret.clone(), fixture_keys(&["rsa-jwks"])[0].clone()] }).to_string();
-        let keys = keys_of_jwks(mixed.as_bytes(), KeySet::Published).unwrap();
+        let Keys { keys, secrets_skipped } = keys_of_jwks(mixed.as_bytes(), KeySet::Published).unwrap();
         assert_eq!(keys.iter().map(|k| k.kid.as_deref()).collect::<Vec<_>>(), [Some("rsa-jwks")]);
         assert!(keys[0].hmac.is_none());
-        assert_eq!(keys_of_jwks(mixed.as_bytes(), KeySet::File).unwrap().len(), 2, "a file's secrets are kept");
+        assert_eq!(secrets_skipped, ["s"]);
+        let file = keys_of_jwks(mixed.as_bytes(), KeySet::File).unwrap();
+        assert_eq!((file.keys.len(), file.secrets_skipped.len()), (2, 0), "a file's secrets are kept");
         let alone = serde_json::json!({ "keys": [secret] }).to_string();
         let err = keys_of_jwks(alone.as_bytes(), KeySet::Published).err().unwrap();
         assert!(err.contains("public keys only"), "{err}");
@@ -485,10 +500,10 @@ mod tests {
     #[test]
     fn hmac_keys_and_only_they_are_keyed_for_the_one_pass_check() {
         let octs = serde_json::json!({ "keys": [oct("k", b"0123456789abcdef0123456789abcdef")] }).to_string();
-        let octs = keys_of_jwks(octs.as_bytes(), KeySet::File).unwrap();
+        let octs = keys_of_jwks(octs.as_bytes(), KeySet::File).unwrap().keys;
         assert!(octs[0].hmac.is_some());
         let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/jwks.json");
-        let public = keys_of_jwks(&std::fs::read(fixtures).unwrap(), KeySet::File).unwrap();
+        let public = keys_of_jwks(&std::fs::read(fixtures).unwrap(), KeySet::File).unwrap().keys;
         assert!(!public.is_empty() && public.iter().all(|k| k.hmac.is_none()));
         let secret = VerifyKey::new(None, DecodingKey::from_secret(b"0123456789abcdef"));
         assert!(secret.hmac.is_some());

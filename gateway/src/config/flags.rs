@@ -86,7 +86,8 @@ pub struct ServeArgs {
     /// PEM public key for client tokens (RSA, EC or Ed25519); repeatable. Its file stem is its `kid`.
     #[arg(long, env = "HERALD_JWT_PUBLIC_KEY_FILE", value_delimiter = ',')]
     pub jwt_public_key_file: Vec<PathBuf>,
-    /// JWKS file with public keys for client tokens.
+    /// JWKS file with the keys of client tokens: public keys, or HMAC secrets (`kty` `oct`),
+    /// which a file may hold and a `--jwks-url` document may not.
     #[arg(long, env = "HERALD_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
     /// JWKS URL of an identity provider (its `/.well-known/jwks.json`), fetched at start and

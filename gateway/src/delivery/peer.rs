@@ -23,10 +23,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 #[derive(Clone, Copy, Debug)]
 pub struct PeerSocket(RawFd);
 
-/// The gateway's listening socket, with the options every client connection needs set on it
-/// once: Linux copies a listener's TCP options into each connection it accepts, so no connection
-/// pays for its own `setsockopt` calls as it opens (two per connection before, about 2% of the
-/// gateway's CPU in opening one: docs/benchmarks.md).
+/// The gateway's listening socket, with the two options every client connection needs set on
+/// it once: Linux copies both into each connection the listener accepts, so no connection pays
+/// for its own `setsockopt` calls as it opens (two per connection before, about 2% of the
+/// gateway's CPU in opening one: docs/benchmarks.md, "Opening a connection beside its floor").
 ///
 /// - `TCP_NODELAY`: events are small and latency matters: never wait to coalesce segments.
 /// - `TCP_USER_TIMEOUT`: a client that vanished without a FIN is cut once data (a heartbeat)
@@ -34,8 +34,14 @@ pub struct PeerSocket(RawFd);
 pub fn listener(addr: SocketAddr, backlog: i32, heartbeat: Duration) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_nodelay(true)?;
-    socket.set_tcp_user_timeout(Some(user_timeout(heartbeat)))?;
+    // Either one refused (a kernel without it): the streams work without, as they did where
+    // each connection set them and ignored a refusal; said once here rather than never.
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::warn!(error = %e, "cannot set TCP_NODELAY on the listener: small events may wait to be coalesced");
+    }
+    if let Err(e) = socket.set_tcp_user_timeout(Some(user_timeout(heartbeat))) {
+        tracing::warn!(error = %e, "cannot set TCP_USER_TIMEOUT on the listener: a client gone without a FIN is found by its heartbeats' writes only");
+    }
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket.into())

@@ -296,6 +296,7 @@ impl Verifier {
     pub fn add_jwks_file(&mut self, path: &Path) -> Result<usize, KeyError> {
         let text = read(path)?;
         let keys = keys_of_jwks(&text, KeySet::File)
+            .map(|read| read.keys)
             .map_err(|reason| KeyError::Invalid { path: path.display().to_string(), reason })?;
         let added = keys.len();
         self.keys.extend(keys);
