@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herald_testkit::{Gateway, Nats, Sse, eventually, http, token};
+use herald_testkit::{Gateway, Nats, Sse, eventually, http, oct_jwk, token};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -180,13 +180,6 @@ async fn keys_from_a_jwks_url_rotate_without_a_restart_and_outlive_the_provider(
     assert!(fast.metric("herald_jwks_fetches_total{result=\"ok\"}").await.unwrap_or(0.0) >= 2.0);
 }
 
-/// A JWK holding the HMAC secret `secret` (`kty` `oct`) under key id `kid`.
-fn oct(kid: &str, secret: &[u8]) -> String {
-    use base64::Engine;
-    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
-    format!(r#"{{"kty":"oct","kid":"{kid}","k":"{k}"}}"#)
-}
-
 /// A key set at a URL is a public document: a shared secret in it (`kty` `oct`) would let anyone
 /// who reads it sign tokens for any user. The gateway skips such keys and says so, keeps the
 /// provider's public keys, and a URL with nothing but secrets never makes it ready (before: a
@@ -202,7 +195,7 @@ async fn a_shared_secret_published_at_a_jwks_url_signs_no_token() {
     };
     let nats = Nats::start();
     let keys = KeyServer::start().await;
-    keys.serve(&[&oct("shared", PUBLISHED), RSA_A]);
+    keys.serve(&[&oct_jwk("shared", PUBLISHED), RSA_A]);
     let gw = Gateway::serve(&nats).args(&["--jwks-url", &keys.url(), "--jwks-refresh-secs", "1"]).start();
     gw.ready().await;
     let (status, body) = open(&gw, &forged("mallory")).await;
@@ -226,7 +219,7 @@ async fn a_shared_secret_published_at_a_jwks_url_signs_no_token() {
 
     // Nothing but a secret: no key to verify tokens with, so never ready.
     let only = KeyServer::start().await;
-    only.serve(&[&oct("shared", PUBLISHED)]);
+    only.serve(&[&oct_jwk("shared", PUBLISHED)]);
     let lone = Gateway::serve(&nats).args(&["--jwks-url", &only.url(), "--jwks-refresh-secs", "1"]).start();
     lone.wait_for_log("a published key set may hold public keys only").await;
     let (status, body) = readyz(&lone).await;

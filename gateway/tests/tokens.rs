@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use herald_gateway::access::tokens::{AuthError, Verifier};
+use herald_testkit::oct_jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::json;
 
@@ -93,21 +94,11 @@ fn key_files_that_are_not_keys_are_reported() {
 /// other keys are, and decide each token as jsonwebtoken's `decode` does.
 #[test]
 fn oct_keys_of_a_key_set_are_checked_in_one_pass_as_the_library_would() {
-    use base64::Engine;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keys.json");
-    let k = |secret: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
     let old: &[u8] = b"old-secret-old-secret-old-secret";
     let new: &[u8] = b"new-secret-new-secret-new-secret";
-    std::fs::write(
-        &path,
-        format!(
-            r#"{{"keys":[{{"kty":"oct","kid":"old","k":"{}"}},{{"kty":"oct","kid":"new","k":"{}"}}]}}"#,
-            k(old),
-            k(new)
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, format!(r#"{{"keys":[{},{}]}}"#, oct_jwk("old", old), oct_jwk("new", new))).unwrap();
     let mut v = Verifier::new(None, None);
     assert_eq!(v.add_jwks_file(&path).unwrap(), 2);
     let hs = |kid: Option<&str>, secret: &[u8], exp: u64| {

@@ -51,7 +51,7 @@ pub use nats::{Nats, subscribe_confirmed};
 pub use nats_auth::NatsWithCredentials;
 pub use proxy::Proxy;
 pub use sse::{Event, Sse, epoch_of, seq_of};
-pub use tokens::{DASHBOARD_KEY, PUBLISH_KEY, SECRET, token, token_with};
+pub use tokens::{DASHBOARD_KEY, PUBLISH_KEY, SECRET, oct_jwk, token, token_with};
 pub use wait::eventually;
 
 /// The repository's root.

@@ -27,6 +27,13 @@ pub fn token_with(mut claims: serde_json::Value) -> String {
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
 }
 
+/// A JWK holding the HMAC secret `secret` (`kty` `oct`) under key id `kid`, as a key set lists it.
+pub fn oct_jwk(kid: &str, secret: &[u8]) -> String {
+    use base64::Engine;
+    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    serde_json::json!({ "kty": "oct", "kid": kid, "k": k }).to_string()
+}
+
 /// [`SECRET`], [`PUBLISH_KEY`] and [`DASHBOARD_KEY`] written to files in a directory of their
 /// own, as `serve` reads them; the paths as command-line arguments.
 pub struct KeyFiles {

@@ -450,9 +450,7 @@ mod tests {
 
     /// A JWK holding the HMAC secret `secret` under key id `kid`.
     fn oct(kid: &str, secret: &[u8]) -> serde_json::Value {
-        use base64::Engine;
-        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
-        serde_json::json!({ "kty": "oct", "kid": kid, "k": k })
+        serde_json::from_str(&herald_testkit::oct_jwk(kid, secret)).unwrap()
     }
 
     /// The fixture key set's keys with these key ids.
